@@ -1,0 +1,138 @@
+"""Caption datasets: COCO-format json (through pycocotools) and the Flickr8k CSV.
+
+Both readers yield the same ``CaptionRecord(image, caption)`` records. Captions whose image
+file is missing are skipped and counted. Splits are by image, deterministic, and do not
+depend on the order of the files: an image's split follows from a hash of its name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import io
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CaptionRecord:
+    image: Path
+    caption: str
+
+
+@dataclass
+class CaptionSet:
+    """Records from one source, with how many captions were skipped for a missing image."""
+
+    records: list[CaptionRecord]
+    skipped: int = 0
+    source: str = ""
+
+    @property
+    def images(self) -> list[Path]:
+        return unique_images(self.records)
+
+
+def read_coco(captions_json: str | Path, images_dir: str | Path) -> CaptionSet:
+    """A COCO ``captions_*.json`` and the folder of its images."""
+    from pycocotools.coco import COCO
+
+    captions_json, images_dir = Path(captions_json), Path(images_dir)
+    if not captions_json.is_file():
+        raise FileNotFoundError(f"no COCO captions file at {captions_json}")
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
+        coco = COCO(str(captions_json))
+    records, skipped = [], 0
+    present = _listing(images_dir)
+    for image_id in sorted(coco.getImgIds()):
+        file_name = coco.loadImgs(image_id)[0]["file_name"]
+        annotations = coco.loadAnns(coco.getAnnIds(imgIds=image_id))
+        if file_name not in present:
+            skipped += len(annotations)
+            continue
+        records += [CaptionRecord(images_dir / file_name, a["caption"].strip()) for a in annotations]
+    _report(captions_json, records, skipped)
+    return CaptionSet(records, skipped, f"coco:{captions_json}")
+
+
+def read_flickr8k(captions_csv: str | Path, images_dir: str | Path) -> CaptionSet:
+    """The Flickr8k ``captions.txt``: a CSV with the header ``image,caption``."""
+    captions_csv, images_dir = Path(captions_csv), Path(images_dir)
+    if not captions_csv.is_file():
+        raise FileNotFoundError(f"no Flickr8k captions file at {captions_csv}")
+    present = _listing(images_dir)
+    records, skipped = [], 0
+    with open(captions_csv, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or [h.strip().lower() for h in header[:2]] != ["image", "caption"]:
+            raise ValueError(f"{captions_csv} must be a CSV whose header is 'image,caption'")
+        for row in reader:
+            if len(row) < 2 or not row[1].strip():
+                continue
+            name, caption = row[0].strip(), ",".join(row[1:]).strip()
+            if name not in present:
+                skipped += 1
+                continue
+            records.append(CaptionRecord(images_dir / name, caption))
+    _report(captions_csv, records, skipped)
+    return CaptionSet(records, skipped, f"flickr8k:{captions_csv}")
+
+
+def read_dataset(kind: str, root: str | Path, coco_split: str = "train2017") -> CaptionSet:
+    """A dataset by kind and root folder, in its usual layout:
+    ``flickr8k``: ``root/captions.txt`` and ``root/Images/``;
+    ``coco``: ``root/annotations/captions_<split>.json`` and ``root/<split>/``."""
+    root = Path(root)
+    if kind == "flickr8k":
+        return read_flickr8k(root / "captions.txt", root / "Images")
+    if kind == "coco":
+        return read_coco(root / "annotations" / f"captions_{coco_split}.json", root / coco_split)
+    raise ValueError(f"unknown dataset {kind!r}; use coco or flickr8k")
+
+
+def split_of(image: Path, val_fraction: float, test_fraction: float = 0.0) -> str:
+    """``train``, ``val`` or ``test`` for an image, from a hash of its file name alone."""
+    bucket = int(hashlib.sha1(image.name.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+    if bucket < test_fraction:
+        return "test"
+    if bucket < test_fraction + val_fraction:
+        return "val"
+    return "train"
+
+
+def split_records(records: Iterable[CaptionRecord], val_fraction: float = 0.07,
+                  test_fraction: float = 0.13) -> dict[str, list[CaptionRecord]]:
+    """Deterministic train/val/test split by image (never by caption)."""
+    splits: dict[str, list[CaptionRecord]] = {"train": [], "val": [], "test": []}
+    for record in records:
+        splits[split_of(record.image, val_fraction, test_fraction)].append(record)
+    return splits
+
+
+def unique_images(records: Sequence[CaptionRecord]) -> list[Path]:
+    return list(dict.fromkeys(r.image for r in records))
+
+
+def captions_by_image(records: Iterable[CaptionRecord]) -> dict[Path, list[str]]:
+    grouped: dict[Path, list[str]] = {}
+    for r in records:
+        grouped.setdefault(r.image, []).append(r.caption)
+    return grouped
+
+
+def _listing(images_dir: Path) -> set[str]:
+    if not images_dir.is_dir():
+        raise FileNotFoundError(f"no image folder at {images_dir}")
+    return {p.name for p in images_dir.iterdir()}
+
+
+def _report(source: Path, records: list, skipped: int) -> None:
+    if skipped:
+        log.warning("%s: skipped %d captions whose image is missing", source, skipped)
+    log.info("%s: %d captions of %d images", source, len(records), len({r.image for r in records}))

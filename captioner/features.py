@@ -1,0 +1,135 @@
+"""The feature cache: each image's encoder feature, extracted once and kept on disk.
+
+The encoder is frozen, so a training run never needs to run the CNN again. Features are
+extracted in batches (images decoded by a DataLoader's workers, the CNN in bf16 +
+channels_last), stored in fp16 and keyed by image (its path, size and modification time),
+so they are reused across epochs and runs. The horizontally flipped image's feature is
+stored beside it, for flip augmentation.
+
+Layout: ``root/<encoder fingerprint>/shard-*.safetensors``. The fingerprint covers the
+encoder's name, its weights and its preprocessing; change any of them and the cache
+starts afresh in a new folder. Each shard is written atomically as soon as its images
+are done, so an interrupted extraction keeps what it finished.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from captioner.checkpoint import atomic_write
+from captioner.encoders import ImageEncoder
+from captioner.images import ImageError, load_image
+
+log = logging.getLogger(__name__)
+
+
+def image_key(path: str | os.PathLike) -> str:
+    path = Path(path).resolve()
+    stat = path.stat()
+    return f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+
+
+class _Images(Dataset):
+    def __init__(self, paths: Sequence[Path], encoder: ImageEncoder):
+        self.paths, self.preprocess = list(paths), encoder.preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            image = load_image(self.paths[i], draft_size=self.preprocess.size)
+        except ImageError as err:
+            return i, None, str(err)
+        x = self.preprocess(image)
+        return i, x, ""
+
+
+def _collate(items):
+    return items
+
+
+class FeatureCache:
+    def __init__(self, root: str | os.PathLike, encoder: ImageEncoder):
+        self.encoder = encoder
+        self.dir = Path(root) / f"{encoder.name}-{encoder.fingerprint()}"
+        self._features: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._loaded: set[str] = set()
+
+    def _load_shards(self) -> None:
+        if not self.dir.is_dir():
+            return
+        for shard in sorted(self.dir.glob("shard-*.safetensors")):
+            if shard.name in self._loaded:
+                continue
+            with safe_open(str(shard), "pt") as f:
+                keys = json.loads(f.metadata()["keys"])
+                features, flipped = f.get_tensor("features"), f.get_tensor("flipped")
+            for row, key in enumerate(keys):
+                self._features[key] = (features[row], flipped[row])
+            self._loaded.add(shard.name)
+
+    def get(self, paths: Sequence[str | os.PathLike], batch_size: int = 64, num_workers: int = 2,
+            shard_size: int = 1024, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features (N, D) and flipped features (N, D), fp16, in the order of ``paths``.
+        Missing ones are extracted first. Unreadable images raise ``ImageError``."""
+        paths = [Path(p) for p in paths]
+        keys = [image_key(p) for p in paths]
+        self._load_shards()
+        missing = list(dict.fromkeys(p for p, k in zip(paths, keys) if k not in self._features))
+        if missing:
+            self._extract(missing, batch_size, num_workers, shard_size, progress)
+        features = torch.stack([self._features[k][0] for k in keys]) if keys else torch.empty(0)
+        flipped = torch.stack([self._features[k][1] for k in keys]) if keys else torch.empty(0)
+        return features, flipped
+
+    def _extract(self, paths: list[Path], batch_size: int, num_workers: int, shard_size: int,
+                 progress: bool) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "encoder.json").write_text(json.dumps({
+            "encoder": self.encoder.name, "weights": self.encoder.weights_id,
+            "preprocess": self.encoder.preprocess.fingerprint()}))
+        loader = DataLoader(_Images(paths, self.encoder), batch_size=batch_size, num_workers=num_workers,
+                            collate_fn=_collate, persistent_workers=False)
+        pending_keys, pending_feats, pending_flips, errors = [], [], [], []
+        bar = tqdm(total=len(paths), desc=f"features {self.encoder.name}", unit="img", disable=not progress)
+        for items in loader:
+            good = [(i, x) for i, x, err in items if x is not None]
+            errors += [f"{paths[i]}: {err}" for i, x, err in items if x is None]
+            if good:
+                batch = torch.stack([x for _, x in good])
+                feats = self.encoder.encode(batch).half()
+                flips = self.encoder.encode(batch.flip(-1)).half()
+                pending_keys += [image_key(paths[i]) for i, _ in good]
+                pending_feats.append(feats)
+                pending_flips.append(flips)
+            bar.update(len(items))
+            if len(pending_keys) >= shard_size:
+                self._write_shard(pending_keys, pending_feats, pending_flips)
+                pending_keys, pending_feats, pending_flips = [], [], []
+        bar.close()
+        if pending_keys:
+            self._write_shard(pending_keys, pending_feats, pending_flips)
+        if errors:
+            raise ImageError(f"{len(errors)} images could not be read, e.g. {errors[0]}")
+
+    def _write_shard(self, keys: list[str], feats: list[torch.Tensor], flips: list[torch.Tensor]) -> None:
+        features, flipped = torch.cat(feats).contiguous(), torch.cat(flips).contiguous()
+        path = self.dir / f"shard-{uuid.uuid4().hex[:12]}.safetensors"
+        tensors = {"features": features, "flipped": flipped}
+        atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"keys": json.dumps(keys)}))
+        for row, key in enumerate(keys):
+            self._features[key] = (features[row], flipped[row])
+        self._loaded.add(path.name)
+        log.info("wrote %d features to %s", len(keys), path)

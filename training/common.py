@@ -1,0 +1,161 @@
+"""Helpers shared by the training scripts: seeding, distributed setup, metrics files,
+loss curves, and turning a user's mistake into one clear sentence."""
+
+from __future__ import annotations
+
+import csv
+import functools
+import logging
+import os
+import random
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+import torch
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+class UserError(Exception):
+    """A mistake in the command line or the data: reported in one sentence, exit status 2."""
+
+
+def cli(main: Callable[[list[str] | None], int | None]) -> Callable[[list[str] | None], int]:
+    """Run ``main``; known user errors end in one clear sentence and a non-zero exit."""
+    from captioner.checkpoint import CheckpointError
+    from captioner.encoders import EncoderWeightsError
+    from captioner.images import ImageError
+
+    @functools.wraps(main)
+    def wrapper(argv: list[str] | None = None) -> int:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                            datefmt="%H:%M:%S")
+        try:
+            return main(argv) or 0
+        except (UserError, CheckpointError, EncoderWeightsError, ImageError, FileNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+
+    return wrapper
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# ------------------------------------------------------------------------ distributed
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    def barrier(self) -> None:
+        if self.enabled:
+            torch.distributed.barrier()
+
+    def all_mean(self, value: float) -> float:
+        if not self.enabled:
+            return value
+        t = torch.tensor([value], dtype=torch.float64)
+        torch.distributed.all_reduce(t)
+        return float(t) / self.world
+
+
+def init_distributed() -> Dist:
+    """Join the process group when started by ``torchrun`` (gloo on CPU, nccl on GPUs)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist()
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    torch.distributed.init_process_group(backend, timeout=timedelta(hours=2))
+    dist = Dist(torch.distributed.get_rank(), torch.distributed.get_world_size(),
+                int(os.environ.get("LOCAL_RANK", "0")))
+    if backend == "nccl":
+        torch.cuda.set_device(dist.local_rank)
+    if not dist.main:
+        logging.getLogger().setLevel(logging.WARNING)
+    return dist
+
+
+def close_distributed(dist: Dist) -> None:
+    if dist.enabled:
+        torch.distributed.destroy_process_group()
+
+
+# ---------------------------------------------------------------- metrics and curves
+
+def write_metrics(path: Path, rows: list[dict]) -> None:
+    """The whole history as CSV, rewritten atomically after every epoch."""
+    from captioner.checkpoint import atomic_write
+
+    if not rows:
+        return
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+
+    def write(tmp):
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    atomic_write(path, write)
+
+
+def plot_curves(path: Path, rows: list[dict], left: list[str], right: list[str] = (), title: str = "") -> None:
+    """Loss curves (left axis) and a quality metric (right axis) by epoch, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from captioner.checkpoint import atomic_write
+
+    epochs = [r["epoch"] for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    for key in left:
+        ax.plot(epochs, [r.get(key) for r in rows], marker="o", label=key)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    lines, labels = ax.get_legend_handles_labels()
+    if right:
+        ax2 = ax.twinx()
+        for key in right:
+            ax2.plot(epochs, [r.get(key) for r in rows], marker="s", linestyle="--", color="tab:green", label=key)
+        ax2.set_ylabel(", ".join(right))
+        more = ax2.get_legend_handles_labels()
+        lines, labels = lines + more[0], labels + more[1]
+    ax.legend(lines, labels, loc="best")
+    ax.set_title(title)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+
+
+class Timer:
+    def __init__(self):
+        self.start = time.perf_counter()
+
+    def __call__(self) -> float:
+        return time.perf_counter() - self.start
