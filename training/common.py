@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import functools
 import logging
+import math
 import os
 import random
 import sys
@@ -151,6 +152,19 @@ def plot_curves(path: Path, rows: list[dict], left: list[str], right: list[str] 
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
+
+
+def warmup_cosine(warmup: int, total: int, floor: float):
+    """For ``LambdaLR``: linear warm-up over ``warmup`` steps, then cosine decay to
+    ``floor`` times the base learning rate at step ``total``."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        t = min(1.0, (step - warmup) / max(1, total - warmup))
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t))
+
+    return factor
 
 
 class Timer:

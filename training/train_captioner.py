@@ -21,33 +21,33 @@ the files.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import math
 import sys
 import warnings
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
-from tqdm.auto import tqdm
 
-from captioner.checkpoint import CheckpointError, load_training_state, save_training_state
+from captioner.checkpoint import CheckpointError, read_safetensors
 from captioner.datasets import CaptionRecord, captions_by_image, read_dataset, split_records, unique_images
 from captioner.encoders import ENCODERS, build_encoder
 from captioner.features import FeatureCache
 from captioner.model import Captioner, CaptionerConfig
 from captioner.vocabulary import Vocabulary, tokenize
-from training.common import (Timer, UserError, cli, close_distributed, init_distributed, plot_curves,
-                             seed_everything, write_metrics)
+from training.common import Timer, UserError, cli, close_distributed, init_distributed, seed_everything, warmup_cosine
+from training.loop import Loop, epoch_order
 
 log = logging.getLogger("train_captioner")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset", action="append", choices=["coco", "flickr8k"], required=True,
                    help="repeat with --data-root to combine datasets")
     p.add_argument("--data-root", action="append", type=Path, required=True)
@@ -136,13 +136,11 @@ class CaptionTable:
 
 
 def epoch_plan(n: int, epoch: int, seed: int, flip_prob: float, rank: int, world: int):
-    """This rank's shuffled rows and flip decisions for an epoch; the same on every rank
-    and on every resume, because it depends only on the seed and the epoch."""
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    order = torch.randperm(n, generator=g)
-    flips = torch.rand(n, generator=g) < flip_prob
-    per_rank = n // world
-    return order[rank::world][:per_rank], flips[rank::world][:per_rank]
+    """This rank's shuffled rows and whether each uses the mirrored image; they depend only
+    on the seed and the epoch, so they are the same on every rank and every resume."""
+    rows = epoch_order(n, epoch, seed, rank, world)
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch + 1_000_000)
+    return rows, torch.rand(n, generator=g)[rows] < flip_prob
 
 
 # ------------------------------------------------------------------------ evaluation
@@ -198,8 +196,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume:
         if not resume_path.is_file():
             raise UserError(f"nothing to resume: {resume_path} does not exist")
-        from captioner.checkpoint import read_safetensors
-
         vocab = Vocabulary.from_json(read_safetensors(resume_path)[1]["vocabulary"])
     else:
         vocab = Vocabulary.build((r.caption for r in splits["train"]), min_count=args.min_count)
@@ -215,92 +211,44 @@ def main(argv: list[str] | None = None) -> int:
     steps_per_epoch = math.ceil((len(train_table) // dist.world) / args.batch_size)
     total_steps = steps_per_epoch * args.epochs
     optimizer = torch.optim.Adam(model.head.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(args.warmup_steps, total_steps, args.min_lr_ratio))
+    trainer = torch.nn.parallel.DistributedDataParallel(model.head) if dist.enabled else model.head
 
-    def schedule(step: int) -> float:
-        if step < args.warmup_steps:
-            return (step + 1) / args.warmup_steps
-        t = min(1.0, (step - args.warmup_steps) / max(1, total_steps - args.warmup_steps))
-        return args.min_lr_ratio + (1 - args.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+    @functools.lru_cache(maxsize=1)
+    def plan(epoch: int):
+        return epoch_plan(len(train_table), epoch, args.seed, args.flip_prob, dist.rank, dist.world)
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-    progress = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best_bleu4": -1.0, "best_epoch": -1,
-                "history": [], "loss_sum": 0.0, "loss_count": 0}
-    if args.resume:
-        saved_config, progress = load_training_state(resume_path, kind="captioner-train", model=model.head,
-                                                     optimizer=optimizer, scheduler=scheduler,
-                                                     restore_rng=dist.main)
-        if saved_config != asdict(config):
-            changed = sorted(k for k in saved_config if saved_config[k] != asdict(config).get(k))
-            raise UserError(f"--resume needs the same model settings as the saved run; these differ: {changed}")
-        if not dist.main:
-            torch.manual_seed(args.seed + dist.rank * 7919 + progress["global_step"])
-        log.info("resumed from %s at epoch %d, step %d", resume_path, progress["epoch"] + 1,
-                 progress["step_in_epoch"])
+    def train_step(epoch: int, step: int) -> float:
+        rows, flips = plan(epoch)
+        batch = slice(step * args.batch_size, (step + 1) * args.batch_size)
+        feats, caps, lengths = train_table.batch(rows[batch], flips[batch], train_feats, train_flipped)
+        logits = trainer(feats, caps, lengths)
+        targets = model.head.decoder.packed_targets(caps, lengths)
+        loss = F.cross_entropy(logits, targets, label_smoothing=args.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.head.parameters(), args.grad_clip)
+        optimizer.step()
+        return loss.item()
 
-    trainer = model.head
-    if dist.enabled:
-        trainer = torch.nn.parallel.DistributedDataParallel(model.head)
-    meta = {"vocabulary": vocab.to_json(), "args": json.dumps(vars(args), default=str)}
-
-    def checkpoint() -> None:
-        if dist.main:
-            save_training_state(resume_path, kind="captioner-train", config=config, model=model.head,
-                                optimizer=optimizer, scheduler=scheduler, progress=progress, metadata=meta)
-
-    for epoch in range(progress["epoch"], args.epochs):
-        rows, flips = epoch_plan(len(train_table), epoch, args.seed, args.flip_prob, dist.rank, dist.world)
-        start_step = progress["step_in_epoch"]
-        bar = tqdm(range(start_step, steps_per_epoch), desc=f"epoch {epoch + 1}/{args.epochs}",
-                   disable=not dist.main, initial=start_step, total=steps_per_epoch, leave=False)
-        trainer.train()
-        for step in bar:
-            batch_rows = rows[step * args.batch_size:(step + 1) * args.batch_size]
-            feats, caps, lengths = train_table.batch(batch_rows, flips[step * args.batch_size:][:len(batch_rows)],
-                                                     train_feats, train_flipped)
-            logits = trainer(feats, caps, lengths)
-            targets = model.head.decoder.packed_targets(caps, lengths)
-            loss = F.cross_entropy(logits, targets, label_smoothing=args.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.head.parameters(), args.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            progress["loss_sum"] += loss.item()
-            progress["loss_count"] += 1
-            progress["global_step"] += 1
-            progress["step_in_epoch"] = step + 1
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-            if args.save_every and progress["global_step"] % args.save_every == 0 and step + 1 < steps_per_epoch:
-                checkpoint()
-            if args.max_steps and progress["global_step"] >= args.max_steps:
-                break
-        bar.close()
-        if args.max_steps and progress["global_step"] >= args.max_steps and progress["step_in_epoch"] < steps_per_epoch:
-            checkpoint()
-            log.info("stopped after --max-steps %d", args.max_steps)
-            break
-
-        train_loss = dist.all_mean(progress["loss_sum"] / max(1, progress["loss_count"]))
+    def val() -> dict:
         val_loss, bleu4 = validate(model, val_table, val_feats, val_refs, args.beam_size)
-        row = {"epoch": epoch + 1, "step": progress["global_step"], "train_loss": round(train_loss, 5),
-               "val_loss": round(val_loss, 5), "val_bleu4": round(bleu4, 5),
-               "lr": scheduler.get_last_lr()[0], "seconds": round(timer(), 1)}
-        progress["history"].append(row)
-        log.info("epoch %d: train loss %.4f, val loss %.4f, val BLEU-4 %.4f", epoch + 1, train_loss, val_loss, bleu4)
-        if bleu4 > progress["best_bleu4"]:
-            progress["best_bleu4"], progress["best_epoch"] = bleu4, epoch + 1
-            if dist.main:
-                model.save(out / "best.safetensors", dtype=torch.float16)
-        progress.update(epoch=epoch + 1, step_in_epoch=0, loss_sum=0.0, loss_count=0)
-        checkpoint()
-        if dist.main:
-            write_metrics(out / "metrics.csv", progress["history"])
-            plot_curves(out / "loss_curve.png", progress["history"], ["train_loss", "val_loss"], ["val_bleu4"],
-                        title=f"captioner ({args.encoder})")
+        return {"val_loss": val_loss, "val_bleu4": bleu4}
+
+    loop = Loop(kind="captioner-train", config=config, model=model.head, optimizer=optimizer, scheduler=scheduler,
+                out=out, epochs=args.epochs, steps_per_epoch=steps_per_epoch, train_step=train_step, validate=val,
+                save_best=lambda: model.save(out / "best.safetensors", dtype=torch.float16), metric="val_bleu4",
+                save_every=args.save_every, max_steps=args.max_steps, dist=dist, seed=args.seed,
+                metadata={"vocabulary": vocab.to_json(), "args": json.dumps(vars(args), default=str)},
+                curves=(["train_loss", "val_loss"], ["val_bleu4"]), title=f"captioner ({args.encoder})")
+    if args.resume:
+        loop.resume()
+    progress = loop.run()
     dist.barrier()
     close_distributed(dist)
     if dist.main and progress["history"]:
-        print(json.dumps({"best_val_bleu4": round(progress["best_bleu4"], 5), "best_epoch": progress["best_epoch"],
+        print(json.dumps({"best_val_bleu4": round(progress["best"], 5), "best_epoch": progress["best_epoch"],
                           "epochs": progress["epoch"], "seconds": round(timer(), 1), "out": str(out)}))
     return 0
 

@@ -1,0 +1,169 @@
+"""The row-by-row LSTM digit classifier, and drawn-digit preprocessing.
+
+The classifier reads a 28x28 digit as a sequence of 28 rows of 28 pixels with our own
+``LSTM`` (hand-written ``LSTMCell``s) and classifies the last hidden state with a linear
+head. At inference the same weights can run through torch's fused ``nn.LSTM``, which is
+faster; ``forward(..., fused=True)`` does that, and the tests pin that the paths agree.
+
+``preprocess_drawing`` turns a drawing (dark on light or light on dark, any size) into
+an MNIST-style input: crop to the ink, scale the longer side to 20 pixels, and centre by
+centre of mass in a 28x28 frame, the way the MNIST digits were made.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageFilter
+from torch import nn
+
+from captioner.checkpoint import config_from_dict, load_model, load_state_strict, save_model
+from captioner.lstm import LSTM
+
+MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "mnist.safetensors"
+
+
+@dataclass
+class MnistConfig:
+    hidden_size: int = 128
+    num_layers: int = 2
+    dropout: float = 0.1
+
+
+class RowLSTMClassifier(nn.Module):
+    def __init__(self, config: MnistConfig | None = None):
+        super().__init__()
+        self.config = config or MnistConfig()
+        c = self.config
+        self.lstm = LSTM(28, c.hidden_size, c.num_layers, dropout=c.dropout)
+        self.head = nn.Linear(c.hidden_size, 10)
+        self._fused: nn.LSTM | None = None
+
+    def forward(self, images: torch.Tensor, fused: bool = False) -> torch.Tensor:
+        """``images``: (B, 28, 28) or (B, 1, 28, 28), pixels in [0, 1]. Returns logits (B, 10)."""
+        rows = (images.reshape(-1, 28, 28) - MNIST_MEAN) / MNIST_STD
+        if fused:
+            if self.training:
+                raise RuntimeError("the fused path is for inference; call eval() first")
+            out, _ = self.fused_lstm()(rows)
+        else:
+            out, _ = self.lstm(rows)
+        return self.head(out[:, -1])
+
+    def fused_lstm(self) -> nn.LSTM:
+        if self._fused is None:
+            self._fused = self.lstm.to_torch().eval()
+        return self._fused
+
+    def train(self, mode: bool = True):
+        self._fused = None  # weights may change; rebuild the fused copy on next use
+        return super().train(mode)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._fused = None
+        return super()._load_from_state_dict(*args, **kwargs)
+
+    @torch.inference_mode()
+    def predict(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities (B, 10), through the fused LSTM."""
+        self.eval()
+        return self(images, fused=True).softmax(-1)
+
+    def save(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+        save_model(path, "mnist", self.config, self.state_dict(), dtype=dtype)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike = DEFAULT_CHECKPOINT) -> RowLSTMClassifier:
+        config, tensors, _ = load_model(path, "mnist")
+        model = cls(config_from_dict(MnistConfig, config, path))
+        load_state_strict(model, tensors, path)
+        return model.eval()
+
+
+def preprocess_drawing(image: Image.Image | np.ndarray, ink_threshold: float = 0.1) -> torch.Tensor:
+    """A drawing -> (28, 28) float tensor in [0, 1], white digit on black, MNIST style.
+
+    Raises ``ValueError`` when there is no ink (an empty canvas)."""
+    ink = _ink(image)
+    if not np.isfinite(ink).all():
+        raise ValueError("The drawing contains invalid pixel values.")
+    if ink.max() <= ink_threshold:
+        raise ValueError("The canvas is empty: draw a digit first.")
+    rows = np.flatnonzero((ink > ink_threshold).any(axis=1))
+    cols = np.flatnonzero((ink > ink_threshold).any(axis=0))
+    crop = ink[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    height, width = crop.shape
+    scale = 20.0 / max(height, width)
+    digit = Image.fromarray((crop * 255).astype(np.uint8), mode="L")
+    width_after = _stroke_width(crop > 0.5) * scale
+    if width_after < 1.8:  # thin strokes on a big canvas would fade when shrunk; thicken them as MNIST's
+        grow = int(round((2.2 - width_after) / scale))
+        size = min(max(3, grow | 1), 31)
+        digit = digit.filter(ImageFilter.MaxFilter(size))
+    new_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    digit = np.asarray(digit.resize(new_size, Image.Resampling.LANCZOS), dtype=np.float32) / 255.0
+    digit = np.clip(digit, 0.0, 1.0)
+    frame = np.zeros((28, 28), dtype=np.float32)
+    top, left = (28 - digit.shape[0]) // 2, (28 - digit.shape[1]) // 2
+    frame[top:top + digit.shape[0], left:left + digit.shape[1]] = digit
+    # centre of mass to the middle, by whole pixels, as MNIST did
+    ys, xs = np.indices(frame.shape)
+    mass = frame.sum()
+    dy, dx = int(round(13.5 - (ys * frame).sum() / mass)), int(round(13.5 - (xs * frame).sum() / mass))
+    frame = _shift(frame, dy, dx)
+    return torch.from_numpy(frame)
+
+
+def _stroke_width(mask: np.ndarray) -> float:
+    """About how many pixels wide the strokes are: twice the area over the perimeter."""
+    area = mask.sum()
+    if area == 0:
+        return 0.0
+    padded = np.pad(mask, 1)
+    inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    perimeter = max(1, (mask & ~inner).sum())
+    return float(2 * area / perimeter)
+
+
+def _ink(image: Image.Image | np.ndarray) -> np.ndarray:
+    """How much ink each pixel holds, in [0, 1], whatever the colours and transparency."""
+    if isinstance(image, np.ndarray):
+        array = np.asarray(image)
+        if array.dtype == bool:
+            array = array.astype(np.uint8) * 255
+        array = np.nan_to_num(array.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        if array.max() <= 1.0 and array.dtype.kind == "f":
+            array = array * 255.0
+        if array.ndim == 3 and array.shape[2] == 1:
+            array = array[:, :, 0]
+        if array.ndim == 3 and array.shape[2] in (3, 4):
+            mode = "RGBA" if array.shape[2] == 4 else "RGB"
+            image = Image.fromarray(np.clip(array, 0, 255).astype(np.uint8), mode=mode)
+        elif array.ndim == 2:
+            image = Image.fromarray(np.clip(array, 0, 255).astype(np.uint8), mode="L")
+        else:
+            raise ValueError(f"A drawing must be a 2-D image, not an array of shape {array.shape}.")
+    if image.width < 1 or image.height < 1:
+        raise ValueError("The drawing has no pixels.")
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
+        alpha = rgba[:, :, 3]
+        if alpha.min() < 0.99:  # a transparent canvas: whatever is painted is the ink
+            return alpha
+    grey = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    # dark ink on a light background (a drawing, a scan) or light ink on dark (MNIST itself)
+    return 1.0 - grey if np.median(grey) > 0.5 else grey
+
+
+def _shift(frame: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    out = np.zeros_like(frame)
+    h, w = frame.shape
+    src_y, dst_y = slice(max(0, -dy), min(h, h - dy)), slice(max(0, dy), min(h, h + dy))
+    src_x, dst_x = slice(max(0, -dx), min(w, w - dx)), slice(max(0, dx), min(w, w + dx))
+    out[dst_y, dst_x] = frame[src_y, src_x]
+    return out

@@ -1,0 +1,131 @@
+"""Train the row-by-row LSTM MNIST classifier.
+
+    python -m training.train_mnist --data-root ../shared/data --out runs/mnist
+
+Reads MNIST with torchvision's loader from ``--data-root`` (``MNIST/raw/`` inside it),
+downloading it there first when it is missing. 5,000 training digits are held out for
+validation (the same ones every run); the 10,000 test digits are only for
+``training.evaluate_mnist``. Adam with warm-up and cosine decay, light random affine
+augmentation, and the best validation accuracy is kept as ``--out/best.safetensors``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from captioner.mnist import MnistConfig, RowLSTMClassifier
+from training.common import Timer, UserError, cli, seed_everything, warmup_cosine
+from training.loop import Loop, epoch_order
+
+
+def load_mnist(root: Path, train: bool, download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Digits as float (N, 28, 28) in [0, 1] and labels (N,)."""
+    from torchvision.datasets import MNIST
+
+    try:
+        ds = MNIST(str(root), train=train, download=download)
+    except RuntimeError as err:  # torchvision: "Dataset not found..."
+        raise UserError(f"no MNIST under {root} and it could not be downloaded ({err})") from err
+    return ds.data.float() / 255.0, ds.targets.clone()
+
+
+def split_train_val(images, labels, n_val: int = 5000, seed: int = 1234):
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    val, train = order[:n_val], order[n_val:]
+    return (images[train], labels[train]), (images[val], labels[val])
+
+
+def augment(x: torch.Tensor, degrees: float = 10.0, scale: float = 0.1, shift_px: float = 2.0) -> torch.Tensor:
+    """Random small rotations, scalings and shifts of a batch (B, 28, 28), on the CPU."""
+    n = x.shape[0]
+    angle = (torch.rand(n) * 2 - 1) * math.radians(degrees)
+    s = 1 + (torch.rand(n) * 2 - 1) * scale
+    t = (torch.rand(n, 2) * 2 - 1) * (shift_px / 14.0)
+    cos, sin = torch.cos(angle) / s, torch.sin(angle) / s
+    theta = torch.stack([torch.stack([cos, -sin, t[:, 0]], 1), torch.stack([sin, cos, t[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, (n, 1, 28, 28), align_corners=False)
+    return F.grid_sample(x[:, None], grid, align_corners=False, padding_mode="zeros")[:, 0]
+
+
+@torch.no_grad()
+def accuracy(model: RowLSTMClassifier, images, labels, batch_size: int = 1000, fused: bool = False):
+    model.eval()
+    preds = torch.cat([model(images[i:i + batch_size], fused=fused).argmax(-1)
+                       for i in range(0, len(images), batch_size)])
+    return (preds == labels).float().mean().item(), preds
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-root", type=Path, default=Path("data"), help="folder holding MNIST/raw (default data)")
+    p.add_argument("--out", type=Path, default=Path("runs/mnist"))
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--warmup-steps", type=int, default=300)
+    p.add_argument("--hidden-size", type=int, default=128)
+    p.add_argument("--num-layers", type=int, default=2)
+    p.add_argument("--dropout", type=float, default=0.1)
+    p.add_argument("--no-augment", action="store_true")
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--save-every", type=int, default=200)
+    p.add_argument("--max-steps", type=int, default=0)
+    p.add_argument("--no-download", action="store_true", help="fail instead of downloading when MNIST is missing")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--dry-run", action="store_true", help="a few steps on a few samples")
+    args = p.parse_args(argv)
+    seed_everything(args.seed)
+    timer = Timer()
+
+    images, labels = load_mnist(args.data_root, train=True, download=not args.no_download)
+    (train_x, train_y), (val_x, val_y) = split_train_val(images, labels)
+    if args.dry_run:
+        train_x, train_y, val_x, val_y = train_x[:256], train_y[:256], val_x[:128], val_y[:128]
+        args.epochs, args.batch_size, args.save_every, args.warmup_steps = 1, 32, 4, 1
+    config = MnistConfig(args.hidden_size, args.num_layers, args.dropout)
+    model = RowLSTMClassifier(config)
+    steps_per_epoch = math.ceil(len(train_x) / args.batch_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, warmup_cosine(args.warmup_steps, steps_per_epoch * args.epochs, 0.01))
+
+    def train_step(epoch: int, step: int) -> float:
+        rows = epoch_order(len(train_x), epoch, args.seed)[step * args.batch_size:(step + 1) * args.batch_size]
+        x = train_x[rows] if args.no_augment else augment(train_x[rows])
+        loss = F.cross_entropy(model(x), train_y[rows])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+        optimizer.step()
+        return loss.item()
+
+    def validate() -> dict:
+        acc, _ = accuracy(model, val_x, val_y)
+        return {"val_accuracy": acc}
+
+    loop = Loop(kind="mnist-train", config=config, model=model, optimizer=optimizer, scheduler=scheduler,
+                out=args.out, epochs=args.epochs, steps_per_epoch=steps_per_epoch, train_step=train_step,
+                validate=validate, save_best=lambda: model.save(args.out / "best.safetensors"),
+                metric="val_accuracy", save_every=args.save_every, max_steps=args.max_steps, seed=args.seed,
+                metadata={"args": json.dumps(vars(args), default=str)},
+                curves=(["train_loss"], ["val_accuracy"]), title="MNIST row-by-row LSTM")
+    if args.resume:
+        loop.resume()
+    progress = loop.run()
+    if progress["history"]:
+        print(json.dumps({"best_val_accuracy": progress["best"], "best_epoch": progress["best_epoch"],
+                          "epochs": progress["epoch"], "seconds": round(timer(), 1), "out": str(args.out)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
