@@ -1,0 +1,112 @@
+"""Export a trained model to ONNX, and check it against onnxruntime.
+
+    python -m training.export_onnx trajectory --out checkpoints/trajectory.onnx
+    python -m training.export_onnx mnist --out mnist.onnx
+
+``trajectory``: for Unity's inference engine (Sentis): opset 15, an ONNX ``LSTM`` (no
+GRU), a dynamic batch. Input ``past`` (batch, 30, 2) float32 raw positions, oldest
+first; output ``future`` (batch, 10, 2) float32 positions in the same units. The
+normalisation (displacements from the last point, divided by the mean step length) is
+inside the graph.
+
+``mnist``: input ``digits`` (batch, 28, 28) float32 in [0, 1], white on black; output
+``logits`` (batch, 10). The hand-written cells are exported through torch's fused LSTM
+with the same weights, so the graph holds one ONNX ``LSTM`` op.
+
+Every export is checked: onnxruntime must reproduce PyTorch within ``--tolerance``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from captioner.checkpoint import atomic_write
+from training.common import UserError, cli
+
+OPSET = 15
+
+
+class _MnistGraph(nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, digits: torch.Tensor) -> torch.Tensor:
+        return self.model(digits, fused=True)
+
+
+def _sample(kind: str, batch: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    if kind == "trajectory":
+        return torch.randn(batch, 30, 2, generator=g).cumsum(1) * 5 + 100
+    return torch.rand(batch, 28, 28, generator=g)
+
+
+def build(kind: str, checkpoint: Path | None) -> tuple[nn.Module, str, str]:
+    if kind == "trajectory":
+        from captioner.trajectory import DEFAULT_CHECKPOINT, TrajectoryPredictor
+
+        return TrajectoryPredictor.from_checkpoint(checkpoint or DEFAULT_CHECKPOINT), "past", "future"
+    if kind == "mnist":
+        from captioner.mnist import DEFAULT_CHECKPOINT, RowLSTMClassifier
+
+        return _MnistGraph(RowLSTMClassifier.from_checkpoint(checkpoint or DEFAULT_CHECKPOINT)), "digits", "logits"
+    raise UserError(f"unknown model {kind!r}")
+
+
+def export(model: nn.Module, kind: str, input_name: str, output_name: str, out: Path,
+           tolerance: float = 1e-4) -> dict:
+    import onnx
+    import onnxruntime as ort
+
+    model.eval()
+    example = _sample(kind, 2)
+
+    def write(tmp):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (example,), tmp, input_names=[input_name], output_names=[output_name],
+                              opset_version=OPSET, dynamo=False, do_constant_folding=True,
+                              dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}})
+        onnx.checker.check_model(onnx.load(tmp))
+
+    atomic_write(out, write)
+    graph = onnx.load(str(out))
+    ops = sorted({node.op_type for node in graph.graph.node})
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    for batch in (1, 7, 64):
+        x = _sample(kind, batch, seed=batch)
+        with torch.no_grad():
+            expected = model(x).numpy()
+        got = session.run([output_name], {input_name: x.numpy()})[0]
+        worst = max(worst, float(np.abs(got - expected).max()))
+    if worst > tolerance:
+        raise RuntimeError(f"onnxruntime differs from PyTorch by {worst:.2e} (> {tolerance:.0e})")
+    return {"out": str(out), "opset": OPSET, "ops": ops, "max_abs_diff": worst}
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("model", choices=["trajectory", "mnist"])
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--checkpoint", type=Path, default=None, help="default: the shipped checkpoint")
+    p.add_argument("--tolerance", type=float, default=1e-4)
+    args = p.parse_args(argv)
+    model, input_name, output_name = build(args.model, args.checkpoint)
+    report = export(model, args.model, input_name, output_name, args.out, args.tolerance)
+    print(f"wrote {report['out']}: opset {report['opset']}, onnxruntime max |diff| {report['max_abs_diff']:.2e}")
+    print("ops: " + " ".join(report["ops"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
