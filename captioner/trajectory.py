@@ -311,6 +311,8 @@ def evaluate_sequences(model: TrajectoryPredictor, sequences: list[np.ndarray],
         collected["constant_velocity"].append(constant_velocity(pasts, c.future))
         for d in decays:
             collected[f"blend_{d:g}"].append(blend_sequence(preds, d))
+    if not collected["truth"]:
+        return {"windows": 0, "sequences": len(sequences)}
     truth = np.concatenate(collected.pop("truth"))
     report = {"windows": int(len(truth)), "sequences": len(sequences)}
     for name, parts in collected.items():

@@ -18,8 +18,13 @@ import sys
 from pathlib import Path
 
 from captioner.checkpoint import atomic_write_text
-from captioner.trajectory import (DEFAULT_CHECKPOINT, TrajectoryPredictor, evaluate_sequences, read_mat_sequences,
-                                  split_sequences)
+from captioner.trajectory import (
+    DEFAULT_CHECKPOINT,
+    TrajectoryPredictor,
+    evaluate_sequences,
+    read_mat_sequences,
+    split_sequences,
+)
 from training.common import UserError, cli
 
 
@@ -43,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     decay = model.config.blend_decay
     report = evaluate_sequences(model, sequences, (decay,) if decay is not None else ())
     if not report["windows"]:
-        raise UserError(f"no sequence in {args.mat} is long enough for {model.config.past}+{model.config.future} points")
+        c = model.config
+        raise UserError(f"no sequence in {args.mat} is long enough for {c.past} + {c.future} points")
     cv = report["constant_velocity"]
     rows = [("model", report["model"]), ("last position", report["last_position"]), ("constant velocity", cv)]
     if decay is not None:
