@@ -1,0 +1,74 @@
+"""MSE per frame and SSIM of the ConvLSTM next-frame predictor on Moving MNIST clips made
+from the MNIST test digits, against copying the last input frame.
+
+    python -m training.evaluate_nextframe --data-root ../shared/data [--checkpoint PATH] [--json-out FILE]
+
+MSE per frame is the squared error summed over the 64x64 pixels (values in [0, 1]) and
+averaged over clips and the 10 predicted frames, as the Moving MNIST papers report it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from captioner.checkpoint import atomic_write_text
+from captioner.nextframe import DEFAULT_CHECKPOINT, MovingMNIST, NextFramePredictor, copy_last_frame, frame_mse, ssim
+from training.common import cli
+from training.train_mnist import load_mnist
+
+TEST_SEED = 2024
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-root", type=Path, default=Path("data"))
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    p.add_argument("--clips", type=int, default=1000)
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--json-out", type=Path, default=None)
+    p.add_argument("--no-download", action="store_true")
+    args = p.parse_args(argv)
+
+    model = NextFramePredictor.from_checkpoint(args.checkpoint)
+    digits, _ = load_mnist(args.data_root, train=False, download=not args.no_download)
+    test_set = MovingMNIST(digits, seed=TEST_SEED)
+    sums = {"model_mse": 0.0, "model_ssim": 0.0, "copy_mse": 0.0, "copy_ssim": 0.0}
+    start = time.perf_counter()
+    for first in range(0, args.clips, args.batch_size):
+        clips = test_set.batch(range(first, min(first + args.batch_size, args.clips)))
+        inputs, truth = clips[:, :10], clips[:, 10:]
+        pred, copy = model.predict(inputs), copy_last_frame(inputs)
+        n = len(clips)
+        sums["model_mse"] += frame_mse(pred, truth) * n
+        sums["model_ssim"] += ssim(pred, truth) * n
+        sums["copy_mse"] += frame_mse(copy, truth) * n
+        sums["copy_ssim"] += ssim(copy, truth) * n
+    per_frame = {k: (v / args.clips).tolist() for k, v in sums.items()}
+    report = {
+        "checkpoint": str(args.checkpoint), "clips": args.clips, "seed": TEST_SEED,
+        "mse_per_frame": float(torch.tensor(per_frame["model_mse"]).mean()),
+        "ssim": float(torch.tensor(per_frame["model_ssim"]).mean()),
+        "copy_last_frame_mse_per_frame": float(torch.tensor(per_frame["copy_mse"]).mean()),
+        "copy_last_frame_ssim": float(torch.tensor(per_frame["copy_ssim"]).mean()),
+        "by_frame": per_frame, "seconds": round(time.perf_counter() - start, 1),
+    }
+    print(f"{args.clips} test clips")
+    print(f"{'':18s} {'MSE/frame':>10s} {'SSIM':>7s}")
+    print(f"{'ConvLSTM':18s} {report['mse_per_frame']:10.1f} {report['ssim']:7.3f}")
+    copy_mse, copy_ssim = report["copy_last_frame_mse_per_frame"], report["copy_last_frame_ssim"]
+    print(f"{'copy last frame':18s} {copy_mse:10.1f} {copy_ssim:7.3f}")
+    print("MSE by predicted frame: " + " ".join(f"{v:.0f}" for v in per_frame["model_mse"]))
+    if args.json_out:
+        atomic_write_text(args.json_out, json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
