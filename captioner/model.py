@@ -150,13 +150,15 @@ class Captioner(nn.Module):
 
     # ---------------------------------------------------------------- checkpoints
 
-    def save(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
-        """The projection and decoder weights, with config and vocabulary as metadata."""
+    def save(self, path: str | os.PathLike, dtype: torch.dtype | None = None,
+             metadata: dict[str, str] | None = None) -> None:
+        """The projection and decoder weights, with config and vocabulary (and any extra
+        string ``metadata``, such as where the training data was) in the file's metadata."""
         config = self.config
         if self.encoder is not None:
             config.encoder_weights_id = self.encoder.weights_id
         save_model(path, "captioner", config, self.head.state_dict(),
-                   {"vocabulary": self.vocab.to_json()}, dtype=dtype)
+                   {**(metadata or {}), "vocabulary": self.vocab.to_json()}, dtype=dtype)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike = DEFAULT_CHECKPOINT, *, encoder: ImageEncoder | None = None,

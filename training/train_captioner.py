@@ -214,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(args.warmup_steps, total_steps, args.min_lr_ratio))
     trainer = torch.nn.parallel.DistributedDataParallel(model.head) if dist.enabled else model.head
+    data_info = {"training_data": json.dumps({
+        "datasets": [[kind, str(root.resolve())] for kind, root in zip(args.dataset, args.data_root)],
+        "coco_split": args.coco_split, "val_fraction": args.val_fraction, "test_fraction": args.test_fraction})}
 
     @functools.lru_cache(maxsize=1)
     def plan(epoch: int):
@@ -238,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
 
     loop = Loop(kind="captioner-train", config=config, model=model.head, optimizer=optimizer, scheduler=scheduler,
                 out=out, epochs=args.epochs, steps_per_epoch=steps_per_epoch, train_step=train_step, validate=val,
-                save_best=lambda: model.save(out / "best.safetensors", dtype=torch.float16), metric="val_bleu4",
+                save_best=lambda: model.save(out / "best.safetensors", dtype=torch.float16, metadata=data_info),
+                metric="val_bleu4",
                 save_every=args.save_every, max_steps=args.max_steps, dist=dist, seed=args.seed,
                 metadata={"vocabulary": vocab.to_json(), "args": json.dumps(vars(args), default=str)},
                 curves=(["train_loss", "val_loss"], ["val_bleu4"]), title=f"captioner ({args.encoder})")

@@ -1,0 +1,133 @@
+"""Caption metrics and the two baselines every evaluation reports.
+
+- ``coco_scores``: BLEU-1..4, METEOR (when Java is present), ROUGE-L and CIDEr with
+  pycocoevalcap's scorers and its PTB tokenizer (our own tokenizer without Java).
+- ``best_constant_caption``: the single caption that, given to every image, scores the
+  highest corpus BLEU-4 against these very references (an oracle choice, so the baseline
+  is as strong as a constant caption can be).
+- ``consensus_caption``: for nearest-neighbour retrieval, the caption among the
+  neighbours' captions that agrees most with the others (Devlin et al. 2015).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import math
+import shutil
+from collections import Counter
+from collections.abc import Sequence
+
+from captioner.vocabulary import tokenize
+
+log = logging.getLogger(__name__)
+
+
+def java_available() -> bool:
+    return shutil.which("java") is not None
+
+
+def coco_scores(references: dict[str, list[str]], predictions: dict[str, str]) -> dict[str, float]:
+    """Corpus scores of ``predictions`` (id -> caption) against ``references`` (id -> captions)."""
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    ids = sorted(predictions)
+    gts = {i: [{"caption": c} for c in references[i]] for i in ids}
+    res = {i: [{"caption": predictions[i] or "."}] for i in ids}
+    if java_available():
+        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+        tokenizer = PTBTokenizer()
+        gts, res = tokenizer.tokenize(gts), tokenizer.tokenize(res)
+    else:
+        gts = {i: [" ".join(tokenize(c["caption"])) for c in v] for i, v in gts.items()}
+        res = {i: [" ".join(tokenize(c["caption"]))] for i, c in ((i, v[0]) for i, v in res.items())}
+    scores: dict[str, float] = {}
+    with contextlib.redirect_stdout(io.StringIO()):  # the scorers print progress
+        bleu, _ = Bleu(4).compute_score(gts, res)
+        scores.update({f"BLEU-{n + 1}": float(b) for n, b in enumerate(bleu)})
+        if java_available():
+            from pycocoevalcap.meteor.meteor import Meteor
+
+            meteor = Meteor()
+            try:
+                scores["METEOR"] = float(meteor.compute_score(gts, res)[0])
+            finally:
+                del meteor  # stops the Java process
+        scores["ROUGE-L"] = float(Rouge().compute_score(gts, res)[0])
+        scores["CIDEr"] = float(Cider().compute_score(gts, res)[0])
+    return scores
+
+
+def _ngrams(words: Sequence[str], n: int) -> Counter:
+    return Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+
+
+def best_constant_caption(references: Sequence[Sequence[str]], candidates: Sequence[str]) -> tuple[str, float]:
+    """The candidate with the highest corpus BLEU-4 when it is every image's caption.
+
+    Exact corpus BLEU-4 (clipped n-gram precision, brevity penalty against the closest
+    reference length) for each candidate, computed from per-n-gram tables so that
+    thousands of candidates take seconds."""
+    refs = [[tokenize(r) for r in image_refs] for image_refs in references]
+    # clip[g][k]: summed over images, min(k, the most times any reference of that image has g)
+    clip: dict[tuple, list[int]] = {}
+    for image_refs in refs:
+        most: Counter = Counter()
+        for r in image_refs:
+            for n in range(1, 5):
+                for g, c in _ngrams(r, n).items():
+                    most[g] = max(most[g], c)
+        for g, c in most.items():
+            row = clip.setdefault(g, [0] * 8)
+            for k in range(1, 8):
+                row[k] += min(k, c)
+    ref_lengths = [[len(r) for r in image_refs] for image_refs in refs]
+    best, best_score = "", -1.0
+    for text in dict.fromkeys(" ".join(tokenize(c)) for c in candidates):
+        words = text.split()
+        if not words:
+            continue
+        log_precision = 0.0
+        for n in range(1, 5):
+            grams = _ngrams(words, n)
+            total = sum(grams.values()) * len(refs)
+            matched = sum(clip.get(g, [0] * 8)[min(c, 7)] for g, c in grams.items())
+            if total == 0 or matched == 0:
+                log_precision = float("-inf")
+                break
+            log_precision += math.log(matched / total) / 4
+        if log_precision == float("-inf"):
+            continue
+        hyp_len = len(words) * len(refs)
+        ref_len = sum(min(lengths, key=lambda x: (abs(x - len(words)), x)) for lengths in ref_lengths)
+        bp = 1.0 if hyp_len > ref_len else math.exp(1 - ref_len / hyp_len)
+        score = bp * math.exp(log_precision)
+        if score > best_score:
+            best, best_score = text, score
+    return best, best_score
+
+
+def _similarity(a: list[str], b: list[str]) -> float:
+    """Smoothed sentence BLEU-4 of ``a`` against ``b``."""
+    if not a or not b:
+        return 0.0
+    log_p = 0.0
+    for n in range(1, 5):
+        ga, gb = _ngrams(a, n), _ngrams(b, n)
+        matched = sum(min(c, gb[g]) for g, c in ga.items())
+        log_p += math.log((matched + 1) / (sum(ga.values()) + 1)) / 4
+    bp = 1.0 if len(a) > len(b) else math.exp(1 - len(b) / len(a))
+    return bp * math.exp(log_p)
+
+
+def consensus_caption(captions: Sequence[str]) -> str:
+    """The caption with the highest mean similarity to the other captions."""
+    tokens = [tokenize(c) for c in captions]
+    if len(tokens) == 1:
+        return captions[0]
+    scores = [sum(_similarity(t, o) for j, o in enumerate(tokens) if j != i) for i, t in enumerate(tokens)]
+    return captions[max(range(len(captions)), key=scores.__getitem__)]

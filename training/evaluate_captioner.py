@@ -1,0 +1,167 @@
+"""Score a trained captioner against human captions, beside two baselines.
+
+    python -m training.evaluate_captioner --checkpoint PATH --images DIR \\
+        (--coco-captions JSON | --flickr-captions CSV) [--beam-size N] [--json-out FILE] [--split test]
+
+Reports BLEU-1..4, METEOR (when Java is present), ROUGE-L and CIDEr with pycocoevalcap,
+for the model and, in the same run, for
+
+- the best single constant caption: the one caption that, given to every image, scores
+  the highest BLEU-4 on these very references (an oracle choice among the training
+  captions and the references, so the strongest constant there is);
+- nearest-neighbour retrieval: each image gets the consensus caption of its 5 nearest
+  training images, by cosine similarity in the same encoder feature space.
+
+The training images for retrieval come from the checkpoint's metadata (or
+``--train-data KIND:ROOT``); images being evaluated are never their own neighbours.
+``--split test`` keeps only the images the training script held out as test.
+The predictions of all three are written to ``--json-out`` with the scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from captioner.checkpoint import atomic_write_text, read_safetensors
+from captioner.datasets import captions_by_image, read_coco, read_dataset, read_flickr8k, split_of
+from captioner.features import FeatureCache
+from captioner.metrics import best_constant_caption, coco_scores, consensus_caption, java_available
+from captioner.model import DEFAULT_CHECKPOINT, Captioner
+from training.common import UserError, cli
+
+log = logging.getLogger("evaluate_captioner")
+
+
+def training_sources(checkpoint: Path, override: list[str]) -> tuple[list[tuple[str, Path]], dict]:
+    info = {"coco_split": "train2017", "val_fraction": 0.07, "test_fraction": 0.13}
+    meta = read_safetensors(checkpoint)[1]
+    if "training_data" in meta:
+        saved = json.loads(meta["training_data"])
+        info.update({k: saved[k] for k in info if k in saved})
+        sources = [(kind, Path(root)) for kind, root in saved["datasets"]]
+    else:
+        sources = []
+    if override:
+        sources = []
+        for item in override:
+            kind, _, root = item.partition(":")
+            if kind not in ("coco", "flickr8k") or not root:
+                raise UserError(f"--train-data takes KIND:ROOT with KIND coco or flickr8k, not {item!r}")
+            sources.append((kind, Path(root)))
+    return [(k, r) for k, r in sources if r.exists()], info
+
+
+def retrieval_captions(cache: FeatureCache, eval_feats: torch.Tensor, eval_refs: dict[Path, list[str]],
+                       sources: list[tuple[str, Path]], info: dict, k: int = 5) -> tuple[list[str], str]:
+    """The consensus caption of each image's k nearest training images."""
+    eval_images = list(eval_refs)
+    records = []
+    for kind, root in sources:
+        records += read_dataset(kind, root, info["coco_split"]).records
+    train = [r for r in records if split_of(r.image, info["val_fraction"], info["test_fraction"]) == "train"]
+    how = "training images"
+    if not train:  # no training data here: leave-one-out among the evaluated images
+        log.warning("no training data found for retrieval; using the other evaluated images instead")
+        how = "other evaluated images (leave-one-out)"
+        db_images, db_feats = eval_images, eval_feats
+        db_captions = [eval_refs[p] for p in eval_images]
+    else:
+        grouped = captions_by_image(train)
+        db_images = list(grouped)
+        db_feats, _ = cache.get(db_images)
+        db_captions = [grouped[p] for p in db_images]
+    a = torch.nn.functional.normalize(eval_feats.float(), dim=1)
+    b = torch.nn.functional.normalize(db_feats.float(), dim=1)
+    similarity = a @ b.T
+    eval_index = {p.resolve(): i for i, p in enumerate(eval_images)}
+    for j, p in enumerate(db_images):  # an evaluated image is never its own neighbour
+        if p.resolve() in eval_index:
+            similarity[eval_index[p.resolve()], j] = float("-inf")
+    neighbours = similarity.topk(k, dim=1).indices.tolist()
+    return [consensus_caption([c for j in row for c in db_captions[j]]) for row in neighbours], how
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
+    p.add_argument("--images", type=Path, required=True, help="the folder of the images")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--coco-captions", type=Path, help="a COCO captions_*.json")
+    source.add_argument("--flickr-captions", type=Path, help="a Flickr8k-style CSV: image,caption")
+    p.add_argument("--beam-size", type=int, default=None, help="default: the checkpoint's own")
+    p.add_argument("--length-alpha", type=float, default=None)
+    p.add_argument("--split", choices=["all", "train", "val", "test"], default="all")
+    p.add_argument("--train-data", action="append", default=[], metavar="KIND:ROOT",
+                   help="training data for the retrieval baseline (default: from the checkpoint)")
+    p.add_argument("--no-baselines", action="store_true")
+    p.add_argument("--cache-dir", type=Path, default=Path("data/features"))
+    p.add_argument("--encoder-weights", default=None)
+    p.add_argument("--json-out", type=Path, default=None)
+    args = p.parse_args(argv)
+    if args.beam_size is not None and args.beam_size < 1:
+        raise UserError("--beam-size must be at least 1")
+    start = time.perf_counter()
+
+    model = Captioner.from_checkpoint(args.checkpoint, encoder_weights=args.encoder_weights)
+    dataset = (read_coco(args.coco_captions, args.images) if args.coco_captions
+               else read_flickr8k(args.flickr_captions, args.images))
+    sources, info = training_sources(args.checkpoint, args.train_data)
+    records = dataset.records
+    if args.split != "all":
+        records = [r for r in records if split_of(r.image, info["val_fraction"], info["test_fraction"]) == args.split]
+    references = captions_by_image(records)
+    if not references:
+        raise UserError("no captioned images to evaluate")
+    images = list(references)
+    cache = FeatureCache(args.cache_dir, model.require_encoder())
+    features, _ = cache.get(images)
+    results = model.caption_features(features.float(), beam_size=args.beam_size, length_alpha=args.length_alpha)
+    ids = [str(p.name) for p in images]
+    refs = {i: references[p] for i, p in zip(ids, images)}
+    systems = {"model": {i: r.caption for i, r in zip(ids, results)}}
+    notes = {}
+    if not args.no_baselines:
+        candidates = [c for caps in references.values() for c in caps]
+        if sources:
+            train_records = [r for kind, root in sources for r in read_dataset(kind, root, info["coco_split"]).records]
+            candidates += [r.caption for r in train_records]
+        constant, _ = best_constant_caption(list(refs.values()), candidates)
+        systems["constant"] = dict.fromkeys(ids, constant)
+        notes["constant"] = constant
+        retrieved, how = retrieval_captions(cache, features, references, sources, info)
+        systems["retrieval"] = dict(zip(ids, retrieved))
+        notes["retrieval"] = f"consensus caption of the 5 nearest {how}"
+    scores = {name: coco_scores(refs, preds) for name, preds in systems.items()}
+
+    beam = args.beam_size or model.config.beam_size
+    report = {
+        "checkpoint": str(args.checkpoint), "images": len(images), "captions": len(records),
+        "split": args.split, "beam_size": beam, "encoder": model.config.encoder,
+        "skipped_captions_missing_image": dataset.skipped, "java": java_available(),
+        "scores": scores, "baselines": notes, "seconds": round(time.perf_counter() - start, 1),
+        "predictions": [{"image": i, "model": systems["model"][i], **({"retrieval": systems["retrieval"][i]}
+                                                                     if "retrieval" in systems else {}),
+                         "references": refs[i]} for i in ids],
+    }
+    metrics = list(scores["model"])
+    print(f"{len(images)} images, {len(records)} human captions ({args.split}), beam {beam}")
+    print(f"{'':12s}" + "".join(f"{m:>9s}" for m in metrics))
+    for name, s in scores.items():
+        print(f"{name:12s}" + "".join(f"{s[m]:9.4f}" for m in metrics))
+    if "constant" in notes:
+        print(f"constant caption: {notes['constant']!r}")
+    if args.json_out:
+        atomic_write_text(args.json_out, json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
