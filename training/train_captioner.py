@@ -56,7 +56,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--encoder-weights", default=None, help="local weights file for a ResNet encoder")
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.add_argument("--cache-dir", type=Path, default=Path("data/features"))
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, default=None, help="default 20 (1 with --dry-run)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--min-lr-ratio", type=float, default=0.05, help="cosine schedule floor, as a fraction of --lr")
@@ -174,7 +174,8 @@ def validate(model: Captioner, table: CaptionTable, features, refs: list[list[li
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.dry_run:
-        args.epochs, args.batch_size, args.save_every, args.warmup_steps = 1, 8, 2, 1
+        args.batch_size, args.save_every, args.warmup_steps = 8, 2, 1
+    args.epochs = args.epochs or (1 if args.dry_run else 20)
     dist = init_distributed()
     seed_everything(args.seed + dist.rank)
     out = args.out

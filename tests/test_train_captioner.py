@@ -1,0 +1,117 @@
+"""The captioner's training script on real captions: dry run, resume, crash safety, DDP."""
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from captioner.model import Captioner
+from tests.conftest import ROOT, shared
+
+TINY = ["--embed-dim", "32", "--hidden-dim", "32", "--min-count", "2"]
+
+
+@pytest.fixture(scope="module")
+def data_args(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("features")
+    return ["--dataset", "flickr8k", "--data-root", str(shared("flickr8k")),
+            "--dataset", "coco", "--data-root", str(shared("coco_mini")), "--cache-dir", str(cache), *TINY]
+
+
+def run(args, **kwargs):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "training.train_captioner", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600, **kwargs)
+
+
+def weights(path):
+    return {k: v for k, v in load_file(str(path)).items() if k.startswith("model.")}
+
+
+def test_dry_run_writes_every_artefact(tmp_path, data_args):
+    from training import train_captioner
+
+    out = tmp_path / "run"
+    assert train_captioner.main([*data_args, "--out", str(out), "--dry-run"]) == 0
+    assert {p.name for p in out.iterdir()} >= {"best.safetensors", "last.safetensors", "metrics.csv",
+                                               "loss_curve.png"}
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [r["epoch"] for r in rows] == ["1"] and float(rows[0]["val_loss"]) > 0
+    model = Captioner.from_checkpoint(out / "best.safetensors", load_encoder=False)
+    assert model.config.embed_dim == 32
+    assert model.caption_features(torch.randn(2, 1280), beam_size=2)[0].caption is not None
+
+
+def test_resume_ends_exactly_where_an_uninterrupted_run_ends(tmp_path, data_args):
+    from training import train_captioner
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    common = [*data_args, "--dry-run", "--epochs", "2", "--save-every", "3"]
+    assert train_captioner.main([*common, "--out", str(straight)]) == 0
+    assert train_captioner.main([*common, "--out", str(resumed), "--max-steps", "5"]) == 0
+    assert not (resumed / "metrics.csv").exists()  # stopped inside the first epoch
+    assert train_captioner.main([*common, "--out", str(resumed), "--resume"]) == 0
+    a, b = weights(straight / "last.safetensors"), weights(resumed / "last.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    drop = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert drop(csv.DictReader(open(straight / "metrics.csv"))) == drop(csv.DictReader(open(resumed / "metrics.csv")))
+
+
+def test_kill_9_mid_training_loses_nothing_after_resume(tmp_path, data_args):
+    straight, crashed = tmp_path / "straight", tmp_path / "crashed"
+    common = [*data_args, "--dry-run", "--epochs", "3", "--save-every", "2"]
+    assert run([*common, "--out", str(straight)]).returncode == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "training.train_captioner", *common, "--out", str(crashed)],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while not (crashed / "last.safetensors").exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "training finished before it could be killed"
+    load_file(str(crashed / "last.safetensors"))  # the checkpoint on disk is whole (atomic writes)
+    result = run([*common, "--out", str(crashed), "--resume"])
+    assert result.returncode == 0, result.stderr[-2000:]
+    a, b = weights(straight / "last.safetensors"), weights(crashed / "last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_changed_settings_and_missing_state(tmp_path, data_args):
+    from training import train_captioner
+
+    out = tmp_path / "run"
+    assert train_captioner.main([*data_args, "--out", str(out), "--dry-run", "--resume"]) == 2
+    assert train_captioner.main([*data_args, "--out", str(out), "--dry-run"]) == 0
+    changed = [a if a != "32" else "48" for a in data_args]
+    assert train_captioner.main([*changed, "--out", str(out), "--dry-run", "--resume"]) == 2
+
+
+def test_two_process_distributed_training(tmp_path, data_args):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                             "-m", "training.train_captioner", *data_args, "--out", str(out), "--dry-run",
+                             "--epochs", "2"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert len(rows) == 2
+    single = list(csv.DictReader(open(_single(tmp_path, data_args) / "metrics.csv")))
+    assert int(rows[-1]["step"]) * 2 == pytest.approx(int(single[-1]["step"]), abs=2)  # each rank takes half
+    Captioner.from_checkpoint(out / "best.safetensors", load_encoder=False)
+
+
+def _single(tmp_path, data_args):
+    from training import train_captioner
+
+    out = tmp_path / "single"
+    assert train_captioner.main([*data_args, "--out", str(out), "--dry-run", "--epochs", "2"]) == 0
+    return out
