@@ -221,21 +221,23 @@ def blend_sequence(predictions: np.ndarray, decay: float) -> np.ndarray:
 # ------------------------------------------------------------------------------ data
 
 def read_mat_sequences(path: str | os.PathLike) -> list[np.ndarray]:
-    """The ``xtrain`` sequences of a .mat laid out like UCI Character Trajectories: each
-    3 x T (x velocity, y velocity, pen force), zero padded. Returns positions (T', 2), the
-    cumulative sum of the velocities with the all-zero padding at both ends removed."""
+    """The sequences of a .mat laid out like UCI Character Trajectories: ``xtrain`` (or, in
+    the UCI archive's ``mixoutALL_shifted.mat``, ``mixout``) cells of 3 x T (x velocity,
+    y velocity, pen force), zero padded. Returns positions (T', 2), the cumulative sum of
+    the velocities with the all-zero padding at both ends removed."""
     from scipy.io import loadmat
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no .mat file at {path}")
     try:
-        data = loadmat(str(path), variable_names=["xtrain"])
+        data = loadmat(str(path), variable_names=["xtrain", "mixout"])
     except Exception as err:
         raise ValueError(f"{path} is not a readable MATLAB file ({err})") from err
-    if "xtrain" not in data:
-        raise ValueError(f"{path} has no 'xtrain' variable")
-    cells = data["xtrain"].ravel()
+    name = "xtrain" if "xtrain" in data else "mixout" if "mixout" in data else None
+    if name is None:
+        raise ValueError(f"{path} has no 'xtrain' (or 'mixout') variable")
+    cells = data[name].ravel()
     sequences = []
     for cell in cells:
         seq = np.asarray(cell, dtype=np.float64)

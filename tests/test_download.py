@@ -9,7 +9,8 @@ import zipfile
 
 import pytest
 
-from training import download
+from captioner import downloads as download
+from training import download as download_cli
 
 
 class Server:
@@ -122,13 +123,13 @@ def test_coco_layout_is_what_the_trainer_reads(tmp_path):
     })
     try:
         root = tmp_path / "coco"
-        download.main(["coco", "--root", str(root), "--splits", "train", "--base-url", server.url])
+        download_cli.main(["coco", "--root", str(root), "--splits", "train", "--base-url", server.url])
         from captioner.datasets import read_dataset
 
         records = read_dataset("coco", root, "train2017").records
         assert [(r.image.name, r.caption) for r in records] == [("000000000007.jpg", "A red square.")]
         n = len(server.requests)
-        download.main(["coco", "--root", str(root), "--splits", "train", "--base-url", server.url])
+        download_cli.main(["coco", "--root", str(root), "--splits", "train", "--base-url", server.url])
         assert len(server.requests) == n  # everything was already there
     finally:
         server.close()
@@ -152,3 +153,25 @@ def test_unsafe_zip_paths_are_refused(tmp_path):
     archive.write_bytes(_zip({"../escape.txt": b"x"}))
     with pytest.raises(download.DownloadError, match="unsafe"):
         download.unzip(archive, tmp_path / "into")
+
+
+def test_uci_trajectories_archive_is_found_and_read(tmp_path):
+    import numpy as np
+    from scipy.io import savemat
+
+    from captioner.trajectory import read_mat_sequences
+
+    seq = np.zeros((3, 60))
+    seq[0, 5:55], seq[1, 5:55] = 1.0, 2.0  # padded at both ends, like the real file
+    cells = np.empty((1, 2), dtype=object)
+    cells[0, 0], cells[0, 1] = seq, seq * 2
+    buffer = io.BytesIO()
+    savemat(buffer, {"mixout": cells})
+    server = Server({"/ct.zip": _zip({"mixoutALL_shifted.mat": buffer.getvalue()})})
+    try:
+        path = download.download_trajectories(tmp_path, server.url + "/ct.zip", progress=False)
+    finally:
+        server.close()
+    sequences = read_mat_sequences(path)
+    assert len(sequences) == 2 and sequences[0].shape == (50, 2)
+    np.testing.assert_allclose(sequences[1][-1], [100.0, 200.0])

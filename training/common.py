@@ -31,6 +31,7 @@ class UserError(Exception):
 def cli(main: Callable[[list[str] | None], int | None]) -> Callable[[list[str] | None], int]:
     """Run ``main``; known user errors end in one clear sentence and a non-zero exit."""
     from captioner.checkpoint import CheckpointError
+    from captioner.downloads import DownloadError
     from captioner.encoders import EncoderWeightsError
     from captioner.images import ImageError
 
@@ -40,7 +41,8 @@ def cli(main: Callable[[list[str] | None], int | None]) -> Callable[[list[str] |
                             datefmt="%H:%M:%S")
         try:
             return main(argv) or 0
-        except (UserError, CheckpointError, EncoderWeightsError, ImageError, FileNotFoundError) as err:
+        except (UserError, CheckpointError, EncoderWeightsError, ImageError, FileNotFoundError,
+                DownloadError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
