@@ -17,16 +17,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from captioner.downloads import (  # noqa: F401
-    COCO_URL,
-    MNIST_FILES,
-    MNIST_MIRRORS,
-    DownloadError,
-    download_coco,
-    download_mnist,
-    fetch,
-    unzip,
-)
+from captioner.downloads import COCO_URL, MNIST_MIRRORS, download_coco, download_mnist, download_trajectories
 from training.common import cli
 
 
