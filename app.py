@@ -1,65 +1,419 @@
 """The web app: ``python app.py`` serves every model in one Gradio page.
 
-This file is the UI and nothing else; the work is done by predictors in ``captioner/``.
-A tab whose model has not been trained yet shows a clear notice instead.
+This file is the UI and nothing else: the predictors live in ``captioner/service.py``.
+Every tab's function is also an API endpoint with a stable name (``/caption``,
+``/classify_digit``, ``/predict_trajectory``, ``/predict_frames``), callable with
+``gradio_client``. A tab whose model has not been trained yet says so instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import html
+import json
 import os
+import tempfile
+import threading
+import time
+from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
 
-from captioner.model import DEFAULT_CHECKPOINT  # noqa: E402
+from captioner.images import MAX_BYTES  # noqa: E402
+from captioner.service import CaptionService, DigitService, FrameService, InputError, TrajectoryService  # noqa: E402
 
-NOT_TRAINED = "**Not trained yet.** This tab's model has not been shipped; see the README to train it."
+ROOT = Path(__file__).resolve().parent
+NOT_TRAINED = ("**Not trained yet.** This tab's model has not been shipped in `checkpoints/`; "
+               "the README says how to train it.")
+DOWNLOADS = Path(tempfile.gettempdir()) / "captioner-downloads"
+
+# The models: checkpoints/ by default; CAPTIONER_CHECKPOINTS points elsewhere (tests, other models).
+CHECKPOINTS = Path(os.environ.get("CAPTIONER_CHECKPOINTS", ROOT / "checkpoints"))
+captions = CaptionService(CHECKPOINTS / "captioner.safetensors",
+                          batching=os.environ.get("CAPTIONER_BATCHING", "1") != "0")
+digits = DigitService(CHECKPOINTS / "mnist.safetensors")
+trajectories = TrajectoryService(CHECKPOINTS / "trajectory.safetensors")
+frames = FrameService(CHECKPOINTS / "nextframe.safetensors")
+
+
+def _user_error(err: Exception) -> gr.Error:
+    return gr.Error(str(err), print_exception=False)
+
+
+# ----------------------------------------------------------------------------- caption
+
+def caption(files, decoding: str = "beam search", beam_width: float = 3):
+    """Caption one or many images. Returns the shaded caption(s) as HTML, a table, CSV and
+    JSON downloads, the results as JSON, and how long it took."""
+    start = time.perf_counter()
+    paths = [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in (files or [])]
+    if isinstance(files, str):
+        paths = [files]
+    if not paths:
+        raise gr.Error("Please upload at least one image.", print_exception=False)
+    beam = 1 if str(decoding).lower().startswith("greedy") else beam_width
+    try:
+        results = captions.caption_paths(paths, beam)
+    except InputError as err:
+        raise _user_error(err) from err
+    seconds = time.perf_counter() - start
+    if all("error" in r for r in results):
+        raise gr.Error(" ".join(f"{r['image']}: {r['error']}" for r in results)[:1000], print_exception=False)
+    good = sum("error" not in r for r in results)
+    timing = f"{good} caption{'s' if good != 1 else ''} in {seconds:.2f} s" + (
+        f" ({len(results) - good} file{'s' if len(results) - good != 1 else ''} could not be read)"
+        if good < len(results) else "")
+    return _shaded_html(results), _table(results), _downloads(results), results, timing
+
+
+def _shaded_html(results: list[dict]) -> str:
+    blocks = []
+    for r in results:
+        name = html.escape(r["image"])
+        if "error" in r:
+            blocks.append(f"<div class='cap'><b>{name}</b>: <span class='err'>{html.escape(r['error'])}</span></div>")
+            continue
+        words = "".join(
+            f"<span class='w' style='background: rgba(79, 70, 229, {0.12 + 0.6 * p:.2f})' "
+            f"title='p = {p:.2f}'>{html.escape(w)}</span> " for w, p in zip(r["words"], r["probabilities"]))
+        blocks.append(f"<div class='cap'><b>{name}</b>: <span class='caption'>{words}</span></div>")
+    legend = "<div class='legend'>Darker words are the ones the model was surer of (hover for the probability).</div>"
+    return "<div class='captions'>" + "".join(blocks) + legend + "</div>"
+
+
+def _table(results: list[dict]) -> list[list]:
+    return [[r["image"], r.get("caption", ""),
+             round(float(np.mean(r["probabilities"])), 3) if r.get("probabilities") else None, r.get("error", "")]
+            for r in results]
+
+
+def _downloads(results: list[dict]) -> list[str]:
+    DOWNLOADS.mkdir(parents=True, exist_ok=True)
+    for old in DOWNLOADS.glob("captions-*"):  # keep the temp folder small
+        if time.time() - old.stat().st_mtime > 3600:
+            old.unlink(missing_ok=True)
+    stem = DOWNLOADS / f"captions-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{threading.get_ident() % 10000}"
+    csv_path, json_path = stem.with_suffix(".csv"), stem.with_suffix(".json")
+    with open(csv_path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["image", "caption", "words", "probabilities", "error"])
+        for r in results:
+            writer.writerow([r["image"], r.get("caption", ""), " ".join(r.get("words", [])),
+                             " ".join(f"{p:.4f}" for p in r.get("probabilities", [])), r.get("error", "")])
+    json_path.write_text(json.dumps(results, indent=2), encoding="utf-8")
+    return [str(csv_path), str(json_path)]
+
+
+def _example_images() -> list[list[str]]:
+    """A few photos that ship inside scikit-image (never from ../shared)."""
+    try:
+        import skimage.data as data
+    except ImportError:
+        return []
+    folder = Path(tempfile.gettempdir()) / "captioner-examples"
+    folder.mkdir(parents=True, exist_ok=True)
+    examples = []
+    for name in ("chelsea", "astronaut", "coffee", "rocket"):
+        path = folder / f"{name}.jpg"
+        if not path.exists():
+            try:
+                Image.fromarray(getattr(data, name)()).convert("RGB").save(path, quality=92)
+            except Exception:  # a sample that scikit-image would have to download
+                continue
+        examples.append([str(path)])
+    return examples
+
+
+def caption_tab() -> None:
+    if not captions.available:
+        gr.Markdown(NOT_TRAINED)
+        return
+    with gr.Row():
+        with gr.Column(scale=1):
+            files = gr.File(label="Photos (one or many)", file_count="multiple", elem_id="caption-files")
+            decoding = gr.Radio(["beam search", "greedy"], value="beam search", label="Decoding")
+            beam = gr.Slider(1, 10, value=3, step=1, label="Beam width")
+            button = gr.Button("Caption", variant="primary", elem_id="caption-button")
+        with gr.Column(scale=2):
+            shaded = gr.HTML(label="Caption", elem_id="caption-output")
+            timing = gr.Markdown(label="Time taken", elem_id="caption-timing")
+            table = gr.Dataframe(headers=["image", "caption", "mean probability", "error"], label="All captions",
+                                 interactive=False, wrap=True)
+            downloads = gr.File(label="Download (CSV, JSON)", file_count="multiple", interactive=False)
+            as_json = gr.JSON(label="Results", visible=False)
+    examples = _example_images()
+    if examples:
+        gr.Examples(examples, inputs=[files], label="Example photos (from scikit-image)")
+    button.click(caption, [files, decoding, beam], [shaded, table, downloads, as_json, timing],
+                 api_name="caption", concurrency_limit=16, concurrency_id="caption")
+
+
+# ------------------------------------------------------------------------------- digits
+
+def classify_digit(upload=None, sketch=None):
+    """Classify a digit: an uploaded picture, or the drawing on the canvas."""
+    drawing = upload if upload is not None else _sketch_image(sketch)
+    try:
+        probs, seen = digits.classify(drawing)
+    except InputError as err:
+        raise _user_error(err) from err
+    seen_image = Image.fromarray((seen * 255).astype(np.uint8)).resize((168, 168), Image.Resampling.NEAREST)
+    return probs, seen_image
+
+
+def _sketch_image(sketch):
+    if sketch is None:
+        return None
+    if isinstance(sketch, dict):
+        composite = sketch.get("composite")
+        if composite is None and sketch.get("layers"):
+            composite = sketch["layers"][-1]
+        return composite
+    return sketch
+
+
+def digit_tab() -> None:
+    if not digits.available:
+        gr.Markdown(NOT_TRAINED)
+        return
+    gr.Markdown("Draw a digit (0-9) with the mouse or a finger, or upload a picture of one. It is prepared the "
+                "way MNIST was made: cropped, scaled into 20x20 and centred by mass in 28x28. An LSTM then reads "
+                "it row by row.")
+    with gr.Row():
+        with gr.Column():
+            sketch = gr.Sketchpad(label="Draw here", type="numpy", image_mode="RGBA", canvas_size=(280, 280),
+                                  brush=gr.Brush(default_size=18, colors=["#000000"], color_mode="fixed"),
+                                  elem_id="digit-canvas")
+            upload = gr.Image(label="...or upload", type="filepath", sources=["upload"], height=180)
+            button = gr.Button("Classify", variant="primary", elem_id="digit-button")
+        with gr.Column():
+            label = gr.Label(num_top_classes=10, label="Class probabilities", elem_id="digit-label")
+            seen = gr.Image(label="What the model saw (28x28)", interactive=False, height=180)
+    button.click(classify_digit, [upload, sketch], [label, seen], api_name="classify_digit")
+    sketch.change(classify_digit, [upload, sketch], [label, seen], api_name=False, show_progress="hidden",
+                  trigger_mode="always_last")
+
+
+# ------------------------------------------------------------------------ trajectories
+
+STROKE_CANVAS = """
+<div class="stroke-box">
+  <canvas id="stroke-canvas" width="480" height="360"></canvas>
+  <div class="stroke-help">Draw one stroke, in one go; the prediction appears when you lift the pen.</div>
+</div>
+"""
+
+STROKE_JS = """
+const canvas = element.querySelector('canvas');
+const ctx = canvas.getContext('2d');
+let points = [], drawing = false, lastTime = 0;
+function pos(e) {
+  const r = canvas.getBoundingClientRect();
+  return [(e.clientX - r.left) * canvas.width / r.width, (e.clientY - r.top) * canvas.height / r.height];
+}
+function clear() { ctx.fillStyle = '#fff'; ctx.fillRect(0, 0, canvas.width, canvas.height); }
+clear();
+canvas.style.touchAction = 'none';
+canvas.addEventListener('pointerdown', e => {
+  drawing = true; points = [pos(e)]; lastTime = performance.now(); clear();
+  canvas.setPointerCapture(e.pointerId);
+});
+canvas.addEventListener('pointermove', e => {
+  if (!drawing) return;
+  const now = performance.now();
+  if (now - lastTime < 15) return;  // sample about every 15 ms, like a tracker would
+  lastTime = now;
+  const p = pos(e), q = points[points.length - 1];
+  points.push(p);
+  ctx.strokeStyle = '#222'; ctx.lineWidth = 3; ctx.beginPath(); ctx.moveTo(q[0], q[1]); ctx.lineTo(p[0], p[1]);
+  ctx.stroke();
+});
+canvas.addEventListener('pointerup', e => {
+  if (!drawing) return;
+  drawing = false;
+  if (points.length >= 2) trigger('submit', {points: points.map(p => [Math.round(p[0] * 10) / 10,
+                                                                         Math.round(p[1] * 10) / 10])});
+});
+"""
+
+
+def predict_trajectory(points):
+    """Predict the next 10 points of a stroke. ``points``: a JSON list of [x, y] pairs,
+    oldest first (screen coordinates; the last 30 are used). Returns a picture and the
+    model's and the constant-velocity guesses as JSON."""
+    try:
+        result = trajectories.predict(points)
+    except InputError as err:
+        raise _user_error(err) from err
+    return _trajectory_picture(np.asarray(TrajectoryService.parse_points(points)), result), result
+
+
+def _on_stroke(evt: gr.EventData):
+    points = json.dumps(evt._data.get("points", []) if isinstance(evt._data, dict) else [])
+    picture, result = predict_trajectory(points)
+    return points, picture, result
+
+
+def _recording(name: str, cut: float):
+    recordings = trajectories.recordings()
+    if name not in recordings:
+        raise gr.Error("No recorded trajectory was found; see the README to download them.", print_exception=False)
+    seq = recordings[name]
+    end = int(np.clip(round(cut / 100 * (len(seq) - 10)), 30, len(seq) - 10))
+    points = json.dumps(np.round(seq[:end], 4).tolist())
+    result = trajectories.predict(points)
+    truth = seq[end:end + 10]
+    return points, _trajectory_picture(seq[:end], result, truth), {**result, "truth": truth.tolist()}
+
+
+def _trajectory_picture(stroke: np.ndarray, result: dict, truth: np.ndarray | None = None) -> Image.Image:
+    """The stroke in grey, the last 30 points used in black, the model's 10 points in
+    blue, constant velocity in orange, the true continuation (if known) in green."""
+    model, cv = np.asarray(result["model"]), np.asarray(result["constant_velocity"])
+    everything = np.concatenate([stroke, model, cv] + ([truth] if truth is not None else []))
+    lo, hi = everything.min(axis=0), everything.max(axis=0)
+    size, margin = 480, 30
+    scale = (size - 2 * margin) / max(float((hi - lo).max()), 1e-9)
+    offset = (size - scale * (hi - lo)) / 2
+    to_px = lambda a: [tuple(map(float, (p - lo) * scale + offset)) for p in np.atleast_2d(a)]  # noqa: E731
+    image = Image.new("RGB", (size, size), "white")
+    draw = ImageDraw.Draw(image)
+    if len(stroke) > 1:
+        draw.line(to_px(stroke), fill=(190, 190, 190), width=3)
+        draw.line(to_px(stroke[-30:]), fill=(30, 30, 30), width=3)
+    last = to_px(stroke[-1])[0]
+    for points, colour in ([truth, (22, 163, 74)], [cv, (234, 88, 12)], [model, (37, 99, 235)]):
+        if points is None:
+            continue
+        px = [last] + to_px(points)
+        draw.line(px, fill=colour, width=2)
+        for x, y in px[1:]:
+            draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=colour)
+    draw.text((10, 8), "model (blue), constant velocity (orange)" + (", truth (green)" if truth is not None else ""),
+              fill=(60, 60, 60))
+    return image
+
+
+def trajectory_tab() -> None:
+    if not trajectories.available:
+        gr.Markdown(NOT_TRAINED)
+        return
+    gr.Markdown("Draw a stroke with the mouse or a finger. The model (30 past points in, attention and a "
+                "bidirectional LSTM) continues it with the next 10 points, beside the constant-velocity guess.")
+    with gr.Row():
+        with gr.Column():
+            canvas = gr.HTML(STROKE_CANVAS, js_on_load=STROKE_JS, elem_id="stroke-canvas-box",
+                             css_template="canvas { border: 1px solid #ccc; border-radius: 6px; width: 100%; "
+                                          "max-width: 480px; cursor: crosshair; background: #fff; }")
+            points = gr.Textbox(label="Points (JSON, oldest first)", lines=2, max_lines=4, elem_id="stroke-points")
+            button = gr.Button("Predict from these points", elem_id="stroke-button")
+            with gr.Accordion("Real recorded pen trajectories", open=False):
+                recorded = gr.Dropdown(choices=[], label="Recording (held out from training)", elem_id="recording")
+                cut = gr.Slider(0, 100, value=50, step=1, label="Where to cut it (%)")
+                show = gr.Button("Predict from the recording")
+        with gr.Column():
+            picture = gr.Image(label="Prediction", interactive=False, elem_id="stroke-picture")
+            result = gr.JSON(label="Points", elem_id="stroke-result")
+    canvas.submit(_on_stroke, None, [points, picture, result], api_name=False)
+    button.click(predict_trajectory, [points], [picture, result], api_name="predict_trajectory")
+    show.click(_recording, [recorded, cut], [points, picture, result], api_name=False)
+    gr.on([recorded.focus], lambda: gr.Dropdown(choices=list(trajectories.recordings())), None, recorded,
+          api_name=False, queue=False)
+
+
+# ------------------------------------------------------------------------- next frame
+
+def predict_frames(clip: float = 0):
+    """A Moving MNIST clip from the test digits: 10 input frames, then the true next 10
+    frames above the ConvLSTM's 10 predicted frames."""
+    try:
+        result = frames.predict(clip)
+    except InputError as err:
+        raise _user_error(err) from err
+    strip = lambda a: np.concatenate(list(a), axis=1)  # noqa: E731
+    gap = np.ones((4, 640))
+    grid = np.concatenate([strip(result["inputs"]), gap, strip(result["truth"]), gap, strip(result["predicted"])])
+    picture = Image.fromarray((np.clip(grid, 0, 1) * 255).astype(np.uint8)).resize((1280, 2 * grid.shape[0]),
+                                                                                   Image.Resampling.NEAREST)
+    mse, copy = float(np.mean(result["mse_per_frame"])), float(np.mean(result["copy_last_mse_per_frame"]))
+    summary = {"mse_per_frame": round(mse, 1), "copy_last_frame_mse_per_frame": round(copy, 1),
+               "seconds": round(result["seconds"], 3),
+               "mse_by_frame": [round(m, 1) for m in result["mse_per_frame"]]}
+    return picture, summary
+
+
+def frames_tab() -> None:
+    if not frames.available:
+        gr.Markdown(NOT_TRAINED)
+        return
+    gr.Markdown("Two real MNIST test digits bounce around a 64x64 frame. Top row: the 10 frames the ConvLSTM sees. "
+                "Middle: the true next 10 frames. Bottom: the 10 frames it predicts.")
+    with gr.Row():
+        clip = gr.Number(value=0, precision=0, label="Clip number", minimum=0, elem_id="clip-number")
+        button = gr.Button("Predict", variant="primary", elem_id="frames-button")
+    picture = gr.Image(label="Input / truth / prediction", interactive=False, elem_id="frames-picture")
+    summary = gr.JSON(label="Error (squared error summed over each frame's pixels)")
+    button.click(predict_frames, [clip], [picture, summary], api_name="predict_frames")
+
+
+# ------------------------------------------------------------------------------ layout
+
+CSS = """
+.captions .cap { font-size: 1.15em; margin: 0.4em 0; }
+.captions .w { border-radius: 4px; padding: 1px 3px; }
+.captions .err { color: #b91c1c; }
+.captions .legend { font-size: 0.8em; color: #666; margin-top: 0.6em; }
+"""
 
 
 def build_app() -> gr.Blocks:
-    with gr.Blocks(title="LSTM Captioner") as demo:
-        gr.Markdown("# LSTM Captioner\nA CNN encoder and an LSTM decoder write a caption for your photo.")
-        with gr.Tab("Caption"):
-            if DEFAULT_CHECKPOINT.is_file():
-                _caption_tab()
-            else:
-                gr.Markdown(NOT_TRAINED)
-        with gr.Tab("MNIST digits"):
-            gr.Markdown(NOT_TRAINED)
-        with gr.Tab("Hand trajectory"):
-            gr.Markdown(NOT_TRAINED)
-        with gr.Tab("Next frame"):
-            gr.Markdown(NOT_TRAINED)
+    with gr.Blocks(title="LSTM Captioner", delete_cache=(3600, 3600)) as demo:
+        gr.Markdown("# LSTM Captioner\nA CNN encoder and an LSTM decoder write a caption for your photo. "
+                    "Three more tabs show other LSTMs at work.")
+        with gr.Tab("Caption", id="caption"):
+            caption_tab()
+        with gr.Tab("MNIST digits", id="digits"):
+            digit_tab()
+        with gr.Tab("Hand trajectory", id="trajectory"):
+            trajectory_tab()
+        with gr.Tab("Next frame", id="frames"):
+            frames_tab()
     return demo
 
 
-def _caption_tab() -> None:
-    from captioner.images import load_image
-    from captioner.model import Captioner
+def warm_up() -> None:
+    """Load the caption model in the background so the first request is quick; the
+    server answers meanwhile."""
+    if captions.available:
+        threading.Thread(target=captions.model.get, daemon=True, name="warm-up").start()
 
-    model = Captioner.from_checkpoint(DEFAULT_CHECKPOINT)
 
-    def caption(path: str, beam_size: int) -> str:
-        if not path:
-            raise gr.Error("Please upload an image.")
-        return model.caption([load_image(path)], beam_size=int(beam_size))[0].caption
-
-    image = gr.Image(type="filepath", label="Photo")
-    beam = gr.Slider(1, 10, value=3, step=1, label="Beam width (1 = greedy)")
-    output = gr.Textbox(label="Caption")
-    gr.Button("Caption").click(caption, [image, beam], output, api_name="caption")
+def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, block: bool = True,
+           queue_size: int = 64):
+    demo = build_app()
+    demo.queue(max_size=queue_size, default_concurrency_limit=2)
+    warm_up()
+    demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
+                max_file_size=MAX_BYTES, show_error=False, css=CSS, footer_links=["api"],
+                blocked_paths=[str(ROOT / name) for name in ("checkpoints", "runs", "data", ".git", "tests")])
+    return demo
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Serve the captioner and the LSTM demos.")
-    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"))
+    parser.add_argument("--host", default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+                        help="interface to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    parser.add_argument("--queue-size", type=int, default=64, help="requests that may wait before 'busy'")
     args = parser.parse_args(argv)
-    build_app().queue(max_size=64, default_concurrency_limit=2).launch(
-        server_name=args.host, server_port=args.port, share=args.share)
+    launch(args.host, args.port, args.share, queue_size=args.queue_size)
 
 
 if __name__ == "__main__":

@@ -33,10 +33,12 @@ class Decoded:
 
 class CaptionDecoder(nn.Module):
     def __init__(self, vocab_size: int, embed_dim: int = 512, hidden_dim: int = 512,
-                 num_layers: int = 1, dropout: float = 0.5, *, pad_id: int = 0, start_id: int = 1, end_id: int = 2):
+                 num_layers: int = 1, dropout: float = 0.5, *, pad_id: int = 0, start_id: int = 1, end_id: int = 2,
+                 unk_id: int | None = 3):
         super().__init__()
         self.start_id, self.end_id = start_id, end_id
-        self.never_emitted = [pad_id, start_id]
+        # <pad> and <start> are never a next word; <unk> is learned but not written out
+        self.never_emitted = [pad_id, start_id] + ([unk_id] if unk_id is not None else [])
         self.embed = nn.Embedding(vocab_size, embed_dim)
         self.lstm = nn.LSTM(embed_dim, hidden_dim, num_layers, batch_first=True,
                             dropout=dropout if num_layers > 1 else 0.0)
@@ -73,7 +75,7 @@ class CaptionDecoder(nn.Module):
         """One word for each row: log-probabilities (M, V) of the next word."""
         hidden, state = self.lstm(self.embed(tokens).unsqueeze(1), state)
         logits = self.out(hidden.squeeze(1))
-        logits[:, self.never_emitted] = float("-inf")  # <pad> and <start> are never next words
+        logits[:, self.never_emitted] = float("-inf")
         return logits.log_softmax(-1), state
 
     @torch.inference_mode()

@@ -79,7 +79,8 @@ class CaptionHead(nn.Module):
         self.projection = FeatureProjection(config.feature_dim, config.embed_dim, config.dropout)
         self.decoder = CaptionDecoder(len(vocab), config.embed_dim, config.hidden_dim,
                                       config.num_layers, config.dropout,
-                                      pad_id=vocab.pad_id, start_id=vocab.start_id, end_id=vocab.end_id)
+                                      pad_id=vocab.pad_id, start_id=vocab.start_id, end_id=vocab.end_id,
+                                      unk_id=vocab.unk_id)
 
     def forward(self, features: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.projection(features), captions, lengths)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -65,14 +67,69 @@ def find_data(*relative: str) -> Path | None:
 
 # ------------------------------------------------------------------------- captions
 
+class MicroBatcher:
+    """Runs concurrent requests together: each caller hands in a list of items and waits;
+    one worker thread takes every request waiting in the queue (up to ``max_items``
+    items, grouped by ``key``), runs them in one call and hands each caller its share.
+    Under load, requests pile up while a batch runs, so batches grow by themselves."""
+
+    def __init__(self, run: Callable[[list, object], list], max_items: int = 32, max_wait: float = 0.002):
+        self.run, self.max_items, self.max_wait = run, max_items, max_wait
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.batches: list[int] = []  # sizes of recent batches, for tests and benchmarks
+
+    def submit(self, items: list, key=None) -> list:
+        if not items:
+            return []
+        future: Future = Future()
+        self._queue.put((key, items, future))
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._work, daemon=True, name="micro-batcher")
+                self._thread.start()
+        return future.result()
+
+    def _work(self) -> None:
+        while True:
+            first = self._queue.get()
+            batch, count = [first], len(first[1])
+            deadline = time.monotonic() + self.max_wait
+            while count < self.max_items:
+                try:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                batch.append(item)
+                count += len(item[1])
+            groups: dict = {}
+            for key, items, future in batch:
+                groups.setdefault(key, []).append((items, future))
+            for key, requests in groups.items():
+                everything = [x for items, _ in requests for x in items]
+                self.batches = (self.batches + [len(everything)])[-1000:]
+                try:
+                    results = self.run(everything, key)
+                except Exception as err:  # every caller of this group hears of it
+                    for _, future in requests:
+                        future.set_exception(err)
+                    continue
+                start = 0
+                for items, future in requests:
+                    future.set_result(results[start:start + len(items)])
+                    start += len(items)
+
+
 class CaptionService:
-    def __init__(self, checkpoint: str | os.PathLike | None = None, max_images: int = 64):
+    def __init__(self, checkpoint: str | os.PathLike | None = None, max_images: int = 64, batching: bool = True):
         from captioner.model import DEFAULT_CHECKPOINT
 
         self.checkpoint = Path(checkpoint or DEFAULT_CHECKPOINT)
         self.max_images = max_images
         self.model = Lazy(self._load)
-        self._lock = threading.Lock()  # one model run at a time; requests are batched instead
+        self._lock = threading.Lock()  # one model run at a time
+        self.batcher = MicroBatcher(self._run) if batching else None
 
     @property
     def available(self) -> bool:
@@ -85,37 +142,34 @@ class CaptionService:
         model.require_encoder()
         return model
 
-    def caption_requests(self, requests: Sequence[tuple[Sequence[str], int]]) -> list[list[dict]]:
-        """Caption several requests, each (image paths, beam size), in as few model runs as
-        possible: every image of every request with the same beam size goes in one batch.
-        Each image gets ``{"image", "caption", "words", "probabilities"}`` or ``{"image", "error"}``."""
-        model = self.model.get()
-        size = model.require_encoder().preprocess.size
-        results: list[list[dict]] = []
-        pending: dict[int, list[tuple[int, int, object]]] = {}
-        for r, (paths, beam) in enumerate(requests):
-            paths = list(paths or [])
-            if len(paths) > self.max_images:
-                raise InputError(f"Please send at most {self.max_images} images at once.")
-            results.append([{} for _ in paths])
-            for i, path in enumerate(paths):
-                name = Path(str(path)).name
-                try:
-                    image = load_image(path, draft_size=size)
-                except ImageError as err:
-                    results[r][i] = {"image": name, "error": str(err)}
-                    continue
-                results[r][i] = {"image": name}
-                pending.setdefault(_beam(beam), []).append((r, i, image))
-        for beam, items in pending.items():
-            with self._lock:
-                captions = model.caption([image for _, _, image in items], beam_size=beam)
-            for (r, i, _), result in zip(items, captions):
-                results[r][i].update(result.to_dict())
-        return results
+    def _run(self, images: list, beam: int) -> list:
+        with self._lock:
+            return self.model.get().caption(images, beam_size=beam)
 
     def caption_paths(self, paths: Sequence[str], beam_size: int = 1) -> list[dict]:
-        return self.caption_requests([(paths, beam_size)])[0]
+        """Caption images given by path. Each gets ``{"image", "caption", "words",
+        "probabilities"}``, or ``{"image", "error"}`` when it cannot be read. The images are
+        decoded in the caller's thread; the model runs them, together with those of any
+        concurrent requests, in one batch."""
+        beam = _beam(beam_size)
+        paths = list(paths or [])
+        if len(paths) > self.max_images:
+            raise InputError(f"Please send at most {self.max_images} images at once.")
+        size = self.model.get().require_encoder().preprocess.size
+        results, images, slots = [], [], []
+        for path in paths:
+            name = Path(str(path)).name
+            try:
+                images.append(load_image(path, draft_size=size))
+            except ImageError as err:
+                results.append({"image": name, "error": str(err)})
+                continue
+            slots.append(len(results))
+            results.append({"image": name})
+        captions = self.batcher.submit(images, beam) if self.batcher else self._run(images, beam) if images else []
+        for slot, result in zip(slots, captions):
+            results[slot].update(result.to_dict())
+        return results
 
 
 def _beam(beam) -> int:

@@ -37,7 +37,7 @@ def test_teacher_forcing_matches_step_by_step_decoding():
     image = torch.randn(1, 8)
     caps = torch.tensor([[1, 4, 5, 2]])
     logits = dec(image, caps, torch.tensor([4]))
-    logits[:, [0, 1]] = float("-inf")  # inference never emits <pad> or <start>
+    logits[:, [0, 1, 3]] = float("-inf")  # inference never emits <pad>, <start> or <unk>
     logits = logits.log_softmax(-1)
     state = dec.init_state(image)
     for t in range(3):
@@ -108,7 +108,7 @@ def test_results_carry_words_and_their_probabilities():
             assert r.caption == " ".join(r.words)
             assert len(r.probabilities) == len(r.words)
             assert all(0.0 < p <= 1.0 for p in r.probabilities)
-            assert not {"<start>", "<end>", "<pad>"} & set(r.words)
+            assert not {"<start>", "<end>", "<pad>", "<unk>"} & set(r.words)
 
 
 def test_greedy_stops_as_soon_as_every_caption_has_ended():
