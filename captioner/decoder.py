@@ -98,6 +98,31 @@ class CaptionDecoder(nn.Module):
         ids_t, logps_t = torch.stack(ids, 1).tolist(), torch.stack(logps, 1).tolist()
         return [_finish(seq, lps, self.end_id, alpha=1.0) for seq, lps in zip(ids_t, logps_t)]
 
+    @torch.no_grad()
+    def sample(self, image_embeddings: torch.Tensor, n: int = 5, max_length: int = 16,
+               temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` captions per image drawn from the model's distribution, for self-critical
+        training. Returns token ids (B * n, T) as ``<start> w1 .. wk <end>`` padded with
+        ``<pad>`` (0), image-major, and their lengths (captions cut at ``max_length``
+        words get no ``<end>``)."""
+        embeddings = image_embeddings.repeat_interleave(n, dim=0)
+        rows = embeddings.shape[0]
+        state = self.init_state(embeddings)
+        tokens = torch.full((rows,), self.start_id, dtype=torch.long, device=embeddings.device)
+        out = [tokens]
+        alive = torch.ones(rows, dtype=torch.bool, device=tokens.device)
+        lengths = torch.ones(rows, dtype=torch.long, device=tokens.device)
+        for _ in range(max_length):
+            logp, state = self.step(tokens, state)
+            tokens = torch.multinomial((logp / temperature).softmax(-1), 1).squeeze(1)
+            tokens = torch.where(alive, tokens, torch.zeros_like(tokens))
+            out.append(tokens)
+            lengths += alive.long()
+            alive &= tokens != self.end_id
+            if not bool(alive.any()):
+                break
+        return torch.stack(out, 1), lengths
+
     @torch.inference_mode()
     def beam_search(self, image_embeddings: torch.Tensor, beam_size: int = 3, max_length: int = 20,
                     length_alpha: float = 1.0) -> list[Decoded]:

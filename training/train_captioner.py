@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
 from captioner.checkpoint import CheckpointError, read_safetensors
+from captioner.cider import CiderD
 from captioner.datasets import CaptionRecord, captions_by_image, read_dataset, split_records, unique_images
 from captioner.encoders import ENCODERS, build_encoder
 from captioner.features import FeatureCache
@@ -78,6 +79,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--save-every", type=int, default=500, help="steps between resumable checkpoints")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2, help="image decoding workers for feature extraction")
+    p.add_argument("--objective", choices=["xe", "scst"], default="xe",
+                   help="xe: cross-entropy with teacher forcing; scst: self-critical training with a CIDEr-D "
+                        "reward (Rennie et al. 2017), starting from --init")
+    p.add_argument("--init", type=Path, default=None, help="start from this model (its config and vocabulary)")
+    p.add_argument("--samples", type=int, default=5, help="scst: captions sampled per image")
+    p.add_argument("--select-by", choices=["val_bleu4", "val_cider"], default="val_bleu4",
+                   help="the validation metric that picks the best model")
     p.add_argument("--resume", action="store_true", help="continue from --out/last.safetensors")
     p.add_argument("--dry-run", action="store_true", help="a few steps on a few samples")
     p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps in total (0: no limit)")
@@ -143,12 +151,60 @@ def epoch_plan(n: int, epoch: int, seed: int, flip_prob: float, rank: int, world
     return rows, torch.rand(n, generator=g)[rows] < flip_prob
 
 
+class SelfCritical:
+    """Self-critical sequence training: sample captions, reward each with its CIDEr-D
+    against the image's references, and push up the log-probability of the captions that
+    beat the mean of the other samples of the same image (Rennie et al. 2017; the
+    mean-of-others baseline of Luo 2020). Runs without dropout, so that the captions
+    sampled are those of the policy whose gradient is taken."""
+
+    def __init__(self, model: Captioner, trainer, refs: list[list[list[str]]], features: torch.Tensor,
+                 samples: int, max_words: int):
+        self.model, self.trainer, self.features = model, trainer, features
+        self.samples, self.max_words = samples, max_words
+        self.cider = CiderD(refs)
+        self.refs = refs
+        self._prepared: dict[int, list] = {}
+
+    def rewards(self, images: list[int], ids: torch.Tensor) -> torch.Tensor:
+        vocab = self.model.vocab
+        out = []
+        for k, seq in enumerate(ids.tolist()):
+            image = images[k // self.samples]
+            if image not in self._prepared:
+                self._prepared[image] = self.cider.prepare_refs(self.refs[image])
+            out.append(self.cider.score(vocab.decode(seq), self._prepared[image]))
+        return torch.tensor(out)
+
+    def loss(self, images: torch.Tensor) -> torch.Tensor:
+        head, n = self.model.head, self.samples
+        head.eval()  # no dropout: sample from and differentiate the same policy
+        feats = self.features[images].float()
+        ids, lengths = head.decoder.sample(head.projection(feats), n, self.max_words)
+        reward = self.rewards(images.tolist(), ids).view(-1, n)
+        advantage = (reward - (reward.sum(1, keepdim=True) - reward) / (n - 1)).view(-1)
+        logits = self.trainer(feats.repeat_interleave(n, 0), ids, lengths)
+        targets = head.decoder.packed_targets(ids, lengths)
+        token_logp = -F.cross_entropy(logits, targets, reduction="none")
+        # sum each caption's token log-probabilities: packed rows follow the length-sorted order
+        packed = torch.nn.utils.rnn.pack_padded_sequence(ids[:, 1:], lengths - 1, batch_first=True,
+                                                         enforce_sorted=False)
+        owner = torch.nn.utils.rnn.pack_padded_sequence(
+            torch.arange(len(ids))[:, None].expand_as(ids[:, 1:]), lengths - 1, batch_first=True,
+            enforce_sorted=False).data
+        assert packed.data.shape == owner.shape
+        seq_logp = torch.zeros(len(ids)).index_add(0, owner, token_logp)
+        self.last_reward = float(reward.mean())
+        return -(advantage * seq_logp).mean()
+
+
 # ------------------------------------------------------------------------ evaluation
 
 @torch.no_grad()
 def validate(model: Captioner, table: CaptionTable, features, refs: list[list[list[str]]], beam_size: int,
-             batch_size: int = 512) -> tuple[float, float]:
-    """Validation loss (teacher forcing) and corpus BLEU-4 of beam-search captions."""
+             batch_size: int = 512) -> dict[str, float]:
+    """Validation loss (teacher forcing), and corpus BLEU-4 (nltk) and CIDEr-D of
+    beam-search captions."""
     from nltk.translate.bleu_score import corpus_bleu
 
     model.head.eval()
@@ -165,7 +221,9 @@ def validate(model: Captioner, table: CaptionTable, features, refs: list[list[li
     with warnings.catch_warnings():  # nltk warns when a tiny run has no 4-gram overlaps
         warnings.simplefilter("ignore")
         bleu4 = corpus_bleu(refs, hyps) if any(hyps) else 0.0
-    return total / count, float(bleu4)
+    cider = CiderD(refs)
+    cider_score = sum(cider.score(h, cider.prepare_refs(r)) for h, r in zip(hyps, refs)) / len(refs)
+    return {"val_loss": total / count, "val_bleu4": float(bleu4), "val_cider": cider_score}
 
 
 # ------------------------------------------------------------------------------ main
@@ -194,22 +252,33 @@ def main(argv: list[str] | None = None) -> int:
              len(val_images))
 
     resume_path = out / "last.safetensors"
-    if args.resume:
-        if not resume_path.is_file():
-            raise UserError(f"nothing to resume: {resume_path} does not exist")
-        vocab = Vocabulary.from_json(read_safetensors(resume_path)[1]["vocabulary"])
+    if args.objective == "scst" and args.init is None:
+        raise UserError("--objective scst starts from a trained model: give it with --init")
+    if args.init is not None:
+        model = Captioner.from_checkpoint(args.init, load_encoder=False)
+        if model.config.encoder != args.encoder:
+            raise UserError(f"{args.init} was trained on {model.config.encoder} features, not {args.encoder}")
+        vocab, config = model.vocab, model.config
+        config.beam_size, config.length_alpha = args.beam_size, args.length_alpha
     else:
-        vocab = Vocabulary.build((r.caption for r in splits["train"]), min_count=args.min_count)
-    config = CaptionerConfig(encoder=args.encoder, feature_dim=encoder.feature_dim, vocab_size=len(vocab),
-                             embed_dim=args.embed_dim, hidden_dim=args.hidden_dim, num_layers=args.num_layers,
-                             dropout=args.dropout, beam_size=args.beam_size, length_alpha=args.length_alpha,
-                             encoder_weights_id=encoder.weights_id)
-    model = Captioner(config, vocab)
+        if args.resume:
+            if not resume_path.is_file():
+                raise UserError(f"nothing to resume: {resume_path} does not exist")
+            vocab = Vocabulary.from_json(read_safetensors(resume_path)[1]["vocabulary"])
+        else:
+            vocab = Vocabulary.build((r.caption for r in splits["train"]), min_count=args.min_count)
+        config = CaptionerConfig(encoder=args.encoder, feature_dim=encoder.feature_dim, vocab_size=len(vocab),
+                                 embed_dim=args.embed_dim, hidden_dim=args.hidden_dim, num_layers=args.num_layers,
+                                 dropout=args.dropout, beam_size=args.beam_size, length_alpha=args.length_alpha,
+                                 encoder_weights_id=encoder.weights_id)
+        model = Captioner(config, vocab)
     train_table = CaptionTable(splits["train"], train_images, vocab, args.max_caption_words)
     val_table = CaptionTable(splits["val"], val_images, vocab, args.max_caption_words)
     val_refs = [[tokenize(c) for c in caps] for caps in captions_by_image(splits["val"]).values()]
 
-    steps_per_epoch = math.ceil((len(train_table) // dist.world) / args.batch_size)
+    train_refs = [[tokenize(c) for c in caps] for caps in captions_by_image(splits["train"]).values()]
+    units = len(train_refs) if args.objective == "scst" else len(train_table)  # images or captions
+    steps_per_epoch = math.ceil((units // dist.world) / args.batch_size)
     total_steps = steps_per_epoch * args.epochs
     optimizer = torch.optim.Adam(model.head.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -236,24 +305,36 @@ def main(argv: list[str] | None = None) -> int:
         optimizer.step()
         return loss.item()
 
+    if args.objective == "scst":
+        scst = SelfCritical(model, trainer, train_refs, train_feats, args.samples, args.max_caption_words)
+
+        def train_step(epoch: int, step: int) -> float:  # noqa: F811
+            images = epoch_order(len(train_refs), epoch, args.seed, dist.rank, dist.world)
+            loss = scst.loss(images[step * args.batch_size:(step + 1) * args.batch_size])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.head.parameters(), args.grad_clip)
+            optimizer.step()
+            return loss.item()
+
     def val() -> dict:
-        val_loss, bleu4 = validate(model, val_table, val_feats, val_refs, args.beam_size)
-        return {"val_loss": val_loss, "val_bleu4": bleu4}
+        return validate(model, val_table, val_feats, val_refs, args.beam_size)
 
     loop = Loop(kind="captioner-train", config=config, model=model.head, optimizer=optimizer, scheduler=scheduler,
                 out=out, epochs=args.epochs, steps_per_epoch=steps_per_epoch, train_step=train_step, validate=val,
                 save_best=lambda: model.save(out / "best.safetensors", dtype=torch.float16, metadata=data_info),
-                metric="val_bleu4",
+                metric=args.select_by,
                 save_every=args.save_every, max_steps=args.max_steps, dist=dist, seed=args.seed,
                 metadata={"vocabulary": vocab.to_json(), "args": json.dumps(vars(args), default=str)},
-                curves=(["train_loss", "val_loss"], ["val_bleu4"]), title=f"captioner ({args.encoder})")
+                curves=(["train_loss", "val_loss"] if args.objective == "xe" else ["train_loss"], ["val_bleu4"]),
+                title=f"captioner ({args.encoder}, {args.objective})")
     if args.resume:
         loop.resume()
     progress = loop.run()
     dist.barrier()
     close_distributed(dist)
     if dist.main and progress["history"]:
-        print(json.dumps({"best_val_bleu4": round(progress["best"], 5), "best_epoch": progress["best_epoch"],
+        print(json.dumps({f"best_{args.select_by}": round(progress["best"], 5), "best_epoch": progress["best_epoch"],
                           "epochs": progress["epoch"], "seconds": round(timer(), 1), "out": str(out)}))
     return 0
 

@@ -1,0 +1,55 @@
+"""Our fast CIDEr-D and constant-caption BLEU-4 against pycocoevalcap's scorers."""
+
+import contextlib
+import io
+
+import pytest
+
+from captioner.cider import CiderD
+from captioner.metrics import _similarity, best_constant_caption, consensus_caption
+from captioner.vocabulary import tokenize
+
+REFS = {
+    "1": ["a dog runs on the grass", "a brown dog is running through a field", "the dog plays outside"],
+    "2": ["a man rides a bike down the street", "a cyclist on a city road", "a man on a bicycle"],
+    "3": ["two children play in the water", "kids splash at the beach", "two kids playing in the ocean waves"],
+    "4": ["a dog jumps over a log", "a black dog leaps in the woods", "a dog jumping"],
+}
+PREDS = {"1": "a dog is running on the grass", "2": "a man riding a bike", "3": "two dogs play in the snow",
+         "4": "a black dog jumps"}
+
+
+def _coco(scorer, refs, preds):
+    gts = {k: [" ".join(tokenize(c)) for c in v] for k, v in refs.items()}
+    res = {k: [" ".join(tokenize(v))] for k, v in preds.items()}
+    with contextlib.redirect_stdout(io.StringIO()):
+        return scorer.compute_score(gts, res)
+
+
+def test_cider_d_matches_pycocoevalcap():
+    from pycocoevalcap.cider.cider import Cider
+
+    expected, per_image = _coco(Cider(), REFS, PREDS)
+    ours = CiderD([[tokenize(c) for c in REFS[k]] for k in sorted(REFS)])
+    scores = [ours.score(tokenize(PREDS[k]), ours.prepare_refs([tokenize(c) for c in REFS[k]])) for k in sorted(REFS)]
+    assert scores == pytest.approx(list(per_image), abs=1e-6)
+    assert sum(scores) / len(scores) == pytest.approx(expected, abs=1e-6)
+
+
+def test_best_constant_caption_scores_what_pycocoevalcap_says():
+    from pycocoevalcap.bleu.bleu import Bleu
+
+    candidates = ["a dog", "a dog runs on the grass", "a man on a bicycle", "a dog is running in the water"]
+    best, score = best_constant_caption([REFS[k] for k in sorted(REFS)], candidates)
+    for candidate in candidates:
+        bleu, _ = _coco(Bleu(4), REFS, dict.fromkeys(REFS, candidate))
+        assert bleu[3] <= score + 1e-9
+        if " ".join(tokenize(candidate)) == best:
+            assert bleu[3] == pytest.approx(score, rel=1e-6)
+
+
+def test_consensus_picks_the_caption_the_others_agree_with():
+    captions = ["a dog runs on the grass", "a dog runs on green grass", "a dog is running on the grass",
+                "an airplane in the sky"]
+    assert consensus_caption(captions) != "an airplane in the sky"
+    assert _similarity(tokenize(captions[0]), tokenize(captions[0])) == pytest.approx(1.0)
