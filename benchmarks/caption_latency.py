@@ -1,0 +1,188 @@
+"""Single-image caption latency, from file bytes to caption text: the textbook pipeline
+against ours, change by change, measured side by side in one run.
+
+    python -m benchmarks.caption_latency [--images 40] [--encoders resnet152 efficientnet_lite0]
+
+Stages, each adding one change to the one before (all with the models loaded once):
+
+1. textbook: PIL decode at full size, LANCZOS resize, fp32 eager CNN in the default
+   memory format, then a Python loop of greedy steps that always runs 20 steps and
+   reads each word back with ``.item()``;
+2. + fast decode: JPEGs decoded at a reduced scale (``draft``), a cheaper resize;
+3. + bf16 autocast and channels_last for the CNN;
+4. ours: + batched greedy decoding that stops as soon as the caption has ended.
+
+Stages are interleaved image by image, so the machine's noise hits all of them alike.
+Also measured: beam 3 against greedy, and the encoder's share of the CPU's bf16 peak.
+``efficientnet_lite0`` uses the shipped captioner; ``resnet152`` has no ImageNet
+weights on this machine, so it runs with random weights and a random decoder of the
+same shape (timing does not depend on the weights' values; caption agreement is then
+reported for Lite0 only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import time
+from pathlib import Path
+
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode
+
+from benchmarks.common import SHARED, machine, percentiles, require, write_results
+from captioner.encoders import build_encoder
+from captioner.images import load_image
+from captioner.model import DEFAULT_CHECKPOINT, Captioner, CaptionerConfig
+
+STAGES = ("textbook", "fast_decode", "bf16_channels_last", "ours")
+
+
+def python_loop_greedy(model: Captioner, feature: torch.Tensor, max_length: int = 20) -> list[str]:
+    """The textbook sampler: feed the image, then <start>, and always take 20 steps."""
+    dec = model.head.decoder
+    with torch.no_grad():
+        _, state = dec.lstm(model.head.projection(feature).unsqueeze(1))
+        inputs = dec.embed(torch.tensor([model.vocab.start_id])).unsqueeze(1)
+        ids = []
+        for _ in range(max_length):
+            hidden, state = dec.lstm(inputs, state)
+            predicted = dec.out(hidden.squeeze(1)).argmax(1)
+            ids.append(predicted.item())
+            inputs = dec.embed(predicted).unsqueeze(1)
+    return model.vocab.decode(ids)
+
+
+class Pipelines:
+    def __init__(self, model: Captioner):
+        self.model = model
+        self.encoder = model.require_encoder()
+        self.fp32_backbone = copy.deepcopy(self.encoder.backbone).to(memory_format=torch.contiguous_format).eval()
+        self.pre = self.encoder.preprocess
+
+    def _fp32(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.fp32_backbone(x)
+
+    def textbook(self, path: Path) -> list[str]:
+        image = Image.open(path).convert("RGB").resize((self.pre.size, self.pre.size), Image.Resampling.LANCZOS)
+        x = TF.normalize(TF.to_tensor(image), self.pre.mean, self.pre.std)[None]
+        return python_loop_greedy(self.model, self._fp32(x))
+
+    def fast_decode(self, path: Path) -> list[str]:
+        x = self.pre(load_image(path, draft_size=self.pre.size))[None]
+        return python_loop_greedy(self.model, self._fp32(x))
+
+    def bf16_channels_last(self, path: Path) -> list[str]:
+        x = self.pre(load_image(path, draft_size=self.pre.size))[None]
+        return python_loop_greedy(self.model, self.encoder.encode(x))
+
+    def ours(self, path: Path, beam_size: int = 1) -> list[str]:
+        return self.model.caption([load_image(path, draft_size=self.pre.size)], beam_size=beam_size)[0].words
+
+
+def encoder_flops(encoder) -> int:
+    backbone = copy.deepcopy(encoder.backbone).to(memory_format=torch.contiguous_format)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        backbone(torch.zeros(1, 3, encoder.preprocess.size, encoder.preprocess.size))
+    return counter.get_total_flops()
+
+
+def measured_bf16_gemm_gflops(n: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(n, n, dtype=torch.bfloat16), torch.randn(n, n, dtype=torch.bfloat16)
+    for _ in range(2):
+        a @ b
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * n ** 3 * repeats / (time.perf_counter() - start) / 1e9
+
+
+def encoder_throughput(encoder, batch: int, repeats: int) -> float:
+    x = torch.randn(batch, 3, encoder.preprocess.size, encoder.preprocess.size)
+    encoder.encode(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        encoder.encode(x)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[len(times) // 2] / batch  # seconds per image
+
+
+def load_model(name: str) -> tuple[Captioner, str]:
+    if name == "efficientnet_lite0" and DEFAULT_CHECKPOINT.is_file():
+        return Captioner.from_checkpoint(DEFAULT_CHECKPOINT), "shipped captioner"
+    shipped = Captioner.from_checkpoint(DEFAULT_CHECKPOINT, load_encoder=False) if DEFAULT_CHECKPOINT.is_file() else None
+    encoder = build_encoder(name, weights="random")
+    vocab = shipped.vocab if shipped else None
+    if vocab is None:
+        from captioner.vocabulary import Vocabulary
+
+        vocab = Vocabulary(["<pad>", "<start>", "<end>", "<unk>", *[f"w{i}" for i in range(3000)]])
+    base = shipped.config if shipped else CaptionerConfig()
+    config = CaptionerConfig(encoder=name, feature_dim=encoder.feature_dim, vocab_size=len(vocab),
+                             embed_dim=base.embed_dim, hidden_dim=base.hidden_dim, num_layers=base.num_layers)
+    torch.manual_seed(0)
+    return Captioner(config, vocab, encoder).eval(), "random weights, shipped shapes"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--images", type=int, default=40)
+    p.add_argument("--encoders", nargs="+", default=["resnet152", "efficientnet_lite0"])
+    args = p.parse_args(argv)
+    photos = sorted(require(SHARED / "coco_mini" / "train2017", "COCO images").glob("*.jpg"))[:args.images]
+    results = {"images": len(photos), "image_source": "COCO train2017 photos (about 640x480 JPEG)",
+               "stages": list(STAGES), "encoders": {}}
+    gemm = measured_bf16_gemm_gflops()
+    results["bf16_gemm_gflops_measured"] = round(gemm, 1)
+    for name in args.encoders:
+        model, weights = load_model(name)
+        pipes = Pipelines(model)
+        for path in photos[:2]:  # warm up every path
+            for stage in STAGES:
+                getattr(pipes, stage)(path)
+            pipes.ours(path, beam_size=3)
+        times: dict[str, list[float]] = {s: [] for s in (*STAGES, "ours_beam3")}
+        agree = 0
+        for path in photos:
+            words = {}
+            for stage in STAGES:
+                start = time.perf_counter()
+                words[stage] = getattr(pipes, stage)(path)
+                times[stage].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            pipes.ours(path, beam_size=3)
+            times["ours_beam3"].append(time.perf_counter() - start)
+            agree += words["textbook"] == words["ours"]
+        stats = {s: percentiles(t) for s, t in times.items()}
+        flops = encoder_flops(pipes.encoder)
+        per_image = {b: encoder_throughput(pipes.encoder, b, 5 if name == "resnet152" else 20) for b in (1, 8)}
+        peak = machine()["bf16_peak_gflops_theoretical"]
+        results["encoders"][name] = {
+            "weights": weights,
+            "latency_seconds": {s: {k: round(v, 4) if isinstance(v, float) else v for k, v in st.items()}
+                                for s, st in stats.items()},
+            "speedup_p50_vs_textbook": {s: round(stats["textbook"]["p50"] / stats[s]["p50"], 2) for s in STAGES},
+            "beam3_cost_vs_greedy_p50": round(stats["ours_beam3"]["p50"] / stats["ours"]["p50"], 2),
+            "same_caption_as_textbook": f"{agree}/{len(photos)}",
+            "encoder_gflops_per_image": round(flops / 1e9, 2),
+            "encoder_bf16_gflops_achieved": {f"batch{b}": round(flops / t / 1e9, 1) for b, t in per_image.items()},
+            "encoder_fraction_of_peak": {f"batch{b}": round(flops / t / 1e9 / peak, 3) if peak else None
+                                         for b, t in per_image.items()},
+            "encoder_fraction_of_measured_gemm": {f"batch{b}": round(flops / t / 1e9 / gemm, 3)
+                                                  for b, t in per_image.items()},
+        }
+        r = results["encoders"][name]
+        print(f"{name} ({weights}): p50 " + ", ".join(f"{s} {stats[s]['p50'] * 1000:.0f} ms" for s in STAGES)
+              + f"; speed-up {r['speedup_p50_vs_textbook']['ours']}x; beam 3 costs {r['beam3_cost_vs_greedy_p50']}x "
+              f"greedy; encoder at {r['encoder_fraction_of_peak']} of bf16 peak")
+    path = write_results("caption_latency", results)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Helpers for the benchmarks: the machine's description, percentiles, results files."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SHARED = Path(os.environ.get("CAPTIONER_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def machine() -> dict:
+    model, mhz, flags = "unknown", None, set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            key = key.strip()
+            if key == "model name":
+                model = value.strip()
+            elif key == "cpu MHz" and mhz is None:
+                mhz = float(value)
+            elif key == "flags" and not flags:
+                flags = set(value.split())
+    except OSError:
+        pass
+    cores = os.cpu_count() or 1
+    return {
+        "cpu": model, "cores": cores, "mhz": mhz, "torch_threads": torch.get_num_threads(),
+        "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
+        "python": platform.python_version(), "torch": torch.__version__,
+        # AVX-512 BF16: one 512-bit VDPBF16PS (32 bf16 products + 32 adds) per cycle per core
+        "bf16_peak_gflops_theoretical": round(cores * (mhz or 0) * 1e6 * 64 / 1e9, 1) if mhz else None,
+    }
+
+
+def percentiles(samples: list[float]) -> dict:
+    ordered = sorted(samples)
+    at = lambda q: ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]  # noqa: E731
+    return {"p50": at(0.5), "p95": at(0.95), "mean": statistics.fmean(ordered), "n": len(ordered)}
+
+
+def timed(fn, *args, **kwargs) -> tuple[float, object]:
+    start = time.perf_counter()
+    out = fn(*args, **kwargs)
+    return time.perf_counter() - start, out
+
+
+def write_results(name: str, results: dict) -> Path:
+    from captioner.checkpoint import atomic_write_text
+
+    path = RESULTS / f"{name}.json"
+    results = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), **results}
+    atomic_write_text(path, json.dumps(results, indent=2))
+    return path
+
+
+def require(path: Path, what: str) -> Path:
+    if not path.exists():
+        raise SystemExit(f"error: {what} not found at {path} (set CAPTIONER_SHARED_DATA)")
+    return path

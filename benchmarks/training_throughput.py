@@ -1,0 +1,120 @@
+"""Training throughput: the textbook loop, which runs the CNN for every caption of every
+batch, against our loop on cached features, at the same batch size, side by side.
+
+    python -m benchmarks.training_throughput [--batch-size 32] [--encoders resnet152 efficientnet_lite0]
+
+Both loops train the same decoder (the shipped model's shape) on real Flickr8k captions
+with Adam. The textbook loop decodes each photo, resizes it with LANCZOS and runs the
+fp32 CNN before the decoder step; the cached loop reads fp16 features that were
+extracted once (bf16, channels_last, batched) and only runs the decoder. Reported:
+captions per second of each, their ratio, the one-time extraction cost per image, and
+what an epoch over the shipped model's 30,780 training captions costs either way.
+``resnet152`` uses random weights here (ImageNet weights cannot be downloaded on this
+machine; the time does not depend on their values).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torch.nn.utils.rnn import pad_sequence
+
+from benchmarks.caption_latency import load_model
+from benchmarks.common import SHARED, require, write_results
+from captioner.datasets import read_dataset
+from captioner.features import FeatureCache
+
+EPOCH_CAPTIONS = 30780  # training captions of the shipped model (Flickr8k + COCO train split)
+
+
+def batches(records, vocab, batch_size: int, count: int):
+    for b in range(count):
+        chunk = [records[(b * batch_size + i) % len(records)] for i in range(batch_size)]
+        ids = [torch.tensor(vocab.encode(r.caption)) for r in chunk]
+        yield chunk, pad_sequence(ids, batch_first=True), torch.tensor([len(i) for i in ids])
+
+
+def decoder_step(model, optimizer, features, caps, lengths) -> None:
+    model.head.train()
+    loss = F.cross_entropy(model.head(features, caps, lengths), model.head.decoder.packed_targets(caps, lengths))
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+
+
+def textbook_loop(model, records, batch_size: int, steps: int) -> float:
+    encoder = model.require_encoder()
+    pre = encoder.preprocess
+    backbone = encoder.backbone.to(memory_format=torch.contiguous_format)
+    optimizer = torch.optim.Adam(model.head.parameters(), lr=1e-4)
+    start = time.perf_counter()
+    for chunk, caps, lengths in batches(records, model.vocab, batch_size, steps):
+        images = [Image.open(r.image).convert("RGB").resize((pre.size, pre.size), Image.Resampling.LANCZOS)
+                  for r in chunk]
+        x = torch.stack([TF.normalize(TF.to_tensor(im), pre.mean, pre.std) for im in images])
+        with torch.no_grad():
+            features = backbone(x)
+        decoder_step(model, optimizer, features, caps, lengths)
+    seconds = time.perf_counter() - start
+    backbone.to(memory_format=torch.channels_last)
+    return steps * batch_size / seconds
+
+
+def cached_loop(model, records, features_by_image, batch_size: int, steps: int) -> float:
+    optimizer = torch.optim.Adam(model.head.parameters(), lr=1e-4)
+    start = time.perf_counter()
+    for chunk, caps, lengths in batches(records, model.vocab, batch_size, steps):
+        features = torch.stack([features_by_image[r.image] for r in chunk]).float()
+        decoder_step(model, optimizer, features, caps, lengths)
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--encoders", nargs="+", default=["resnet152", "efficientnet_lite0"])
+    p.add_argument("--textbook-steps", type=int, default=3)
+    p.add_argument("--cached-steps", type=int, default=60)
+    args = p.parse_args(argv)
+    records = read_dataset("flickr8k", require(SHARED / "flickr8k", "Flickr8k")).records
+    results = {"batch_size": args.batch_size, "data": "Flickr8k photos and captions", "encoders": {}}
+    for name in args.encoders:
+        model, weights = load_model(name)
+        encoder = model.require_encoder()
+        n_images = args.batch_size * args.textbook_steps
+        sample = records[: n_images * 5 : 5]  # one caption of each of n_images photos
+        images = [r.image for r in sample]
+        with tempfile.TemporaryDirectory() as cache_dir:
+            start = time.perf_counter()
+            feats, _ = FeatureCache(cache_dir, encoder).get(images, batch_size=32, num_workers=2, progress=False)
+            extraction = (time.perf_counter() - start) / len(images)  # includes the mirrored image
+        by_image = dict(zip(images, feats))
+        cached_loop(model, sample, by_image, args.batch_size, 3)  # warm up
+        textbook = textbook_loop(model, sample, args.batch_size, args.textbook_steps)
+        cached = cached_loop(model, sample, by_image, args.batch_size, args.cached_steps)
+        textbook_again = textbook_loop(model, sample, args.batch_size, 1)  # bracket the cached run
+        textbook = (textbook * args.textbook_steps + textbook_again) / (args.textbook_steps + 1)
+        results["encoders"][name] = {
+            "weights": weights,
+            "textbook_captions_per_second": round(textbook, 2),
+            "cached_captions_per_second": round(cached, 1),
+            "speedup_per_epoch": round(cached / textbook, 1),
+            "extraction_seconds_per_image_with_mirror": round(extraction, 4),
+            "epoch_minutes_textbook": round(EPOCH_CAPTIONS / textbook / 60, 1),
+            "epoch_minutes_cached": round(EPOCH_CAPTIONS / cached / 60, 2),
+            "one_time_extraction_minutes_7671_images": round(7671 * extraction / 60, 1),
+        }
+        r = results["encoders"][name]
+        print(f"{name}: textbook {r['textbook_captions_per_second']} captions/s, cached "
+              f"{r['cached_captions_per_second']} captions/s: {r['speedup_per_epoch']}x per epoch")
+    print(f"wrote {write_results('training_throughput', results)}")
+
+
+if __name__ == "__main__":
+    main()
