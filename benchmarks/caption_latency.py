@@ -115,7 +115,9 @@ def encoder_throughput(encoder, batch: int, repeats: int) -> float:
 def load_model(name: str) -> tuple[Captioner, str]:
     if name == "efficientnet_lite0" and DEFAULT_CHECKPOINT.is_file():
         return Captioner.from_checkpoint(DEFAULT_CHECKPOINT), "shipped captioner"
-    shipped = Captioner.from_checkpoint(DEFAULT_CHECKPOINT, load_encoder=False) if DEFAULT_CHECKPOINT.is_file() else None
+    shipped = None
+    if DEFAULT_CHECKPOINT.is_file():
+        shipped = Captioner.from_checkpoint(DEFAULT_CHECKPOINT, load_encoder=False)
     encoder = build_encoder(name, weights="random")
     vocab = shipped.vocab if shipped else None
     if vocab is None:
