@@ -25,7 +25,7 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
-from captioner.images import MAX_BYTES  # noqa: E402
+from captioner.images import MAX_BYTES, ImageError, load_image  # noqa: E402
 from captioner.service import CaptionService, DigitService, FrameService, InputError, TrajectoryService  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
@@ -156,26 +156,63 @@ def caption_tab() -> None:
 
 # ------------------------------------------------------------------------------- digits
 
-def classify_digit(upload=None, sketch=None):
-    """Classify a digit: an uploaded picture, or the drawing on the canvas."""
-    drawing = upload if upload is not None else _sketch_image(sketch)
+def classify_digit(image):
+    """Classify a picture of a digit (any size, dark on light or light on dark)."""
     try:
-        probs, seen = digits.classify(drawing)
+        probs, seen = digits.classify(image)
     except InputError as err:
         raise _user_error(err) from err
     seen_image = Image.fromarray((seen * 255).astype(np.uint8)).resize((168, 168), Image.Resampling.NEAREST)
     return probs, seen_image
 
 
-def _sketch_image(sketch):
-    if sketch is None:
-        return None
-    if isinstance(sketch, dict):
-        composite = sketch.get("composite")
-        if composite is None and sketch.get("layers"):
-            composite = sketch["layers"][-1]
-        return composite
-    return sketch
+def _on_digit_drawn(evt: gr.EventData):
+    """The canvas sends its drawing as a PNG data URL when the pen lifts."""
+    import base64
+
+    url = evt._data.get("image", "") if isinstance(evt._data, dict) else ""
+    if not isinstance(url, str) or not url.startswith("data:image/png;base64,") or len(url) > 5_000_000:
+        raise gr.Error("The drawing could not be read.", print_exception=False)
+    try:
+        drawing = load_image(base64.b64decode(url.split(",", 1)[1], validate=True))
+    except (ImageError, ValueError) as err:
+        raise gr.Error("The drawing could not be read.", print_exception=False) from err
+    return classify_digit(np.asarray(drawing))
+
+
+DIGIT_CANVAS = """
+<div class="digit-box">
+  <canvas id="digit-pad" width="280" height="280"></canvas>
+  <button class="digit-clear" type="button">Clear</button>
+</div>
+"""
+
+DIGIT_JS = """
+const canvas = element.querySelector('canvas');
+const ctx = canvas.getContext('2d');
+let drawing = false, last = null;
+function clear() { ctx.fillStyle = '#000'; ctx.fillRect(0, 0, canvas.width, canvas.height); }
+function pos(e) {
+  const r = canvas.getBoundingClientRect();
+  return [(e.clientX - r.left) * canvas.width / r.width, (e.clientY - r.top) * canvas.height / r.height];
+}
+clear();
+canvas.style.touchAction = 'none';
+canvas.addEventListener('pointerdown', e => { drawing = true; last = pos(e); canvas.setPointerCapture(e.pointerId); });
+canvas.addEventListener('pointermove', e => {
+  if (!drawing) return;
+  const p = pos(e);
+  ctx.strokeStyle = '#fff'; ctx.lineWidth = 20; ctx.lineCap = 'round'; ctx.lineJoin = 'round';
+  ctx.beginPath(); ctx.moveTo(last[0], last[1]); ctx.lineTo(p[0], p[1]); ctx.stroke();
+  last = p;
+});
+canvas.addEventListener('pointerup', () => {
+  if (!drawing) return;
+  drawing = false;
+  trigger('submit', {image: canvas.toDataURL('image/png')});
+});
+element.querySelector('.digit-clear').addEventListener('click', () => clear());
+"""
 
 
 def digit_tab() -> None:
@@ -187,16 +224,18 @@ def digit_tab() -> None:
                 "it row by row.")
     with gr.Row():
         with gr.Column():
-            sketch = gr.Sketchpad(label="Draw here", type="numpy", image_mode="RGBA", canvas_size=(280, 280),
-                                  brush=gr.Brush(default_size=18, colors=["#000000"], color_mode="fixed"),
-                                  elem_id="digit-canvas")
-            upload = gr.Image(label="...or upload", type="filepath", sources=["upload"], height=180)
-            button = gr.Button("Classify", variant="primary", elem_id="digit-button")
+            canvas = gr.HTML(DIGIT_CANVAS, js_on_load=DIGIT_JS, elem_id="digit-canvas",
+                             css_template="canvas { width: 280px; height: 280px; border-radius: 6px; "
+                                          "cursor: crosshair; display: block; } "
+                                          "button { margin-top: 6px; padding: 2px 12px; border: 1px solid #ccc; "
+                                          "border-radius: 4px; }")
+            upload = gr.Image(label="...or upload a picture", type="filepath", sources=["upload"], height=180)
+            button = gr.Button("Classify the upload", elem_id="digit-button")
         with gr.Column():
             label = gr.Label(num_top_classes=10, label="Class probabilities", elem_id="digit-label")
             seen = gr.Image(label="What the model saw (28x28)", interactive=False, height=180)
-    button.click(classify_digit, [upload, sketch], [label, seen], api_name="classify_digit")
-    sketch.change(classify_digit, [upload, sketch], [label, seen], api_name=False, show_progress="hidden",
+    button.click(classify_digit, [upload], [label, seen], api_name="classify_digit")
+    canvas.submit(_on_digit_drawn, None, [label, seen], api_name=False, show_progress="hidden",
                   trigger_mode="always_last")
 
 
@@ -295,8 +334,8 @@ def _trajectory_picture(stroke: np.ndarray, result: dict, truth: np.ndarray | No
         draw.line(px, fill=colour, width=2)
         for x, y in px[1:]:
             draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=colour)
-    draw.text((10, 8), "model (blue), constant velocity (orange)" + (", truth (green)" if truth is not None else ""),
-              fill=(60, 60, 60))
+    legend = "model (blue), constant velocity (orange)" + (", truth (green)" if truth is not None else "")
+    draw.text((10, size - 18), legend, fill=(60, 60, 60))
     return image
 
 

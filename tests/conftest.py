@@ -85,3 +85,57 @@ def tiny_captioner(lite0):
         optimizer.step()
     model.head.eval()
     return model, sample, features, captions
+
+
+CHECKPOINTS = Path(os.environ.get("CAPTIONER_CHECKPOINTS", ROOT / "checkpoints"))
+
+
+def shipped(name: str) -> Path:
+    """A shipped checkpoint, or skip the test."""
+    path = CHECKPOINTS / name
+    if not path.is_file():
+        pytest.skip(f"{name} has not been trained and shipped yet")
+    return path
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def server():
+    """``python app.py`` on a free loopback port, as a user would start it."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
+           "CAPTIONER_SHARED_DATA": str(SHARED_DATA)}
+    (ROOT / "artifacts").mkdir(exist_ok=True)
+    log = open(ROOT / "artifacts" / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    start = time.time()
+    while True:
+        try:
+            urllib.request.urlopen(base + "/", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() - start > 90:
+                proc.kill()
+                pytest.fail("the app did not start")
+            time.sleep(0.2)
+    startup = time.time() - start
+    yield {"url": base, "startup_seconds": startup, "process": proc}
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()

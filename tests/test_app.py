@@ -1,0 +1,218 @@
+"""The web app: its functions called directly, and the running server through gradio_client."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from tests.conftest import ROOT, free_port, shared, shipped
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+
+def example_photo(tmp_path, name="chelsea"):
+    import skimage.data
+
+    path = tmp_path / f"{name}.jpg"
+    Image.fromarray(getattr(skimage.data, name)()).save(path)
+    return path
+
+
+def drawn_digit(tmp_path, digit="1") -> str:
+    image = Image.new("L", (280, 280), 255)
+    draw = ImageDraw.Draw(image)
+    if digit == "1":
+        draw.line([(140, 40), (145, 240)], fill=0, width=22)
+    else:  # a 7
+        draw.line([(70, 60), (210, 60), (120, 240)], fill=0, width=22, joint="curve")
+    path = tmp_path / f"digit{digit}.png"
+    image.save(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def app_module():
+    import app
+
+    return app
+
+
+# ------------------------------------------------------------------ direct calls
+
+def test_caption_function_shades_words_and_writes_downloads(app_module, tmp_path):
+    shipped("captioner.safetensors")
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a photo")
+    html, table, downloads, results, timing = app_module.caption([str(example_photo(tmp_path)), str(bad)],
+                                                                 "beam search", 3)
+    assert "cat" in results[0]["caption"]  # scikit-image's photo of Chelsea the cat
+    assert "error" in results[1] and "not an image" in results[1]["error"]
+    assert "rgba(79, 70, 229" in html and "title='p = " in html and "notes.jpg" in html
+    assert [row[0] for row in table] == ["chelsea.jpg", "notes.jpg"]
+    csv_text = open(downloads[0]).read()
+    assert csv_text.startswith("image,caption") and "chelsea.jpg" in csv_text
+    assert json.loads(open(downloads[1]).read())[0]["caption"] == results[0]["caption"]
+    assert "1 caption in" in timing and "could not be read" in timing
+
+
+def test_caption_function_errors(app_module, tmp_path):
+    import gradio as gr
+
+    shipped("captioner.safetensors")
+    with pytest.raises(gr.Error, match="upload at least one"):
+        app_module.caption([], "greedy", 1)
+    bad = tmp_path / "x.jpg"
+    bad.write_bytes(b"")
+    with pytest.raises(gr.Error, match="empty"):
+        app_module.caption([str(bad)], "greedy", 1)
+    with pytest.raises(gr.Error, match="beam width"):
+        app_module.caption([str(example_photo(tmp_path))], "beam search", 50)
+
+
+def test_greedy_equals_beam_width_one(app_module, tmp_path):
+    shipped("captioner.safetensors")
+    photo = str(example_photo(tmp_path, "coffee"))
+    assert app_module.caption([photo], "greedy", 7)[3] == app_module.caption([photo], "beam search", 1)[3]
+
+
+def test_classify_digit_function(app_module, tmp_path):
+    shipped("mnist.safetensors")
+    probs, seen = app_module.classify_digit(drawn_digit(tmp_path, "1"))
+    assert max(probs, key=probs.get) == "1"
+    assert seen.size == (168, 168)
+    canvas = np.zeros((280, 280, 3), dtype=np.uint8)  # what the canvas sends: white ink on black
+    canvas[40:240, 130:152] = 255
+    probs, _ = app_module.classify_digit(canvas)
+    assert max(probs, key=probs.get) == "1"
+
+
+def test_classify_digit_errors(app_module):
+    import gradio as gr
+
+    shipped("mnist.safetensors")
+    with pytest.raises(gr.Error, match="Draw a digit"):
+        app_module.classify_digit(None)
+    with pytest.raises(gr.Error, match="empty"):
+        app_module.classify_digit(np.zeros((280, 280, 3), dtype=np.uint8))
+
+
+def test_predict_trajectory_function(app_module):
+    shipped("trajectory.safetensors")
+    t = np.linspace(0, 1.2 * np.pi, 40)
+    points = json.dumps(np.stack([200 + 100 * np.cos(t), 200 + 100 * np.sin(t)], 1).tolist())
+    picture, result = app_module.predict_trajectory(points)
+    assert picture.size == (480, 480)
+    assert len(result["model"]) == 10 and len(result["constant_velocity"]) == 10 and len(result["input"]) == 30
+
+
+@pytest.mark.parametrize("points, message", [
+    ("", "Draw a stroke"), ("[[1, 2]]", "at least 2"), ("[[1, 2], [NaN, 3]]", "finite"),
+    ("[[1e300, 2], [3, 4]]", "within"), ("not json", "JSON"), ('[["a", "b"], [1, 2]]', "numbers"),
+    ("[[1, 2, 3], [4, 5, 6]]", "pairs"), ("[[Infinity, 0], [0, 0]]", "finite"),
+])
+def test_predict_trajectory_rejects_bad_strokes(app_module, points, message):
+    import gradio as gr
+
+    shipped("trajectory.safetensors")
+    with pytest.raises(gr.Error, match=message):
+        app_module.predict_trajectory(points)
+
+
+def test_predict_frames_function(app_module):
+    shipped("nextframe.safetensors")
+    shared("MNIST")
+    picture, summary = app_module.predict_frames(3)
+    assert picture.size[0] == 1280
+    assert summary["mse_per_frame"] < summary["copy_last_frame_mse_per_frame"]
+    import gradio as gr
+
+    with pytest.raises(gr.Error, match="whole number|between"):
+        app_module.predict_frames(-5)
+
+
+def test_untrained_tabs_say_so(tmp_path):
+    """With no checkpoints at all, the app still starts and says what is missing."""
+    port = free_port()
+    env = {**os.environ, "CAPTIONER_CHECKPOINTS": str(tmp_path), "GRADIO_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                config = urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=2).read().decode()
+                break
+            except OSError:
+                assert time.time() < deadline and proc.poll() is None
+                time.sleep(0.2)
+        assert config.count("Not trained yet") == 4
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+# ------------------------------------------------------------- the running server
+
+@pytest.fixture(scope="module")
+def client(server):
+    from gradio_client import Client
+
+    return Client(server["url"], verbose=False)
+
+
+def test_server_starts_quickly_and_binds_loopback(server):
+    assert server["startup_seconds"] < 15
+    assert server["url"].startswith("http://127.0.0.1:")
+
+
+def test_every_endpoint_has_its_stable_name(client):
+    names = set(client.view_api(return_format="dict", print_info=False)["named_endpoints"])
+    expected = {"/caption", "/classify_digit", "/predict_trajectory", "/predict_frames"}
+    available = {"/caption": "captioner", "/classify_digit": "mnist", "/predict_trajectory": "trajectory",
+                 "/predict_frames": "nextframe"}
+    from tests.conftest import CHECKPOINTS
+
+    expected = {e for e in expected if (CHECKPOINTS / f"{available[e]}.safetensors").is_file()}
+    assert expected <= names
+
+
+def test_caption_through_gradio_client(client, tmp_path):
+    from gradio_client import handle_file
+
+    shipped("captioner.safetensors")
+    html, table, downloads, results, timing = client.predict(
+        [handle_file(str(example_photo(tmp_path, "chelsea"))), handle_file(str(example_photo(tmp_path, "coffee")))],
+        "beam search", 3, api_name="/caption")
+    assert "cat" in results[0]["caption"] and len(results) == 2
+    assert all(len(r["words"]) == len(r["probabilities"]) for r in results)
+
+
+def test_bad_upload_through_gradio_client_is_a_clear_error(client, tmp_path):
+    from gradio_client import handle_file
+
+    shipped("captioner.safetensors")
+    bad = tmp_path / "page.jpg"
+    bad.write_text("<html><body>hi</body></html>")
+    with pytest.raises(Exception, match="HTML"):
+        client.predict([handle_file(str(bad))], "greedy", 1, api_name="/caption")
+
+
+def test_other_endpoints_through_gradio_client(client, tmp_path):
+    from gradio_client import handle_file
+
+    shipped("mnist.safetensors")
+    label, _ = client.predict(handle_file(drawn_digit(tmp_path, "7")), api_name="/classify_digit")
+    assert label["label"] == "7"
+    shipped("trajectory.safetensors")
+    _, result = client.predict("[[0, 0], [1, 1], [2, 2], [3, 3]]", api_name="/predict_trajectory")
+    assert np.allclose(result["constant_velocity"][0], [4, 4])
+    shipped("nextframe.safetensors")
+    shared("MNIST")
+    _, summary = client.predict(11, api_name="/predict_frames")
+    assert summary["mse_per_frame"] > 0
