@@ -54,10 +54,10 @@ def timed(fn, *args, **kwargs) -> tuple[float, object]:
     return time.perf_counter() - start, out
 
 
-def write_results(name: str, results: dict) -> Path:
+def write_results(name: str, results: dict, path: Path | None = None) -> Path:
     from captioner.checkpoint import atomic_write_text
 
-    path = RESULTS / f"{name}.json"
+    path = path or RESULTS / f"{name}.json"
     results = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), **results}
     atomic_write_text(path, json.dumps(results, indent=2))
     return path

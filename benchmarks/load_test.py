@@ -210,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=32)
     p.add_argument("--requests", type=int, default=4, help="rounds per client")
     p.add_argument("--no-flood", action="store_true")
+    p.add_argument("--json-out", type=Path, default=None, help="default: benchmarks/results/load_test.json")
     args = p.parse_args(argv)
     report: dict = {"clients": args.clients, "rounds_per_client": args.requests}
     with tempfile.TemporaryDirectory() as tmp:
@@ -252,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         "busy_error_when_queue_full": args.no_flood or report["flood"]["busy"] > 0,
     }
     report["checks"] = checks
-    path = write_results("load_test", report)
+    path = write_results("load_test", report, args.json_out)
     print(f"{load_report['requests']} requests from {args.clients} clients in {load_report['seconds']} s; "
           f"server memory peaked at {load_report['rss_mb_max']} MB (idle {report['idle_rss_mb']} MB)")
     for name, ok in checks.items():
