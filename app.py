@@ -229,7 +229,8 @@ def digit_tab() -> None:
                                           "cursor: crosshair; display: block; } "
                                           "button { margin-top: 6px; padding: 2px 12px; border: 1px solid #ccc; "
                                           "border-radius: 4px; }")
-            upload = gr.Image(label="...or upload a picture", type="filepath", sources=["upload"], height=180)
+            # a plain file: Gradio's Image input would decode the upload itself, before our safe loader
+            upload = gr.File(label="...or upload a picture of a digit", file_types=["image"], elem_id="digit-upload")
             button = gr.Button("Classify the upload", elem_id="digit-button")
         with gr.Column():
             label = gr.Label(num_top_classes=10, label="Class probabilities", elem_id="digit-label")

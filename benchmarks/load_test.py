@@ -20,6 +20,8 @@ Results go to ``benchmarks/results/load_test.json``; the exit status is 1 if a c
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import random
 import tempfile
 import threading
@@ -108,8 +110,8 @@ def requests_mix(good: dict[str, Path], bad: dict[str, Path]) -> list[tuple[str,
     for name, path in bad.items():
         mix.append((name, "caption", path, False))
     mix.append(("digit:bomb", "classify_digit", bad["file:bomb.png"], False))
-    circle = [[200 + 80 * np.cos(a / 8), 200 + 80 * np.sin(a / 8)] for a in range(40)]
-    mix += [("stroke:circle", "predict_trajectory", str(circle), True),
+    circle = [[200 + 80 * math.cos(a / 8), 200 + 80 * math.sin(a / 8)] for a in range(40)]
+    mix += [("stroke:circle", "predict_trajectory", json.dumps(circle), True),
             ("stroke:two points", "predict_trajectory", "[[0, 0], [1, 1]]", True),
             ("stroke:empty", "predict_trajectory", "", False),
             ("stroke:one point", "predict_trajectory", "[[3, 4]]", False),
@@ -223,8 +225,11 @@ def main(argv: list[str] | None = None) -> int:
             with httpx.Client(timeout=600) as client:
                 uploaded = {str(v): upload(client, base, v) for _, e, v, _ in items
                             if e in ("caption", "classify_digit")}
+                alone = {}
                 for item in items:  # every request once, alone: warm up and check each kind
-                    run_one(client, base, item, uploaded)
+                    ok, message = run_one(client, base, item, uploaded)
+                    alone[item[0]] = {"expected_success": item[3], "succeeded": ok, "error": message}
+            report["each_request_alone"] = alone
             report["idle_rss_mb"] = round(rss_mb(proc.pid), 1)
             report["load"] = load(base, proc.pid, items, uploaded, args.clients, args.requests)
             report["server_alive_after_load"] = proc.poll() is None
@@ -244,7 +249,9 @@ def main(argv: list[str] | None = None) -> int:
                 proc.terminate()
                 proc.wait(timeout=30)
     load_report = report["load"]
+    alone = report["each_request_alone"]
     checks = {
+        "each_kind_alone_behaves": all(r["succeeded"] == r["expected_success"] for r in alone.values()),
         "no_good_request_failed": not load_report["good_failed"],
         "every_bad_request_got_an_error": not load_report["bad_without_error"],
         "server_survived": report["server_alive_after_load"],

@@ -67,7 +67,8 @@ def upload(client: httpx.Client, base: str, path: Path) -> str:
 def call(client: httpx.Client, base: str, endpoint: str, data: list) -> tuple[str, object]:
     """One API call: (event, payload), event 'complete' or 'error'."""
     r = client.post(f"{base}/gradio_api/call/{endpoint}", json={"data": data})
-    r.raise_for_status()
+    if r.status_code != 200:  # e.g. 503 when the queue is full
+        return f"http-{r.status_code}", r.text
     event_id = r.json()["event_id"]
     event = None
     with client.stream("GET", f"{base}/gradio_api/call/{endpoint}/{event_id}") as stream:
