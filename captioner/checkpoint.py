@@ -117,6 +117,27 @@ def config_from_dict(cls, data: dict, path) -> Any:
     return cls(**data)
 
 
+class Saveable:
+    """For models whose whole state is their ``config`` dataclass and their weights:
+    ``save`` writes one safetensors file; ``from_checkpoint`` rebuilds the model from it
+    alone. Subclasses set ``kind``, ``config_class`` and ``default_checkpoint``."""
+
+    kind: str
+    config_class: type
+    default_checkpoint: Path
+
+    def save(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+        save_model(path, self.kind, self.config, self.state_dict(), dtype=dtype)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike | None = None):
+        path = path or cls.default_checkpoint
+        config, tensors, _ = load_model(path, cls.kind)
+        model = cls(config_from_dict(cls.config_class, config, path))
+        load_state_strict(model, tensors, path)
+        return model.eval()
+
+
 def _as_dict(config: Any) -> dict:
     return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else dict(config)
 

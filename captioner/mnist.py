@@ -12,7 +12,6 @@ centre of mass in a 28x28 frame, the way the MNIST digits were made.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import torch
 from PIL import Image, ImageFilter
 from torch import nn
 
-from captioner.checkpoint import config_from_dict, load_model, load_state_strict, save_model
+from captioner.checkpoint import Saveable
 from captioner.lstm import LSTM
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
@@ -35,7 +34,9 @@ class MnistConfig:
     dropout: float = 0.1
 
 
-class RowLSTMClassifier(nn.Module):
+class RowLSTMClassifier(Saveable, nn.Module):
+    kind, config_class, default_checkpoint = "mnist", MnistConfig, DEFAULT_CHECKPOINT
+
     def __init__(self, config: MnistConfig | None = None):
         super().__init__()
         self.config = config or MnistConfig()
@@ -73,16 +74,6 @@ class RowLSTMClassifier(nn.Module):
         """Class probabilities (B, 10), through the fused LSTM."""
         self.eval()
         return self(images, fused=True).softmax(-1)
-
-    def save(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
-        save_model(path, "mnist", self.config, self.state_dict(), dtype=dtype)
-
-    @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike = DEFAULT_CHECKPOINT) -> RowLSTMClassifier:
-        config, tensors, _ = load_model(path, "mnist")
-        model = cls(config_from_dict(MnistConfig, config, path))
-        load_state_strict(model, tensors, path)
-        return model.eval()
 
 
 def preprocess_drawing(image: Image.Image | np.ndarray, ink_threshold: float = 0.1) -> torch.Tensor:

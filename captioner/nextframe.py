@@ -13,7 +13,6 @@ and predicts the next frame from the previous one, 10 times.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from captioner.checkpoint import config_from_dict, load_model, load_state_strict, save_model
+from captioner.checkpoint import Saveable
 from captioner.lstm import ConvLSTMCell
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "nextframe.safetensors"
@@ -78,6 +77,9 @@ class NextFrameConfig:
     hidden: tuple[int, ...] = (64, 64)
     kernel_size: int = 3
 
+    def __post_init__(self):
+        self.hidden = tuple(self.hidden)  # JSON brings it back as a list
+
 
 def fold(frames: torch.Tensor, patch: int) -> torch.Tensor:
     """(B, 1, H, W) -> (B, patch*patch, H/patch, W/patch)."""
@@ -106,11 +108,12 @@ class ConvLSTMStack(nn.Module):
         return [cell.init_hidden(batch, grid, device, dtype) for cell in self.cells]
 
 
-class NextFramePredictor(nn.Module):
+class NextFramePredictor(Saveable, nn.Module):
+    kind, config_class, default_checkpoint = "nextframe", NextFrameConfig, DEFAULT_CHECKPOINT
+
     def __init__(self, config: NextFrameConfig | None = None):
         super().__init__()
         self.config = c = config or NextFrameConfig()
-        c.hidden = tuple(c.hidden)
         channels = c.patch * c.patch
         self.encoder = ConvLSTMStack(channels, c.hidden, c.kernel_size)
         self.forecaster = ConvLSTMStack(channels, c.hidden, c.kernel_size)
@@ -144,17 +147,6 @@ class NextFramePredictor(nn.Module):
     def predict(self, frames: torch.Tensor) -> torch.Tensor:
         self.eval()
         return self(frames)
-
-    def save(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
-        save_model(path, "nextframe", self.config, self.state_dict(), dtype=dtype)
-
-    @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike = DEFAULT_CHECKPOINT) -> NextFramePredictor:
-        config, tensors, _ = load_model(path, "nextframe")
-        config["hidden"] = tuple(config["hidden"])
-        model = cls(config_from_dict(NextFrameConfig, config, path))
-        load_state_strict(model, tensors, path)
-        return model.eval()
 
 
 # ---------------------------------------------------------------------------- metrics

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from captioner.checkpoint import config_from_dict, load_model, load_state_strict, save_model
+from captioner.checkpoint import Saveable
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "trajectory.safetensors"
@@ -104,7 +104,9 @@ def positional_encoding(length: int, dim: int) -> torch.Tensor:
     return pe
 
 
-class TrajectoryPredictor(nn.Module):
+class TrajectoryPredictor(Saveable, nn.Module):
+    kind, config_class, default_checkpoint = "trajectory", TrajectoryConfig, DEFAULT_CHECKPOINT
+
     def __init__(self, config: TrajectoryConfig | None = None):
         super().__init__()
         self.config = c = config or TrajectoryConfig()
@@ -154,16 +156,6 @@ class TrajectoryPredictor(nn.Module):
         self.eval()
         out = self(x[:, -self.config.past:]).numpy()
         return out[0] if single else out
-
-    def save(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
-        save_model(path, "trajectory", self.config, self.state_dict(), dtype=dtype)
-
-    @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike = DEFAULT_CHECKPOINT) -> TrajectoryPredictor:
-        config, tensors, _ = load_model(path, "trajectory")
-        model = cls(config_from_dict(TrajectoryConfig, config, path))
-        load_state_strict(model, tensors, path)
-        return model.eval()
 
 
 def pad_history(x: torch.Tensor, length: int) -> torch.Tensor:

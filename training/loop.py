@@ -15,6 +15,7 @@ A script supplies ``train_step(epoch, step) -> loss`` (which must pick its batch
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -60,11 +61,11 @@ class Loop:
     curves: tuple[list[str], list[str]] = (["train_loss"], [])
     title: str = ""
     seed: int = 0
+    timer: Timer = field(default_factory=Timer)  # pass the script's own, to count data loading too
 
     def __post_init__(self):
         self.progress = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": None, "best_epoch": 0,
                          "history": [], "loss_sum": 0.0, "loss_count": 0}
-        self.timer = Timer()
 
     @property
     def last_path(self) -> Path:
@@ -123,6 +124,17 @@ class Loop:
             if self.max_steps and p["global_step"] >= self.max_steps:
                 log.info("stopped after --max-steps %d; --resume continues", self.max_steps)
                 break
+        return p
+
+    def fit(self, resume: bool = False, **summary) -> dict:
+        """Resume if asked, run, and print a one-line JSON summary of the best epoch."""
+        if resume:
+            self.resume()
+        p = self.run()
+        if p["history"] and self.dist.main:
+            print(json.dumps({f"best_{self.metric}": p["best"], "best_epoch": p["best_epoch"], "epochs": p["epoch"],
+                              "steps": p["global_step"], "seconds": round(self.timer(), 1), "out": str(self.out),
+                              **summary}))
         return p
 
     def _end_epoch(self, epoch: int) -> None:

@@ -320,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     def val() -> dict:
         return validate(model, val_table, val_feats, val_refs, args.beam_size)
 
-    loop = Loop(kind="captioner-train", config=config, model=model.head, optimizer=optimizer, scheduler=scheduler,
+    loop = Loop(kind="captioner-train", config=config, model=model.head,
+                optimizer=optimizer, scheduler=scheduler, timer=timer,
                 out=out, epochs=args.epochs, steps_per_epoch=steps_per_epoch, train_step=train_step, validate=val,
                 save_best=lambda: model.save(out / "best.safetensors", dtype=torch.float16, metadata=data_info),
                 metric=args.select_by,
@@ -328,14 +329,9 @@ def main(argv: list[str] | None = None) -> int:
                 metadata={"vocabulary": vocab.to_json(), "args": json.dumps(vars(args), default=str)},
                 curves=(["train_loss", "val_loss"] if args.objective == "xe" else ["train_loss"], ["val_bleu4"]),
                 title=f"captioner ({args.encoder}, {args.objective})")
-    if args.resume:
-        loop.resume()
-    progress = loop.run()
+    loop.fit(args.resume)
     dist.barrier()
     close_distributed(dist)
-    if dist.main and progress["history"]:
-        print(json.dumps({f"best_{args.select_by}": round(progress["best"], 5), "best_epoch": progress["best_epoch"],
-                          "epochs": progress["epoch"], "seconds": round(timer(), 1), "out": str(out)}))
     return 0
 
 

@@ -112,18 +112,14 @@ def main(argv: list[str] | None = None) -> int:
         acc, _ = accuracy(model, val_x, val_y)
         return {"val_accuracy": acc}
 
-    loop = Loop(kind="mnist-train", config=config, model=model, optimizer=optimizer, scheduler=scheduler,
+    loop = Loop(kind="mnist-train", config=config, model=model,
+                optimizer=optimizer, scheduler=scheduler, timer=timer,
                 out=args.out, epochs=args.epochs, steps_per_epoch=steps_per_epoch, train_step=train_step,
                 validate=validate, save_best=lambda: model.save(args.out / "best.safetensors"),
                 metric="val_accuracy", save_every=args.save_every, max_steps=args.max_steps, seed=args.seed,
                 metadata={"args": json.dumps(vars(args), default=str)},
                 curves=(["train_loss"], ["val_accuracy"]), title="MNIST row-by-row LSTM")
-    if args.resume:
-        loop.resume()
-    progress = loop.run()
-    if progress["history"]:
-        print(json.dumps({"best_val_accuracy": progress["best"], "best_epoch": progress["best_epoch"],
-                          "epochs": progress["epoch"], "seconds": round(timer(), 1), "out": str(args.out)}))
+    loop.fit(args.resume)
     return 0
 
 

@@ -89,18 +89,14 @@ def main(argv: list[str] | None = None) -> int:
                 "val_ssim": float(ssim(preds, truth).mean()),
                 "val_copy_last_mse": float(frame_mse(copy_last_frame(val_clips[:, :10]), truth).mean())}
 
-    loop = Loop(kind="nextframe-train", config=config, model=model, optimizer=optimizer, scheduler=scheduler,
+    loop = Loop(kind="nextframe-train", config=config, model=model,
+                optimizer=optimizer, scheduler=scheduler, timer=timer,
                 out=args.out, epochs=args.epochs, steps_per_epoch=args.steps_per_epoch, train_step=train_step,
                 validate=validate, save_best=lambda: model.save(args.out / "best.safetensors"),
                 metric="val_mse_per_frame", higher_is_better=False, save_every=args.save_every,
                 max_steps=args.max_steps, seed=args.seed, metadata={"args": json.dumps(vars(args), default=str)},
                 curves=(["train_loss"], ["val_mse_per_frame"]), title="ConvLSTM next frame")
-    if args.resume:
-        loop.resume()
-    progress = loop.run()
-    if progress["history"]:
-        print(json.dumps({"best_val_mse_per_frame": progress["best"], "best_epoch": progress["best_epoch"],
-                          "steps": progress["global_step"], "seconds": round(timer(), 1), "out": str(args.out)}))
+    loop.fit(args.resume)
     return 0
 
 

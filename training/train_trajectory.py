@@ -135,15 +135,14 @@ def main(argv: list[str] | None = None) -> int:
         return {"val_ade": report["model"]["ade"], "val_fde": report["model"]["fde"],
                 "val_cv_ade": report["constant_velocity"]["ade"]}
 
-    loop = Loop(kind="trajectory-train", config=config, model=model, optimizer=optimizer, scheduler=scheduler,
+    loop = Loop(kind="trajectory-train", config=config, model=model,
+                optimizer=optimizer, scheduler=scheduler, timer=timer,
                 out=args.out, epochs=args.epochs, steps_per_epoch=steps_per_epoch, train_step=train_step,
                 validate=validate, save_best=lambda: model.save(args.out / "best.safetensors"),
                 metric="val_ade", higher_is_better=False, save_every=args.save_every, max_steps=args.max_steps,
                 seed=args.seed, metadata={"args": json.dumps(vars(args), default=str)},
                 curves=(["train_loss"], ["val_ade", "val_fde"]), title="trajectory predictor")
-    if args.resume:
-        loop.resume()
-    progress = loop.run()
+    progress = loop.fit(args.resume)
     if not progress["history"] or progress["epoch"] < args.epochs:
         return 0
 
