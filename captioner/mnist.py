@@ -43,7 +43,7 @@ class RowLSTMClassifier(Saveable, nn.Module):
         c = self.config
         self.lstm = LSTM(28, c.hidden_size, c.num_layers, dropout=c.dropout)
         self.head = nn.Linear(c.hidden_size, 10)
-        self._fused: nn.LSTM | None = None
+        self._drop_fused()
 
     def forward(self, images: torch.Tensor, fused: bool = False) -> torch.Tensor:
         """``images``: (B, 28, 28) or (B, 1, 28, 28), pixels in [0, 1]. Returns logits (B, 10)."""
@@ -57,16 +57,23 @@ class RowLSTMClassifier(Saveable, nn.Module):
         return self.head(out[:, -1])
 
     def fused_lstm(self) -> nn.LSTM:
-        if self._fused is None:
-            self._fused = self.lstm.to_torch().eval()
-        return self._fused
+        """The same weights in torch's fused LSTM, built on first use. It is kept outside
+        the module's registry, so it never shows up in ``state_dict`` or a checkpoint."""
+        cache = self.__dict__["_fused_cache"]
+        if not cache:
+            cache.append(self.lstm.to_torch().eval().requires_grad_(False))
+        return cache[0]
+
+    def _drop_fused(self) -> None:
+        self.__dict__["_fused_cache"] = []
 
     def train(self, mode: bool = True):
-        self._fused = None  # weights may change; rebuild the fused copy on next use
+        if mode:
+            self._drop_fused()  # training changes the weights; rebuild the fused copy on next use
         return super().train(mode)
 
     def _load_from_state_dict(self, *args, **kwargs):
-        self._fused = None
+        self._drop_fused()
         return super()._load_from_state_dict(*args, **kwargs)
 
     @torch.inference_mode()

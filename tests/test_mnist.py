@@ -33,6 +33,23 @@ def test_fused_copy_follows_new_weights(tmp_path):
     assert not torch.allclose(before, model.predict(x))
 
 
+def test_fused_copy_never_enters_the_state_dict(tmp_path):
+    model = RowLSTMClassifier(MnistConfig(hidden_size=8, num_layers=1)).eval()
+    keys = set(model.state_dict())
+    model.predict(torch.rand(2, 28, 28))
+    assert set(model.state_dict()) == keys
+    model.save(tmp_path / "m.safetensors")
+    RowLSTMClassifier.from_checkpoint(tmp_path / "m.safetensors")
+
+
+def test_onnx_export_matches_pytorch(tmp_path):
+    from training.export_onnx import _MnistGraph, export
+
+    model = RowLSTMClassifier(MnistConfig(hidden_size=16, num_layers=2)).eval()
+    report = export(_MnistGraph(model), "mnist", "digits", "logits", tmp_path / "m.onnx")
+    assert report["max_abs_diff"] < 1e-4 and "LSTM" in report["ops"]
+
+
 def test_checkpoint_round_trip(tmp_path):
     model = RowLSTMClassifier(MnistConfig(hidden_size=24, num_layers=1)).eval()
     model.save(tmp_path / "m.safetensors")

@@ -36,7 +36,8 @@ OPSET = 15
 class _MnistGraph(nn.Module):
     def __init__(self, model):
         super().__init__()
-        self.model = model
+        self.model = model.eval()
+        model.fused_lstm()  # build it now: the tracer must not see its initialisation
 
     def forward(self, digits: torch.Tensor) -> torch.Tensor:
         return self.model(digits, fused=True)
