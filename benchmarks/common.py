@@ -33,12 +33,14 @@ def machine() -> dict:
     except OSError:
         pass
     cores = os.cpu_count() or 1
+    used = min(cores, torch.get_num_threads())
     return {
         "cpu": model, "cores": cores, "mhz": mhz, "torch_threads": torch.get_num_threads(),
         "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
         "python": platform.python_version(), "torch": torch.__version__,
-        # AVX-512 BF16: one 512-bit VDPBF16PS (32 bf16 products + 32 adds) per cycle per core
-        "bf16_peak_gflops_theoretical": round(cores * (mhz or 0) * 1e6 * 64 / 1e9, 1) if mhz else None,
+        # AVX-512 BF16: one 512-bit VDPBF16PS (32 bf16 products + 32 adds) per cycle per core,
+        # on the cores torch uses
+        "bf16_peak_gflops_theoretical": round(used * (mhz or 0) * 1e6 * 64 / 1e9, 1) if mhz else None,
     }
 
 
