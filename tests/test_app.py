@@ -216,3 +216,18 @@ def test_other_endpoints_through_gradio_client(client, tmp_path):
     shared("MNIST")
     _, summary = client.predict(11, api_name="/predict_frames")
     assert summary["mse_per_frame"] > 0
+
+
+@pytest.mark.parametrize("path", ["checkpoints/mnist.safetensors", "README.md", "app.py", "/etc/passwd",
+                                  "../shared/data/README.md", "captioner/images.py"])
+def test_gradio_serves_none_of_our_files(server, path):
+    import urllib.error
+
+    base = server["url"]
+    for url in (f"{base}/gradio_api/file={path}", f"{base}/file={path}", f"{base}/gradio_api/file={ROOT / path}"):
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                body = response.read(2000)
+            assert response.status != 200 or b"<!doctype html" in body.lower(), f"{url} was served"
+        except urllib.error.HTTPError as err:
+            assert err.code in (400, 403, 404, 405)

@@ -81,3 +81,21 @@ def test_bad_checkpoint_is_one_clear_sentence(tmp_path, capsys):
     junk.write_bytes(b"junk")
     assert cli.main(["caption", "x.jpg", "--checkpoint", str(junk)]) == 2
     assert "not a readable" in capsys.readouterr().err
+
+
+def test_shipped_model_captions_hundreds_of_real_photos(tmp_path):
+    """The default model, batched, on 300 real held-out photos: every one gets a caption."""
+    from captioner.datasets import read_dataset, split_records
+    from captioner.model import DEFAULT_CHECKPOINT
+    from tests.conftest import shared
+
+    if not DEFAULT_CHECKPOINT.is_file():
+        pytest.skip("the captioner has not been trained and shipped yet")
+    records = split_records(read_dataset("flickr8k", shared("flickr8k")).records)["test"]
+    photos = list(dict.fromkeys(r.image for r in records))[:300]
+    out = io.StringIO()
+    model = cli.Captioner.from_checkpoint()
+    assert cli.caption_files(model, photos, beam_size=None, batch_size=64, as_json=True, out=out) == 0
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert len(lines) == 300 and all(len(line["words"]) >= 3 for line in lines)
+    assert sum("dog" in line["words"] for line in lines) > 30  # Flickr8k is full of dogs
