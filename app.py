@@ -48,7 +48,7 @@ def _user_error(err: Exception) -> gr.Error:
 
 # ----------------------------------------------------------------------------- caption
 
-def caption(files, decoding: str = "beam search", beam_width: float = 3):
+def caption(files, decoding: str = "beam search", beam_width: float = 5):
     """Caption one or many images. Returns the shaded caption(s) as HTML, a table, CSV and
     JSON downloads, the results as JSON, and how long it took."""
     start = time.perf_counter()
@@ -111,22 +111,25 @@ def _downloads(results: list[dict]) -> list[str]:
 
 
 def _example_images() -> list[list[str]]:
-    """A few photos that ship inside scikit-image (never from ../shared)."""
-    try:
-        import skimage.data as data
-    except ImportError:
-        return []
+    """A few photos that ship inside installed packages (scikit-image, Gradio), never
+    from the datasets. The model knows Flickr8k's world (people, dogs, outdoor scenes);
+    these are photos it can describe."""
     folder = Path(tempfile.gettempdir()) / "captioner-examples"
     folder.mkdir(parents=True, exist_ok=True)
     examples = []
-    for name in ("chelsea", "astronaut", "coffee", "rocket"):
-        path = folder / f"{name}.jpg"
-        if not path.exists():
-            try:
+    try:
+        import skimage.data as data
+
+        for name in ("camera", "astronaut", "rocket"):
+            path = folder / f"{name}.jpg"
+            if not path.exists():
                 Image.fromarray(getattr(data, name)()).convert("RGB").save(path, quality=92)
-            except Exception:  # a sample that scikit-image would have to download
-                continue
-        examples.append([str(path)])
+            examples.append([str(path)])
+    except Exception:  # scikit-image missing, or a sample it would have to download
+        pass
+    lion = Path(gr.__file__).parent / "media_assets" / "images" / "lion.jpg"
+    if lion.is_file():
+        examples.append([str(lion)])
     return examples
 
 
@@ -138,7 +141,7 @@ def caption_tab() -> None:
         with gr.Column(scale=1):
             files = gr.File(label="Photos (one or many)", file_count="multiple", elem_id="caption-files")
             decoding = gr.Radio(["beam search", "greedy"], value="beam search", label="Decoding")
-            beam = gr.Slider(1, 10, value=3, step=1, label="Beam width")
+            beam = gr.Slider(1, 10, value=captions.default_beam(), step=1, label="Beam width")
             button = gr.Button("Caption", variant="primary", elem_id="caption-button")
         with gr.Column(scale=2):
             shaded = gr.HTML(label="Caption", elem_id="caption-output")
@@ -149,7 +152,7 @@ def caption_tab() -> None:
             as_json = gr.JSON(label="Results", visible=False)
     examples = _example_images()
     if examples:
-        gr.Examples(examples, inputs=[files], label="Example photos (from scikit-image)")
+        gr.Examples(examples, inputs=[files], label="Example photos (shipped with scikit-image and Gradio)")
     button.click(caption, [files, decoding, beam], [shaded, table, downloads, as_json, timing],
                  api_name="caption", concurrency_limit=16, concurrency_id="caption")
 

@@ -142,6 +142,18 @@ class CaptionService:
         model.require_encoder()
         return model
 
+    def default_beam(self) -> int:
+        """The beam width the checkpoint was tuned for, read from its metadata alone."""
+        import json
+
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(self.checkpoint), "pt") as f:
+                return int(json.loads(f.metadata()["config"]).get("beam_size", 3))
+        except Exception:
+            return 3
+
     def _run(self, images: list, beam: int) -> list:
         with self._lock:
             return self.model.get().caption(images, beam_size=beam)
