@@ -135,3 +135,18 @@ def test_teacher_forcing_keeps_each_image_with_its_caption():
     # packed rows, time-major over the length-sorted batch
     rows = [single[int(i)][t] for t in range(4) for i in order if t < lengths[i] - 1]
     torch.testing.assert_close(batched, torch.stack(rows), atol=1e-6, rtol=1e-6)
+
+
+def test_lean_inference_step_is_the_lstm_step():
+    torch.manual_seed(0)
+    dec = CaptionDecoder(vocab_size=30, embed_dim=12, hidden_dim=16, num_layers=2, dropout=0.0).eval()
+    images, tokens = torch.randn(5, 12), torch.randint(4, 30, (5,))
+    dec.lean_steps = False
+    state_ref = dec.init_state(images)
+    logp_ref, (h_ref, c_ref) = dec.step(tokens, state_ref)
+    dec.lean_steps = True
+    state = dec.init_state(images)
+    torch.testing.assert_close(state[0], state_ref[0], atol=1e-6, rtol=0)
+    logp, (h, c) = dec.step(tokens, state)
+    for a, b in ((logp, logp_ref), (h, h_ref), (c, c_ref)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
