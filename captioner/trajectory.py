@@ -256,6 +256,37 @@ def read_hand_tracks(path: str | os.PathLike) -> tuple[list[np.ndarray], list[in
     return tracks, labels
 
 
+def hand_track_windows(tracks: list[np.ndarray], past: int = 30, future: int = 10,
+                       moving_only: bool = True) -> np.ndarray:
+    """16-point fingertip tracks as windows (N, past + future, 2): the first 16 - future
+    points, padded at the front as if the hand had rested, then ``future`` to predict.
+    Tracks whose known points do not move are left out when ``moving_only``."""
+    known = 16 - future
+    kept = [t for t in tracks if not moving_only or np.abs(np.diff(t[:known], axis=0)).sum() > 0]
+    if not kept:
+        return np.zeros((0, past + future, 2), np.float32)
+    x = torch.from_numpy(np.stack(kept).astype(np.float32))
+    return torch.cat([pad_history(x[:, :known], past), x[:, known:]], dim=1).numpy()
+
+
+def windows_report(model: TrajectoryPredictor, windows: np.ndarray, batch_size: int = 2048) -> dict:
+    """ADE/FDE of the model and both baselines on ready-made windows."""
+    c = model.config
+    if len(windows) == 0:
+        return {"windows": 0}
+    past, truth = windows[:, :c.past], windows[:, c.past:]
+    model.eval()
+    with torch.no_grad():
+        x = torch.from_numpy(past)
+        pred = torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]).numpy()
+    report = {"windows": int(len(windows))}
+    for name, guess in (("model", pred), ("last_position", last_position(past, c.future)),
+                        ("constant_velocity", constant_velocity(past, c.future))):
+        ade, fde = ade_fde(guess, truth)
+        report[name] = {"ade": ade, "fde": fde}
+    return report
+
+
 def sliding_windows(sequences: list[np.ndarray], past: int = 30, future: int = 10, stride: int = 1) -> np.ndarray:
     """Every window of past + future consecutive points, (N, past + future, 2)."""
     size = past + future

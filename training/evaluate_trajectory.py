@@ -22,8 +22,11 @@ from captioner.trajectory import (
     DEFAULT_CHECKPOINT,
     TrajectoryPredictor,
     evaluate_sequences,
+    hand_track_windows,
+    read_hand_tracks,
     read_mat_sequences,
     split_sequences,
+    windows_report,
 )
 from training.common import UserError, cli
 
@@ -35,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     p.add_argument("--json-out", type=Path, default=None)
     p.add_argument("--split", choices=["all", "train", "val", "test"], default="all")
+    p.add_argument("--hand-tracks", type=Path, default=None,
+                   help="also score MediaPipe fingertip tracks (point_history.csv): 6 points in, 10 out; "
+                        "--split picks the tracks held out by track, as in training")
     args = p.parse_args(argv)
 
     model = TrajectoryPredictor.from_checkpoint(args.checkpoint)
@@ -64,6 +70,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:34s} {r['ade']:8.4f} {r['fde']:8.4f}")
     print(f"model vs constant velocity: ADE {report['ade_vs_constant_velocity']:+.1%}, "
           f"FDE {report['fde_vs_constant_velocity']:+.1%}")
+    if args.hand_tracks:
+        tracks, _ = read_hand_tracks(args.hand_tracks)
+        if args.split != "all":  # the same split by track as training.train_trajectory
+            tracks = [tracks[i] for i in split_sequences(len(tracks), seed=1)[args.split]]
+        report["hand_tracks"] = h = windows_report(model, hand_track_windows(tracks, model.config.past,
+                                                                             model.config.future))
+        print(f"fingertip tracks ({h['windows']} moving tracks, {args.split}; 6 points known, 10 to predict):")
+        for name in ("model", "last_position", "constant_velocity"):
+            print(f"  {name:32s} {h[name]['ade']:8.4f} {h[name]['fde']:8.4f}")
     if args.json_out:
         atomic_write_text(args.json_out, json.dumps(report, indent=2))
     return 0

@@ -12,7 +12,8 @@ validation sequences and stored with the best model.
 
 ``--hand-tracks point_history.csv`` adds MediaPipe fingertip tracks (16 points each) as
 extra training data: 6 past points, padded at the front as if the hand had rested, and
-10 future points.
+10 future points. They are split by track like the pen sequences (seed 1); the
+validation tracks are scored every epoch (``val_hand_ade``) but do not pick the model.
 """
 
 from __future__ import annotations
@@ -30,24 +31,17 @@ from captioner.trajectory import (
     TrajectoryConfig,
     TrajectoryPredictor,
     evaluate_sequences,
-    pad_history,
+    hand_track_windows,
     read_hand_tracks,
     read_mat_sequences,
     sliding_windows,
     split_sequences,
+    windows_report,
 )
 from training.common import Timer, UserError, cli, seed_everything, warmup_cosine
 from training.loop import Loop, epoch_order
 
 BLEND_DECAYS = (0.25, 0.5, 1.0, 2.0, 4.0)
-
-
-def hand_track_windows(path: Path, past: int, future: int) -> np.ndarray:
-    tracks, _ = read_hand_tracks(path)
-    tracks = [t for t in tracks if np.abs(t).sum() > 0]
-    x = torch.from_numpy(np.stack(tracks).astype(np.float32))
-    history = pad_history(x[:, : x.shape[1] - future], past)
-    return torch.cat([history, x[:, -future:]], dim=1).numpy()
 
 
 def rotate(windows: torch.Tensor, max_degrees: float) -> torch.Tensor:
@@ -106,8 +100,13 @@ def main(argv: list[str] | None = None) -> int:
                               lstm_layers=args.lstm_layers, ff_mult=args.ff_mult, dropout=args.dropout,
                               geglu=args.geglu)
     windows = sliding_windows(train_seqs, config.past, config.future, args.stride)
+    hand_val = None
     if args.hand_tracks:
-        windows = np.concatenate([windows, hand_track_windows(args.hand_tracks, config.past, config.future)])
+        tracks, _ = read_hand_tracks(args.hand_tracks)
+        track_split = split_sequences(len(tracks), seed=1)
+        pick = lambda part: [tracks[i] for i in track_split[part]]  # noqa: E731
+        windows = np.concatenate([windows, hand_track_windows(pick("train"), config.past, config.future)])
+        hand_val = hand_track_windows(pick("val"), config.past, config.future)
     if args.dry_run:
         windows, val_seqs = windows[:512], val_seqs[:4]
         args.epochs, args.batch_size, args.save_every, args.warmup_steps = 1, 64, 4, 1
@@ -132,8 +131,12 @@ def main(argv: list[str] | None = None) -> int:
 
     def validate() -> dict:
         report = evaluate_sequences(model, val_seqs)
-        return {"val_ade": report["model"]["ade"], "val_fde": report["model"]["fde"],
-                "val_cv_ade": report["constant_velocity"]["ade"]}
+        metrics = {"val_ade": report["model"]["ade"], "val_fde": report["model"]["fde"],
+                   "val_cv_ade": report["constant_velocity"]["ade"]}
+        if hand_val is not None:
+            hand = windows_report(model, hand_val)
+            metrics.update(val_hand_ade=hand["model"]["ade"], val_hand_last_ade=hand["last_position"]["ade"])
+        return metrics
 
     loop = Loop(kind="trajectory-train", config=config, model=model,
                 optimizer=optimizer, scheduler=scheduler, timer=timer,
