@@ -49,8 +49,8 @@ def _user_error(err: Exception) -> gr.Error:
 # ----------------------------------------------------------------------------- caption
 
 def caption(files, decoding: str = "beam search", beam_width: float = 5):
-    """Caption one or many images. Returns the shaded caption(s) as HTML, a table, CSV and
-    JSON downloads, the results as JSON, and how long it took."""
+    """Caption one or many images. Returns the shaded caption(s) as HTML, the photos with
+    their captions, a table, CSV and JSON downloads, the results as JSON, and how long it took."""
     start = time.perf_counter()
     paths = [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in (files or [])]
     if isinstance(files, str):
@@ -59,7 +59,7 @@ def caption(files, decoding: str = "beam search", beam_width: float = 5):
         raise gr.Error("Please upload at least one image.", print_exception=False)
     beam = 1 if str(decoding).lower().startswith("greedy") else beam_width
     try:
-        results = captions.caption_paths(paths, beam)
+        results = captions.caption_paths(paths, beam, thumbnails=256)
     except InputError as err:
         raise _user_error(err) from err
     seconds = time.perf_counter() - start
@@ -69,7 +69,8 @@ def caption(files, decoding: str = "beam search", beam_width: float = 5):
     timing = f"{good} caption{'s' if good != 1 else ''} in {seconds:.2f} s" + (
         f" ({len(results) - good} file{'s' if len(results) - good != 1 else ''} could not be read)"
         if good < len(results) else "")
-    return _shaded_html(results), _table(results), _downloads(results), results, timing
+    gallery = [(r.pop("thumbnail"), r["caption"]) for r in results if "thumbnail" in r]
+    return _shaded_html(results), gallery, _table(results), _downloads(results), results, timing
 
 
 def _shaded_html(results: list[dict]) -> str:
@@ -146,6 +147,7 @@ def caption_tab() -> None:
         with gr.Column(scale=2):
             shaded = gr.HTML(label="Caption", elem_id="caption-output")
             timing = gr.Markdown(label="Time taken", elem_id="caption-timing")
+            gallery = gr.Gallery(label="Photos", columns=4, height="auto", elem_id="caption-gallery")
             table = gr.Dataframe(headers=["image", "caption", "mean probability", "error"], label="All captions",
                                  interactive=False, wrap=True)
             downloads = gr.File(label="Download (CSV, JSON)", file_count="multiple", interactive=False)
@@ -153,7 +155,7 @@ def caption_tab() -> None:
     examples = _example_images()
     if examples:
         gr.Examples(examples, inputs=[files], label="Example photos (shipped with scikit-image and Gradio)")
-    button.click(caption, [files, decoding, beam], [shaded, table, downloads, as_json, timing],
+    button.click(caption, [files, decoding, beam], [shaded, gallery, table, downloads, as_json, timing],
                  api_name="caption", concurrency_limit=16, concurrency_id="caption")
 
 

@@ -137,7 +137,7 @@ def run_one(client, base, item, uploaded) -> tuple[bool, str]:
     if event != "complete":
         return False, str(result)
     if endpoint == "caption":
-        captions = result[3]
+        captions = result[4]
         errors = [r["error"] for r in captions if "error" in r]
         if errors:
             return False, errors[0]

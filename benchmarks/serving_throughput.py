@@ -39,7 +39,7 @@ def start_app(port: int, batching: bool, env: dict | None = None, args: list[str
            "HF_HUB_OFFLINE": "1", **(env or {})}
     proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), *args], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    wait_until_up(f"http://127.0.0.1:{port}", proc)
+    proc.startup_seconds = wait_until_up(f"http://127.0.0.1:{port}", proc)
     return proc
 
 
@@ -136,6 +136,7 @@ def main(argv: list[str] | None = None) -> None:
                 for _ in range(3):  # warm up: the model loads on first use
                     call(client, base, "caption", caption_data(paths[0], args.beam_size))
             key = "batching" if batching else "no_batching"
+            results.setdefault("startup_seconds", {})[key] = round(proc.startup_seconds, 2)
             results["settings"][key] = {str(c): drive(base, paths, c, args.requests, args.beam_size)
                                         for c in args.clients}
             for c, r in results["settings"][key].items():

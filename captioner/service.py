@@ -158,11 +158,12 @@ class CaptionService:
         with self._lock:
             return self.model.get().caption(images, beam_size=beam)
 
-    def caption_paths(self, paths: Sequence[str], beam_size: int = 1) -> list[dict]:
+    def caption_paths(self, paths: Sequence[str], beam_size: int = 1, thumbnails: int = 0) -> list[dict]:
         """Caption images given by path. Each gets ``{"image", "caption", "words",
         "probabilities"}``, or ``{"image", "error"}`` when it cannot be read. The images are
         decoded in the caller's thread; the model runs them, together with those of any
-        concurrent requests, in one batch."""
+        concurrent requests, in one batch. ``thumbnails`` > 0 adds a ``"thumbnail"`` (a PIL
+        image no larger than that) of each image that was read."""
         beam = _beam(beam_size)
         paths = list(paths or [])
         if len(paths) > self.max_images:
@@ -172,12 +173,17 @@ class CaptionService:
         for path in paths:
             name = Path(str(path)).name
             try:
-                images.append(load_image(path, draft_size=size))
+                image = load_image(path, draft_size=size)
             except ImageError as err:
                 results.append({"image": name, "error": str(err)})
                 continue
+            images.append(image)
             slots.append(len(results))
             results.append({"image": name})
+            if thumbnails:
+                thumb = image.copy()
+                thumb.thumbnail((thumbnails, thumbnails))
+                results[-1]["thumbnail"] = thumb
         captions = self.batcher.submit(images, beam) if self.batcher else self._run(images, beam) if images else []
         for slot, result in zip(slots, captions):
             results[slot].update(result.to_dict())

@@ -49,8 +49,9 @@ def test_caption_function_shades_words_and_writes_downloads(app_module, tmp_path
     shipped("captioner.safetensors")
     bad = tmp_path / "notes.jpg"
     bad.write_text("not a photo")
-    html, table, downloads, results, timing = app_module.caption([str(example_photo(tmp_path)), str(bad)],
-                                                                 "beam search", 3)
+    html, gallery, table, downloads, results, timing = app_module.caption(
+        [str(example_photo(tmp_path)), str(bad)], "beam search", 3)
+    assert [caption for _, caption in gallery] == [results[0]["caption"]]
     assert "man" in results[0]["words"]  # scikit-image's cameraman
     assert "error" in results[1] and "not an image" in results[1]["error"]
     assert "rgba(79, 70, 229" in html and "title='p = " in html and "notes.jpg" in html
@@ -78,7 +79,7 @@ def test_caption_function_errors(app_module, tmp_path):
 def test_greedy_equals_beam_width_one(app_module, tmp_path):
     shipped("captioner.safetensors")
     photo = str(example_photo(tmp_path, "coffee"))
-    assert app_module.caption([photo], "greedy", 7)[3] == app_module.caption([photo], "beam search", 1)[3]
+    assert app_module.caption([photo], "greedy", 7)[4] == app_module.caption([photo], "beam search", 1)[4]
 
 
 def test_classify_digit_function(app_module, tmp_path):
@@ -186,7 +187,7 @@ def test_caption_through_gradio_client(client, tmp_path):
     from gradio_client import handle_file
 
     shipped("captioner.safetensors")
-    html, table, downloads, results, timing = client.predict(
+    html, gallery, table, downloads, results, timing = client.predict(
         [handle_file(str(example_photo(tmp_path, "camera"))), handle_file(str(example_photo(tmp_path, "coffee")))],
         "beam search", 3, api_name="/caption")
     assert "man" in results[0]["words"] and len(results) == 2
