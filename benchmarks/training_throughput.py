@@ -16,6 +16,7 @@ machine; the time does not depend on their values).
 from __future__ import annotations
 
 import argparse
+import copy
 import tempfile
 import time
 
@@ -51,7 +52,7 @@ def decoder_step(model, optimizer, features, caps, lengths) -> None:
 def textbook_loop(model, records, batch_size: int, steps: int) -> float:
     encoder = model.require_encoder()
     pre = encoder.preprocess
-    backbone = encoder.backbone.to(memory_format=torch.contiguous_format)
+    backbone = copy.deepcopy(encoder.backbone).float().to(memory_format=torch.contiguous_format)
     optimizer = torch.optim.Adam(model.head.parameters(), lr=1e-4)
     start = time.perf_counter()
     for chunk, caps, lengths in batches(records, model.vocab, batch_size, steps):
@@ -61,9 +62,7 @@ def textbook_loop(model, records, batch_size: int, steps: int) -> float:
         with torch.no_grad():
             features = backbone(x)
         decoder_step(model, optimizer, features, caps, lengths)
-    seconds = time.perf_counter() - start
-    backbone.to(memory_format=torch.channels_last)
-    return steps * batch_size / seconds
+    return steps * batch_size / (time.perf_counter() - start)
 
 
 def cached_loop(model, records, features_by_image, batch_size: int, steps: int) -> float:

@@ -80,3 +80,13 @@ def test_unreadable_images_are_named(tmp_path, small_encoder):
     bad.write_bytes(b"not an image")
     with pytest.raises(ImageError, match="bad.jpg"):
         FeatureCache(tmp_path / "c", small_encoder).get([bad], num_workers=0, progress=False)
+
+
+def test_compute_dtype_is_part_of_the_cache_key(tmp_path, small_encoder):
+    import copy
+
+    as_fp32 = copy.deepcopy(small_encoder)
+    as_fp32.backbone.float()
+    as_bf16 = copy.deepcopy(small_encoder)
+    as_bf16.backbone.to(torch.bfloat16)
+    assert FeatureCache(tmp_path, as_fp32).dir != FeatureCache(tmp_path, as_bf16).dir
