@@ -91,6 +91,9 @@ def test_train_dry_run_and_evaluate(tmp_path):
     root = str(shared("MNIST").parent)
     out = tmp_path / "run"
     assert train_nextframe.main(["--data-root", root, "--out", str(out), "--dry-run", "--no-download"]) == 0
+    # the config holds a tuple (hidden sizes), which comes back from the checkpoint as a list
+    assert train_nextframe.main(["--data-root", root, "--out", str(out), "--dry-run", "--no-download",
+                                 "--resume"]) == 0
     report = tmp_path / "r.json"
     assert evaluate_nextframe.main(["--data-root", root, "--checkpoint", str(out / "best.safetensors"),
                                     "--clips", "8", "--batch-size", "4", "--json-out", str(report),

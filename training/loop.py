@@ -77,7 +77,7 @@ class Loop:
         saved, self.progress = load_training_state(self.last_path, kind=self.kind, model=self.model,
                                                    optimizer=self.optimizer, scheduler=self.scheduler,
                                                    restore_rng=self.dist.main)
-        now = asdict(self.config)
+        now = json.loads(json.dumps(asdict(self.config)))  # as saved: tuples come back as lists
         if saved != now:
             changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
             raise UserError(f"--resume needs the model settings of the saved run; these differ: {', '.join(changed)}")
