@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import statistics
+import threading
 import time
 from pathlib import Path
 
@@ -54,6 +55,17 @@ def timed(fn, *args, **kwargs) -> tuple[float, object]:
     start = time.perf_counter()
     out = fn(*args, **kwargs)
     return time.perf_counter() - start, out
+
+
+def run_threads(target, args_list: list[tuple]) -> float:
+    """Run ``target(*args)`` for each ``args``, every call in its own thread at once; returns the seconds taken."""
+    threads = [threading.Thread(target=target, args=args) for args in args_list]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start
 
 
 def write_results(name: str, results: dict, path: Path | None = None) -> Path:

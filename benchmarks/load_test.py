@@ -32,7 +32,7 @@ import httpx
 import numpy as np
 from PIL import Image, ImageDraw
 
-from benchmarks.common import SHARED, write_results
+from benchmarks.common import SHARED, run_threads, write_results
 from benchmarks.hostile import PHOTO, encode, png_bomb
 from benchmarks.serving_throughput import call, free_port, start_app
 
@@ -168,13 +168,7 @@ def load(base: str, pid: int, items, uploaded, clients: int, rounds: int) -> dic
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(clients)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    seconds = time.perf_counter() - start
+    seconds = run_threads(worker, [(i,) for i in range(clients)])
     stop.set()
     good_failed = [(i[0], m) for i, ok, m, _ in results if i[3] and not ok]
     bad_passed = [i[0] for i, ok, _, _ in results if not i[3] and ok]
@@ -196,11 +190,7 @@ def flood(base: str, payload: dict, clients: int = 24) -> dict:
             with lock:
                 outcomes.append((event, str(result)))
 
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(worker, [()] * clients)
     busy = [m for e, m in outcomes if e != "complete" and "queue" in m.lower() and "full" in m.lower()]
     return {"clients": clients, "completed": sum(e == "complete" for e, _ in outcomes), "busy": len(busy),
             "busy_message": busy[0] if busy else None,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.common import SHARED, require, write_results
+from benchmarks.common import SHARED, require, run_threads, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -105,13 +105,7 @@ def drive(base: str, paths: list[str], clients: int, requests: int, beam: int) -
                     if event != "complete":
                         failures.append(payload)
 
-    threads = [threading.Thread(target=worker) for _ in range(clients)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    seconds = time.perf_counter() - start
+    seconds = run_threads(worker, [()] * clients)
     latencies.sort()
     return {"captions_per_second": round(requests / seconds, 2), "seconds": round(seconds, 2),
             "failures": len(failures), "latency_p50": round(latencies[len(latencies) // 2], 3)}

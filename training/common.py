@@ -156,6 +156,15 @@ def plot_curves(path: Path, rows: list[dict], left: list[str], right: list[str] 
     plt.close(fig)
 
 
+def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, parameters, clip: float) -> float:
+    """One training step: backward, clip the gradient norm to ``clip``, update. Returns the loss."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(parameters, clip)
+    optimizer.step()
+    return loss.item()
+
+
 def warmup_cosine(warmup: int, total: int, floor: float):
     """For ``LambdaLR``: linear warm-up over ``warmup`` steps, then cosine decay to
     ``floor`` times the base learning rate at step ``total``."""

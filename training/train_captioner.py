@@ -40,7 +40,16 @@ from captioner.encoders import ENCODERS, build_encoder
 from captioner.features import FeatureCache
 from captioner.model import Captioner, CaptionerConfig
 from captioner.vocabulary import Vocabulary, tokenize
-from training.common import Timer, UserError, cli, close_distributed, init_distributed, seed_everything, warmup_cosine
+from training.common import (
+    Timer,
+    UserError,
+    cli,
+    close_distributed,
+    init_distributed,
+    optimizer_step,
+    seed_everything,
+    warmup_cosine,
+)
 from training.loop import Loop, epoch_order
 
 log = logging.getLogger("train_captioner")
@@ -299,11 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         logits = trainer(feats, caps, lengths)
         targets = model.head.decoder.packed_targets(caps, lengths)
         loss = F.cross_entropy(logits, targets, label_smoothing=args.label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.head.parameters(), args.grad_clip)
-        optimizer.step()
-        return loss.item()
+        return optimizer_step(optimizer, loss, model.head.parameters(), args.grad_clip)
 
     if args.objective == "scst":
         scst = SelfCritical(model, trainer, train_refs, train_feats, args.samples, args.max_caption_words)
@@ -311,11 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         def train_step(epoch: int, step: int) -> float:  # noqa: F811
             images = epoch_order(len(train_refs), epoch, args.seed, dist.rank, dist.world)
             loss = scst.loss(images[step * args.batch_size:(step + 1) * args.batch_size])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.head.parameters(), args.grad_clip)
-            optimizer.step()
-            return loss.item()
+            return optimizer_step(optimizer, loss, model.head.parameters(), args.grad_clip)
 
     def val() -> dict:
         return validate(model, val_table, val_feats, val_refs, args.beam_size)

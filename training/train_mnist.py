@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from captioner.mnist import MnistConfig, RowLSTMClassifier
-from training.common import Timer, UserError, cli, seed_everything, warmup_cosine
+from training.common import Timer, UserError, cli, optimizer_step, seed_everything, warmup_cosine
 from training.loop import Loop, epoch_order
 
 
@@ -102,11 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         rows = epoch_order(len(train_x), epoch, args.seed)[step * args.batch_size:(step + 1) * args.batch_size]
         x = train_x[rows] if args.no_augment else augment(train_x[rows])
         loss = F.cross_entropy(model(x), train_y[rows])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-        optimizer.step()
-        return loss.item()
+        return optimizer_step(optimizer, loss, model.parameters(), args.grad_clip)
 
     def validate() -> dict:
         acc, _ = accuracy(model, val_x, val_y)

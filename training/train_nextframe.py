@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from captioner.encoders import bf16_supported
 from captioner.nextframe import MovingMNIST, NextFrameConfig, NextFramePredictor, copy_last_frame, frame_mse, ssim
-from training.common import Timer, cli, seed_everything, warmup_cosine
+from training.common import Timer, cli, optimizer_step, seed_everything, warmup_cosine
 from training.loop import Loop
 from training.train_mnist import load_mnist, split_train_val
 
@@ -76,11 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
             pred = model(clips[:, :10], clips[:, 10:], teacher_prob=teacher)
         loss = F.mse_loss(pred.float(), clips[:, 10:])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        return loss.item()
+        return optimizer_step(optimizer, loss, model.parameters(), 1.0)
 
     def validate() -> dict:
         preds = torch.cat([model(val_clips[i:i + 32, :10]) for i in range(0, len(val_clips), 32)])

@@ -38,7 +38,7 @@ from captioner.trajectory import (
     split_sequences,
     windows_report,
 )
-from training.common import Timer, UserError, cli, seed_everything, warmup_cosine
+from training.common import Timer, UserError, cli, optimizer_step, seed_everything, warmup_cosine
 from training.loop import Loop, epoch_order
 
 BLEND_DECAYS = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -123,11 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     def train_step(epoch: int, step: int) -> float:
         rows = epoch_order(len(windows), epoch, args.seed)[step * args.batch_size:(step + 1) * args.batch_size]
         loss = window_loss(model, rotate(windows[rows], args.rotate))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        return loss.item()
+        return optimizer_step(optimizer, loss, model.parameters(), 1.0)
 
     def validate() -> dict:
         report = evaluate_sequences(model, val_seqs)
