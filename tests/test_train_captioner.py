@@ -1,6 +1,7 @@
 """The captioner's training script on real captions: dry run, resume, crash safety, DDP."""
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -9,6 +10,7 @@ import time
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from captioner.model import Captioner
@@ -53,10 +55,14 @@ def test_resume_ends_exactly_where_an_uninterrupted_run_ends(tmp_path, data_args
 
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     common = [*data_args, "--dry-run", "--epochs", "2", "--save-every", "3"]
-    assert train_captioner.main([*common, "--out", str(straight)]) == 0
+    # the straight run extracts its features into a cold cache, the other reads them: no difference
+    assert train_captioner.main([*common, "--out", str(straight), "--cache-dir", str(tmp_path / "cold")]) == 0
     assert train_captioner.main([*common, "--out", str(resumed), "--max-steps", "5"]) == 0
     assert not (resumed / "metrics.csv").exists()  # stopped inside the first epoch
+    with safe_open(resumed / "last.safetensors", "pt") as f:
+        spent = json.loads(f.metadata()["training"])["progress"]["seconds"]
     assert train_captioner.main([*common, "--out", str(resumed), "--resume"]) == 0
+    assert float(next(csv.DictReader(open(resumed / "metrics.csv")))["seconds"]) >= spent > 0  # the clock went on
     a, b = weights(straight / "last.safetensors"), weights(resumed / "last.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     drop = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731

@@ -81,12 +81,14 @@ class Loop:
         if saved != now:
             changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
             raise UserError(f"--resume needs the model settings of the saved run; these differ: {', '.join(changed)}")
+        self.timer.start -= self.progress.get("seconds", 0.0)
         if not self.dist.main:
             torch.manual_seed(self.seed + self.dist.rank * 7919 + self.progress["global_step"])
         log.info("resumed from %s at epoch %d, step %d", self.last_path, self.progress["epoch"] + 1,
                  self.progress["step_in_epoch"])
 
     def checkpoint(self) -> None:
+        self.progress["seconds"] = round(self.timer(), 1)  # the clock goes on after --resume
         if self.dist.main:
             save_training_state(self.last_path, kind=self.kind, config=self.config, model=self.model,
                                 optimizer=self.optimizer, scheduler=self.scheduler, progress=self.progress,

@@ -259,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     val_feats, _ = cache.get(val_images, progress=False)
     log.info("features ready after %.0fs: %d train and %d validation images", timer(), len(train_images),
              len(val_images))
+    seed_everything(args.seed + dist.rank)  # extracting draws random numbers (DataLoader seeds); reading does not
 
     resume_path = out / "last.safetensors"
     if args.objective == "scst" and args.init is None:
