@@ -32,6 +32,8 @@ ROOT = Path(__file__).resolve().parent
 NOT_TRAINED = ("**Not trained yet.** This tab's model has not been shipped in `checkpoints/`; "
                "the README says how to train it.")
 DOWNLOADS = Path(tempfile.gettempdir()) / "captioner-downloads"
+_last_cleanup = [0.0]  # when old downloads were last removed
+_cleanup_lock = threading.Lock()
 
 # The models: checkpoints/ by default; CAPTIONER_CHECKPOINTS points elsewhere (tests, other models).
 CHECKPOINTS = Path(os.environ.get("CAPTIONER_CHECKPOINTS", ROOT / "checkpoints"))
@@ -94,11 +96,26 @@ def _table(results: list[dict]) -> list[list]:
             for r in results]
 
 
+def _remove_old_downloads(max_age: float = 3600.0, every: float = 60.0) -> None:
+    """Keep the temp folder small: delete downloads older than ``max_age`` seconds, scanning
+    the folder at most once every ``every`` seconds (not on every request: under load the
+    folder holds thousands of files)."""
+    now = time.time()
+    with _cleanup_lock:
+        if now - _last_cleanup[0] < every:
+            return
+        _last_cleanup[0] = now
+    for old in DOWNLOADS.glob("captions-*"):
+        try:
+            if now - old.stat().st_mtime > max_age:
+                old.unlink(missing_ok=True)
+        except OSError:  # removed by another request meanwhile
+            pass
+
+
 def _downloads(results: list[dict]) -> list[str]:
     DOWNLOADS.mkdir(parents=True, exist_ok=True)
-    for old in DOWNLOADS.glob("captions-*"):  # keep the temp folder small
-        if time.time() - old.stat().st_mtime > 3600:
-            old.unlink(missing_ok=True)
+    _remove_old_downloads()
     stem = DOWNLOADS / f"captions-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}-{threading.get_ident() % 10000}"
     csv_path, json_path = stem.with_suffix(".csv"), stem.with_suffix(".json")
     with open(csv_path, "w", newline="", encoding="utf-8") as f:

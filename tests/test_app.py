@@ -62,6 +62,24 @@ def test_caption_function_shades_words_and_writes_downloads(app_module, tmp_path
     assert "1 caption in" in timing and "could not be read" in timing
 
 
+def test_old_downloads_are_removed_without_scanning_on_every_request(app_module, tmp_path, monkeypatch):
+    import os
+    import time
+
+    monkeypatch.setattr(app_module, "DOWNLOADS", tmp_path)
+    monkeypatch.setattr(app_module, "_last_cleanup", [0.0])
+    old, new = tmp_path / "captions-old.csv", tmp_path / "captions-new.csv"
+    for f in (old, new):
+        f.write_text("x")
+    os.utime(old, (time.time() - 7200,) * 2)
+    app_module._remove_old_downloads()
+    assert not old.exists() and new.exists()
+    old.write_text("x")
+    os.utime(old, (time.time() - 7200,) * 2)
+    app_module._remove_old_downloads()  # scanned less than a minute ago: left for the next scan
+    assert old.exists()
+
+
 def test_caption_function_errors(app_module, tmp_path):
     import gradio as gr
 
