@@ -164,7 +164,8 @@ def caption_tab() -> None:
         with gr.Column(scale=2):
             shaded = gr.HTML(label="Caption", elem_id="caption-output")
             timing = gr.Markdown(label="Time taken", elem_id="caption-timing")
-            gallery = gr.Gallery(label="Photos", columns=4, height="auto", elem_id="caption-gallery")
+            gallery = gr.Gallery(label="Photos", columns=4, height="auto", elem_id="caption-gallery",
+                                 format="jpeg")  # WebP encoding cost more than the thumbnails were worth
             table = gr.Dataframe(headers=["image", "caption", "mean probability", "error"], label="All captions",
                                  interactive=False, wrap=True)
             downloads = gr.File(label="Download (CSV, JSON)", file_count="multiple", interactive=False)

@@ -122,9 +122,13 @@ class Captioner(nn.Module):
         """Captions of RGB PIL images, all in one batch."""
         if not images:
             return []
-        encoder = self.require_encoder()
-        features = encoder.encode(encoder.preprocess.batch(list(images)))
-        return self.caption_features(features, beam_size, max_length)
+        return self.caption_tensors(self.require_encoder().preprocess.batch(list(images)), beam_size, max_length)
+
+    @torch.inference_mode()
+    def caption_tensors(self, batch: torch.Tensor, beam_size: int | None = None,
+                        max_length: int | None = None) -> list[CaptionResult]:
+        """Captions of images already preprocessed by ``encoder.preprocess`` (B, 3, H, W)."""
+        return self.caption_features(self.require_encoder().encode(batch), beam_size, max_length)
 
     def caption_batches(self, images: Iterator[Image.Image], batch_size: int = 32,
                         beam_size: int | None = None) -> Iterator[CaptionResult]:

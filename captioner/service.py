@@ -155,20 +155,24 @@ class CaptionService:
             return 3
 
     def _run(self, images: list, beam: int) -> list:
+        """Caption preprocessed images (each a (3, H, W) tensor) in one model run."""
+        import torch
+
         with self._lock:
-            return self.model.get().caption(images, beam_size=beam)
+            return self.model.get().caption_tensors(torch.stack(images), beam_size=beam)
 
     def caption_paths(self, paths: Sequence[str], beam_size: int = 1, thumbnails: int = 0) -> list[dict]:
         """Caption images given by path. Each gets ``{"image", "caption", "words",
         "probabilities"}``, or ``{"image", "error"}`` when it cannot be read. The images are
-        decoded in the caller's thread; the model runs them, together with those of any
+        decoded and preprocessed in the caller's thread; the model runs them, together with those of any
         concurrent requests, in one batch. ``thumbnails`` > 0 adds a ``"thumbnail"`` (a PIL
         image no larger than that) of each image that was read."""
         beam = _beam(beam_size)
         paths = list(paths or [])
         if len(paths) > self.max_images:
             raise InputError(f"Please send at most {self.max_images} images at once.")
-        size = self.model.get().require_encoder().preprocess.size
+        preprocess = self.model.get().require_encoder().preprocess
+        size = preprocess.size
         results, images, slots = [], [], []
         for path in paths:
             name = Path(str(path)).name
@@ -177,7 +181,7 @@ class CaptionService:
             except ImageError as err:
                 results.append({"image": name, "error": str(err)})
                 continue
-            images.append(image)
+            images.append(preprocess(image))  # here, in parallel across requests, not in the batch
             slots.append(len(results))
             results.append({"image": name})
             if thumbnails:
