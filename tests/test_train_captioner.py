@@ -121,3 +121,19 @@ def _single(tmp_path, data_args):
     out = tmp_path / "single"
     assert train_captioner.main([*data_args, "--out", str(out), "--dry-run", "--epochs", "2"]) == 0
     return out
+
+
+def test_self_critical_training_starts_from_a_model_and_runs(tmp_path, data_args):
+    from training import train_captioner
+
+    xe, scst = tmp_path / "xe", tmp_path / "scst"
+    assert train_captioner.main([*data_args, "--dry-run", "--out", str(xe)]) == 0
+    assert train_captioner.main([*data_args, "--dry-run", "--objective", "scst", "--out", str(scst)]) == 2  # no --init
+    assert train_captioner.main([*data_args, "--dry-run", "--objective", "scst", "--samples", "3",
+                                 "--init", str(xe / "best.safetensors"), "--out", str(scst)]) == 0
+    rows = list(csv.DictReader(open(scst / "metrics.csv")))
+    assert len(rows) == 1 and float(rows[0]["val_cider"]) >= 0
+    before, after = (Captioner.from_checkpoint(run / "best.safetensors", load_encoder=False).head.state_dict()
+                     for run in (xe, scst))
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before)  # the policy gradient moved the weights

@@ -67,6 +67,11 @@ class Dist:
     local_rank: int = 0
 
     @property
+    def device(self) -> torch.device:
+        """This process's device: its own GPU where there are GPUs, else the CPU."""
+        return torch.device("cuda", self.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+
+    @property
     def main(self) -> bool:
         return self.rank == 0
 
@@ -81,7 +86,9 @@ class Dist:
     def all_mean(self, value: float) -> float:
         if not self.enabled:
             return value
-        t = torch.tensor([value], dtype=torch.float64)
+        # nccl reduces tensors on the GPU only
+        backend = torch.distributed.get_backend()
+        t = torch.tensor([value], dtype=torch.float64, device=self.device if backend == "nccl" else "cpu")
         torch.distributed.all_reduce(t)
         return float(t) / self.world
 

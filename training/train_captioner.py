@@ -147,9 +147,13 @@ class CaptionTable:
         return len(self.ids)
 
     def batch(self, rows: torch.Tensor, flip: torch.Tensor, features, flipped):
-        feats = torch.where(flip[:, None], flipped[self.image[rows]], features[self.image[rows]]).float()
+        """Features and padded captions on the features' device; the lengths stay on the CPU
+        (packing wants them there)."""
+        device = features.device
+        index = self.image[rows].to(device)
+        feats = torch.where(flip.to(device)[:, None], flipped[index], features[index]).float()
         caps = [self.mirrored[r] if f else self.ids[r] for r, f in zip(rows.tolist(), flip.tolist())]
-        return feats, pad_sequence(caps, batch_first=True), torch.tensor([len(c) for c in caps])
+        return feats, pad_sequence(caps, batch_first=True).to(device), torch.tensor([len(c) for c in caps])
 
 
 def epoch_plan(n: int, epoch: int, seed: int, flip_prob: float, rank: int, world: int):
@@ -188,9 +192,10 @@ class SelfCritical:
     def loss(self, images: torch.Tensor) -> torch.Tensor:
         head, n = self.model.head, self.samples
         head.eval()  # no dropout: sample from and differentiate the same policy
-        feats = self.features[images].float()
+        feats = self.features[images.to(self.features.device)].float()
         ids, lengths = head.decoder.sample(head.projection(feats), n, self.max_words)
-        reward = self.rewards(images.tolist(), ids).view(-1, n)
+        lengths = lengths.cpu()
+        reward = self.rewards(images.tolist(), ids).to(feats.device).view(-1, n)
         advantage = (reward - (reward.sum(1, keepdim=True) - reward) / (n - 1)).view(-1)
         logits = self.trainer(feats.repeat_interleave(n, 0), ids, lengths)
         targets = head.decoder.packed_targets(ids, lengths)
@@ -199,10 +204,10 @@ class SelfCritical:
         packed = torch.nn.utils.rnn.pack_padded_sequence(ids[:, 1:], lengths - 1, batch_first=True,
                                                          enforce_sorted=False)
         owner = torch.nn.utils.rnn.pack_padded_sequence(
-            torch.arange(len(ids))[:, None].expand_as(ids[:, 1:]), lengths - 1, batch_first=True,
+            torch.arange(len(ids), device=ids.device)[:, None].expand_as(ids[:, 1:]), lengths - 1, batch_first=True,
             enforce_sorted=False).data
         assert packed.data.shape == owner.shape
-        seq_logp = torch.zeros(len(ids)).index_add(0, owner, token_logp)
+        seq_logp = torch.zeros(len(ids), device=token_logp.device).index_add(0, owner, token_logp)
         self.last_reward = float(reward.mean())
         return -(advantage * seq_logp).mean()
 
@@ -250,13 +255,16 @@ def main(argv: list[str] | None = None) -> int:
 
     splits = load_records(args)
     train_images, val_images = unique_images(splits["train"]), unique_images(splits["val"])
-    encoder = build_encoder(args.encoder, args.encoder_weights)
+    device = dist.device
+    encoder = build_encoder(args.encoder, args.encoder_weights).to(device)
     cache = FeatureCache(args.cache_dir, encoder)
     if dist.main:  # rank 0 extracts; the others wait, then read the cache
         cache.get(train_images + val_images, num_workers=args.workers)
     dist.barrier()
     train_feats, train_flipped = cache.get(train_images, progress=False)
     val_feats, _ = cache.get(val_images, progress=False)
+    # fp16 features live on the training device (all of COCO's fit a GPU: 2 x 83k x 2048 x 2 bytes)
+    train_feats, train_flipped, val_feats = (t.to(device) for t in (train_feats, train_flipped, val_feats))
     log.info("features ready after %.0fs: %d train and %d validation images", timer(), len(train_images),
              len(val_images))
     seed_everything(args.seed + dist.rank)  # extracting draws random numbers (DataLoader seeds); reading does not
@@ -290,10 +298,14 @@ def main(argv: list[str] | None = None) -> int:
     units = len(train_refs) if args.objective == "scst" else len(train_table)  # images or captions
     steps_per_epoch = math.ceil((units // dist.world) / args.batch_size)
     total_steps = steps_per_epoch * args.epochs
+    model.head.to(device)
     optimizer = torch.optim.Adam(model.head.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(args.warmup_steps, total_steps, args.min_lr_ratio))
-    trainer = torch.nn.parallel.DistributedDataParallel(model.head) if dist.enabled else model.head
+    trainer = model.head
+    if dist.enabled:
+        trainer = torch.nn.parallel.DistributedDataParallel(
+            model.head, device_ids=[device.index] if device.type == "cuda" else None)
     data_info = {"training_data": json.dumps({
         "datasets": [[kind, str(root.resolve())] for kind, root in zip(args.dataset, args.data_root)],
         "coco_split": args.coco_split, "val_fraction": args.val_fraction, "test_fraction": args.test_fraction})}
