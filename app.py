@@ -421,7 +421,7 @@ def frames_tab() -> None:
         clip = gr.Number(value=0, precision=0, label="Clip number", minimum=0, elem_id="clip-number")
         button = gr.Button("Predict", variant="primary", elem_id="frames-button")
     picture = gr.Image(label="Input / truth / prediction", interactive=False, elem_id="frames-picture")
-    summary = gr.JSON(label="Error (squared error summed over each frame's pixels)")
+    summary = gr.JSON(label="Error (squared error summed over each frame's pixels)", elem_id="frames-summary")
     button.click(predict_frames, [clip], [picture, summary], api_name="predict_frames")
 
 

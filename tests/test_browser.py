@@ -97,3 +97,18 @@ def test_draw_a_stroke_and_see_a_prediction(page):
     points = json.loads(page.locator("#stroke-points textarea").input_value())
     assert len(points) >= 20
     assert page.locator("#stroke-picture img").count() == 1
+
+
+def test_predict_the_next_frames_of_a_clip(page):
+    shipped("nextframe.safetensors")
+    page.get_by_role("tab", name="Next frame").click()
+    page.locator("#clip-number input").fill("3")
+    page.locator("#frames-button").click()
+    page.wait_for_function("() => { const e = document.querySelector('#frames-summary');"
+                           " return e && e.textContent.includes('copy_last_frame_mse_per_frame'); }", timeout=60_000)
+    page.locator("#frames-picture img").wait_for(timeout=10_000)
+    page.screenshot(path=str(SHOTS / "frames.png"), full_page=True)
+    text = page.locator("#frames-summary").inner_text()
+    model = float(text.split("mse_per_frame")[1].split(":")[1].split(",")[0].strip().strip('"'))
+    copy = float(text.split("copy_last_frame_mse_per_frame")[1].split(":")[1].split(",")[0].strip().strip('"'))
+    assert 0 < model < copy  # the ConvLSTM beats copying the last frame on this clip
