@@ -124,7 +124,6 @@ class Captioner(nn.Module):
             return []
         return self.caption_tensors(self.require_encoder().preprocess.batch(list(images)), beam_size, max_length)
 
-    @torch.inference_mode()
     def caption_tensors(self, batch: torch.Tensor, beam_size: int | None = None,
                         max_length: int | None = None) -> list[CaptionResult]:
         """Captions of images already preprocessed by ``encoder.preprocess`` (B, 3, H, W)."""

@@ -156,8 +156,6 @@ class CaptionService:
 
     def _run(self, images: list, beam: int) -> list:
         """Caption preprocessed images (each a (3, H, W) tensor) in one model run."""
-        import torch
-
         with self._lock:
             return self.model.get().caption_tensors(torch.stack(images), beam_size=beam)
 

@@ -2,6 +2,7 @@
 kept in artifacts/browser/."""
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -109,6 +110,6 @@ def test_predict_the_next_frames_of_a_clip(page):
     page.locator("#frames-picture img").wait_for(timeout=10_000)
     page.screenshot(path=str(SHOTS / "frames.png"), full_page=True)
     text = page.locator("#frames-summary").inner_text()
-    model = float(text.split("mse_per_frame")[1].split(":")[1].split(",")[0].strip().strip('"'))
-    copy = float(text.split("copy_last_frame_mse_per_frame")[1].split(":")[1].split(",")[0].strip().strip('"'))
+    model, copy = (float(re.search(rf"(?<!_){key}\W+([0-9.]+)", text).group(1))
+                   for key in ("mse_per_frame", "copy_last_frame_mse_per_frame"))
     assert 0 < model < copy  # the ConvLSTM beats copying the last frame on this clip
