@@ -37,11 +37,23 @@ _cleanup_lock = threading.Lock()
 
 # The models: checkpoints/ by default; CAPTIONER_CHECKPOINTS points elsewhere (tests, other models).
 CHECKPOINTS = Path(os.environ.get("CAPTIONER_CHECKPOINTS", ROOT / "checkpoints"))
+# Data the side tabs show: $CAPTIONER_DATA (default data/), else what the app downloads into the cache.
+DATA = Path(os.environ.get("CAPTIONER_DATA", ROOT / "data"))
+CACHE = Path(os.environ.get("CAPTIONER_CACHE", Path.home() / ".cache" / "captioner"))
+
+
+def _data(*relative: str) -> Path | None:
+    return next((root.joinpath(*relative) for root in (DATA, CACHE) if root.joinpath(*relative).exists()), None)
+
+
 captions = CaptionService(CHECKPOINTS / "captioner.safetensors",
                           batching=os.environ.get("CAPTIONER_BATCHING", "1") != "0")
 digits = DigitService(CHECKPOINTS / "mnist.safetensors")
-trajectories = TrajectoryService(CHECKPOINTS / "trajectory.safetensors")
-frames = FrameService(CHECKPOINTS / "nextframe.safetensors")
+trajectories = TrajectoryService(CHECKPOINTS / "trajectory.safetensors",
+                                 recordings=_data("char_trajectories", "trajectories_train.mat")
+                                 or _data("char_trajectories", "mixoutALL_shifted.mat"))
+frames = FrameService(CHECKPOINTS / "nextframe.safetensors",
+                      mnist_root=DATA if _data("MNIST", "raw", "t10k-images-idx3-ubyte") else CACHE)
 
 
 def _user_error(err: Exception) -> gr.Error:
@@ -61,9 +73,10 @@ def caption(files, decoding: str = "beam search", beam_width: float = 5):
         raise gr.Error("Please upload at least one image.", print_exception=False)
     beam = 1 if str(decoding).lower().startswith("greedy") else beam_width
     try:
-        results = captions.caption_paths(paths, beam, thumbnails=256)
+        results = captions.caption_paths(paths, beam, keep_images=True)
     except InputError as err:
         raise _user_error(err) from err
+    pictures = [(r.pop("picture"), r) for r in results if "picture" in r]
     seconds = time.perf_counter() - start
     if all("error" in r for r in results):
         raise gr.Error(" ".join(f"{r['image']}: {r['error']}" for r in results)[:1000], print_exception=False)
@@ -71,8 +84,14 @@ def caption(files, decoding: str = "beam search", beam_width: float = 5):
     timing = f"{good} caption{'s' if good != 1 else ''} in {seconds:.2f} s" + (
         f" ({len(results) - good} file{'s' if len(results) - good != 1 else ''} could not be read)"
         if good < len(results) else "")
-    gallery = [(r.pop("thumbnail"), r["caption"]) for r in results if "thumbnail" in r]
+    gallery = [(_thumbnail(picture), r["caption"]) for picture, r in pictures]
     return _shaded_html(results), gallery, _table(results), _downloads(results), results, timing
+
+
+def _thumbnail(image: Image.Image, size: int = 256) -> Image.Image:
+    thumb = image.copy()
+    thumb.thumbnail((size, size))
+    return thumb
 
 
 def _shaded_html(results: list[dict]) -> str:
@@ -189,11 +208,20 @@ def classify_digit(image):
     return probs, seen_image
 
 
+def _event_value(evt: gr.EventData, name: str, default):
+    """A value the page's JavaScript sent with ``trigger(...)``, read through EventData's
+    attribute access."""
+    try:
+        return getattr(evt, name)
+    except (AttributeError, TypeError):  # not sent, or nothing sent at all
+        return default
+
+
 def _on_digit_drawn(evt: gr.EventData):
     """The canvas sends its drawing as a PNG data URL when the pen lifts."""
     import base64
 
-    url = evt._data.get("image", "") if isinstance(evt._data, dict) else ""
+    url = _event_value(evt, "image", "")
     if not isinstance(url, str) or not url.startswith("data:image/png;base64,") or len(url) > 5_000_000:
         raise gr.Error("The drawing could not be read.", print_exception=False)
     try:
@@ -307,9 +335,9 @@ canvas.addEventListener('pointerup', e => {
 
 
 def predict_trajectory(points):
-    """Predict the next 10 points of a stroke. ``points``: a JSON list of [x, y] pairs,
-    oldest first (screen coordinates; the last 30 are used). Returns a picture and the
-    model's and the constant-velocity guesses as JSON."""
+    """Predict the next points of a stroke (10 for the shipped model). ``points``: a JSON
+    list of [x, y] pairs, oldest first (screen coordinates; the model uses the last 30).
+    Returns a picture and the model's and the constant-velocity guesses as JSON."""
     try:
         result = trajectories.predict(points)
     except InputError as err:
@@ -318,25 +346,31 @@ def predict_trajectory(points):
 
 
 def _on_stroke(evt: gr.EventData):
-    points = json.dumps(evt._data.get("points", []) if isinstance(evt._data, dict) else [])
+    points = json.dumps(_event_value(evt, "points", []))
     picture, result = predict_trajectory(points)
     return points, picture, result
 
 
 def _recording(name: str, cut: float):
-    recordings = trajectories.recordings()
+    recordings = _recording_labels()
     if name not in recordings:
         raise gr.Error("No recorded trajectory was found; see the README to download them.", print_exception=False)
     seq = recordings[name]
-    end = int(np.clip(round(cut / 100 * (len(seq) - 10)), 30, len(seq) - 10))
+    config = trajectories.config()
+    end = int(np.clip(round(cut / 100 * (len(seq) - config.future)), config.past, len(seq) - config.future))
     points = json.dumps(np.round(seq[:end], 4).tolist())
     result = trajectories.predict(points)
-    truth = seq[end:end + 10]
+    truth = seq[end:end + config.future]
     return points, _trajectory_picture(seq[:end], result, truth), {**result, "truth": truth.tolist()}
 
 
+def _recording_labels() -> dict[str, np.ndarray]:
+    return {f"pen trajectory #{i}" + (f" (letter '{letter}')" if letter else ""): points
+            for i, letter, points in trajectories.recordings()}
+
+
 def _trajectory_picture(stroke: np.ndarray, result: dict, truth: np.ndarray | None = None) -> Image.Image:
-    """The stroke in grey, the last 30 points used in black, the model's 10 points in
+    """The stroke in grey, the points the model used in black, the model's points in
     blue, constant velocity in orange, the true continuation (if known) in green."""
     model, cv = np.asarray(result["model"]), np.asarray(result["constant_velocity"])
     everything = np.concatenate([stroke, model, cv] + ([truth] if truth is not None else []))
@@ -349,7 +383,7 @@ def _trajectory_picture(stroke: np.ndarray, result: dict, truth: np.ndarray | No
     draw = ImageDraw.Draw(image)
     if len(stroke) > 1:
         draw.line(to_px(stroke), fill=(190, 190, 190), width=3)
-        draw.line(to_px(stroke[-30:]), fill=(30, 30, 30), width=3)
+        draw.line(to_px(np.asarray(result["input"])), fill=(30, 30, 30), width=3)
     last = to_px(stroke[-1])[0]
     for points, colour in ([truth, (22, 163, 74)], [cv, (234, 88, 12)], [model, (37, 99, 235)]):
         if points is None:
@@ -367,8 +401,10 @@ def trajectory_tab() -> None:
     if not trajectories.available:
         gr.Markdown(NOT_TRAINED)
         return
-    gr.Markdown("Draw a stroke with the mouse or a finger. The model (30 past points in, attention and a "
-                "bidirectional LSTM) continues it with the next 10 points, beside the constant-velocity guess.")
+    config = trajectories.config()
+    gr.Markdown(f"Draw a stroke with the mouse or a finger. The model ({config.past} past points in, attention and "
+                f"a bidirectional LSTM) continues it with the next {config.future} points, beside the "
+                "constant-velocity guess.")
     with gr.Row():
         with gr.Column():
             canvas = gr.HTML(STROKE_CANVAS, js_on_load=STROKE_JS, elem_id="stroke-canvas-box",
@@ -386,23 +422,26 @@ def trajectory_tab() -> None:
     canvas.submit(_on_stroke, None, [points, picture, result], api_name=False)
     button.click(predict_trajectory, [points], [picture, result], api_name="predict_trajectory")
     show.click(_recording, [recorded, cut], [points, picture, result], api_name=False)
-    gr.on([recorded.focus], lambda: gr.Dropdown(choices=list(trajectories.recordings())), None, recorded,
+    gr.on([recorded.focus], lambda: gr.Dropdown(choices=list(_recording_labels())), None, recorded,
           api_name=False, queue=False)
 
 
 # ------------------------------------------------------------------------- next frame
 
 def predict_frames(clip: float = 0):
-    """A Moving MNIST clip from the test digits: 10 input frames, then the true next 10
-    frames above the ConvLSTM's 10 predicted frames."""
+    """A Moving MNIST clip from the test digits: the input frames, then the true next
+    frames above the ConvLSTM's predicted frames (10 of each for the shipped model)."""
     try:
         result = frames.predict(clip)
     except InputError as err:
         raise _user_error(err) from err
     strip = lambda a: np.concatenate(list(a), axis=1)  # noqa: E731
-    gap = np.ones((4, 640))
-    grid = np.concatenate([strip(result["inputs"]), gap, strip(result["truth"]), gap, strip(result["predicted"])])
-    picture = Image.fromarray((np.clip(grid, 0, 1) * 255).astype(np.uint8)).resize((1280, 2 * grid.shape[0]),
+    rows = [strip(result["inputs"]), strip(result["truth"]), strip(result["predicted"])]
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1])), constant_values=1.0) for r in rows]
+    gap = np.ones((4, width))
+    grid = np.concatenate([rows[0], gap, rows[1], gap, rows[2]])
+    picture = Image.fromarray((np.clip(grid, 0, 1) * 255).astype(np.uint8)).resize((2 * width, 2 * grid.shape[0]),
                                                                                    Image.Resampling.NEAREST)
     mse, copy = float(np.mean(result["mse_per_frame"])), float(np.mean(result["copy_last_mse_per_frame"]))
     summary = {"mse_per_frame": round(mse, 1), "copy_last_frame_mse_per_frame": round(copy, 1),
@@ -415,8 +454,10 @@ def frames_tab() -> None:
     if not frames.available:
         gr.Markdown(NOT_TRAINED)
         return
-    gr.Markdown("Two real MNIST test digits bounce around a 64x64 frame. Top row: the 10 frames the ConvLSTM sees. "
-                "Middle: the true next 10 frames. Bottom: the 10 frames it predicts.")
+    config = frames.config()
+    gr.Markdown(f"Two real MNIST test digits bounce around a {config.size}x{config.size} frame. Top row: the "
+                f"{config.input_frames} frames the ConvLSTM sees. Middle: the true next {config.output_frames} frames. "
+                f"Bottom: the {config.output_frames} frames it predicts.")
     with gr.Row():
         clip = gr.Number(value=0, precision=0, label="Clip number", minimum=0, elem_id="clip-number")
         button = gr.Button("Predict", variant="primary", elem_id="frames-button")

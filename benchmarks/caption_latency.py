@@ -46,18 +46,20 @@ STAGES = ("textbook", "fast_decode", "bf16_channels_last", "early_stop", "ours")
 
 
 def python_loop_greedy(model: Captioner, feature: torch.Tensor, max_length: int = 20) -> list[str]:
-    """The textbook sampler: feed the image, then <start>, and always take 20 steps."""
+    """The textbook sampler: feed the image, then <start>, and always take 20 steps, each
+    through torch's oneDNN LSTM kernel, with a ``.item()`` after each."""
     dec = model.head.decoder
     with torch.no_grad():
-        _, state = dec.lstm(model.head.projection(feature).unsqueeze(1))
-        inputs = dec.embed(torch.tensor([model.vocab.start_id])).unsqueeze(1)
+        ctx, detections = model.head.context(feature)
+        state = dec.init_state(ctx)
+        token = torch.tensor([model.vocab.start_id])
         ids = []
         for _ in range(max_length):
-            hidden, state = dec.lstm(inputs, state)
-            predicted = dec.out(hidden.squeeze(1)).argmax(1)
-            ids.append(predicted.item())
-            inputs = dec.embed(predicted).unsqueeze(1)
-    return model.vocab.decode(ids)
+            logp, state, _ = dec.step(token, state, ctx, onednn=True)
+            token = logp.argmax(1)
+            ids.append(token.item())
+    objects = model.detected_object_words(feature)[0]
+    return model.words_of(ids, objects)
 
 
 class Pipelines:
@@ -85,15 +87,11 @@ class Pipelines:
         return python_loop_greedy(self.model, self.encoder.encode(x))
 
     def early_stop(self, path: Path) -> list[str]:
-        decoder = self.model.head.decoder
-        decoder.lean_steps = False
-        try:
-            return self.ours(path)
-        finally:
-            decoder.lean_steps = True
+        return self.ours(path, onednn=True)
 
-    def ours(self, path: Path, beam_size: int = 1) -> list[str]:
-        return self.model.caption([load_image(path, draft_size=self.pre.size)], beam_size=beam_size)[0].words
+    def ours(self, path: Path, beam_size: int = 1, onednn: bool = False) -> list[str]:
+        image = load_image(path, draft_size=self.pre.size)
+        return self.model.caption([image], beam_size=beam_size, onednn=onednn)[0].words
 
 
 def encoder_flops(backbone: torch.nn.Module, size: int) -> int:
@@ -168,8 +166,10 @@ def load_model(name: str) -> tuple[Captioner, torch.nn.Module, str]:
     model = Captioner(config, vocab, encoder).eval()
     if shipped is None:
         return model, plain, "random weights, random decoder"
-    model.head.decoder.load_state_dict(shipped.head.decoder.state_dict())
-    return model, plain, "random CNN weights and projection, the shipped LSTM decoder"
+    # the LSTM and its word layers; the object slots need the ImageNet classifier it lacks
+    trained = {k: v for k, v in shipped.head.decoder.state_dict().items() if not k.startswith("slots.")}
+    model.head.decoder.load_state_dict(trained)
+    return model, plain, "random CNN weights and projection, the shipped LSTM decoder without its object slots"
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -51,12 +51,6 @@ def percentiles(samples: list[float]) -> dict:
     return {"p50": at(0.5), "p95": at(0.95), "mean": statistics.fmean(ordered), "n": len(ordered)}
 
 
-def timed(fn, *args, **kwargs) -> tuple[float, object]:
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return time.perf_counter() - start, out
-
-
 def run_threads(target, args_list: list[tuple]) -> float:
     """Run ``target(*args)`` for each ``args``, every call in its own thread at once; returns the seconds taken."""
     threads = [threading.Thread(target=target, args=args) for args in args_list]

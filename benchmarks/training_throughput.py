@@ -20,7 +20,6 @@ import tempfile
 import time
 
 import torch
-import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from PIL import Image
 from torch.nn.utils.rnn import pad_sequence
@@ -29,6 +28,7 @@ from benchmarks.caption_latency import load_model
 from benchmarks.common import SHARED, require, write_results
 from captioner.datasets import read_dataset
 from captioner.features import FeatureCache
+from training.train_captioner import caption_loss
 
 EPOCH_CAPTIONS = 30780  # training captions of the shipped model (Flickr8k + COCO train split)
 
@@ -42,7 +42,7 @@ def batches(records, vocab, batch_size: int, count: int):
 
 def decoder_step(model, optimizer, features, caps, lengths) -> None:
     model.head.train()
-    loss = F.cross_entropy(model.head(features, caps, lengths), model.head.decoder.packed_targets(caps, lengths))
+    loss = caption_loss(model.head, features, caps, lengths)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()

@@ -1,4 +1,4 @@
-"""Command line: ``python -m captioner caption IMAGE [IMAGE ...]``.
+"""Command line: ``captioner caption IMAGE [IMAGE ...]`` (or ``python -m captioner ...``).
 
 Images are decoded on a few threads and captioned ``--batch-size`` at a time, so 500
 images mean 500 / batch-size model runs. A file that cannot be read gets an error line of
@@ -17,11 +17,11 @@ from pathlib import Path
 from captioner.checkpoint import CheckpointError
 from captioner.encoders import EncoderWeightsError
 from captioner.images import ImageError, load_image
-from captioner.model import DEFAULT_CHECKPOINT, Captioner
+from captioner.model import DEFAULT_CHECKPOINT, UNFAMILIAR, Captioner
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m captioner", description="Caption photos with an LSTM.")
+    parser = argparse.ArgumentParser(prog="captioner", description="Caption photos with an LSTM.")
     commands = parser.add_subparsers(dest="command", required=True)
     cap = commands.add_parser("caption", help="write a caption for each image")
     cap.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="a trained captioner (default: checkpoints/captioner.safetensors)")
     cap.add_argument("--beam-size", type=int, default=None,
                      help="1 for greedy decoding; default: the checkpoint's own (3)")
-    cap.add_argument("--json", action="store_true", help="print one JSON object per line")
+    cap.add_argument("--json", action="store_true",
+                     help="print one JSON object per line: caption, words, probabilities, objects, familiarity")
     cap.add_argument("--batch-size", type=int, default=32, help="images per model run (default 32)")
     cap.add_argument("--encoder-weights", default=None,
                      help="a local weights file for the checkpoint's encoder (ResNets without internet)")
@@ -76,7 +77,9 @@ def caption_files(model: Captioner, paths: list[Path], beam_size: int | None, ba
                 if as_json:
                     print(json.dumps({"image": str(path), **result.to_dict()}), file=out, flush=True)
                 else:
-                    print(f"{path}: {result.caption}", file=out, flush=True)
+                    note = (f"  [unlike the photos it was trained on: familiarity {result.familiarity:.3f}]"
+                            if result.familiarity is not None and result.familiarity < UNFAMILIAR else "")
+                    print(f"{path}: {result.caption}{note}", file=out, flush=True)
     return 1 if failures else 0
 
 

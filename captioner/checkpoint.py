@@ -30,6 +30,26 @@ from safetensors.torch import load_file, save_file
 FORMAT = "captioner-project/1"
 
 
+def shipped_checkpoints() -> Path:
+    """Where the shipped checkpoints are: ``$CAPTIONER_CHECKPOINTS``, the clone's
+    ``checkpoints/`` (a clone, or ``pip install -e .``), or the copy that ``pip install .``
+    puts under ``<prefix>/share/captioner/checkpoints``."""
+    import sys
+    import sysconfig
+
+    if os.environ.get("CAPTIONER_CHECKPOINTS"):
+        return Path(os.environ["CAPTIONER_CHECKPOINTS"])
+    clone = Path(__file__).resolve().parent.parent / "checkpoints"
+    for candidate in (clone, Path(sysconfig.get_path("data")) / "share" / "captioner" / "checkpoints",
+                      Path(sys.prefix) / "share" / "captioner" / "checkpoints"):
+        if candidate.is_dir():
+            return candidate
+    return clone
+
+
+CHECKPOINTS = shipped_checkpoints()
+
+
 class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable, or does not fit the model."""
 
@@ -98,6 +118,15 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
         raise CheckpointError(f"{path} is not a readable safetensors checkpoint ({err})") from err
 
 
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """A checkpoint's string metadata alone, without reading its tensors."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            return dict(f.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a readable safetensors checkpoint ({err})") from err
+
+
 def load_state_strict(module: torch.nn.Module, tensors: dict[str, torch.Tensor], path) -> None:
     """``load_state_dict`` with every missing, unexpected or misshapen tensor named."""
     expected = module.state_dict()
@@ -120,6 +149,14 @@ def config_from_dict(cls, data: dict, path) -> Any:
     return cls(**data)
 
 
+def weight_settings(config: Any) -> dict:
+    """The fields of a config dataclass that shape the weights, as JSON gives them back
+    (tuples as lists): all but those declared with ``field(metadata={"weights": False})``
+    (dropout, say), which a resumed run may change."""
+    keep = {f.name for f in dataclasses.fields(config) if f.metadata.get("weights", True)}
+    return json.loads(json.dumps({k: v for k, v in _as_dict(config).items() if k in keep}))
+
+
 class Saveable:
     """For models whose whole state is their ``config`` dataclass and their weights:
     ``save`` writes one safetensors file; ``from_checkpoint`` rebuilds the model from it
@@ -131,6 +168,12 @@ class Saveable:
 
     def save(self, path: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
         save_model(path, self.kind, self.config, self.state_dict(), dtype=dtype)
+
+    @classmethod
+    def read_config(cls, path: str | os.PathLike | None = None):
+        """The config of a checkpoint, read from its metadata alone (cheap)."""
+        path = path or cls.default_checkpoint
+        return config_from_dict(cls.config_class, json.loads(read_metadata(path)["config"]), path)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike | None = None):

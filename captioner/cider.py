@@ -16,8 +16,13 @@ from collections.abc import Sequence
 Ngrams = list[Counter]
 
 
+def ngrams(words: Sequence[str], n: int) -> Counter:
+    """How often each n-gram occurs in ``words``: the one n-gram counter of the project."""
+    return Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+
+
 def ngram_counts(words: Sequence[str], n_max: int = 4) -> Ngrams:
-    return [Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1)) for n in range(1, n_max + 1)]
+    return [ngrams(words, n) for n in range(1, n_max + 1)]
 
 
 class CiderD:

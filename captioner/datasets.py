@@ -31,7 +31,6 @@ class CaptionSet:
 
     records: list[CaptionRecord]
     skipped: int = 0
-    source: str = ""
 
     @property
     def images(self) -> list[Path]:
@@ -57,7 +56,7 @@ def read_coco(captions_json: str | Path, images_dir: str | Path) -> CaptionSet:
             continue
         records += [CaptionRecord(images_dir / file_name, a["caption"].strip()) for a in annotations]
     _report(captions_json, records, skipped)
-    return CaptionSet(records, skipped, f"coco:{captions_json}")
+    return CaptionSet(records, skipped)
 
 
 def read_flickr8k(captions_csv: str | Path, images_dir: str | Path) -> CaptionSet:
@@ -81,7 +80,7 @@ def read_flickr8k(captions_csv: str | Path, images_dir: str | Path) -> CaptionSe
                 continue
             records.append(CaptionRecord(images_dir / name, caption))
     _report(captions_csv, records, skipped)
-    return CaptionSet(records, skipped, f"flickr8k:{captions_csv}")
+    return CaptionSet(records, skipped)
 
 
 def read_dataset(kind: str, root: str | Path, coco_split: str = "train2017") -> CaptionSet:

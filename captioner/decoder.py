@@ -1,13 +1,39 @@
-"""The LSTM caption decoder of Show and Tell (Vinyals et al. 2015).
+"""The LSTM caption decoders: Show and Tell, and Show, Attend and Tell; both can copy the
+objects the encoder recognises into the caption.
 
-The projected image feature is the LSTM's first input; the word embeddings of
-``<start> w1 ... wn`` follow, and the outputs predict ``w1 ... wn <end>``:
+**Show and Tell** (Vinyals et al. 2015): the projected image feature is the LSTM's first
+input; the word embeddings of ``<start> w1 ... wn`` follow, and the outputs predict
+``w1 ... wn <end>``:
 
     x_{-1} = W_I CNN(I),   x_t = W_e S_t,   p_{t+1} = softmax(W_o LSTM(x_t))
 
-Training feeds the true words (teacher forcing) as one packed sequence. Inference is
-greedy or beam search, both batched over images; each returns the ids of the words and
-the probability the model gave each of them.
+**Show, Attend and Tell** (Xu et al. 2015, soft attention): the LSTM starts from the
+image, and at every step looks at the encoder's spatial grid a_1..a_L (7x7 cells):
+
+    e_ti = w^T tanh(W_a a_i + W_h h_{t-1}),  alpha_t = softmax(e_t),  z_t = beta_t * sum_i alpha_ti a_i
+    h_t = LSTM([W_e S_t, z_t], h_{t-1}),     beta_t = sigmoid(W_b h_{t-1})
+
+and is trained with the doubly stochastic penalty lambda * sum_i (1 - sum_t alpha_ti)^2.
+
+**Copying objects** (as the pointer/copy mechanisms of LSTM-C, Yao et al. 2017, and the
+placeholders of DNOC, Wu et al. 2018): the last K words of the vocabulary are slots
+``<obj1> .. <objK>``, one per object the encoder's classifier recognises in the image
+(``objects.ObjectDetector``), most probable first. A slot's input embedding is its rank's
+embedding plus the projection of its object word's vector (the word's classifier
+weights), and its output score adds to the slot's own logit
+
+    q(h)^T e_k + a * log p_k + b
+
+(how well the object fits what the decoder is about to say, and how sure the classifier
+is). Training captions have each mention of a detected object replaced by its slot, so the
+decoder learns where objects go and when to trust the detector; at inference a slot is
+written out as its object's word, which may be a word no training caption contains
+("a <obj1> sitting on a table" -> "a pizza sitting on a table").
+
+Everything an image contributes is in a *context*: a dict of per-image tensors (dim 0 is
+the image) built by ``model.CaptionHead``. Decoding is greedy or beam search, batched
+over images; each returns the ids of the words, the probability the model gave each of
+them, and (attention) where it looked for each.
 """
 
 from __future__ import annotations
@@ -18,129 +44,175 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-State = tuple[torch.Tensor, torch.Tensor]
+from captioner.lstm import LSTMCell, lstm_gates
+
+State = tuple[torch.Tensor, ...]   # (h, c), each (layers, rows, hidden)
+Context = dict[str, torch.Tensor]  # per-row tensors, rows in dim 0
 
 
 @dataclass
 class Decoded:
     """One decoded caption: word ids (without ``<end>``), the probability of each of those
-    words, and the sequence's length-normalised log-probability (``<end>`` included)."""
+    words, the sequence's length-normalised log-probability (``<end>`` included) and, from
+    an attention decoder, the attention weights over the grid for each word."""
 
     ids: list[int]
     probabilities: list[float]
     score: float
+    attention: list[list[float]] | None = None
+
+
+def select(ctx: Context, rows: torch.Tensor) -> Context:
+    return {k: v[rows] for k, v in ctx.items()}
+
+
+def packed_order(lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """How ``pack_padded_sequence`` orders the steps of sequences of these lengths: the row
+    of every packed element (time-major, longest first) and the batch size of each step."""
+    rows = torch.arange(len(lengths))[:, None].expand(-1, int(lengths.max()))
+    packed = pack_padded_sequence(rows, lengths.cpu(), batch_first=True, enforce_sorted=False)
+    return packed.data, packed.batch_sizes
+
+
+def packed_targets(captions: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """The targets of a decoder's teacher-forced logits (``w1 .. wn <end>``), in packed order."""
+    return pack_padded_sequence(captions[:, 1:], lengths.cpu() - 1, batch_first=True, enforce_sorted=False).data
+
+
+class ObjectSlots(nn.Module):
+    """Input embeddings and output scores of the object slots (see the module docstring)."""
+
+    def __init__(self, slots: int, object_dim: int, embed_dim: int, hidden_dim: int):
+        super().__init__()
+        self.slots = slots
+        self.project = nn.Sequential(nn.LayerNorm(object_dim), nn.Linear(object_dim, embed_dim))
+        self.query = nn.Linear(hidden_dim, embed_dim, bias=False)
+        self.confidence = nn.Parameter(torch.tensor([1.0, 0.0]))  # a, b
+
+    def context(self, word_vectors: torch.Tensor, probs: torch.Tensor) -> Context:
+        """(B, K, object_dim) vectors and (B, K) probabilities of the detected words."""
+        return {"objects": self.project(word_vectors), "objects_logp": probs.clamp_min(1e-12).log()}
+
+    def scores(self, hidden: torch.Tensor, ctx: Context) -> torch.Tensor:
+        """(M, hidden) -> (M, K) added to the slots' logits."""
+        logp = ctx["objects_logp"]
+        fit = (self.query(hidden)[:, None, :] * ctx.get("objects_key", ctx["objects"])).sum(-1)
+        scores = fit + self.confidence[0] * logp.clamp_min(-30.0) + self.confidence[1]
+        return scores.masked_fill(logp == float("-inf"), float("-inf"))  # objects left out by the caller
 
 
 class CaptionDecoder(nn.Module):
-    def __init__(self, vocab_size: int, embed_dim: int = 512, hidden_dim: int = 512,
-                 num_layers: int = 1, dropout: float = 0.5, *, pad_id: int = 0, start_id: int = 1, end_id: int = 2,
-                 unk_id: int | None = 3):
+    """What both decoders share: word (and slot) embeddings, the output layer with copy
+    scores, and batched greedy decoding, beam search and sampling. A subclass provides
+    ``init_state(ctx)``, ``step(tokens, state, ctx)`` and ``forward`` (teacher forcing)."""
+
+    attends = False
+
+    def __init__(self, vocab_size: int, embed_dim: int, hidden_dim: int, num_layers: int, dropout: float, *,
+                 pad_id: int = 0, start_id: int = 1, end_id: int = 2, unk_id: int | None = 3,
+                 object_slots: int = 0, object_dim: int = 0):
         super().__init__()
         self.start_id, self.end_id = start_id, end_id
+        self.num_layers, self.hidden_dim = num_layers, hidden_dim
         # <pad> and <start> are never a next word; <unk> is learned but not written out
         self.never_emitted = [pad_id, start_id] + ([unk_id] if unk_id is not None else [])
+        self.first_slot = vocab_size - object_slots  # the slots are the vocabulary's last words
         self.embed = nn.Embedding(vocab_size, embed_dim)
-        self.lstm = nn.LSTM(embed_dim, hidden_dim, num_layers, batch_first=True,
-                            dropout=dropout if num_layers > 1 else 0.0)
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(hidden_dim, vocab_size)
+        self.slots = ObjectSlots(object_slots, object_dim, embed_dim, hidden_dim) if object_slots else None
 
-    # ------------------------------------------------------------------ training
+    # ------------------------------------------------------------- shared pieces
 
-    def forward(self, image_embeddings: torch.Tensor, captions: torch.Tensor,
-                lengths: torch.Tensor) -> torch.Tensor:
+    def embed_tokens(self, tokens: torch.Tensor, ctx: Context) -> torch.Tensor:
+        """Embeddings of ``tokens`` ((M,) or (M, T), row m belonging to ``ctx`` row m); a
+        slot adds its object's projected vector to its rank's embedding."""
+        e = self.embed(tokens)
+        if self.slots is None:
+            return e
+        k = tokens - self.first_slot
+        is_slot = (k >= 0).unsqueeze(-1)
+        objects = ctx["objects"]
+        index = k.clamp(0, self.slots.slots - 1)
+        if tokens.dim() == 1:
+            index = index[:, None]
+        picked = torch.gather(objects, 1, index[..., None].expand(*index.shape, objects.shape[-1]))
+        return e + torch.where(is_slot, picked.view(e.shape), torch.zeros_like(e))
+
+    def logits(self, hidden: torch.Tensor, ctx: Context) -> torch.Tensor:
+        """(M, hidden) -> (M, vocab) unnormalised scores; ``ctx`` row m belongs to row m."""
+        logits = self.out(hidden)
+        if self.slots is None:
+            return logits
+        return torch.cat([logits[:, :self.first_slot], logits[:, self.first_slot:] + self.slots.scores(hidden, ctx)],
+                         dim=1)
+
+    def log_probs(self, hidden: torch.Tensor, ctx: Context) -> torch.Tensor:
+        logits = self.logits(hidden, ctx)
+        logits[:, self.never_emitted] = float("-inf")
+        # a non-finite model (NaN weights or features) must not crash the search: NaN is impossible
+        return logits.log_softmax(-1).nan_to_num(nan=float("-inf"), neginf=float("-inf"))
+
+    def forward(self, captions: torch.Tensor, lengths: torch.Tensor, ctx: Context):
         """Teacher forcing. ``captions`` (B, T) hold ``<start> w1 .. wn <end>`` padded,
         ``lengths`` their true lengths. Returns logits (N, V) for the packed targets
-        ``w1 .. wn <end>`` (see ``packed_targets``)."""
-        state = self.init_state(image_embeddings)
-        words = self.dropout(self.embed(captions[:, :-1]))
-        packed = pack_padded_sequence(words, lengths.cpu() - 1, batch_first=True, enforce_sorted=False)
-        hidden, _ = self.lstm(packed, state)  # nn.LSTM permutes the state to the packed order itself
-        return self.out(self.dropout(hidden.data))
+        ``w1 .. wn <end>`` (see ``packed_targets``) and the attention weights (B, T-1, L)
+        of each step (``None`` for decoders that do not attend)."""
+        raise NotImplementedError
 
-    @staticmethod
-    def packed_targets(captions: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """The targets of ``forward``'s logits, in the same packed order."""
-        return pack_padded_sequence(captions[:, 1:], lengths.cpu() - 1, batch_first=True,
-                                    enforce_sorted=False).data
+    def init_state(self, ctx: Context) -> State:
+        raise NotImplementedError
 
-    # ----------------------------------------------------------------- inference
+    def step(self, tokens: torch.Tensor, state: State, ctx: Context,
+             onednn: bool = False) -> tuple[torch.Tensor, State, torch.Tensor | None]:
+        """One word for each row: log-probabilities (M, V) of the next word, the new state
+        and the attention weights (M, L) (or None)."""
+        raise NotImplementedError
 
-    def init_state(self, image_embeddings: torch.Tensor) -> State:
-        """Feed the image as the first input; its output is not used."""
-        x = self.dropout(image_embeddings)
-        if self.training or not self.lean_steps:
-            _, state = self.lstm(x.unsqueeze(1))
-            return state
-        zeros = x.new_zeros(self.lstm.num_layers, x.shape[0], self.lstm.hidden_size)
-        return self._lstm_step(x, (zeros, zeros))[1]
-
-    def step(self, tokens: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        """One word for each row: log-probabilities (M, V) of the next word."""
-        if self.training or not self.lean_steps:
-            hidden, state = self.lstm(self.embed(tokens).unsqueeze(1), state)
-            hidden = hidden.squeeze(1)
-        else:
-            hidden, state = self._lstm_step(self.embed(tokens), state)
-        logits = self.out(hidden)
-        logits[:, self.never_emitted] = float("-inf")
-        return logits.log_softmax(-1), state
-
-    # One time step of nn.LSTM written as two matrix products per layer. For a single step
-    # the profiler showed oneDNN's RNN kernel taking about 5x the time its weights take to
-    # read; this does the same arithmetic (gates i, f, g, o) with plain addmm.
-    lean_steps = True
-
-    def _lstm_step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-        h, c = state
-        new_h, new_c = [], []
-        for layer in range(self.lstm.num_layers):
-            w_ih, w_hh = getattr(self.lstm, f"weight_ih_l{layer}"), getattr(self.lstm, f"weight_hh_l{layer}")
-            bias = getattr(self.lstm, f"bias_ih_l{layer}") + getattr(self.lstm, f"bias_hh_l{layer}")
-            gates = torch.addmm(bias, x, w_ih.t()).addmm_(h[layer], w_hh.t())
-            i, f, g, o = gates.chunk(4, 1)
-            c_layer = torch.sigmoid(f) * c[layer] + torch.sigmoid(i) * torch.tanh(g)
-            x = torch.sigmoid(o) * torch.tanh(c_layer)
-            new_h.append(x)
-            new_c.append(c_layer)
-        return x, (torch.stack(new_h), torch.stack(new_c))
+    # ------------------------------------------------------------------ decoding
 
     @torch.inference_mode()
-    def greedy(self, image_embeddings: torch.Tensor, max_length: int = 20) -> list[Decoded]:
+    def greedy(self, ctx: Context, max_length: int = 20, onednn: bool = False) -> list[Decoded]:
         """The most probable word at every step, for all images at once. Stops as soon as
         every caption has ended (or after ``max_length`` words)."""
-        batch = image_embeddings.shape[0]
-        state = self.init_state(image_embeddings)
-        tokens = torch.full((batch,), self.start_id, dtype=torch.long, device=image_embeddings.device)
-        ids, logps = [], []
-        ended = torch.zeros(batch, dtype=torch.bool, device=tokens.device)
+        batch = len(next(iter(ctx.values())))
+        state = self.init_state(ctx)
+        device = state[0].device
+        tokens = torch.full((batch,), self.start_id, dtype=torch.long, device=device)
+        ids, logps, weights = [], [], []
+        ended = torch.zeros(batch, dtype=torch.bool, device=device)
         for _ in range(max_length):
-            logp, state = self.step(tokens, state)
+            logp, state, attention = self.step(tokens, state, ctx, onednn)
             best_logp, tokens = logp.max(-1)
             ids.append(tokens)
             logps.append(best_logp)
+            if attention is not None:
+                weights.append(attention)
             ended |= tokens == self.end_id
             if bool(ended.all()):
                 break
         ids_t, logps_t = torch.stack(ids, 1).tolist(), torch.stack(logps, 1).tolist()
-        return [_finish(seq, lps, self.end_id, alpha=1.0) for seq, lps in zip(ids_t, logps_t)]
+        attn = torch.stack(weights, 1).tolist() if weights else [None] * batch
+        return [_finish(seq, lps, self.end_id, 1.0, a) for seq, lps, a in zip(ids_t, logps_t, attn)]
 
     @torch.no_grad()
-    def sample(self, image_embeddings: torch.Tensor, n: int = 5, max_length: int = 16,
+    def sample(self, ctx: Context, n: int = 5, max_length: int = 16,
                temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
         """``n`` captions per image drawn from the model's distribution, for self-critical
         training. Returns token ids (B * n, T) as ``<start> w1 .. wk <end>`` padded with
         ``<pad>`` (0), image-major, and their lengths (captions cut at ``max_length``
         words get no ``<end>``)."""
-        embeddings = image_embeddings.repeat_interleave(n, dim=0)
-        rows = embeddings.shape[0]
-        state = self.init_state(embeddings)
-        tokens = torch.full((rows,), self.start_id, dtype=torch.long, device=embeddings.device)
+        batch = len(next(iter(ctx.values())))
+        ctx = select(ctx, torch.arange(batch, device=next(iter(ctx.values())).device).repeat_interleave(n))
+        rows = batch * n
+        state = self.init_state(ctx)
+        device = state[0].device
+        tokens = torch.full((rows,), self.start_id, dtype=torch.long, device=device)
         out = [tokens]
-        alive = torch.ones(rows, dtype=torch.bool, device=tokens.device)
-        lengths = torch.ones(rows, dtype=torch.long, device=tokens.device)
+        alive = torch.ones(rows, dtype=torch.bool, device=device)
+        lengths = torch.ones(rows, dtype=torch.long, device=device)
         for _ in range(max_length):
-            logp, state = self.step(tokens, state)
+            logp, state, _ = self.step(tokens, state, ctx)
             tokens = torch.multinomial((logp / temperature).softmax(-1), 1).squeeze(1)
             tokens = torch.where(alive, tokens, torch.zeros_like(tokens))
             out.append(tokens)
@@ -151,72 +223,224 @@ class CaptionDecoder(nn.Module):
         return torch.stack(out, 1), lengths
 
     @torch.inference_mode()
-    def beam_search(self, image_embeddings: torch.Tensor, beam_size: int = 3, max_length: int = 20,
-                    length_alpha: float = 1.0) -> list[Decoded]:
-        """Beam search over all images at once.
+    def beam_search(self, ctx: Context, beam_size: int = 3, max_length: int = 20, length_alpha: float = 1.0,
+                    onednn: bool = False, must_include: torch.Tensor | None = None) -> list[Decoded]:
+        """Beam search over all images at once, optionally constrained.
 
-        Every step each image keeps its ``beam_size - finished`` best continuations by
-        total log-probability; a continuation that picks ``<end>`` is finished and leaves
-        the beam, which shrinks. Among the finished captions the best by
-        ``log p / length ** length_alpha`` wins. With ``beam_size=1`` this is exactly
-        greedy decoding.
+        Every step each beam keeps its ``beam_size - finished`` best continuations by total
+        log-probability; a continuation that picks ``<end>`` is finished and leaves the
+        beam, which shrinks. Among the finished captions the best by
+        ``log p / length ** length_alpha`` wins. With ``beam_size=1`` and no constraint
+        this is exactly greedy decoding.
+
+        ``must_include`` (B,): a token each image's caption must contain (-1: none). This is
+        constrained beam search with one constraint (Anderson et al. 2017): an image has
+        two beams, captions that do not contain the token yet and captions that do, and a
+        caption moves from the first to the second when it writes the token. The best
+        finished caption of the second beam wins; only if it has none, the first beam's.
         """
         if beam_size < 1:
             raise ValueError("beam_size must be at least 1")
-        device = image_embeddings.device
-        batch, n = image_embeddings.shape[0], beam_size
-        state = self.init_state(image_embeddings)
-        image = torch.arange(batch, device=device)  # image of each live hypothesis
-        slot = torch.zeros(batch, dtype=torch.long, device=device)  # its place in that image's beam
+        state = self.init_state(ctx)
+        device = state[0].device
+        batch, n = state[0].shape[1], beam_size
+        if must_include is None:
+            must_include = torch.full((batch,), -1, dtype=torch.long, device=device)
+        must_include = must_include.to(device)
+        # beam g = 2 * image + done (done: the caption holds its required token, or needs none)
+        group = torch.arange(batch, device=device) * 2 + (must_include < 0).long()
         score = torch.zeros(batch, device=device)
         seqs = torch.empty(batch, 0, dtype=torch.long, device=device)
         seq_logps = torch.empty(batch, 0, device=device)
+        seq_attn: torch.Tensor | None = None
         tokens = torch.full((batch,), self.start_id, dtype=torch.long, device=device)
-        finished: list[list[Decoded]] = [[] for _ in range(batch)]
-        n_finished = torch.zeros(batch, dtype=torch.long, device=device)
+        finished: list[list[Decoded]] = [[] for _ in range(2 * batch)]
+        n_finished = torch.zeros(2 * batch, dtype=torch.long, device=device)
 
         for t in range(max_length):
-            logp, state = self.step(tokens, state)
-            # The best n words of each hypothesis hold the image's best n continuations.
-            cand_logp, cand_word = logp.topk(min(n, logp.shape[1]), dim=1)
-            width = cand_logp.shape[1]
-            grid = torch.full((batch, n, width), float("-inf"), device=device)
-            grid[image, slot] = score[:, None] + cand_logp
-            words_grid = torch.zeros((batch, n, width), dtype=torch.long, device=device)
-            words_grid[image, slot] = cand_word
-            row_of = torch.full((batch, n), -1, dtype=torch.long, device=device)
-            row_of[image, slot] = torch.arange(len(image), device=device)
+            logp, state, attention = self.step(tokens, state, ctx, onednn)
+            if attention is not None:
+                seq_attn = attention[:, None] if seq_attn is None else torch.cat([seq_attn, attention[:, None]], 1)
+            rows = torch.arange(len(tokens), device=device)
+            required = must_include[group // 2]
+            waiting = (group % 2 == 0) & (required >= 0)
+            # each hypothesis offers its best n words to its own beam (the required word aside,
+            # while it waits), and the required word to the beam of captions that hold it
+            ranked = logp.clone()
+            ranked[rows[waiting], required[waiting]] = float("-inf")
+            cand_logp, cand_word = ranked.topk(min(n, logp.shape[1]), dim=1)
+            cand_group = group[:, None].expand_as(cand_word)
+            if bool(waiting.any()):
+                extra_word = required.clamp_min(0)[:, None]
+                extra_logp = logp.gather(1, extra_word).masked_fill(~waiting[:, None], float("-inf"))
+                cand_logp = torch.cat([cand_logp, extra_logp], 1)
+                cand_word = torch.cat([cand_word, extra_word], 1)
+                cand_group = torch.cat([cand_group, (group | 1)[:, None]], 1)
+            cand_score = (score[:, None] + cand_logp).flatten()
+            cand_row = rows[:, None].expand_as(cand_word).flatten()
+            cand_word, cand_group = cand_word.flatten(), cand_group.flatten()
+            # the best n candidates of each beam: sort by score, then (stably) by beam
+            order = cand_score.argsort(descending=True, stable=True)
+            order = order[cand_group[order].argsort(stable=True)]
+            g_sorted = cand_group[order]
+            first = torch.searchsorted(g_sorted, g_sorted, right=False)
+            rank = torch.arange(len(order), device=device) - first
+            keep = (rank < (n - n_finished[g_sorted])) & torch.isfinite(cand_score[order])
+            order = order[keep]
+            word, row, new_group, new_score = cand_word[order], cand_row[order], cand_group[order], cand_score[order]
+            ends = (word == self.end_id) | (t == max_length - 1)
 
-            top_score, top_index = grid.view(batch, -1).topk(n, dim=1)
-            rank = torch.arange(n, device=device)[None]
-            valid = (rank < (n - n_finished)[:, None]) & torch.isfinite(top_score)
-            src_row = row_of.gather(1, top_index // width).clamp_min(0)
-            word = words_grid.view(batch, -1).gather(1, top_index)
-            ends = valid & ((word == self.end_id) | (t == max_length - 1))
+            for k in ends.nonzero().flatten().tolist():
+                r, w = int(row[k]), int(word[k])
+                ids = seqs[r].tolist() + [w]
+                lps = seq_logps[r].tolist() + [float(logp[r, w])]
+                finished[int(new_group[k])].append(_finish(ids, lps, self.end_id, length_alpha,
+                                                           seq_attn[r].tolist() if seq_attn is not None else None))
+            n_finished += torch.bincount(new_group[ends], minlength=2 * batch)
 
-            for b, k in ends.nonzero().tolist():
-                row, w = src_row[b, k], word[b, k]
-                ids = seqs[row].tolist() + [int(w)]
-                lps = seq_logps[row].tolist() + [float(logp[row, w])]
-                finished[b].append(_finish(ids, lps, self.end_id, length_alpha))
-            n_finished += ends.sum(1)
-
-            live = valid & ~ends
+            live = ~ends
             if not bool(live.any()):
                 break
-            b_idx, k_idx = live.nonzero(as_tuple=True)
-            rows, words = src_row[b_idx, k_idx], word[b_idx, k_idx]
-            image, slot = b_idx, (live.cumsum(1) - 1)[b_idx, k_idx]
-            score = top_score[b_idx, k_idx]
-            seqs = torch.cat([seqs[rows], words[:, None]], 1)
-            seq_logps = torch.cat([seq_logps[rows], logp[rows, words][:, None]], 1)
-            state = (state[0][:, rows], state[1][:, rows])
-            tokens = words
+            row, word = row[live], word[live]
+            group, score = new_group[live], new_score[live]
+            seqs = torch.cat([seqs[row], word[:, None]], 1)
+            seq_logps = torch.cat([seq_logps[row], logp[row, word][:, None]], 1)
+            if seq_attn is not None:
+                seq_attn = seq_attn[row]
+            state = tuple(s[:, row] for s in state)
+            ctx = select(ctx, row)
+            tokens = word
 
-        return [max(f, key=lambda d: d.score) for f in finished]
+        best = []
+        for b in range(batch):  # a caption with its required token if there is one
+            done = finished[2 * b + 1] or finished[2 * b]
+            # an image whose every continuation was impossible (non-finite scores) gets no words
+            best.append(max(done, key=lambda d: d.score) if done else Decoded([], [], float("-inf")))
+        return best
 
 
-def _finish(ids: list[int], logps: list[float], end_id: int, alpha: float) -> Decoded:
+class ShowTellDecoder(CaptionDecoder):
+    """Show and Tell: the image (``ctx["image"]``, (B, embed_dim)) is the first input."""
+
+    def __init__(self, vocab_size: int, embed_dim: int = 512, hidden_dim: int = 512, num_layers: int = 1,
+                 dropout: float = 0.5, **kwargs):
+        super().__init__(vocab_size, embed_dim, hidden_dim, num_layers, dropout, **kwargs)
+        self.lstm = nn.LSTM(embed_dim, hidden_dim, num_layers, batch_first=True,
+                            dropout=dropout if num_layers > 1 else 0.0)
+
+    def forward(self, captions: torch.Tensor, lengths: torch.Tensor, ctx: Context):
+        state = self._first_input(ctx, fused=True)
+        words = self.dropout(self.embed_tokens(captions[:, :-1], ctx))
+        packed = pack_padded_sequence(words, lengths.cpu() - 1, batch_first=True, enforce_sorted=False)
+        hidden, _ = self.lstm(packed, state)  # nn.LSTM permutes the state to the packed order itself
+        owner, _ = packed_order(lengths - 1)
+        return self.logits(self.dropout(hidden.data), select(ctx, owner.to(captions.device))), None
+
+    def init_state(self, ctx: Context) -> State:
+        """Feed the image as the first input; its output is not used."""
+        return self._first_input(ctx, fused=self.training)
+
+    def _first_input(self, ctx: Context, fused: bool) -> State:
+        x = self.dropout(ctx["image"])
+        if fused:
+            _, state = self.lstm(x.unsqueeze(1))
+            return state
+        zeros = x.new_zeros(self.num_layers, x.shape[0], self.hidden_dim)
+        return self._lstm_step(x, (zeros, zeros))[1]
+
+    def step(self, tokens, state, ctx, onednn: bool = False):
+        x = self.embed_tokens(tokens, ctx)
+        if self.training or onednn:
+            hidden, state = self.lstm(x.unsqueeze(1), state)
+            hidden = hidden.squeeze(1)
+        else:
+            hidden, state = self._lstm_step(x, state)
+        return self.log_probs(hidden, ctx), state, None
+
+    # One time step of nn.LSTM written as two matrix products per layer. For a single step
+    # the profiler showed oneDNN's RNN kernel taking about 5x the time its weights take to
+    # read; this does the same arithmetic with plain addmm and lstm.lstm_gates.
+    # ``onednn=True`` asks for torch's kernel instead (the benchmarks compare both).
+    def _lstm_step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        h, c = state
+        new_h, new_c = [], []
+        for layer in range(self.num_layers):
+            w_ih, w_hh = getattr(self.lstm, f"weight_ih_l{layer}"), getattr(self.lstm, f"weight_hh_l{layer}")
+            bias = getattr(self.lstm, f"bias_ih_l{layer}") + getattr(self.lstm, f"bias_hh_l{layer}")
+            gates = torch.addmm(bias, x, w_ih.t()).addmm_(h[layer], w_hh.t())
+            x, c_layer = lstm_gates(gates, c[layer])
+            new_h.append(x)
+            new_c.append(c_layer)
+        return x, (torch.stack(new_h), torch.stack(new_c))
+
+
+class AttentionDecoder(CaptionDecoder):
+    """Show, Attend and Tell with soft attention over the encoder's grid.
+
+    ``ctx["grid"]`` (B, L, D): the grid's cells projected to ``D`` (``model.CaptionHead``);
+    ``ctx["image"]`` (B, embed_dim): the pooled image (and objects), which sets the initial
+    state. One layer: the LSTM step is ``lstm.LSTMCell``."""
+
+    attends = True
+
+    def __init__(self, vocab_size: int, embed_dim: int = 512, hidden_dim: int = 512, num_layers: int = 1,
+                 dropout: float = 0.5, *, grid_dim: int = 512, attention_dim: int = 512, **kwargs):
+        if num_layers != 1:
+            raise ValueError("the attention decoder has one LSTM layer")
+        super().__init__(vocab_size, embed_dim, hidden_dim, num_layers, dropout, **kwargs)
+        self.grid_key = nn.Linear(grid_dim, attention_dim)
+        self.hidden_key = nn.Linear(hidden_dim, attention_dim)
+        self.score = nn.Linear(attention_dim, 1)
+        self.gate = nn.Linear(hidden_dim, grid_dim)  # beta: how much of the context to let in
+        self.init_h = nn.Linear(embed_dim, hidden_dim)
+        self.init_c = nn.Linear(embed_dim, hidden_dim)
+        self.cell = LSTMCell(embed_dim + grid_dim, hidden_dim)
+
+    def init_state(self, ctx: Context) -> State:
+        image = ctx["image"]
+        return torch.tanh(self.init_h(image))[None], torch.tanh(self.init_c(image))[None]
+
+    def _attend(self, h: torch.Tensor, ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
+        keys = ctx.get("grid_keys")
+        if keys is None:
+            keys = self.grid_key(ctx["grid"])
+        weights = self.score(torch.tanh(keys + self.hidden_key(h)[:, None, :])).squeeze(-1).softmax(-1)
+        context = torch.bmm(weights[:, None, :], ctx["grid"]).squeeze(1)
+        return weights, torch.sigmoid(self.gate(h)) * context
+
+    def _step(self, x: torch.Tensor, state: State, ctx: Context):
+        h, c = state[0][0], state[1][0]
+        weights, context = self._attend(h, ctx)
+        h, c = self.cell(torch.cat([x, context], 1), (h, c))
+        return h, (h[None], c[None]), weights
+
+    def step(self, tokens, state, ctx, onednn: bool = False):
+        h, state, weights = self._step(self.embed_tokens(tokens, ctx), state, ctx)
+        return self.log_probs(h, ctx), state, weights
+
+    def forward(self, captions: torch.Tensor, lengths: torch.Tensor, ctx: Context):
+        ctx = {**ctx, "grid_keys": self.grid_key(ctx["grid"])}  # once, not once per step
+        words = self.dropout(self.embed_tokens(captions[:, :-1], ctx))
+        owner, batch_sizes = packed_order(lengths - 1)
+        owner = owner.to(captions.device)
+        order = owner[: int(batch_sizes[0])]  # rows, longest caption first, as packing orders them
+        state = self.init_state(select(ctx, order))
+        sorted_ctx = select(ctx, order)
+        hidden, weights = [], torch.zeros(*words.shape[:2], ctx["grid"].shape[1], device=words.device)
+        for t, size in enumerate(batch_sizes.tolist()):
+            state = (state[0][:, :size], state[1][:, :size])
+            step_ctx = {k: v[:size] for k, v in sorted_ctx.items()}
+            h, state, w = self._step(words[order[:size], t], state, step_ctx)
+            hidden.append(h)
+            weights[order[:size], t] = w
+        return self.logits(self.dropout(torch.cat(hidden)), select(ctx, owner)), weights
+
+
+DECODERS = {"show_tell": ShowTellDecoder, "attention": AttentionDecoder}
+
+
+def _finish(ids: list[int], logps: list[float], end_id: int, alpha: float,
+            attention: list[list[float]] | None = None) -> Decoded:
     """Cut a decoded sequence at its first ``<end>`` and score it."""
     if end_id in ids:
         cut = ids.index(end_id)
@@ -225,4 +449,5 @@ def _finish(ids: list[int], logps: list[float], end_id: int, alpha: float) -> De
         cut = len(ids)
         total, length = sum(logps), len(ids)
     probs = torch.tensor(logps[:cut], dtype=torch.float64).exp().tolist()
-    return Decoded(ids[:cut], probs, total / max(length, 1) ** alpha)
+    return Decoded(ids[:cut], probs, total / max(length, 1) ** alpha,
+                   attention[:cut] if attention is not None else None)

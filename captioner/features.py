@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from captioner.checkpoint import atomic_write
+from captioner.checkpoint import atomic_write, atomic_write_text
 from captioner.encoders import ImageEncoder
 from captioner.images import ImageError, load_image
 
@@ -97,7 +97,7 @@ class FeatureCache:
     def _extract(self, paths: list[Path], batch_size: int, num_workers: int, shard_size: int,
                  progress: bool) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "encoder.json").write_text(json.dumps({
+        atomic_write_text(self.dir / "encoder.json", json.dumps({
             "encoder": self.encoder.name, "weights": self.encoder.weights_id,
             "preprocess": self.encoder.preprocess.fingerprint()}))
         loader = DataLoader(_Images(paths, self.encoder), batch_size=batch_size, num_workers=num_workers,

@@ -25,7 +25,10 @@ from torch import nn
 State = tuple[torch.Tensor, torch.Tensor]
 
 
-def _gates(gates: torch.Tensor, c: torch.Tensor, dim: int = 1) -> State:
+def lstm_gates(gates: torch.Tensor, c: torch.Tensor, dim: int = 1) -> State:
+    """The cell update from the summed gate pre-activations ``W_i* x + b_i* + W_h* h + b_h*``
+    (stacked i, f, g, o along ``dim``) and the previous cell state: returns (h, c). Every
+    LSTM in the project (these cells, the caption decoders' inference steps) runs this."""
     i, f, g, o = gates.chunk(4, dim)
     c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
     h = torch.sigmoid(o) * torch.tanh(c)
@@ -57,7 +60,7 @@ class LSTMCell(nn.Module):
         """A step whose input map ``W_i* x + b_i*`` was already applied (for whole sequences
         at once, which is faster than one small matrix product per step)."""
         h, c = state
-        return _gates(projected_x + self.hidden_map(h), c)
+        return lstm_gates(projected_x + self.hidden_map(h), c)
 
     @torch.no_grad()
     def copy_from(self, weight_ih, weight_hh, bias_ih=None, bias_hh=None) -> LSTMCell:
@@ -151,4 +154,4 @@ class ConvLSTMCell(nn.Module):
         if state is None:
             state = self.init_hidden(x.shape[0], x.shape[-2:], x.device, x.dtype)
         h, c = state
-        return _gates(self.conv(torch.cat([x, h], dim=1)), c, dim=1)
+        return lstm_gates(self.conv(torch.cat([x, h], dim=1)), c, dim=1)

@@ -1,12 +1,16 @@
 """Caption metrics and the two baselines every evaluation reports.
 
-- ``coco_scores``: BLEU-1..4, METEOR (when Java is present), ROUGE-L and CIDEr with
-  pycocoevalcap's scorers and its PTB tokenizer (our own tokenizer without Java).
+- ``caption_scores``: the one way captions are scored, in validation, decoding tuning and
+  evaluation alike: BLEU-1..4, METEOR (when Java is present and asked for), ROUGE-L and
+  CIDEr with pycocoevalcap's scorers and its PTB tokenizer (our own tokenizer without
+  Java), and the object-mention precision, recall and F1 of ``objects.py``.
 - ``best_constant_caption``: the single caption that, given to every image, scores the
   highest corpus BLEU-4 against these very references (an oracle choice, so the baseline
   is as strong as a constant caption can be).
+  The search ranks candidates with corpus BLEU-4 computed from n-gram tables (thousands of
+  candidates in seconds); the chosen caption is then scored by ``caption_scores``.
 - ``consensus_caption``: for nearest-neighbour retrieval, the caption among the
-  neighbours' captions that agrees most with the others (Devlin et al. 2015).
+  neighbours' captions that agrees most with the others by CIDEr-D (Devlin et al. 2015).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import shutil
 from collections import Counter
 from collections.abc import Sequence
 
+from captioner.cider import CiderD, ngrams
 from captioner.vocabulary import tokenize
 
 log = logging.getLogger(__name__)
@@ -28,11 +33,15 @@ def java_available() -> bool:
     return shutil.which("java") is not None
 
 
-def coco_scores(references: dict[str, list[str]], predictions: dict[str, str]) -> dict[str, float]:
-    """Corpus scores of ``predictions`` (id -> caption) against ``references`` (id -> captions)."""
+def caption_scores(references: dict[str, list[str]], predictions: dict[str, str],
+                   meteor: bool = True) -> dict[str, float]:
+    """Corpus scores of ``predictions`` (id -> caption) against ``references`` (id -> captions).
+    ``meteor=False`` skips METEOR (its Java process is the slowest part), as validation does."""
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
+
+    from captioner.objects import object_mention_scores
 
     ids = sorted(predictions)
     gts = {i: [{"caption": c} for c in references[i]] for i in ids}
@@ -49,7 +58,7 @@ def coco_scores(references: dict[str, list[str]], predictions: dict[str, str]) -
     with contextlib.redirect_stdout(io.StringIO()):  # the scorers print progress
         bleu, _ = Bleu(4).compute_score(gts, res)
         scores.update({f"BLEU-{n + 1}": float(b) for n, b in enumerate(bleu)})
-        if java_available():
+        if meteor and java_available():
             from pycocoevalcap.meteor.meteor import Meteor
 
             meteor = Meteor()
@@ -59,11 +68,8 @@ def coco_scores(references: dict[str, list[str]], predictions: dict[str, str]) -
                 del meteor  # stops the Java process
         scores["ROUGE-L"] = float(Rouge().compute_score(gts, res)[0])
         scores["CIDEr"] = float(Cider().compute_score(gts, res)[0])
+    scores.update(object_mention_scores({i: references[i] for i in ids}, predictions))
     return scores
-
-
-def _ngrams(words: Sequence[str], n: int) -> Counter:
-    return Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
 
 
 def best_constant_caption(references: Sequence[Sequence[str]], candidates: Sequence[str]) -> tuple[str, float]:
@@ -79,7 +85,7 @@ def best_constant_caption(references: Sequence[Sequence[str]], candidates: Seque
         most: Counter = Counter()
         for r in image_refs:
             for n in range(1, 5):
-                for g, c in _ngrams(r, n).items():
+                for g, c in ngrams(r, n).items():
                     most[g] = max(most[g], c)
         for g, c in most.items():
             row = clip.setdefault(g, [0] * 8)
@@ -93,7 +99,7 @@ def best_constant_caption(references: Sequence[Sequence[str]], candidates: Seque
             continue
         log_precision = 0.0
         for n in range(1, 5):
-            grams = _ngrams(words, n)
+            grams = ngrams(words, n)
             total = sum(grams.values()) * len(refs)
             matched = sum(clip.get(g, [0] * 8)[min(c, 7)] for g, c in grams.items())
             if total == 0 or matched == 0:
@@ -111,23 +117,13 @@ def best_constant_caption(references: Sequence[Sequence[str]], candidates: Seque
     return best, best_score
 
 
-def _similarity(a: list[str], b: list[str]) -> float:
-    """Smoothed sentence BLEU-4 of ``a`` against ``b``."""
-    if not a or not b:
-        return 0.0
-    log_p = 0.0
-    for n in range(1, 5):
-        ga, gb = _ngrams(a, n), _ngrams(b, n)
-        matched = sum(min(c, gb[g]) for g, c in ga.items())
-        log_p += math.log((matched + 1) / (sum(ga.values()) + 1)) / 4
-    bp = 1.0 if len(a) > len(b) else math.exp(1 - len(b) / len(a))
-    return bp * math.exp(log_p)
-
-
 def consensus_caption(captions: Sequence[str]) -> str:
-    """The caption with the highest mean similarity to the other captions."""
+    """The caption with the highest mean CIDEr-D against the other captions (document
+    frequencies from these captions)."""
     tokens = [tokenize(c) for c in captions]
     if len(tokens) == 1:
         return captions[0]
-    scores = [sum(_similarity(t, o) for j, o in enumerate(tokens) if j != i) for i, t in enumerate(tokens)]
+    cider = CiderD([[t] for t in tokens])
+    prepared = [cider.prepare_refs([t]) for t in tokens]
+    scores = [sum(cider.score(t, prepared[j]) for j in range(len(tokens)) if j != i) for i, t in enumerate(tokens)]
     return captions[max(range(len(captions)), key=scores.__getitem__)]

@@ -20,11 +20,41 @@ import torch
 from PIL import Image, ImageFilter
 from torch import nn
 
-from captioner.checkpoint import Saveable
+from captioner.checkpoint import CHECKPOINTS, Saveable
 from captioner.lstm import LSTM
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "mnist.safetensors"
+DEFAULT_CHECKPOINT = CHECKPOINTS / "mnist.safetensors"
+
+
+# ------------------------------------------------------------------------------- data
+
+def load_mnist(root: str | Path, train: bool, download: bool = True,
+               progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """MNIST digits from ``root/MNIST/raw`` as float (N, 28, 28) in [0, 1] and labels (N,).
+    Missing files are downloaded there first (``downloads.download_mnist``: MD5-checked,
+    resumable, with mirrors) unless ``download`` is False. The one MNIST loader: the
+    training scripts, the evaluations and the app's next-frame tab all read through it."""
+    from torchvision.datasets import MNIST
+
+    root = Path(root)
+    raw = root / "MNIST" / "raw"
+    name = "train" if train else "t10k"
+    if not (raw / f"{name}-images-idx3-ubyte").exists() or not (raw / f"{name}-labels-idx1-ubyte").exists():
+        if not download:
+            raise FileNotFoundError(f"no MNIST {name} files in {raw} (downloading was turned off)")
+        from captioner.downloads import download_mnist
+
+        download_mnist(root, progress=progress)
+    ds = MNIST(str(root), train=train, download=False)
+    return ds.data.float() / 255.0, ds.targets.clone()
+
+
+def split_train_val(images: torch.Tensor, labels: torch.Tensor, n_val: int = 5000, seed: int = 1234):
+    """The same 5,000 training digits held out for validation on every run."""
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    val, train = order[:n_val], order[n_val:]
+    return (images[train], labels[train]), (images[val], labels[val])
 
 
 @dataclass
@@ -81,6 +111,16 @@ class RowLSTMClassifier(Saveable, nn.Module):
         """Class probabilities (B, 10), through the fused LSTM."""
         self.eval()
         return self(images, fused=True).softmax(-1)
+
+
+@torch.no_grad()
+def accuracy(model: RowLSTMClassifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000,
+             fused: bool = False) -> tuple[float, torch.Tensor]:
+    """Accuracy and predictions, through our cells or (``fused``) torch's fused LSTM."""
+    model.eval()
+    preds = torch.cat([model(images[i:i + batch_size], fused=fused).argmax(-1)
+                       for i in range(0, len(images), batch_size)])
+    return (preds == labels).float().mean().item(), preds
 
 
 def preprocess_drawing(image: Image.Image | np.ndarray, ink_threshold: float = 0.1) -> torch.Tensor:

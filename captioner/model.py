@@ -1,10 +1,23 @@
-"""Captioner = image encoder + projection + LSTM decoder + vocabulary.
+"""Captioner = image encoder + object detector + projection + LSTM decoder + vocabulary.
 
     upload -> images.load_image -> encoder.preprocess -> encoder (bf16, channels_last)
-           -> projection -> decoder (greedy or beam) -> vocabulary.decode -> CaptionResult
+           -> objects (the encoder's ImageNet classifier, as words) + projection
+           -> decoder (greedy or beam) -> vocabulary.decode (slots become object words)
+           -> CaptionResult (text, words, probabilities, objects, familiarity)
 
-Only the projection and the decoder are trained and saved; the checkpoint names the
-encoder, which is rebuilt from its own source (torchvision, or the packaged Lite0 weights).
+Only the projection and the decoder are trained; the checkpoint also holds the copy of the
+encoder's classifier that finds the objects and the familiarity references, and names
+the encoder, which is rebuilt from its own source (torchvision, or the packaged Lite0
+weights).
+
+Three kinds of settings, kept apart (as nanoGPT keeps the model's arguments apart from
+how a run uses them):
+
+- ``CaptionerConfig``: what the weights are. ``--resume`` compares these fields only
+  (``dropout`` is marked as not shaping the weights).
+- ``DecodingConfig``: how captions are decoded by default (beam width, length exponent).
+- provenance: which encoder weights the decoder was trained on and where the data was,
+  as plain metadata.
 """
 
 from __future__ import annotations
@@ -12,38 +25,67 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from PIL import Image
 from torch import nn
 
-from captioner.checkpoint import CheckpointError, config_from_dict, load_model, load_state_strict, save_model
-from captioner.decoder import CaptionDecoder, Decoded
+from captioner.checkpoint import (
+    CHECKPOINTS,
+    CheckpointError,
+    config_from_dict,
+    load_model,
+    load_state_strict,
+    save_model,
+)
+from captioner.decoder import DECODERS, Context, Decoded
 from captioner.encoders import ImageEncoder, build_encoder
+from captioner.familiarity import Familiarity
+from captioner.objects import Detections, ObjectDetector, slot_token
 from captioner.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "captioner.safetensors"
+DEFAULT_CHECKPOINT = CHECKPOINTS / "captioner.safetensors"
+
+
+# Below this familiarity fewer than 1% of held-out photos like the training photos look as
+# unlike them (familiarity.py); the CLI and the app say so beside the caption.
+UNFAMILIAR = 0.01
 
 
 @dataclass
 class CaptionerConfig:
+    """What the trained weights are."""
+
     encoder: str = "efficientnet_lite0"
     feature_dim: int = 1280
-    vocab_size: int = 0
+    vocab_size: int = 0            # words, the object slots included
     embed_dim: int = 512
     hidden_dim: int = 512
     num_layers: int = 1
-    dropout: float = 0.5
+    decoder: str = "show_tell"     # or "attention"
+    grid_dim: int = 512            # attention: the grid cells' projection
+    attention_dim: int = 512
+    object_slots: int = 0          # detected objects the decoder may copy (0: none)
+    object_words: int = 0          # size of the object vocabulary
+    familiarity_dim: int = 0       # familiarity references: projected dimensions,
+    familiarity_references: int = 0  # how many training photos,
+    familiarity_calibration: int = 0  # and how many held-out photos calibrate it
+    dropout: float = field(default=0.5, metadata={"weights": False})
+
+
+@dataclass
+class DecodingConfig:
+    """How captions are decoded unless the caller says otherwise."""
+
+    beam_size: int = 3
+    length_alpha: float = 1.0      # beam search length normalisation exponent
     max_length: int = 20
-    beam_size: int = 3          # the default for callers that do not choose
-    length_alpha: float = 1.0   # beam search length normalisation exponent
-    encoder_weights_id: str = ""  # which encoder weights the decoder was trained on
+    min_object_prob: float = 0.0   # objects the classifier is less sure of are never copied
+    require_object_prob: float | None = None  # the top object, when this sure of it, must be in the caption
 
 
 @dataclass
@@ -52,14 +94,21 @@ class CaptionResult:
     words: list[str]
     probabilities: list[float]
     score: float = 0.0
-    extra: dict = field(default_factory=dict)
+    objects: list[dict] = field(default_factory=list)  # [{"word", "probability"}], most probable first
+    familiarity: float | None = None
+    attention: list[list[float]] | None = None         # per word, weights over the grid (row-major)
+    grid: tuple[int, int] | None = None
 
     def to_dict(self) -> dict:
-        return {"caption": self.caption, "words": self.words, "probabilities": self.probabilities}
+        out = {"caption": self.caption, "words": self.words, "probabilities": self.probabilities,
+               "objects": self.objects, "familiarity": self.familiarity}
+        if self.attention is not None:
+            out.update(attention=self.attention, attention_grid=list(self.grid))
+        return out
 
 
 class FeatureProjection(nn.Module):
-    """Encoder features -> the decoder's word-embedding space (Show and Tell's W_I)."""
+    """Encoder features -> the decoder's space (Show and Tell's W_I)."""
 
     def __init__(self, feature_dim: int, embed_dim: int, dropout: float = 0.0):
         super().__init__()
@@ -72,97 +121,233 @@ class FeatureProjection(nn.Module):
 
 
 class CaptionHead(nn.Module):
-    """The trained part: projection + decoder. What checkpoints hold."""
+    """Everything a checkpoint holds: projection, decoder, object detector, familiarity."""
 
     def __init__(self, config: CaptionerConfig, vocab: Vocabulary):
         super().__init__()
+        self.config = config
         self.projection = FeatureProjection(config.feature_dim, config.embed_dim, config.dropout)
-        self.decoder = CaptionDecoder(len(vocab), config.embed_dim, config.hidden_dim,
-                                      config.num_layers, config.dropout,
-                                      pad_id=vocab.pad_id, start_id=vocab.start_id, end_id=vocab.end_id,
-                                      unk_id=vocab.unk_id)
+        self.objects = (ObjectDetector(config.feature_dim, config.object_words, config.object_slots)
+                        if config.object_slots else None)
+        self.familiarity = (Familiarity(config.feature_dim, config.familiarity_dim, config.familiarity_references,
+                                        config.familiarity_calibration) if config.familiarity_references else None)
+        kwargs = {}
+        if config.decoder == "attention":
+            self.grid_projection = FeatureProjection(config.feature_dim, config.grid_dim, config.dropout)
+            kwargs = {"grid_dim": config.grid_dim, "attention_dim": config.attention_dim}
+        elif config.decoder not in DECODERS:
+            raise CheckpointError(f"unknown decoder {config.decoder!r}; choose one of {', '.join(DECODERS)}")
+        self.decoder = DECODERS[config.decoder](
+            len(vocab), config.embed_dim, config.hidden_dim, config.num_layers, config.dropout,
+            pad_id=vocab.pad_id, start_id=vocab.start_id, end_id=vocab.end_id, unk_id=vocab.unk_id,
+            object_slots=config.object_slots, object_dim=config.feature_dim, **kwargs)
 
-    def forward(self, features: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.projection(features), captions, lengths)
+    @property
+    def attends(self) -> bool:
+        return self.config.decoder == "attention"
 
-    def decode(self, features: torch.Tensor, beam_size: int, max_length: int, length_alpha: float) -> list[Decoded]:
-        embeddings = self.projection(features)
-        if beam_size == 1:
-            return self.decoder.greedy(embeddings, max_length)
-        return self.decoder.beam_search(embeddings, beam_size, max_length, length_alpha)
+    def context(self, features: torch.Tensor, grid: torch.Tensor | None = None, min_object_prob: float = 0.0,
+                swap: torch.Tensor | None = None) -> tuple[Context, Detections | None]:
+        """The decoder's per-image context from pooled features (B, D) and, for attention,
+        the grid (B, L, D). ``swap`` (B, K): object words whose vectors the copy scores see
+        instead of the detected ones', where they are >= 0 (a training augmentation: the
+        decoder learns to copy an object whatever it is; see ``train_captioner``)."""
+        features = features.float()
+        image = self.projection(features)
+        ctx: Context = {}
+        detections = None
+        if self.objects is not None:
+            detections = self.objects(features)
+            probs = detections.probs.masked_fill(detections.probs < min_object_prob, 0.0)
+            ctx.update(self.decoder.slots.context(self.objects.word_vectors[detections.words], probs))
+            if swap is not None:
+                swapped = torch.where(swap >= 0, swap, detections.words)
+                ctx["objects_key"] = self.decoder.slots.context(self.objects.word_vectors[swapped], probs)["objects"]
+            if min_object_prob > 0:
+                ctx["objects_logp"] = ctx["objects_logp"].masked_fill(probs == 0, float("-inf"))
+            image = image + (probs[..., None] * ctx["objects"]).sum(1)
+        ctx["image"] = image
+        if self.attends:
+            if grid is None:
+                raise ValueError("the attention decoder needs the encoder's grid features")
+            ctx["grid"] = self.grid_projection(grid.float())
+        return ctx, detections
+
+    def forward(self, features: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor,
+                grid: torch.Tensor | None = None, swap: torch.Tensor | None = None):
+        """Teacher forcing: (packed logits, attention weights or None)."""
+        ctx, _ = self.context(features, grid, swap=swap)
+        return self.decoder(captions, lengths, ctx)
+
+    def decode(self, features: torch.Tensor, decoding: DecodingConfig, grid: torch.Tensor | None = None,
+               onednn: bool = False) -> tuple[list[Decoded], Detections | None]:
+        ctx, detections = self.context(features, grid, decoding.min_object_prob)
+        required = None
+        if detections is not None and decoding.require_object_prob is not None:
+            sure = detections.probs[:, 0] >= decoding.require_object_prob
+            required = torch.where(sure, self.decoder.first_slot, -1)
+            required = required if bool(sure.any()) else None
+        if decoding.beam_size == 1 and required is None:
+            decoded = self.decoder.greedy(ctx, decoding.max_length, onednn)
+        else:
+            decoded = self.decoder.beam_search(ctx, decoding.beam_size, decoding.max_length, decoding.length_alpha,
+                                               onednn, must_include=required)
+        return decoded, detections
+
+
+_VOWEL_SOUND_EXCEPTIONS = ("uni", "use", "one", "eu", "ur")
 
 
 class Captioner(nn.Module):
-    def __init__(self, config: CaptionerConfig, vocab: Vocabulary, encoder: ImageEncoder | None = None):
+    def __init__(self, config: CaptionerConfig, vocab: Vocabulary, encoder: ImageEncoder | None = None, *,
+                 decoding: DecodingConfig | None = None, object_words: Sequence[str] = ()):
         super().__init__()
         if config.vocab_size != len(vocab):
             raise CheckpointError(f"the config expects {config.vocab_size} words, the vocabulary has {len(vocab)}")
+        if config.object_words != len(object_words):
+            raise CheckpointError(f"the config expects {config.object_words} object words, got {len(object_words)}")
         self.config, self.vocab = config, vocab
+        self.decoding = decoding or DecodingConfig()
+        self.object_words = list(object_words)
         self.head = CaptionHead(config, vocab)
         self.encoder = encoder
+        self.provenance: dict[str, str] = {}
         if encoder is not None and encoder.feature_dim != config.feature_dim:
             raise CheckpointError(f"encoder {encoder.name} gives {encoder.feature_dim}-d features, "
                                   f"the decoder was trained on {config.feature_dim}-d features")
+
+    @classmethod
+    def new(cls, config: CaptionerConfig, vocab: Vocabulary, encoder: ImageEncoder, *,
+            decoding: DecodingConfig | None = None, train_features: torch.Tensor | None = None,
+            held_out_features: torch.Tensor | None = None, familiarity_dim: int = 128) -> Captioner:
+        """A fresh captioner to train: its detector copies the encoder's ImageNet classifier
+        (with ``config.object_slots``), and its familiarity references are
+        ``train_features``, calibrated on ``held_out_features`` (when both are given)."""
+        from captioner.objects import object_vocabulary
+
+        object_words, class_word = object_vocabulary() if config.object_slots else ([], None)
+        if config.object_slots and encoder.classifier is None:
+            raise CheckpointError(f"{encoder.name} has no ImageNet classifier to find objects with")
+        familiarity = None
+        if train_features is not None and held_out_features is not None and familiarity_dim:
+            familiarity = Familiarity.fit(train_features, held_out_features, familiarity_dim)
+            config.familiarity_dim, config.familiarity_references, config.familiarity_calibration = (
+                familiarity.basis.shape[1], len(familiarity.reference), len(familiarity.calibration))
+        config.feature_dim, config.vocab_size, config.object_words = encoder.feature_dim, len(vocab), len(object_words)
+        model = cls(config, vocab, decoding=decoding, object_words=object_words)
+        if config.object_slots:
+            model.head.objects.fill(encoder.classifier, class_word)
+        if familiarity is not None:
+            model.head.familiarity.load_state_dict(familiarity.state_dict())
+        model.provenance["encoder_weights_id"] = encoder.weights_id
+        return model
+
+    @torch.no_grad()
+    def detected_object_words(self, features: torch.Tensor, batch_size: int = 1024) -> list[list[str]]:
+        """The object words of each image's slots, most probable first (none without slots)."""
+        if self.head.objects is None:
+            return [[] for _ in range(len(features))]
+        words = torch.cat([self.head.objects(features[i:i + batch_size].float()).words
+                           for i in range(0, len(features), batch_size)]) if len(features) else []
+        return [[self.object_words[w] for w in row] for row in words.tolist()]
 
     # ------------------------------------------------------------------ inference
 
     @torch.inference_mode()
     def caption_features(self, features: torch.Tensor, beam_size: int | None = None,
-                         max_length: int | None = None, length_alpha: float | None = None) -> list[CaptionResult]:
-        """Captions of precomputed encoder features (B, feature_dim)."""
+                         max_length: int | None = None, length_alpha: float | None = None,
+                         grid: torch.Tensor | None = None, onednn: bool = False) -> list[CaptionResult]:
+        """Captions of precomputed encoder features (B, feature_dim) (and, for attention,
+        grid features (B, L, feature_dim))."""
         self.head.eval()
-        cfg = self.config
-        decoded = self.head.decode(features.float(), beam_size or cfg.beam_size, max_length or cfg.max_length,
-                                   cfg.length_alpha if length_alpha is None else length_alpha)
-        return [self._result(d) for d in decoded]
+        d = self.decoding
+        decoding = replace(d, beam_size=beam_size or d.beam_size, max_length=max_length or d.max_length,
+                           length_alpha=d.length_alpha if length_alpha is None else length_alpha)
+        decoded, detections = self.head.decode(features, decoding, grid, onednn)
+        familiarity = self.head.familiarity(features).tolist() if self.head.familiarity is not None else None
+        grid_size = None
+        if grid is not None:
+            side = int(round(grid.shape[1] ** 0.5))
+            grid_size = (side, grid.shape[1] // side)
+        return [self._result(d, detections.select(torch.tensor([i])) if detections is not None else None,
+                             familiarity[i] if familiarity is not None else None, grid_size)
+                for i, d in enumerate(decoded)]
 
     @torch.inference_mode()
     def caption(self, images: Sequence[Image.Image], beam_size: int | None = None,
-                max_length: int | None = None) -> list[CaptionResult]:
+                max_length: int | None = None, onednn: bool = False) -> list[CaptionResult]:
         """Captions of RGB PIL images, all in one batch."""
         if not images:
             return []
-        return self.caption_tensors(self.require_encoder().preprocess.batch(list(images)), beam_size, max_length)
+        batch = self.require_encoder().preprocess.batch(list(images))
+        return self.caption_tensors(batch, beam_size, max_length, onednn)
 
     def caption_tensors(self, batch: torch.Tensor, beam_size: int | None = None,
-                        max_length: int | None = None) -> list[CaptionResult]:
+                        max_length: int | None = None, onednn: bool = False) -> list[CaptionResult]:
         """Captions of images already preprocessed by ``encoder.preprocess`` (B, 3, H, W)."""
-        return self.caption_features(self.require_encoder().encode(batch), beam_size, max_length)
-
-    def caption_batches(self, images: Iterator[Image.Image], batch_size: int = 32,
-                        beam_size: int | None = None) -> Iterator[CaptionResult]:
-        """Captions of a stream of images, encoded and decoded ``batch_size`` at a time."""
-        batch: list[Image.Image] = []
-        for image in images:
-            batch.append(image)
-            if len(batch) == batch_size:
-                yield from self.caption(batch, beam_size)
-                batch = []
-        if batch:
-            yield from self.caption(batch, beam_size)
+        encoder = self.require_encoder()
+        if self.head.attends:
+            grid = encoder.encode_grid(batch)
+            return self.caption_features(grid.mean(1), beam_size, max_length, grid=grid, onednn=onednn)
+        return self.caption_features(encoder.encode(batch), beam_size, max_length, onednn=onednn)
 
     def require_encoder(self) -> ImageEncoder:
         if self.encoder is None:
             self.encoder = build_encoder(self.config.encoder)
         return self.encoder
 
-    def _result(self, decoded: Decoded) -> CaptionResult:
-        words = self.vocab.decode(decoded.ids)
-        # decode() drops nothing here (ids hold no <start>/<pad>/<end>), so probabilities align
-        probs = [round(p, 6) for p in decoded.probabilities[: len(words)]]
-        return CaptionResult(" ".join(words), words, probs, decoded.score)
+    def _result(self, decoded: Decoded, detections: Detections | None, familiarity: float | None,
+                grid: tuple[int, int] | None) -> CaptionResult:
+        objects = []
+        if detections is not None:
+            objects = [{"word": self.object_words[w], "probability": round(float(p), 4)}
+                       for w, p in zip(detections.words[0].tolist(), detections.probs[0].tolist())]
+        names = [o["word"] for o in objects]
+        words, probs, attention = [], [], [] if decoded.attention is not None else None
+        for n, i in enumerate(decoded.ids):  # ids hold no <start>/<pad>/<end>: probabilities align
+            phrase = self._phrase(i, names, words)
+            words += phrase
+            probs += [round(decoded.probabilities[n], 6)] * len(phrase)
+            if attention is not None:
+                attention += [[round(a, 5) for a in decoded.attention[n]]] * len(phrase)
+        return CaptionResult(" ".join(words), words, probs, decoded.score, objects,
+                             None if familiarity is None else round(familiarity, 4), attention, grid)
+
+    def _phrase(self, token: int, objects: Sequence[str], before: list[str]) -> list[str]:
+        """The word(s) of one token: a slot is its object's word ("a" before it becomes
+        "an" where the object's word wants it)."""
+        first_slot = self.head.decoder.first_slot
+        if token < first_slot:
+            return [self.vocab.words[token]]
+        phrase = objects[token - first_slot].split()
+        if before and before[-1] == "a" and _vowel_sound(phrase[0]):
+            before[-1] = "an"
+        return phrase
+
+    def words_of(self, ids: Sequence[int], objects: Sequence[str]) -> list[str]:
+        """The words of a token sequence (``<start> ... <end> <pad>...`` or bare) for an
+        image whose detected object words are ``objects``."""
+        words: list[str] = []
+        for i in ids:
+            if i == self.vocab.end_id:
+                break
+            if i not in (self.vocab.start_id, self.vocab.pad_id):
+                words += self._phrase(i, objects, words)
+        return words
 
     # ---------------------------------------------------------------- checkpoints
 
     def save(self, path: str | os.PathLike, dtype: torch.dtype | None = None,
              metadata: dict[str, str] | None = None) -> None:
-        """The projection and decoder weights, with config and vocabulary (and any extra
-        string ``metadata``, such as where the training data was) in the file's metadata."""
-        config = self.config
+        """Weights, with the config, decoding defaults, vocabulary, object words and
+        provenance (and any extra string ``metadata``) in the file's metadata."""
+        provenance = dict(self.provenance)
         if self.encoder is not None:
-            config.encoder_weights_id = self.encoder.weights_id
-        save_model(path, "captioner", config, self.head.state_dict(),
-                   {**(metadata or {}), "vocabulary": self.vocab.to_json()}, dtype=dtype)
+            provenance["encoder_weights_id"] = self.encoder.weights_id
+        save_model(path, "captioner", self.config, self.head.state_dict(),
+                   {**(metadata or {}), "vocabulary": self.vocab.to_json(),
+                    "decoding": json.dumps(asdict(self.decoding)), "object_words": json.dumps(self.object_words),
+                    "provenance": json.dumps(provenance)}, dtype=dtype)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike = DEFAULT_CHECKPOINT, *, encoder: ImageEncoder | None = None,
@@ -171,22 +356,31 @@ class Captioner(nn.Module):
         name (``encoder_weights`` may point at a local weights file) unless one is given
         or ``load_encoder`` is False (for work on cached features)."""
         config_dict, tensors, meta = load_model(path, "captioner")
-        config = config_from_dict(CaptionerConfig, config_dict, path)
         try:
+            config = config_from_dict(CaptionerConfig, config_dict, path)
+            decoding = config_from_dict(DecodingConfig, json.loads(meta.get("decoding", "{}")), path)
             vocab = Vocabulary.from_json(meta["vocabulary"])
-        except (KeyError, ValueError, json.JSONDecodeError) as err:
-            raise CheckpointError(f"{path} has no readable vocabulary ({err})") from err
+            object_words = json.loads(meta.get("object_words", "[]"))
+            provenance = json.loads(meta.get("provenance", "{}"))
+        except (KeyError, ValueError, TypeError) as err:
+            raise CheckpointError(f"{path} has unreadable metadata ({err})") from err
         if encoder is None and load_encoder:
             encoder = build_encoder(config.encoder, encoder_weights)
         if encoder is not None and encoder.name != config.encoder:
             raise CheckpointError(f"{path} was trained on {config.encoder} features, not {encoder.name}")
-        model = cls(config, vocab, encoder)
+        model = cls(config, vocab, encoder, decoding=decoding, object_words=object_words)
+        model.provenance = provenance
         load_state_strict(model.head, tensors, path)
         model.head.eval()
-        if encoder is not None and config.encoder_weights_id and encoder.weights_id != config.encoder_weights_id:
-            log.warning("%s was trained with encoder weights %s but runs with %s",
-                        path, config.encoder_weights_id, encoder.weights_id)
+        trained_on = provenance.get("encoder_weights_id")
+        if encoder is not None and trained_on and encoder.weights_id != trained_on:
+            log.warning("%s was trained with encoder weights %s but runs with %s", path, trained_on, encoder.weights_id)
         return model
 
-    def describe(self) -> dict:
-        return {**asdict(self.config), "vocabulary": len(self.vocab)}
+
+def _vowel_sound(word: str) -> bool:
+    return word[:1] in "aeiou" and not word.startswith(_VOWEL_SOUND_EXCEPTIONS)
+
+
+def slot_tokens(slots: int) -> list[str]:
+    return [slot_token(k) for k in range(slots)]

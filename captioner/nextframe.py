@@ -13,18 +13,17 @@ and predicts the next frame from the previous one, 10 times.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from captioner.checkpoint import Saveable
+from captioner.checkpoint import CHECKPOINTS, Saveable
 from captioner.lstm import ConvLSTMCell
 
-DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "nextframe.safetensors"
+DEFAULT_CHECKPOINT = CHECKPOINTS / "nextframe.safetensors"
 
 
 # ---------------------------------------------------------------------- Moving MNIST
@@ -70,8 +69,8 @@ class MovingMNIST:
 
 @dataclass
 class NextFrameConfig:
-    input_frames: int = 10
-    output_frames: int = 10
+    input_frames: int = field(default=10, metadata={"weights": False})  # frames seen
+    output_frames: int = field(default=10, metadata={"weights": False})  # frames predicted
     size: int = 64
     patch: int = 4
     hidden: tuple[int, ...] = (64, 64)
@@ -79,6 +78,14 @@ class NextFrameConfig:
 
     def __post_init__(self):
         self.hidden = tuple(self.hidden)  # JSON brings it back as a list
+
+    @property
+    def clip_frames(self) -> int:
+        return self.input_frames + self.output_frames
+
+    def split(self, clips: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Clips (B, T, 1, H, W) -> the frames the model sees and the frames it predicts."""
+        return clips[:, :self.input_frames], clips[:, self.input_frames:self.clip_frames]
 
 
 def fold(frames: torch.Tensor, patch: int) -> torch.Tensor:

@@ -1,8 +1,11 @@
 """Ready-made predictors for the web app.
 
-Each service loads its model once, lazily and thread-safely, checks untrusted input and
-answers with plain data (lists, dicts, numpy arrays), so that ``app.py`` only wires them
-to the UI. A user's bad input raises ``InputError`` with one sentence to show.
+Every service has one shape (``ModelService``): a checkpoint, ``available`` (is it
+there?), the model loaded once, lazily and thread-safely, on first use, and methods that
+check untrusted input and answer with plain data (lists, dicts, numpy arrays), so that
+``app.py`` only wires them to the UI. A user's bad input raises ``InputError`` with one
+sentence to show. Data the services show (MNIST digits, pen recordings) is read from
+paths the caller gives; wording and pictures are the app's business.
 """
 
 from __future__ import annotations
@@ -23,8 +26,6 @@ import torch
 from captioner.images import ImageError, load_image
 
 log = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parent.parent
-CACHE = Path(os.environ.get("CAPTIONER_CACHE", Path.home() / ".cache" / "captioner"))
 
 T = TypeVar("T")
 
@@ -51,18 +52,46 @@ class Lazy(Generic[T]):
         return self._value is not None
 
 
-def data_roots() -> list[Path]:
-    """Where datasets may already be: ``$CAPTIONER_DATA``, ``data/``, ``../shared/data`` and the cache."""
-    roots = [os.environ.get("CAPTIONER_DATA"), os.environ.get("CAPTIONER_SHARED_DATA"), ROOT / "data",
-             ROOT.parent / "shared" / "data", CACHE]
-    return [Path(r) for r in roots if r]
+class ModelService(Generic[T]):
+    """One model behind the app: ``model_class.from_checkpoint(checkpoint)`` (or ``load``)
+    runs on first use, once."""
+
+    def __init__(self, checkpoint: str | os.PathLike, model_class: type, load: Callable[[Path], T] | None = None):
+        self.checkpoint = Path(checkpoint)
+        self.model_class = model_class
+        load = load or model_class.from_checkpoint
+        self.model: Lazy[T] = Lazy(lambda: load(self.checkpoint))
+
+    @property
+    def available(self) -> bool:
+        return self.checkpoint.is_file()
+
+    def config(self):
+        """The model's config, from the checkpoint's metadata (without loading the model)."""
+        if self.model.loaded:
+            return self.model.get().config
+        return self.model_class.read_config(self.checkpoint)
 
 
-def find_data(*relative: str) -> Path | None:
-    for root in data_roots():
-        if root.joinpath(*relative).exists():
-            return root
-    return None
+def whole_number(value, low: int, high: int, what: str) -> int:
+    """An untrusted whole number within [low, high], or an ``InputError`` naming ``what``."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"The {what} must be a whole number.") from err
+    if not np.isfinite(number) or number != int(number):
+        raise InputError(f"The {what} must be a whole number.")
+    if not low <= number <= high:
+        raise InputError(f"The {what} must be between {low} and {high}.")
+    return int(number)
+
+
+def read_upload(path) -> object:
+    """An uploaded image through the safe loader, or an ``InputError``."""
+    try:
+        return load_image(path)
+    except ImageError as err:
+        raise InputError(str(err)) from err
 
 
 # ------------------------------------------------------------------------- captions
@@ -121,37 +150,32 @@ class MicroBatcher:
                     start += len(items)
 
 
-class CaptionService:
-    def __init__(self, checkpoint: str | os.PathLike | None = None, max_images: int = 64, batching: bool = True):
-        from captioner.model import DEFAULT_CHECKPOINT
+def _load_captioner(path: Path):
+    from captioner.model import Captioner
 
-        self.checkpoint = Path(checkpoint or DEFAULT_CHECKPOINT)
+    model = Captioner.from_checkpoint(path)
+    model.require_encoder()
+    return model
+
+
+class CaptionService(ModelService):
+    def __init__(self, checkpoint: str | os.PathLike | None = None, max_images: int = 64, batching: bool = True):
+        from captioner.model import DEFAULT_CHECKPOINT, Captioner
+
+        super().__init__(checkpoint or DEFAULT_CHECKPOINT, Captioner, _load_captioner)
         self.max_images = max_images
-        self.model = Lazy(self._load)
         self._lock = threading.Lock()  # one model run at a time
         self.batcher = MicroBatcher(self._run) if batching else None
-
-    @property
-    def available(self) -> bool:
-        return self.checkpoint.is_file()
-
-    def _load(self):
-        from captioner.model import Captioner
-
-        model = Captioner.from_checkpoint(self.checkpoint)
-        model.require_encoder()
-        return model
 
     def default_beam(self) -> int:
         """The beam width the checkpoint was tuned for, read from its metadata alone."""
         import json
 
-        from safetensors import safe_open
+        from captioner.checkpoint import CheckpointError, read_metadata
 
         try:
-            with safe_open(str(self.checkpoint), "pt") as f:
-                return int(json.loads(f.metadata()["config"]).get("beam_size", 3))
-        except Exception:
+            return int(json.loads(read_metadata(self.checkpoint)["decoding"]).get("beam_size", 3))
+        except (CheckpointError, KeyError, ValueError):
             return 3
 
     def _run(self, images: list, beam: int) -> list:
@@ -159,66 +183,42 @@ class CaptionService:
         with self._lock:
             return self.model.get().caption_tensors(torch.stack(images), beam_size=beam)
 
-    def caption_paths(self, paths: Sequence[str], beam_size: int = 1, thumbnails: int = 0) -> list[dict]:
+    def caption_paths(self, paths: Sequence[str], beam_size: int = 1, keep_images: bool = False) -> list[dict]:
         """Caption images given by path. Each gets ``{"image", "caption", "words",
-        "probabilities"}``, or ``{"image", "error"}`` when it cannot be read. The images are
-        decoded and preprocessed in the caller's thread; the model runs them, together with those of any
-        concurrent requests, in one batch. ``thumbnails`` > 0 adds a ``"thumbnail"`` (a PIL
-        image no larger than that) of each image that was read."""
-        beam = _beam(beam_size)
+        "probabilities", "objects", "familiarity"}`` (and ``"attention"`` from an attention
+        model), or ``{"image", "error"}`` when it cannot be read. The images are decoded and
+        preprocessed in the caller's thread; the model runs them, together with those of
+        any concurrent requests, in one batch. ``keep_images`` adds the decoded
+        ``"picture"`` (a PIL image) of each image that was read."""
+        beam = whole_number(beam_size, 1, 10, "beam width")
         paths = list(paths or [])
         if len(paths) > self.max_images:
             raise InputError(f"Please send at most {self.max_images} images at once.")
         preprocess = self.model.get().require_encoder().preprocess
-        size = preprocess.size
         results, images, slots = [], [], []
         for path in paths:
             name = Path(str(path)).name
             try:
-                image = load_image(path, draft_size=size)
+                image = load_image(path, draft_size=preprocess.size)
             except ImageError as err:
                 results.append({"image": name, "error": str(err)})
                 continue
             images.append(preprocess(image))  # here, in parallel across requests, not in the batch
             slots.append(len(results))
-            results.append({"image": name})
-            if thumbnails:
-                thumb = image.copy()
-                thumb.thumbnail((thumbnails, thumbnails))
-                results[-1]["thumbnail"] = thumb
+            results.append({"image": name, **({"picture": image} if keep_images else {})})
         captions = self.batcher.submit(images, beam) if self.batcher else self._run(images, beam) if images else []
         for slot, result in zip(slots, captions):
             results[slot].update(result.to_dict())
         return results
 
 
-def _beam(beam) -> int:
-    try:
-        beam = int(beam)
-    except (TypeError, ValueError) as err:
-        raise InputError("The beam width must be a whole number.") from err
-    if not 1 <= beam <= 10:
-        raise InputError("The beam width must be between 1 and 10.")
-    return beam
-
-
 # --------------------------------------------------------------------------- digits
 
-class DigitService:
+class DigitService(ModelService):
     def __init__(self, checkpoint: str | os.PathLike | None = None):
-        from captioner.mnist import DEFAULT_CHECKPOINT
+        from captioner.mnist import DEFAULT_CHECKPOINT, RowLSTMClassifier
 
-        self.checkpoint = Path(checkpoint or DEFAULT_CHECKPOINT)
-        self.model = Lazy(self._load)
-
-    @property
-    def available(self) -> bool:
-        return self.checkpoint.is_file()
-
-    def _load(self):
-        from captioner.mnist import RowLSTMClassifier
-
-        return RowLSTMClassifier.from_checkpoint(self.checkpoint)
+        super().__init__(checkpoint or DEFAULT_CHECKPOINT, RowLSTMClassifier)
 
     def classify(self, drawing) -> tuple[dict[str, float], np.ndarray]:
         """A drawing (array, PIL image or image path) -> ({digit: probability}, the 28x28
@@ -228,10 +228,7 @@ class DigitService:
         if drawing is None:
             raise InputError("Draw a digit or upload a picture of one first.")
         if isinstance(drawing, (str, os.PathLike)):
-            try:
-                drawing = load_image(drawing)
-            except ImageError as err:
-                raise InputError(str(err)) from err
+            drawing = read_upload(drawing)
         try:
             x = preprocess_drawing(drawing)
         except ValueError as err:
@@ -246,22 +243,15 @@ MAX_POINTS = 10_000
 MAX_COORDINATE = 1e6
 
 
-class TrajectoryService:
-    def __init__(self, checkpoint: str | os.PathLike | None = None):
-        from captioner.trajectory import DEFAULT_CHECKPOINT
+class TrajectoryService(ModelService):
+    """``recordings``: a UCI Character Trajectories .mat whose held-out letters can be shown."""
 
-        self.checkpoint = Path(checkpoint or DEFAULT_CHECKPOINT)
-        self.model = Lazy(self._load)
+    def __init__(self, checkpoint: str | os.PathLike | None = None, recordings: str | os.PathLike | None = None):
+        from captioner.trajectory import DEFAULT_CHECKPOINT, TrajectoryPredictor
+
+        super().__init__(checkpoint or DEFAULT_CHECKPOINT, TrajectoryPredictor)
+        self.recordings_path = Path(recordings) if recordings else None
         self._recordings = Lazy(self._load_recordings)
-
-    @property
-    def available(self) -> bool:
-        return self.checkpoint.is_file()
-
-    def _load(self):
-        from captioner.trajectory import TrajectoryPredictor
-
-        return TrajectoryPredictor.from_checkpoint(self.checkpoint)
 
     @staticmethod
     def parse_points(points) -> np.ndarray:
@@ -296,7 +286,8 @@ class TrajectoryService:
         return array
 
     def predict(self, points) -> dict:
-        """{"input": last points used, "model": 10 points, "constant_velocity": 10 points}."""
+        """{"input": the last ``past`` points used, "model": the next ``future`` points,
+        "constant_velocity": the same many points}."""
         from captioner.trajectory import constant_velocity
 
         array = self.parse_points(points)
@@ -309,91 +300,50 @@ class TrajectoryService:
         cv = constant_velocity(past[None], model.config.future)[0]
         return {"input": past.tolist(), "model": future.tolist(), "constant_velocity": cv.tolist()}
 
-    def recordings(self) -> dict[str, np.ndarray]:
-        """Real pen trajectories the model never trained on (the held-out test sequences),
-        when the data can be found; an empty dict otherwise."""
+    def recordings(self) -> list[tuple[int, str, np.ndarray]]:
+        """Held-out pen recordings (index, letter, points), or none when there is no file."""
         return self._recordings.get()
 
-    def _load_recordings(self) -> dict[str, np.ndarray]:
-        from captioner.trajectory import read_mat_sequences, split_sequences
+    def _load_recordings(self) -> list[tuple[int, str, np.ndarray]]:
+        from captioner.trajectory import held_out_recordings
 
-        for name in ("trajectories_train.mat", "mixoutALL_shifted.mat"):
-            root = find_data("char_trajectories", name)
-            if root is not None:
-                path = root / "char_trajectories" / name
-                break
-        else:
-            return {}
-        sequences = read_mat_sequences(path)
-        letters = _letters(path)
-        test = split_sequences(len(sequences))["test"]
-        picked = {}
-        for i in test[:40]:
-            label = f"pen trajectory #{i}" + (f" (letter '{letters[i]}')" if letters else "")
-            picked[label] = sequences[i] * np.array([1.0, -1.0])  # tablet y points up, screens down
-        return picked
-
-
-def _letters(path: Path) -> list[str]:
-    from scipy.io import loadmat
-
-    try:
-        data = loadmat(str(path), variable_names=["ytrain", "key"])
-        keys = [str(np.asarray(k).ravel()[0]) for k in data["key"].ravel()]
-        return [keys[int(y) - 1] for y in data["ytrain"].ravel()]  # MATLAB counts from 1
-    except (KeyError, IndexError, ValueError, OSError):
-        return []
+        if self.recordings_path is None or not self.recordings_path.is_file():
+            return []
+        return held_out_recordings(self.recordings_path)
 
 
 # ------------------------------------------------------------------------- next frame
 
-class FrameService:
-    def __init__(self, checkpoint: str | os.PathLike | None = None):
-        from captioner.nextframe import DEFAULT_CHECKPOINT
+class FrameService(ModelService):
+    """``mnist_root``: the folder holding (or to receive) ``MNIST/raw``."""
 
-        self.checkpoint = Path(checkpoint or DEFAULT_CHECKPOINT)
-        self.model = Lazy(self._load)
+    def __init__(self, checkpoint: str | os.PathLike | None = None, mnist_root: str | os.PathLike = "data"):
+        from captioner.nextframe import DEFAULT_CHECKPOINT, NextFramePredictor
+
+        super().__init__(checkpoint or DEFAULT_CHECKPOINT, NextFramePredictor)
+        self.mnist_root = Path(mnist_root)
         self.digits = Lazy(self._load_digits)
 
-    @property
-    def available(self) -> bool:
-        return self.checkpoint.is_file()
-
-    def _load(self):
-        from captioner.nextframe import NextFramePredictor
-
-        return NextFramePredictor.from_checkpoint(self.checkpoint)
-
     def _load_digits(self) -> torch.Tensor:
-        """MNIST test digits: found locally, or downloaded once into the cache folder."""
-        from torchvision.datasets import MNIST
+        """MNIST test digits: read, or downloaded once into ``mnist_root``."""
+        from captioner.mnist import load_mnist
 
-        root = find_data("MNIST", "raw", "t10k-images-idx3-ubyte")
-        if root is None:
-            from captioner.downloads import download_mnist
-
-            download_mnist(CACHE, progress=False)
-            root = CACHE
-        return MNIST(str(root), train=False, download=False).data.float() / 255.0
+        return load_mnist(self.mnist_root, train=False, progress=False)[0]
 
     def predict(self, seed) -> dict:
-        """A Moving MNIST clip from the test digits for ``seed``: 10 input frames, the 10
-        true next frames, the model's 10 predicted frames, and the error of each."""
+        """A Moving MNIST clip from the test digits for ``seed``: the input frames, the true
+        next frames, the model's predicted frames, and the error of each."""
         from captioner.nextframe import MovingMNIST, copy_last_frame, frame_mse
 
-        try:
-            seed = int(seed)
-        except (TypeError, ValueError) as err:
-            raise InputError("The clip number must be a whole number.") from err
-        if not 0 <= seed < 2 ** 31:
-            raise InputError("The clip number must be between 0 and 2147483647.")
-        clip = MovingMNIST(self.digits.get(), seed=7).batch([seed])
-        inputs, truth = clip[:, :10], clip[:, 10:]
+        seed = whole_number(seed, 0, 2 ** 31 - 1, "clip number")
+        model = self.model.get()
+        config = model.config
+        clip = MovingMNIST(self.digits.get(), frames=config.clip_frames, size=config.size, seed=7).batch([seed])
+        inputs, truth = config.split(clip)
         start = time.perf_counter()
-        predicted = self.model.get().predict(inputs)
+        predicted = model.predict(inputs)
         seconds = time.perf_counter() - start
         return {"inputs": inputs[0, :, 0].numpy(), "truth": truth[0, :, 0].numpy(),
                 "predicted": predicted[0, :, 0].numpy(), "seconds": seconds,
                 "mse_per_frame": frame_mse(predicted, truth).tolist(),
-                "copy_last_mse_per_frame": frame_mse(copy_last_frame(inputs), truth).tolist()}
-
+                "copy_last_mse_per_frame": frame_mse(copy_last_frame(inputs, config.output_frames), truth).tolist()}

@@ -31,11 +31,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from captioner.checkpoint import Saveable
+from captioner.checkpoint import CHECKPOINTS, Saveable
 
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CHECKPOINT = ROOT / "checkpoints" / "trajectory.safetensors"
-DEFAULT_ONNX = ROOT / "checkpoints" / "trajectory.onnx"
+DEFAULT_CHECKPOINT = CHECKPOINTS / "trajectory.safetensors"
+DEFAULT_ONNX = CHECKPOINTS / "trajectory.onnx"
 
 
 @dataclass
@@ -241,6 +240,29 @@ def read_mat_sequences(path: str | os.PathLike) -> list[np.ndarray]:
         velocity = seq[:2, active[0]:active[-1] + 1].T
         sequences.append(np.cumsum(velocity, axis=0))
     return sequences
+
+
+def read_mat_letters(path: str | os.PathLike) -> list[str]:
+    """The letter of each sequence of a UCI Character Trajectories .mat (``ytrain`` labels
+    named by ``key``), or an empty list when the file has no labels."""
+    from scipy.io import loadmat
+
+    try:
+        data = loadmat(str(path), variable_names=["ytrain", "key"])
+        keys = [str(np.asarray(k).ravel()[0]) for k in data["key"].ravel()]
+        return [keys[int(y) - 1] for y in data["ytrain"].ravel()]  # MATLAB counts from 1
+    except (KeyError, IndexError, ValueError, OSError):
+        return []
+
+
+def held_out_recordings(path: str | os.PathLike, limit: int = 40) -> list[tuple[int, str, np.ndarray]]:
+    """Real pen trajectories the model never trained on (the held-out test sequences of
+    ``split_sequences``): (sequence index, its letter or "", positions with y pointing down
+    as on a screen; the tablet's y points up)."""
+    sequences = read_mat_sequences(path)
+    letters = read_mat_letters(path)
+    test = split_sequences(len(sequences))["test"][:limit]
+    return [(i, letters[i] if letters else "", sequences[i] * np.array([1.0, -1.0])) for i in test]
 
 
 def read_hand_tracks(path: str | os.PathLike) -> tuple[list[np.ndarray], list[int]]:

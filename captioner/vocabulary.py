@@ -55,12 +55,13 @@ class Vocabulary:
         return isinstance(other, Vocabulary) and self.words == other.words
 
     @classmethod
-    def build(cls, captions: Iterable[str], min_count: int = 5) -> Vocabulary:
-        """Keep every word seen at least ``min_count`` times, most frequent first."""
+    def build(cls, captions: Iterable[str], min_count: int = 5, extra: Sequence[str] = ()) -> Vocabulary:
+        """Keep every word seen at least ``min_count`` times, most frequent first, then the
+        ``extra`` tokens (the object slots, which the decoder wants last)."""
         counts = Counter(w for c in captions for w in tokenize(c))
         kept = sorted((w for w, n in counts.items() if n >= min_count and w not in SPECIAL_TOKENS),
                       key=lambda w: (-counts[w], w))
-        return cls([*SPECIAL_TOKENS, *kept])
+        return cls([*SPECIAL_TOKENS, *kept, *extra])
 
     def encode(self, text: str, add_special: bool = True) -> list[int]:
         """Token ids of a caption, wrapped in ``<start> ... <end>`` unless told otherwise."""

@@ -11,6 +11,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("CAPTIONER_SHARED_DATA", ROOT.parent / "shared" / "data"))
+# the app reads the data its side tabs show from $CAPTIONER_DATA: here, the local copies
+os.environ.setdefault("CAPTIONER_DATA", str(SHARED_DATA))
 
 
 def shared(*parts: str) -> Path:
@@ -39,6 +41,9 @@ def lite0():
     return build_encoder("efficientnet_lite0")
 
 
+from captioner.datasets import CaptionRecord  # noqa: E402
+
+
 def flickr_sample(n_images: int, captions_per_image: int = 1):
     """The first ``n_images`` Flickr8k photos and their first captions."""
     import csv
@@ -55,31 +60,34 @@ def flickr_sample(n_images: int, captions_per_image: int = 1):
 
 @pytest.fixture(scope="session")
 def tiny_captioner(lite0):
-    """A tiny captioner trained in a few seconds to memorise one real caption of each of
-    12 real Flickr8k photos (features from the real Lite0 encoder)."""
+    """A tiny object-aware captioner trained in a few seconds to memorise one real caption
+    of each of 12 real Flickr8k photos (features from the real Lite0 encoder; 2 object
+    slots; familiarity references from 8 of the photos, calibrated on the other 4)."""
     import torch
 
     from captioner.images import load_image
-    from captioner.model import Captioner, CaptionerConfig
+    from captioner.model import Captioner, CaptionerConfig, DecodingConfig, slot_tokens
     from captioner.vocabulary import Vocabulary
+    from training.train_captioner import CaptionTable, caption_loss
 
     sample = flickr_sample(12)
     captions = [caps[0] for _, caps in sample]
-    vocab = Vocabulary.build(captions, min_count=1)
-    config = CaptionerConfig(encoder="efficientnet_lite0", feature_dim=1280, vocab_size=len(vocab),
-                             embed_dim=64, hidden_dim=128, dropout=0.0, beam_size=3)
-    torch.manual_seed(0)
-    model = Captioner(config, vocab, lite0)
+    vocab = Vocabulary.build(captions, min_count=1, extra=slot_tokens(2))
     images = [load_image(p) for p, _ in sample]
     features = lite0.encode(lite0.preprocess.batch(images)).clone()  # out of inference mode
-    ids = [torch.tensor(vocab.encode(c)) for c in captions]
-    lengths = torch.tensor([len(i) for i in ids])
-    padded = torch.nn.utils.rnn.pad_sequence(ids, batch_first=True)
+    torch.manual_seed(0)
+    config = CaptionerConfig(embed_dim=64, hidden_dim=128, dropout=0.0, object_slots=2)
+    model = Captioner.new(config, vocab, lite0, decoding=DecodingConfig(beam_size=3),
+                          train_features=features[:8], held_out_features=features[8:], familiarity_dim=8)
+    model.encoder = lite0
+    records = [CaptionRecord(p, c) for (p, _), c in zip(sample, captions)]
+    table = CaptionTable(records, [p for p, _ in sample], vocab, 30, model.detected_object_words(features))
+    rows = torch.arange(len(table))
+    feats, padded, lengths = table.batch(rows, torch.zeros(len(rows), dtype=torch.bool), features, features)
     optimizer = torch.optim.Adam(model.head.parameters(), lr=1e-2)
-    targets = model.head.decoder.packed_targets(padded, lengths)
     model.head.train()
     for _ in range(150):
-        loss = torch.nn.functional.cross_entropy(model.head(features, padded, lengths), targets)
+        loss = caption_loss(model.head, feats, padded, lengths)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -116,7 +124,7 @@ def server():
 
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
-           "CAPTIONER_SHARED_DATA": str(SHARED_DATA)}
+           "CAPTIONER_DATA": os.environ["CAPTIONER_DATA"]}
     (ROOT / "artifacts").mkdir(exist_ok=True)
     log = open(ROOT / "artifacts" / "server.log", "w")
     proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env,

@@ -39,7 +39,8 @@ def test_json_lines_with_errors_of_their_own(checkpoint, tiny_captioner, tmp_pat
     assert [line["image"] for line in lines] == [str(p) for p in paths]
     assert "No such file" in lines[1]["error"] and "HTML" in lines[3]["error"]
     for line in (lines[0], lines[2], lines[4]):
-        assert set(line) == {"image", "caption", "words", "probabilities"}
+        assert set(line) == {"image", "caption", "words", "probabilities", "objects", "familiarity"}
+        assert len(line["objects"]) == 2 and 0 <= line["familiarity"] <= 1
         assert line["caption"] == " ".join(line["words"])
         assert len(line["probabilities"]) == len(line["words"])
     assert lines[0]["words"] == tokenize(captions[0])

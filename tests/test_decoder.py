@@ -2,8 +2,8 @@
 
 import torch
 
-from captioner.decoder import CaptionDecoder
-from captioner.model import Captioner, CaptionerConfig
+from captioner.decoder import ShowTellDecoder, packed_targets
+from captioner.model import Captioner, CaptionerConfig, DecodingConfig
 from captioner.vocabulary import Vocabulary
 
 WORDS = "a dog cat runs sits on the grass beach red ball man woman plays with".split()
@@ -13,8 +13,8 @@ def random_captioner(seed=0, vocab_words=WORDS, **overrides):
     torch.manual_seed(seed)
     vocab = Vocabulary(["<pad>", "<start>", "<end>", "<unk>", *vocab_words])
     config = CaptionerConfig(feature_dim=32, vocab_size=len(vocab), embed_dim=16, hidden_dim=24,
-                             dropout=0.0, max_length=12, **overrides)
-    model = Captioner(config, vocab).eval()
+                             dropout=0.0, **overrides)
+    model = Captioner(config, vocab, decoding=DecodingConfig(max_length=12)).eval()
     with torch.no_grad():  # sharper distributions than a fresh init, so captions end
         model.head.decoder.out.weight.mul_(8)
         model.head.decoder.out.bias[vocab.end_id] += 1.0
@@ -22,26 +22,27 @@ def random_captioner(seed=0, vocab_words=WORDS, **overrides):
 
 
 def test_teacher_forcing_logits_follow_packed_targets():
-    dec = CaptionDecoder(vocab_size=10, embed_dim=8, hidden_dim=8, dropout=0.0)
+    dec = ShowTellDecoder(vocab_size=10, embed_dim=8, hidden_dim=8, dropout=0.0)
     caps = torch.tensor([[1, 4, 5, 6, 2], [1, 7, 2, 0, 0]])
     lengths = torch.tensor([5, 3])
-    logits = dec(torch.randn(2, 8), caps, lengths)
-    targets = CaptionDecoder.packed_targets(caps, lengths)
+    logits, attention = dec(caps, lengths, {"image": torch.randn(2, 8)})
+    targets = packed_targets(caps, lengths)
+    assert attention is None
     assert logits.shape == (4 + 2, 10)
     # packed, time-major: step 0 of both, step 1 of both, then the longer one alone
     assert targets.tolist() == [4, 7, 5, 2, 6, 2]
 
 
 def test_teacher_forcing_matches_step_by_step_decoding():
-    dec = CaptionDecoder(vocab_size=10, embed_dim=8, hidden_dim=8, dropout=0.0).eval()
-    image = torch.randn(1, 8)
+    dec = ShowTellDecoder(vocab_size=10, embed_dim=8, hidden_dim=8, dropout=0.0).eval()
+    ctx = {"image": torch.randn(1, 8)}
     caps = torch.tensor([[1, 4, 5, 2]])
-    logits = dec(image, caps, torch.tensor([4]))
+    logits, _ = dec(caps, torch.tensor([4]), ctx)
     logits[:, [0, 1, 3]] = float("-inf")  # inference never emits <pad>, <start> or <unk>
     logits = logits.log_softmax(-1)
-    state = dec.init_state(image)
+    state = dec.init_state(ctx)
     for t in range(3):
-        logp, state = dec.step(caps[:, t], state)
+        logp, state, _ = dec.step(caps[:, t], state, ctx)
         torch.testing.assert_close(logp[0], logits[t], atol=1e-6, rtol=1e-6)
 
 
@@ -49,7 +50,8 @@ def test_beam_width_one_is_exactly_greedy():
     model = random_captioner()
     features = torch.randn(16, 32)
     greedy = model.caption_features(features, beam_size=1)
-    beam1 = [model._result(d) for d in model.head.decoder.beam_search(model.head.projection(features), 1, 12)]
+    ctx, _ = model.head.context(features)
+    beam1 = [model._result(d, None, None, None) for d in model.head.decoder.beam_search(ctx, 1, 12)]
     assert [g.words for g in greedy] == [b.words for b in beam1]
     for g, b in zip(greedy, beam1):
         assert g.probabilities == b.probabilities
@@ -68,20 +70,23 @@ def test_batched_equals_one_by_one():
 
 
 @torch.no_grad()
-def brute_force_best(model, feature, max_length, alpha):
-    """Exhaustive search over all captions up to max_length words (tiny vocabulary)."""
+def brute_force_best(model, feature, max_length, alpha, must_include=None):
+    """Exhaustive search over all captions up to max_length words (tiny vocabulary),
+    optionally among those that contain the token ``must_include``."""
     dec = model.head.decoder
     best = (float("-inf"), None)
-    frontier = [([], 0.0, dec.init_state(model.head.projection(feature[None])))]
+    ctx, _ = model.head.context(feature[None])
+    frontier = [([], 0.0, dec.init_state(ctx))]
     for t in range(max_length):
         new = []
         for ids, total, state in frontier:
-            logp, st = dec.step(torch.tensor([ids[-1] if ids else dec.start_id]), state)
+            logp, st, _ = dec.step(torch.tensor([ids[-1] if ids else dec.start_id]), state, ctx)
             for w in range(logp.shape[1]):
                 s = total + float(logp[0, w])
                 if w == dec.end_id or t == max_length - 1:
-                    best = max(best, (s / (len(ids) + 1) ** alpha, ids + ([] if w == dec.end_id else [w])),
-                               key=lambda x: x[0])
+                    caption = ids + ([] if w == dec.end_id else [w])
+                    if must_include is None or must_include in caption:
+                        best = max(best, (s / (len(ids) + 1) ** alpha, caption), key=lambda x: x[0])
                 else:
                     new.append((ids + [w], s, st))
         frontier = new
@@ -90,15 +95,34 @@ def brute_force_best(model, feature, max_length, alpha):
 
 def test_wide_beam_finds_the_exhaustive_best_and_beats_greedy_on_average():
     model = random_captioner(seed=2, vocab_words=["a", "b", "c"])
-    model.config.max_length = 4
     features = torch.randn(6, 32)
-    wide = model.head.decoder.beam_search(model.head.projection(features), beam_size=200, max_length=4)
-    greedy = model.head.decoder.greedy(model.head.projection(features), max_length=4)
+    ctx, _ = model.head.context(features)
+    wide = model.head.decoder.beam_search(ctx, beam_size=200, max_length=4)
+    greedy = model.head.decoder.greedy(ctx, max_length=4)
     for i in range(6):
         score, ids = brute_force_best(model, features[i], 4, 1.0)
         assert wide[i].ids == ids
         assert abs(wide[i].score - score) < 1e-5
         assert wide[i].score >= greedy[i].score - 1e-6
+
+
+def test_constrained_beam_search_finds_the_best_caption_that_holds_the_required_word():
+    model = random_captioner(seed=5, vocab_words=["a", "b", "c"])
+    features = torch.randn(6, 32)
+    ctx, _ = model.head.context(features)
+    c = model.vocab.index["c"]
+    required = torch.tensor([c, -1, c, c, -1, c])
+    wide = model.head.decoder.beam_search(ctx, beam_size=200, max_length=4, must_include=required)
+    for i in range(6):
+        score, ids = brute_force_best(model, features[i], 4, 1.0, must_include=c if required[i] >= 0 else None)
+        assert wide[i].ids == ids
+        assert abs(wide[i].score - score) < 1e-5
+        if required[i] >= 0:
+            assert c in wide[i].ids
+    free = model.head.decoder.beam_search(ctx, beam_size=3, max_length=4)
+    narrow = model.head.decoder.beam_search(ctx, beam_size=3, max_length=4, must_include=required)
+    assert all(c in narrow[i].ids for i in (0, 2, 3, 5))
+    assert [narrow[i].ids for i in (1, 4)] == [free[i].ids for i in (1, 4)]  # no constraint, no change
 
 
 def test_results_carry_words_and_their_probabilities():
@@ -125,13 +149,14 @@ def test_greedy_stops_as_soon_as_every_caption_has_ended():
 
 def test_teacher_forcing_keeps_each_image_with_its_caption():
     """Packing sorts by length; the image state must follow its caption."""
-    dec = CaptionDecoder(vocab_size=10, embed_dim=8, hidden_dim=8, dropout=0.0).eval()
+    dec = ShowTellDecoder(vocab_size=10, embed_dim=8, hidden_dim=8, dropout=0.0).eval()
     images = torch.randn(3, 8)
     caps = torch.tensor([[1, 4, 2, 0, 0], [1, 5, 6, 7, 2], [1, 8, 9, 2, 0]])
     lengths = torch.tensor([3, 5, 4])
-    batched = dec(images, caps, lengths)
+    batched, _ = dec(caps, lengths, {"image": images})
     order = torch.sort(lengths, descending=True, stable=True).indices
-    single = {int(i): dec(images[i:i + 1], caps[i:i + 1, : lengths[i]], lengths[i:i + 1]) for i in order}
+    single = {int(i): dec(caps[i:i + 1, : lengths[i]], lengths[i:i + 1], {"image": images[i:i + 1]})[0]
+              for i in order}
     # packed rows, time-major over the length-sorted batch
     rows = [single[int(i)][t] for t in range(4) for i in order if t < lengths[i] - 1]
     torch.testing.assert_close(batched, torch.stack(rows), atol=1e-6, rtol=1e-6)
@@ -139,14 +164,14 @@ def test_teacher_forcing_keeps_each_image_with_its_caption():
 
 def test_lean_inference_step_is_the_lstm_step():
     torch.manual_seed(0)
-    dec = CaptionDecoder(vocab_size=30, embed_dim=12, hidden_dim=16, num_layers=2, dropout=0.0).eval()
-    images, tokens = torch.randn(5, 12), torch.randint(4, 30, (5,))
-    dec.lean_steps = False
-    state_ref = dec.init_state(images)
-    logp_ref, (h_ref, c_ref) = dec.step(tokens, state_ref)
-    dec.lean_steps = True
-    state = dec.init_state(images)
+    dec = ShowTellDecoder(vocab_size=30, embed_dim=12, hidden_dim=16, num_layers=2, dropout=0.0).eval()
+    ctx, tokens = {"image": torch.randn(5, 12)}, torch.randint(4, 30, (5,))
+    dec.train()  # the training path runs nn.LSTM itself
+    state_ref = dec.init_state(ctx)
+    dec.eval()
+    logp_ref, (h_ref, c_ref), _ = dec.step(tokens, state_ref, ctx, onednn=True)
+    state = dec.init_state(ctx)
     torch.testing.assert_close(state[0], state_ref[0], atol=1e-6, rtol=0)
-    logp, (h, c) = dec.step(tokens, state)
+    logp, (h, c), _ = dec.step(tokens, state, ctx)
     for a, b in ((logp, logp_ref), (h, h_ref), (c, c_ref)):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)

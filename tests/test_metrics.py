@@ -1,4 +1,5 @@
-"""Our fast CIDEr-D and constant-caption BLEU-4 against pycocoevalcap's scorers."""
+"""Our fast CIDEr-D and constant-caption BLEU-4 against pycocoevalcap's scorers; the one
+scoring function; object mentions."""
 
 import contextlib
 import io
@@ -6,7 +7,8 @@ import io
 import pytest
 
 from captioner.cider import CiderD
-from captioner.metrics import _similarity, best_constant_caption, consensus_caption
+from captioner.metrics import best_constant_caption, caption_scores, consensus_caption
+from captioner.objects import mentioned_categories, object_mention_scores
 from captioner.vocabulary import tokenize
 
 REFS = {
@@ -52,4 +54,35 @@ def test_consensus_picks_the_caption_the_others_agree_with():
     captions = ["a dog runs on the grass", "a dog runs on green grass", "a dog is running on the grass",
                 "an airplane in the sky"]
     assert consensus_caption(captions) != "an airplane in the sky"
-    assert _similarity(tokenize(captions[0]), tokenize(captions[0])) == pytest.approx(1.0)
+    assert consensus_caption(["a cat"]) == "a cat"
+
+
+def test_caption_scores_are_pycocoevalcaps_plus_object_mentions():
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+
+    scores = caption_scores(REFS, PREDS, meteor=False)
+    bleu, _ = _coco(Bleu(4), REFS, PREDS)
+    cider, _ = _coco(Cider(), REFS, PREDS)
+    # pycocoevalcap's PTB tokenizer (Java) and ours agree on these plain captions
+    assert scores["BLEU-4"] == pytest.approx(bleu[3], abs=1e-9)
+    assert scores["CIDEr"] == pytest.approx(cider, abs=1e-9)
+    assert "METEOR" not in scores
+    assert {"object_precision", "object_recall", "object_f1"} <= set(scores)
+
+
+def test_object_mentions_use_synonyms_plurals_and_the_longest_phrase():
+    assert mentioned_categories(tokenize("Two men and a puppy on a sofa")) == {"person", "dog", "couch"}
+    assert mentioned_categories(tokenize("a hot dog and a teddy bear")) == {"hot dog", "teddy bear"}
+    assert mentioned_categories(tokenize("a plate of broccoli next to a fork")) == {"broccoli", "fork"}
+
+
+def test_object_mention_scores_count_objects_named_by_two_references():
+    refs = {"a": ["a man with a dog", "a person walking a dog", "a dog on a leash near a bench"],
+            "b": ["a pizza on a table", "pizza and a glass of wine", "a slice of pizza"]}
+    preds = {"a": "a man and a dog on a bench", "b": "a cat sitting on a table"}
+    s = object_mention_scores(refs, preds)
+    # truth: a = {person, dog} (bench in one caption only), b = {pizza}; said: {person, dog, bench}, {cat, table}
+    assert (s["objects_correct"], s["objects_named"], s["objects_true"]) == (2, 5, 3)
+    assert s["object_precision"] == pytest.approx(2 / 5) and s["object_recall"] == pytest.approx(2 / 3)
+    assert s["object_f1"] == pytest.approx(2 * 0.4 * (2 / 3) / (0.4 + 2 / 3))

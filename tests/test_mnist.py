@@ -94,8 +94,7 @@ def test_empty_or_invalid_canvas_is_a_clear_error(bad):
 
 
 def test_real_mnist_digits_survive_the_drawing_pipeline():
-    from captioner.mnist import _shift
-    from training.train_mnist import load_mnist
+    from captioner.mnist import _shift, load_mnist
 
     images, _ = load_mnist(shared("MNIST").parent, train=False, download=False)
     scores = []
@@ -130,7 +129,7 @@ def test_missing_mnist_is_one_clear_error(tmp_path, capsys):
 def test_shipped_model_reads_real_test_digits():
     if not DEFAULT_CHECKPOINT.is_file():
         pytest.skip("the MNIST model has not been trained and shipped yet")
-    from training.train_mnist import load_mnist
+    from captioner.mnist import load_mnist
 
     images, labels = load_mnist(shared("MNIST").parent, train=False, download=False)
     model = RowLSTMClassifier.from_checkpoint()

@@ -20,7 +20,7 @@ from tests.conftest import shared
 
 
 def digits(n=50, train=True):
-    from training.train_mnist import load_mnist
+    from captioner.mnist import load_mnist
 
     images, _ = load_mnist(shared("MNIST").parent, train=train, download=False)
     return images[:n]

@@ -91,14 +91,31 @@ def test_kill_9_mid_training_loses_nothing_after_resume(tmp_path, data_args):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_refuses_changed_settings_and_missing_state(tmp_path, data_args):
+def test_resume_refuses_new_weight_shapes_and_accepts_new_decoding_and_dropout(tmp_path, data_args, capsys):
     from training import train_captioner
 
     out = tmp_path / "run"
-    assert train_captioner.main([*data_args, "--out", str(out), "--dry-run", "--resume"]) == 2
-    assert train_captioner.main([*data_args, "--out", str(out), "--dry-run"]) == 0
-    changed = [a if a != "32" else "48" for a in data_args]
-    assert train_captioner.main([*changed, "--out", str(out), "--dry-run", "--resume"]) == 2
+    common = [*data_args, "--out", str(out), "--dry-run", "--epochs", "2"]
+    assert train_captioner.main([*common, "--resume"]) == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    assert train_captioner.main([*common, "--max-steps", "3"]) == 0
+    assert train_captioner.main([*common, "--resume", "--hidden-dim", "48"]) == 2
+    err = capsys.readouterr().err
+    assert "hidden_dim (saved 32, now 48)" in err and "beam" not in err
+    # validation's beam width and the dropout do not shape the weights: a resumed run may change them
+    assert train_captioner.main([*common, "--resume", "--beam-size", "2", "--dropout", "0.2"]) == 0
+    assert len(list(csv.DictReader(open(out / "metrics.csv")))) == 2
+
+
+def test_no_training_script_imports_another():
+    import ast
+
+    for script in (ROOT / "training").glob("*.py"):
+        tree = ast.parse(script.read_text())
+        imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+        imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        scripts = {m for m in imported if m.startswith("training.") and m not in ("training.common", "training.loop")}
+        assert not scripts, f"{script.name} imports {scripts}"
 
 
 def test_two_process_distributed_training(tmp_path, data_args):

@@ -3,6 +3,7 @@ loss curves, and turning a user's mistake into one clear sentence."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import functools
 import logging
@@ -50,6 +51,26 @@ def cli(main: Callable[[list[str] | None], int | None]) -> Callable[[list[str] |
             return 130
 
     return wrapper
+
+
+def run_flags(parser: argparse.ArgumentParser, *, out: str | None, epochs: int | None, batch_size: int,
+              lr: float, warmup_steps: int, save_every: int) -> argparse.ArgumentParser:
+    """The flags every training script shares, with each script's own defaults:
+    ``--out --epochs --batch-size --lr --warmup-steps --seed --save-every --max-steps
+    --resume --dry-run``. ``out=None`` makes ``--out`` required."""
+    parser.add_argument("--out", type=Path, required=out is None, default=None if out is None else Path(out),
+                        help="run folder" + ("" if out is None else f" (default {out})"))
+    parser.add_argument("--epochs", type=int, default=epochs,
+                        help=f"default {epochs}" if epochs else "default 20 (1 with --dry-run)")
+    parser.add_argument("--batch-size", type=int, default=batch_size)
+    parser.add_argument("--lr", type=float, default=lr)
+    parser.add_argument("--warmup-steps", type=int, default=warmup_steps)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save-every", type=int, default=save_every, help="steps between resumable checkpoints")
+    parser.add_argument("--max-steps", type=int, default=0, help="stop after this many steps in total (0: no limit)")
+    parser.add_argument("--resume", action="store_true", help="continue from --out/last.safetensors")
+    parser.add_argument("--dry-run", action="store_true", help="a few steps on a few samples")
+    return parser
 
 
 def seed_everything(seed: int) -> None:

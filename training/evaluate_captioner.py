@@ -4,7 +4,9 @@
         (--coco-captions JSON | --flickr-captions CSV) [--beam-size N] [--json-out FILE] [--split test]
 
 Reports BLEU-1..4, METEOR (when Java is present), ROUGE-L and CIDEr with pycocoevalcap,
-for the model and, in the same run, for
+and object-mention precision, recall and F1 (the COCO categories named in at least two
+of an image's human captions, against those its caption names; ``objects.py``), for the
+model and, in the same run, for
 
 - the best single constant caption: the one caption that, given to every image, scores
   the highest BLEU-4 on these very references (an oracle choice among the training
@@ -29,25 +31,21 @@ from pathlib import Path
 
 import torch
 
-from captioner.checkpoint import atomic_write_text, read_safetensors
+from captioner.checkpoint import atomic_write_text
 from captioner.datasets import captions_by_image, read_coco, read_dataset, read_flickr8k, split_of
 from captioner.features import FeatureCache
-from captioner.metrics import best_constant_caption, coco_scores, consensus_caption, java_available
+from captioner.metrics import best_constant_caption, caption_scores, consensus_caption, java_available
 from captioner.model import DEFAULT_CHECKPOINT, Captioner
 from training.common import UserError, cli
 
 log = logging.getLogger("evaluate_captioner")
 
 
-def training_sources(checkpoint: Path, override: list[str]) -> tuple[list[tuple[str, Path]], dict]:
+def training_sources(model: Captioner, override: list[str]) -> tuple[list[tuple[str, Path]], dict]:
     info = {"coco_split": "train2017", "val_fraction": 0.07, "test_fraction": 0.13}
-    meta = read_safetensors(checkpoint)[1]
-    if "training_data" in meta:
-        saved = json.loads(meta["training_data"])
-        info.update({k: saved[k] for k in info if k in saved})
-        sources = [(kind, Path(root)) for kind, root in saved["datasets"]]
-    else:
-        sources = []
+    saved = model.provenance.get("training_data", {})
+    info.update({k: saved[k] for k in info if k in saved})
+    sources = [(kind, Path(root)) for kind, root in saved.get("datasets", [])]
     if override:
         sources = []
         for item in override:
@@ -113,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     model = Captioner.from_checkpoint(args.checkpoint, encoder_weights=args.encoder_weights)
     dataset = (read_coco(args.coco_captions, args.images) if args.coco_captions
                else read_flickr8k(args.flickr_captions, args.images))
-    sources, info = training_sources(args.checkpoint, args.train_data)
+    sources, info = training_sources(model, args.train_data)
     records = dataset.records
     if args.split != "all":
         records = [r for r in records if split_of(r.image, info["val_fraction"], info["test_fraction"]) == args.split]
@@ -139,9 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         retrieved, how = retrieval_captions(cache, features, references, sources, info)
         systems["retrieval"] = dict(zip(ids, retrieved))
         notes["retrieval"] = f"consensus caption of the 5 nearest {how}"
-    scores = {name: coco_scores(refs, preds) for name, preds in systems.items()}
+    scores = {name: caption_scores(refs, preds) for name, preds in systems.items()}
 
-    beam = args.beam_size or model.config.beam_size
+    beam = args.beam_size or model.decoding.beam_size
     report = {
         "checkpoint": str(args.checkpoint), "images": len(images), "captions": len(records),
         "split": args.split, "beam_size": beam, "encoder": model.config.encoder,
@@ -149,11 +147,13 @@ def main(argv: list[str] | None = None) -> int:
         "scores": scores, "baselines": notes, "seconds": round(time.perf_counter() - start, 1),
         "predictions": [{"image": i, "model": systems["model"][i], **({"retrieval": systems["retrieval"][i]}
                                                                      if "retrieval" in systems else {}),
-                         "references": refs[i]} for i in ids],
+                         "objects": r.objects, "familiarity": r.familiarity, "references": refs[i]}
+                        for i, r in zip(ids, results)],
     }
-    metrics = list(scores["model"])
+    metrics = [m for m in scores["model"] if not m.startswith("objects_")]
     print(f"{len(images)} images, {len(records)} human captions ({args.split}), beam {beam}")
-    print(f"{'':12s}" + "".join(f"{m:>9s}" for m in metrics))
+    short = {"object_precision": "obj-P", "object_recall": "obj-R", "object_f1": "obj-F1"}
+    print(f"{'':12s}" + "".join(f"{short.get(m, m):>9s}" for m in metrics))
     for name, s in scores.items():
         print(f"{name:12s}" + "".join(f"{s[m]:9.4f}" for m in metrics))
     if "constant" in notes:

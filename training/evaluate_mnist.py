@@ -17,9 +17,8 @@ from pathlib import Path
 import torch
 
 from captioner.checkpoint import atomic_write_text
-from captioner.mnist import DEFAULT_CHECKPOINT, RowLSTMClassifier
+from captioner.mnist import DEFAULT_CHECKPOINT, RowLSTMClassifier, accuracy, load_mnist
 from training.common import cli
-from training.train_mnist import accuracy, load_mnist
 
 
 @cli

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from captioner.checkpoint import atomic_write_text
+from captioner.mnist import load_mnist
 from captioner.nextframe import DEFAULT_CHECKPOINT, MovingMNIST, NextFramePredictor, copy_last_frame, frame_mse, ssim
 from training.common import cli
-from training.train_mnist import load_mnist
 
 TEST_SEED = 2024
 
@@ -38,13 +38,13 @@ def main(argv: list[str] | None = None) -> int:
 
     model = NextFramePredictor.from_checkpoint(args.checkpoint)
     digits, _ = load_mnist(args.data_root, train=False, download=not args.no_download)
-    test_set = MovingMNIST(digits, seed=TEST_SEED)
+    test_set = MovingMNIST(digits, frames=model.config.clip_frames, size=model.config.size, seed=TEST_SEED)
     sums = {"model_mse": 0.0, "model_ssim": 0.0, "copy_mse": 0.0, "copy_ssim": 0.0}
     start = time.perf_counter()
     for first in range(0, args.clips, args.batch_size):
         clips = test_set.batch(range(first, min(first + args.batch_size, args.clips)))
-        inputs, truth = clips[:, :10], clips[:, 10:]
-        pred, copy = model.predict(inputs), copy_last_frame(inputs)
+        inputs, truth = model.config.split(clips)
+        pred, copy = model.predict(inputs), copy_last_frame(inputs, model.config.output_frames)
         n = len(clips)
         sums["model_mse"] += frame_mse(pred, truth) * n
         sums["model_ssim"] += ssim(pred, truth) * n

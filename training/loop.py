@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from captioner.checkpoint import load_training_state, save_training_state
+from captioner.checkpoint import load_training_state, read_metadata, save_training_state, weight_settings
 from training.common import Dist, Timer, UserError, plot_curves, write_metrics
 
 log = logging.getLogger("training")
@@ -74,13 +74,18 @@ class Loop:
     def resume(self) -> None:
         if not self.last_path.is_file():
             raise UserError(f"nothing to resume: {self.last_path} does not exist")
-        saved, self.progress = load_training_state(self.last_path, kind=self.kind, model=self.model,
-                                                   optimizer=self.optimizer, scheduler=self.scheduler,
-                                                   restore_rng=self.dist.main)
-        now = json.loads(json.dumps(asdict(self.config)))  # as saved: tuples come back as lists
+        # compare what shapes the weights before loading them, so that the message names the setting
+        now = weight_settings(self.config)
+        saved = json.loads(read_metadata(self.last_path).get("config", "{}"))
+        saved = {k: v for k, v in saved.items() if k in now or k not in asdict(self.config)}
         if saved != now:
             changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-            raise UserError(f"--resume needs the model settings of the saved run; these differ: {', '.join(changed)}")
+            details = ", ".join(f"{k} (saved {saved.get(k)!r}, now {now.get(k)!r})" for k in changed)
+            raise UserError(f"--resume needs the settings that shape the weights of the saved run; these differ: "
+                            f"{details}")
+        _, self.progress = load_training_state(self.last_path, kind=self.kind, model=self.model,
+                                               optimizer=self.optimizer, scheduler=self.scheduler,
+                                               restore_rng=self.dist.main)
         self.timer.start -= self.progress.get("seconds", 0.0)
         if not self.dist.main:
             torch.manual_seed(self.seed + self.dist.rank * 7919 + self.progress["global_step"])

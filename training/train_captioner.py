@@ -26,19 +26,21 @@ import json
 import logging
 import math
 import sys
-import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
-from captioner.checkpoint import CheckpointError, read_safetensors
+from captioner.checkpoint import read_safetensors
 from captioner.cider import CiderD
 from captioner.datasets import CaptionRecord, captions_by_image, read_dataset, split_records, unique_images
+from captioner.decoder import DECODERS, packed_order, packed_targets
 from captioner.encoders import ENCODERS, build_encoder
 from captioner.features import FeatureCache
-from captioner.model import Captioner, CaptionerConfig
+from captioner.metrics import caption_scores
+from captioner.model import Captioner, CaptionerConfig, DecodingConfig, slot_tokens
+from captioner.objects import substitute_slots
 from captioner.vocabulary import Vocabulary, tokenize
 from training.common import (
     Timer,
@@ -47,6 +49,7 @@ from training.common import (
     close_distributed,
     init_distributed,
     optimizer_step,
+    run_flags,
     seed_everything,
     warmup_cosine,
 )
@@ -64,29 +67,32 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--coco-split", default="train2017", help="COCO images folder and captions_<split>.json")
     p.add_argument("--encoder", default="efficientnet_lite0", choices=ENCODERS)
     p.add_argument("--encoder-weights", default=None, help="local weights file for a ResNet encoder")
-    p.add_argument("--out", type=Path, required=True, help="run folder")
+    run_flags(p, out=None, epochs=None, batch_size=128, lr=1e-3, warmup_steps=200, save_every=500)
     p.add_argument("--cache-dir", type=Path, default=Path("data/features"))
-    p.add_argument("--epochs", type=int, default=None, help="default 20 (1 with --dry-run)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--min-lr-ratio", type=float, default=0.05, help="cosine schedule floor, as a fraction of --lr")
-    p.add_argument("--warmup-steps", type=int, default=200)
     p.add_argument("--weight-decay", type=float, default=0.0)
     p.add_argument("--grad-clip", type=float, default=5.0)
     p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--decoder", choices=list(DECODERS), default="show_tell")
     p.add_argument("--embed-dim", type=int, default=512)
     p.add_argument("--hidden-dim", type=int, default=512)
     p.add_argument("--num-layers", type=int, default=1)
+    p.add_argument("--attention-reg", type=float, default=1.0,
+                   help="attention: weight of the doubly stochastic penalty sum_i (1 - sum_t alpha_ti)^2")
+    p.add_argument("--object-slots", type=int, default=5,
+                   help="objects of the encoder's ImageNet classifier the decoder may copy (0: none)")
+    p.add_argument("--object-swap", type=float, default=0.25,
+                   help="chance that the copy score of a detected object sees a random object word instead, so "
+                        "the decoder learns to copy objects whatever they are (words no caption holds too)")
+    p.add_argument("--familiarity-dim", type=int, default=128, help="familiarity: projected dimensions (0: off)")
     p.add_argument("--dropout", type=float, default=0.5)
     p.add_argument("--min-count", type=int, default=5, help="vocabulary frequency threshold")
     p.add_argument("--max-caption-words", type=int, default=30)
     p.add_argument("--flip-prob", type=float, default=0.5, help="use the mirrored image's feature")
     p.add_argument("--val-fraction", type=float, default=0.07)
     p.add_argument("--test-fraction", type=float, default=0.13, help="held out, never trained or tuned on")
-    p.add_argument("--beam-size", type=int, default=3, help="for the validation BLEU-4")
+    p.add_argument("--beam-size", type=int, default=3, help="for the validation scores")
     p.add_argument("--length-alpha", type=float, default=1.0)
-    p.add_argument("--save-every", type=int, default=500, help="steps between resumable checkpoints")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=2, help="image decoding workers for feature extraction")
     p.add_argument("--objective", choices=["xe", "scst"], default="xe",
                    help="xe: cross-entropy with teacher forcing; scst: self-critical training with a CIDEr-D "
@@ -95,9 +101,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=5, help="scst: captions sampled per image")
     p.add_argument("--select-by", choices=["val_bleu4", "val_cider"], default="val_bleu4",
                    help="the validation metric that picks the best model")
-    p.add_argument("--resume", action="store_true", help="continue from --out/last.safetensors")
-    p.add_argument("--dry-run", action="store_true", help="a few steps on a few samples")
-    p.add_argument("--max-steps", type=int, default=0, help="stop after this many steps in total (0: no limit)")
     args = p.parse_args(argv)
     if len(args.dataset) != len(args.data_root):
         p.error("give one --data-root for each --dataset")
@@ -109,10 +112,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def load_records(args) -> dict[str, list[CaptionRecord]]:
     records: list[CaptionRecord] = []
     for kind, root in zip(args.dataset, args.data_root):
-        dataset = read_dataset(kind, root, args.coco_split)
-        if dataset.skipped:
-            log.warning("%s: %d captions skipped because their image is missing", root, dataset.skipped)
-        records += dataset.records
+        records += read_dataset(kind, root, args.coco_split).records  # the reader reports skipped captions
     if not records:
         raise UserError("the datasets hold no captions with images")
     splits = split_records(records, args.val_fraction, args.test_fraction)
@@ -128,20 +128,25 @@ def load_records(args) -> dict[str, list[CaptionRecord]]:
 
 class CaptionTable:
     """Token ids of every caption, with the index of its image's feature, and the same
-    caption with left and right swapped for the mirrored feature."""
+    caption with left and right swapped for the mirrored feature. Mentions of the objects
+    detected in the image (or in its mirror image) become their slot tokens."""
 
-    def __init__(self, records: list[CaptionRecord], images: list[Path], vocab: Vocabulary, max_words: int):
+    def __init__(self, records: list[CaptionRecord], images: list[Path], vocab: Vocabulary, max_words: int,
+                 objects: list[list[str]], flipped_objects: list[list[str]] | None = None):
         index = {p: i for i, p in enumerate(images)}
         self.image = torch.tensor([index[r.image] for r in records])
         self.ids, self.mirrored = [], []
-        swap = {vocab.index.get("left"): vocab.index.get("right"), vocab.index.get("right"): vocab.index.get("left")}
-        swap.pop(None, None)
-        for r in records:
-            ids = vocab.encode(r.caption)
-            if len(ids) > max_words + 2:
-                ids = ids[: max_words + 1] + [vocab.end_id]
-            self.ids.append(torch.tensor(ids))
-            self.mirrored.append(torch.tensor([swap.get(i, i) for i in ids]))
+        swap = {"left": "right", "right": "left"}
+        flipped_objects = flipped_objects or objects
+        for r, i in zip(records, self.image.tolist()):
+            tokens = tokenize(r.caption)[:max_words]
+            self.ids.append(self._encode(vocab, substitute_slots(tokens, objects[i])))
+            mirrored = [swap.get(t, t) for t in tokens]
+            self.mirrored.append(self._encode(vocab, substitute_slots(mirrored, flipped_objects[i])))
+
+    @staticmethod
+    def _encode(vocab: Vocabulary, tokens: list[str]) -> torch.Tensor:
+        return torch.tensor([vocab.start_id, *(vocab.index.get(t, vocab.unk_id) for t in tokens), vocab.end_id])
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -164,6 +169,27 @@ def epoch_plan(n: int, epoch: int, seed: int, flip_prob: float, rank: int, world
     return rows, torch.rand(n, generator=g)[rows] < flip_prob
 
 
+def object_swaps(batch: int, slots: int, words: int, chance: float, generator: torch.Generator) -> torch.Tensor | None:
+    """For each image and slot, a random object word to use instead of the detected one
+    (with probability ``chance``; -1 keeps the detection)."""
+    if not slots or chance <= 0:
+        return None
+    swap = torch.randint(0, words, (batch, slots), generator=generator)
+    return torch.where(torch.rand(batch, slots, generator=generator) < chance, swap, torch.full_like(swap, -1))
+
+
+def caption_loss(trainer, feats, caps, lengths, label_smoothing: float = 0.0, attention_reg: float = 0.0,
+                 swap: torch.Tensor | None = None):
+    """Cross-entropy of the teacher-forced words, plus (attention) the doubly stochastic
+    penalty that asks every grid cell to be looked at about once over the caption.
+    ``trainer``: the caption head, or its DistributedDataParallel wrapper."""
+    logits, weights = trainer(feats, caps, lengths, swap=swap)
+    loss = F.cross_entropy(logits, packed_targets(caps, lengths), label_smoothing=label_smoothing)
+    if weights is not None and attention_reg:
+        loss = loss + attention_reg * ((1.0 - weights.sum(1)) ** 2).mean()
+    return loss
+
+
 class SelfCritical:
     """Self-critical sequence training: sample captions, reward each with its CIDEr-D
     against the image's references, and push up the log-probability of the captions that
@@ -178,66 +204,68 @@ class SelfCritical:
         self.cider = CiderD(refs)
         self.refs = refs
         self._prepared: dict[int, list] = {}
+        self.reward_sum, self.reward_count = 0.0, 0
 
-    def rewards(self, images: list[int], ids: torch.Tensor) -> torch.Tensor:
-        vocab = self.model.vocab
+    def rewards(self, images: list[int], ids: torch.Tensor, objects: list[list[str]]) -> torch.Tensor:
         out = []
         for k, seq in enumerate(ids.tolist()):
             image = images[k // self.samples]
             if image not in self._prepared:
                 self._prepared[image] = self.cider.prepare_refs(self.refs[image])
-            out.append(self.cider.score(vocab.decode(seq), self._prepared[image]))
+            words = self.model.words_of(seq, objects[k // self.samples])
+            out.append(self.cider.score(words, self._prepared[image]))
         return torch.tensor(out)
 
     def loss(self, images: torch.Tensor) -> torch.Tensor:
         head, n = self.model.head, self.samples
         head.eval()  # no dropout: sample from and differentiate the same policy
         feats = self.features[images.to(self.features.device)].float()
-        ids, lengths = head.decoder.sample(head.projection(feats), n, self.max_words)
+        with torch.no_grad():
+            ctx, _ = head.context(feats)
+        ids, lengths = head.decoder.sample(ctx, n, self.max_words)
         lengths = lengths.cpu()
-        reward = self.rewards(images.tolist(), ids).to(feats.device).view(-1, n)
+        objects = self.model.detected_object_words(feats)
+        reward = self.rewards(images.tolist(), ids, objects).to(feats.device).view(-1, n)
         advantage = (reward - (reward.sum(1, keepdim=True) - reward) / (n - 1)).view(-1)
-        logits = self.trainer(feats.repeat_interleave(n, 0), ids, lengths)
-        targets = head.decoder.packed_targets(ids, lengths)
-        token_logp = -F.cross_entropy(logits, targets, reduction="none")
-        # sum each caption's token log-probabilities: packed rows follow the length-sorted order
-        packed = torch.nn.utils.rnn.pack_padded_sequence(ids[:, 1:], lengths - 1, batch_first=True,
-                                                         enforce_sorted=False)
-        owner = torch.nn.utils.rnn.pack_padded_sequence(
-            torch.arange(len(ids), device=ids.device)[:, None].expand_as(ids[:, 1:]), lengths - 1, batch_first=True,
-            enforce_sorted=False).data
-        assert packed.data.shape == owner.shape
-        seq_logp = torch.zeros(len(ids), device=token_logp.device).index_add(0, owner, token_logp)
-        self.last_reward = float(reward.mean())
+        logits, _ = self.trainer(feats.repeat_interleave(n, 0), ids, lengths)
+        token_logp = -F.cross_entropy(logits, packed_targets(ids, lengths), reduction="none")
+        owner, _ = packed_order(lengths - 1)  # each packed token's caption
+        seq_logp = torch.zeros(len(ids), device=token_logp.device).index_add(0, owner.to(token_logp.device),
+                                                                              token_logp)
+        self.reward_sum += float(reward.sum())
+        self.reward_count += reward.numel()
         return -(advantage * seq_logp).mean()
+
+    def mean_reward(self) -> float:
+        """The mean CIDEr-D reward of the captions sampled since the last call."""
+        mean = self.reward_sum / max(1, self.reward_count)
+        self.reward_sum, self.reward_count = 0.0, 0
+        return mean
 
 
 # ------------------------------------------------------------------------ evaluation
 
 @torch.no_grad()
-def validate(model: Captioner, table: CaptionTable, features, refs: list[list[list[str]]], beam_size: int,
+def validate(model: Captioner, table: CaptionTable, features, refs: dict[str, list[str]], beam_size: int,
              batch_size: int = 512) -> dict[str, float]:
-    """Validation loss (teacher forcing), and corpus BLEU-4 (nltk) and CIDEr-D of
-    beam-search captions."""
-    from nltk.translate.bleu_score import corpus_bleu
-
+    """Validation loss (teacher forcing), and the scores of beam-search captions: BLEU-4
+    and CIDEr as the test report computes them (``metrics.caption_scores``), and the
+    object-mention F1."""
     model.head.eval()
     total, count = 0.0, 0
     no_flip = torch.zeros(len(table), dtype=torch.bool)
     for start in range(0, len(table), batch_size):
         rows = torch.arange(start, min(start + batch_size, len(table)))
         feats, caps, lengths = table.batch(rows, no_flip[rows], features, features)
-        logits = model.head(feats, caps, lengths)
-        targets = model.head.decoder.packed_targets(caps, lengths)
+        logits, _ = model.head(feats, caps, lengths)
+        targets = packed_targets(caps, lengths)
         total += F.cross_entropy(logits, targets, reduction="sum").item()
         count += len(targets)
-    hyps = [r.words for r in model.caption_features(features.float(), beam_size=beam_size)]
-    with warnings.catch_warnings():  # nltk warns when a tiny run has no 4-gram overlaps
-        warnings.simplefilter("ignore")
-        bleu4 = corpus_bleu(refs, hyps) if any(hyps) else 0.0
-    cider = CiderD(refs)
-    cider_score = sum(cider.score(h, cider.prepare_refs(r)) for h, r in zip(hyps, refs)) / len(refs)
-    return {"val_loss": total / count, "val_bleu4": float(bleu4), "val_cider": cider_score}
+    results = model.caption_features(features.float(), beam_size=beam_size)
+    predictions = {image: r.caption for image, r in zip(refs, results)}
+    scores = caption_scores(refs, predictions, meteor=False)
+    return {"val_loss": total / count, "val_bleu4": scores["BLEU-4"], "val_cider": scores["CIDEr"],
+            "val_object_f1": scores["object_f1"]}
 
 
 # ------------------------------------------------------------------------------ main
@@ -263,36 +291,42 @@ def main(argv: list[str] | None = None) -> int:
     dist.barrier()
     train_feats, train_flipped = cache.get(train_images, progress=False)
     val_feats, _ = cache.get(val_images, progress=False)
-    # fp16 features live on the training device (all of COCO's fit a GPU: 2 x 83k x 2048 x 2 bytes)
-    train_feats, train_flipped, val_feats = (t.to(device) for t in (train_feats, train_flipped, val_feats))
     log.info("features ready after %.0fs: %d train and %d validation images", timer(), len(train_images),
              len(val_images))
     seed_everything(args.seed + dist.rank)  # extracting draws random numbers (DataLoader seeds); reading does not
 
-    resume_path = out / "last.safetensors"
     if args.objective == "scst" and args.init is None:
         raise UserError("--objective scst starts from a trained model: give it with --init")
     if args.init is not None:
         model = Captioner.from_checkpoint(args.init, load_encoder=False)
         if model.config.encoder != args.encoder:
             raise UserError(f"{args.init} was trained on {model.config.encoder} features, not {args.encoder}")
-        vocab, config = model.vocab, model.config
-        config.beam_size, config.length_alpha = args.beam_size, args.length_alpha
+        model.decoding = DecodingConfig(args.beam_size, args.length_alpha)
     else:
-        if args.resume:
-            if not resume_path.is_file():
-                raise UserError(f"nothing to resume: {resume_path} does not exist")
-            vocab = Vocabulary.from_json(read_safetensors(resume_path)[1]["vocabulary"])
-        else:
-            vocab = Vocabulary.build((r.caption for r in splits["train"]), min_count=args.min_count)
-        config = CaptionerConfig(encoder=args.encoder, feature_dim=encoder.feature_dim, vocab_size=len(vocab),
-                                 embed_dim=args.embed_dim, hidden_dim=args.hidden_dim, num_layers=args.num_layers,
-                                 dropout=args.dropout, beam_size=args.beam_size, length_alpha=args.length_alpha,
-                                 encoder_weights_id=encoder.weights_id)
-        model = Captioner(config, vocab)
-    train_table = CaptionTable(splits["train"], train_images, vocab, args.max_caption_words)
-    val_table = CaptionTable(splits["val"], val_images, vocab, args.max_caption_words)
-    val_refs = [[tokenize(c) for c in caps] for caps in captions_by_image(splits["val"]).values()]
+        if args.resume:  # the vocabulary of the run being resumed (Loop.resume checks the rest)
+            vocab = Vocabulary.from_json(read_safetensors(out / "last.safetensors")[1]["vocabulary"]) \
+                if (out / "last.safetensors").is_file() else None
+        if not args.resume or vocab is None:
+            vocab = Vocabulary.build((r.caption for r in splits["train"]), min_count=args.min_count,
+                                     extra=slot_tokens(args.object_slots))
+        config = CaptionerConfig(encoder=args.encoder, embed_dim=args.embed_dim, hidden_dim=args.hidden_dim,
+                                 num_layers=args.num_layers, decoder=args.decoder, dropout=args.dropout,
+                                 object_slots=args.object_slots)
+        if args.object_slots and encoder.classifier is None:
+            raise UserError(f"{args.encoder} has no ImageNet classifier to find objects with; use --object-slots 0")
+        model = Captioner.new(config, vocab, encoder, decoding=DecodingConfig(args.beam_size, args.length_alpha),
+                              train_features=train_feats, held_out_features=val_feats,
+                              familiarity_dim=args.familiarity_dim)
+    vocab, config = model.vocab, model.config
+    train_table = CaptionTable(splits["train"], train_images, vocab, args.max_caption_words,
+                               model.detected_object_words(train_feats), model.detected_object_words(train_flipped))
+    val_table = CaptionTable(splits["val"], val_images, vocab, args.max_caption_words,
+                             model.detected_object_words(val_feats))
+    val_refs = {str(p): caps for p, caps in captions_by_image(splits["val"]).items()}
+    with_slot = sum(bool((ids >= model.head.decoder.first_slot).any()) for ids in train_table.ids)
+    log.info("%d of %d training captions name a detected object (as a slot)", with_slot, len(train_table))
+    # fp16 features live on the training device (all of COCO's fit a GPU: 2 x 83k x 2048 x 2 bytes)
+    train_feats, train_flipped, val_feats = (t.to(device) for t in (train_feats, train_flipped, val_feats))
 
     train_refs = [[tokenize(c) for c in caps] for caps in captions_by_image(splits["train"]).values()]
     units = len(train_refs) if args.objective == "scst" else len(train_table)  # images or captions
@@ -306,43 +340,46 @@ def main(argv: list[str] | None = None) -> int:
     if dist.enabled:
         trainer = torch.nn.parallel.DistributedDataParallel(
             model.head, device_ids=[device.index] if device.type == "cuda" else None)
-    data_info = {"training_data": json.dumps({
+    model.provenance["training_data"] = {
         "datasets": [[kind, str(root.resolve())] for kind, root in zip(args.dataset, args.data_root)],
-        "coco_split": args.coco_split, "val_fraction": args.val_fraction, "test_fraction": args.test_fraction})}
+        "coco_split": args.coco_split, "val_fraction": args.val_fraction, "test_fraction": args.test_fraction}
 
     @functools.lru_cache(maxsize=1)
     def plan(epoch: int):
         return epoch_plan(len(train_table), epoch, args.seed, args.flip_prob, dist.rank, dist.world)
 
+    scst = (SelfCritical(model, trainer, train_refs, train_feats, args.samples, args.max_caption_words)
+            if args.objective == "scst" else None)
+
     def train_step(epoch: int, step: int) -> float:
-        rows, flips = plan(epoch)
         batch = slice(step * args.batch_size, (step + 1) * args.batch_size)
-        feats, caps, lengths = train_table.batch(rows[batch], flips[batch], train_feats, train_flipped)
-        logits = trainer(feats, caps, lengths)
-        targets = model.head.decoder.packed_targets(caps, lengths)
-        loss = F.cross_entropy(logits, targets, label_smoothing=args.label_smoothing)
+        if scst is not None:
+            images = epoch_order(len(train_refs), epoch, args.seed, dist.rank, dist.world)
+            loss = scst.loss(images[batch])
+        else:
+            rows, flips = plan(epoch)
+            feats, caps, lengths = train_table.batch(rows[batch], flips[batch], train_feats, train_flipped)
+            g = torch.Generator().manual_seed(args.seed * 100_003 + epoch * 10_007 + step + 7)  # same on resume
+            swap = object_swaps(len(caps), config.object_slots, config.object_words, args.object_swap, g)
+            loss = caption_loss(trainer, feats, caps, lengths, args.label_smoothing, args.attention_reg,
+                                None if swap is None else swap.to(device))
         return optimizer_step(optimizer, loss, model.head.parameters(), args.grad_clip)
 
-    if args.objective == "scst":
-        scst = SelfCritical(model, trainer, train_refs, train_feats, args.samples, args.max_caption_words)
-
-        def train_step(epoch: int, step: int) -> float:  # noqa: F811
-            images = epoch_order(len(train_refs), epoch, args.seed, dist.rank, dist.world)
-            loss = scst.loss(images[step * args.batch_size:(step + 1) * args.batch_size])
-            return optimizer_step(optimizer, loss, model.head.parameters(), args.grad_clip)
-
     def val() -> dict:
-        return validate(model, val_table, val_feats, val_refs, args.beam_size)
+        metrics = validate(model, val_table, val_feats, val_refs, args.beam_size)
+        if scst is not None:
+            metrics["train_reward"] = scst.mean_reward()
+        return metrics
 
     loop = Loop(kind="captioner-train", config=config, model=model.head,
                 optimizer=optimizer, scheduler=scheduler, timer=timer,
                 out=out, epochs=args.epochs, steps_per_epoch=steps_per_epoch, train_step=train_step, validate=val,
-                save_best=lambda: model.save(out / "best.safetensors", dtype=torch.float16, metadata=data_info),
+                save_best=lambda: model.save(out / "best.safetensors", dtype=torch.float16),
                 metric=args.select_by,
                 save_every=args.save_every, max_steps=args.max_steps, dist=dist, seed=args.seed,
                 metadata={"vocabulary": vocab.to_json(), "args": json.dumps(vars(args), default=str)},
                 curves=(["train_loss", "val_loss"] if args.objective == "xe" else ["train_loss"], ["val_bleu4"]),
-                title=f"captioner ({args.encoder}, {args.objective})")
+                title=f"captioner ({args.encoder}, {args.decoder}, {args.objective})")
     loop.fit(args.resume)
     dist.barrier()
     close_distributed(dist)
@@ -350,8 +387,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except CheckpointError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(main())

@@ -20,26 +20,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from captioner.mnist import MnistConfig, RowLSTMClassifier
-from training.common import Timer, UserError, cli, optimizer_step, seed_everything, warmup_cosine
+from captioner.mnist import MnistConfig, RowLSTMClassifier, accuracy, load_mnist, split_train_val
+from training.common import Timer, cli, optimizer_step, run_flags, seed_everything, warmup_cosine
 from training.loop import Loop, epoch_order
-
-
-def load_mnist(root: Path, train: bool, download: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """Digits as float (N, 28, 28) in [0, 1] and labels (N,)."""
-    from torchvision.datasets import MNIST
-
-    try:
-        ds = MNIST(str(root), train=train, download=download)
-    except RuntimeError as err:  # torchvision: "Dataset not found..."
-        raise UserError(f"no MNIST under {root} and it could not be downloaded ({err})") from err
-    return ds.data.float() / 255.0, ds.targets.clone()
-
-
-def split_train_val(images, labels, n_val: int = 5000, seed: int = 1234):
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
-    val, train = order[:n_val], order[n_val:]
-    return (images[train], labels[train]), (images[val], labels[val])
 
 
 def augment(x: torch.Tensor, degrees: float = 10.0, scale: float = 0.1, shift_px: float = 2.0) -> torch.Tensor:
@@ -54,34 +37,17 @@ def augment(x: torch.Tensor, degrees: float = 10.0, scale: float = 0.1, shift_px
     return F.grid_sample(x[:, None], grid, align_corners=False, padding_mode="zeros")[:, 0]
 
 
-@torch.no_grad()
-def accuracy(model: RowLSTMClassifier, images, labels, batch_size: int = 1000, fused: bool = False):
-    model.eval()
-    preds = torch.cat([model(images[i:i + batch_size], fused=fused).argmax(-1)
-                       for i in range(0, len(images), batch_size)])
-    return (preds == labels).float().mean().item(), preds
-
-
 @cli
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", type=Path, default=Path("data"), help="folder holding MNIST/raw (default data)")
-    p.add_argument("--out", type=Path, default=Path("runs/mnist"))
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=2e-3)
-    p.add_argument("--warmup-steps", type=int, default=300)
+    run_flags(p, out="runs/mnist", epochs=20, batch_size=128, lr=2e-3, warmup_steps=300, save_every=200)
     p.add_argument("--hidden-size", type=int, default=128)
     p.add_argument("--num-layers", type=int, default=2)
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save-every", type=int, default=200)
-    p.add_argument("--max-steps", type=int, default=0)
     p.add_argument("--no-download", action="store_true", help="fail instead of downloading when MNIST is missing")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--dry-run", action="store_true", help="a few steps on a few samples")
     args = p.parse_args(argv)
     seed_everything(args.seed)
     timer = Timer()

@@ -21,33 +21,25 @@ import torch
 import torch.nn.functional as F
 
 from captioner.encoders import bf16_supported
+from captioner.mnist import load_mnist, split_train_val
 from captioner.nextframe import MovingMNIST, NextFrameConfig, NextFramePredictor, copy_last_frame, frame_mse, ssim
-from training.common import Timer, cli, optimizer_step, seed_everything, warmup_cosine
+from training.common import Timer, cli, optimizer_step, run_flags, seed_everything, warmup_cosine
 from training.loop import Loop
-from training.train_mnist import load_mnist, split_train_val
 
 
 @cli
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--data-root", type=Path, default=Path("data"), help="folder holding MNIST/raw")
-    p.add_argument("--out", type=Path, default=Path("runs/nextframe"))
-    p.add_argument("--epochs", type=int, default=20)
+    run_flags(p, out="runs/nextframe", epochs=20, batch_size=16, lr=1e-3, warmup_steps=200, save_every=250)
     p.add_argument("--steps-per-epoch", type=int, default=500)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
     p.add_argument("--kernel-size", type=int, default=3)
     p.add_argument("--patch", type=int, default=4)
     p.add_argument("--sampling-steps", type=int, default=0, help="default: 40%% of all steps")
     p.add_argument("--val-clips", type=int, default=256)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the convolutions (CPUs with bf16)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save-every", type=int, default=250)
-    p.add_argument("--max-steps", type=int, default=0)
     p.add_argument("--no-download", action="store_true")
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--dry-run", action="store_true", help="a few steps on a few samples")
     args = p.parse_args(argv)
     seed_everything(args.seed)
     timer = Timer()
@@ -57,15 +49,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         args.epochs, args.steps_per_epoch, args.batch_size, args.val_clips, args.save_every = 1, 3, 2, 4, 2
         args.hidden = [8]
-    train_set = MovingMNIST(train_digits, seed=args.seed)
-    val_set = MovingMNIST(val_digits, seed=10_000 + args.seed)
-    val_clips = val_set.batch(range(args.val_clips))
     config = NextFrameConfig(hidden=tuple(args.hidden), kernel_size=args.kernel_size, patch=args.patch)
+    train_set = MovingMNIST(train_digits, frames=config.clip_frames, size=config.size, seed=args.seed)
+    val_set = MovingMNIST(val_digits, frames=config.clip_frames, size=config.size, seed=10_000 + args.seed)
+    val_clips = val_set.batch(range(args.val_clips))
     model = NextFramePredictor(config)
     total = args.epochs * args.steps_per_epoch
     sampling_steps = args.sampling_steps or int(0.4 * total)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(min(200, total // 10 + 1), total, 0.02))
+    warmup = min(args.warmup_steps, total // 10 + 1)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, total, 0.02))
     use_bf16 = args.bf16 and bf16_supported("cpu")
 
     def train_step(epoch: int, step: int) -> float:
@@ -74,16 +67,17 @@ def main(argv: list[str] | None = None) -> int:
         clips = train_set.batch(range(first, first + args.batch_size))
         teacher = max(0.0, 1.0 - global_step / max(1, sampling_steps))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-            pred = model(clips[:, :10], clips[:, 10:], teacher_prob=teacher)
-        loss = F.mse_loss(pred.float(), clips[:, 10:])
+            inputs, truth = config.split(clips)
+            pred = model(inputs, truth, teacher_prob=teacher)
+        loss = F.mse_loss(pred.float(), truth)
         return optimizer_step(optimizer, loss, model.parameters(), 1.0)
 
     def validate() -> dict:
-        preds = torch.cat([model(val_clips[i:i + 32, :10]) for i in range(0, len(val_clips), 32)])
-        truth = val_clips[:, 10:]
+        inputs, truth = config.split(val_clips)
+        preds = torch.cat([model(inputs[i:i + 32]) for i in range(0, len(inputs), 32)])
         return {"val_mse_per_frame": float(frame_mse(preds, truth).mean()),
                 "val_ssim": float(ssim(preds, truth).mean()),
-                "val_copy_last_mse": float(frame_mse(copy_last_frame(val_clips[:, :10]), truth).mean())}
+                "val_copy_last_mse": float(frame_mse(copy_last_frame(inputs, config.output_frames), truth).mean())}
 
     loop = Loop(kind="nextframe-train", config=config, model=model,
                 optimizer=optimizer, scheduler=scheduler, timer=timer,

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from captioner.checkpoint import atomic_write_text
 from captioner.trajectory import (
     TrajectoryConfig,
     TrajectoryPredictor,
@@ -38,7 +39,7 @@ from captioner.trajectory import (
     split_sequences,
     windows_report,
 )
-from training.common import Timer, UserError, cli, optimizer_step, seed_everything, warmup_cosine
+from training.common import Timer, UserError, cli, optimizer_step, run_flags, seed_everything, warmup_cosine
 from training.loop import Loop, epoch_order
 
 BLEND_DECAYS = (0.25, 0.5, 1.0, 2.0, 4.0)
@@ -66,12 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--mat", type=Path, required=True, help="pen trajectories, laid out like trajectories_train.mat")
     p.add_argument("--hand-tracks", type=Path, default=None, help="extra training data: point_history.csv")
-    p.add_argument("--out", type=Path, default=Path("runs/trajectory"))
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=2e-3)
+    run_flags(p, out="runs/trajectory", epochs=30, batch_size=256, lr=2e-3, warmup_steps=300, save_every=500)
     p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--warmup-steps", type=int, default=300)
     p.add_argument("--d-model", type=int, default=64)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--lstm-hidden", type=int, default=64)
@@ -81,11 +78,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--geglu", choices=["split", "original"], default="split")
     p.add_argument("--rotate", type=float, default=15.0, help="random rotation augmentation, degrees")
     p.add_argument("--stride", type=int, default=1, help="window stride for training windows")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--save-every", type=int, default=500)
-    p.add_argument("--max-steps", type=int, default=0)
-    p.add_argument("--resume", action="store_true")
-    p.add_argument("--dry-run", action="store_true", help="a few steps on a few samples")
     args = p.parse_args(argv)
     seed_everything(args.seed)
     timer = Timer()
@@ -153,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     best.save(args.out / "best.safetensors")
     summary = {"best_epoch": progress["best_epoch"], "val": report, "blend_decay": decay,
                "blend_helps": blends[decay] < report["model"]["ade"], "seconds": round(timer(), 1)}
-    (args.out / "validation.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_text(args.out / "validation.json", json.dumps(summary, indent=2))
     print(json.dumps({k: summary[k] for k in ("best_epoch", "blend_decay", "blend_helps", "seconds")}
                      | {"val_ade": report["model"]["ade"], "val_fde": report["model"]["fde"],
                         "val_cv_ade": report["constant_velocity"]["ade"],

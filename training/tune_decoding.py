@@ -5,31 +5,27 @@ split (never the test split), and optionally store the choice in the checkpoint.
         --dataset flickr8k --data-root ../shared/data/flickr8k [--write]
 
 For every beam width and length exponent, the validation images are captioned and scored
-with corpus BLEU-4 (nltk) and CIDEr-D; the setting with the best BLEU-4 + CIDEr-D / 10
-wins. ``--write`` saves the checkpoint again with that setting as its default.
+with ``metrics.caption_scores`` (the measure of training's validation and of the test
+report); the setting with the best BLEU-4 + CIDEr / 10 wins. ``--write`` saves the
+checkpoint again with that setting as its default.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import warnings
 from pathlib import Path
 
 from captioner.checkpoint import read_safetensors
-from captioner.cider import CiderD
 from captioner.datasets import captions_by_image, read_dataset, split_records
 from captioner.features import FeatureCache
+from captioner.metrics import caption_scores
 from captioner.model import Captioner
-from captioner.vocabulary import tokenize
 from training.common import UserError, cli
 
 
 @cli
 def main(argv: list[str] | None = None) -> int:
-    from nltk.translate.bleu_score import corpus_bleu
-
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=Path, required=True)
     p.add_argument("--dataset", action="append", choices=["coco", "flickr8k"], required=True)
@@ -43,34 +39,31 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("give one --data-root for each --dataset")
 
     model = Captioner.from_checkpoint(args.checkpoint)
-    meta = read_safetensors(args.checkpoint)[1]
-    info = json.loads(meta.get("training_data", "{}"))
+    info = model.provenance.get("training_data", {})
     records = [r for kind, root in zip(args.dataset, args.data_root) for r in read_dataset(kind, root).records]
     val = split_records(records, info.get("val_fraction", 0.07), info.get("test_fraction", 0.13))["val"]
     refs_by_image = captions_by_image(val)
     images = list(refs_by_image)
-    refs = [[tokenize(c) for c in refs_by_image[p]] for p in images]
+    refs = {str(p): caps for p, caps in refs_by_image.items()}
     features, _ = FeatureCache(args.cache_dir, model.require_encoder()).get(images, progress=False)
-    cider = CiderD(refs)
-    prepared = [cider.prepare_refs(r) for r in refs]
     rows = []
     for beam in args.beams:
         for alpha in (args.alphas if beam > 1 else [1.0]):
-            hyps = [r.words for r in model.caption_features(features.float(), beam_size=beam, length_alpha=alpha)]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                bleu4 = corpus_bleu(refs, hyps)
-            cider_d = sum(cider.score(h, r) for h, r in zip(hyps, prepared)) / len(hyps)
-            length = sum(map(len, hyps)) / len(hyps)
-            rows.append({"beam": beam, "alpha": alpha, "bleu4": bleu4, "cider": cider_d, "words": length})
-            print(f"beam {beam} alpha {alpha:4.2f}: BLEU-4 {bleu4:.4f}  CIDEr-D {cider_d:.4f}  words {length:.1f}")
+            results = model.caption_features(features.float(), beam_size=beam, length_alpha=alpha)
+            scores = caption_scores(refs, {str(p): r.caption for p, r in zip(images, results)}, meteor=False)
+            length = sum(len(r.words) for r in results) / len(results)
+            rows.append({"beam": beam, "alpha": alpha, "bleu4": scores["BLEU-4"], "cider": scores["CIDEr"],
+                         "object_f1": scores["object_f1"], "words": length})
+            print(f"beam {beam} alpha {alpha:4.2f}: BLEU-4 {scores['BLEU-4']:.4f}  CIDEr {scores['CIDEr']:.4f}  "
+                  f"object F1 {scores['object_f1']:.4f}  words {length:.1f}")
     best = max(rows, key=lambda r: r["bleu4"] + r["cider"] / 10)
     print(f"best on {len(images)} validation images: beam {best['beam']}, alpha {best['alpha']}")
     if args.write:
-        model.config.beam_size, model.config.length_alpha = best["beam"], best["alpha"]
-        extra = {k: v for k, v in meta.items() if k not in ("format", "kind", "config", "vocabulary")}
-        model.save(args.checkpoint, dtype=next(iter(read_safetensors(args.checkpoint)[0].values())).dtype,
-                   metadata=extra)
+        model.decoding.beam_size, model.decoding.length_alpha = best["beam"], best["alpha"]
+        tensors, meta = read_safetensors(args.checkpoint)
+        kept = ("format", "kind", "config", "vocabulary", "decoding", "object_words", "provenance")
+        model.save(args.checkpoint, dtype=next(iter(tensors.values())).dtype,
+                   metadata={k: v for k, v in meta.items() if k not in kept})
         print(f"wrote beam {best['beam']}, alpha {best['alpha']} into {args.checkpoint}")
     return 0
 
