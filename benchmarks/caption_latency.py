@@ -71,7 +71,7 @@ class Pipelines:
 
     def _fp32(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return self.fp32_backbone(x)
+            return self.fp32_backbone(x).mean((2, 3))
 
     def textbook(self, path: Path) -> list[str]:
         image = Image.open(path).convert("RGB").resize((self.pre.size, self.pre.size), Image.Resampling.LANCZOS)

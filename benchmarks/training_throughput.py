@@ -57,7 +57,7 @@ def textbook_loop(model, backbone, records, batch_size: int, steps: int) -> floa
                   for r in chunk]
         x = torch.stack([TF.normalize(TF.to_tensor(im), pre.mean, pre.std) for im in images])
         with torch.no_grad():
-            features = backbone(x)
+            features = backbone(x).mean((2, 3))
         decoder_step(model, optimizer, features, caps, lengths)
     return steps * batch_size / (time.perf_counter() - start)
 

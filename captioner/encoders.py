@@ -1,7 +1,9 @@
 """Image encoders by name, each with its own preprocessing.
 
 An encoder turns a batch of preprocessed images into one feature vector per image (the
-globally pooled activations in front of the ImageNet classifier). Encoders are frozen:
+globally pooled activations in front of the ImageNet classifier) and, for attention, the
+grid those were pooled from (7x7 cells at 224 px for every encoder here). Its
+``backbone`` computes the grid; the pooled feature is the grid's mean. Encoders are frozen:
 ``encode`` runs in inference mode, in bf16 and channels_last memory where the CPU
 supports it.
 
@@ -107,7 +109,8 @@ def fold_batchnorm(backbone: nn.Module) -> tuple[nn.Module, bool]:
 
 
 class ImageEncoder(nn.Module):
-    """A frozen CNN: ``encode(batch) -> (B, feature_dim)`` float32 features."""
+    """A frozen CNN: ``encode(batch) -> (B, feature_dim)`` float32 features, and
+    ``encode(batch, grid=True)`` -> those and the grid (B, cells, feature_dim)."""
 
     def __init__(self, name: str, backbone: nn.Module, classifier: nn.Linear | None,
                  feature_dim: int, preprocess: Preprocessing, weights_id: str, optimize: bool = True):
@@ -152,10 +155,16 @@ class ImageEncoder(nn.Module):
         return next(self.backbone.parameters()).dtype
 
     @torch.inference_mode()
-    def encode(self, batch: torch.Tensor) -> torch.Tensor:
-        """Preprocessed images (B, 3, H, W) -> float32 features (B, feature_dim)."""
+    def encode(self, batch: torch.Tensor, grid: bool = False):
+        """Preprocessed images (B, 3, H, W) -> float32 features (B, feature_dim); with
+        ``grid``, also the grid (B, H' * W', feature_dim), cells in row-major order. The
+        mean is taken in the compute dtype, as the CNN's own global pooling does."""
         batch = batch.to(self.device, self.dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        return self.backbone(batch).float()
+        maps = self.backbone(batch)
+        pooled = maps.mean((2, 3)).float()
+        if not grid:
+            return pooled
+        return pooled, maps.flatten(2).transpose(1, 2).float()
 
     @torch.inference_mode()
     def classify(self, batch: torch.Tensor) -> torch.Tensor:
@@ -219,8 +228,9 @@ def _build_resnet(name: str, weights: str, optimize: bool) -> ImageEncoder:
             model.load_state_dict(state)
         except RuntimeError as err:
             raise EncoderWeightsError(f"those weights do not fit {name}: {err}") from err
-    classifier, model.fc = model.fc, nn.Identity()
-    return ImageEncoder(name, model, classifier, dim, Preprocessing(), weights_id, optimize)
+    grid = nn.Sequential(*(getattr(model, n) for n in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2",
+                                                      "layer3", "layer4")))  # all but the pooling and fc
+    return ImageEncoder(name, grid, model.fc, dim, Preprocessing(), weights_id, optimize)
 
 
 # ---------------------------------------------------------------------- EfficientNet-Lite0
@@ -238,7 +248,7 @@ def _efficientnet_lite0_file() -> Path:
 def _build_efficientnet_lite0(weights: str, optimize: bool) -> ImageEncoder:
     import timm
 
-    backbone = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0)
+    backbone = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0, global_pool="")
     classifier = nn.Linear(1280, 1000)
     if weights == "random":
         weights_id = "random"

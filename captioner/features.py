@@ -6,10 +6,19 @@ channels_last), stored in fp16 and keyed by image (its path, size and modificati
 so they are reused across epochs and runs. The horizontally flipped image's feature is
 stored beside it, for flip augmentation.
 
-Layout: ``root/<encoder fingerprint>/shard-*.safetensors``. The fingerprint covers the
-encoder's name, its weights and its preprocessing; change any of them and the cache
+With ``grid=True`` the cache holds each image's grid of features instead (for the
+attention decoder: 7x7 cells of 1280 for Lite0, 125 KB per image in fp16), in a folder of
+its own.
+
+Layout: ``root/<encoder fingerprint>[-grid]/shard-*.safetensors``. The fingerprint covers
+the encoder's name, its weights and its preprocessing; change any of them and the cache
 starts afresh in a new folder. Each shard is written atomically as soon as its images
 are done, so an interrupted extraction keeps what it finished.
+
+Non-finite numbers are never stored: a feature that is already NaN or infinite stops the
+extraction with the image named (broken weights, not a broken cache); one too large for
+fp16 (random ResNet-152 weights reach 2.5e8) makes its shard float32 instead, with a
+warning.
 """
 
 from __future__ import annotations
@@ -60,10 +69,17 @@ def _collate(items):
     return items
 
 
+class NonFiniteFeatures(ValueError):
+    """The encoder produced NaN or infinite features."""
+
+
+FP16_MAX = float(torch.finfo(torch.float16).max)
+
+
 class FeatureCache:
-    def __init__(self, root: str | os.PathLike, encoder: ImageEncoder):
-        self.encoder = encoder
-        self.dir = Path(root) / f"{encoder.name}-{encoder.fingerprint()}"
+    def __init__(self, root: str | os.PathLike, encoder: ImageEncoder, grid: bool = False):
+        self.encoder, self.grid = encoder, grid
+        self.dir = Path(root) / f"{encoder.name}-{encoder.fingerprint()}{'-grid' if grid else ''}"
         self._features: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._loaded: set[str] = set()
 
@@ -82,8 +98,9 @@ class FeatureCache:
 
     def get(self, paths: Sequence[str | os.PathLike], batch_size: int = 64, num_workers: int = 2,
             shard_size: int = 1024, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features (N, D) and flipped features (N, D), fp16, in the order of ``paths``.
-        Missing ones are extracted first. Unreadable images raise ``ImageError``."""
+        """Features (N, D) and flipped features (N, D) (grids: (N, cells, D)), fp16 unless
+        too large for it, in the order of ``paths``. Missing ones are extracted first.
+        Unreadable images raise ``ImageError``."""
         paths = [Path(p) for p in paths]
         keys = [image_key(p) for p in paths]
         self._load_shards()
@@ -99,7 +116,7 @@ class FeatureCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.dir / "encoder.json", json.dumps({
             "encoder": self.encoder.name, "weights": self.encoder.weights_id,
-            "preprocess": self.encoder.preprocess.fingerprint()}))
+            "preprocess": self.encoder.preprocess.fingerprint(), "grid": self.grid}))
         loader = DataLoader(_Images(paths, self.encoder), batch_size=batch_size, num_workers=num_workers,
                             collate_fn=_collate, persistent_workers=False)
         pending_keys, pending_feats, pending_flips, errors = [], [], [], []
@@ -109,8 +126,7 @@ class FeatureCache:
             errors += [f"{paths[i]}: {err}" for i, x, err in items if x is None]
             if good:
                 batch = torch.stack([x for _, x in good])
-                feats = self.encoder.encode(batch).half()
-                flips = self.encoder.encode(batch.flip(-1)).half()
+                feats, flips = (self._encode(b, [paths[i] for i, _ in good]) for b in (batch, batch.flip(-1)))
                 pending_keys += [image_key(paths[i]) for i, _ in good]
                 pending_feats.append(feats)
                 pending_flips.append(flips)
@@ -124,8 +140,25 @@ class FeatureCache:
         if errors:
             raise ImageError(f"{len(errors)} images could not be read, e.g. {errors[0]}")
 
+    def _encode(self, batch: torch.Tensor, paths: list[Path]) -> torch.Tensor:
+        """float32 features on the CPU, checked: finite, or an error naming the image."""
+        out = self.encoder.encode(batch, grid=True)[1] if self.grid else self.encoder.encode(batch)
+        out = out.float().cpu()
+        bad = ~torch.isfinite(out).flatten(1).all(1)
+        if bool(bad.any()):
+            raise NonFiniteFeatures(
+                f"{self.encoder.name} ({self.encoder.weights_id}) gave NaN or infinite features for "
+                f"{paths[int(bad.nonzero()[0])]}: its weights are broken; nothing was cached for it")
+        return out
+
     def _write_shard(self, keys: list[str], feats: list[torch.Tensor], flips: list[torch.Tensor]) -> None:
         features, flipped = torch.cat(feats).contiguous(), torch.cat(flips).contiguous()
+        largest = max(float(features.abs().max()), float(flipped.abs().max()))
+        if largest < FP16_MAX:
+            features, flipped = features.half(), flipped.half()
+        else:  # fp16 would store inf: keep this shard in float32
+            log.warning("features as large as %.3g do not fit fp16 (largest %.3g); %d images cached in float32",
+                        largest, FP16_MAX, len(keys))
         path = self.dir / f"shard-{uuid.uuid4().hex[:12]}.safetensors"
         tensors = {"features": features, "flipped": flipped}
         atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"keys": json.dumps(keys)}))

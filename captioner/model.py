@@ -287,8 +287,8 @@ class Captioner(nn.Module):
         """Captions of images already preprocessed by ``encoder.preprocess`` (B, 3, H, W)."""
         encoder = self.require_encoder()
         if self.head.attends:
-            grid = encoder.encode_grid(batch)
-            return self.caption_features(grid.mean(1), beam_size, max_length, grid=grid, onednn=onednn)
+            pooled, grid = encoder.encode(batch, grid=True)
+            return self.caption_features(pooled, beam_size, max_length, grid=grid, onednn=onednn)
         return self.caption_features(encoder.encode(batch), beam_size, max_length, onednn=onednn)
 
     def require_encoder(self) -> ImageEncoder:

@@ -83,7 +83,7 @@ def tiny_captioner(lite0):
     records = [CaptionRecord(p, c) for (p, _), c in zip(sample, captions)]
     table = CaptionTable(records, [p for p, _ in sample], vocab, 30, model.detected_object_words(features))
     rows = torch.arange(len(table))
-    feats, padded, lengths = table.batch(rows, torch.zeros(len(rows), dtype=torch.bool), features, features)
+    feats, padded, lengths, _ = table.batch(rows, torch.zeros(len(rows), dtype=torch.bool), features, features)
     optimizer = torch.optim.Adam(model.head.parameters(), lr=1e-2)
     model.head.train()
     for _ in range(150):

@@ -82,8 +82,11 @@ def test_encode_is_frozen_bf16_channels_last_and_close_to_fp32(lite0):
     assert not lite0.training  # frozen encoders stay in eval mode
     with torch.inference_mode():
         fp32 = copy.deepcopy(lite0.backbone).float()(batch)
-    cos = torch.nn.functional.cosine_similarity(features, fp32).min()
+    cos = torch.nn.functional.cosine_similarity(features, fp32.mean((2, 3))).min()
     assert cos > 0.999
+    pooled, grid = lite0.encode(batch, grid=True)
+    assert grid.shape == (4, 49, 1280) and torch.equal(pooled, features)  # the grid pools to the feature
+    torch.testing.assert_close(grid.mean(1), features, atol=0.02, rtol=0.01)
 
 
 @pytest.mark.parametrize("name", ["resnet18", "resnet50"])

@@ -151,14 +151,19 @@ class CaptionTable:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def batch(self, rows: torch.Tensor, flip: torch.Tensor, features, flipped):
-        """Features and padded captions on the features' device; the lengths stay on the CPU
-        (packing wants them there)."""
+    def batch(self, rows: torch.Tensor, flip: torch.Tensor, features, flipped, grid=None, grid_flipped=None):
+        """Features (and grids, for attention), padded captions on the features' device; the
+        lengths stay on the CPU (packing wants them there)."""
         device = features.device
         index = self.image[rows].to(device)
-        feats = torch.where(flip.to(device)[:, None], flipped[index], features[index]).float()
+        flip_d = flip.to(device)
+        feats = torch.where(flip_d[:, None], flipped[index], features[index]).float()
+        grids = None
+        if grid is not None:
+            grids = torch.where(flip_d[:, None, None], grid_flipped[index], grid[index]).float()
         caps = [self.mirrored[r] if f else self.ids[r] for r, f in zip(rows.tolist(), flip.tolist())]
-        return feats, pad_sequence(caps, batch_first=True).to(device), torch.tensor([len(c) for c in caps])
+        return (feats, pad_sequence(caps, batch_first=True).to(device), torch.tensor([len(c) for c in caps]),
+                grids)
 
 
 def epoch_plan(n: int, epoch: int, seed: int, flip_prob: float, rank: int, world: int):
@@ -179,11 +184,11 @@ def object_swaps(batch: int, slots: int, words: int, chance: float, generator: t
 
 
 def caption_loss(trainer, feats, caps, lengths, label_smoothing: float = 0.0, attention_reg: float = 0.0,
-                 swap: torch.Tensor | None = None):
+                 grid: torch.Tensor | None = None, swap: torch.Tensor | None = None):
     """Cross-entropy of the teacher-forced words, plus (attention) the doubly stochastic
     penalty that asks every grid cell to be looked at about once over the caption.
     ``trainer``: the caption head, or its DistributedDataParallel wrapper."""
-    logits, weights = trainer(feats, caps, lengths, swap=swap)
+    logits, weights = trainer(feats, caps, lengths, grid=grid, swap=swap)
     loss = F.cross_entropy(logits, packed_targets(caps, lengths), label_smoothing=label_smoothing)
     if weights is not None and attention_reg:
         loss = loss + attention_reg * ((1.0 - weights.sum(1)) ** 2).mean()
@@ -198,8 +203,8 @@ class SelfCritical:
     sampled are those of the policy whose gradient is taken."""
 
     def __init__(self, model: Captioner, trainer, refs: list[list[list[str]]], features: torch.Tensor,
-                 samples: int, max_words: int):
-        self.model, self.trainer, self.features = model, trainer, features
+                 samples: int, max_words: int, grid: torch.Tensor | None = None):
+        self.model, self.trainer, self.features, self.grid = model, trainer, features, grid
         self.samples, self.max_words = samples, max_words
         self.cider = CiderD(refs)
         self.refs = refs
@@ -220,14 +225,16 @@ class SelfCritical:
         head, n = self.model.head, self.samples
         head.eval()  # no dropout: sample from and differentiate the same policy
         feats = self.features[images.to(self.features.device)].float()
+        grid = None if self.grid is None else self.grid[images.to(self.grid.device)].float()
         with torch.no_grad():
-            ctx, _ = head.context(feats)
+            ctx, _ = head.context(feats, grid)
         ids, lengths = head.decoder.sample(ctx, n, self.max_words)
         lengths = lengths.cpu()
         objects = self.model.detected_object_words(feats)
         reward = self.rewards(images.tolist(), ids, objects).to(feats.device).view(-1, n)
         advantage = (reward - (reward.sum(1, keepdim=True) - reward) / (n - 1)).view(-1)
-        logits, _ = self.trainer(feats.repeat_interleave(n, 0), ids, lengths)
+        logits, _ = self.trainer(feats.repeat_interleave(n, 0), ids, lengths,
+                                 grid=None if grid is None else grid.repeat_interleave(n, 0))
         token_logp = -F.cross_entropy(logits, packed_targets(ids, lengths), reduction="none")
         owner, _ = packed_order(lengths - 1)  # each packed token's caption
         seq_logp = torch.zeros(len(ids), device=token_logp.device).index_add(0, owner.to(token_logp.device),
@@ -247,7 +254,7 @@ class SelfCritical:
 
 @torch.no_grad()
 def validate(model: Captioner, table: CaptionTable, features, refs: dict[str, list[str]], beam_size: int,
-             batch_size: int = 512) -> dict[str, float]:
+             grid: torch.Tensor | None = None, batch_size: int = 256) -> dict[str, float]:
     """Validation loss (teacher forcing), and the scores of beam-search captions: BLEU-4
     and CIDEr as the test report computes them (``metrics.caption_scores``), and the
     object-mention F1."""
@@ -256,12 +263,16 @@ def validate(model: Captioner, table: CaptionTable, features, refs: dict[str, li
     no_flip = torch.zeros(len(table), dtype=torch.bool)
     for start in range(0, len(table), batch_size):
         rows = torch.arange(start, min(start + batch_size, len(table)))
-        feats, caps, lengths = table.batch(rows, no_flip[rows], features, features)
-        logits, _ = model.head(feats, caps, lengths)
+        feats, caps, lengths, grids = table.batch(rows, no_flip[rows], features, features, grid, grid)
+        logits, _ = model.head(feats, caps, lengths, grid=grids)
         targets = packed_targets(caps, lengths)
         total += F.cross_entropy(logits, targets, reduction="sum").item()
         count += len(targets)
-    results = model.caption_features(features.float(), beam_size=beam_size)
+    results = []
+    for start in range(0, len(features), batch_size):
+        part = slice(start, start + batch_size)
+        results += model.caption_features(features[part].float(), beam_size=beam_size,
+                                          grid=None if grid is None else grid[part].float())
     predictions = {image: r.caption for image, r in zip(refs, results)}
     scores = caption_scores(refs, predictions, meteor=False)
     return {"val_loss": total / count, "val_bleu4": scores["BLEU-4"], "val_cider": scores["CIDEr"],
@@ -285,12 +296,19 @@ def main(argv: list[str] | None = None) -> int:
     train_images, val_images = unique_images(splits["train"]), unique_images(splits["val"])
     device = dist.device
     encoder = build_encoder(args.encoder, args.encoder_weights).to(device)
-    cache = FeatureCache(args.cache_dir, encoder)
+    caches = [FeatureCache(args.cache_dir, encoder)]
+    if args.decoder == "attention":
+        caches.append(FeatureCache(args.cache_dir, encoder, grid=True))
     if dist.main:  # rank 0 extracts; the others wait, then read the cache
-        cache.get(train_images + val_images, num_workers=args.workers)
+        for cache in caches:
+            cache.get(train_images + val_images, num_workers=args.workers)
     dist.barrier()
-    train_feats, train_flipped = cache.get(train_images, progress=False)
-    val_feats, _ = cache.get(val_images, progress=False)
+    train_feats, train_flipped = caches[0].get(train_images, progress=False)
+    val_feats, _ = caches[0].get(val_images, progress=False)
+    train_grid = train_grid_flipped = val_grid = None
+    if len(caches) > 1:
+        train_grid, train_grid_flipped = caches[1].get(train_images, progress=False)
+        val_grid, _ = caches[1].get(val_images, progress=False)
     log.info("features ready after %.0fs: %d train and %d validation images", timer(), len(train_images),
              len(val_images))
     seed_everything(args.seed + dist.rank)  # extracting draws random numbers (DataLoader seeds); reading does not
@@ -327,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("%d of %d training captions name a detected object (as a slot)", with_slot, len(train_table))
     # fp16 features live on the training device (all of COCO's fit a GPU: 2 x 83k x 2048 x 2 bytes)
     train_feats, train_flipped, val_feats = (t.to(device) for t in (train_feats, train_flipped, val_feats))
+    if train_grid is not None:
+        train_grid, train_grid_flipped, val_grid = (t.to(device) for t in (train_grid, train_grid_flipped, val_grid))
 
     train_refs = [[tokenize(c) for c in caps] for caps in captions_by_image(splits["train"]).values()]
     units = len(train_refs) if args.objective == "scst" else len(train_table)  # images or captions
@@ -348,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     def plan(epoch: int):
         return epoch_plan(len(train_table), epoch, args.seed, args.flip_prob, dist.rank, dist.world)
 
-    scst = (SelfCritical(model, trainer, train_refs, train_feats, args.samples, args.max_caption_words)
+    scst = (SelfCritical(model, trainer, train_refs, train_feats, args.samples, args.max_caption_words, train_grid)
             if args.objective == "scst" else None)
 
     def train_step(epoch: int, step: int) -> float:
@@ -358,15 +378,16 @@ def main(argv: list[str] | None = None) -> int:
             loss = scst.loss(images[batch])
         else:
             rows, flips = plan(epoch)
-            feats, caps, lengths = train_table.batch(rows[batch], flips[batch], train_feats, train_flipped)
+            feats, caps, lengths, grids = train_table.batch(rows[batch], flips[batch], train_feats, train_flipped,
+                                                            train_grid, train_grid_flipped)
             g = torch.Generator().manual_seed(args.seed * 100_003 + epoch * 10_007 + step + 7)  # same on resume
             swap = object_swaps(len(caps), config.object_slots, config.object_words, args.object_swap, g)
-            loss = caption_loss(trainer, feats, caps, lengths, args.label_smoothing, args.attention_reg,
+            loss = caption_loss(trainer, feats, caps, lengths, args.label_smoothing, args.attention_reg, grids,
                                 None if swap is None else swap.to(device))
         return optimizer_step(optimizer, loss, model.head.parameters(), args.grad_clip)
 
     def val() -> dict:
-        metrics = validate(model, val_table, val_feats, val_refs, args.beam_size)
+        metrics = validate(model, val_table, val_feats, val_refs, args.beam_size, val_grid)
         if scst is not None:
             metrics["train_reward"] = scst.mean_reward()
         return metrics
