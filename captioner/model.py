@@ -263,15 +263,23 @@ class Captioner(nn.Module):
         d = self.decoding
         decoding = replace(d, beam_size=beam_size or d.beam_size, max_length=max_length or d.max_length,
                            length_alpha=d.length_alpha if length_alpha is None else length_alpha)
+        features = features.to(self.device)
+        grid = None if grid is None else grid.to(self.device)
         decoded, detections = self.head.decode(features, decoding, grid, onednn)
-        familiarity = self.head.familiarity(features).tolist() if self.head.familiarity is not None else None
+        n = len(decoded)
+        familiarity = self.head.familiarity(features).tolist() if self.head.familiarity is not None else [None] * n
+        objects = ([[{"word": self.object_words[w], "probability": round(p, 4)} for w, p in zip(ws, ps)]
+                    for ws, ps in zip(detections.words.tolist(), detections.probs.tolist())]
+                   if detections is not None else [[] for _ in range(n)])
         grid_size = None
         if grid is not None:
             side = int(round(grid.shape[1] ** 0.5))
             grid_size = (side, grid.shape[1] // side)
-        return [self._result(d, detections.select(torch.tensor([i])) if detections is not None else None,
-                             familiarity[i] if familiarity is not None else None, grid_size)
-                for i, d in enumerate(decoded)]
+        return [self._result(*row, grid_size) for row in zip(decoded, objects, familiarity)]
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.head.parameters()).device
 
     @torch.inference_mode()
     def caption(self, images: Sequence[Image.Image], beam_size: int | None = None,
@@ -293,15 +301,11 @@ class Captioner(nn.Module):
 
     def require_encoder(self) -> ImageEncoder:
         if self.encoder is None:
-            self.encoder = build_encoder(self.config.encoder)
+            self.encoder = build_encoder(self.config.encoder, device=self.device)
         return self.encoder
 
-    def _result(self, decoded: Decoded, detections: Detections | None, familiarity: float | None,
+    def _result(self, decoded: Decoded, objects: list[dict], familiarity: float | None,
                 grid: tuple[int, int] | None) -> CaptionResult:
-        objects = []
-        if detections is not None:
-            objects = [{"word": self.object_words[w], "probability": round(float(p), 4)}
-                       for w, p in zip(detections.words[0].tolist(), detections.probs[0].tolist())]
         names = [o["word"] for o in objects]
         words, probs, attention = [], [], [] if decoded.attention is not None else None
         for n, i in enumerate(decoded.ids):  # ids hold no <start>/<pad>/<end>: probabilities align
@@ -351,10 +355,13 @@ class Captioner(nn.Module):
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike = DEFAULT_CHECKPOINT, *, encoder: ImageEncoder | None = None,
-                        encoder_weights: str | None = None, load_encoder: bool = True) -> Captioner:
-        """Rebuild a captioner from its checkpoint on the CPU. The encoder is rebuilt by
-        name (``encoder_weights`` may point at a local weights file) unless one is given
-        or ``load_encoder`` is False (for work on cached features)."""
+                        encoder_weights: str | None = None, load_encoder: bool = True,
+                        device: torch.device | str = "cpu") -> Captioner:
+        """Rebuild a captioner from its checkpoint on ``device`` (``devices.resolve_device``
+        turns ``auto`` into one). The encoder is rebuilt by name (``encoder_weights`` may
+        point at a local weights file) unless one is given or ``load_encoder`` is False (for
+        work on cached features)."""
+        device = torch.device(device)
         config_dict, tensors, meta = load_model(path, "captioner")
         try:
             config = config_from_dict(CaptionerConfig, config_dict, path)
@@ -365,13 +372,13 @@ class Captioner(nn.Module):
         except (KeyError, ValueError, TypeError) as err:
             raise CheckpointError(f"{path} has unreadable metadata ({err})") from err
         if encoder is None and load_encoder:
-            encoder = build_encoder(config.encoder, encoder_weights)
+            encoder = build_encoder(config.encoder, encoder_weights, device=device)
         if encoder is not None and encoder.name != config.encoder:
             raise CheckpointError(f"{path} was trained on {config.encoder} features, not {encoder.name}")
         model = cls(config, vocab, encoder, decoding=decoding, object_words=object_words)
         model.provenance = provenance
         load_state_strict(model.head, tensors, path)
-        model.head.eval()
+        model.head.to(device).eval()
         trained_on = provenance.get("encoder_weights_id")
         if encoder is not None and trained_on and encoder.weights_id != trained_on:
             log.warning("%s was trained with encoder weights %s but runs with %s", path, trained_on, encoder.weights_id)

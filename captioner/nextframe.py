@@ -151,9 +151,11 @@ class NextFramePredictor(Saveable, nn.Module):
         return torch.stack([unfold(o, c.patch) for o in outputs], dim=1)
 
     @torch.inference_mode()
+    @torch.no_grad()
     def predict(self, frames: torch.Tensor) -> torch.Tensor:
+        """The predicted frames of ``frames``, computed on the model's device, on the CPU."""
         self.eval()
-        return self(frames)
+        return self(frames.to(next(self.parameters()).device)).cpu()
 
 
 # ---------------------------------------------------------------------------- metrics

@@ -150,22 +150,35 @@ class MicroBatcher:
                     start += len(items)
 
 
-def _load_captioner(path: Path):
-    from captioner.model import Captioner
-
-    model = Captioner.from_checkpoint(path)
-    model.require_encoder()
-    return model
-
-
 class CaptionService(ModelService):
-    def __init__(self, checkpoint: str | os.PathLike | None = None, max_images: int = 64, batching: bool = True):
+    """``device``: where the model runs (``auto``: a GPU if there is one). ``run_batch`` is
+    the one place the model computes, so a host can wrap it (Hugging Face's ZeroGPU
+    attaches a GPU only inside functions wrapped with ``spaces.GPU``)."""
+
+    def __init__(self, checkpoint: str | os.PathLike | None = None, max_images: int = 64, batching: bool = True,
+                 device: str = "cpu"):
+        from captioner.devices import resolve_device
         from captioner.model import DEFAULT_CHECKPOINT, Captioner
 
-        super().__init__(checkpoint or DEFAULT_CHECKPOINT, Captioner, _load_captioner)
+        self.device = resolve_device(device)
+        super().__init__(checkpoint or DEFAULT_CHECKPOINT, Captioner, self._load)
         self.max_images = max_images
         self._lock = threading.Lock()  # one model run at a time
         self.batcher = MicroBatcher(self._run) if batching else None
+        self.run_batch = self._caption_batch
+
+    def use_device(self, device: str) -> None:
+        """Run on another device (before the model is first used)."""
+        from captioner.devices import resolve_device
+
+        if self.model.loaded:
+            raise RuntimeError("the captioner is already loaded")
+        self.device = resolve_device(device)
+
+    def _load(self, path: Path):
+        model = self.model_class.from_checkpoint(path, device=self.device)
+        model.require_encoder()
+        return model
 
     def default_beam(self) -> int:
         """The beam width the checkpoint was tuned for, read from its metadata alone."""
@@ -178,10 +191,17 @@ class CaptionService(ModelService):
         except (CheckpointError, KeyError, ValueError):
             return 3
 
+    def _caption_batch(self, batch: torch.Tensor, beam: int) -> list:
+        return self.model.get().caption_tensors(batch, beam_size=beam)
+
     def _run(self, images: list, beam: int) -> list:
         """Caption preprocessed images (each a (3, H, W) tensor) in one model run."""
+        model = self.model.get()  # loaded before the lock, so the first run waits for the load only
+        batch = torch.stack(images)
+        if model.device.type == "cuda":
+            batch = batch.pin_memory()
         with self._lock:
-            return self.model.get().caption_tensors(torch.stack(images), beam_size=beam)
+            return self.run_batch(batch, beam)
 
     def caption_paths(self, paths: Sequence[str], beam_size: int = 1, keep_images: bool = False) -> list[dict]:
         """Caption images given by path. Each gets ``{"image", "caption", "words",

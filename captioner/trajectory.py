@@ -152,9 +152,16 @@ class TrajectoryPredictor(Saveable, nn.Module):
         x = x[None] if single else x
         if x.shape[1] < self.config.past:
             x = pad_history(x, self.config.past)
-        self.eval()
-        out = self(x[:, -self.config.past:]).numpy()
+        out = self.run_batches(x[:, -self.config.past:])
         return out[0] if single else out
+
+    @torch.no_grad()
+    def run_batches(self, past: torch.Tensor, batch_size: int = 2048) -> np.ndarray:
+        """The model on (N, past, 2) windows, in batches on its own device -> numpy (N, future, 2)."""
+        self.eval()
+        device = next(self.parameters()).device
+        return torch.cat([self(past[i:i + batch_size].to(device)).cpu() for i in range(0, len(past), batch_size)]
+                         ).numpy()
 
 
 def pad_history(x: torch.Tensor, length: int) -> torch.Tensor:
@@ -297,10 +304,7 @@ def windows_report(model: TrajectoryPredictor, windows: np.ndarray, batch_size: 
     if len(windows) == 0:
         return {"windows": 0}
     past, truth = windows[:, :c.past], windows[:, c.past:]
-    model.eval()
-    with torch.no_grad():
-        x = torch.from_numpy(past)
-        pred = torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]).numpy()
+    pred = model.run_batches(torch.from_numpy(past), batch_size)
     report = {"windows": int(len(windows))}
     for name, guess in (("model", pred), ("last_position", last_position(past, c.future)),
                         ("constant_velocity", constant_velocity(past, c.future))):
@@ -334,9 +338,7 @@ def forecast_sequence(model: TrajectoryPredictor, seq: np.ndarray, batch_size: i
     windows = sliding_windows([seq], c.past, c.future)
     if len(windows) == 0:
         return (np.zeros((0, c.future, 2), np.float32),) * 2 + (np.zeros((0, c.past, 2), np.float32),)
-    model.eval()
-    x = torch.from_numpy(windows)
-    preds = torch.cat([model(x[i:i + batch_size, :c.past]) for i in range(0, len(x), batch_size)]).numpy()
+    preds = model.run_batches(torch.from_numpy(windows[:, :c.past]), batch_size)
     return preds, windows[:, c.past:], windows[:, :c.past]
 
 

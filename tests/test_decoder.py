@@ -51,7 +51,7 @@ def test_beam_width_one_is_exactly_greedy():
     features = torch.randn(16, 32)
     greedy = model.caption_features(features, beam_size=1)
     ctx, _ = model.head.context(features)
-    beam1 = [model._result(d, None, None, None) for d in model.head.decoder.beam_search(ctx, 1, 12)]
+    beam1 = [model._result(d, [], None, None) for d in model.head.decoder.beam_search(ctx, 1, 12)]
     assert [g.words for g in greedy] == [b.words for b in beam1]
     for g, b in zip(greedy, beam1):
         assert g.probabilities == b.probabilities

@@ -68,7 +68,7 @@ def test_preprocessing_squashes_the_whole_image_and_accepts_any_mode():
 def test_encode_is_frozen_bf16_channels_last_and_close_to_fp32(lite0):
     import copy
 
-    from captioner.encoders import bf16_supported
+    from captioner.devices import fast_bf16 as bf16_supported
 
     photos = [p for p, _ in flickr_sample(4)]
     batch = lite0.preprocess.batch([load_image(p) for p in photos])

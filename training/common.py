@@ -32,8 +32,10 @@ class UserError(Exception):
 def cli(main: Callable[[list[str] | None], int | None]) -> Callable[[list[str] | None], int]:
     """Run ``main``; known user errors end in one clear sentence and a non-zero exit."""
     from captioner.checkpoint import CheckpointError
+    from captioner.devices import DeviceError
     from captioner.downloads import DownloadError
     from captioner.encoders import EncoderWeightsError
+    from captioner.features import NonFiniteFeatures
     from captioner.images import ImageError
 
     @functools.wraps(main)
@@ -43,7 +45,7 @@ def cli(main: Callable[[list[str] | None], int | None]) -> Callable[[list[str] |
         try:
             return main(argv) or 0
         except (UserError, CheckpointError, EncoderWeightsError, ImageError, FileNotFoundError,
-                DownloadError) as err:
+                DownloadError, DeviceError, NonFiniteFeatures) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
@@ -70,6 +72,15 @@ def run_flags(parser: argparse.ArgumentParser, *, out: str | None, epochs: int |
     parser.add_argument("--max-steps", type=int, default=0, help="stop after this many steps in total (0: no limit)")
     parser.add_argument("--resume", action="store_true", help="continue from --out/last.safetensors")
     parser.add_argument("--dry-run", action="store_true", help="a few steps on a few samples")
+    return device_flag(parser)
+
+
+def device_flag(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--device``, for every training and evaluation script."""
+    from captioner.devices import DEVICE_CHOICES
+
+    parser.add_argument("--device", default="auto",
+                        help=f"{DEVICE_CHOICES} (default auto: a GPU if there is one; torchrun: one GPU per process)")
     return parser
 
 
@@ -86,11 +97,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
-
-    @property
-    def device(self) -> torch.device:
-        """This process's device: its own GPU where there are GPUs, else the CPU."""
-        return torch.device("cuda", self.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    device: torch.device = torch.device("cpu")  # this process's device
 
     @property
     def main(self) -> bool:
@@ -114,17 +121,29 @@ class Dist:
         return float(t) / self.world
 
 
-def init_distributed() -> Dist:
-    """Join the process group when started by ``torchrun`` (gloo on CPU, nccl on GPUs)."""
+def init_distributed(device: str = "auto") -> Dist:
+    """This process's device (``--device``), and the process group when started by
+    ``torchrun``: one GPU per process with nccl, or CPU processes with gloo."""
+    from captioner.devices import resolve_device
+
+    chosen = resolve_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
-        return Dist()
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    torch.distributed.init_process_group(backend, timeout=timedelta(hours=2))
-    dist = Dist(torch.distributed.get_rank(), torch.distributed.get_world_size(),
-                int(os.environ.get("LOCAL_RANK", "0")))
-    if backend == "nccl":
-        torch.cuda.set_device(dist.local_rank)
+        return Dist(device=chosen)
+    local_rank, local_world = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if chosen.type == "mps":
+        raise UserError("torchrun runs one process per GPU with nccl or per CPU share with gloo; Apple's MPS "
+                        "has neither: train in one process (python -m ...) or pass --device cpu")
+    if chosen.type == "cuda":
+        gpus = torch.cuda.device_count()
+        if local_world > gpus:
+            raise UserError(f"torchrun started {local_world} processes on this machine, which has {gpus} "
+                            f"GPU{'s' if gpus != 1 else ''}: use --nproc_per_node {gpus} (one process per GPU), "
+                            "or --device cpu")
+        chosen = torch.device("cuda", local_rank)
+        torch.cuda.set_device(chosen)
+    torch.distributed.init_process_group("nccl" if chosen.type == "cuda" else "gloo", timeout=timedelta(hours=2))
+    dist = Dist(torch.distributed.get_rank(), torch.distributed.get_world_size(), local_rank, chosen)
     if not dist.main:
         logging.getLogger().setLevel(logging.WARNING)
     return dist
@@ -184,13 +203,21 @@ def plot_curves(path: Path, rows: list[dict], left: list[str], right: list[str] 
     plt.close(fig)
 
 
+class NonFiniteLoss(ArithmeticError):
+    """The loss is NaN or infinite; the step was not taken."""
+
+
 def optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, parameters, clip: float) -> float:
-    """One training step: backward, clip the gradient norm to ``clip``, update. Returns the loss."""
+    """One training step: backward, clip the gradient norm to ``clip``, update. Returns the
+    loss. A NaN or infinite loss raises ``NonFiniteLoss`` before anything changes."""
+    value = loss.item()
+    if not math.isfinite(value):
+        raise NonFiniteLoss(value)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(parameters, clip)
     optimizer.step()
-    return loss.item()
+    return value
 
 
 def warmup_cosine(warmup: int, total: int, floor: float):

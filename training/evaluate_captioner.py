@@ -33,10 +33,11 @@ import torch
 
 from captioner.checkpoint import atomic_write_text
 from captioner.datasets import captions_by_image, read_coco, read_dataset, read_flickr8k, split_of
+from captioner.devices import resolve_device
 from captioner.features import FeatureCache
 from captioner.metrics import best_constant_caption, caption_scores, consensus_caption, java_available
 from captioner.model import DEFAULT_CHECKPOINT, Captioner
-from training.common import UserError, cli
+from training.common import UserError, cli, device_flag
 
 log = logging.getLogger("evaluate_captioner")
 
@@ -103,12 +104,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", type=Path, default=Path("data/features"))
     p.add_argument("--encoder-weights", default=None)
     p.add_argument("--json-out", type=Path, default=None)
+    device_flag(p)
     args = p.parse_args(argv)
     if args.beam_size is not None and args.beam_size < 1:
         raise UserError("--beam-size must be at least 1")
     start = time.perf_counter()
 
-    model = Captioner.from_checkpoint(args.checkpoint, encoder_weights=args.encoder_weights)
+    model = Captioner.from_checkpoint(args.checkpoint, encoder_weights=args.encoder_weights,
+                                      device=resolve_device(args.device))
     dataset = (read_coco(args.coco_captions, args.images) if args.coco_captions
                else read_flickr8k(args.flickr_captions, args.images))
     sources, info = training_sources(model, args.train_data)

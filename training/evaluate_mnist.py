@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 
 from captioner.checkpoint import atomic_write_text
+from captioner.devices import resolve_device
 from captioner.mnist import DEFAULT_CHECKPOINT, RowLSTMClassifier, accuracy, load_mnist
-from training.common import cli
+from training.common import cli, device_flag
 
 
 @cli
@@ -28,9 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     p.add_argument("--json-out", type=Path, default=None)
     p.add_argument("--no-download", action="store_true")
+    device_flag(p)
     args = p.parse_args(argv)
 
-    model = RowLSTMClassifier.from_checkpoint(args.checkpoint)
+    model = RowLSTMClassifier.from_checkpoint(args.checkpoint).to(resolve_device(args.device))
     images, labels = load_mnist(args.data_root, train=False, download=not args.no_download)
     results = {}
     for name, fused in (("ours", False), ("fused", True)):

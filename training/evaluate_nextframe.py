@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 
 from captioner.checkpoint import atomic_write_text
+from captioner.devices import resolve_device
 from captioner.mnist import load_mnist
 from captioner.nextframe import DEFAULT_CHECKPOINT, MovingMNIST, NextFramePredictor, copy_last_frame, frame_mse, ssim
-from training.common import cli
+from training.common import cli, device_flag
 
 TEST_SEED = 2024
 
@@ -34,9 +35,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=50)
     p.add_argument("--json-out", type=Path, default=None)
     p.add_argument("--no-download", action="store_true")
+    device_flag(p)
     args = p.parse_args(argv)
 
-    model = NextFramePredictor.from_checkpoint(args.checkpoint)
+    model = NextFramePredictor.from_checkpoint(args.checkpoint).to(resolve_device(args.device))
     digits, _ = load_mnist(args.data_root, train=False, download=not args.no_download)
     test_set = MovingMNIST(digits, frames=model.config.clip_frames, size=model.config.size, seed=TEST_SEED)
     sums = {"model_mse": 0.0, "model_ssim": 0.0, "copy_mse": 0.0, "copy_ssim": 0.0}

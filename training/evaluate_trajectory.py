@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from captioner.checkpoint import atomic_write_text
+from captioner.devices import resolve_device
 from captioner.trajectory import (
     DEFAULT_CHECKPOINT,
     TrajectoryPredictor,
@@ -28,7 +29,7 @@ from captioner.trajectory import (
     split_sequences,
     windows_report,
 )
-from training.common import UserError, cli
+from training.common import UserError, cli, device_flag
 
 
 @cli
@@ -41,9 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hand-tracks", type=Path, default=None,
                    help="also score MediaPipe fingertip tracks (point_history.csv): 6 points in, 10 out; "
                         "--split picks the tracks held out by track, as in training")
+    device_flag(p)
     args = p.parse_args(argv)
 
-    model = TrajectoryPredictor.from_checkpoint(args.checkpoint)
+    model = TrajectoryPredictor.from_checkpoint(args.checkpoint).to(resolve_device(args.device))
     try:
         sequences = read_mat_sequences(args.mat)
     except ValueError as err:

@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from captioner.checkpoint import load_training_state, read_metadata, save_training_state, weight_settings
-from training.common import Dist, Timer, UserError, plot_curves, write_metrics
+from training.common import Dist, NonFiniteLoss, Timer, UserError, plot_curves, write_metrics
 
 log = logging.getLogger("training")
 
@@ -92,6 +92,11 @@ class Loop:
         log.info("resumed from %s at epoch %d, step %d", self.last_path, self.progress["epoch"] + 1,
                  self.progress["step_in_epoch"])
 
+    def _last_saved(self) -> str:
+        if self.last_path.is_file():
+            return f"The last good state is {self.last_path} (--resume continues from it)."
+        return "No state was saved before it."
+
     def checkpoint(self) -> None:
         self.progress["seconds"] = round(self.timer(), 1)  # the clock goes on after --resume
         if self.dist.main:
@@ -111,7 +116,15 @@ class Loop:
                        disable=not self.dist.main)
             self.model.train()
             for step in bar:
-                loss = self.train_step(epoch, step)
+                try:
+                    loss = self.train_step(epoch, step)
+                except NonFiniteLoss as err:
+                    bar.close()
+                    raise UserError(
+                        f"training stopped: the loss was {err.args[0]} at step {p['global_step'] + 1} (epoch "
+                        f"{epoch + 1}, batch {step + 1} of {self.steps_per_epoch}), so that step was not taken. "
+                        f"Likely causes: non-finite or huge inputs (encoder weights that are random or broken), or "
+                        f"a learning rate too high for this model. {self._last_saved()}") from err
                 if self.scheduler is not None:
                     self.scheduler.step()
                 p["loss_sum"] += loss

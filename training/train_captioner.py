@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         args.batch_size, args.save_every, args.warmup_steps = 8, 2, 1
     args.epochs = args.epochs or (1 if args.dry_run else 20)
-    dist = init_distributed()
+    dist = init_distributed(args.device)
     seed_everything(args.seed + dist.rank)
     out = args.out
     timer = Timer()
@@ -295,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     splits = load_records(args)
     train_images, val_images = unique_images(splits["train"]), unique_images(splits["val"])
     device = dist.device
-    encoder = build_encoder(args.encoder, args.encoder_weights).to(device)
+    encoder = build_encoder(args.encoder, args.encoder_weights, device=device)
     caches = [FeatureCache(args.cache_dir, encoder)]
     if args.decoder == "attention":
         caches.append(FeatureCache(args.cache_dir, encoder, grid=True))

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from captioner.devices import resolve_device
 from captioner.mnist import MnistConfig, RowLSTMClassifier, accuracy, load_mnist, split_train_val
 from training.common import Timer, cli, optimizer_step, run_flags, seed_everything, warmup_cosine
 from training.loop import Loop, epoch_order
@@ -57,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         train_x, train_y, val_x, val_y = train_x[:256], train_y[:256], val_x[:128], val_y[:128]
         args.epochs, args.batch_size, args.save_every, args.warmup_steps = 1, 32, 4, 1
+    device = resolve_device(args.device)
     config = MnistConfig(args.hidden_size, args.num_layers, args.dropout)
-    model = RowLSTMClassifier(config)
+    model = RowLSTMClassifier(config).to(device)
     steps_per_epoch = math.ceil(len(train_x) / args.batch_size)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     def train_step(epoch: int, step: int) -> float:
         rows = epoch_order(len(train_x), epoch, args.seed)[step * args.batch_size:(step + 1) * args.batch_size]
         x = train_x[rows] if args.no_augment else augment(train_x[rows])
-        loss = F.cross_entropy(model(x), train_y[rows])
+        loss = F.cross_entropy(model(x.to(device)), train_y[rows].to(device))
         return optimizer_step(optimizer, loss, model.parameters(), args.grad_clip)
 
     def validate() -> dict:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from captioner.encoders import bf16_supported
+from captioner.devices import fast_bf16, resolve_device
 from captioner.mnist import load_mnist, split_train_val
 from captioner.nextframe import MovingMNIST, NextFrameConfig, NextFramePredictor, copy_last_frame, frame_mse, ssim
 from training.common import Timer, cli, optimizer_step, run_flags, seed_everything, warmup_cosine
@@ -53,20 +53,21 @@ def main(argv: list[str] | None = None) -> int:
     train_set = MovingMNIST(train_digits, frames=config.clip_frames, size=config.size, seed=args.seed)
     val_set = MovingMNIST(val_digits, frames=config.clip_frames, size=config.size, seed=10_000 + args.seed)
     val_clips = val_set.batch(range(args.val_clips))
-    model = NextFramePredictor(config)
+    device = resolve_device(args.device)
+    model = NextFramePredictor(config).to(device)
     total = args.epochs * args.steps_per_epoch
     sampling_steps = args.sampling_steps or int(0.4 * total)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     warmup = min(args.warmup_steps, total // 10 + 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, total, 0.02))
-    use_bf16 = args.bf16 and bf16_supported("cpu")
+    use_bf16 = args.bf16 and fast_bf16(device)
 
     def train_step(epoch: int, step: int) -> float:
         global_step = epoch * args.steps_per_epoch + step
         first = global_step * args.batch_size
-        clips = train_set.batch(range(first, first + args.batch_size))
+        clips = train_set.batch(range(first, first + args.batch_size)).to(device)
         teacher = max(0.0, 1.0 - global_step / max(1, sampling_steps))
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             inputs, truth = config.split(clips)
             pred = model(inputs, truth, teacher_prob=teacher)
         loss = F.mse_loss(pred.float(), truth)
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def validate() -> dict:
         inputs, truth = config.split(val_clips)
-        preds = torch.cat([model(inputs[i:i + 32]) for i in range(0, len(inputs), 32)])
+        preds = torch.cat([model.predict(inputs[i:i + 32]) for i in range(0, len(inputs), 32)])
         return {"val_mse_per_frame": float(frame_mse(preds, truth).mean()),
                 "val_ssim": float(ssim(preds, truth).mean()),
                 "val_copy_last_mse": float(frame_mse(copy_last_frame(inputs, config.output_frames), truth).mean())}

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from captioner.checkpoint import atomic_write_text
+from captioner.devices import resolve_device
 from captioner.trajectory import (
     TrajectoryConfig,
     TrajectoryPredictor,
@@ -106,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(train_seqs)} train / {len(val_seqs)} validation / {len(split['test'])} test sequences; "
           f"{len(windows)} training windows", file=sys.stderr)
 
-    model = TrajectoryPredictor(config)
+    device = resolve_device(args.device)
+    model = TrajectoryPredictor(config).to(device)
     steps_per_epoch = math.ceil(len(windows) / args.batch_size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -114,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def train_step(epoch: int, step: int) -> float:
         rows = epoch_order(len(windows), epoch, args.seed)[step * args.batch_size:(step + 1) * args.batch_size]
-        loss = window_loss(model, rotate(windows[rows], args.rotate))
+        loss = window_loss(model, rotate(windows[rows], args.rotate).to(device))
         return optimizer_step(optimizer, loss, model.parameters(), 1.0)
 
     def validate() -> dict:

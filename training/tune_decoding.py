@@ -18,10 +18,11 @@ from pathlib import Path
 
 from captioner.checkpoint import read_safetensors
 from captioner.datasets import captions_by_image, read_dataset, split_records
+from captioner.devices import resolve_device
 from captioner.features import FeatureCache
 from captioner.metrics import caption_scores
 from captioner.model import Captioner
-from training.common import UserError, cli
+from training.common import UserError, cli, device_flag
 
 
 @cli
@@ -34,11 +35,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.5, 0.75, 1.0, 1.25])
     p.add_argument("--cache-dir", type=Path, default=Path("data/features"))
     p.add_argument("--write", action="store_true", help="store the best setting in the checkpoint")
+    device_flag(p)
     args = p.parse_args(argv)
     if len(args.dataset) != len(args.data_root):
         raise UserError("give one --data-root for each --dataset")
 
-    model = Captioner.from_checkpoint(args.checkpoint)
+    model = Captioner.from_checkpoint(args.checkpoint, device=resolve_device(args.device))
     info = model.provenance.get("training_data", {})
     records = [r for kind, root in zip(args.dataset, args.data_root) for r in read_dataset(kind, root).records]
     val = split_records(records, info.get("val_fraction", 0.07), info.get("test_fraction", 0.13))["val"]

@@ -1,0 +1,65 @@
+"""Pictures of where an attention captioner looked: the photo once per word, with the
+word's attention weights over the encoder's grid laid over it as a heat map (the grid
+upsampled smoothly to the photo's size, as in Show, Attend and Tell's figures)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from captioner.model import CaptionResult
+
+# a dark-blue -> red -> yellow ramp, so that weak attention stays see-through
+_RAMP = np.array([[0, 0, 64], [160, 0, 64], [255, 64, 0], [255, 220, 0]], dtype=np.float32)
+
+
+def heat(weights: list[float], grid: tuple[int, int], size: tuple[int, int]) -> Image.Image:
+    """An RGBA heat map of ``size`` from one word's weights over a ``grid`` (row-major)."""
+    w = np.asarray(weights, dtype=np.float32).reshape(grid)
+    w = w / max(float(w.max()), 1e-12)
+    smooth = np.asarray(Image.fromarray((w * 255).astype(np.uint8)).resize(size, Image.Resampling.BICUBIC),
+                        dtype=np.float32) / 255.0
+    position = smooth * (len(_RAMP) - 1)
+    low = np.clip(position.astype(int), 0, len(_RAMP) - 2)
+    frac = (position - low)[..., None]
+    rgb = _RAMP[low] * (1 - frac) + _RAMP[low + 1] * frac
+    alpha = (40 + 170 * smooth)[..., None]
+    return Image.fromarray(np.concatenate([rgb, alpha], -1).astype(np.uint8), "RGBA")
+
+
+def attention_panels(image: Image.Image, result: CaptionResult, size: int = 160) -> list[tuple[Image.Image, str]]:
+    """One (picture, "word (p)") per word of an attention model's caption."""
+    if result.attention is None or result.grid is None:
+        raise ValueError("this caption carries no attention weights (it is not from an attention model)")
+    base = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR).convert("RGBA")
+    return [(Image.alpha_composite(base, heat(w, tuple(result.grid), (size, size))).convert("RGB"), f"{word} ({p:.2f})")
+            for word, p, w in zip(result.words, result.probabilities, result.attention)]
+
+
+def attention_strip(image: Image.Image, result: CaptionResult, size: int = 160, per_row: int = 6) -> Image.Image:
+    """The photo, then one panel per word, each labelled, in rows of ``per_row``."""
+    panels = [(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR), "photo"),
+              *attention_panels(image, result, size)]
+    label, gap = 18, 4
+    rows = (len(panels) + per_row - 1) // per_row
+    cols = min(per_row, len(panels))
+    sheet = Image.new("RGB", (cols * (size + gap) + gap, rows * (size + label + gap) + gap), "white")
+    draw = ImageDraw.Draw(sheet)
+    for k, (panel, text) in enumerate(panels):
+        x, y = gap + (k % per_row) * (size + gap), gap + (k // per_row) * (size + label + gap)
+        sheet.paste(panel, (x, y + label))
+        draw.text((x + 2, y + 2), text, fill=(20, 20, 20))
+    return sheet
+
+
+def save_attention_maps(image: Image.Image, result: CaptionResult, path: str | os.PathLike) -> Path:
+    """The strip as a PNG, written atomically."""
+    from captioner.checkpoint import atomic_write
+
+    path = Path(path)
+    sheet = attention_strip(image, result)
+    atomic_write(path, lambda tmp: sheet.save(tmp, format="PNG"))
+    return path
