@@ -172,17 +172,63 @@ def load_model(name: str) -> tuple[Captioner, torch.nn.Module, str]:
     return model, plain, "random CNN weights and projection, the shipped LSTM decoder without its object slots"
 
 
+def device_rows(photos: list[Path], checkpoint: Path = DEFAULT_CHECKPOINT) -> dict:
+    """The shipped captioner on the CPU and on the GPU of this machine: one photo at a time
+    through the app's predictor (file to caption), and batches of 64 photos."""
+    from captioner.devices import synchronize
+    from captioner.service import CaptionService
+
+    rows = {}
+    for device in ("cpu", "cuda"):
+        service = CaptionService(checkpoint, batching=True, device=device)
+        model = service.model.get()
+        dev = model.device
+        single = {}
+        for beam in (1, 3):
+            for path in photos[:3]:
+                service.caption_paths([str(path)], beam)
+            times = []
+            for path in photos:
+                start = time.perf_counter()
+                service.caption_paths([str(path)], beam)
+                synchronize(dev)
+                times.append(time.perf_counter() - start)
+            single[f"beam{beam}"] = {k: round(v, 4) if isinstance(v, float) else v
+                                     for k, v in percentiles(times).items()}
+        pre = model.require_encoder().preprocess
+        batch = torch.stack([pre(load_image(p, draft_size=pre.size)) for p in (photos * 2)[:64]])
+        per_second = {}
+        for beam in (1, 5):
+            model.caption_tensors(batch, beam)  # warm up
+            synchronize(dev)
+            start = time.perf_counter()
+            for _ in range(3):
+                model.caption_tensors(batch, beam)
+            synchronize(dev)
+            per_second[f"beam{beam}"] = round(3 * len(batch) / (time.perf_counter() - start), 1)
+        rows[device] = {"device": torch.cuda.get_device_name(0) if device == "cuda" else machine()["cpu"],
+                        "single_photo_seconds": single, "batch64_photos_per_second": per_second}
+    rows["cuda_vs_cpu"] = {
+        "single_photo_p50": {b: round(rows["cpu"]["single_photo_seconds"][b]["p50"]
+                                      / rows["cuda"]["single_photo_seconds"][b]["p50"], 2) for b in ("beam1", "beam3")},
+        "batch64": {b: round(rows["cuda"]["batch64_photos_per_second"][b] / rows["cpu"]["batch64_photos_per_second"][b],
+                             1) for b in ("beam1", "beam5")}}
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=40)
-    p.add_argument("--encoders", nargs="+", default=["resnet152", "efficientnet_lite0"])
+    p.add_argument("--encoders", nargs="*", default=["resnet152", "efficientnet_lite0"],
+                   help="encoders whose CPU stages to time (none: only the GPU rows, where there is a GPU)")
     args = p.parse_args(argv)
     photos = sorted(require(SHARED / "coco_mini" / "train2017", "COCO images").glob("*.jpg"))[:args.images]
     results = {"images": len(photos), "image_source": "COCO train2017 photos (about 640x480 JPEG)",
                "stages": list(STAGES), "encoders": {}}
-    kernels = measured_bf16_peak_gflops()
-    results["bf16_kernels_gflops_measured"] = kernels
-    results["bf16_peak_gflops_theoretical_at_reported_clock"] = machine()["bf16_peak_gflops_theoretical"]
+    if args.encoders:
+        kernels = measured_bf16_peak_gflops()
+        results["bf16_kernels_gflops_measured"] = kernels
+        results["bf16_peak_gflops_theoretical_at_reported_clock"] = machine()["bf16_peak_gflops_theoretical"]
     for name in args.encoders:
         model, plain, weights = load_model(name)
         pipes = Pipelines(model, plain)
@@ -230,7 +276,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name} ({weights}): p50 " + ", ".join(f"{s} {stats[s]['p50'] * 1000:.0f} ms" for s in STAGES)
               + f"; speed-up {r['speedup_p50_vs_textbook']['ours']}x; beam 3 costs {r['beam3_cost_vs_greedy_p50']}x "
               f"greedy; encoder at {r['encoder_fraction_of_peak']} of bf16 peak")
-    path = write_results("caption_latency", results)
+    if torch.cuda.is_available():  # GPU rows only where there is a GPU
+        results["gpu"] = device_rows(photos)
+        print(f"GPU: {results['gpu']['cuda_vs_cpu']}")
+    path = write_results("caption_latency", results, name_suffix="_gpu" if not args.encoders else "")
     print(f"wrote {path}")
 
 

@@ -39,6 +39,7 @@ def machine() -> dict:
         "cpu": model, "cores": cores, "mhz": mhz, "torch_threads": torch.get_num_threads(),
         "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
         "python": platform.python_version(), "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         # AVX-512 BF16: one 512-bit VDPBF16PS (32 bf16 products + 32 adds) per cycle per core,
         # on the cores torch uses
         "bf16_peak_gflops_theoretical": round(used * (mhz or 0) * 1e6 * 64 / 1e9, 1) if mhz else None,
@@ -62,10 +63,12 @@ def run_threads(target, args_list: list[tuple]) -> float:
     return time.perf_counter() - start
 
 
-def write_results(name: str, results: dict, path: Path | None = None) -> Path:
+def write_results(name: str, results: dict, path: Path | None = None, name_suffix: str = "") -> Path:
+    """``benchmarks/results/<name><name_suffix>.json``, with the machine described (its GPU
+    too, where there is one)."""
     from captioner.checkpoint import atomic_write_text
 
-    path = path or RESULTS / f"{name}.json"
+    path = path or RESULTS / f"{name}{name_suffix}.json"
     results = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), **results}
     atomic_write_text(path, json.dumps(results, indent=2))
     return path

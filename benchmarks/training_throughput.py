@@ -27,6 +27,7 @@ from torch.nn.utils.rnn import pad_sequence
 from benchmarks.caption_latency import load_model
 from benchmarks.common import SHARED, require, write_results
 from captioner.datasets import read_dataset
+from captioner.devices import synchronize
 from captioner.features import FeatureCache
 from training.train_captioner import caption_loss
 
@@ -42,7 +43,8 @@ def batches(records, vocab, batch_size: int, count: int):
 
 def decoder_step(model, optimizer, features, caps, lengths) -> None:
     model.head.train()
-    loss = caption_loss(model.head, features, caps, lengths)
+    device = features.device
+    loss = caption_loss(model.head, features, caps.to(device), lengths)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
@@ -56,19 +58,37 @@ def textbook_loop(model, backbone, records, batch_size: int, steps: int) -> floa
         images = [Image.open(r.image).convert("RGB").resize((pre.size, pre.size), Image.Resampling.LANCZOS)
                   for r in chunk]
         x = torch.stack([TF.normalize(TF.to_tensor(im), pre.mean, pre.std) for im in images])
+        x = x.to(next(backbone.parameters()).device)
         with torch.no_grad():
             features = backbone(x).mean((2, 3))
         decoder_step(model, optimizer, features, caps, lengths)
+    synchronize(x.device)
     return steps * batch_size / (time.perf_counter() - start)
 
 
 def cached_loop(model, records, features_by_image, batch_size: int, steps: int) -> float:
     optimizer = torch.optim.Adam(model.head.parameters(), lr=1e-4)
+    device = model.device
     start = time.perf_counter()
     for chunk, caps, lengths in batches(records, model.vocab, batch_size, steps):
-        features = torch.stack([features_by_image[r.image] for r in chunk]).float()
+        features = torch.stack([features_by_image[r.image] for r in chunk]).to(device).float()
         decoder_step(model, optimizer, features, caps, lengths)
+    synchronize(device)
     return steps * batch_size / (time.perf_counter() - start)
+
+
+def gpu_rows(model, plain, sample, by_image, batch_size: int, textbook_steps: int, cached_steps: int) -> dict:
+    """The same two loops on this machine's GPU (the textbook CNN in float32 there too)."""
+    model.head.cuda()
+    plain = plain.cuda()
+    cached_loop(model, sample, by_image, batch_size, 3)  # warm up
+    textbook_loop(model, plain, sample, batch_size, 1)
+    textbook = textbook_loop(model, plain, sample, batch_size, textbook_steps)
+    cached = cached_loop(model, sample, by_image, batch_size, cached_steps)
+    model.head.cpu()
+    return {"device": torch.cuda.get_device_name(0), "textbook_captions_per_second": round(textbook, 1),
+            "cached_captions_per_second": round(cached, 1), "speedup_per_epoch": round(cached / textbook, 1),
+            "epoch_minutes_cached": round(EPOCH_CAPTIONS / cached / 60, 2)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -109,7 +129,12 @@ def main(argv: list[str] | None = None) -> None:
         r = results["encoders"][name]
         print(f"{name}: textbook {r['textbook_captions_per_second']} captions/s, cached "
               f"{r['cached_captions_per_second']} captions/s: {r['speedup_per_epoch']}x per epoch")
-    print(f"wrote {write_results('training_throughput', results)}")
+        if torch.cuda.is_available():  # GPU rows only where there is a GPU
+            r["gpu"] = gpu_rows(model, plain, sample, by_image, args.batch_size, args.textbook_steps,
+                                args.cached_steps)
+            print(f"{name} on {r['gpu']['device']}: {r['gpu']}")
+    suffix = "_gpu" if torch.cuda.is_available() else ""  # a GPU machine's figures beside this one's
+    print(f"wrote {write_results('training_throughput', results, name_suffix=suffix)}")
 
 
 if __name__ == "__main__":
