@@ -37,7 +37,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import SHARED, machine, percentiles, require, write_results
+from benchmarks.common import SHARED, machine, percentiles, require, run_threads, write_results
 from captioner.encoders import build_encoder
 from captioner.images import load_image
 from captioner.model import DEFAULT_CHECKPOINT, Captioner, CaptionerConfig
@@ -206,8 +206,16 @@ def device_rows(photos: list[Path], checkpoint: Path = DEFAULT_CHECKPOINT) -> di
                 model.caption_tensors(batch, beam)
             synchronize(dev)
             per_second[f"beam{beam}"] = round(3 * len(batch) / (time.perf_counter() - start), 1)
+        # 16 clients at once through the micro-batcher, as the app's requests arrive
+        clients = [(str(photos[i % len(photos)]),) for i in range(16)]
+        run_threads(lambda path: service.caption_paths([path], 1), clients)  # warm up (new batch shapes)
+        service.batcher.batches.clear()
+        seconds = run_threads(lambda path: service.caption_paths([path], 1), clients)
         rows[device] = {"device": torch.cuda.get_device_name(0) if device == "cuda" else machine()["cpu"],
-                        "single_photo_seconds": single, "batch64_photos_per_second": per_second}
+                        "single_photo_seconds": single, "batch64_photos_per_second": per_second,
+                        "concurrent16_photos_per_second": round(16 / seconds, 1),
+                        "concurrent16_mean_batch": round(sum(service.batcher.batches)
+                                                         / max(1, len(service.batcher.batches)), 1)}
     rows["cuda_vs_cpu"] = {
         "single_photo_p50": {b: round(rows["cpu"]["single_photo_seconds"][b]["p50"]
                                       / rows["cuda"]["single_photo_seconds"][b]["p50"], 2) for b in ("beam1", "beam3")},

@@ -91,8 +91,10 @@ class _Photos(Dataset):
 
 
 def _batch(items):
+    """(index, error) of each photo and one tensor of the good ones: one shared-memory
+    transfer per batch from a worker, not one per photo."""
     good = [x for _, x, _ in items if x is not None]
-    return items, torch.stack(good) if good else None
+    return [(i, err) for i, _, err in items], torch.stack(good) if good else None
 
 
 def caption_files(model: Captioner, paths: list[Path], beam_size: int | None, batch_size: int,
@@ -105,7 +107,7 @@ def caption_files(model: Captioner, paths: list[Path], beam_size: int | None, ba
                         persistent_workers=False, prefetch_factor=4 if workers else None)
     for items, batch in loader:
         results = iter(model.caption_tensors(batch, beam_size) if batch is not None else [])
-        for i, _, error in items:
+        for i, error in items:
             path = paths[i]
             if error is not None:
                 failures += 1

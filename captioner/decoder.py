@@ -264,18 +264,17 @@ class CaptionDecoder(nn.Module):
             rows = torch.arange(len(tokens), device=device)
             required = must_include[group // 2]
             waiting = (group % 2 == 0) & (required >= 0)
-            # each hypothesis offers its best n words to its own beam (the required word aside,
-            # while it waits), and the required word to the beam of captions that hold it
-            ranked = logp.clone()
-            ranked[rows[waiting], required[waiting]] = float("-inf")
+            # Each hypothesis offers its best n words to its own beam (the required word aside,
+            # while it waits), and the required word to the beam of captions that hold it.
+            # (Written without data-dependent shapes where it can be: on a GPU every such shape
+            # waits for the device, and a step of a small beam is all waiting.)
+            extra_word = required.clamp_min(0)[:, None]
+            extra_logp = logp.gather(1, extra_word)
+            ranked = logp.scatter(1, extra_word, torch.where(waiting[:, None], float("-inf"), extra_logp))
             cand_logp, cand_word = ranked.topk(min(n, logp.shape[1]), dim=1)
-            cand_group = group[:, None].expand_as(cand_word)
-            if bool(waiting.any()):
-                extra_word = required.clamp_min(0)[:, None]
-                extra_logp = logp.gather(1, extra_word).masked_fill(~waiting[:, None], float("-inf"))
-                cand_logp = torch.cat([cand_logp, extra_logp], 1)
-                cand_word = torch.cat([cand_word, extra_word], 1)
-                cand_group = torch.cat([cand_group, (group | 1)[:, None]], 1)
+            cand_logp = torch.cat([cand_logp, extra_logp.masked_fill(~waiting[:, None], float("-inf"))], 1)
+            cand_word = torch.cat([cand_word, extra_word], 1)
+            cand_group = torch.cat([group[:, None].expand(-1, cand_word.shape[1] - 1), (group | 1)[:, None]], 1)
             cand_score = (score[:, None] + cand_logp).flatten()
             cand_row = rows[:, None].expand_as(cand_word).flatten()
             cand_word, cand_group = cand_word.flatten(), cand_group.flatten()
@@ -289,19 +288,20 @@ class CaptionDecoder(nn.Module):
             order = order[keep]
             word, row, new_group, new_score = cand_word[order], cand_row[order], cand_group[order], cand_score[order]
             ends = (word == self.end_id) | (t == max_length - 1)
-
-            for k in ends.nonzero().flatten().tolist():
-                r, w = int(row[k]), int(word[k])
-                ids = seqs[r].tolist() + [w]
-                lps = seq_logps[r].tolist() + [float(logp[r, w])]
-                finished[int(new_group[k])].append(_finish(ids, lps, self.end_id, length_alpha,
-                                                           seq_attn[r].tolist() if seq_attn is not None else None))
-            n_finished += torch.bincount(new_group[ends], minlength=2 * batch)
+            # the finished ones, fetched from the device in one go
+            end_rows, end_words, end_groups = row[ends], word[ends], new_group[ends]
+            if len(end_rows):
+                ids_all = torch.cat([seqs[end_rows], end_words[:, None]], 1).tolist()
+                lps_all = torch.cat([seq_logps[end_rows], logp[end_rows, end_words][:, None]], 1).tolist()
+                attn_all = seq_attn[end_rows].tolist() if seq_attn is not None else [None] * len(ids_all)
+                for g, ids, lps, attn in zip(end_groups.tolist(), ids_all, lps_all, attn_all):
+                    finished[g].append(_finish(ids, lps, self.end_id, length_alpha, attn))
+                n_finished += torch.bincount(end_groups, minlength=2 * batch)
 
             live = ~ends
-            if not bool(live.any()):
-                break
             row, word = row[live], word[live]
+            if not len(row):
+                break
             group, score = new_group[live], new_score[live]
             seqs = torch.cat([seqs[row], word[:, None]], 1)
             seq_logps = torch.cat([seq_logps[row], logp[row, word][:, None]], 1)

@@ -13,19 +13,23 @@ from __future__ import annotations
 import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from functools import cache
 from pathlib import Path
-
-from nltk.tokenize import TreebankWordTokenizer
 
 PAD, START, END, UNK = "<pad>", "<start>", "<end>", "<unk>"
 SPECIAL_TOKENS = (PAD, START, END, UNK)
 
-_tokenizer = TreebankWordTokenizer()
+@cache
+def _tokenizer():
+    # imported on first use: importing nltk takes about 1.7 s, and captioning never tokenises
+    from nltk.tokenize import TreebankWordTokenizer
+
+    return TreebankWordTokenizer()
 
 
 def tokenize(text: str) -> list[str]:
     """Lower-case words of a caption, without punctuation-only tokens."""
-    return [t for t in _tokenizer.tokenize(text.lower()) if any(c.isalnum() for c in t)]
+    return [t for t in _tokenizer().tokenize(text.lower()) if any(c.isalnum() for c in t)]
 
 
 class Vocabulary:
