@@ -153,7 +153,12 @@ class ImageEncoder(nn.Module):
         ``grid``, also the grid (B, H' * W', feature_dim), cells in row-major order. The
         mean is taken in the compute dtype, as the CNN's own global pooling does."""
         batch = batch.to(self.device, self.dtype, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        maps = self.backbone(batch)
+        size = len(batch)
+        if batch.device.type == "cuda" and size & (size - 1):
+            # On a GPU every new batch size costs cuDNN a first call per layer (hundreds of ms for
+            # the whole CNN); padding to a power of two keeps the sizes few.
+            batch = torch.cat([batch, batch.new_zeros(((1 << size.bit_length()) - size, *batch.shape[1:]))])
+        maps = self.backbone(batch)[:size]
         pooled = maps.mean((2, 3)).float()
         if not grid:
             return pooled

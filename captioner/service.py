@@ -177,7 +177,12 @@ class CaptionService(ModelService):
 
     def _load(self, path: Path):
         model = self.model_class.from_checkpoint(path, device=self.device)
-        model.require_encoder()
+        encoder = model.require_encoder()
+        if model.device.type == "cuda":  # the first run of each batch size is slow on a GPU: do them now
+            size = encoder.preprocess.size
+            for batch in (1, 2, 4, 8, 16, 32):
+                for beam in (1, model.decoding.beam_size):
+                    model.caption_tensors(torch.zeros(batch, 3, size, size), beam_size=beam)
         return model
 
     def default_beam(self) -> int:
