@@ -23,16 +23,19 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
+from gradio.data_classes import FileData, GradioRootModel, ListFiles  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 
 from captioner.devices import DEVICE_CHOICES, DeviceError  # noqa: E402
 from captioner.images import MAX_BYTES, ImageError, load_image  # noqa: E402
+from captioner.model import UNFAMILIAR  # noqa: E402
 from captioner.service import CaptionService, DigitService, FrameService, InputError, TrajectoryService  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent
 NOT_TRAINED = ("**Not trained yet.** This tab's model has not been shipped in `checkpoints/`; "
                "the README says how to train it.")
 DOWNLOADS = Path(tempfile.gettempdir()) / "captioner-downloads"
+CAPTURES = Path(tempfile.gettempdir()) / "captioner-captures"  # webcam shots and pasted photos
 _last_cleanup = [0.0]  # when old downloads were last removed
 _cleanup_lock = threading.Lock()
 
@@ -65,6 +68,10 @@ frames = FrameService(CHECKPOINTS / "nextframe.safetensors",
                       mnist_root=DATA if _data("MNIST", "raw", "t10k-images-idx3-ubyte") else CACHE)
 
 
+class OneOrMoreFiles(GradioRootModel):
+    root: list[FileData] | FileData
+
+
 def _user_error(err: Exception) -> gr.Error:
     return gr.Error(str(err), print_exception=False)
 
@@ -72,14 +79,14 @@ def _user_error(err: Exception) -> gr.Error:
 # ----------------------------------------------------------------------------- caption
 
 def caption(files, decoding: str = "beam search", beam_width: float = 5):
-    """Caption one or many images. Returns the shaded caption(s) as HTML, the photos with
-    their captions, a table, CSV and JSON downloads, the results as JSON, and how long it took."""
+    """Caption one or many images (a list of files, or one file). Returns the shaded
+    caption(s) with the objects recognised and how familiar each photo is as HTML, the
+    photos with their captions, the attention maps (attention models), a table, CSV and
+    JSON downloads, the results as JSON, and how long it took."""
     start = time.perf_counter()
-    paths = [f if isinstance(f, str) else getattr(f, "name", str(f)) for f in (files or [])]
-    if isinstance(files, str):
-        paths = [files]
+    paths = _paths(files)
     if not paths:
-        raise gr.Error("Please upload at least one image.", print_exception=False)
+        raise gr.Error("Please choose at least one photo.", print_exception=False)
     beam = 1 if str(decoding).lower().startswith("greedy") else beam_width
     try:
         results = captions.caption_paths(paths, beam, keep_images=True)
@@ -94,7 +101,74 @@ def caption(files, decoding: str = "beam search", beam_width: float = 5):
         f" ({len(results) - good} file{'s' if len(results) - good != 1 else ''} could not be read)"
         if good < len(results) else "")
     gallery = [(_thumbnail(picture), r["caption"]) for picture, r in pictures]
-    return _shaded_html(results), gallery, _table(results), _downloads(results), results, timing
+    maps = [(_attention_strip(picture, r), r["caption"]) for picture, r in pictures if "attention" in r]
+    return (_shaded_html(results), gallery, maps, _table(results), _downloads(results), results, timing)
+
+
+def _paths(files) -> list[str]:
+    """Server paths of what the photo input holds: one file or many (the API takes either)."""
+    if files is None:
+        return []
+    items = files if isinstance(files, (list, tuple)) else [files]
+    return [f if isinstance(f, str) else getattr(f, "path", None) or getattr(f, "name", str(f)) for f in items]
+
+
+def _attention_strip(picture: Image.Image, result: dict) -> Image.Image:
+    from captioner.attention_maps import attention_strip
+    from captioner.model import CaptionResult
+
+    return attention_strip(picture, CaptionResult(result["caption"], result["words"], result["probabilities"],
+                                                  attention=result["attention"], grid=tuple(result["attention_grid"])),
+                           size=128, per_row=5)
+
+
+def preview(files) -> list:
+    """Thumbnails of the chosen photos, decoded by the safe loader, before any caption."""
+    shown = []
+    for path in _paths(files)[:64]:
+        try:
+            shown.append((_thumbnail(load_image(path, draft_size=256)), Path(path).name))
+        except ImageError as err:
+            shown.append((_placeholder(), f"{Path(path).name}: {err}"))
+    return shown
+
+
+def _placeholder(size: int = 128) -> Image.Image:
+    image = Image.new("RGB", (size, size), (245, 245, 245))
+    ImageDraw.Draw(image).text((10, size // 2 - 6), "not a photo", fill=(185, 28, 28))
+    return image
+
+
+def add_captured(files, evt: gr.EventData):
+    """A photo from the webcam or the clipboard, sent by the page as a data URL: decoded by
+    the safe loader (same limits as uploads), saved as a PNG and added to the photos."""
+    import base64
+
+    url = _event_value(evt, "image", "")
+    source = str(_event_value(evt, "source", "photo"))[:20]
+    if not isinstance(url, str) or not url.startswith("data:image/") or "," not in url:
+        raise gr.Error("The captured photo could not be read.", print_exception=False)
+    if len(url) > MAX_BYTES * 4 // 3 + 100:
+        raise gr.Error(f"The photo is larger than {MAX_BYTES // 1_000_000} MB.", print_exception=False)
+    try:
+        image = load_image(base64.b64decode(url.split(",", 1)[1], validate=True))
+    except (ImageError, ValueError) as err:
+        raise gr.Error(f"The captured photo could not be read: {err}", print_exception=False) from err
+    CAPTURES.mkdir(parents=True, exist_ok=True)
+    path = CAPTURES / f"{'webcam' if source == 'webcam' else 'pasted'}-{time.strftime('%H%M%S')}-{os.getpid()}-" \
+                      f"{threading.get_ident() % 10000}-{int(time.time() * 1000) % 1000:03d}.png"
+    image.save(path, format="PNG")
+    updated = _paths(files) + [str(path)]
+    return updated, preview(updated)
+
+
+def pick_example(files, evt: gr.SelectData):
+    """An example photo, clicked in the examples gallery, joins the photos."""
+    examples = _example_images()
+    if not isinstance(evt.index, int) or not 0 <= evt.index < len(examples):
+        raise gr.Error("That example is not there.", print_exception=False)
+    updated = _paths(files) + [examples[evt.index]]
+    return updated, preview(updated)
 
 
 def _thumbnail(image: Image.Image, size: int = 256) -> Image.Image:
@@ -113,9 +187,41 @@ def _shaded_html(results: list[dict]) -> str:
         words = "".join(
             f"<span class='w' style='background: rgba(79, 70, 229, {0.12 + 0.6 * p:.2f})' "
             f"title='p = {p:.2f}'>{html.escape(w)}</span> " for w, p in zip(r["words"], r["probabilities"]))
-        blocks.append(f"<div class='cap'><b>{name}</b>: <span class='caption'>{words}</span></div>")
-    legend = "<div class='legend'>Darker words are the ones the model was surer of (hover for the probability).</div>"
+        blocks.append(f"<div class='cap'><b>{name}</b>: {_honesty(r)}<span class='caption'>{words}</span>"
+                      f"{_objects_line(r)}</div>")
+    legend = ("<div class='legend'>Darker words are the ones the model was surer of (hover for the probability). "
+              "<i>Recognised</i>: what the encoder's ImageNet classifier sees, as caption words. <i>Familiarity</i>: "
+              "how much the photo resembles the photos the captioner learned from (0.5 is typical of them; below "
+              f"{UNFAMILIAR} fewer than 1% of such photos look this unlike them).</div>")
     return "<div class='captions'>" + "".join(blocks) + legend + "</div>"
+
+
+def _objects_line(r: dict) -> str:
+    objects = [o for o in r.get("objects", []) if o["probability"] >= 0.05][:3]
+    recognised = ", ".join(f"{html.escape(o['word'])} {o['probability']:.0%}" for o in objects) or "nothing sure"
+    familiarity = r.get("familiarity")
+    tail = f" &middot; familiarity {familiarity:.3f}" if familiarity is not None else ""
+    return f"<div class='objects'>Recognised: {recognised}{tail}</div>"
+
+
+def _honesty(r: dict) -> str:
+    """A plain warning before the caption of a photo unlike the model's training photos."""
+    familiarity = r.get("familiarity")
+    if familiarity is None or familiarity >= UNFAMILIAR:
+        return ""
+    top = next(iter(r.get("objects", [])), None)
+    if top is not None and top["probability"] >= 0.5:
+        note = (f"This photo is unlike the photos the model learned to describe; it does recognise "
+                f"{html.escape(_with_article(top['word']))} ({top['probability']:.0%}), but the rest of the caption "
+                "may be wrong.")
+    else:
+        note = ("This photo is unlike anything the model was trained on, and it recognises nothing in it for sure: "
+                "the caption below is a guess, not a description.")
+    return f"<div class='unfamiliar'>{note}</div>"
+
+
+def _with_article(word: str) -> str:
+    return ("an " if word[:1] in "aeiou" else "a ") + word
 
 
 def _table(results: list[dict]) -> list[list]:
@@ -156,27 +262,89 @@ def _downloads(results: list[dict]) -> list[str]:
     return [str(csv_path), str(json_path)]
 
 
-def _example_images() -> list[list[str]]:
+def _example_images() -> list[str]:
     """A few photos that ship inside installed packages (scikit-image, Gradio), never
-    from the datasets. The model knows Flickr8k's world (people, dogs, outdoor scenes);
-    these are photos it can describe."""
+    from the datasets: a cat, an espresso, a photographer at a tripod, an astronaut, a lion,
+    and a Hubble deep field (a photo unlike anything the model learned from)."""
     folder = Path(tempfile.gettempdir()) / "captioner-examples"
     folder.mkdir(parents=True, exist_ok=True)
     examples = []
     try:
         import skimage.data as data
 
-        for name in ("camera", "astronaut", "rocket"):
+        for name in ("chelsea", "coffee", "camera", "astronaut", "hubble_deep_field"):
             path = folder / f"{name}.jpg"
             if not path.exists():
                 Image.fromarray(getattr(data, name)()).convert("RGB").save(path, quality=92)
-            examples.append([str(path)])
+            examples.append(str(path))
     except Exception:  # scikit-image missing, or a sample it would have to download
         pass
     lion = Path(gr.__file__).parent / "media_assets" / "images" / "lion.jpg"
     if lion.is_file():
-        examples.append([str(lion)])
+        examples.insert(-1, str(lion))
     return examples
+
+
+class Photos(gr.File):
+    """The photo input: Gradio's file box (choose, or drag and drop; our safe loader is
+    the only decoder), whose ``/caption`` API takes one file as well as a list of them."""
+
+    is_template = True  # the page draws it as a plain gr.File
+
+    def __init__(self, **kwargs):
+        super().__init__(file_count="multiple", **kwargs)
+        self.data_model = OneOrMoreFiles
+
+    def get_config(self, cls=None):
+        return super().get_config(cls or gr.File)  # gr.File's settings (label, id, ...) for the page
+
+    def preprocess(self, payload):
+        if isinstance(payload, OneOrMoreFiles):
+            payload = payload.root
+        if isinstance(payload, list):
+            payload = ListFiles(root=payload)
+        return super().preprocess(payload)
+
+
+CAPTURE = """
+<div class="capture">
+  <button type="button" class="cam-start">Use the webcam</button>
+  <button type="button" class="cam-shot" style="display:none">Take the photo</button>
+  <span class="paste-hint">or paste a photo (Ctrl+V / Cmd+V) anywhere on this tab</span>
+  <video class="cam" autoplay playsinline muted style="display:none"></video>
+</div>
+"""
+
+CAPTURE_JS = """
+const start = element.querySelector('.cam-start'), shot = element.querySelector('.cam-shot');
+const video = element.querySelector('video');
+let stream = null;
+function stop() { if (stream) stream.getTracks().forEach(t => t.stop()); stream = null;
+                  video.style.display = 'none'; shot.style.display = 'none'; start.style.display = ''; }
+start.addEventListener('click', async () => {
+  try { stream = await navigator.mediaDevices.getUserMedia({video: true}); }
+  catch (e) { start.textContent = 'No webcam could be opened'; return; }
+  video.srcObject = stream; video.style.display = 'block'; shot.style.display = ''; start.style.display = 'none';
+});
+shot.addEventListener('click', () => {
+  const c = document.createElement('canvas');
+  c.width = video.videoWidth || 640; c.height = video.videoHeight || 480;
+  c.getContext('2d').drawImage(video, 0, 0, c.width, c.height);
+  trigger('upload', {image: c.toDataURL('image/jpeg', 0.92), source: 'webcam'});
+  stop();
+});
+document.addEventListener('paste', e => {
+  const items = (e.clipboardData && e.clipboardData.items) || [];
+  for (const item of items) {
+    if (!item.type.startsWith('image/')) continue;
+    const reader = new FileReader();
+    reader.onload = () => trigger('upload', {image: reader.result, source: 'clipboard'});
+    reader.readAsDataURL(item.getAsFile());
+    e.preventDefault();
+    break;
+  }
+});
+"""
 
 
 def caption_tab() -> None:
@@ -185,23 +353,38 @@ def caption_tab() -> None:
         return
     with gr.Row():
         with gr.Column(scale=1):
-            files = gr.File(label="Photos (one or many)", file_count="multiple", elem_id="caption-files")
+            files = Photos(label="Photos (one or many: choose them, or drop them here)", file_types=["image"],
+                           elem_id="caption-files")
+            capture = gr.HTML(CAPTURE, js_on_load=CAPTURE_JS, elem_id="photo-capture",
+                              css_template="button { margin: 4px 6px 4px 0; padding: 2px 12px; border: 1px solid #ccc;"
+                                           " border-radius: 4px; } video { width: 100%; max-width: 360px; "
+                                           "margin-top: 6px; } .paste-hint { color: #666; font-size: 0.9em; }")
+            chosen = gr.Gallery(label="Chosen photos", columns=4, height=170, elem_id="caption-preview",
+                                format="jpeg", allow_preview=False, interactive=False)
             decoding = gr.Radio(["beam search", "greedy"], value="beam search", label="Decoding")
             beam = gr.Slider(1, 10, value=captions.default_beam(), step=1, label="Beam width")
             button = gr.Button("Caption", variant="primary", elem_id="caption-button")
+            examples = _example_images()
+            shown = gr.Gallery(value=[(p, Path(p).stem.replace("_", " ")) for p in examples], columns=6,
+                               height=150, allow_preview=False, interactive=False, elem_id="caption-examples",
+                               label="Example photos (shipped with scikit-image and Gradio): click one to add it",
+                               visible=bool(examples))
         with gr.Column(scale=2):
             shaded = gr.HTML(label="Caption", elem_id="caption-output")
             timing = gr.Markdown(label="Time taken", elem_id="caption-timing")
+            maps = gr.Gallery(label="Where it looked: the attention over the photo for each word", columns=1,
+                              height="auto", elem_id="caption-attention", format="jpeg",
+                              visible=captions.attends())
             gallery = gr.Gallery(label="Photos", columns=4, height="auto", elem_id="caption-gallery",
                                  format="jpeg")  # WebP encoding cost more than the thumbnails were worth
             table = gr.Dataframe(headers=["image", "caption", "mean probability", "error"], label="All captions",
                                  interactive=False, wrap=True)
             downloads = gr.File(label="Download (CSV, JSON)", file_count="multiple", interactive=False)
             as_json = gr.JSON(label="Results", visible=False)
-    examples = _example_images()
-    if examples:
-        gr.Examples(examples, inputs=[files], label="Example photos (shipped with scikit-image and Gradio)")
-    button.click(caption, [files, decoding, beam], [shaded, gallery, table, downloads, as_json, timing],
+    files.change(preview, [files], [chosen], api_name=False, show_progress="hidden")
+    capture.upload(add_captured, [files], [files, chosen], api_name=False)
+    shown.select(pick_example, [files], [files, chosen], api_name=False)
+    button.click(caption, [files, decoding, beam], [shaded, gallery, maps, table, downloads, as_json, timing],
                  api_name="caption", concurrency_limit=16, concurrency_id="caption")
 
 
@@ -482,6 +665,9 @@ CSS = """
 .captions .w { border-radius: 4px; padding: 1px 3px; }
 .captions .err { color: #b91c1c; }
 .captions .legend { font-size: 0.8em; color: #666; margin-top: 0.6em; }
+.captions .objects { font-size: 0.8em; color: #444; margin-top: 0.15em; }
+.captions .unfamiliar { font-size: 0.9em; color: #92400e; background: #fef3c7; border-radius: 4px;
+                        padding: 2px 6px; margin: 0.2em 0; }
 """
 
 

@@ -167,6 +167,17 @@ class CaptionService(ModelService):
         self.batcher = MicroBatcher(self._run) if batching else None
         self.run_batch = self._caption_batch
 
+    def attends(self) -> bool:
+        """Whether the checkpoint is an attention model (from its metadata alone)."""
+        import json
+
+        from captioner.checkpoint import CheckpointError, read_metadata
+
+        try:
+            return json.loads(read_metadata(self.checkpoint)["config"]).get("decoder") == "attention"
+        except (CheckpointError, KeyError, ValueError):
+            return False
+
     def use_device(self, device: str) -> None:
         """Run on another device (before the model is first used)."""
         from captioner.devices import resolve_device
