@@ -285,25 +285,22 @@ def _example_images() -> list[str]:
     return examples
 
 
-class Photos(gr.File):
-    """The photo input: Gradio's file box (choose, or drag and drop; our safe loader is
-    the only decoder), whose ``/caption`` API takes one file as well as a list of them."""
+def photo_input(**kwargs) -> gr.File:
+    """The photo input: Gradio's file box (choose, or drag and drop; our safe loader is the
+    only decoder), whose ``/caption`` API takes one file as well as a list of them. (Set on
+    the instance: a subclass of a Gradio component makes Gradio write a .pyi stub beside
+    this file.)"""
+    files = gr.File(file_count="multiple", **kwargs)
+    files.data_model = OneOrMoreFiles
+    many = files.preprocess
 
-    is_template = True  # the page draws it as a plain gr.File
-
-    def __init__(self, **kwargs):
-        super().__init__(file_count="multiple", **kwargs)
-        self.data_model = OneOrMoreFiles
-
-    def get_config(self, cls=None):
-        return super().get_config(cls or gr.File)  # gr.File's settings (label, id, ...) for the page
-
-    def preprocess(self, payload):
+    def preprocess(payload):
         if isinstance(payload, OneOrMoreFiles):
             payload = payload.root
-        if isinstance(payload, list):
-            payload = ListFiles(root=payload)
-        return super().preprocess(payload)
+        return many(ListFiles(root=payload) if isinstance(payload, list) else payload)
+
+    files.preprocess = preprocess
+    return files
 
 
 CAPTURE = """
@@ -353,8 +350,8 @@ def caption_tab() -> None:
         return
     with gr.Row():
         with gr.Column(scale=1):
-            files = Photos(label="Photos (one or many: choose them, or drop them here)", file_types=["image"],
-                           elem_id="caption-files")
+            files = photo_input(label="Photos (one or many: choose them, or drop them here)", file_types=["image"],
+                                elem_id="caption-files")
             capture = gr.HTML(CAPTURE, js_on_load=CAPTURE_JS, elem_id="photo-capture",
                               css_template="button { margin: 4px 6px 4px 0; padding: 2px 12px; border: 1px solid #ccc;"
                                            " border-radius: 4px; } video { width: 100%; max-width: 360px; "
