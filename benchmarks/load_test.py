@@ -137,7 +137,7 @@ def run_one(client, base, item, uploaded) -> tuple[bool, str]:
     if event != "complete":
         return False, str(result)
     if endpoint == "caption":
-        captions = result[4]
+        captions = result[5]  # the results JSON
         errors = [r["error"] for r in captions if "error" in r]
         if errors:
             return False, errors[0]

@@ -49,7 +49,7 @@ def test_caption_function_shades_words_and_writes_downloads(app_module, tmp_path
     shipped("captioner.safetensors")
     bad = tmp_path / "notes.jpg"
     bad.write_text("not a photo")
-    html, gallery, table, downloads, results, timing = app_module.caption(
+    html, gallery, maps, table, downloads, results, timing = app_module.caption(
         [str(example_photo(tmp_path)), str(bad)], "beam search", 3)
     assert [caption for _, caption in gallery] == [results[0]["caption"]]
     assert "man" in results[0]["words"]  # scikit-image's cameraman
@@ -84,7 +84,7 @@ def test_caption_function_errors(app_module, tmp_path):
     import gradio as gr
 
     shipped("captioner.safetensors")
-    with pytest.raises(gr.Error, match="upload at least one"):
+    with pytest.raises(gr.Error, match="choose at least one photo"):
         app_module.caption([], "greedy", 1)
     bad = tmp_path / "x.jpg"
     bad.write_bytes(b"")
@@ -97,7 +97,7 @@ def test_caption_function_errors(app_module, tmp_path):
 def test_greedy_equals_beam_width_one(app_module, tmp_path):
     shipped("captioner.safetensors")
     photo = str(example_photo(tmp_path, "coffee"))
-    assert app_module.caption([photo], "greedy", 7)[4] == app_module.caption([photo], "beam search", 1)[4]
+    assert app_module.caption([photo], "greedy", 7)[5] == app_module.caption([photo], "beam search", 1)[5]
 
 
 def test_classify_digit_function(app_module, tmp_path):
@@ -205,11 +205,47 @@ def test_caption_through_gradio_client(client, tmp_path):
     from gradio_client import handle_file
 
     shipped("captioner.safetensors")
-    html, gallery, table, downloads, results, timing = client.predict(
+    html, gallery, maps, table, downloads, results, timing = client.predict(
         [handle_file(str(example_photo(tmp_path, "camera"))), handle_file(str(example_photo(tmp_path, "coffee")))],
         "beam search", 3, api_name="/caption")
     assert "man" in results[0]["words"] and len(results) == 2
     assert all(len(r["words"]) == len(r["probabilities"]) for r in results)
+    assert all({"objects", "familiarity"} <= set(r) for r in results)
+
+
+def test_caption_api_takes_one_file_as_well_as_a_list(client, tmp_path):
+    from gradio_client import handle_file
+
+    shipped("captioner.safetensors")
+    outputs = client.predict(handle_file(str(example_photo(tmp_path, "camera"))), api_name="/caption")
+    results = outputs[5]
+    assert len(results) == 1 and results[0]["image"] == "camera.jpg" and results[0]["caption"]
+
+
+def test_photos_show_before_their_captions_and_captured_ones_pass_the_safe_loader(app_module, tmp_path):
+    import base64
+    import io
+
+    import gradio as gr
+    from PIL import Image
+
+    shipped("captioner.safetensors")
+    bad = tmp_path / "page.jpg"
+    bad.write_text("<html>not a photo</html>")
+    shown = app_module.preview([str(example_photo(tmp_path)), str(bad)])
+    assert len(shown) == 2 and shown[0][0].size[0] <= 256 and "page.jpg:" in shown[1][1]
+    buffer = io.BytesIO()
+    Image.new("RGB", (40, 30), (200, 0, 0)).save(buffer, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    files, chosen = app_module.add_captured([str(bad)], gr.EventData(None, {"image": url, "source": "webcam"}))
+    assert len(files) == 2 and "webcam-" in files[1] and len(chosen) == 2
+    svg = "data:image/svg+xml;base64," + base64.b64encode(b"<svg xmlns='http://www.w3.org/2000/svg'/>").decode()
+    with pytest.raises(gr.Error, match="could not be read"):
+        app_module.add_captured([], gr.EventData(None, {"image": svg, "source": "clipboard"}))
+    with pytest.raises(gr.Error, match="could not be read"):
+        app_module.add_captured([], gr.EventData(None, {"image": "javascript:alert(1)"}))
+    files, chosen = app_module.pick_example(None, gr.SelectData(None, {"index": 0, "value": None}))
+    assert files == [app_module._example_images()[0]] and len(chosen) == 1
 
 
 def test_bad_upload_through_gradio_client_is_a_clear_error(client, tmp_path):

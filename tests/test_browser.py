@@ -24,7 +24,8 @@ def browser():
     with playwright.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
             "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+            "--disable-component-update", "--disable-sync",
+            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"])  # a fake webcam
         yield browser
         browser.close()
 
@@ -55,6 +56,49 @@ def test_upload_a_photo_and_read_its_caption(page, tmp_path):
     assert "man" in text.split()
     assert page.locator("#caption-output .w").count() == len(text.split())  # every word shaded
     assert "caption in" in page.locator("#caption-timing").inner_text()
+
+
+PASTE_A_PHOTO = """async () => {
+  const c = document.createElement('canvas'); c.width = 64; c.height = 48;
+  const g = c.getContext('2d'); g.fillStyle = '#c00'; g.fillRect(0, 0, 64, 48);
+  const blob = await new Promise(done => c.toBlob(done, 'image/png'));
+  const data = new DataTransfer(); data.items.add(new File([blob], 'pasted.png', {type: 'image/png'}));
+  document.dispatchEvent(new ClipboardEvent('paste', {clipboardData: data, bubbles: true}));
+}"""
+
+
+def test_photos_from_a_file_the_clipboard_the_webcam_and_the_examples_show_before_their_captions(page, tmp_path):
+    import skimage.data
+    from PIL import Image
+
+    shipped("captioner.safetensors")
+    photo = tmp_path / "cat.jpg"
+    Image.fromarray(skimage.data.chelsea()).save(photo)
+    preview = page.locator("#caption-preview img")
+    page.locator("#caption-files input[type=file]").set_input_files(str(photo))
+    preview.first.wait_for(timeout=20_000)  # seen at once, before any caption
+    assert page.locator("#caption-output .caption").count() == 0
+    page.evaluate(PASTE_A_PHOTO)
+    page.wait_for_function("document.querySelectorAll('#caption-preview img').length >= 2", timeout=20_000)
+    page.locator("#photo-capture .cam-start").click()
+    page.locator("#photo-capture .cam-shot").wait_for(state="visible", timeout=20_000)
+    page.wait_for_timeout(500)  # a frame of the fake camera
+    page.locator("#photo-capture .cam-shot").click()
+    page.wait_for_function("document.querySelectorAll('#caption-preview img').length >= 3", timeout=20_000)
+    examples = page.locator("#caption-examples img")
+    assert examples.count() >= 5  # the examples are pictures
+    examples.last.click()  # the Hubble deep field
+    page.wait_for_function("document.querySelectorAll('#caption-preview img').length >= 4", timeout=20_000)
+    page.locator("#caption-button").click()
+    page.wait_for_function("document.querySelectorAll('#caption-output .caption').length >= 4", timeout=90_000)
+    page.screenshot(path=str(SHOTS / "caption_sources.png"), full_page=True)
+    text = page.locator("#caption-output").inner_text()
+    assert "cat.jpg" in text and "pasted-" in text and "webcam-" in text and "hubble_deep_field.jpg" in text
+    assert page.locator("#caption-output .objects").count() == 4  # what it recognises, beside each caption
+    if "familiarity" in text:  # an object-aware model says when a photo is unlike its training photos
+        assert page.locator("#caption-output .unfamiliar").count() >= 1
+    if page.locator("#caption-attention").is_visible():  # an attention model shows where it looked
+        assert page.locator("#caption-attention img").count() == 4
 
 
 def _draw(page, box, path, steps=12, delay=20):
