@@ -166,3 +166,13 @@ class FeatureCache:
             self._features[key] = (features[row], flipped[row])
         self._loaded.add(path.name)
         log.info("wrote %d features to %s", len(keys), path)
+
+
+def features_for(model, images: Sequence[str | os.PathLike], cache_dir: str | os.PathLike,
+                 **kwargs) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """What a captioner needs of these images, from the caches (extracted when missing):
+    pooled features (N, D) and, for an attention model, grids (N, cells, D)."""
+    encoder = model.require_encoder()
+    pooled, _ = FeatureCache(cache_dir, encoder).get(images, **kwargs)
+    grid = FeatureCache(cache_dir, encoder, grid=True).get(images, **kwargs)[0] if model.head.attends else None
+    return pooled, grid

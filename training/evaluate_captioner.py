@@ -29,14 +29,15 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from captioner.checkpoint import atomic_write_text
 from captioner.datasets import captions_by_image, read_coco, read_dataset, read_flickr8k, split_of
 from captioner.devices import resolve_device
-from captioner.features import FeatureCache
+from captioner.features import FeatureCache, features_for
 from captioner.metrics import best_constant_caption, caption_scores, consensus_caption, java_available
-from captioner.model import DEFAULT_CHECKPOINT, Captioner
+from captioner.model import DEFAULT_CHECKPOINT, UNFAMILIAR, Captioner
 from training.common import UserError, cli, device_flag
 
 log = logging.getLogger("evaluate_captioner")
@@ -123,8 +124,13 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("no captioned images to evaluate")
     images = list(references)
     cache = FeatureCache(args.cache_dir, model.require_encoder())
-    features, _ = cache.get(images)
-    results = model.caption_features(features.float(), beam_size=args.beam_size, length_alpha=args.length_alpha)
+    features, grid = features_for(model, images, args.cache_dir)
+    results = []
+    for start in range(0, len(images), 256):
+        part = slice(start, start + 256)
+        results += model.caption_features(features[part].float(), beam_size=args.beam_size,
+                                          length_alpha=args.length_alpha,
+                                          grid=None if grid is None else grid[part].float())
     ids = [str(p.name) for p in images]
     refs = {i: references[p] for i, p in zip(ids, images)}
     systems = {"model": {i: r.caption for i, r in zip(ids, results)}}
@@ -153,6 +159,11 @@ def main(argv: list[str] | None = None) -> int:
                          "objects": r.objects, "familiarity": r.familiarity, "references": refs[i]}
                         for i, r in zip(ids, results)],
     }
+    familiar = [r.familiarity for r in results if r.familiarity is not None]
+    if familiar:
+        report["familiarity"] = {"median": float(np.median(familiar)),
+                                 "share_below_unfamiliar": float(np.mean(np.asarray(familiar) < UNFAMILIAR)),
+                                 "unfamiliar_threshold": UNFAMILIAR}
     metrics = [m for m in scores["model"] if not m.startswith("objects_")]
     print(f"{len(images)} images, {len(records)} human captions ({args.split}), beam {beam}")
     short = {"object_precision": "obj-P", "object_recall": "obj-R", "object_f1": "obj-F1"}
@@ -161,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:12s}" + "".join(f"{s[m]:9.4f}" for m in metrics))
     if "constant" in notes:
         print(f"constant caption: {notes['constant']!r}")
+    if familiar:
+        print(f"familiarity: median {report['familiarity']['median']:.3f}, "
+              f"{report['familiarity']['share_below_unfamiliar']:.1%} below {UNFAMILIAR}")
     if args.json_out:
         atomic_write_text(args.json_out, json.dumps(report, indent=2))
     return 0

@@ -13,13 +13,15 @@ checkpoint again with that setting as its default.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
-from captioner.checkpoint import read_safetensors
+from captioner.checkpoint import atomic_write_text, read_safetensors
 from captioner.datasets import captions_by_image, read_dataset, split_records
 from captioner.devices import resolve_device
-from captioner.features import FeatureCache
+from captioner.features import features_for
 from captioner.metrics import caption_scores
 from captioner.model import Captioner
 from training.common import UserError, cli, device_flag
@@ -33,7 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data-root", action="append", type=Path, required=True)
     p.add_argument("--beams", type=int, nargs="+", default=[1, 2, 3, 5, 7])
     p.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.5, 0.75, 1.0, 1.25])
+    p.add_argument("--require-object-probs", nargs="+", default=["none"],
+                   help="try constrained beam search: the top object must be in the caption when the classifier is "
+                        "at least this sure ('none': never)")
     p.add_argument("--cache-dir", type=Path, default=Path("data/features"))
+    p.add_argument("--json-out", type=Path, default=None, help="every setting's scores")
     p.add_argument("--write", action="store_true", help="store the best setting in the checkpoint")
     device_flag(p)
     args = p.parse_args(argv)
@@ -47,26 +53,38 @@ def main(argv: list[str] | None = None) -> int:
     refs_by_image = captions_by_image(val)
     images = list(refs_by_image)
     refs = {str(p): caps for p, caps in refs_by_image.items()}
-    features, _ = FeatureCache(args.cache_dir, model.require_encoder()).get(images, progress=False)
+    features, grid = features_for(model, images, args.cache_dir, progress=False)
+    requires = [None if r == "none" else float(r) for r in args.require_object_probs]
+    if model.head.objects is None:
+        requires = [None]
     rows = []
     for beam in args.beams:
         for alpha in (args.alphas if beam > 1 else [1.0]):
-            results = model.caption_features(features.float(), beam_size=beam, length_alpha=alpha)
-            scores = caption_scores(refs, {str(p): r.caption for p, r in zip(images, results)}, meteor=False)
-            length = sum(len(r.words) for r in results) / len(results)
-            rows.append({"beam": beam, "alpha": alpha, "bleu4": scores["BLEU-4"], "cider": scores["CIDEr"],
-                         "object_f1": scores["object_f1"], "words": length})
-            print(f"beam {beam} alpha {alpha:4.2f}: BLEU-4 {scores['BLEU-4']:.4f}  CIDEr {scores['CIDEr']:.4f}  "
-                  f"object F1 {scores['object_f1']:.4f}  words {length:.1f}")
+            for require in requires:
+                model.decoding = replace(model.decoding, require_object_prob=require)
+                results = model.caption_features(features.float(), beam_size=beam, length_alpha=alpha, grid=grid)
+                scores = caption_scores(refs, {str(p): r.caption for p, r in zip(images, results)}, meteor=False)
+                length = sum(len(r.words) for r in results) / len(results)
+                rows.append({"beam": beam, "alpha": alpha, "require_object_prob": require, "bleu4": scores["BLEU-4"],
+                             "cider": scores["CIDEr"], "object_f1": scores["object_f1"], "words": length})
+                print(f"beam {beam} alpha {alpha:4.2f} require {require}: BLEU-4 {scores['BLEU-4']:.4f}  "
+                      f"CIDEr {scores['CIDEr']:.4f}  object F1 {scores['object_f1']:.4f}  words {length:.1f}")
     best = max(rows, key=lambda r: r["bleu4"] + r["cider"] / 10)
-    print(f"best on {len(images)} validation images: beam {best['beam']}, alpha {best['alpha']}")
+    print(f"best on {len(images)} validation images: beam {best['beam']}, alpha {best['alpha']}, "
+          f"require_object_prob {best['require_object_prob']}")
+    if args.json_out:
+        atomic_write_text(args.json_out, json.dumps({"checkpoint": str(args.checkpoint), "images": len(images),
+                                                     "criterion": "BLEU-4 + CIDEr / 10", "best": best,
+                                                     "settings": rows}, indent=2))
     if args.write:
-        model.decoding.beam_size, model.decoding.length_alpha = best["beam"], best["alpha"]
+        model.decoding = replace(model.decoding, beam_size=best["beam"], length_alpha=best["alpha"],
+                                 require_object_prob=best["require_object_prob"])
         tensors, meta = read_safetensors(args.checkpoint)
         kept = ("format", "kind", "config", "vocabulary", "decoding", "object_words", "provenance")
         model.save(args.checkpoint, dtype=next(iter(tensors.values())).dtype,
                    metadata={k: v for k, v in meta.items() if k not in kept})
-        print(f"wrote beam {best['beam']}, alpha {best['alpha']} into {args.checkpoint}")
+        print(f"wrote beam {best['beam']}, alpha {best['alpha']}, require_object_prob "
+              f"{best['require_object_prob']} into {args.checkpoint}")
     return 0
 
 
