@@ -75,6 +75,37 @@ def run_flags(parser: argparse.ArgumentParser, *, out: str | None, epochs: int |
     return device_flag(parser)
 
 
+def evaluation_flags(parser: argparse.ArgumentParser, checkpoint: Path) -> argparse.ArgumentParser:
+    """``--checkpoint`` (default: the shipped one), ``--json-out`` and ``--device``, for
+    every evaluation script."""
+    parser.add_argument("--checkpoint", type=Path, default=checkpoint)
+    parser.add_argument("--json-out", type=Path, default=None, help="write the report here as JSON")
+    return device_flag(parser)
+
+
+def mnist_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--data-root`` (the folder holding MNIST/raw) and ``--no-download``."""
+    parser.add_argument("--data-root", type=Path, default=Path("data"), help="folder holding MNIST/raw (default data)")
+    parser.add_argument("--no-download", action="store_true", help="fail instead of downloading when MNIST is missing")
+    return parser
+
+
+def read_mnist(args: argparse.Namespace, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    from captioner.mnist import load_mnist
+
+    return load_mnist(args.data_root, train=train, download=not args.no_download)
+
+
+def write_report(args: argparse.Namespace, report: dict) -> None:
+    """The report as JSON in ``--json-out`` (atomically), when one was given."""
+    import json
+
+    from captioner.checkpoint import atomic_write_text
+
+    if args.json_out:
+        atomic_write_text(args.json_out, json.dumps(report, indent=2))
+
+
 def device_flag(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """``--device``, for every training and evaluation script."""
     from captioner.devices import DEVICE_CHOICES

@@ -23,7 +23,6 @@ The predictions of all three are written to ``--json-out`` with the scores.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -32,13 +31,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from captioner.checkpoint import atomic_write_text
 from captioner.datasets import captions_by_image, read_coco, read_dataset, read_flickr8k, split_of
 from captioner.devices import resolve_device
 from captioner.features import FeatureCache, features_for
 from captioner.metrics import best_constant_caption, caption_scores, consensus_caption, java_available
 from captioner.model import DEFAULT_CHECKPOINT, UNFAMILIAR, Captioner
-from training.common import UserError, cli, device_flag
+from training.common import UserError, cli, evaluation_flags, write_report
 
 log = logging.getLogger("evaluate_captioner")
 
@@ -91,7 +89,6 @@ def retrieval_captions(cache: FeatureCache, eval_feats: torch.Tensor, eval_refs:
 @cli
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     p.add_argument("--images", type=Path, required=True, help="the folder of the images")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--coco-captions", type=Path, help="a COCO captions_*.json")
@@ -104,8 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-baselines", action="store_true")
     p.add_argument("--cache-dir", type=Path, default=Path("data/features"))
     p.add_argument("--encoder-weights", default=None)
-    p.add_argument("--json-out", type=Path, default=None)
-    device_flag(p)
+    evaluation_flags(p, DEFAULT_CHECKPOINT)
     args = p.parse_args(argv)
     if args.beam_size is not None and args.beam_size < 1:
         raise UserError("--beam-size must be at least 1")
@@ -175,8 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     if familiar:
         print(f"familiarity: median {report['familiarity']['median']:.3f}, "
               f"{report['familiarity']['share_below_unfamiliar']:.1%} below {UNFAMILIAR}")
-    if args.json_out:
-        atomic_write_text(args.json_out, json.dumps(report, indent=2))
+    write_report(args, report)
     return 0
 
 

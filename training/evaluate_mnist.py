@@ -9,31 +9,24 @@ same weights, and reports how often they agree and how long each took.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from captioner.checkpoint import atomic_write_text
 from captioner.devices import resolve_device
-from captioner.mnist import DEFAULT_CHECKPOINT, RowLSTMClassifier, accuracy, load_mnist
-from training.common import cli, device_flag
+from captioner.mnist import DEFAULT_CHECKPOINT, RowLSTMClassifier, accuracy
+from training.common import cli, evaluation_flags, mnist_flags, read_mnist, write_report
 
 
 @cli
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-root", type=Path, default=Path("data"))
-    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
-    p.add_argument("--json-out", type=Path, default=None)
-    p.add_argument("--no-download", action="store_true")
-    device_flag(p)
+    mnist_flags(evaluation_flags(p, DEFAULT_CHECKPOINT))
     args = p.parse_args(argv)
 
     model = RowLSTMClassifier.from_checkpoint(args.checkpoint).to(resolve_device(args.device))
-    images, labels = load_mnist(args.data_root, train=False, download=not args.no_download)
+    images, labels = read_mnist(args, train=False)
     results = {}
     for name, fused in (("ours", False), ("fused", True)):
         start = time.perf_counter()
@@ -60,8 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     print("     " + " ".join(f"{c:5d}" for c in range(10)))
     for digit, row in enumerate(confusion.tolist()):
         print(f"{digit:3d}  " + " ".join(f"{v:5d}" for v in row))
-    if args.json_out:
-        atomic_write_text(args.json_out, json.dumps(report, indent=2))
+    write_report(args, report)
     return 0
 
 

@@ -10,18 +10,14 @@ averaged over clips and the 10 predicted frames, as the Moving MNIST papers repo
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 
-from captioner.checkpoint import atomic_write_text
 from captioner.devices import resolve_device
-from captioner.mnist import load_mnist
 from captioner.nextframe import DEFAULT_CHECKPOINT, MovingMNIST, NextFramePredictor, copy_last_frame, frame_mse, ssim
-from training.common import cli, device_flag
+from training.common import cli, evaluation_flags, mnist_flags, read_mnist, write_report
 
 TEST_SEED = 2024
 
@@ -29,17 +25,13 @@ TEST_SEED = 2024
 @cli
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-root", type=Path, default=Path("data"))
-    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
     p.add_argument("--clips", type=int, default=1000)
     p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--json-out", type=Path, default=None)
-    p.add_argument("--no-download", action="store_true")
-    device_flag(p)
+    mnist_flags(evaluation_flags(p, DEFAULT_CHECKPOINT))
     args = p.parse_args(argv)
 
     model = NextFramePredictor.from_checkpoint(args.checkpoint).to(resolve_device(args.device))
-    digits, _ = load_mnist(args.data_root, train=False, download=not args.no_download)
+    digits, _ = read_mnist(args, train=False)
     test_set = MovingMNIST(digits, frames=model.config.clip_frames, size=model.config.size, seed=TEST_SEED)
     sums = {"model_mse": 0.0, "model_ssim": 0.0, "copy_mse": 0.0, "copy_ssim": 0.0}
     start = time.perf_counter()
@@ -67,8 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     copy_mse, copy_ssim = report["copy_last_frame_mse_per_frame"], report["copy_last_frame_ssim"]
     print(f"{'copy last frame':18s} {copy_mse:10.1f} {copy_ssim:7.3f}")
     print("MSE by predicted frame: " + " ".join(f"{v:.0f}" for v in per_frame["model_mse"]))
-    if args.json_out:
-        atomic_write_text(args.json_out, json.dumps(report, indent=2))
+    write_report(args, report)
     return 0
 
 

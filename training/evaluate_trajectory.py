@@ -13,11 +13,9 @@ Errors are in the recording's own units (positions are cumulative sums of veloci
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from captioner.checkpoint import atomic_write_text
 from captioner.devices import resolve_device
 from captioner.trajectory import (
     DEFAULT_CHECKPOINT,
@@ -29,20 +27,18 @@ from captioner.trajectory import (
     split_sequences,
     windows_report,
 )
-from training.common import UserError, cli, device_flag
+from training.common import UserError, cli, evaluation_flags, write_report
 
 
 @cli
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--mat", type=Path, required=True)
-    p.add_argument("--checkpoint", type=Path, default=DEFAULT_CHECKPOINT)
-    p.add_argument("--json-out", type=Path, default=None)
     p.add_argument("--split", choices=["all", "train", "val", "test"], default="all")
     p.add_argument("--hand-tracks", type=Path, default=None,
                    help="also score MediaPipe fingertip tracks (point_history.csv): 6 points in, 10 out; "
                         "--split picks the tracks held out by track, as in training")
-    device_flag(p)
+    evaluation_flags(p, DEFAULT_CHECKPOINT)
     args = p.parse_args(argv)
 
     model = TrajectoryPredictor.from_checkpoint(args.checkpoint).to(resolve_device(args.device))
@@ -81,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fingertip tracks ({h['windows']} moving tracks, {args.split}; 6 points known, 10 to predict):")
         for name in ("model", "last_position", "constant_velocity"):
             print(f"  {name:32s} {h[name]['ade']:8.4f} {h[name]['fde']:8.4f}")
-    if args.json_out:
-        atomic_write_text(args.json_out, json.dumps(report, indent=2))
+    write_report(args, report)
     return 0
 
 

@@ -15,14 +15,22 @@ import argparse
 import json
 import math
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from captioner.devices import resolve_device
-from captioner.mnist import MnistConfig, RowLSTMClassifier, accuracy, load_mnist, split_train_val
-from training.common import Timer, cli, optimizer_step, run_flags, seed_everything, warmup_cosine
+from captioner.mnist import MnistConfig, RowLSTMClassifier, accuracy, split_train_val
+from training.common import (
+    Timer,
+    cli,
+    mnist_flags,
+    optimizer_step,
+    read_mnist,
+    run_flags,
+    seed_everything,
+    warmup_cosine,
+)
 from training.loop import Loop, epoch_order
 
 
@@ -41,19 +49,18 @@ def augment(x: torch.Tensor, degrees: float = 10.0, scale: float = 0.1, shift_px
 @cli
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-root", type=Path, default=Path("data"), help="folder holding MNIST/raw (default data)")
     run_flags(p, out="runs/mnist", epochs=20, batch_size=128, lr=2e-3, warmup_steps=300, save_every=200)
     p.add_argument("--hidden-size", type=int, default=128)
     p.add_argument("--num-layers", type=int, default=2)
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--no-augment", action="store_true")
     p.add_argument("--grad-clip", type=float, default=1.0)
-    p.add_argument("--no-download", action="store_true", help="fail instead of downloading when MNIST is missing")
+    mnist_flags(p)
     args = p.parse_args(argv)
     seed_everything(args.seed)
     timer = Timer()
 
-    images, labels = load_mnist(args.data_root, train=True, download=not args.no_download)
+    images, labels = read_mnist(args, train=True)
     (train_x, train_y), (val_x, val_y) = split_train_val(images, labels)
     if args.dry_run:
         train_x, train_y, val_x, val_y = train_x[:256], train_y[:256], val_x[:128], val_y[:128]

@@ -15,22 +15,29 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from captioner.devices import fast_bf16, resolve_device
-from captioner.mnist import load_mnist, split_train_val
+from captioner.mnist import split_train_val
 from captioner.nextframe import MovingMNIST, NextFrameConfig, NextFramePredictor, copy_last_frame, frame_mse, ssim
-from training.common import Timer, cli, optimizer_step, run_flags, seed_everything, warmup_cosine
+from training.common import (
+    Timer,
+    cli,
+    mnist_flags,
+    optimizer_step,
+    read_mnist,
+    run_flags,
+    seed_everything,
+    warmup_cosine,
+)
 from training.loop import Loop
 
 
 @cli
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data-root", type=Path, default=Path("data"), help="folder holding MNIST/raw")
     run_flags(p, out="runs/nextframe", epochs=20, batch_size=16, lr=1e-3, warmup_steps=200, save_every=250)
     p.add_argument("--steps-per-epoch", type=int, default=500)
     p.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
@@ -39,12 +46,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sampling-steps", type=int, default=0, help="default: 40%% of all steps")
     p.add_argument("--val-clips", type=int, default=256)
     p.add_argument("--bf16", action="store_true", help="bf16 autocast for the convolutions (CPUs with bf16)")
-    p.add_argument("--no-download", action="store_true")
+    mnist_flags(p)
     args = p.parse_args(argv)
     seed_everything(args.seed)
     timer = Timer()
 
-    images, labels = load_mnist(args.data_root, train=True, download=not args.no_download)
+    images, labels = read_mnist(args, train=True)
     (train_digits, _), (val_digits, _) = split_train_val(images, labels)
     if args.dry_run:
         args.epochs, args.steps_per_epoch, args.batch_size, args.val_clips, args.save_every = 1, 3, 2, 4, 2
