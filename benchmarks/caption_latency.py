@@ -224,12 +224,48 @@ def device_rows(photos: list[Path], checkpoint: Path = DEFAULT_CHECKPOINT) -> di
     return rows
 
 
+def compare_checkpoints(photos: list[Path], checkpoints: list[Path]) -> dict:
+    """The same photos, one at a time (file bytes to caption), through each checkpoint on the
+    CPU, interleaved photo by photo: greedy and the checkpoint's own decoding."""
+    models = [Captioner.from_checkpoint(c) for c in checkpoints]
+    pre = models[0].require_encoder().preprocess
+    times = {str(c): {"greedy": [], "default": []} for c in checkpoints}
+    for path in photos[:2] + photos:  # the first two warm up
+        for c, model in zip(checkpoints, models):
+            for mode, beam in (("greedy", 1), ("default", None)):
+                start = time.perf_counter()
+                model.caption([load_image(path, draft_size=pre.size)], beam_size=beam)
+                times[str(c)][mode].append(time.perf_counter() - start)
+    rows = {}
+    for c, model in zip(checkpoints, models):
+        rows[str(c)] = {"decoder": model.config.decoder, "object_slots": model.config.object_slots,
+                        "default_beam": model.decoding.beam_size,
+                        **{mode: {k: round(v, 4) if isinstance(v, float) else v
+                                  for k, v in percentiles(t[2:]).items()} for mode, t in times[str(c)].items()}}
+    first = str(checkpoints[0])
+    for c in map(str, checkpoints[1:]):
+        rows[c]["p50_vs_first"] = {mode: round(rows[c][mode]["p50"] / rows[first][mode]["p50"], 2)
+                                   for mode in ("greedy", "default")}
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--images", type=int, default=40)
     p.add_argument("--encoders", nargs="*", default=["resnet152", "efficientnet_lite0"],
                    help="encoders whose CPU stages to time (none: only the GPU rows, where there is a GPU)")
+    p.add_argument("--compare", type=Path, nargs="+", default=None, metavar="CHECKPOINT",
+                   help="time these captioners against each other, one photo at a time (the first is the reference)")
     args = p.parse_args(argv)
+    if args.compare:
+        photos = sorted(require(SHARED / "coco_mini" / "train2017", "COCO images").glob("*.jpg"))[:args.images]
+        rows = compare_checkpoints(photos, args.compare)
+        for c, r in rows.items():
+            print(f"{c}: greedy p50 {r['greedy']['p50'] * 1000:.1f} ms, beam {r['default_beam']} p50 "
+                  f"{r['default']['p50'] * 1000:.1f} ms {r.get('p50_vs_first', '')}")
+        path = write_results("caption_latency", {"images": len(photos), "checkpoints": rows}, name_suffix="_compare")
+        print(f"wrote {path}")
+        return
     photos = sorted(require(SHARED / "coco_mini" / "train2017", "COCO images").glob("*.jpg"))[:args.images]
     results = {"images": len(photos), "image_source": "COCO train2017 photos (about 640x480 JPEG)",
                "stages": list(STAGES), "encoders": {}}
