@@ -86,6 +86,7 @@ class DecodingConfig:
     max_length: int = 20
     min_object_prob: float = 0.0   # objects the classifier is less sure of are never copied
     require_object_prob: float | None = None  # the top object, when this sure of it, must be in the caption
+    objects_only_below: float | None = None  # photos less familiar than this are described from their objects alone
 
 
 @dataclass
@@ -147,13 +148,20 @@ class CaptionHead(nn.Module):
         return self.config.decoder == "attention"
 
     def context(self, features: torch.Tensor, grid: torch.Tensor | None = None, min_object_prob: float = 0.0,
-                swap: torch.Tensor | None = None) -> tuple[Context, Detections | None]:
+                swap: torch.Tensor | None = None,
+                objects_only: torch.Tensor | None = None) -> tuple[Context, Detections | None]:
         """The decoder's per-image context from pooled features (B, D) and, for attention,
         the grid (B, L, D). ``swap`` (B, K): object words whose vectors the copy scores see
         instead of the detected ones', where they are >= 0 (a training augmentation: the
-        decoder learns to copy an object whatever it is; see ``train_captioner``)."""
+        decoder learns to copy an object whatever it is; see ``train_captioner``).
+        ``objects_only`` (B,) bool: images described from their objects alone, without the
+        projected features or the grid (trained as a dropout; at inference, the photos too
+        unlike the training photos for those to mean anything, see ``DecodingConfig``)."""
         features = features.float()
         image = self.projection(features)
+        keep = None if objects_only is None else (~objects_only).to(image.dtype)
+        if keep is not None:
+            image = image * keep[:, None]
         ctx: Context = {}
         detections = None
         if self.objects is not None:
@@ -171,17 +179,24 @@ class CaptionHead(nn.Module):
             if grid is None:
                 raise ValueError("the attention decoder needs the encoder's grid features")
             ctx["grid"] = self.grid_projection(grid.float())
+            if keep is not None:
+                ctx["grid"] = ctx["grid"] * keep[:, None, None]
         return ctx, detections
 
     def forward(self, features: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor,
-                grid: torch.Tensor | None = None, swap: torch.Tensor | None = None):
+                grid: torch.Tensor | None = None, swap: torch.Tensor | None = None,
+                objects_only: torch.Tensor | None = None):
         """Teacher forcing: (packed logits, attention weights or None)."""
-        ctx, _ = self.context(features, grid, swap=swap)
+        ctx, _ = self.context(features, grid, swap=swap, objects_only=objects_only)
         return self.decoder(captions, lengths, ctx)
 
     def decode(self, features: torch.Tensor, decoding: DecodingConfig, grid: torch.Tensor | None = None,
-               onednn: bool = False) -> tuple[list[Decoded], Detections | None]:
-        ctx, detections = self.context(features, grid, decoding.min_object_prob)
+               onednn: bool = False,
+               familiarity: torch.Tensor | None = None) -> tuple[list[Decoded], Detections | None]:
+        objects_only = None
+        if decoding.objects_only_below is not None and familiarity is not None and self.objects is not None:
+            objects_only = familiarity < decoding.objects_only_below
+        ctx, detections = self.context(features, grid, decoding.min_object_prob, objects_only=objects_only)
         required = None
         if detections is not None and decoding.require_object_prob is not None:
             sure = detections.probs[:, 0] >= decoding.require_object_prob
@@ -265,9 +280,10 @@ class Captioner(nn.Module):
                            length_alpha=d.length_alpha if length_alpha is None else length_alpha)
         features = features.to(self.device)
         grid = None if grid is None else grid.to(self.device)
-        decoded, detections = self.head.decode(features, decoding, grid, onednn)
+        familiar = self.head.familiarity(features) if self.head.familiarity is not None else None
+        decoded, detections = self.head.decode(features, decoding, grid, onednn, familiar)
         n = len(decoded)
-        familiarity = self.head.familiarity(features).tolist() if self.head.familiarity is not None else [None] * n
+        familiarity = familiar.tolist() if familiar is not None else [None] * n
         objects = ([[{"word": self.object_words[w], "probability": round(p, 4)} for w, p in zip(ws, ps)]
                     for ws, ps in zip(detections.words.tolist(), detections.probs.tolist())]
                    if detections is not None else [[] for _ in range(n)])

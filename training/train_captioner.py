@@ -84,6 +84,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--object-swap", type=float, default=0.25,
                    help="chance that the copy score of a detected object sees a random object word instead, so "
                         "the decoder learns to copy objects whatever they are (words no caption holds too)")
+    p.add_argument("--objects-only", type=float, default=0.25,
+                   help="chance that a training caption is learned from the image's objects alone (no features, no "
+                        "grid), as photos unlike the training photos are then described (DecodingConfig)")
     p.add_argument("--familiarity-dim", type=int, default=128, help="familiarity: projected dimensions (0: off)")
     p.add_argument("--dropout", type=float, default=0.5)
     p.add_argument("--min-count", type=int, default=5, help="vocabulary frequency threshold")
@@ -184,11 +187,12 @@ def object_swaps(batch: int, slots: int, words: int, chance: float, generator: t
 
 
 def caption_loss(trainer, feats, caps, lengths, label_smoothing: float = 0.0, attention_reg: float = 0.0,
-                 grid: torch.Tensor | None = None, swap: torch.Tensor | None = None):
+                 grid: torch.Tensor | None = None, swap: torch.Tensor | None = None,
+                 objects_only: torch.Tensor | None = None):
     """Cross-entropy of the teacher-forced words, plus (attention) the doubly stochastic
     penalty that asks every grid cell to be looked at about once over the caption.
     ``trainer``: the caption head, or its DistributedDataParallel wrapper."""
-    logits, weights = trainer(feats, caps, lengths, grid=grid, swap=swap)
+    logits, weights = trainer(feats, caps, lengths, grid=grid, swap=swap, objects_only=objects_only)
     loss = F.cross_entropy(logits, packed_targets(caps, lengths), label_smoothing=label_smoothing)
     if weights is not None and attention_reg:
         loss = loss + attention_reg * ((1.0 - weights.sum(1)) ** 2).mean()
@@ -382,8 +386,9 @@ def main(argv: list[str] | None = None) -> int:
                                                             train_grid, train_grid_flipped)
             g = torch.Generator().manual_seed(args.seed * 100_003 + epoch * 10_007 + step + 7)  # same on resume
             swap = object_swaps(len(caps), config.object_slots, config.object_words, args.object_swap, g)
+            only = (torch.rand(len(caps), generator=g) < args.objects_only) if config.object_slots else None
             loss = caption_loss(trainer, feats, caps, lengths, args.label_smoothing, args.attention_reg, grids,
-                                None if swap is None else swap.to(device))
+                                None if swap is None else swap.to(device), None if only is None else only.to(device))
         return optimizer_step(optimizer, loss, model.head.parameters(), args.grad_clip)
 
     def val() -> dict:
