@@ -114,3 +114,14 @@ def test_familiarity_tells_photos_like_the_training_photos_from_telescope_and_mi
     photos = list(dict.fromkeys(r.image for r in held_out))[:40]
     scores = model.head.familiarity(lite0.encode(lite0.preprocess.batch([load_image(p) for p in photos])))
     assert float(scores.median()) > 0.2 and float((scores < UNFAMILIAR).float().mean()) <= 0.05
+
+
+def test_photos_described_from_their_objects_alone_ignore_everything_else_of_the_features(tiny_captioner):
+    model, _, features, _ = tiny_captioner
+    head = model.head
+    ctx, detections = head.context(features[:2])
+    only, same = head.context(features[:2], objects_only=torch.tensor([True, False]))
+    summary = (detections.probs[..., None] * ctx["objects"]).sum(1)
+    torch.testing.assert_close(only["image"][0], summary[0])  # the objects' words, nothing else
+    torch.testing.assert_close(only["image"][1], ctx["image"][1])
+    assert same.words.tolist() == detections.words.tolist()
