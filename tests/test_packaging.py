@@ -3,6 +3,7 @@ from any folder, with the shipped checkpoint found wherever the package went."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -45,9 +46,15 @@ def test_installed_console_script_captions_from_another_folder(tmp_path, editabl
     elsewhere.mkdir()
     if editable:
         result = _pip(bin_dir, "-e", str(ROOT), cwd=elsewhere)
-    else:
+    else:  # built from a copy of what git tracks, as from a fresh clone (setuptools writes build/ in place)
+        source = tmp_path / "clone"
+        tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+        for name in filter(None, tracked.decode().split("\0")):
+            if (ROOT / name).is_file():
+                (source / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(ROOT / name, source / name)
         build = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-                                "-w", str(tmp_path / "wheels"), str(ROOT)], capture_output=True, text=True,
+                                "-w", str(tmp_path / "wheels"), str(source)], capture_output=True, text=True,
                                timeout=300, cwd=elsewhere)
         assert build.returncode == 0, build.stderr[-2000:]
         result = _pip(bin_dir, *map(str, (tmp_path / "wheels").glob("captioner-*.whl")), cwd=elsewhere)
