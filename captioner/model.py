@@ -43,7 +43,7 @@ from captioner.checkpoint import (
 from captioner.decoder import DECODERS, Context, Decoded
 from captioner.encoders import ImageEncoder, build_encoder
 from captioner.familiarity import Familiarity
-from captioner.objects import Detections, ObjectDetector, slot_token
+from captioner.objects import Detections, ObjectDetector
 from captioner.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -404,6 +404,3 @@ class Captioner(nn.Module):
 def _vowel_sound(word: str) -> bool:
     return word[:1] in "aeiou" and not word.startswith(_VOWEL_SOUND_EXCEPTIONS)
 
-
-def slot_tokens(slots: int) -> list[str]:
-    return [slot_token(k) for k in range(slots)]

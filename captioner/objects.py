@@ -58,9 +58,6 @@ class Detections:
     words: torch.Tensor
     probs: torch.Tensor
 
-    def select(self, rows: torch.Tensor) -> Detections:
-        return Detections(self.words[rows], self.probs[rows])
-
 
 class ObjectDetector(nn.Module):
     """The frozen ImageNet classifier of the encoder, read as object words.
@@ -107,6 +104,11 @@ class ObjectDetector(nn.Module):
 def slot_token(k: int) -> str:
     """The vocabulary token for the k-th detected object (0-based), e.g. ``<obj1>``."""
     return f"<obj{k + 1}>"
+
+
+def slot_tokens(slots: int) -> list[str]:
+    """The vocabulary's last words for a decoder with ``slots`` object slots."""
+    return [slot_token(k) for k in range(slots)]
 
 
 def substitute_slots(tokens: Sequence[str], objects: Sequence[str]) -> list[str]:

@@ -66,7 +66,8 @@ def tiny_captioner(lite0):
     import torch
 
     from captioner.images import load_image
-    from captioner.model import Captioner, CaptionerConfig, DecodingConfig, slot_tokens
+    from captioner.model import Captioner, CaptionerConfig, DecodingConfig
+    from captioner.objects import slot_tokens
     from captioner.vocabulary import Vocabulary
     from training.train_captioner import CaptionTable, caption_loss
 

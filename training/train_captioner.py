@@ -39,8 +39,8 @@ from captioner.decoder import DECODERS, packed_order, packed_targets
 from captioner.encoders import ENCODERS, build_encoder
 from captioner.features import FeatureCache
 from captioner.metrics import caption_scores
-from captioner.model import Captioner, CaptionerConfig, DecodingConfig, slot_tokens
-from captioner.objects import substitute_slots
+from captioner.model import Captioner, CaptionerConfig, DecodingConfig
+from captioner.objects import slot_tokens, substitute_slots
 from captioner.vocabulary import Vocabulary, tokenize
 from training.common import (
     Timer,
