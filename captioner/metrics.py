@@ -10,7 +10,7 @@
   The search ranks candidates with corpus BLEU-4 computed from n-gram tables (thousands of
   candidates in seconds); the chosen caption is then scored by ``caption_scores``.
 - ``consensus_caption``: for nearest-neighbour retrieval, the caption among the
-  neighbours' captions that agrees most with the others by CIDEr-D (Devlin et al. 2015).
+  neighbours' captions that agrees most with the others (Devlin et al. 2015).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import shutil
 from collections import Counter
 from collections.abc import Sequence
 
-from captioner.cider import CiderD, ngrams
+from captioner.cider import ngrams
 from captioner.vocabulary import tokenize
 
 log = logging.getLogger(__name__)
@@ -117,13 +117,25 @@ def best_constant_caption(references: Sequence[Sequence[str]], candidates: Seque
     return best, best_score
 
 
+def _agreement(a: list[str], b: list[str]) -> float:
+    """How much caption ``a`` agrees with caption ``b``: smoothed sentence BLEU-4, the
+    re-ranking similarity of Devlin et al. (2015) (it ranks candidates; nothing reported
+    is scored with it)."""
+    if not a or not b:
+        return 0.0
+    log_p = 0.0
+    for n in range(1, 5):
+        ga, gb = ngrams(a, n), ngrams(b, n)
+        matched = sum(min(c, gb[g]) for g, c in ga.items())
+        log_p += math.log((matched + 1) / (sum(ga.values()) + 1)) / 4
+    bp = 1.0 if len(a) > len(b) else math.exp(1 - len(b) / len(a))
+    return bp * math.exp(log_p)
+
+
 def consensus_caption(captions: Sequence[str]) -> str:
-    """The caption with the highest mean CIDEr-D against the other captions (document
-    frequencies from these captions)."""
+    """The caption that agrees most with the other captions."""
     tokens = [tokenize(c) for c in captions]
     if len(tokens) == 1:
         return captions[0]
-    cider = CiderD([[t] for t in tokens])
-    prepared = [cider.prepare_refs([t]) for t in tokens]
-    scores = [sum(cider.score(t, prepared[j]) for j in range(len(tokens)) if j != i) for i, t in enumerate(tokens)]
+    scores = [sum(_agreement(t, o) for j, o in enumerate(tokens) if j != i) for i, t in enumerate(tokens)]
     return captions[max(range(len(captions)), key=scores.__getitem__)]

@@ -122,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     cache = FeatureCache(args.cache_dir, model.require_encoder())
     features, grid = features_for(model, images, args.cache_dir)
     results = []
-    for start in range(0, len(images), 256):
-        part = slice(start, start + 256)
+    for first in range(0, len(images), 256):
+        part = slice(first, first + 256)
         results += model.caption_features(features[part].float(), beam_size=args.beam_size,
                                           length_alpha=args.length_alpha,
                                           grid=None if grid is None else grid[part].float())
