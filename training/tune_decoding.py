@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                                  min_object_prob=best["min_object_prob"], objects_only_below=only_below)
         tensors, meta = read_safetensors(args.checkpoint)
         kept = ("format", "kind", "config", "vocabulary", "decoding", "object_words", "provenance")
-        model.save(args.checkpoint, dtype=next(iter(tensors.values())).dtype,
+        stored = next((t.dtype for t in tensors.values() if t.is_floating_point()), None)  # fp16 stays fp16
+        model.save(args.checkpoint, dtype=stored,
                    metadata={k: v for k, v in meta.items() if k not in kept})
         print(f"wrote beam {best['beam']}, alpha {best['alpha']}, require_object_prob "
               f"{best['require_object_prob']} into {args.checkpoint}")
