@@ -1,0 +1,212 @@
+"""Show, Attend and Tell: the attention decoder, its results, maps, CLI output, training
+and the app's maps, on a tiny attention captioner trained on real Flickr8k photos."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+import torch
+from PIL import Image
+
+from captioner.datasets import CaptionRecord
+from captioner.decoder import AttentionDecoder, packed_targets
+from tests.conftest import ROOT, flickr_sample, free_port
+
+
+@pytest.fixture(scope="module")
+def tiny_attender(lite0, tmp_path_factory):
+    """An object-aware attention captioner (2 slots, familiarity) that memorises one real
+    caption of each of 12 Flickr8k photos, from the real Lite0 encoder's 7x7 grids; saved
+    as a checkpoint too."""
+    from captioner.images import load_image
+    from captioner.model import Captioner, CaptionerConfig, DecodingConfig
+    from captioner.objects import slot_tokens
+    from captioner.vocabulary import Vocabulary
+    from training.train_captioner import CaptionTable, caption_loss
+
+    sample = flickr_sample(12)
+    captions = [caps[0] for _, caps in sample]
+    vocab = Vocabulary.build(captions, min_count=1, extra=slot_tokens(2))
+    images = [load_image(p) for p, _ in sample]
+    pooled, grid = lite0.encode(lite0.preprocess.batch(images), grid=True)
+    pooled, grid = pooled.clone(), grid.clone()  # out of inference mode
+    torch.manual_seed(0)
+    config = CaptionerConfig(decoder="attention", embed_dim=64, hidden_dim=128, grid_dim=64, attention_dim=64,
+                             dropout=0.0, object_slots=2)
+    model = Captioner.new(config, vocab, lite0, decoding=DecodingConfig(beam_size=3),
+                          train_features=pooled[:8], held_out_features=pooled[8:], familiarity_dim=8)
+    model.encoder = lite0
+    records = [CaptionRecord(p, c) for (p, _), c in zip(sample, captions)]
+    table = CaptionTable(records, [p for p, _ in sample], vocab, 30, model.detected_object_words(pooled))
+    rows = torch.arange(len(table))
+    no_flip = torch.zeros(len(rows), dtype=torch.bool)
+    feats, padded, lengths, grids = table.batch(rows, no_flip, pooled, pooled, grid, grid)
+    optimizer = torch.optim.Adam(model.head.parameters(), lr=1e-2)
+    model.head.train()
+    for _ in range(150):
+        loss = caption_loss(model.head, feats, padded, lengths, attention_reg=1.0, grid=grids)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.head.eval()
+    path = tmp_path_factory.mktemp("attender") / "captioner.safetensors"
+    model.save(path)
+    return model, sample, images, captions, path
+
+
+def test_attention_weights_are_a_distribution_over_the_grid_at_every_step():
+    torch.manual_seed(0)
+    dec = AttentionDecoder(vocab_size=20, embed_dim=8, hidden_dim=16, num_layers=1, dropout=0.0,
+                           grid_dim=6, attention_dim=5)
+    ctx = {"image": torch.randn(3, 8), "grid": torch.randn(3, 49, 6)}
+    caps = torch.tensor([[1, 5, 6, 7, 2], [1, 8, 2, 0, 0], [1, 9, 9, 2, 0]])
+    lengths = torch.tensor([5, 3, 4])
+    logits, weights = dec(caps, lengths, ctx)
+    assert logits.shape == (len(packed_targets(caps, lengths)), 20)
+    assert weights.shape == (3, 4, 49)
+    for i, n in enumerate(lengths.tolist()):
+        torch.testing.assert_close(weights[i, :n - 1].sum(-1), torch.ones(n - 1))
+        assert float(weights[i, n - 1:].detach().abs().sum()) == 0  # padded steps look nowhere
+    greedy = dec.greedy(ctx, max_length=6)
+    beam1 = dec.beam_search(ctx, beam_size=1, max_length=6)
+    assert [g.ids for g in greedy] == [b.ids for b in beam1]
+    for g in greedy:
+        assert len(g.attention) == len(g.ids) and all(abs(sum(w) - 1) < 1e-4 for w in g.attention)
+
+
+def test_the_doubly_stochastic_penalty_is_part_of_the_loss(tiny_attender):
+    from training.train_captioner import caption_loss
+
+    model = tiny_attender[0]
+    feats, grid = torch.randn(2, 1280), torch.randn(2, 49, 1280)
+    caps, lengths = torch.tensor([[1, 4, 5, 2], [1, 6, 2, 0]]), torch.tensor([4, 3])
+    plain = caption_loss(model.head, feats, caps, lengths, grid=grid)
+    _, weights = model.head(feats, caps, lengths, grid=grid)
+    penalty = ((1.0 - weights.sum(1)) ** 2).mean()
+    assert float(penalty.detach()) > 0
+    torch.testing.assert_close(caption_loss(model.head, feats, caps, lengths, attention_reg=2.0, grid=grid),
+                               plain + 2.0 * penalty)
+
+
+def test_an_attention_captioner_captions_with_objects_familiarity_and_attention_per_word(tiny_attender):
+    model, _, images, captions, path = tiny_attender
+    from captioner.model import Captioner
+
+    assert model.head.attends
+    results = model.caption(images)
+    assert sum(r.caption == c.lower().rstrip(" .") for r, c in zip(results, captions)) >= 9, \
+        [(r.caption, c) for r, c in zip(results, captions)]
+    for r in results:
+        assert r.grid == (7, 7) and len(r.attention) == len(r.words) == len(r.probabilities)
+        assert all(len(w) == 49 and abs(sum(w) - 1) < 1e-3 for w in r.attention)
+        assert r.objects and 0 <= r.familiarity <= 1
+        assert r.to_dict()["attention_grid"] == [7, 7]
+    greedy = model.caption(images, beam_size=1)
+    one_by_one = [model.caption([im], beam_size=1)[0] for im in images[:3]]
+    assert [r.caption for r in greedy[:3]] == [r.caption for r in one_by_one]  # batching changes nothing
+    loaded = Captioner.from_checkpoint(path)
+    assert loaded.head.attends and [r.caption for r in loaded.caption(images[:4])] == [r.caption for r in results[:4]]
+
+
+def test_cli_json_carries_attention_and_writes_one_map_per_photo(tiny_attender, tmp_path):
+    from captioner.__main__ import caption_files, main
+
+    model, sample, _, _, path = tiny_attender
+    photos = [p for p, _ in sample[:3]]
+    out = io.StringIO()
+    maps = tmp_path / "maps"
+    assert caption_files(model, photos, beam_size=None, batch_size=2, as_json=True, out=out, attention_dir=maps) == 0
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert len(lines) == 3
+    for line in lines:
+        assert line["attention_grid"] == [7, 7] and len(line["attention"]) == len(line["words"])
+        assert all(abs(sum(w) - 1) < 1e-3 for w in line["attention"])
+    pngs = sorted(maps.glob("*.png"))
+    assert len(pngs) == 3
+    for png in pngs:
+        with Image.open(png) as sheet:
+            assert sheet.format == "PNG" and sheet.width >= 160 * 2  # the photo and its words' maps
+    # the command line itself, with --attention-dir
+    assert main(["caption", str(photos[0]), "--checkpoint", str(path), "--attention-dir",
+                 str(tmp_path / "cli"), "--json"]) == 0
+    assert len(list((tmp_path / "cli").glob("*.png"))) == 1
+
+
+def test_train_an_attention_decoder_on_cached_grids(tmp_path):
+    """``--decoder attention --dry-run``: the grid cache (fp16, its own folder) is written and
+    the checkpoint is an attention captioner that captions with attention."""
+    from captioner.model import Captioner
+    from tests.conftest import shared
+
+    cache = tmp_path / "features"
+    cmd = [sys.executable, "-m", "training.train_captioner", "--dataset", "coco", "--data-root",
+           str(shared("coco_mini")), "--dry-run", "--decoder", "attention", "--out", str(tmp_path / "run"),
+           "--cache-dir", str(cache), "--embed-dim", "32", "--hidden-dim", "32"]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    grids = [d for d in cache.iterdir() if d.name.endswith("-grid")]
+    assert len(grids) == 1
+    from safetensors import safe_open
+
+    with safe_open(str(next(grids[0].glob("shard-*.safetensors"))), "pt") as f:
+        shard = f.get_tensor("features")
+    assert shard.dtype == torch.float16 and shard.shape[1:] == (49, 1280)
+    model = Captioner.from_checkpoint(tmp_path / "run" / "best.safetensors")
+    assert model.config.decoder == "attention"
+    r = model.caption([Image.open(next(shared("coco_mini").glob("train2017/*.jpg"))).convert("RGB")])[0]
+    assert r.attention is not None and len(r.attention) == len(r.words)
+
+
+@pytest.fixture(scope="module")
+def attention_server(tiny_attender, tmp_path_factory):
+    """``python app.py`` with the tiny attention captioner as its captioner."""
+    checkpoints = tiny_attender[4].parent
+    port = free_port()
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
+           "CAPTIONER_CHECKPOINTS": str(checkpoints)}
+    log = open(tmp_path_factory.mktemp("server") / "server.log", "w")
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    start = time.time()
+    while True:
+        try:
+            urllib.request.urlopen(base + "/", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() - start > 90:
+                proc.kill()
+                pytest.fail("the app did not start")
+            time.sleep(0.2)
+    yield base
+    proc.terminate()
+    proc.wait(timeout=20)
+
+
+@pytest.mark.browser
+def test_the_app_shows_where_an_attention_model_looked(attention_server, tiny_attender, tmp_path):
+    from tests.test_browser import CHROMIUM, SHOTS
+
+    playwright = pytest.importorskip("playwright.sync_api")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Chromium is not installed (apt-get install chromium)")
+    photos = [str(p) for p, _ in tiny_attender[1][:2]]
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                    args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(attention_server, wait_until="networkidle")
+        page.locator("#caption-files input[type=file]").set_input_files(photos)
+        page.wait_for_function("document.querySelectorAll('#caption-preview img').length >= 2", timeout=20_000)
+        page.locator("#caption-button").click()
+        page.wait_for_function("document.querySelectorAll('#caption-attention img').length >= 2", timeout=90_000)
+        page.screenshot(path=str(SHOTS / "attention.png"), full_page=True)
+        assert page.locator("#caption-attention").is_visible()
+        assert page.locator("#caption-attention img").count() == 2  # one strip of maps per photo
+        browser.close()
