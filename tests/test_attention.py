@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 import torch
@@ -137,29 +138,59 @@ def test_cli_json_carries_attention_and_writes_one_map_per_photo(tiny_attender, 
     assert len(list((tmp_path / "cli").glob("*.png"))) == 1
 
 
-def test_train_an_attention_decoder_on_cached_grids(tmp_path):
+@pytest.fixture(scope="module")
+def attention_args(tmp_path_factory):
+    from tests.conftest import shared
+
+    cache = tmp_path_factory.mktemp("features")
+    return ["--dataset", "coco", "--data-root", str(shared("coco_mini")), "--cache-dir", str(cache),
+            "--decoder", "attention", "--embed-dim", "32", "--hidden-dim", "32", "--min-count", "2"]
+
+
+def _train(args, torchrun: int = 0):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(torchrun)] if torchrun else []
+    result = subprocess.run([sys.executable, *launcher, "-m", "training.train_captioner", *args], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
+def test_train_an_attention_decoder_on_cached_grids(tmp_path, attention_args):
     """``--decoder attention --dry-run``: the grid cache (fp16, its own folder) is written and
     the checkpoint is an attention captioner that captions with attention."""
+    from safetensors import safe_open
+
     from captioner.model import Captioner
     from tests.conftest import shared
 
-    cache = tmp_path / "features"
-    cmd = [sys.executable, "-m", "training.train_captioner", "--dataset", "coco", "--data-root",
-           str(shared("coco_mini")), "--dry-run", "--decoder", "attention", "--out", str(tmp_path / "run"),
-           "--cache-dir", str(cache), "--embed-dim", "32", "--hidden-dim", "32"]
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    _train([*attention_args, "--dry-run", "--out", str(tmp_path / "run")])
+    cache = Path(attention_args[attention_args.index("--cache-dir") + 1])
     grids = [d for d in cache.iterdir() if d.name.endswith("-grid")]
     assert len(grids) == 1
-    from safetensors import safe_open
-
     with safe_open(str(next(grids[0].glob("shard-*.safetensors"))), "pt") as f:
-        shard = f.get_tensor("features")
-    assert shard.dtype == torch.float16 and shard.shape[1:] == (49, 1280)
+        shard, flipped = f.get_tensor("features"), f.get_tensor("flipped")
+    assert shard.dtype == torch.float16 and shard.shape[1:] == (49, 1280) and flipped.shape == shard.shape
     model = Captioner.from_checkpoint(tmp_path / "run" / "best.safetensors")
     assert model.config.decoder == "attention"
     r = model.caption([Image.open(next(shared("coco_mini").glob("train2017/*.jpg"))).convert("RGB")])[0]
     assert r.attention is not None and len(r.attention) == len(r.words)
+
+
+def test_an_attention_run_resumes_exactly_and_trains_on_two_processes(tmp_path, attention_args):
+    from safetensors.torch import load_file
+
+    common = [*attention_args, "--dry-run", "--epochs", "2", "--save-every", "2"]
+    _train([*common, "--out", str(tmp_path / "straight")])
+    _train([*common, "--out", str(tmp_path / "resumed"), "--max-steps", "3"])
+    _train([*common, "--out", str(tmp_path / "resumed"), "--resume"])
+    a, b = (load_file(str(tmp_path / run / "last.safetensors")) for run in ("straight", "resumed"))
+    assert any(k.startswith("model.grid_projection") for k in a)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a if k.startswith("model."))
+    _train([*attention_args, "--dry-run", "--out", str(tmp_path / "ddp")], torchrun=2)
+    from captioner.model import Captioner
+
+    assert Captioner.from_checkpoint(tmp_path / "ddp" / "best.safetensors", load_encoder=False).config.decoder \
+        == "attention"
 
 
 @pytest.fixture(scope="module")
