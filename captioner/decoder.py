@@ -163,6 +163,10 @@ class CaptionDecoder(nn.Module):
     def init_state(self, ctx: Context) -> State:
         raise NotImplementedError
 
+    def prepare(self, ctx: Context) -> Context:
+        """The context with what every step would otherwise recompute (once per caption)."""
+        return ctx
+
     def step(self, tokens: torch.Tensor, state: State, ctx: Context,
              onednn: bool = False) -> tuple[torch.Tensor, State, torch.Tensor | None]:
         """One word for each row: log-probabilities (M, V) of the next word, the new state
@@ -176,6 +180,7 @@ class CaptionDecoder(nn.Module):
         """The most probable word at every step, for all images at once. Stops as soon as
         every caption has ended (or after ``max_length`` words)."""
         batch = len(next(iter(ctx.values())))
+        ctx = self.prepare(ctx)
         state = self.init_state(ctx)
         device = state[0].device
         tokens = torch.full((batch,), self.start_id, dtype=torch.long, device=device)
@@ -203,6 +208,7 @@ class CaptionDecoder(nn.Module):
         ``<pad>`` (0), image-major, and their lengths (captions cut at ``max_length``
         words get no ``<end>``)."""
         batch = len(next(iter(ctx.values())))
+        ctx = self.prepare(ctx)
         ctx = select(ctx, torch.arange(batch, device=next(iter(ctx.values())).device).repeat_interleave(n))
         rows = batch * n
         state = self.init_state(ctx)
@@ -241,6 +247,7 @@ class CaptionDecoder(nn.Module):
         """
         if beam_size < 1:
             raise ValueError("beam_size must be at least 1")
+        ctx = self.prepare(ctx)
         state = self.init_state(ctx)
         device = state[0].device
         batch, n = state[0].shape[1], beam_size
@@ -400,10 +407,12 @@ class AttentionDecoder(CaptionDecoder):
         image = ctx["image"]
         return torch.tanh(self.init_h(image))[None], torch.tanh(self.init_c(image))[None]
 
+    def prepare(self, ctx: Context) -> Context:
+        """The grid's attention keys W_a a_i, once per caption rather than once per word."""
+        return ctx if "grid_keys" in ctx else {**ctx, "grid_keys": self.grid_key(ctx["grid"])}
+
     def _attend(self, h: torch.Tensor, ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
-        keys = ctx.get("grid_keys")
-        if keys is None:
-            keys = self.grid_key(ctx["grid"])
+        keys = ctx["grid_keys"]
         weights = self.score(torch.tanh(keys + self.hidden_key(h)[:, None, :])).squeeze(-1).softmax(-1)
         context = torch.bmm(weights[:, None, :], ctx["grid"]).squeeze(1)
         return weights, torch.sigmoid(self.gate(h)) * context
@@ -419,7 +428,7 @@ class AttentionDecoder(CaptionDecoder):
         return self.log_probs(h, ctx), state, weights
 
     def forward(self, captions: torch.Tensor, lengths: torch.Tensor, ctx: Context):
-        ctx = {**ctx, "grid_keys": self.grid_key(ctx["grid"])}  # once, not once per step
+        ctx = self.prepare(ctx)
         words = self.dropout(self.embed_tokens(captions[:, :-1], ctx))
         owner, batch_sizes = packed_order(lengths - 1)
         owner = owner.to(captions.device)
