@@ -256,6 +256,7 @@ class CaptionDecoder(nn.Module):
         must_include = must_include.to(device)
         # beam g = 2 * image + done (done: the caption holds its required token, or needs none)
         group = torch.arange(batch, device=device) * 2 + (must_include < 0).long()
+        image = group // 2  # the image of each row (of ``ctx`` too)
         score = torch.zeros(batch, device=device)
         seqs = torch.empty(batch, 0, dtype=torch.long, device=device)
         seq_logps = torch.empty(batch, 0, device=device)
@@ -315,7 +316,10 @@ class CaptionDecoder(nn.Module):
             if seq_attn is not None:
                 seq_attn = seq_attn[row]
             state = tuple(s[:, row] for s in state)
-            ctx = select(ctx, row)
+            # the context is the image's, whichever of its beams a row is: gather it again
+            # only when the rows' images change (beams ended), not at every step
+            if len(group) != len(image) or bool((group // 2 != image).any()):
+                ctx, image = select(ctx, row), group // 2
             tokens = word
 
         best = []
