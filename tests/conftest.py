@@ -1,3 +1,4 @@
+import contextlib
 import os
 import random
 from pathlib import Path
@@ -115,9 +116,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server():
-    """``python app.py`` on a free loopback port, as a user would start it."""
+@contextlib.contextmanager
+def running_app(log_path: Path, **env_extra):
+    """``python app.py`` on a free loopback port, as a user would start it (with
+    ``env_extra`` in its environment): yields its URL, start-up time and process."""
     import subprocess
     import sys
     import time
@@ -125,26 +127,33 @@ def server():
 
     port = free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
-           "CAPTIONER_DATA": os.environ["CAPTIONER_DATA"]}
-    (ROOT / "artifacts").mkdir(exist_ok=True)
-    log = open(ROOT / "artifacts" / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    start = time.time()
-    while True:
+           "CAPTIONER_DATA": os.environ["CAPTIONER_DATA"], **env_extra}
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{port}"
+        start = time.time()
+        while True:
+            try:
+                urllib.request.urlopen(base + "/", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() - start > 90:
+                    proc.kill()
+                    pytest.fail("the app did not start")
+                time.sleep(0.2)
         try:
-            urllib.request.urlopen(base + "/", timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() - start > 90:
+            yield {"url": base, "startup_seconds": time.time() - start, "process": proc}
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
                 proc.kill()
-                pytest.fail("the app did not start")
-            time.sleep(0.2)
-    startup = time.time() - start
-    yield {"url": base, "startup_seconds": startup, "process": proc}
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+
+
+@pytest.fixture(scope="session")
+def server():
+    with running_app(ROOT / "artifacts" / "server.log") as app:
+        yield app

@@ -6,8 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ from PIL import Image
 
 from captioner.datasets import CaptionRecord
 from captioner.decoder import AttentionDecoder, packed_targets
-from tests.conftest import ROOT, flickr_sample, free_port
+from tests.conftest import ROOT, flickr_sample, running_app
 
 
 @pytest.fixture(scope="module")
@@ -196,27 +194,9 @@ def test_an_attention_run_resumes_exactly_and_trains_on_two_processes(tmp_path, 
 @pytest.fixture(scope="module")
 def attention_server(tiny_attender, tmp_path_factory):
     """``python app.py`` with the tiny attention captioner as its captioner."""
-    checkpoints = tiny_attender[4].parent
-    port = free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
-           "CAPTIONER_CHECKPOINTS": str(checkpoints)}
-    log = open(tmp_path_factory.mktemp("server") / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env,
-                            stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    start = time.time()
-    while True:
-        try:
-            urllib.request.urlopen(base + "/", timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None or time.time() - start > 90:
-                proc.kill()
-                pytest.fail("the app did not start")
-            time.sleep(0.2)
-    yield base
-    proc.terminate()
-    proc.wait(timeout=20)
+    log = tmp_path_factory.mktemp("server") / "server.log"
+    with running_app(log, CAPTIONER_CHECKPOINTS=str(tiny_attender[4].parent)) as app:
+        yield app["url"]
 
 
 @pytest.mark.browser
