@@ -369,9 +369,9 @@ def caption_tab() -> None:
         with gr.Column(scale=2):
             shaded = gr.HTML(label="Caption", elem_id="caption-output")
             timing = gr.Markdown(label="Time taken", elem_id="caption-timing")
-            maps = gr.Gallery(label="Where it looked: the attention over the photo for each word", columns=1,
-                              height="auto", elem_id="caption-attention", format="jpeg",
-                              visible=captions.attends())
+            maps = gr.Gallery(label=("Where it looked for each word (xN: its most-watched cell got N times an "
+                                     "even share; no heat: it looked everywhere alike)"), columns=1, height="auto",
+                              elem_id="caption-attention", format="jpeg", visible=captions.attends())
             gallery = gr.Gallery(label="Photos", columns=4, height="auto", elem_id="caption-gallery",
                                  format="jpeg")  # WebP encoding cost more than the thumbnails were worth
             table = gr.Dataframe(headers=["image", "caption", "mean probability", "error"], label="All captions",

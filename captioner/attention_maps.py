@@ -14,19 +14,32 @@ from captioner.model import CaptionResult
 
 # a dark-blue -> red -> yellow ramp, so that weak attention stays see-through
 _RAMP = np.array([[0, 0, 64], [160, 0, 64], [255, 64, 0], [255, 220, 0]], dtype=np.float32)
+FULL_FOCUS = 8.0  # a cell with this many times the uniform weight (1 / cells) is drawn at full heat
+
+
+def focus(weights: list[float]) -> float:
+    """How much more than uniform the most-attended cell gets (1.0: the word looked
+    everywhere equally, as a model whose attention collapsed does)."""
+    w = np.asarray(weights, dtype=np.float32)
+    return float(w.max() * w.size)
 
 
 def heat(weights: list[float], grid: tuple[int, int], size: tuple[int, int]) -> Image.Image:
-    """An RGBA heat map of ``size`` from one word's weights over a ``grid`` (row-major)."""
+    """An RGBA heat map of ``size`` from one word's weights over a ``grid`` (row-major).
+
+    The scale is fixed, not stretched to each word's maximum: a cell at the uniform weight
+    (1 / cells) or below is clear, a cell at ``FULL_FOCUS`` times it is full heat. So
+    attention that is spread evenly shows as no heat at all, instead of as a map that looks
+    focused everywhere."""
     w = np.asarray(weights, dtype=np.float32).reshape(grid)
-    w = w / max(float(w.max()), 1e-12)
-    smooth = np.asarray(Image.fromarray((w * 255).astype(np.uint8)).resize(size, Image.Resampling.BICUBIC),
+    level = np.clip((w * w.size - 1.0) / (FULL_FOCUS - 1.0), 0.0, 1.0)
+    smooth = np.asarray(Image.fromarray((level * 255).astype(np.uint8)).resize(size, Image.Resampling.BICUBIC),
                         dtype=np.float32) / 255.0
     position = smooth * (len(_RAMP) - 1)
     low = np.clip(position.astype(int), 0, len(_RAMP) - 2)
     frac = (position - low)[..., None]
     rgb = _RAMP[low] * (1 - frac) + _RAMP[low + 1] * frac
-    alpha = (40 + 170 * smooth)[..., None]
+    alpha = (210 * smooth)[..., None]
     return Image.fromarray(np.concatenate([rgb, alpha], -1).astype(np.uint8), "RGBA")
 
 
@@ -35,7 +48,8 @@ def attention_panels(image: Image.Image, result: CaptionResult, size: int = 160)
     if result.attention is None or result.grid is None:
         raise ValueError("this caption carries no attention weights (it is not from an attention model)")
     base = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR).convert("RGBA")
-    return [(Image.alpha_composite(base, heat(w, tuple(result.grid), (size, size))).convert("RGB"), f"{word} ({p:.2f})")
+    return [(Image.alpha_composite(base, heat(w, tuple(result.grid), (size, size))).convert("RGB"),
+             f"{word} ({p:.2f}, x{focus(w):.1f})")
             for word, p, w in zip(result.words, result.probabilities, result.attention)]
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -78,6 +79,19 @@ def test_attention_weights_are_a_distribution_over_the_grid_at_every_step():
         assert len(g.attention) == len(g.ids) and all(abs(sum(w) - 1) < 1e-4 for w in g.attention)
 
 
+def test_heat_maps_show_focus_on_a_fixed_scale_and_even_attention_as_no_heat():
+    from captioner.attention_maps import FULL_FOCUS, focus, heat
+
+    even = [1 / 49] * 49
+    assert focus(even) == pytest.approx(1.0)
+    assert int(np.asarray(heat(even, (7, 7), (70, 70)))[..., 3].max()) == 0  # nothing drawn
+    one = [0.0] * 49
+    one[3 * 7 + 5] = 1.0  # row 3, column 5
+    assert focus(one) == pytest.approx(49.0) and focus(one) > FULL_FOCUS
+    alpha = np.asarray(heat(one, (7, 7), (70, 70)))[..., 3]
+    assert alpha[35, 55] > 150 and alpha[5, 5] == 0  # hot where it looked, clear far from it
+
+
 def test_the_doubly_stochastic_penalty_is_part_of_the_loss(tiny_attender):
     from training.train_captioner import caption_loss
 
@@ -105,6 +119,9 @@ def test_an_attention_captioner_captions_with_objects_familiarity_and_attention_
         assert all(len(w) == 49 and abs(sum(w) - 1) < 1e-3 for w in r.attention)
         assert r.objects and 0 <= r.familiarity <= 1
         assert r.to_dict()["attention_grid"] == [7, 7]
+    from captioner.attention_maps import focus
+
+    assert max(focus(w) for r in results for w in r.attention) > 2.0  # it does look somewhere
     greedy = model.caption(images, beam_size=1)
     one_by_one = [model.caption([im], beam_size=1)[0] for im in images[:3]]
     assert [r.caption for r in greedy[:3]] == [r.caption for r in one_by_one]  # batching changes nothing
