@@ -14,7 +14,7 @@ from captioner.model import CaptionResult
 
 # a dark-blue -> red -> yellow ramp, so that weak attention stays see-through
 _RAMP = np.array([[0, 0, 64], [160, 0, 64], [255, 64, 0], [255, 220, 0]], dtype=np.float32)
-FULL_FOCUS = 8.0  # a cell with this many times the uniform weight (1 / cells) is drawn at full heat
+FULL_FOCUS = 3.0  # a cell with this many times the uniform weight (1 / cells) is drawn at full heat
 
 
 def focus(weights: list[float]) -> float:
