@@ -59,11 +59,12 @@ def flickr_sample(n_images: int, captions_per_image: int = 1):
     return [(root / "Images" / n, by_image[n][:captions_per_image]) for n in names]
 
 
-@pytest.fixture(scope="session")
-def tiny_captioner(lite0):
-    """A tiny object-aware captioner trained in a few seconds to memorise one real caption
-    of each of 12 real Flickr8k photos (features from the real Lite0 encoder; 2 object
-    slots; familiarity references from 8 of the photos, calibrated on the other 4)."""
+def memorising_captioner(lite0, **config):
+    """A tiny object-aware captioner (2 object slots; familiarity references from 8 of the
+    photos, calibrated on the other 4) trained in a few seconds to memorise one real caption
+    of each of 12 real Flickr8k photos, from the real Lite0 encoder's features (and 7x7
+    grids, for ``decoder="attention"``). Returns the model, the sample, its images, pooled
+    features, grids (or None) and the memorised captions."""
     import torch
 
     from captioner.images import load_image
@@ -76,24 +77,35 @@ def tiny_captioner(lite0):
     captions = [caps[0] for _, caps in sample]
     vocab = Vocabulary.build(captions, min_count=1, extra=slot_tokens(2))
     images = [load_image(p) for p, _ in sample]
-    features = lite0.encode(lite0.preprocess.batch(images)).clone()  # out of inference mode
+    attends = config.get("decoder") == "attention"
+    batch = lite0.preprocess.batch(images)
+    features, grid = lite0.encode(batch, grid=True) if attends else (lite0.encode(batch), None)
+    features, grid = features.clone(), None if grid is None else grid.clone()  # out of inference mode
     torch.manual_seed(0)
-    config = CaptionerConfig(embed_dim=64, hidden_dim=128, dropout=0.0, object_slots=2)
-    model = Captioner.new(config, vocab, lite0, decoding=DecodingConfig(beam_size=3),
+    model = Captioner.new(CaptionerConfig(embed_dim=64, hidden_dim=128, dropout=0.0, object_slots=2, **config),
+                          vocab, lite0, decoding=DecodingConfig(beam_size=3),
                           train_features=features[:8], held_out_features=features[8:], familiarity_dim=8)
     model.encoder = lite0
     records = [CaptionRecord(p, c) for (p, _), c in zip(sample, captions)]
     table = CaptionTable(records, [p for p, _ in sample], vocab, 30, model.detected_object_words(features))
     rows = torch.arange(len(table))
-    feats, padded, lengths, _ = table.batch(rows, torch.zeros(len(rows), dtype=torch.bool), features, features)
+    feats, padded, lengths, grids = table.batch(rows, torch.zeros(len(rows), dtype=torch.bool), features, features,
+                                                grid, grid)
     optimizer = torch.optim.Adam(model.head.parameters(), lr=1e-2)
     model.head.train()
     for _ in range(150):
-        loss = caption_loss(model.head, feats, padded, lengths)
+        loss = caption_loss(model.head, feats, padded, lengths, attention_reg=1.0 if attends else 0.0, grid=grids)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
     model.head.eval()
+    return model, sample, images, features, grid, captions
+
+
+@pytest.fixture(scope="session")
+def tiny_captioner(lite0):
+    """``memorising_captioner``, Show and Tell."""
+    model, sample, _, features, _, captions = memorising_captioner(lite0)
     return model, sample, features, captions
 
 

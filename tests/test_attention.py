@@ -13,47 +13,16 @@ import pytest
 import torch
 from PIL import Image
 
-from captioner.datasets import CaptionRecord
 from captioner.decoder import AttentionDecoder, packed_targets
-from tests.conftest import ROOT, flickr_sample, running_app
+from tests.conftest import ROOT, memorising_captioner, running_app
 
 
 @pytest.fixture(scope="module")
 def tiny_attender(lite0, tmp_path_factory):
-    """An object-aware attention captioner (2 slots, familiarity) that memorises one real
-    caption of each of 12 Flickr8k photos, from the real Lite0 encoder's 7x7 grids; saved
-    as a checkpoint too."""
-    from captioner.images import load_image
-    from captioner.model import Captioner, CaptionerConfig, DecodingConfig
-    from captioner.objects import slot_tokens
-    from captioner.vocabulary import Vocabulary
-    from training.train_captioner import CaptionTable, caption_loss
-
-    sample = flickr_sample(12)
-    captions = [caps[0] for _, caps in sample]
-    vocab = Vocabulary.build(captions, min_count=1, extra=slot_tokens(2))
-    images = [load_image(p) for p, _ in sample]
-    pooled, grid = lite0.encode(lite0.preprocess.batch(images), grid=True)
-    pooled, grid = pooled.clone(), grid.clone()  # out of inference mode
-    torch.manual_seed(0)
-    config = CaptionerConfig(decoder="attention", embed_dim=64, hidden_dim=128, grid_dim=64, attention_dim=64,
-                             dropout=0.0, object_slots=2)
-    model = Captioner.new(config, vocab, lite0, decoding=DecodingConfig(beam_size=3),
-                          train_features=pooled[:8], held_out_features=pooled[8:], familiarity_dim=8)
-    model.encoder = lite0
-    records = [CaptionRecord(p, c) for (p, _), c in zip(sample, captions)]
-    table = CaptionTable(records, [p for p, _ in sample], vocab, 30, model.detected_object_words(pooled))
-    rows = torch.arange(len(table))
-    no_flip = torch.zeros(len(rows), dtype=torch.bool)
-    feats, padded, lengths, grids = table.batch(rows, no_flip, pooled, pooled, grid, grid)
-    optimizer = torch.optim.Adam(model.head.parameters(), lr=1e-2)
-    model.head.train()
-    for _ in range(150):
-        loss = caption_loss(model.head, feats, padded, lengths, attention_reg=1.0, grid=grids)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.head.eval()
+    """``memorising_captioner`` with attention (hidden 128, grid and attention 64), saved as a
+    checkpoint too."""
+    model, sample, images, _, _, captions = memorising_captioner(lite0, decoder="attention", grid_dim=64,
+                                                                 attention_dim=64)
     path = tmp_path_factory.mktemp("attender") / "captioner.safetensors"
     model.save(path)
     return model, sample, images, captions, path
