@@ -92,7 +92,44 @@ def read_dataset(kind: str, root: str | Path, coco_split: str = "train2017") -> 
         return read_flickr8k(root / "captions.txt", root / "Images")
     if kind == "coco":
         return read_coco(root / "annotations" / f"captions_{coco_split}.json", root / coco_split)
-    raise ValueError(f"unknown dataset {kind!r}; use coco or flickr8k")
+    if kind == "coco_paired":
+        return read_coco(root / "annotations" / "captions_val2014_paired.json", root / "val2014")
+    raise ValueError(f"unknown dataset {kind!r}; use {', '.join(DATASETS)}")
+
+
+DATASETS = ("coco", "flickr8k", "coco_paired")
+TEXT_SOURCES = ("coco", "flickr")
+
+
+def read_caption_text(kind: str, path: str | Path) -> dict[str, list[str]]:
+    """Captions of photos that are not here: photo name -> its captions. ``coco``: a COCO
+    captions json (images need not exist); ``flickr``: a CSV ``image,caption`` (Flickr30k's
+    layout, Flickr8k's too)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no caption file at {path}")
+    grouped: dict[str, list[str]] = {}
+    if kind == "coco":
+        import json
+
+        data = json.loads(path.read_text(encoding="utf-8"))
+        names = {image["id"]: image["file_name"] for image in data["images"]}
+        for a in data["annotations"]:
+            if a["image_id"] in names and a["caption"].strip():
+                grouped.setdefault(names[a["image_id"]], []).append(a["caption"].strip())
+    elif kind == "flickr":
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None or [h.strip().lower() for h in header[:2]] != ["image", "caption"]:
+                raise ValueError(f"{path} must be a CSV whose header is 'image,caption'")
+            for row in reader:
+                if len(row) >= 2 and ",".join(row[1:]).strip():
+                    grouped.setdefault(row[0].strip(), []).append(",".join(row[1:]).strip())
+    else:
+        raise ValueError(f"unknown caption text {kind!r}; use {' or '.join(TEXT_SOURCES)}")
+    log.info("%s: %d captions of %d photos (text only)", path, sum(map(len, grouped.values())), len(grouped))
+    return grouped
 
 
 def split_of(image: Path, val_fraction: float, test_fraction: float = 0.0) -> str:

@@ -32,21 +32,30 @@ from torch import nn
 
 
 class Familiarity(nn.Module):
-    def __init__(self, feature_dim: int, dim: int, references: int, calibration: int, k: int = 5):
+    def __init__(self, feature_dim: int, dim: int, references: int, calibration: int, k: int = 5,
+                 worlds: bool = False):
         super().__init__()
         self.k = k
+        if worlds:  # 1 for a reference photo whose kind of scene the captioner knows from caption text alone
+            self.register_buffer("world", torch.zeros(references))
+        else:
+            self.world = None
         self.register_buffer("basis", torch.zeros(feature_dim, dim))
         self.register_buffer("reference", torch.zeros(references, dim))
         self.register_buffer("calibration", torch.zeros(calibration))  # sorted similarities
 
     @classmethod
     @torch.no_grad()
-    def fit(cls, train: torch.Tensor, held_out: torch.Tensor, dim: int = 128, k: int = 5) -> Familiarity:
+    def fit(cls, train: torch.Tensor, held_out: torch.Tensor, dim: int = 128, k: int = 5,
+            text_world: torch.Tensor | None = None) -> Familiarity:
         """Reference photos ``train`` (N, D) and calibration photos ``held_out`` (M, D)
-        (never the same photos)."""
+        (never the same photos); ``text_world`` (N,) bool: the references whose kind of
+        scene is known from caption text alone."""
         dim = min(dim, *train.shape)
         _, _, v = torch.linalg.svd(F.normalize(train.float(), dim=1), full_matrices=False)
-        model = cls(train.shape[1], dim, len(train), len(held_out), k)
+        model = cls(train.shape[1], dim, len(train), len(held_out), k, worlds=text_world is not None)
+        if text_world is not None:
+            model.world.copy_(text_world.float())
         model.basis.copy_(v[:dim].T)
         model.reference.copy_(model._project(train))
         model.calibration.copy_(model.similarity(held_out).sort().values)
@@ -59,6 +68,15 @@ class Familiarity(nn.Module):
         """(B, D) -> (B,) mean similarity to the k nearest reference photos."""
         sims = self._project(features) @ self.reference.float().T
         return sims.topk(min(self.k, sims.shape[1]), dim=1).values.mean(1)
+
+    def text_world(self, features: torch.Tensor) -> torch.Tensor | None:
+        """(B, D) -> (B,): the share of the k nearest reference photos whose kind of scene
+        is known from caption text alone (None without that record)."""
+        if self.world is None:
+            return None
+        sims = self._project(features) @ self.reference.float().T
+        nearest = sims.topk(min(self.k, sims.shape[1]), dim=1).indices
+        return self.world.float()[nearest].mean(1)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(B, D) -> (B,) familiarity in [0, 1]."""

@@ -77,8 +77,12 @@ FP16_MAX = float(torch.finfo(torch.float16).max)
 
 
 class FeatureCache:
-    def __init__(self, root: str | os.PathLike, encoder: ImageEncoder, grid: bool = False):
-        self.encoder, self.grid = encoder, grid
+    def __init__(self, root: str | os.PathLike, encoder: ImageEncoder, grid: bool = False,
+                 pooled_too: FeatureCache | None = None):
+        """``pooled_too``: with ``grid``, a pooled-feature cache of the same encoder that
+        the grid extraction fills as well (the pooled feature is the grid's mean, so one
+        pass of the CNN serves both)."""
+        self.encoder, self.grid, self.pooled_too = encoder, grid, pooled_too
         self.dir = Path(root) / f"{encoder.name}-{encoder.fingerprint()}{'-grid' if grid else ''}"
         self._features: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._loaded: set[str] = set()
@@ -120,36 +124,52 @@ class FeatureCache:
         loader = DataLoader(_Images(paths, self.encoder), batch_size=batch_size, num_workers=num_workers,
                             collate_fn=_collate, persistent_workers=False)
         pending_keys, pending_feats, pending_flips, errors = [], [], [], []
+        pending_pooled, pending_pooled_flips = [], []
+        if self.pooled_too is not None:
+            self.pooled_too._load_shards()
         bar = tqdm(total=len(paths), desc=f"features {self.encoder.name}", unit="img", disable=not progress)
         for items in loader:
             good = [(i, x) for i, x, err in items if x is not None]
             errors += [f"{paths[i]}: {err}" for i, x, err in items if x is None]
             if good:
                 batch = torch.stack([x for _, x in good])
-                feats, flips = (self._encode(b, [paths[i] for i, _ in good]) for b in (batch, batch.flip(-1)))
+                (feats, pooled), (flips, pooled_flips) = (self._encode(b, [paths[i] for i, _ in good])
+                                                          for b in (batch, batch.flip(-1)))
                 pending_keys += [image_key(paths[i]) for i, _ in good]
                 pending_feats.append(feats)
                 pending_flips.append(flips)
+                pending_pooled.append(pooled)
+                pending_pooled_flips.append(pooled_flips)
             bar.update(len(items))
             if len(pending_keys) >= shard_size:
-                self._write_shard(pending_keys, pending_feats, pending_flips)
-                pending_keys, pending_feats, pending_flips = [], [], []
+                self._write_shards(pending_keys, pending_feats, pending_flips, pending_pooled, pending_pooled_flips)
+                pending_keys, pending_feats, pending_flips, pending_pooled, pending_pooled_flips = [], [], [], [], []
         bar.close()
         if pending_keys:
-            self._write_shard(pending_keys, pending_feats, pending_flips)
+            self._write_shards(pending_keys, pending_feats, pending_flips, pending_pooled, pending_pooled_flips)
         if errors:
             raise ImageError(f"{len(errors)} images could not be read, e.g. {errors[0]}")
 
-    def _encode(self, batch: torch.Tensor, paths: list[Path]) -> torch.Tensor:
-        """float32 features on the CPU, checked: finite, or an error naming the image."""
-        out = self.encoder.encode(batch, grid=True)[1] if self.grid else self.encoder.encode(batch)
-        out = out.float().cpu()
+    def _encode(self, batch: torch.Tensor, paths: list[Path]) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 features (or grids) and pooled features on the CPU, checked: finite, or
+        an error naming the image."""
+        pooled, grid = self.encoder.encode(batch, grid=True) if self.grid else (self.encoder.encode(batch), None)
+        out = (pooled if grid is None else grid).float().cpu()
         bad = ~torch.isfinite(out).flatten(1).all(1)
         if bool(bad.any()):
             raise NonFiniteFeatures(
                 f"{self.encoder.name} ({self.encoder.weights_id}) gave NaN or infinite features for "
                 f"{paths[int(bad.nonzero()[0])]}: its weights are broken; nothing was cached for it")
-        return out
+        return out, pooled.float().cpu()
+
+    def _write_shards(self, keys, feats, flips, pooled, pooled_flips) -> None:
+        self._write_shard(keys, feats, flips)
+        if self.pooled_too is not None:
+            new = [i for i, k in enumerate(keys) if k not in self.pooled_too._features]
+            if new:
+                index = torch.tensor(new)
+                self.pooled_too._write_shard([keys[i] for i in new], [torch.cat(pooled)[index]],
+                                             [torch.cat(pooled_flips)[index]])
 
     def _write_shard(self, keys: list[str], feats: list[torch.Tensor], flips: list[torch.Tensor]) -> None:
         features, flipped = torch.cat(feats).contiguous(), torch.cat(flips).contiguous()
@@ -173,6 +193,9 @@ def features_for(model, images: Sequence[str | os.PathLike], cache_dir: str | os
     """What a captioner needs of these images, from the caches (extracted when missing):
     pooled features (N, D) and, for an attention model, grids (N, cells, D)."""
     encoder = model.require_encoder()
-    pooled, _ = FeatureCache(cache_dir, encoder).get(images, **kwargs)
-    grid = FeatureCache(cache_dir, encoder, grid=True).get(images, **kwargs)[0] if model.head.attends else None
+    pooled_cache = FeatureCache(cache_dir, encoder)
+    grid = None
+    if model.head.needs_grid:  # the grid pass fills the pooled cache too
+        grid = FeatureCache(cache_dir, encoder, grid=True, pooled_too=pooled_cache).get(images, **kwargs)[0]
+    pooled, _ = pooled_cache.get(images, **kwargs)
     return pooled, grid

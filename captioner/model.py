@@ -40,6 +40,7 @@ from captioner.checkpoint import (
     load_state_strict,
     save_model,
 )
+from captioner.concepts import ConceptDetector
 from captioner.decoder import DECODERS, Context, Decoded
 from captioner.encoders import ImageEncoder, build_encoder
 from captioner.familiarity import Familiarity
@@ -74,6 +75,8 @@ class CaptionerConfig:
     familiarity_dim: int = 0       # familiarity references: projected dimensions,
     familiarity_references: int = 0  # how many training photos,
     familiarity_calibration: int = 0  # and how many held-out photos calibrate it
+    familiarity_worlds: int = 0    # 1: each reference photo says whether its world is known from text only
+    concepts: int = 0              # visual concepts learned from captions (concepts.py; 0: none)
     dropout: float = field(default=0.5, metadata={"weights": False})
 
 
@@ -87,6 +90,8 @@ class DecodingConfig:
     min_object_prob: float = 0.0   # objects the classifier is less sure of are never copied
     require_object_prob: float | None = None  # the top object, when this sure of it, must be in the caption
     objects_only_below: float | None = None  # photos less familiar than this are described from their objects alone
+    text_world_above: float | None = None  # ... and photos whose nearest reference photos are mostly of
+    #                                         scenes known from caption text alone (familiarity.text_world)
 
 
 @dataclass
@@ -131,7 +136,10 @@ class CaptionHead(nn.Module):
         self.objects = (ObjectDetector(config.feature_dim, config.object_words, config.object_slots)
                         if config.object_slots else None)
         self.familiarity = (Familiarity(config.feature_dim, config.familiarity_dim, config.familiarity_references,
-                                        config.familiarity_calibration) if config.familiarity_references else None)
+                                        config.familiarity_calibration, worlds=bool(config.familiarity_worlds))
+                            if config.familiarity_references else None)
+        self.concepts = ConceptDetector(config.feature_dim, config.concepts) if config.concepts else None
+        self.concept_projection = nn.Linear(config.concepts, config.embed_dim) if config.concepts else None
         kwargs = {}
         if config.decoder == "attention":
             self.grid_projection = FeatureProjection(config.feature_dim, config.grid_dim, config.dropout)
@@ -147,25 +155,32 @@ class CaptionHead(nn.Module):
     def attends(self) -> bool:
         return self.config.decoder == "attention"
 
+    @property
+    def needs_grid(self) -> bool:
+        """Whether captioning needs the encoder's grid (attention, or concept detectors)."""
+        return self.attends or self.concepts is not None
+
     def context(self, features: torch.Tensor, grid: torch.Tensor | None = None, min_object_prob: float = 0.0,
-                swap: torch.Tensor | None = None,
-                objects_only: torch.Tensor | None = None) -> tuple[Context, Detections | None]:
+                swap: torch.Tensor | None = None, objects_only: torch.Tensor | None = None,
+                detections: Detections | None = None,
+                concepts: torch.Tensor | None = None) -> tuple[Context, Detections | None]:
         """The decoder's per-image context from pooled features (B, D) and, for attention,
         the grid (B, L, D). ``swap`` (B, K): object words whose vectors the copy scores see
         instead of the detected ones', where they are >= 0 (a training augmentation: the
         decoder learns to copy an object whatever it is; see ``train_captioner``).
         ``objects_only`` (B,) bool: images described from their objects alone, without the
         projected features or the grid (trained as a dropout; at inference, the photos too
-        unlike the training photos for those to mean anything, see ``DecodingConfig``)."""
+        unlike the training photos for those to mean anything, see ``DecodingConfig``).
+        ``detections`` and ``concepts`` (B, C): given instead of detected (training on
+        captions without photos gives them; ``concepts.ConceptNoise``)."""
         features = features.float()
         image = self.projection(features)
         keep = None if objects_only is None else (~objects_only).to(image.dtype)
         if keep is not None:
             image = image * keep[:, None]
         ctx: Context = {}
-        detections = None
         if self.objects is not None:
-            detections = self.objects(features)
+            detections = self.objects(features) if detections is None else detections
             probs = detections.probs.masked_fill(detections.probs < min_object_prob, 0.0)
             ctx.update(self.decoder.slots.context(self.objects.word_vectors[detections.words], probs))
             if swap is not None:
@@ -174,6 +189,13 @@ class CaptionHead(nn.Module):
             if min_object_prob > 0:
                 ctx["objects_logp"] = ctx["objects_logp"].masked_fill(probs == 0, float("-inf"))
             image = image + (probs[..., None] * ctx["objects"]).sum(1)
+        if self.concepts is not None:
+            if concepts is None:
+                if grid is None:
+                    raise ValueError("the concept detectors need the encoder's grid features")
+                concepts = self.concepts(grid)
+            ctx["concepts"] = concepts
+            image = image + self.concept_projection(concepts)
         ctx["image"] = image
         if self.attends:
             if grid is None:
@@ -185,17 +207,23 @@ class CaptionHead(nn.Module):
 
     def forward(self, features: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor,
                 grid: torch.Tensor | None = None, swap: torch.Tensor | None = None,
-                objects_only: torch.Tensor | None = None):
+                objects_only: torch.Tensor | None = None, detections: Detections | None = None,
+                concepts: torch.Tensor | None = None):
         """Teacher forcing: (packed logits, attention weights or None)."""
-        ctx, _ = self.context(features, grid, swap=swap, objects_only=objects_only)
+        ctx, _ = self.context(features, grid, swap=swap, objects_only=objects_only, detections=detections,
+                              concepts=concepts)
         return self.decoder(captions, lengths, ctx)
 
     def decode(self, features: torch.Tensor, decoding: DecodingConfig, grid: torch.Tensor | None = None,
                onednn: bool = False,
-               familiarity: torch.Tensor | None = None) -> tuple[list[Decoded], Detections | None]:
+               familiarity: torch.Tensor | None = None,
+               text_world: torch.Tensor | None = None) -> tuple[list[Decoded], Detections | None, Context]:
         objects_only = None
         if decoding.objects_only_below is not None and familiarity is not None and self.objects is not None:
             objects_only = familiarity < decoding.objects_only_below
+        if decoding.text_world_above is not None and text_world is not None and self.objects is not None:
+            by_world = text_world >= decoding.text_world_above
+            objects_only = by_world if objects_only is None else objects_only | by_world
         ctx, detections = self.context(features, grid, decoding.min_object_prob, objects_only=objects_only)
         required = None
         if detections is not None and decoding.require_object_prob is not None:
@@ -207,7 +235,7 @@ class CaptionHead(nn.Module):
         else:
             decoded = self.decoder.beam_search(ctx, decoding.beam_size, decoding.max_length, decoding.length_alpha,
                                                onednn, must_include=required)
-        return decoded, detections
+        return decoded, detections, ctx
 
 
 _VOWEL_SOUND_EXCEPTIONS = ("uni", "use", "one", "eu", "ur")
@@ -215,15 +243,19 @@ _VOWEL_SOUND_EXCEPTIONS = ("uni", "use", "one", "eu", "ur")
 
 class Captioner(nn.Module):
     def __init__(self, config: CaptionerConfig, vocab: Vocabulary, encoder: ImageEncoder | None = None, *,
-                 decoding: DecodingConfig | None = None, object_words: Sequence[str] = ()):
+                 decoding: DecodingConfig | None = None, object_words: Sequence[str] = (),
+                 concept_words: Sequence[str] = ()):
         super().__init__()
         if config.vocab_size != len(vocab):
             raise CheckpointError(f"the config expects {config.vocab_size} words, the vocabulary has {len(vocab)}")
         if config.object_words != len(object_words):
             raise CheckpointError(f"the config expects {config.object_words} object words, got {len(object_words)}")
+        if config.concepts != len(concept_words):
+            raise CheckpointError(f"the config expects {config.concepts} concept words, got {len(concept_words)}")
         self.config, self.vocab = config, vocab
         self.decoding = decoding or DecodingConfig()
         self.object_words = list(object_words)
+        self.concept_words = list(concept_words)
         self.head = CaptionHead(config, vocab)
         self.encoder = encoder
         self.provenance: dict[str, str] = {}
@@ -234,22 +266,29 @@ class Captioner(nn.Module):
     @classmethod
     def new(cls, config: CaptionerConfig, vocab: Vocabulary, encoder: ImageEncoder, *,
             decoding: DecodingConfig | None = None, train_features: torch.Tensor | None = None,
-            held_out_features: torch.Tensor | None = None, familiarity_dim: int = 128) -> Captioner:
+            held_out_features: torch.Tensor | None = None, familiarity_dim: int = 128,
+            text_world: torch.Tensor | None = None, concept_words: Sequence[str] = ()) -> Captioner:
         """A fresh captioner to train: its detector copies the encoder's ImageNet classifier
         (with ``config.object_slots``), and its familiarity references are
-        ``train_features``, calibrated on ``held_out_features`` (when both are given)."""
+        ``train_features`` (``text_world``: which of them are photos of scenes known from
+        caption text alone), calibrated on ``held_out_features`` (when both are given).
+        ``concept_words``: the concepts its detectors will learn (``concepts.py``). The
+        caller's config is left as it is."""
         from captioner.objects import object_vocabulary
 
         object_words, class_word = object_vocabulary() if config.object_slots else ([], None)
         if config.object_slots and encoder.classifier is None:
             raise CheckpointError(f"{encoder.name} has no ImageNet classifier to find objects with")
         familiarity = None
+        config = replace(config, feature_dim=encoder.feature_dim, vocab_size=len(vocab),
+                         object_words=len(object_words), concepts=len(concept_words))
         if train_features is not None and held_out_features is not None and familiarity_dim:
-            familiarity = Familiarity.fit(train_features, held_out_features, familiarity_dim)
-            config.familiarity_dim, config.familiarity_references, config.familiarity_calibration = (
-                familiarity.basis.shape[1], len(familiarity.reference), len(familiarity.calibration))
-        config.feature_dim, config.vocab_size, config.object_words = encoder.feature_dim, len(vocab), len(object_words)
-        model = cls(config, vocab, decoding=decoding, object_words=object_words)
+            familiarity = Familiarity.fit(train_features, held_out_features, familiarity_dim, text_world=text_world)
+            config = replace(config, familiarity_dim=familiarity.basis.shape[1],
+                             familiarity_references=len(familiarity.reference),
+                             familiarity_calibration=len(familiarity.calibration),
+                             familiarity_worlds=int(text_world is not None))
+        model = cls(config, vocab, decoding=decoding, object_words=object_words, concept_words=concept_words)
         if config.object_slots:
             model.head.objects.fill(encoder.classifier, class_word)
         if familiarity is not None:
@@ -280,18 +319,31 @@ class Captioner(nn.Module):
                            length_alpha=d.length_alpha if length_alpha is None else length_alpha)
         features = features.to(self.device)
         grid = None if grid is None else grid.to(self.device)
-        familiar = self.head.familiarity(features) if self.head.familiarity is not None else None
-        decoded, detections = self.head.decode(features, decoding, grid, onednn, familiar)
+        familiar = text_world = None
+        if self.head.familiarity is not None:
+            familiar = self.head.familiarity(features)
+            text_world = self.head.familiarity.text_world(features)
+        decoded, detections, ctx = self.head.decode(features, decoding, grid if self.head.needs_grid else None,
+                                                    onednn, familiar, text_world)
         n = len(decoded)
         familiarity = familiar.tolist() if familiar is not None else [None] * n
-        objects = ([[{"word": self.object_words[w], "probability": round(p, 4)} for w, p in zip(ws, ps)]
+        objects = ([[{"word": self.object_words[w], "probability": round(p, 4), "kind": "object"}
+                     for w, p in zip(ws, ps)]
                     for ws, ps in zip(detections.words.tolist(), detections.probs.tolist())]
                    if detections is not None else [[] for _ in range(n)])
+        if "concepts" in ctx:
+            for row, probs in zip(objects, ctx["concepts"].tolist()):
+                row += self._concepts(probs)
         grid_size = None
-        if grid is not None:
+        if grid is not None and self.head.attends:
             side = int(round(grid.shape[1] ** 0.5))
             grid_size = (side, grid.shape[1] // side)
         return [self._result(*row, grid_size) for row in zip(decoded, objects, familiarity)]
+
+    def _concepts(self, probs: Sequence[float], min_prob: float = 0.5, most: int = 10) -> list[dict]:
+        """The concepts the detectors are sure of, most probable first."""
+        ranked = sorted(((p, w) for w, p in zip(self.concept_words, probs) if p >= min_prob), reverse=True)[:most]
+        return [{"word": w, "probability": round(p, 4), "kind": "concept"} for p, w in ranked]
 
     @property
     def device(self) -> torch.device:
@@ -310,7 +362,7 @@ class Captioner(nn.Module):
                         max_length: int | None = None, onednn: bool = False) -> list[CaptionResult]:
         """Captions of images already preprocessed by ``encoder.preprocess`` (B, 3, H, W)."""
         encoder = self.require_encoder()
-        if self.head.attends:
+        if self.head.needs_grid:
             pooled, grid = encoder.encode(batch, grid=True)
             return self.caption_features(pooled, beam_size, max_length, grid=grid, onednn=onednn)
         return self.caption_features(encoder.encode(batch), beam_size, max_length, onednn=onednn)
@@ -367,6 +419,7 @@ class Captioner(nn.Module):
         save_model(path, "captioner", self.config, self.head.state_dict(),
                    {**(metadata or {}), "vocabulary": self.vocab.to_json(),
                     "decoding": json.dumps(asdict(self.decoding)), "object_words": json.dumps(self.object_words),
+                    "concept_words": json.dumps(self.concept_words),
                     "provenance": json.dumps(provenance)}, dtype=dtype)
 
     @classmethod
@@ -384,6 +437,7 @@ class Captioner(nn.Module):
             decoding = config_from_dict(DecodingConfig, json.loads(meta.get("decoding", "{}")), path)
             vocab = Vocabulary.from_json(meta["vocabulary"])
             object_words = json.loads(meta.get("object_words", "[]"))
+            concept_words = json.loads(meta.get("concept_words", "[]"))
             provenance = json.loads(meta.get("provenance", "{}"))
         except (KeyError, ValueError, TypeError) as err:
             raise CheckpointError(f"{path} has unreadable metadata ({err})") from err
@@ -391,7 +445,8 @@ class Captioner(nn.Module):
             encoder = build_encoder(config.encoder, encoder_weights, device=device)
         if encoder is not None and encoder.name != config.encoder:
             raise CheckpointError(f"{path} was trained on {config.encoder} features, not {encoder.name}")
-        model = cls(config, vocab, encoder, decoding=decoding, object_words=object_words)
+        model = cls(config, vocab, encoder, decoding=decoding, object_words=object_words,
+                    concept_words=concept_words)
         model.provenance = provenance
         load_state_strict(model.head, tensors, path)
         model.head.to(device).eval()

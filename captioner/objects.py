@@ -167,7 +167,7 @@ def object_mention_scores(references: dict[str, list[str]], predictions: dict[st
     captions; the predicted ones those its caption names."""
     from captioner.vocabulary import tokenize
 
-    hits = named = true = 0
+    hits = named = true = invented = captions_inventing = people_free = people_free_with_person = 0
     for image, caption in predictions.items():
         counts: dict[str, int] = {}
         for ref in references[image]:
@@ -178,8 +178,18 @@ def object_mention_scores(references: dict[str, list[str]], predictions: dict[st
         hits += len(said & truth)
         named += len(said)
         true += len(truth)
+        # CHAIR (Rohrbach et al. 2018) against the human captions: an object no caption names is invented
+        made_up = said - set(counts)
+        invented += len(made_up)
+        captions_inventing += bool(made_up)
+        if "person" not in counts:
+            people_free += 1
+            people_free_with_person += "person" in said
     precision = hits / named if named else 0.0
     recall = hits / true if true else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"object_precision": precision, "object_recall": recall, "object_f1": f1,
-            "objects_named": named, "objects_true": true, "objects_correct": hits}
+            "objects_named": named, "objects_true": true, "objects_correct": hits,
+            "CHAIR_s": captions_inventing / max(1, len(predictions)), "CHAIR_i": invented / max(1, named),
+            "people_free_photos": people_free,
+            "person_in_people_free": people_free_with_person / people_free if people_free else 0.0}

@@ -70,8 +70,8 @@ def memorising_captioner(lite0, **config):
     from captioner.images import load_image
     from captioner.model import Captioner, CaptionerConfig, DecodingConfig
     from captioner.objects import slot_tokens
+    from captioner.training import CaptionTable, caption_loss
     from captioner.vocabulary import Vocabulary
-    from training.train_captioner import CaptionTable, caption_loss
 
     sample = flickr_sample(12)
     captions = [caps[0] for _, caps in sample]

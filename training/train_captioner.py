@@ -26,21 +26,42 @@ import json
 import logging
 import math
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch.nn.utils.rnn import pad_sequence
 
 from captioner.checkpoint import read_safetensors
-from captioner.cider import CiderD
-from captioner.datasets import CaptionRecord, captions_by_image, read_dataset, split_records, unique_images
-from captioner.decoder import DECODERS, packed_order, packed_targets
+from captioner.concepts import ConceptNoise, concept_labels, concept_vocabulary, detect, fit_concept_detector
+from captioner.datasets import (
+    DATASETS,
+    TEXT_SOURCES,
+    CaptionRecord,
+    captions_by_image,
+    read_caption_text,
+    read_dataset,
+    split_records,
+    unique_images,
+)
+from captioner.decoder import DECODERS
 from captioner.encoders import ENCODERS, build_encoder
 from captioner.features import FeatureCache
-from captioner.metrics import caption_scores
 from captioner.model import Captioner, CaptionerConfig, DecodingConfig
-from captioner.objects import slot_tokens, substitute_slots
+from captioner.objects import slot_tokens
+from captioner.training import (
+    CaptionTable,
+    PhotoInputs,
+    SelfCritical,
+    TextTable,
+    caption_loss,
+    epoch_order,
+    epoch_plan,
+    mixed_batch,
+    object_swaps,
+    scores_on,
+    text_rows_for,
+    validate,
+)
 from captioner.vocabulary import Vocabulary, tokenize
 from training.common import (
     Timer,
@@ -53,7 +74,7 @@ from training.common import (
     seed_everything,
     warmup_cosine,
 )
-from training.loop import Loop, epoch_order
+from training.loop import Loop
 
 log = logging.getLogger("train_captioner")
 
@@ -102,8 +123,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "reward (Rennie et al. 2017), starting from --init")
     p.add_argument("--init", type=Path, default=None, help="start from this model (its config and vocabulary)")
     p.add_argument("--samples", type=int, default=5, help="scst: captions sampled per image")
-    p.add_argument("--select-by", choices=["val_bleu4", "val_cider"], default="val_bleu4",
-                   help="the validation metric that picks the best model")
+    p.add_argument("--select-by", choices=["val_bleu4", "val_cider", "val_mixed"], default="val_bleu4",
+                   help="the validation metric that picks the best model (val_mixed: the mean of the CIDEr on "
+                        "the validation photos and on the --concept-photos validation photos)")
+    everyday = p.add_argument_group("everyday scenes: captions without photos, concepts learned from captions")
+    everyday.add_argument("--text-captions", action="append", default=[], metavar="KIND:PATH[:MAX_PHOTOS]",
+                          help=f"captions of photos that are not here (KIND {' or '.join(TEXT_SOURCES)}); at most "
+                               "MAX_PHOTOS photos of this source (the first by name)")
+    everyday.add_argument("--text-share", type=float, default=0.4,
+                          help="the share of every batch that is captions without photos")
+    everyday.add_argument("--concepts", type=int, default=0,
+                          help="visual concepts learned from captions by MIL over the grid (0: none)")
+    everyday.add_argument("--concept-photos", action="append", default=[], metavar="KIND:ROOT",
+                          help=f"more photos with captions (KIND one of {', '.join(DATASETS)}) for the concept "
+                               "detectors and the familiarity references; split by --concept-val-fraction, the "
+                               "validation part scored every epoch (val_coco_*)")
+    everyday.add_argument("--concept-val-fraction", type=float, default=0.4)
+    everyday.add_argument("--concept-epochs", type=int, default=12)
+    everyday.add_argument("--concept-photo-weight", type=float, default=5.0,
+                          help="weight of a --concept-photos photo in the concept detectors' loss")
+    everyday.add_argument("--unpaired-photos", action="append", default=[], type=Path, metavar="DIR",
+                          help="photos without captions of the scenes the caption text describes: familiarity "
+                               "references of the text world")
+    everyday.add_argument("--text-world-above", type=float, default=None,
+                          help="decoding: describe a photo from its objects and concepts alone when this share of "
+                               "its nearest reference photos is of the text world")
+    everyday.add_argument("--objects-only-below", type=float, default=None,
+                          help="decoding: describe a photo from its objects and concepts alone below this "
+                               "familiarity")
     args = p.parse_args(argv)
     if len(args.dataset) != len(args.data_root):
         p.error("give one --data-root for each --dataset")
@@ -129,158 +176,128 @@ def load_records(args) -> dict[str, list[CaptionRecord]]:
     return splits
 
 
-class CaptionTable:
-    """Token ids of every caption, with the index of its image's feature, and the same
-    caption with left and right swapped for the mirrored feature. Mentions of the objects
-    detected in the image (or in its mirror image) become their slot tokens."""
-
-    def __init__(self, records: list[CaptionRecord], images: list[Path], vocab: Vocabulary, max_words: int,
-                 objects: list[list[str]], flipped_objects: list[list[str]] | None = None):
-        index = {p: i for i, p in enumerate(images)}
-        self.image = torch.tensor([index[r.image] for r in records])
-        self.ids, self.mirrored = [], []
-        swap = {"left": "right", "right": "left"}
-        flipped_objects = flipped_objects or objects
-        for r, i in zip(records, self.image.tolist()):
-            tokens = tokenize(r.caption)[:max_words]
-            self.ids.append(self._encode(vocab, substitute_slots(tokens, objects[i])))
-            mirrored = [swap.get(t, t) for t in tokens]
-            self.mirrored.append(self._encode(vocab, substitute_slots(mirrored, flipped_objects[i])))
-
-    @staticmethod
-    def _encode(vocab: Vocabulary, tokens: list[str]) -> torch.Tensor:
-        return torch.tensor([vocab.start_id, *(vocab.index.get(t, vocab.unk_id) for t in tokens), vocab.end_id])
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def batch(self, rows: torch.Tensor, flip: torch.Tensor, features, flipped, grid=None, grid_flipped=None):
-        """Features (and grids, for attention), padded captions on the features' device; the
-        lengths stay on the CPU (packing wants them there)."""
-        device = features.device
-        index = self.image[rows].to(device)
-        flip_d = flip.to(device)
-        feats = torch.where(flip_d[:, None], flipped[index], features[index]).float()
-        grids = None
-        if grid is not None:
-            grids = torch.where(flip_d[:, None, None], grid_flipped[index], grid[index]).float()
-        caps = [self.mirrored[r] if f else self.ids[r] for r, f in zip(rows.tolist(), flip.tolist())]
-        return (feats, pad_sequence(caps, batch_first=True).to(device), torch.tensor([len(c) for c in caps]),
-                grids)
+def parse_source(item: str, kinds: tuple[str, ...], flag: str) -> tuple[str, Path, int]:
+    kind, _, rest = item.partition(":")
+    path, _, limit = rest.rpartition(":") if rest.rsplit(":", 1)[-1].isdigit() else (rest, "", "0")
+    if kind not in kinds or not path:
+        raise UserError(f"{flag} takes KIND:PATH with KIND one of {', '.join(kinds)}, not {item!r}")
+    return kind, Path(path), int(limit)
 
 
-def epoch_plan(n: int, epoch: int, seed: int, flip_prob: float, rank: int, world: int):
-    """This rank's shuffled rows and whether each uses the mirrored image; they depend only
-    on the seed and the epoch, so they are the same on every rank and every resume."""
-    rows = epoch_order(n, epoch, seed, rank, world)
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch + 1_000_000)
-    return rows, torch.rand(n, generator=g)[rows] < flip_prob
+def load_text_captions(args) -> dict[str, list[str]]:
+    """Captions of photos that are not here, keyed by source and photo name."""
+    photos: dict[str, list[str]] = {}
+    for item in args.text_captions:
+        kind, path, limit = parse_source(item, TEXT_SOURCES, "--text-captions")
+        grouped = read_caption_text(kind, path)
+        names = sorted(grouped)[:limit or None]
+        if args.dry_run:
+            names = names[:16]
+        photos.update({f"{kind}:{name}": grouped[name] for name in names})
+    return photos
 
 
-def object_swaps(batch: int, slots: int, words: int, chance: float, generator: torch.Generator) -> torch.Tensor | None:
-    """For each image and slot, a random object word to use instead of the detected one
-    (with probability ``chance``; -1 keeps the detection)."""
-    if not slots or chance <= 0:
-        return None
-    swap = torch.randint(0, words, (batch, slots), generator=generator)
-    return torch.where(torch.rand(batch, slots, generator=generator) < chance, swap, torch.full_like(swap, -1))
+def load_concept_photos(args) -> dict[str, list[CaptionRecord]]:
+    records: list[CaptionRecord] = []
+    for item in args.concept_photos:
+        kind, root, _ = parse_source(item, DATASETS, "--concept-photos")
+        records += read_dataset(kind, root, args.coco_split).records
+    splits = split_records(records, args.concept_val_fraction, 0.0)
+    if args.dry_run:
+        for name in ("train", "val"):
+            keep = set(unique_images(splits[name])[:6])
+            splits[name] = [r for r in splits[name] if r.image in keep]
+    return splits
 
 
-def caption_loss(trainer, feats, caps, lengths, label_smoothing: float = 0.0, attention_reg: float = 0.0,
-                 grid: torch.Tensor | None = None, swap: torch.Tensor | None = None,
-                 objects_only: torch.Tensor | None = None):
-    """Cross-entropy of the teacher-forced words, plus (attention) the doubly stochastic
-    penalty that asks every grid cell to be looked at about once over the caption.
-    ``trainer``: the caption head, or its DistributedDataParallel wrapper."""
-    logits, weights = trainer(feats, caps, lengths, grid=grid, swap=swap, objects_only=objects_only)
-    loss = F.cross_entropy(logits, packed_targets(caps, lengths), label_smoothing=label_smoothing)
-    if weights is not None and attention_reg:
-        loss = loss + attention_reg * ((1.0 - weights.sum(1)) ** 2).mean()
-    return loss
+def unpaired_photos(args) -> list[Path]:
+    photos = []
+    for folder in args.unpaired_photos:
+        if not folder.is_dir():
+            raise UserError(f"--unpaired-photos: no folder at {folder}")
+        photos += sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
+    return photos[:12] if args.dry_run else photos
 
 
-class SelfCritical:
-    """Self-critical sequence training: sample captions, reward each with its CIDEr-D
-    against the image's references, and push up the log-probability of the captions that
-    beat the mean of the other samples of the same image (Rennie et al. 2017; the
-    mean-of-others baseline of Luo 2020). Runs without dropout, so that the captions
-    sampled are those of the policy whose gradient is taken."""
-
-    def __init__(self, model: Captioner, trainer, refs: list[list[list[str]]], features: torch.Tensor,
-                 samples: int, max_words: int, grid: torch.Tensor | None = None):
-        self.model, self.trainer, self.features, self.grid = model, trainer, features, grid
-        self.samples, self.max_words = samples, max_words
-        self.cider = CiderD(refs)
-        self.refs = refs
-        self._prepared: dict[int, list] = {}
-        self.reward_sum, self.reward_count = 0.0, 0
-
-    def rewards(self, images: list[int], ids: torch.Tensor, objects: list[list[str]]) -> torch.Tensor:
-        out = []
-        for k, seq in enumerate(ids.tolist()):
-            image = images[k // self.samples]
-            if image not in self._prepared:
-                self._prepared[image] = self.cider.prepare_refs(self.refs[image])
-            words = self.model.words_of(seq, objects[k // self.samples])
-            out.append(self.cider.score(words, self._prepared[image]))
-        return torch.tensor(out)
-
-    def loss(self, images: torch.Tensor) -> torch.Tensor:
-        head, n = self.model.head, self.samples
-        head.eval()  # no dropout: sample from and differentiate the same policy
-        feats = self.features[images.to(self.features.device)].float()
-        grid = None if self.grid is None else self.grid[images.to(self.grid.device)].float()
-        with torch.no_grad():
-            ctx, _ = head.context(feats, grid)
-        ids, lengths = head.decoder.sample(ctx, n, self.max_words)
-        lengths = lengths.cpu()
-        objects = self.model.detected_object_words(feats)
-        reward = self.rewards(images.tolist(), ids, objects).to(feats.device).view(-1, n)
-        advantage = (reward - (reward.sum(1, keepdim=True) - reward) / (n - 1)).view(-1)
-        logits, _ = self.trainer(feats.repeat_interleave(n, 0), ids, lengths,
-                                 grid=None if grid is None else grid.repeat_interleave(n, 0))
-        token_logp = -F.cross_entropy(logits, packed_targets(ids, lengths), reduction="none")
-        owner, _ = packed_order(lengths - 1)  # each packed token's caption
-        seq_logp = torch.zeros(len(ids), device=token_logp.device).index_add(0, owner.to(token_logp.device),
-                                                                              token_logp)
-        self.reward_sum += float(reward.sum())
-        self.reward_count += reward.numel()
-        return -(advantage * seq_logp).mean()
-
-    def mean_reward(self) -> float:
-        """The mean CIDEr-D reward of the captions sampled since the last call."""
-        mean = self.reward_sum / max(1, self.reward_count)
-        self.reward_sum, self.reward_count = 0.0, 0
-        return mean
+def extend_from(model: Captioner, old: Captioner) -> None:
+    """Start ``model`` from ``old``'s weights: every tensor of the same name and shape,
+    and the embedding and output rows of the words both vocabularies hold."""
+    new_state, old_state = model.head.state_dict(), old.head.state_dict()
+    rows = [(i, old.vocab.index[w]) for i, w in enumerate(model.vocab.words) if w in old.vocab.index]
+    new_rows, old_rows = (torch.tensor(x) for x in zip(*rows))
+    copied = 0
+    with torch.no_grad():
+        for name, tensor in new_state.items():
+            if name.startswith("familiarity.") or name not in old_state:
+                continue
+            source = old_state[name].to(tensor.dtype)
+            if name in ("decoder.embed.weight", "decoder.out.weight", "decoder.out.bias"):
+                tensor[new_rows] = source[old_rows]
+                copied += 1
+            elif source.shape == tensor.shape:
+                tensor.copy_(source)
+                copied += 1
+    log.info("started from %d tensors of the --init model; %d of %d words known to it", copied, len(rows),
+             len(model.vocab))
 
 
-# ------------------------------------------------------------------------ evaluation
+def build_model(args, encoder, train_captions: list[str], refs_feats, held_out_feats, text_world,
+                concept_words) -> Captioner:
+    out = args.out
+    vocab = None
+    if args.resume and (out / "last.safetensors").is_file():  # the vocabulary of the run being resumed
+        vocab = Vocabulary.from_json(read_safetensors(out / "last.safetensors")[1]["vocabulary"])
+    if vocab is None:
+        vocab = Vocabulary.build(train_captions, min_count=args.min_count, extra=slot_tokens(args.object_slots))
+    config = CaptionerConfig(encoder=args.encoder, embed_dim=args.embed_dim, hidden_dim=args.hidden_dim,
+                             num_layers=args.num_layers, decoder=args.decoder, dropout=args.dropout,
+                             object_slots=args.object_slots, concepts=len(concept_words))
+    old = None
+    if args.init is not None:
+        old = Captioner.from_checkpoint(args.init, load_encoder=False)
+        if old.config.encoder != args.encoder:
+            raise UserError(f"{args.init} was trained on {old.config.encoder} features, not {args.encoder}")
+        config = replace(old.config, concepts=len(concept_words), dropout=args.dropout)
+    if config.object_slots and encoder.classifier is None:
+        raise UserError(f"{args.encoder} has no ImageNet classifier to find objects with; use --object-slots 0")
+    decoding = DecodingConfig(args.beam_size, args.length_alpha, objects_only_below=args.objects_only_below,
+                              text_world_above=args.text_world_above)
+    model = Captioner.new(config, vocab, encoder, decoding=decoding, train_features=refs_feats,
+                          held_out_features=held_out_feats, familiarity_dim=args.familiarity_dim,
+                          text_world=text_world, concept_words=concept_words)
+    if old is not None:
+        extend_from(model, old)
+    return model
 
-@torch.no_grad()
-def validate(model: Captioner, table: CaptionTable, features, refs: dict[str, list[str]], beam_size: int,
-             grid: torch.Tensor | None = None, batch_size: int = 256) -> dict[str, float]:
-    """Validation loss (teacher forcing), and the scores of beam-search captions: BLEU-4
-    and CIDEr as the test report computes them (``metrics.caption_scores``), and the
-    object-mention F1."""
-    model.head.eval()
-    total, count = 0.0, 0
-    no_flip = torch.zeros(len(table), dtype=torch.bool)
-    for start in range(0, len(table), batch_size):
-        rows = torch.arange(start, min(start + batch_size, len(table)))
-        feats, caps, lengths, grids = table.batch(rows, no_flip[rows], features, features, grid, grid)
-        logits, _ = model.head(feats, caps, lengths, grid=grids)
-        targets = packed_targets(caps, lengths)
-        total += F.cross_entropy(logits, targets, reduction="sum").item()
-        count += len(targets)
-    results = []
-    for start in range(0, len(features), batch_size):
-        part = slice(start, start + batch_size)
-        results += model.caption_features(features[part].float(), beam_size=beam_size,
-                                          grid=None if grid is None else grid[part].float())
-    predictions = {image: r.caption for image, r in zip(refs, results)}
-    scores = caption_scores(refs, predictions, meteor=False)
-    return {"val_loss": total / count, "val_bleu4": scores["BLEU-4"], "val_cider": scores["CIDEr"],
-            "val_object_f1": scores["object_f1"]}
+
+def fit_concepts(model: Captioner, args, train_grids, train_flipped, labels, weights, val_grids, val_labels):
+    """The concept detectors (on all training photos), the concepts the decoder trains on
+    for each training photo (from detectors that never saw it: two folds), and the noise
+    of text rows (the detectors' scores on the validation photos)."""
+    detector = fit_concept_detector(train_grids, labels, train_flipped, weights, epochs=args.concept_epochs,
+                                    seed=args.seed)
+    model.head.concepts.load_state_dict(detector.state_dict())
+    fold = torch.arange(len(train_grids)) % 2 == 0
+    concepts, flipped = torch.zeros(len(labels), labels.shape[1]), torch.zeros(len(labels), labels.shape[1])
+    for part in (fold, ~fold):
+        rest = ~part
+        d = fit_concept_detector(train_grids[rest], labels[rest], train_flipped[rest], weights[rest],
+                                 epochs=args.concept_epochs, seed=args.seed + 1)
+        concepts[part], flipped[part] = detect(d, train_grids[part]), detect(d, train_flipped[part])
+    val_scores = detect(detector, val_grids)
+    return concepts, flipped, ConceptNoise(val_scores, val_labels), val_scores
+
+
+def average_precision(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """Mean over concepts (with at least one positive) of the average precision."""
+    aps = []
+    for c in range(labels.shape[1]):
+        y = labels[:, c][scores[:, c].argsort(descending=True)]
+        if y.sum() == 0:
+            continue
+        precision = y.cumsum(0) / torch.arange(1, len(y) + 1)
+        aps.append(float((precision * y).sum() / y.sum()))
+    return sum(aps) / max(1, len(aps))
 
 
 # ------------------------------------------------------------------------------ main
@@ -289,72 +306,112 @@ def validate(model: Captioner, table: CaptionTable, features, refs: dict[str, li
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.dry_run:
-        args.batch_size, args.save_every, args.warmup_steps = 8, 2, 1
+        args.batch_size, args.save_every, args.warmup_steps, args.concept_epochs = 8, 2, 1, 1
     args.epochs = args.epochs or (1 if args.dry_run else 20)
+    if args.objective == "scst" and (args.init is None or args.text_captions or args.concepts):
+        raise UserError("--objective scst starts from a trained model (--init) and trains on photos only")
     dist = init_distributed(args.device)
     seed_everything(args.seed + dist.rank)
     out = args.out
     timer = Timer()
 
     splits = load_records(args)
+    concept_splits = load_concept_photos(args)
+    text = load_text_captions(args)
+    unpaired = unpaired_photos(args)
     train_images, val_images = unique_images(splits["train"]), unique_images(splits["val"])
+    concept_train, concept_val = unique_images(concept_splits["train"]), unique_images(concept_splits["val"])
     device = dist.device
     encoder = build_encoder(args.encoder, args.encoder_weights, device=device)
-    caches = [FeatureCache(args.cache_dir, encoder)]
-    if args.decoder == "attention":
-        caches.append(FeatureCache(args.cache_dir, encoder, grid=True))
+    pooled_cache = FeatureCache(args.cache_dir, encoder)
+    grid_cache = FeatureCache(args.cache_dir, encoder, grid=True, pooled_too=pooled_cache)
+    needs_grid = args.decoder == "attention" or args.concepts > 0
+    every = train_images + val_images + concept_train + concept_val + unpaired
     if dist.main:  # rank 0 extracts; the others wait, then read the cache
-        for cache in caches:
-            cache.get(train_images + val_images, num_workers=args.workers)
+        (grid_cache if needs_grid else pooled_cache).get(every, num_workers=args.workers)
     dist.barrier()
-    train_feats, train_flipped = caches[0].get(train_images, progress=False)
-    val_feats, _ = caches[0].get(val_images, progress=False)
-    train_grid = train_grid_flipped = val_grid = None
-    if len(caches) > 1:
-        train_grid, train_grid_flipped = caches[1].get(train_images, progress=False)
-        val_grid, _ = caches[1].get(val_images, progress=False)
+
+    def pooled(paths):
+        return pooled_cache.get(paths, progress=False)
+
+    def grids(paths):
+        return grid_cache.get(paths, progress=False) if needs_grid else (None, None)
+
+    train_feats, train_flipped = pooled(train_images)
+    val_feats, _ = pooled(val_images)
+    train_grid, train_grid_flipped = grids(train_images)
+    val_grid, _ = grids(val_images)
     log.info("features ready after %.0fs: %d train and %d validation images", timer(), len(train_images),
              len(val_images))
     seed_everything(args.seed + dist.rank)  # extracting draws random numbers (DataLoader seeds); reading does not
 
-    if args.objective == "scst" and args.init is None:
-        raise UserError("--objective scst starts from a trained model: give it with --init")
-    if args.init is not None:
+    # the familiarity references: the training photos, and the photos of scenes known from text
+    text_world = None
+    refs_feats, held_out_feats = train_feats, val_feats
+    if concept_train or unpaired:
+        refs_feats = torch.cat([train_feats, pooled(concept_train + unpaired)[0]])
+        held_out_feats = torch.cat([val_feats, pooled(concept_val)[0]])
+        text_world = torch.cat([torch.zeros(len(train_images)), torch.ones(len(concept_train) + len(unpaired))])
+    train_captions = [r.caption for r in splits["train"] + concept_splits["train"]]
+    text_captions = [c for captions in text.values() for c in captions]
+    concept_words = concept_vocabulary(train_captions + text_captions, args.concepts) if args.concepts else []
+    if args.init is not None and args.objective == "scst":
         model = Captioner.from_checkpoint(args.init, load_encoder=False)
-        if model.config.encoder != args.encoder:
-            raise UserError(f"{args.init} was trained on {model.config.encoder} features, not {args.encoder}")
         model.decoding = DecodingConfig(args.beam_size, args.length_alpha)
     else:
-        if args.resume:  # the vocabulary of the run being resumed (Loop.resume checks the rest)
-            vocab = Vocabulary.from_json(read_safetensors(out / "last.safetensors")[1]["vocabulary"]) \
-                if (out / "last.safetensors").is_file() else None
-        if not args.resume or vocab is None:
-            vocab = Vocabulary.build((r.caption for r in splits["train"]), min_count=args.min_count,
-                                     extra=slot_tokens(args.object_slots))
-        config = CaptionerConfig(encoder=args.encoder, embed_dim=args.embed_dim, hidden_dim=args.hidden_dim,
-                                 num_layers=args.num_layers, decoder=args.decoder, dropout=args.dropout,
-                                 object_slots=args.object_slots)
-        if args.object_slots and encoder.classifier is None:
-            raise UserError(f"{args.encoder} has no ImageNet classifier to find objects with; use --object-slots 0")
-        model = Captioner.new(config, vocab, encoder, decoding=DecodingConfig(args.beam_size, args.length_alpha),
-                              train_features=train_feats, held_out_features=val_feats,
-                              familiarity_dim=args.familiarity_dim)
+        model = build_model(args, encoder, train_captions + text_captions, refs_feats, held_out_feats, text_world,
+                            concept_words)
     vocab, config = model.vocab, model.config
+
+    photo_inputs, noise = photo_detections(model, train_feats, train_flipped), None
+    report = {}
+    if config.concepts:
+        concept_grid, concept_grid_flipped = grids(concept_train)
+        by_image = {**captions_by_image(splits["train"]), **captions_by_image(concept_splits["train"])}
+        photos = train_images + concept_train
+        labels = concept_labels([by_image[p] for p in photos], concept_words)
+        weights = torch.cat([torch.ones(len(train_images)), torch.full((len(concept_train),),
+                                                                       args.concept_photo_weight)])
+        held = val_images + concept_val
+        held_by_image = {**captions_by_image(splits["val"]), **captions_by_image(concept_splits["val"])}
+        val_labels = concept_labels([held_by_image[p] for p in held], concept_words)
+        held_grid = torch.cat([val_grid, grids(concept_val)[0]]) if concept_val else val_grid
+        concepts, flipped, noise, held_scores = fit_concepts(
+            model, args, torch.cat([train_grid, concept_grid]), torch.cat([train_grid_flipped, concept_grid_flipped]),
+            labels, weights, held_grid, val_labels)
+        photo_inputs.concepts, photo_inputs.flipped_concepts = concepts[:len(train_images)], flipped[:len(train_images)]
+        report = {"concept_words": concept_words, "concept_map_validation": average_precision(held_scores, val_labels),
+                  "concept_noise": noise.summary(concept_words, ["man", "woman", "people", "person", "kitchen",
+                                                                 "table", "street", "snow", "plate", "dog"])}
+        log.info("concept detectors: mean average precision %.3f on %d validation photos",
+                 report["concept_map_validation"], len(held))
+
     train_table = CaptionTable(splits["train"], train_images, vocab, args.max_caption_words,
                                model.detected_object_words(train_feats), model.detected_object_words(train_flipped))
     val_table = CaptionTable(splits["val"], val_images, vocab, args.max_caption_words,
                              model.detected_object_words(val_feats))
+    text_table = (TextTable(text, vocab, model.object_words, config.object_slots, concept_words,
+                            args.max_caption_words, seed=args.seed) if text and config.object_slots else None)
     val_refs = {str(p): caps for p, caps in captions_by_image(splits["val"]).items()}
+    coco_val = None
+    if concept_val:
+        coco_val = (pooled(concept_val)[0], grids(concept_val)[0],
+                    {str(p): caps for p, caps in captions_by_image(concept_splits["val"]).items()})
     with_slot = sum(bool((ids >= model.head.decoder.first_slot).any()) for ids in train_table.ids)
-    log.info("%d of %d training captions name a detected object (as a slot)", with_slot, len(train_table))
+    log.info("%d of %d training captions name a detected object (as a slot); %d captions without photos",
+             with_slot, len(train_table), len(text_table) if text_table else 0)
     # fp16 features live on the training device (all of COCO's fit a GPU: 2 x 83k x 2048 x 2 bytes)
     train_feats, train_flipped, val_feats = (t.to(device) for t in (train_feats, train_flipped, val_feats))
     if train_grid is not None:
         train_grid, train_grid_flipped, val_grid = (t.to(device) for t in (train_grid, train_grid_flipped, val_grid))
+    if model.config.decoder != "attention":  # the grids served the concept detectors only
+        train_grid = train_grid_flipped = val_grid = None
 
     train_refs = [[tokenize(c) for c in caps] for caps in captions_by_image(splits["train"]).values()]
+    text_per_step = int(round(args.batch_size * args.text_share)) if text_table is not None else 0
+    photo_per_step = args.batch_size - text_per_step
     units = len(train_refs) if args.objective == "scst" else len(train_table)  # images or captions
-    steps_per_epoch = math.ceil((units // dist.world) / args.batch_size)
+    steps_per_epoch = math.ceil((units // dist.world) / (photo_per_step if args.objective == "xe" else args.batch_size))
     total_steps = steps_per_epoch * args.epochs
     model.head.to(device)
     optimizer = torch.optim.Adam(model.head.parameters(), lr=args.lr, weight_decay=args.weight_decay)
@@ -366,7 +423,10 @@ def main(argv: list[str] | None = None) -> int:
             model.head, device_ids=[device.index] if device.type == "cuda" else None)
     model.provenance["training_data"] = {
         "datasets": [[kind, str(root.resolve())] for kind, root in zip(args.dataset, args.data_root)],
-        "coco_split": args.coco_split, "val_fraction": args.val_fraction, "test_fraction": args.test_fraction}
+        "coco_split": args.coco_split, "val_fraction": args.val_fraction, "test_fraction": args.test_fraction,
+        "text_captions": args.text_captions, "concept_photos": args.concept_photos,
+        "concept_val_fraction": args.concept_val_fraction,
+        "unpaired_photos": [str(p.resolve()) for p in args.unpaired_photos]}
 
     @functools.lru_cache(maxsize=1)
     def plan(epoch: int):
@@ -376,27 +436,48 @@ def main(argv: list[str] | None = None) -> int:
             if args.objective == "scst" else None)
 
     def train_step(epoch: int, step: int) -> float:
-        batch = slice(step * args.batch_size, (step + 1) * args.batch_size)
         if scst is not None:
+            batch = slice(step * args.batch_size, (step + 1) * args.batch_size)
             images = epoch_order(len(train_refs), epoch, args.seed, dist.rank, dist.world)
-            loss = scst.loss(images[batch])
-        else:
-            rows, flips = plan(epoch)
-            feats, caps, lengths, grids = train_table.batch(rows[batch], flips[batch], train_feats, train_flipped,
-                                                            train_grid, train_grid_flipped)
-            g = torch.Generator().manual_seed(args.seed * 100_003 + epoch * 10_007 + step + 7)  # same on resume
-            swap = object_swaps(len(caps), config.object_slots, config.object_words, args.object_swap, g)
-            only = (torch.rand(len(caps), generator=g) < args.objects_only) if config.object_slots else None
-            loss = caption_loss(trainer, feats, caps, lengths, args.label_smoothing, args.attention_reg, grids,
-                                None if swap is None else swap.to(device), None if only is None else only.to(device))
+            return optimizer_step(optimizer, scst.loss(images[batch]), model.head.parameters(), args.grad_clip)
+        rows, flips = plan(epoch)
+        rows, flips = rows[step * photo_per_step:(step + 1) * photo_per_step], flips[step * photo_per_step:
+                                                                                     (step + 1) * photo_per_step]
+        feats, caps, _, grids_ = train_table.batch(rows, flips, train_feats, train_flipped, train_grid,
+                                                   train_grid_flipped)
+        g = torch.Generator().manual_seed(args.seed * 100_003 + epoch * 10_007 + step + 7)  # same on resume
+        det, concepts = photo_inputs.select(train_table.image[rows], flips)
+        caps = [train_table.mirrored[r] if f else train_table.ids[r] for r, f in zip(rows.tolist(), flips.tolist())]
+        text_part = None
+        if text_per_step:
+            text_rows = text_rows_for(step, epoch, text_per_step, len(text_table), args.seed, dist.rank, dist.world)
+            text_part = text_table.batch(text_rows, noise, g)
+        feats, caps, lengths, grids_, only, det, concepts = mixed_batch(
+            (feats.cpu(), caps, None if grids_ is None else grids_.cpu(), det, concepts), text_part, device)
+        n = len(caps)
+        swap = object_swaps(n, config.object_slots, config.object_words, args.object_swap, g)
+        dropped = (torch.rand(n, generator=g) < args.objects_only).to(device) if config.object_slots else None
+        only = only | dropped if dropped is not None else None
+        loss = caption_loss(trainer, feats, caps, lengths, args.label_smoothing, args.attention_reg, grids_,
+                            None if swap is None else swap.to(device), only, det if config.object_slots else None,
+                            concepts)
         return optimizer_step(optimizer, loss, model.head.parameters(), args.grad_clip)
 
     def val() -> dict:
         metrics = validate(model, val_table, val_feats, val_refs, args.beam_size, val_grid)
+        if coco_val is not None:
+            scores = scores_on(model, *coco_val, beam_size=args.beam_size)
+            metrics.update(val_coco_bleu4=scores["BLEU-4"], val_coco_cider=scores["CIDEr"],
+                           val_coco_object_f1=scores["object_f1"], val_coco_chair_s=scores["CHAIR_s"],
+                           val_coco_person_in_people_free=scores["person_in_people_free"])
+            metrics["val_mixed"] = (metrics["val_cider"] + scores["CIDEr"]) / 2
         if scst is not None:
             metrics["train_reward"] = scst.mean_reward()
         return metrics
 
+    if report and dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "concepts.json").write_text(json.dumps(report, indent=1))
     loop = Loop(kind="captioner-train", config=config, model=model.head,
                 optimizer=optimizer, scheduler=scheduler, timer=timer,
                 out=out, epochs=args.epochs, steps_per_epoch=steps_per_epoch, train_step=train_step, validate=val,
@@ -410,6 +491,18 @@ def main(argv: list[str] | None = None) -> int:
     dist.barrier()
     close_distributed(dist)
     return 0
+
+
+def photo_detections(model: Captioner, feats: torch.Tensor, flipped: torch.Tensor) -> PhotoInputs:
+    """The frozen object detector's output on every training photo and its mirror image."""
+    empty = torch.zeros(len(feats), max(1, model.config.object_slots))
+    if model.head.objects is None:
+        return PhotoInputs(empty.long(), empty, empty.long(), empty)
+    with torch.no_grad():
+        a = [model.head.objects(feats[i:i + 1024].float()) for i in range(0, len(feats), 1024)]
+        b = [model.head.objects(flipped[i:i + 1024].float()) for i in range(0, len(feats), 1024)]
+    cat = lambda ds, f: torch.cat([getattr(d, f) for d in ds])  # noqa: E731
+    return PhotoInputs(cat(a, "words"), cat(a, "probs"), cat(b, "words"), cat(b, "probs"))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,356 @@
+"""What every caption training script shares: caption tables (photos, and captions of
+photos that are not here), the batches they make, the losses (cross-entropy with teacher
+forcing, the attention penalty, self-critical training) and validation.
+
+A batch mixes two kinds of rows:
+
+- **photo rows**: a caption of a training photo with the photo's cached feature and grid
+  (or its mirror image's, with "left" and "right" swapped), the objects the encoder's
+  classifier finds in it, and the concepts the detectors give it;
+- **text rows** (``TextTable``): a caption of a photo that is not here (COCO's and
+  Flickr30k's caption text). There is no feature and no grid: the row is learned from
+  the photo's objects and concepts alone (``objects_only``), as the detectors would give
+  them: its objects are the object words its captions name (each missed a fifth of the
+  time, beside random other objects), with probabilities drawn as a classifier gives them,
+  and its concepts are drawn from what the concept detectors give on held-out photos
+  (``concepts.ConceptNoise``). So the language of everyday scenes enters the decoder
+  through the same inputs a photo's objects and concepts use.
+
+Every random choice depends on the seed, the epoch and the step alone, so a resumed run
+and every DDP rank see the same batches.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.nn.utils.rnn import pad_sequence
+
+from captioner.cider import CiderD
+from captioner.concepts import ConceptNoise, concept_labels
+from captioner.datasets import CaptionRecord
+from captioner.decoder import packed_order, packed_targets
+from captioner.metrics import caption_scores
+from captioner.model import Captioner
+from captioner.objects import Detections, substitute_slots
+from captioner.vocabulary import Vocabulary, tokenize
+
+
+def epoch_order(n: int, epoch: int, seed: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """A shuffled order of ``n`` items for ``epoch``: the same on every run, resume and rank;
+    each rank takes its own equal share."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(n, generator=g)
+    return order[rank::world][: n // world]
+
+
+def encode_caption(vocab: Vocabulary, tokens: Sequence[str]) -> torch.Tensor:
+    return torch.tensor([vocab.start_id, *(vocab.index.get(t, vocab.unk_id) for t in tokens), vocab.end_id])
+
+
+class CaptionTable:
+    """Token ids of every caption, with the index of its image's feature, and the same
+    caption with left and right swapped for the mirrored feature. Mentions of the objects
+    detected in the image (or in its mirror image) become their slot tokens."""
+
+    def __init__(self, records: list[CaptionRecord], images: list[Path], vocab: Vocabulary, max_words: int,
+                 objects: list[list[str]], flipped_objects: list[list[str]] | None = None):
+        index = {p: i for i, p in enumerate(images)}
+        self.image = torch.tensor([index[r.image] for r in records])
+        self.ids, self.mirrored = [], []
+        swap = {"left": "right", "right": "left"}
+        flipped_objects = flipped_objects or objects
+        for r, i in zip(records, self.image.tolist()):
+            tokens = tokenize(r.caption)[:max_words]
+            self.ids.append(encode_caption(vocab, substitute_slots(tokens, objects[i])))
+            mirrored = [swap.get(t, t) for t in tokens]
+            self.mirrored.append(encode_caption(vocab, substitute_slots(mirrored, flipped_objects[i])))
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def batch(self, rows: torch.Tensor, flip: torch.Tensor, features, flipped, grid=None, grid_flipped=None):
+        """Features (and grids, for attention), padded captions on the features' device; the
+        lengths stay on the CPU (packing wants them there)."""
+        device = features.device
+        index = self.image[rows].to(device)
+        flip_d = flip.to(device)
+        feats = torch.where(flip_d[:, None], flipped[index], features[index]).float()
+        grids = None
+        if grid is not None:
+            grids = torch.where(flip_d[:, None, None], grid_flipped[index], grid[index]).float()
+        caps = [self.mirrored[r] if f else self.ids[r] for r, f in zip(rows.tolist(), flip.tolist())]
+        return (feats, pad_sequence(caps, batch_first=True).to(device), torch.tensor([len(c) for c in caps]),
+                grids)
+
+
+def epoch_plan(n: int, epoch: int, seed: int, flip_prob: float, rank: int, world: int):
+    """This rank's shuffled rows and whether each uses the mirrored image; they depend only
+    on the seed and the epoch, so they are the same on every rank and every resume."""
+    rows = epoch_order(n, epoch, seed, rank, world)
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch + 1_000_000)
+    return rows, torch.rand(n, generator=g)[rows] < flip_prob
+
+
+def object_swaps(batch: int, slots: int, words: int, chance: float, generator: torch.Generator) -> torch.Tensor | None:
+    """For each image and slot, a random object word to use instead of the detected one
+    (with probability ``chance``; -1 keeps the detection)."""
+    if not slots or chance <= 0:
+        return None
+    swap = torch.randint(0, words, (batch, slots), generator=generator)
+    return torch.where(torch.rand(batch, slots, generator=generator) < chance, swap, torch.full_like(swap, -1))
+
+
+def caption_loss(trainer, feats, caps, lengths, label_smoothing: float = 0.0, attention_reg: float = 0.0,
+                 grid: torch.Tensor | None = None, swap: torch.Tensor | None = None,
+                 objects_only: torch.Tensor | None = None, detections: Detections | None = None,
+                 concepts: torch.Tensor | None = None):
+    """Cross-entropy of the teacher-forced words, plus (attention) the doubly stochastic
+    penalty that asks every grid cell to be looked at about once over the caption (photo
+    rows only: a text row has no grid to look at). ``trainer``: the caption head, or its
+    DistributedDataParallel wrapper."""
+    logits, weights = trainer(feats, caps, lengths, grid=grid, swap=swap, objects_only=objects_only,
+                              detections=detections, concepts=concepts)
+    loss = F.cross_entropy(logits, packed_targets(caps, lengths), label_smoothing=label_smoothing)
+    if weights is not None and attention_reg:
+        penalty = (1.0 - weights.sum(1)) ** 2
+        if objects_only is not None:
+            penalty = penalty[~objects_only]
+        if len(penalty):
+            loss = loss + attention_reg * penalty.mean()
+    return loss
+
+
+class SelfCritical:
+    """Self-critical sequence training: sample captions, reward each with its CIDEr-D
+    against the image's references, and push up the log-probability of the captions that
+    beat the mean of the other samples of the same image (Rennie et al. 2017; the
+    mean-of-others baseline of Luo 2020). Runs without dropout, so that the captions
+    sampled are those of the policy whose gradient is taken."""
+
+    def __init__(self, model: Captioner, trainer, refs: list[list[list[str]]], features: torch.Tensor,
+                 samples: int, max_words: int, grid: torch.Tensor | None = None):
+        self.model, self.trainer, self.features, self.grid = model, trainer, features, grid
+        self.samples, self.max_words = samples, max_words
+        self.cider = CiderD(refs)
+        self.refs = refs
+        self._prepared: dict[int, list] = {}
+        self.reward_sum, self.reward_count = 0.0, 0
+
+    def rewards(self, images: list[int], ids: torch.Tensor, objects: list[list[str]]) -> torch.Tensor:
+        out = []
+        for k, seq in enumerate(ids.tolist()):
+            image = images[k // self.samples]
+            if image not in self._prepared:
+                self._prepared[image] = self.cider.prepare_refs(self.refs[image])
+            words = self.model.words_of(seq, objects[k // self.samples])
+            out.append(self.cider.score(words, self._prepared[image]))
+        return torch.tensor(out)
+
+    def loss(self, images: torch.Tensor) -> torch.Tensor:
+        head, n = self.model.head, self.samples
+        head.eval()  # no dropout: sample from and differentiate the same policy
+        feats = self.features[images.to(self.features.device)].float()
+        grid = None if self.grid is None else self.grid[images.to(self.grid.device)].float()
+        with torch.no_grad():
+            ctx, _ = head.context(feats, grid)
+        ids, lengths = head.decoder.sample(ctx, n, self.max_words)
+        lengths = lengths.cpu()
+        objects = self.model.detected_object_words(feats)
+        reward = self.rewards(images.tolist(), ids, objects).to(feats.device).view(-1, n)
+        advantage = (reward - (reward.sum(1, keepdim=True) - reward) / (n - 1)).view(-1)
+        logits, _ = self.trainer(feats.repeat_interleave(n, 0), ids, lengths,
+                                 grid=None if grid is None else grid.repeat_interleave(n, 0))
+        token_logp = -F.cross_entropy(logits, packed_targets(ids, lengths), reduction="none")
+        owner, _ = packed_order(lengths - 1)  # each packed token's caption
+        seq_logp = torch.zeros(len(ids), device=token_logp.device).index_add(0, owner.to(token_logp.device),
+                                                                              token_logp)
+        self.reward_sum += float(reward.sum())
+        self.reward_count += reward.numel()
+        return -(advantage * seq_logp).mean()
+
+    def mean_reward(self) -> float:
+        """The mean CIDEr-D reward of the captions sampled since the last call."""
+        mean = self.reward_sum / max(1, self.reward_count)
+        self.reward_sum, self.reward_count = 0.0, 0
+        return mean
+
+
+# ------------------------------------------------------------------------ evaluation
+
+@torch.no_grad()
+def validate(model: Captioner, table: CaptionTable, features, refs: dict[str, list[str]], beam_size: int,
+             grid: torch.Tensor | None = None, batch_size: int = 256) -> dict[str, float]:
+    """Validation loss (teacher forcing), and the scores of beam-search captions: BLEU-4
+    and CIDEr as the test report computes them (``metrics.caption_scores``), and the
+    object-mention F1."""
+    model.head.eval()
+    total, count = 0.0, 0
+    no_flip = torch.zeros(len(table), dtype=torch.bool)
+    for start in range(0, len(table), batch_size):
+        rows = torch.arange(start, min(start + batch_size, len(table)))
+        feats, caps, lengths, grids = table.batch(rows, no_flip[rows], features, features, grid, grid)
+        logits, _ = model.head(feats, caps, lengths, grid=grids)
+        targets = packed_targets(caps, lengths)
+        total += F.cross_entropy(logits, targets, reduction="sum").item()
+        count += len(targets)
+    results = []
+    for start in range(0, len(features), batch_size):
+        part = slice(start, start + batch_size)
+        results += model.caption_features(features[part].float(), beam_size=beam_size,
+                                          grid=None if grid is None else grid[part].float())
+    predictions = {image: r.caption for image, r in zip(refs, results)}
+    scores = caption_scores(refs, predictions, meteor=False)
+    return {"val_loss": total / count, "val_bleu4": scores["BLEU-4"], "val_cider": scores["CIDEr"],
+            "val_object_f1": scores["object_f1"]}
+
+
+
+
+# ------------------------------------------------------------- captions without photos
+
+def named_objects(captions: Sequence[str], object_words: Sequence[str]) -> list[str]:
+    """The object words a photo's captions name, the most often named first."""
+    phrases = {tuple(w.split()): w for w in object_words}
+    longest = max(map(len, phrases))
+    counts: Counter[str] = Counter()
+    for caption in captions:
+        tokens, found, i = tokenize(caption), set(), 0
+        while i < len(tokens):
+            for n in range(min(longest, len(tokens) - i), 0, -1):
+                word = phrases.get(tuple(tokens[i:i + n]))
+                if word is not None:
+                    found.add(word)
+                    i += n
+                    break
+            else:
+                i += 1
+        counts.update(found)
+    return [w for w, _ in counts.most_common()]
+
+
+class TextTable:
+    """Captions of photos that are not here, as rows a decoder can learn from.
+
+    Each photo gets ``slots`` objects once, when the table is built (seeded): the object
+    words its captions name, each missed with chance ``miss``, then random object words
+    (a classifier's wrong guesses); mentions of its objects in its captions become slot
+    tokens. Probabilities are drawn at every batch (``batch``): a named object's from
+    U(0.2, 0.95), a wrong guess's from U(0, 0.35), the slots then ranked by them as the
+    classifier ranks its objects."""
+
+    def __init__(self, photos: dict[str, list[str]], vocab: Vocabulary, object_words: Sequence[str], slots: int,
+                 concepts: Sequence[str], max_words: int, miss: float = 0.2, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.slots, self.first_slot = slots, len(vocab) - slots
+        word_index = {w: i for i, w in enumerate(object_words)}
+        names = list(photos)
+        self.objects = torch.empty(len(names), slots, dtype=torch.long)
+        self.named = torch.zeros(len(names), slots, dtype=torch.bool)
+        self.ids, photo_of = [], []
+        for row, name in enumerate(names):
+            named = [w for w in named_objects(photos[name], object_words)
+                     if torch.rand(1, generator=g).item() >= miss][:slots]
+            others = [object_words[int(i)] for i in torch.randint(len(object_words), (3 * slots,), generator=g)]
+            words = (named + [w for w in others if w not in named])[:slots]
+            self.objects[row] = torch.tensor([word_index[w] for w in words])
+            self.named[row, :len(named)] = True
+            for caption in photos[name]:
+                tokens = substitute_slots(tokenize(caption)[:max_words], words[:len(named)])
+                self.ids.append(encode_caption(vocab, tokens))
+                photo_of.append(row)
+        self.photo = torch.tensor(photo_of)
+        self.labels = concept_labels([photos[n] for n in names], concepts).to(torch.bool)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def batch(self, rows: torch.Tensor, noise: ConceptNoise | None, generator: torch.Generator):
+        """Captions (list of id tensors), detections and concepts (or None) of ``rows``."""
+        photo = self.photo[rows]
+        named = self.named[photo]
+        probs = torch.where(named, 0.2 + 0.75 * torch.rand(named.shape, generator=generator),
+                            0.35 * torch.rand(named.shape, generator=generator))
+        probs, order = probs.sort(dim=1, descending=True)
+        words = self.objects[photo].gather(1, order)
+        rank = order.argsort(dim=1)  # the new rank of each slot the captions were written with
+        captions = []
+        for k, r in enumerate(rows.tolist()):
+            ids = self.ids[r].clone()
+            is_slot = ids >= self.first_slot
+            ids[is_slot] = self.first_slot + rank[k, ids[is_slot] - self.first_slot]
+            captions.append(ids)
+        concepts = None if noise is None else noise.sample(self.labels[photo].float(), generator)
+        return captions, Detections(words, probs), concepts
+
+
+@dataclass
+class PhotoInputs:
+    """What the frozen detectors give every training photo and its mirror image, computed
+    once: object detections and (with concept detectors) concept probabilities."""
+
+    words: torch.Tensor
+    probs: torch.Tensor
+    flipped_words: torch.Tensor
+    flipped_probs: torch.Tensor
+    concepts: torch.Tensor | None = None
+    flipped_concepts: torch.Tensor | None = None
+
+    def select(self, index: torch.Tensor, flip: torch.Tensor) -> tuple[Detections, torch.Tensor | None]:
+        f = flip[:, None]
+        det = Detections(torch.where(f, self.flipped_words[index], self.words[index]),
+                         torch.where(f, self.flipped_probs[index], self.probs[index]))
+        concepts = None
+        if self.concepts is not None:
+            concepts = torch.where(f, self.flipped_concepts[index], self.concepts[index])
+        return det, concepts
+
+
+def mixed_batch(photo_part, text_part, device: torch.device):
+    """One batch of photo rows then text rows: (features, captions, lengths, grid,
+    objects_only, detections, concepts). ``photo_part``: (features, caption ids, grid or
+    None, detections, concepts or None); ``text_part``: (caption ids, detections,
+    concepts or None) or None."""
+    feats, caps, grid, det, concepts = photo_part
+    only = torch.zeros(len(caps), dtype=torch.bool)
+    if text_part is not None:
+        text_caps, text_det, text_concepts = text_part
+        n = len(text_caps)
+        feats = torch.cat([feats, feats.new_zeros(n, feats.shape[1])])
+        if grid is not None:
+            grid = torch.cat([grid, grid.new_zeros(n, *grid.shape[1:])])
+        caps = list(caps) + list(text_caps)
+        only = torch.cat([only, torch.ones(n, dtype=torch.bool)])
+        det = Detections(torch.cat([det.words, text_det.words]), torch.cat([det.probs, text_det.probs]))
+        if concepts is not None:
+            concepts = torch.cat([concepts, text_concepts])
+    lengths = torch.tensor([len(c) for c in caps])
+    det = Detections(det.words.to(device), det.probs.to(device))
+    return (feats.to(device), pad_sequence(caps, batch_first=True).to(device), lengths,
+            None if grid is None else grid.to(device), only.to(device), det,
+            None if concepts is None else concepts.to(device))
+
+
+def text_rows_for(step: int, epoch: int, per_step: int, n: int, seed: int, rank: int, world: int) -> torch.Tensor:
+    """The text rows of a step: a slice of this epoch's shuffled order of all text rows
+    (a different random share of them every epoch), wrapping around."""
+    order = epoch_order(n, 1_000 + epoch, seed, rank, world)
+    return order[(torch.arange(per_step) + step * per_step) % len(order)]
+
+
+def scores_on(model: Captioner, features: torch.Tensor, grid: torch.Tensor | None, refs: dict[str, list[str]],
+              beam_size: int | None = None, batch_size: int = 256) -> dict[str, float]:
+    """Caption scores (BLEU, ROUGE-L, CIDEr, object mentions, CHAIR) of the model's
+    captions of these photos, in the order of ``refs``."""
+    results = []
+    for start in range(0, len(features), batch_size):
+        part = slice(start, start + batch_size)
+        results += model.caption_features(features[part].float(), beam_size=beam_size,
+                                          grid=None if grid is None else grid[part].float())
+    return caption_scores(refs, {image: r.caption for image, r in zip(refs, results)}, meteor=False)
+
