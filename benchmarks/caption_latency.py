@@ -29,7 +29,9 @@ agreement with the textbook is meaningful for Lite0 only).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -45,21 +47,37 @@ from captioner.model import DEFAULT_CHECKPOINT, Captioner, CaptionerConfig
 STAGES = ("textbook", "fast_decode", "bf16_channels_last", "early_stop", "ours")
 
 
-def python_loop_greedy(model: Captioner, feature: torch.Tensor, max_length: int = 20) -> list[str]:
+def python_loop_greedy(model: Captioner, feature: torch.Tensor, grid: torch.Tensor | None,
+                       max_length: int = 20) -> list[str]:
     """The textbook sampler: feed the image, then <start>, and always take 20 steps, each
-    through torch's oneDNN LSTM kernel, with a ``.item()`` after each."""
+    through torch's oneDNN LSTM kernel where the decoder has one, with a ``.item()`` after each."""
     dec = model.head.decoder
-    with torch.no_grad():
-        ctx, detections = model.head.context(feature)
+    with torch.no_grad(), fused_steps(dec):
+        ctx, detections = model.head.context(feature, grid if model.head.needs_grid else None)
+        ctx = dec.prepare(ctx)
         state = dec.init_state(ctx)
         token = torch.tensor([model.vocab.start_id])
         ids = []
         for _ in range(max_length):
-            logp, state, _ = dec.step(token, state, ctx, onednn=True)
+            logp, state, _ = dec.step(token, state, ctx)
             token = logp.argmax(1)
             ids.append(token.item())
     objects = model.detected_object_words(feature)[0]
     return model.words_of(ids, objects)
+
+
+@contextlib.contextmanager
+def fused_steps(decoder):
+    """Decoder steps through torch's oneDNN LSTM kernel (Show and Tell; the attention
+    decoder's hand-written cell has no such kernel)."""
+    before = getattr(decoder, "fused_step", None)
+    if before is not None:
+        decoder.fused_step = True
+    try:
+        yield
+    finally:
+        if before is not None:
+            decoder.fused_step = before
 
 
 class Pipelines:
@@ -69,29 +87,31 @@ class Pipelines:
         self.fp32_backbone = textbook_backbone
         self.pre = self.encoder.preprocess
 
-    def _fp32(self, x: torch.Tensor) -> torch.Tensor:
+    def _fp32(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
-            return self.fp32_backbone(x).mean((2, 3))
+            maps = self.fp32_backbone(x)
+        return maps.mean((2, 3)), maps.flatten(2).transpose(1, 2)
 
     def textbook(self, path: Path) -> list[str]:
         image = Image.open(path).convert("RGB").resize((self.pre.size, self.pre.size), Image.Resampling.LANCZOS)
         x = TF.normalize(TF.to_tensor(image), self.pre.mean, self.pre.std)[None]
-        return python_loop_greedy(self.model, self._fp32(x))
+        return python_loop_greedy(self.model, *self._fp32(x))
 
     def fast_decode(self, path: Path) -> list[str]:
         x = self.pre(load_image(path, draft_size=self.pre.size))[None]
-        return python_loop_greedy(self.model, self._fp32(x))
+        return python_loop_greedy(self.model, *self._fp32(x))
 
     def bf16_channels_last(self, path: Path) -> list[str]:
         x = self.pre(load_image(path, draft_size=self.pre.size))[None]
-        return python_loop_greedy(self.model, self.encoder.encode(x))
+        return python_loop_greedy(self.model, *self.encoder.encode(x, grid=True))
 
     def early_stop(self, path: Path) -> list[str]:
-        return self.ours(path, onednn=True)
+        with fused_steps(self.model.head.decoder):
+            return self.ours(path)
 
-    def ours(self, path: Path, beam_size: int = 1, onednn: bool = False) -> list[str]:
+    def ours(self, path: Path, beam_size: int = 1) -> list[str]:
         image = load_image(path, draft_size=self.pre.size)
-        return self.model.caption([image], beam_size=beam_size, onednn=onednn)[0].words
+        return self.model.caption([image], beam_size=beam_size)[0].words
 
 
 def encoder_flops(backbone: torch.nn.Module, size: int) -> int:
@@ -161,15 +181,18 @@ def load_model(name: str) -> tuple[Captioner, torch.nn.Module, str]:
         base = CaptionerConfig()
     else:
         vocab, base = shipped.vocab, shipped.config
-    config = CaptionerConfig(encoder=name, feature_dim=encoder.feature_dim, vocab_size=len(vocab),
-                             embed_dim=base.embed_dim, hidden_dim=base.hidden_dim, num_layers=base.num_layers)
+    # the shipped decoder's kind and sizes, without what needs the ImageNet classifier the random
+    # CNN lacks (object slots, concepts, familiarity)
+    config = replace(base, encoder=name, feature_dim=encoder.feature_dim, vocab_size=len(vocab), object_slots=0,
+                     object_words=0, concepts=0, familiarity_dim=0, familiarity_references=0,
+                     familiarity_calibration=0, familiarity_worlds=0)
     model = Captioner(config, vocab, encoder).eval()
     if shipped is None:
         return model, plain, "random weights, random decoder"
-    # the LSTM and its word layers; the object slots need the ImageNet classifier it lacks
-    trained = {k: v for k, v in shipped.head.decoder.state_dict().items() if not k.startswith("slots.")}
+    trained = {k: v.float() for k, v in shipped.head.decoder.state_dict().items() if not k.startswith("slots.")}
     model.head.decoder.load_state_dict(trained)
-    return model, plain, "random CNN weights and projection, the shipped LSTM decoder without its object slots"
+    return model, plain, (f"random CNN weights and projections, the shipped {base.decoder} LSTM decoder without its "
+                          "object slots")
 
 
 def device_rows(photos: list[Path], checkpoint: Path = DEFAULT_CHECKPOINT) -> dict:

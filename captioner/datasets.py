@@ -172,3 +172,25 @@ def _report(source: Path, records: list, skipped: int) -> None:
     if skipped:
         log.warning("%s: skipped %d captions whose image is missing", source, skipped)
     log.info("%s: %d captions of %d images", source, len(records), len({r.image for r in records}))
+
+
+def text_source(item: str) -> tuple[str, Path, int]:
+    """``KIND:PATH[:MAX_PHOTOS]`` -> (kind, path, at most this many photos, 0 for all)."""
+    kind, _, rest = item.partition(":")
+    path, _, limit = rest.rpartition(":") if rest.rsplit(":", 1)[-1].isdigit() else (rest, "", "0")
+    if kind not in TEXT_SOURCES or not path:
+        raise ValueError(f"a caption text source is KIND:PATH[:MAX_PHOTOS] with KIND one of "
+                         f"{', '.join(TEXT_SOURCES)}, not {item!r}")
+    return kind, Path(path), int(limit)
+
+
+def read_text_sources(items: Sequence[str], photos_each: int | None = None) -> dict[str, list[str]]:
+    """Captions of every ``KIND:PATH[:MAX_PHOTOS]`` source, keyed ``kind:photo`` (the first
+    photos by name where a source is limited, or ``photos_each``)."""
+    grouped: dict[str, list[str]] = {}
+    for item in items:
+        kind, path, limit = text_source(item)
+        captions = read_caption_text(kind, path)
+        names = sorted(captions)[:limit or None][:photos_each]
+        grouped.update({f"{kind}:{name}": captions[name] for name in names})
+    return grouped

@@ -33,12 +33,10 @@ written out as its object's word, which may be a word no training caption contai
 Everything an image contributes is in a *context*: a dict of per-image tensors (dim 0 is
 the image) built by ``model.CaptionHead``. Decoding is greedy or beam search, batched
 over images; each returns the ids of the words, the probability the model gave each of
-them, and (attention) where it looked for each.
+them, and (attention) where it looked for each (``search.py``).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -48,18 +46,6 @@ from captioner.lstm import LSTMCell, lstm_gates
 
 State = tuple[torch.Tensor, ...]   # (h, c), each (layers, rows, hidden)
 Context = dict[str, torch.Tensor]  # per-row tensors, rows in dim 0
-
-
-@dataclass
-class Decoded:
-    """One decoded caption: word ids (without ``<end>``), the probability of each of those
-    words, the sequence's length-normalised log-probability (``<end>`` included) and, from
-    an attention decoder, the attention weights over the grid for each word."""
-
-    ids: list[int]
-    probabilities: list[float]
-    score: float
-    attention: list[list[float]] | None = None
 
 
 def select(ctx: Context, rows: torch.Tensor) -> Context:
@@ -102,11 +88,9 @@ class ObjectSlots(nn.Module):
 
 
 class CaptionDecoder(nn.Module):
-    """What both decoders share: word (and slot) embeddings, the output layer with copy
-    scores, and batched greedy decoding, beam search and sampling. A subclass provides
-    ``init_state(ctx)``, ``step(tokens, state, ctx)`` and ``forward`` (teacher forcing)."""
-
-    attends = False
+    """What both decoders share: word (and slot) embeddings and the output layer with copy
+    scores. A subclass provides ``init_state(ctx)``, ``step(tokens, state, ctx)`` and
+    ``forward`` (teacher forcing); ``search.py`` decodes with any of them."""
 
     def __init__(self, vocab_size: int, embed_dim: int, hidden_dim: int, num_layers: int, dropout: float, *,
                  pad_id: int = 0, start_id: int = 1, end_id: int = 2, unk_id: int | None = 3,
@@ -167,171 +151,20 @@ class CaptionDecoder(nn.Module):
         """The context with what every step would otherwise recompute (once per caption)."""
         return ctx
 
-    def step(self, tokens: torch.Tensor, state: State, ctx: Context,
-             onednn: bool = False) -> tuple[torch.Tensor, State, torch.Tensor | None]:
+    def step(self, tokens: torch.Tensor, state: State, ctx: Context) -> tuple[torch.Tensor, State,
+                                                                              torch.Tensor | None]:
         """One word for each row: log-probabilities (M, V) of the next word, the new state
         and the attention weights (M, L) (or None)."""
         raise NotImplementedError
 
-    # ------------------------------------------------------------------ decoding
-
-    @torch.inference_mode()
-    def greedy(self, ctx: Context, max_length: int = 20, onednn: bool = False) -> list[Decoded]:
-        """The most probable word at every step, for all images at once. Stops as soon as
-        every caption has ended (or after ``max_length`` words)."""
-        batch = len(next(iter(ctx.values())))
-        ctx = self.prepare(ctx)
-        state = self.init_state(ctx)
-        device = state[0].device
-        tokens = torch.full((batch,), self.start_id, dtype=torch.long, device=device)
-        ids, logps, weights = [], [], []
-        ended = torch.zeros(batch, dtype=torch.bool, device=device)
-        for _ in range(max_length):
-            logp, state, attention = self.step(tokens, state, ctx, onednn)
-            best_logp, tokens = logp.max(-1)
-            ids.append(tokens)
-            logps.append(best_logp)
-            if attention is not None:
-                weights.append(attention)
-            ended |= tokens == self.end_id
-            if bool(ended.all()):
-                break
-        ids_t, logps_t = torch.stack(ids, 1).tolist(), torch.stack(logps, 1).tolist()
-        attn = torch.stack(weights, 1).tolist() if weights else [None] * batch
-        return [_finish(seq, lps, self.end_id, 1.0, a) for seq, lps, a in zip(ids_t, logps_t, attn)]
-
-    @torch.no_grad()
-    def sample(self, ctx: Context, n: int = 5, max_length: int = 16,
-               temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n`` captions per image drawn from the model's distribution, for self-critical
-        training. Returns token ids (B * n, T) as ``<start> w1 .. wk <end>`` padded with
-        ``<pad>`` (0), image-major, and their lengths (captions cut at ``max_length``
-        words get no ``<end>``)."""
-        batch = len(next(iter(ctx.values())))
-        ctx = self.prepare(ctx)
-        ctx = select(ctx, torch.arange(batch, device=next(iter(ctx.values())).device).repeat_interleave(n))
-        rows = batch * n
-        state = self.init_state(ctx)
-        device = state[0].device
-        tokens = torch.full((rows,), self.start_id, dtype=torch.long, device=device)
-        out = [tokens]
-        alive = torch.ones(rows, dtype=torch.bool, device=device)
-        lengths = torch.ones(rows, dtype=torch.long, device=device)
-        for _ in range(max_length):
-            logp, state, _ = self.step(tokens, state, ctx)
-            tokens = torch.multinomial((logp / temperature).softmax(-1), 1).squeeze(1)
-            tokens = torch.where(alive, tokens, torch.zeros_like(tokens))
-            out.append(tokens)
-            lengths += alive.long()
-            alive &= tokens != self.end_id
-            if not bool(alive.any()):
-                break
-        return torch.stack(out, 1), lengths
-
-    @torch.inference_mode()
-    def beam_search(self, ctx: Context, beam_size: int = 3, max_length: int = 20, length_alpha: float = 1.0,
-                    onednn: bool = False, must_include: torch.Tensor | None = None) -> list[Decoded]:
-        """Beam search over all images at once, optionally constrained.
-
-        Every step each beam keeps its ``beam_size - finished`` best continuations by total
-        log-probability; a continuation that picks ``<end>`` is finished and leaves the
-        beam, which shrinks. Among the finished captions the best by
-        ``log p / length ** length_alpha`` wins. With ``beam_size=1`` and no constraint
-        this is exactly greedy decoding.
-
-        ``must_include`` (B,): a token each image's caption must contain (-1: none). This is
-        constrained beam search with one constraint (Anderson et al. 2017): an image has
-        two beams, captions that do not contain the token yet and captions that do, and a
-        caption moves from the first to the second when it writes the token. The best
-        finished caption of the second beam wins; only if it has none, the first beam's.
-        """
-        if beam_size < 1:
-            raise ValueError("beam_size must be at least 1")
-        ctx = self.prepare(ctx)
-        state = self.init_state(ctx)
-        device = state[0].device
-        batch, n = state[0].shape[1], beam_size
-        if must_include is None:
-            must_include = torch.full((batch,), -1, dtype=torch.long, device=device)
-        must_include = must_include.to(device)
-        # beam g = 2 * image + done (done: the caption holds its required token, or needs none)
-        group = torch.arange(batch, device=device) * 2 + (must_include < 0).long()
-        image = group // 2  # the image of each row (of ``ctx`` too)
-        score = torch.zeros(batch, device=device)
-        seqs = torch.empty(batch, 0, dtype=torch.long, device=device)
-        seq_logps = torch.empty(batch, 0, device=device)
-        seq_attn: torch.Tensor | None = None
-        tokens = torch.full((batch,), self.start_id, dtype=torch.long, device=device)
-        finished: list[list[Decoded]] = [[] for _ in range(2 * batch)]
-        n_finished = torch.zeros(2 * batch, dtype=torch.long, device=device)
-
-        for t in range(max_length):
-            logp, state, attention = self.step(tokens, state, ctx, onednn)
-            if attention is not None:
-                seq_attn = attention[:, None] if seq_attn is None else torch.cat([seq_attn, attention[:, None]], 1)
-            rows = torch.arange(len(tokens), device=device)
-            required = must_include[group // 2]
-            waiting = (group % 2 == 0) & (required >= 0)
-            # Each hypothesis offers its best n words to its own beam (the required word aside,
-            # while it waits), and the required word to the beam of captions that hold it.
-            # (Written without data-dependent shapes where it can be: on a GPU every such shape
-            # waits for the device, and a step of a small beam is all waiting.)
-            extra_word = required.clamp_min(0)[:, None]
-            extra_logp = logp.gather(1, extra_word)
-            ranked = logp.scatter(1, extra_word, torch.where(waiting[:, None], float("-inf"), extra_logp))
-            cand_logp, cand_word = ranked.topk(min(n, logp.shape[1]), dim=1)
-            cand_logp = torch.cat([cand_logp, extra_logp.masked_fill(~waiting[:, None], float("-inf"))], 1)
-            cand_word = torch.cat([cand_word, extra_word], 1)
-            cand_group = torch.cat([group[:, None].expand(-1, cand_word.shape[1] - 1), (group | 1)[:, None]], 1)
-            cand_score = (score[:, None] + cand_logp).flatten()
-            cand_row = rows[:, None].expand_as(cand_word).flatten()
-            cand_word, cand_group = cand_word.flatten(), cand_group.flatten()
-            # the best n candidates of each beam: sort by score, then (stably) by beam
-            order = cand_score.argsort(descending=True, stable=True)
-            order = order[cand_group[order].argsort(stable=True)]
-            g_sorted = cand_group[order]
-            first = torch.searchsorted(g_sorted, g_sorted, right=False)
-            rank = torch.arange(len(order), device=device) - first
-            keep = (rank < (n - n_finished[g_sorted])) & torch.isfinite(cand_score[order])
-            order = order[keep]
-            word, row, new_group, new_score = cand_word[order], cand_row[order], cand_group[order], cand_score[order]
-            ends = (word == self.end_id) | (t == max_length - 1)
-            # the finished ones, fetched from the device in one go
-            end_rows, end_words, end_groups = row[ends], word[ends], new_group[ends]
-            if len(end_rows):
-                ids_all = torch.cat([seqs[end_rows], end_words[:, None]], 1).tolist()
-                lps_all = torch.cat([seq_logps[end_rows], logp[end_rows, end_words][:, None]], 1).tolist()
-                attn_all = seq_attn[end_rows].tolist() if seq_attn is not None else [None] * len(ids_all)
-                for g, ids, lps, attn in zip(end_groups.tolist(), ids_all, lps_all, attn_all):
-                    finished[g].append(_finish(ids, lps, self.end_id, length_alpha, attn))
-                n_finished += torch.bincount(end_groups, minlength=2 * batch)
-
-            live = ~ends
-            row, word = row[live], word[live]
-            if not len(row):
-                break
-            group, score = new_group[live], new_score[live]
-            seqs = torch.cat([seqs[row], word[:, None]], 1)
-            seq_logps = torch.cat([seq_logps[row], logp[row, word][:, None]], 1)
-            if seq_attn is not None:
-                seq_attn = seq_attn[row]
-            state = tuple(s[:, row] for s in state)
-            # the context is the image's, whichever of its beams a row is: gather it again
-            # only when the rows' images change (beams ended), not at every step
-            if len(group) != len(image) or bool((group // 2 != image).any()):
-                ctx, image = select(ctx, row), group // 2
-            tokens = word
-
-        best = []
-        for b in range(batch):  # a caption with its required token if there is one
-            done = finished[2 * b + 1] or finished[2 * b]
-            # an image whose every continuation was impossible (non-finite scores) gets no words
-            best.append(max(done, key=lambda d: d.score) if done else Decoded([], [], float("-inf")))
-        return best
-
 
 class ShowTellDecoder(CaptionDecoder):
-    """Show and Tell: the image (``ctx["image"]``, (B, embed_dim)) is the first input."""
+    """Show and Tell: the image (``ctx["image"]``, (B, embed_dim)) is the first input.
+
+    ``fused_step``: run each inference step through torch's oneDNN LSTM kernel rather than
+    two matrix products (slower at small batches; the latency benchmark compares them)."""
+
+    fused_step = False
 
     def __init__(self, vocab_size: int, embed_dim: int = 512, hidden_dim: int = 512, num_layers: int = 1,
                  dropout: float = 0.5, **kwargs):
@@ -359,9 +192,9 @@ class ShowTellDecoder(CaptionDecoder):
         zeros = x.new_zeros(self.num_layers, x.shape[0], self.hidden_dim)
         return self._lstm_step(x, (zeros, zeros))[1]
 
-    def step(self, tokens, state, ctx, onednn: bool = False):
+    def step(self, tokens, state, ctx):
         x = self.embed_tokens(tokens, ctx)
-        if self.training or onednn:
+        if self.training or self.fused_step:
             hidden, state = self.lstm(x.unsqueeze(1), state)
             hidden = hidden.squeeze(1)
         else:
@@ -371,7 +204,7 @@ class ShowTellDecoder(CaptionDecoder):
     # One time step of nn.LSTM written as two matrix products per layer. For a single step
     # the profiler showed oneDNN's RNN kernel taking about 5x the time its weights take to
     # read; this does the same arithmetic with plain addmm and lstm.lstm_gates.
-    # ``onednn=True`` asks for torch's kernel instead (the benchmarks compare both).
+    # ``fused_step = True`` asks for torch's kernel instead (the benchmarks compare both).
     def _lstm_step(self, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
         h, c = state
         new_h, new_c = [], []
@@ -391,8 +224,6 @@ class AttentionDecoder(CaptionDecoder):
     ``ctx["grid"]`` (B, L, D): the grid's cells projected to ``D`` (``model.CaptionHead``);
     ``ctx["image"]`` (B, embed_dim): the pooled image (and objects), which sets the initial
     state. One layer: the LSTM step is ``lstm.LSTMCell``."""
-
-    attends = True
 
     def __init__(self, vocab_size: int, embed_dim: int = 512, hidden_dim: int = 512, num_layers: int = 1,
                  dropout: float = 0.5, *, grid_dim: int = 512, attention_dim: int = 512, **kwargs):
@@ -427,7 +258,7 @@ class AttentionDecoder(CaptionDecoder):
         h, c = self.cell(torch.cat([x, context], 1), (h, c))
         return h, (h[None], c[None]), weights
 
-    def step(self, tokens, state, ctx, onednn: bool = False):
+    def step(self, tokens, state, ctx):
         h, state, weights = self._step(self.embed_tokens(tokens, ctx), state, ctx)
         return self.log_probs(h, ctx), state, weights
 
@@ -450,17 +281,3 @@ class AttentionDecoder(CaptionDecoder):
 
 
 DECODERS = {"show_tell": ShowTellDecoder, "attention": AttentionDecoder}
-
-
-def _finish(ids: list[int], logps: list[float], end_id: int, alpha: float,
-            attention: list[list[float]] | None = None) -> Decoded:
-    """Cut a decoded sequence at its first ``<end>`` and score it."""
-    if end_id in ids:
-        cut = ids.index(end_id)
-        total, length = sum(logps[: cut + 1]), cut + 1
-    else:
-        cut = len(ids)
-        total, length = sum(logps), len(ids)
-    probs = torch.tensor(logps[:cut], dtype=torch.float64).exp().tolist()
-    return Decoded(ids[:cut], probs, total / max(length, 1) ** alpha,
-                   attention[:cut] if attention is not None else None)

@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from captioner import search
 from captioner.checkpoint import (
     CHECKPOINTS,
     CheckpointError,
@@ -41,10 +42,11 @@ from captioner.checkpoint import (
     save_model,
 )
 from captioner.concepts import ConceptDetector
-from captioner.decoder import DECODERS, Context, Decoded
+from captioner.decoder import DECODERS, Context
 from captioner.encoders import ImageEncoder, build_encoder
 from captioner.familiarity import Familiarity
 from captioner.objects import Detections, ObjectDetector
+from captioner.search import Decoded
 from captioner.vocabulary import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -215,7 +217,6 @@ class CaptionHead(nn.Module):
         return self.decoder(captions, lengths, ctx)
 
     def decode(self, features: torch.Tensor, decoding: DecodingConfig, grid: torch.Tensor | None = None,
-               onednn: bool = False,
                familiarity: torch.Tensor | None = None,
                text_world: torch.Tensor | None = None) -> tuple[list[Decoded], Detections | None, Context]:
         objects_only = None
@@ -231,10 +232,10 @@ class CaptionHead(nn.Module):
             required = torch.where(sure, self.decoder.first_slot, -1)
             required = required if bool(sure.any()) else None
         if decoding.beam_size == 1 and required is None:
-            decoded = self.decoder.greedy(ctx, decoding.max_length, onednn)
+            decoded = search.greedy(self.decoder, ctx, decoding.max_length)
         else:
-            decoded = self.decoder.beam_search(ctx, decoding.beam_size, decoding.max_length, decoding.length_alpha,
-                                               onednn, must_include=required)
+            decoded = search.beam_search(self.decoder, ctx, decoding.beam_size, decoding.max_length,
+                                         decoding.length_alpha, must_include=required)
         return decoded, detections, ctx
 
 
@@ -310,7 +311,7 @@ class Captioner(nn.Module):
     @torch.inference_mode()
     def caption_features(self, features: torch.Tensor, beam_size: int | None = None,
                          max_length: int | None = None, length_alpha: float | None = None,
-                         grid: torch.Tensor | None = None, onednn: bool = False) -> list[CaptionResult]:
+                         grid: torch.Tensor | None = None) -> list[CaptionResult]:
         """Captions of precomputed encoder features (B, feature_dim) (and, for attention,
         grid features (B, L, feature_dim))."""
         self.head.eval()
@@ -324,7 +325,7 @@ class Captioner(nn.Module):
             familiar = self.head.familiarity(features)
             text_world = self.head.familiarity.text_world(features)
         decoded, detections, ctx = self.head.decode(features, decoding, grid if self.head.needs_grid else None,
-                                                    onednn, familiar, text_world)
+                                                    familiar, text_world)
         n = len(decoded)
         familiarity = familiar.tolist() if familiar is not None else [None] * n
         objects = ([[{"word": self.object_words[w], "probability": round(p, 4), "kind": "object"}
@@ -351,21 +352,21 @@ class Captioner(nn.Module):
 
     @torch.inference_mode()
     def caption(self, images: Sequence[Image.Image], beam_size: int | None = None,
-                max_length: int | None = None, onednn: bool = False) -> list[CaptionResult]:
+                max_length: int | None = None) -> list[CaptionResult]:
         """Captions of RGB PIL images, all in one batch."""
         if not images:
             return []
         batch = self.require_encoder().preprocess.batch(list(images))
-        return self.caption_tensors(batch, beam_size, max_length, onednn)
+        return self.caption_tensors(batch, beam_size, max_length)
 
     def caption_tensors(self, batch: torch.Tensor, beam_size: int | None = None,
-                        max_length: int | None = None, onednn: bool = False) -> list[CaptionResult]:
+                        max_length: int | None = None) -> list[CaptionResult]:
         """Captions of images already preprocessed by ``encoder.preprocess`` (B, 3, H, W)."""
         encoder = self.require_encoder()
         if self.head.needs_grid:
             pooled, grid = encoder.encode(batch, grid=True)
-            return self.caption_features(pooled, beam_size, max_length, grid=grid, onednn=onednn)
-        return self.caption_features(encoder.encode(batch), beam_size, max_length, onednn=onednn)
+            return self.caption_features(pooled, beam_size, max_length, grid=grid)
+        return self.caption_features(encoder.encode(batch), beam_size, max_length)
 
     def require_encoder(self) -> ImageEncoder:
         if self.encoder is None:

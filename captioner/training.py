@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
+from captioner import search
 from captioner.cider import CiderD
 from captioner.concepts import ConceptNoise, concept_labels
 from captioner.datasets import CaptionRecord
@@ -159,7 +160,7 @@ class SelfCritical:
         grid = None if self.grid is None else self.grid[images.to(self.grid.device)].float()
         with torch.no_grad():
             ctx, _ = head.context(feats, grid)
-        ids, lengths = head.decoder.sample(ctx, n, self.max_words)
+        ids, lengths = search.sample(head.decoder, ctx, n, self.max_words)
         lengths = lengths.cpu()
         objects = self.model.detected_object_words(feats)
         reward = self.rewards(images.tolist(), ids, objects).to(feats.device).view(-1, n)

@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from captioner import search
 from captioner.decoder import AttentionDecoder, packed_targets
 from tests.conftest import ROOT, memorising_captioner, running_app
 
@@ -41,8 +42,8 @@ def test_attention_weights_are_a_distribution_over_the_grid_at_every_step():
     for i, n in enumerate(lengths.tolist()):
         torch.testing.assert_close(weights[i, :n - 1].sum(-1), torch.ones(n - 1))
         assert float(weights[i, n - 1:].detach().abs().sum()) == 0  # padded steps look nowhere
-    greedy = dec.greedy(ctx, max_length=6)
-    beam1 = dec.beam_search(ctx, beam_size=1, max_length=6)
+    greedy = search.greedy(dec, ctx, max_length=6)
+    beam1 = search.beam_search(dec, ctx, beam_size=1, max_length=6)
     assert [g.ids for g in greedy] == [b.ids for b in beam1]
     for g in greedy:
         assert len(g.attention) == len(g.ids) and all(abs(sum(w) - 1) < 1e-4 for w in g.attention)

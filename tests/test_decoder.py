@@ -2,6 +2,7 @@
 
 import torch
 
+from captioner import search
 from captioner.decoder import ShowTellDecoder, packed_targets
 from captioner.model import Captioner, CaptionerConfig, DecodingConfig
 from captioner.vocabulary import Vocabulary
@@ -51,7 +52,7 @@ def test_beam_width_one_is_exactly_greedy():
     features = torch.randn(16, 32)
     greedy = model.caption_features(features, beam_size=1)
     ctx, _ = model.head.context(features)
-    beam1 = [model._result(d, [], None, None) for d in model.head.decoder.beam_search(ctx, 1, 12)]
+    beam1 = [model._result(d, [], None, None) for d in search.beam_search(model.head.decoder, ctx, 1, 12)]
     assert [g.words for g in greedy] == [b.words for b in beam1]
     for g, b in zip(greedy, beam1):
         assert g.probabilities == b.probabilities
@@ -97,8 +98,8 @@ def test_wide_beam_finds_the_exhaustive_best_and_beats_greedy_on_average():
     model = random_captioner(seed=2, vocab_words=["a", "b", "c"])
     features = torch.randn(6, 32)
     ctx, _ = model.head.context(features)
-    wide = model.head.decoder.beam_search(ctx, beam_size=200, max_length=4)
-    greedy = model.head.decoder.greedy(ctx, max_length=4)
+    wide = search.beam_search(model.head.decoder, ctx, beam_size=200, max_length=4)
+    greedy = search.greedy(model.head.decoder, ctx, max_length=4)
     for i in range(6):
         score, ids = brute_force_best(model, features[i], 4, 1.0)
         assert wide[i].ids == ids
@@ -112,15 +113,15 @@ def test_constrained_beam_search_finds_the_best_caption_that_holds_the_required_
     ctx, _ = model.head.context(features)
     c = model.vocab.index["c"]
     required = torch.tensor([c, -1, c, c, -1, c])
-    wide = model.head.decoder.beam_search(ctx, beam_size=200, max_length=4, must_include=required)
+    wide = search.beam_search(model.head.decoder, ctx, beam_size=200, max_length=4, must_include=required)
     for i in range(6):
         score, ids = brute_force_best(model, features[i], 4, 1.0, must_include=c if required[i] >= 0 else None)
         assert wide[i].ids == ids
         assert abs(wide[i].score - score) < 1e-5
         if required[i] >= 0:
             assert c in wide[i].ids
-    free = model.head.decoder.beam_search(ctx, beam_size=3, max_length=4)
-    narrow = model.head.decoder.beam_search(ctx, beam_size=3, max_length=4, must_include=required)
+    free = search.beam_search(model.head.decoder, ctx, beam_size=3, max_length=4)
+    narrow = search.beam_search(model.head.decoder, ctx, beam_size=3, max_length=4, must_include=required)
     assert all(c in narrow[i].ids for i in (0, 2, 3, 5))
     assert [narrow[i].ids for i in (1, 4)] == [free[i].ids for i in (1, 4)]  # no constraint, no change
 
@@ -169,7 +170,9 @@ def test_lean_inference_step_is_the_lstm_step():
     dec.train()  # the training path runs nn.LSTM itself
     state_ref = dec.init_state(ctx)
     dec.eval()
-    logp_ref, (h_ref, c_ref), _ = dec.step(tokens, state_ref, ctx, onednn=True)
+    dec.fused_step = True  # torch's oneDNN kernel
+    logp_ref, (h_ref, c_ref), _ = dec.step(tokens, state_ref, ctx)
+    dec.fused_step = False  # two matrix products
     state = dec.init_state(ctx)
     torch.testing.assert_close(state[0], state_ref[0], atol=1e-6, rtol=0)
     logp, (h, c), _ = dec.step(tokens, state, ctx)

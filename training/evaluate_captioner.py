@@ -31,11 +31,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from captioner.datasets import captions_by_image, read_coco, read_dataset, read_flickr8k, split_of
+from captioner.datasets import (
+    captions_by_image,
+    read_coco,
+    read_dataset,
+    read_flickr8k,
+    read_text_sources,
+    split_of,
+    text_source,
+)
 from captioner.devices import resolve_device
 from captioner.features import FeatureCache, features_for
-from captioner.metrics import best_constant_caption, caption_scores, consensus_caption, java_available
+from captioner.metrics import best_constant_caption, caption_scores, java_available
 from captioner.model import DEFAULT_CHECKPOINT, UNFAMILIAR, Captioner
+from captioner.retrieval import ConceptRetrieval, nearest_consensus
 from training.common import UserError, cli, evaluation_flags, write_report
 
 log = logging.getLogger("evaluate_captioner")
@@ -75,15 +84,30 @@ def retrieval_captions(cache: FeatureCache, eval_feats: torch.Tensor, eval_refs:
         db_images = list(grouped)
         db_feats, _ = cache.get(db_images)
         db_captions = [grouped[p] for p in db_images]
-    a = torch.nn.functional.normalize(eval_feats.float(), dim=1)
-    b = torch.nn.functional.normalize(db_feats.float(), dim=1)
-    similarity = a @ b.T
     eval_index = {p.resolve(): i for i, p in enumerate(eval_images)}
-    for j, p in enumerate(db_images):  # an evaluated image is never its own neighbour
-        if p.resolve() in eval_index:
-            similarity[eval_index[p.resolve()], j] = float("-inf")
-    neighbours = similarity.topk(k, dim=1).indices.tolist()
-    return [consensus_caption([c for j in row for c in db_captions[j]]) for row in neighbours], how
+    exclude = {eval_index[p.resolve()]: j for j, p in enumerate(db_images) if p.resolve() in eval_index}
+    return nearest_consensus(eval_feats, db_feats, db_captions, k, exclude), how
+
+
+def concept_retrieval_captions(model: Captioner, results, info: dict, sources: list[tuple[str, Path]]) -> list[str]:
+    """The caption the model learned from (photos' and text-only) whose concept and object
+    words best match each photo's (``retrieval.ConceptRetrieval``)."""
+    captions = []
+    for kind, root in sources:
+        records = read_dataset(kind, root, info["coco_split"]).records
+        captions += [r.caption for r in records
+                     if split_of(r.image, info["val_fraction"], info["test_fraction"]) == "train"]
+    present = [item for item in info.get("text_captions", []) if text_source(item)[1].is_file()]
+    captions += [c for caps in read_text_sources(present).values() for c in caps]
+    lookup = ConceptRetrieval(captions, model.concept_words, model.object_words)
+    concepts = torch.tensor([[0.0] * len(model.concept_words)] * len(results))
+    index = {w: i for i, w in enumerate(model.concept_words)}
+    for row, r in enumerate(results):
+        for o in r.objects:
+            if o.get("kind") == "concept":
+                concepts[row, index[o["word"]]] = o["probability"]
+    objects = [[o for o in r.objects if o.get("kind") != "concept"] for r in results]
+    return lookup(concepts, objects)
 
 
 @cli
@@ -99,6 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-data", action="append", default=[], metavar="KIND:ROOT",
                    help="training data for the retrieval baseline (default: from the checkpoint)")
     p.add_argument("--no-baselines", action="store_true")
+    p.add_argument("--compare", action="append", type=Path, default=[], metavar="CHECKPOINT",
+                   help="another captioner scored in the same run (e.g. the one shipped before), each with its own "
+                        "default decoding")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="--split: the validation fraction of the split (default: the checkpoint's training data's)")
+    p.add_argument("--test-fraction", type=float, default=None, help="--split: likewise, the test fraction")
     p.add_argument("--cache-dir", type=Path, default=Path("data/features"))
     p.add_argument("--encoder-weights", default=None)
     evaluation_flags(p, DEFAULT_CHECKPOINT)
@@ -112,9 +142,11 @@ def main(argv: list[str] | None = None) -> int:
     dataset = (read_coco(args.coco_captions, args.images) if args.coco_captions
                else read_flickr8k(args.flickr_captions, args.images))
     sources, info = training_sources(model, args.train_data)
+    fractions = (info["val_fraction"] if args.val_fraction is None else args.val_fraction,
+                 info["test_fraction"] if args.test_fraction is None else args.test_fraction)
     records = dataset.records
     if args.split != "all":
-        records = [r for r in records if split_of(r.image, info["val_fraction"], info["test_fraction"]) == args.split]
+        records = [r for r in records if split_of(r.image, *fractions) == args.split]
     references = captions_by_image(records)
     if not references:
         raise UserError("no captioned images to evaluate")
@@ -131,6 +163,14 @@ def main(argv: list[str] | None = None) -> int:
     refs = {i: references[p] for i, p in zip(ids, images)}
     systems = {"model": {i: r.caption for i, r in zip(ids, results)}}
     notes = {}
+    for path in args.compare:
+        other = Captioner.from_checkpoint(path, encoder=model.require_encoder(), device=model.device)
+        other_feats, other_grid = features_for(other, images, args.cache_dir)
+        captions = [r.caption for first in range(0, len(images), 256)
+                    for r in other.caption_features(other_feats[first:first + 256].float(),
+                                                    grid=None if other_grid is None else other_grid[first:first + 256])]
+        systems[f"compare:{path.name}"] = dict(zip(ids, captions))
+        notes[f"compare:{path.name}"] = f"{path}, its own default decoding"
     if not args.no_baselines:
         candidates = [c for caps in references.values() for c in caps]
         if sources:
@@ -142,6 +182,10 @@ def main(argv: list[str] | None = None) -> int:
         retrieved, how = retrieval_captions(cache, features, references, sources, info)
         systems["retrieval"] = dict(zip(ids, retrieved))
         notes["retrieval"] = f"consensus caption of the 5 nearest {how}"
+        if model.concept_words:
+            systems["concept_retrieval"] = dict(zip(ids, concept_retrieval_captions(model, results, info, sources)))
+            notes["concept_retrieval"] = ("the caption learned from (photos' and text-only) whose concept and object "
+                                          "words best match the photo's")
     scores = {name: caption_scores(refs, preds) for name, preds in systems.items()}
 
     beam = args.beam_size or model.decoding.beam_size
@@ -150,8 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         "split": args.split, "beam_size": beam, "encoder": model.config.encoder,
         "skipped_captions_missing_image": dataset.skipped, "java": java_available(),
         "scores": scores, "baselines": notes, "seconds": round(time.perf_counter() - start, 1),
-        "predictions": [{"image": i, "model": systems["model"][i], **({"retrieval": systems["retrieval"][i]}
-                                                                     if "retrieval" in systems else {}),
+        "predictions": [{"image": i, **{name: preds[i] for name, preds in systems.items() if name != "constant"},
                          "objects": r.objects, "familiarity": r.familiarity, "references": refs[i]}
                         for i, r in zip(ids, results)],
     }

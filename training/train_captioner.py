@@ -38,8 +38,8 @@ from captioner.datasets import (
     TEXT_SOURCES,
     CaptionRecord,
     captions_by_image,
-    read_caption_text,
     read_dataset,
+    read_text_sources,
     split_records,
     unique_images,
 )
@@ -176,31 +176,25 @@ def load_records(args) -> dict[str, list[CaptionRecord]]:
     return splits
 
 
-def parse_source(item: str, kinds: tuple[str, ...], flag: str) -> tuple[str, Path, int]:
-    kind, _, rest = item.partition(":")
-    path, _, limit = rest.rpartition(":") if rest.rsplit(":", 1)[-1].isdigit() else (rest, "", "0")
-    if kind not in kinds or not path:
-        raise UserError(f"{flag} takes KIND:PATH with KIND one of {', '.join(kinds)}, not {item!r}")
-    return kind, Path(path), int(limit)
+def parse_source(item: str, kinds: tuple[str, ...], flag: str) -> tuple[str, Path]:
+    kind, _, root = item.partition(":")
+    if kind not in kinds or not root:
+        raise UserError(f"{flag} takes KIND:ROOT with KIND one of {', '.join(kinds)}, not {item!r}")
+    return kind, Path(root)
 
 
 def load_text_captions(args) -> dict[str, list[str]]:
     """Captions of photos that are not here, keyed by source and photo name."""
-    photos: dict[str, list[str]] = {}
-    for item in args.text_captions:
-        kind, path, limit = parse_source(item, TEXT_SOURCES, "--text-captions")
-        grouped = read_caption_text(kind, path)
-        names = sorted(grouped)[:limit or None]
-        if args.dry_run:
-            names = names[:16]
-        photos.update({f"{kind}:{name}": grouped[name] for name in names})
-    return photos
+    try:
+        return read_text_sources(args.text_captions, 16 if args.dry_run else None)
+    except ValueError as err:
+        raise UserError(f"--text-captions: {err}") from err
 
 
 def load_concept_photos(args) -> dict[str, list[CaptionRecord]]:
     records: list[CaptionRecord] = []
     for item in args.concept_photos:
-        kind, root, _ = parse_source(item, DATASETS, "--concept-photos")
+        kind, root = parse_source(item, DATASETS, "--concept-photos")
         records += read_dataset(kind, root, args.coco_split).records
     splits = split_records(records, args.concept_val_fraction, 0.0)
     if args.dry_run:

@@ -8,8 +8,11 @@ For every beam width, length exponent and object setting (the top object require
 caption when the classifier is this sure of it; objects never copied below a probability),
 the validation images are captioned and scored with ``metrics.caption_scores`` (the
 measure of training's validation and of the test report); the setting with the best
-BLEU-4 + CIDEr / 10 + object F1 / 10 wins. ``--write`` saves the checkpoint again with
-that setting as its default.
+BLEU-4 + CIDEr / 10 + object F1 / 10 wins (averaged over the datasets when several are
+given: ``coco_paired`` photos are split as the training run split them, by its
+``--concept-val-fraction``). ``--text-world-above`` tries when to describe a photo from its
+objects and concepts alone (the share of its nearest reference photos that are of the text
+world). ``--write`` saves the checkpoint again with that setting as its default.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from captioner.checkpoint import atomic_write_text, read_safetensors
-from captioner.datasets import captions_by_image, read_dataset, split_records
+from captioner.datasets import DATASETS, captions_by_image, read_dataset, split_records
 from captioner.devices import resolve_device
 from captioner.features import features_for
 from captioner.metrics import caption_scores
@@ -39,7 +42,7 @@ def score(row: dict) -> float:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=Path, required=True)
-    p.add_argument("--dataset", action="append", choices=["coco", "flickr8k"], required=True)
+    p.add_argument("--dataset", action="append", choices=DATASETS, required=True)
     p.add_argument("--data-root", action="append", type=Path, required=True)
     p.add_argument("--beams", type=int, nargs="+", default=[1, 2, 3, 5, 7])
     p.add_argument("--alphas", type=float, nargs="+", default=[0.0, 0.5, 0.75, 1.0, 1.25])
@@ -52,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
                    help="photos less familiar than this are described from their objects alone ('none': never). "
                         "Set, not tuned: the validation photos are the training photos' kind, and about 1%% of them "
                         "fall below 0.01")
+    p.add_argument("--text-world-above", nargs="+", default=["keep"],
+                   help="try describing photos from their objects and concepts alone when at least this share of "
+                        "their nearest reference photos is of the text world ('none': never; 'keep': the "
+                        "checkpoint's)")
     p.add_argument("--cache-dir", type=Path, default=Path("data/features"))
     p.add_argument("--json-out", type=Path, default=None, help="every setting's scores")
     p.add_argument("--write", action="store_true", help="store the best setting in the checkpoint")
@@ -62,39 +69,48 @@ def main(argv: list[str] | None = None) -> int:
 
     model = Captioner.from_checkpoint(args.checkpoint, device=resolve_device(args.device))
     info = model.provenance.get("training_data", {})
-    records = [r for kind, root in zip(args.dataset, args.data_root) for r in read_dataset(kind, root).records]
-    val = split_records(records, info.get("val_fraction", 0.07), info.get("test_fraction", 0.13))["val"]
-    refs_by_image = captions_by_image(val)
-    images = list(refs_by_image)
-    refs = {str(p): caps for p, caps in refs_by_image.items()}
-    features, grid = features_for(model, images, args.cache_dir, progress=False)
+    sets = []
+    for kind, root in zip(args.dataset, args.data_root):
+        fractions = ((info.get("concept_val_fraction", 0.4), 0.0) if kind == "coco_paired"
+                     else (info.get("val_fraction", 0.07), info.get("test_fraction", 0.13)))
+        refs_by_image = captions_by_image(split_records(read_dataset(kind, root).records, *fractions)["val"])
+        images = list(refs_by_image)
+        features, grid = features_for(model, images, args.cache_dir, progress=False)
+        sets.append((kind, images, {str(p): caps for p, caps in refs_by_image.items()}, features, grid))
+    worlds = [model.decoding.text_world_above if w == "keep" else None if w == "none" else float(w)
+              for w in args.text_world_above]
     requires = [None if r == "none" else float(r) for r in args.require_object_probs]
     minimums = args.min_object_probs
     only_below = None if args.objects_only_below == "none" else float(args.objects_only_below)
     if model.head.objects is None:
         requires, minimums, only_below = [None], [0.0], None
     rows = []
-    for beam in args.beams:
-        for alpha in (args.alphas if beam > 1 else [1.0]):
-            for require in requires:
-                for minimum in minimums:
-                    model.decoding = replace(model.decoding, require_object_prob=require, min_object_prob=minimum,
-                                             objects_only_below=only_below)
-                    results = model.caption_features(features.float(), beam_size=beam, length_alpha=alpha,
-                                                     grid=grid)
-                    scores = caption_scores(refs, {str(p): r.caption for p, r in zip(images, results)},
-                                            meteor=False)
-                    length = sum(len(r.words) for r in results) / len(results)
-                    rows.append({"beam": beam, "alpha": alpha, "require_object_prob": require,
-                                 "min_object_prob": minimum, "bleu4": scores["BLEU-4"], "cider": scores["CIDEr"],
-                                 "object_f1": scores["object_f1"], "words": length})
-                    print(f"beam {beam} alpha {alpha:4.2f} require {require} min {minimum}: BLEU-4 "
-                          f"{scores['BLEU-4']:.4f}  CIDEr {scores['CIDEr']:.4f}  object F1 {scores['object_f1']:.4f}"
-                          f"  words {length:.1f}")
+    settings = [(beam, alpha, require, minimum, world) for beam in args.beams
+                for alpha in (args.alphas if beam > 1 else [1.0]) for require in requires for minimum in minimums
+                for world in worlds]
+    for beam, alpha, require, minimum, world in settings:
+        model.decoding = replace(model.decoding, require_object_prob=require, min_object_prob=minimum,
+                                 objects_only_below=only_below, text_world_above=world)
+        row = {"beam": beam, "alpha": alpha, "require_object_prob": require, "min_object_prob": minimum,
+               "text_world_above": world, "datasets": {}}
+        for kind, images, refs, features, grid in sets:
+            results = model.caption_features(features.float(), beam_size=beam, length_alpha=alpha, grid=grid)
+            scores = caption_scores(refs, {str(p): r.caption for p, r in zip(images, results)}, meteor=False)
+            row["datasets"][kind] = {"images": len(images), "bleu4": scores["BLEU-4"], "cider": scores["CIDEr"],
+                                     "object_f1": scores["object_f1"], "CHAIR_s": scores["CHAIR_s"],
+                                     "person_in_people_free": scores["person_in_people_free"],
+                                     "words": sum(len(r.words) for r in results) / len(results)}
+        for key in ("bleu4", "cider", "object_f1"):
+            row[key] = sum(d[key] for d in row["datasets"].values()) / len(sets)
+        rows.append(row)
+        print(f"beam {beam} alpha {alpha:4.2f} require {require} min {minimum} text world {world}: "
+              + "; ".join(f"{kind} BLEU-4 {d['bleu4']:.4f} CIDEr {d['cider']:.4f} object F1 {d['object_f1']:.4f} "
+                          f"CHAIR_s {d['CHAIR_s']:.3f}" for kind, d in row["datasets"].items()))
+    images = [p for _, photos, *_ in sets for p in photos]
     best = max(rows, key=score)
     print(f"best on {len(images)} validation images by BLEU-4 + CIDEr / 10 + object F1 / 10: beam {best['beam']}, "
           f"alpha {best['alpha']}, require_object_prob {best['require_object_prob']}, "
-          f"min_object_prob {best['min_object_prob']}")
+          f"min_object_prob {best['min_object_prob']}, text_world_above {best['text_world_above']}")
     if args.json_out:
         atomic_write_text(args.json_out, json.dumps({"checkpoint": str(args.checkpoint), "images": len(images),
                                                      "criterion": "BLEU-4 + CIDEr / 10 + object F1 / 10", "best": best,
@@ -102,9 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         model.decoding = replace(model.decoding, beam_size=best["beam"], length_alpha=best["alpha"],
                                  require_object_prob=best["require_object_prob"],
-                                 min_object_prob=best["min_object_prob"], objects_only_below=only_below)
+                                 min_object_prob=best["min_object_prob"], objects_only_below=only_below,
+                                 text_world_above=best["text_world_above"])
         tensors, meta = read_safetensors(args.checkpoint)
-        kept = ("format", "kind", "config", "vocabulary", "decoding", "object_words", "provenance")
+        kept = ("format", "kind", "config", "vocabulary", "decoding", "object_words", "concept_words", "provenance")
         stored = next((t.dtype for t in tensors.values() if t.is_floating_point()), None)  # fp16 stays fp16
         model.save(args.checkpoint, dtype=stored,
                    metadata={k: v for k, v in meta.items() if k not in kept})

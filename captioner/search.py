@@ -1,0 +1,220 @@
+"""Decoding over any decoder's ``step``: greedy, beam search (optionally constrained) and
+sampling, all batched over images.
+
+A decoder (``decoder.py``) offers ``prepare(ctx)`` (per-caption precomputation),
+``init_state(ctx)`` and ``step(tokens, state, ctx) -> (log p, state, attention or
+None)``; its ``start_id`` and ``end_id`` say where captions begin and end. Nothing here
+knows which network it drives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from captioner.decoder import CaptionDecoder, Context, select
+
+
+@dataclass
+class Decoded:
+    """One decoded caption: word ids (without ``<end>``), the probability of each of those
+    words, the sequence's length-normalised log-probability (``<end>`` included) and, from
+    an attention decoder, the attention weights over the grid for each word."""
+
+    ids: list[int]
+    probabilities: list[float]
+    score: float
+    attention: list[list[float]] | None = None
+
+
+def finish(ids: list[int], logps: list[float], end_id: int, alpha: float,
+           attention: list[list[float]] | None = None) -> Decoded:
+    """Cut a decoded sequence at its first ``<end>`` and score it by ``log p / length ** alpha``."""
+    if end_id in ids:
+        cut = ids.index(end_id)
+        total, length = sum(logps[: cut + 1]), cut + 1
+    else:
+        cut = len(ids)
+        total, length = sum(logps), len(ids)
+    probs = torch.tensor(logps[:cut], dtype=torch.float64).exp().tolist()
+    return Decoded(ids[:cut], probs, total / max(length, 1) ** alpha,
+                   attention[:cut] if attention is not None else None)
+
+
+def _rows(ctx: Context) -> int:
+    return len(next(iter(ctx.values())))
+
+
+@torch.inference_mode()
+def greedy(decoder: CaptionDecoder, ctx: Context, max_length: int = 20) -> list[Decoded]:
+    """The most probable word at every step, for all images at once. Stops as soon as every
+    caption has ended (or after ``max_length`` words)."""
+    batch = _rows(ctx)
+    ctx = decoder.prepare(ctx)
+    state = decoder.init_state(ctx)
+    device = state[0].device
+    tokens = torch.full((batch,), decoder.start_id, dtype=torch.long, device=device)
+    ids, logps, weights = [], [], []
+    ended = torch.zeros(batch, dtype=torch.bool, device=device)
+    for _ in range(max_length):
+        logp, state, attention = decoder.step(tokens, state, ctx)
+        best_logp, tokens = logp.max(-1)
+        ids.append(tokens)
+        logps.append(best_logp)
+        if attention is not None:
+            weights.append(attention)
+        ended |= tokens == decoder.end_id
+        if bool(ended.all()):
+            break
+    ids_t, logps_t = torch.stack(ids, 1).tolist(), torch.stack(logps, 1).tolist()
+    attn = torch.stack(weights, 1).tolist() if weights else [None] * batch
+    return [finish(seq, lps, decoder.end_id, 1.0, a) for seq, lps, a in zip(ids_t, logps_t, attn)]
+
+
+@torch.no_grad()
+def sample(decoder: CaptionDecoder, ctx: Context, n: int = 5, max_length: int = 16,
+           temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` captions per image drawn from the model's distribution, for self-critical
+    training. Returns token ids (B * n, T) as ``<start> w1 .. wk <end>`` padded with
+    ``<pad>`` (0), image-major, and their lengths (captions cut at ``max_length`` words
+    get no ``<end>``)."""
+    batch = _rows(ctx)
+    ctx = decoder.prepare(ctx)
+    ctx = select(ctx, torch.arange(batch, device=next(iter(ctx.values())).device).repeat_interleave(n))
+    rows = batch * n
+    state = decoder.init_state(ctx)
+    device = state[0].device
+    tokens = torch.full((rows,), decoder.start_id, dtype=torch.long, device=device)
+    out = [tokens]
+    alive = torch.ones(rows, dtype=torch.bool, device=device)
+    lengths = torch.ones(rows, dtype=torch.long, device=device)
+    for _ in range(max_length):
+        logp, state, _ = decoder.step(tokens, state, ctx)
+        tokens = torch.multinomial((logp / temperature).softmax(-1), 1).squeeze(1)
+        tokens = torch.where(alive, tokens, torch.zeros_like(tokens))
+        out.append(tokens)
+        lengths += alive.long()
+        alive &= tokens != decoder.end_id
+        if not bool(alive.any()):
+            break
+    return torch.stack(out, 1), lengths
+
+
+# ------------------------------------------------------------------------ beam search
+#
+# Every live hypothesis is a row. Rows belong to beams: beam g = 2 * image + done, where
+# done says the caption holds its required token (or needs none). Each step, each beam
+# keeps its best ``beam_size - finished`` continuations; a continuation that picks <end>
+# (or reaches ``max_length``) is finished and leaves the beam, which shrinks.
+
+
+@dataclass
+class _Beams:
+    group: torch.Tensor         # (rows,) the beam of each row
+    score: torch.Tensor         # (rows,) total log-probability
+    seqs: torch.Tensor          # (rows, t) words so far
+    logps: torch.Tensor         # (rows, t) each word's log-probability
+    attention: torch.Tensor | None
+    tokens: torch.Tensor        # (rows,) the last word
+
+
+def _candidates(logp: torch.Tensor, beams: _Beams, must_include: torch.Tensor, n: int):
+    """Each row offers its best ``n`` words to its own beam (the required word aside, while
+    it waits for it), and the required word to the beam of captions that hold it. Written
+    without data-dependent shapes: on a GPU every such shape waits for the device.
+    Returns flat (score, word, row, beam) of every candidate."""
+    group = beams.group
+    required = must_include[group // 2]
+    waiting = (group % 2 == 0) & (required >= 0)
+    extra_word = required.clamp_min(0)[:, None]
+    extra_logp = logp.gather(1, extra_word)
+    ranked = logp.scatter(1, extra_word, torch.where(waiting[:, None], float("-inf"), extra_logp))
+    cand_logp, cand_word = ranked.topk(min(n, logp.shape[1]), dim=1)
+    cand_logp = torch.cat([cand_logp, extra_logp.masked_fill(~waiting[:, None], float("-inf"))], 1)
+    cand_word = torch.cat([cand_word, extra_word], 1)
+    cand_group = torch.cat([group[:, None].expand(-1, cand_word.shape[1] - 1), (group | 1)[:, None]], 1)
+    rows = torch.arange(len(group), device=logp.device)[:, None].expand_as(cand_word)
+    return ((beams.score[:, None] + cand_logp).flatten(), cand_word.flatten(), rows.flatten(),
+            cand_group.flatten())
+
+
+def _best_per_beam(score: torch.Tensor, group: torch.Tensor, room: torch.Tensor) -> torch.Tensor:
+    """Indices of the best candidates of each beam, at most ``room[beam]`` of them, finite
+    scores only: sorted by score, then (stably) by beam."""
+    order = score.argsort(descending=True, stable=True)
+    order = order[group[order].argsort(stable=True)]
+    g_sorted = group[order]
+    rank = torch.arange(len(order), device=score.device) - torch.searchsorted(g_sorted, g_sorted, right=False)
+    return order[(rank < room[g_sorted]) & torch.isfinite(score[order])]
+
+
+@torch.inference_mode()
+def beam_search(decoder: CaptionDecoder, ctx: Context, beam_size: int = 3, max_length: int = 20,
+                length_alpha: float = 1.0, must_include: torch.Tensor | None = None) -> list[Decoded]:
+    """Beam search over all images at once, optionally constrained.
+
+    Among the finished captions the best by ``log p / length ** length_alpha`` wins. With
+    ``beam_size=1`` and no constraint this is exactly greedy decoding.
+
+    ``must_include`` (B,): a token each image's caption must contain (-1: none). This is
+    constrained beam search with one constraint (Anderson et al. 2017): an image has two
+    beams, captions without the token yet and captions with it; a caption moves from the
+    first to the second when it writes the token. The best finished caption of the second
+    beam wins; only if it has none, the first beam's.
+    """
+    if beam_size < 1:
+        raise ValueError("beam_size must be at least 1")
+    ctx = decoder.prepare(ctx)
+    state = decoder.init_state(ctx)
+    device = state[0].device
+    batch = state[0].shape[1]
+    must = (torch.full((batch,), -1, dtype=torch.long) if must_include is None else must_include).to(device)
+    beams = _Beams(group=torch.arange(batch, device=device) * 2 + (must < 0).long(),
+                   score=torch.zeros(batch, device=device), seqs=torch.empty(batch, 0, dtype=torch.long, device=device),
+                   logps=torch.empty(batch, 0, device=device), attention=None,
+                   tokens=torch.full((batch,), decoder.start_id, dtype=torch.long, device=device))
+    image = beams.group // 2  # the image of each row of ``ctx``
+    finished: list[list[Decoded]] = [[] for _ in range(2 * batch)]
+    n_finished = torch.zeros(2 * batch, dtype=torch.long, device=device)
+    for t in range(max_length):
+        logp, state, attention = decoder.step(beams.tokens, state, ctx)
+        if attention is not None:
+            beams.attention = (attention[:, None] if beams.attention is None
+                               else torch.cat([beams.attention, attention[:, None]], 1))
+        score, word, row, group = _candidates(logp, beams, must, beam_size)
+        keep = _best_per_beam(score, group, beam_size - n_finished)
+        score, word, row, group = score[keep], word[keep], row[keep], group[keep]
+        ends = (word == decoder.end_id) | (t == max_length - 1)
+        if bool(ends.any()):
+            _collect(finished, n_finished, beams, logp, row[ends], word[ends], group[ends], decoder.end_id,
+                     length_alpha)
+        live = ~ends
+        row, word = row[live], word[live]
+        if not len(row):
+            break
+        beams = _Beams(group[live], score[live], torch.cat([beams.seqs[row], word[:, None]], 1),
+                       torch.cat([beams.logps[row], logp[row, word][:, None]], 1),
+                       None if beams.attention is None else beams.attention[row], word)
+        state = tuple(s[:, row] for s in state)
+        # the context is the image's, whichever of its beams a row is: gather it again only
+        # when the rows' images change (beams ended), not at every step
+        if len(beams.group) != len(image) or bool((beams.group // 2 != image).any()):
+            ctx, image = select(ctx, row), beams.group // 2
+    return [_best(finished[2 * b + 1] or finished[2 * b]) for b in range(batch)]
+
+
+def _collect(finished: list[list[Decoded]], n_finished: torch.Tensor, beams: _Beams, logp: torch.Tensor,
+             rows: torch.Tensor, words: torch.Tensor, groups: torch.Tensor, end_id: int, alpha: float) -> None:
+    """Move the captions that end now into ``finished`` (fetched from the device in one go)."""
+    ids_all = torch.cat([beams.seqs[rows], words[:, None]], 1).tolist()
+    lps_all = torch.cat([beams.logps[rows], logp[rows, words][:, None]], 1).tolist()
+    attn_all = beams.attention[rows].tolist() if beams.attention is not None else [None] * len(ids_all)
+    for g, ids, lps, attn in zip(groups.tolist(), ids_all, lps_all, attn_all):
+        finished[g].append(finish(ids, lps, end_id, alpha, attn))
+    n_finished += torch.bincount(groups, minlength=len(n_finished))
+
+
+def _best(done: list[Decoded]) -> Decoded:
+    # an image whose every continuation was impossible (non-finite scores) gets no words
+    return max(done, key=lambda d: d.score) if done else Decoded([], [], float("-inf"))
