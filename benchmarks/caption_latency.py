@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -39,10 +38,9 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.common import SHARED, machine, percentiles, require, run_threads, write_results
-from captioner.encoders import build_encoder
+from benchmarks.common import SHARED, load_model, machine, percentiles, require, run_threads, write_results
 from captioner.images import load_image
-from captioner.model import DEFAULT_CHECKPOINT, Captioner, CaptionerConfig
+from captioner.model import DEFAULT_CHECKPOINT, Captioner
 
 STAGES = ("textbook", "fast_decode", "bf16_channels_last", "early_stop", "ours")
 
@@ -51,9 +49,9 @@ def python_loop_greedy(model: Captioner, feature: torch.Tensor, grid: torch.Tens
                        max_length: int = 20) -> list[str]:
     """The textbook sampler: feed the image, then <start>, and always take 20 steps, each
     through torch's oneDNN LSTM kernel where the decoder has one, with a ``.item()`` after each."""
-    dec = model.head.decoder
+    dec = model.network.decoder
     with torch.no_grad(), fused_steps(dec):
-        ctx, detections = model.head.context(feature, grid if model.head.needs_grid else None)
+        ctx, detections = model.network.context(feature, grid if model.network.needs_grid else None)
         ctx = dec.prepare(ctx)
         state = dec.init_state(ctx)
         token = torch.tensor([model.vocab.start_id])
@@ -106,7 +104,7 @@ class Pipelines:
         return python_loop_greedy(self.model, *self.encoder.encode(x, grid=True))
 
     def early_stop(self, path: Path) -> list[str]:
-        with fused_steps(self.model.head.decoder):
+        with fused_steps(self.model.network.decoder):
             return self.ours(path)
 
     def ours(self, path: Path, beam_size: int = 1) -> list[str]:
@@ -156,43 +154,6 @@ def encoder_throughput(encoder, batch: int, repeats: int) -> float:
         encoder.encode(x)
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2] / batch  # seconds per image
-
-
-def load_model(name: str) -> tuple[Captioner, torch.nn.Module, str]:
-    """The captioner to time, the textbook's backbone (the same weights as plain float32
-    eager modules: no BatchNorm folding, no bf16, no channels_last), and where the weights
-    come from. Lite0 is the shipped captioner. ResNet-152 has no ImageNet weights on this
-    machine: it gets random weights, a random projection and the shipped model's trained
-    LSTM decoder, so captions end when a trained decoder ends them."""
-    if name == "efficientnet_lite0" and DEFAULT_CHECKPOINT.is_file():
-        model = Captioner.from_checkpoint(DEFAULT_CHECKPOINT)
-        return model, build_encoder(name, optimize=False).backbone.eval(), "shipped captioner"
-    torch.manual_seed(0)
-    encoder = build_encoder(name, weights="random")
-    torch.manual_seed(0)
-    plain = build_encoder(name, weights="random", optimize=False).backbone.eval()
-    shipped = None
-    if DEFAULT_CHECKPOINT.is_file():
-        shipped = Captioner.from_checkpoint(DEFAULT_CHECKPOINT, load_encoder=False)
-    if shipped is None:
-        from captioner.vocabulary import Vocabulary
-
-        vocab = Vocabulary(["<pad>", "<start>", "<end>", "<unk>", *[f"w{i}" for i in range(3000)]])
-        base = CaptionerConfig()
-    else:
-        vocab, base = shipped.vocab, shipped.config
-    # the shipped decoder's kind and sizes, without what needs the ImageNet classifier the random
-    # CNN lacks (object slots, concepts, familiarity)
-    config = replace(base, encoder=name, feature_dim=encoder.feature_dim, vocab_size=len(vocab), object_slots=0,
-                     object_words=0, concepts=0, familiarity_dim=0, familiarity_references=0,
-                     familiarity_calibration=0, familiarity_worlds=0)
-    model = Captioner(config, vocab, encoder).eval()
-    if shipped is None:
-        return model, plain, "random weights, random decoder"
-    trained = {k: v.float() for k, v in shipped.head.decoder.state_dict().items() if not k.startswith("slots.")}
-    model.head.decoder.load_state_dict(trained)
-    return model, plain, (f"random CNN weights and projections, the shipped {base.decoder} LSTM decoder without its "
-                          "object slots")
 
 
 def device_rows(photos: list[Path], checkpoint: Path = DEFAULT_CHECKPOINT) -> dict:

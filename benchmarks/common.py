@@ -1,16 +1,30 @@
-"""Helpers for the benchmarks: the machine's description, percentiles, results files."""
+"""What several benchmarks (and tests) share: the machine's description, percentiles, results
+files, starting and calling the app, hostile files, and the models they time."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import platform
+import socket
 import statistics
+import struct
+import subprocess
+import sys
 import threading
 import time
+import zlib
+from dataclasses import replace
 from pathlib import Path
 
+import httpx
+import numpy as np
 import torch
+from PIL import Image
+
+from captioner.encoders import build_encoder
+from captioner.model import DEFAULT_CHECKPOINT, Captioner, CaptionerConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SHARED = Path(os.environ.get("CAPTIONER_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -78,3 +92,124 @@ def require(path: Path, what: str) -> Path:
     if not path.exists():
         raise SystemExit(f"error: {what} not found at {path} (set CAPTIONER_SHARED_DATA)")
     return path
+
+
+# ------------------------------------------------------------------ the app on loopback
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_app(port: int, batching: bool, env: dict | None = None, args: list[str] = ()) -> subprocess.Popen:
+    env = {**os.environ, "CAPTIONER_BATCHING": "1" if batching else "0", "GRADIO_ANALYTICS_ENABLED": "False",
+           "HF_HUB_OFFLINE": "1", **(env or {})}
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc.startup_seconds = wait_until_up(f"http://127.0.0.1:{port}", proc)
+    return proc
+
+
+def wait_until_up(base: str, proc: subprocess.Popen, timeout: float = 90.0) -> float:
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the app exited: {proc.stderr.read().decode()[-2000:]}")
+        try:
+            if httpx.get(base + "/", timeout=2).status_code == 200:
+                return time.perf_counter() - start
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"the app did not answer within {timeout} s")
+
+
+def upload(client: httpx.Client, base: str, path: Path) -> str:
+    with open(path, "rb") as f:
+        r = client.post(base + "/gradio_api/upload", files={"files": (path.name, f, "image/jpeg")})
+    r.raise_for_status()
+    return r.json()[0]
+
+
+def call(client: httpx.Client, base: str, endpoint: str, data: list) -> tuple[str, object]:
+    """One API call: (event, payload), event 'complete' or 'error'."""
+    r = client.post(f"{base}/gradio_api/call/{endpoint}", json={"data": data})
+    if r.status_code != 200:  # e.g. 503 when the queue is full
+        return f"http-{r.status_code}", r.text
+    event_id = r.json()["event_id"]
+    event = None
+    with client.stream("GET", f"{base}/gradio_api/call/{endpoint}/{event_id}") as stream:
+        for line in stream.iter_lines():
+            if line.startswith("event:"):
+                event = line.split(":", 1)[1].strip()
+            elif line.startswith("data:") and event in ("complete", "error"):
+                payload = line.split(":", 1)[1].strip()
+                return event, json.loads(payload) if payload and payload != "null" else None
+    return "closed", None
+
+
+# --------------------------------------------------------------------- hostile files
+
+PHOTO = Image.fromarray(np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8))
+
+
+def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def png_bomb(width: int = 30000, height: int = 30000) -> bytes:
+    """A real, valid 30000x30000 grey PNG of zeros: under a megabyte on disk, 900 MB decoded."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    compressor, parts, row = zlib.compressobj(9), [], b"\0" * (width + 1)
+    for _ in range(height // 100):
+        parts.append(compressor.compress(row * 100))
+    parts.append(compressor.flush())
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b"")
+
+
+# ----------------------------------------------------------------- models to time
+
+def load_model(name: str) -> tuple[Captioner, torch.nn.Module, str]:
+    """The captioner to time, the textbook's backbone (the same weights as plain float32
+    eager modules: no BatchNorm folding, no bf16, no channels_last), and where the weights
+    come from. Lite0 is the shipped captioner. ResNet-152 has no ImageNet weights on this
+    machine: it gets random weights, a random projection and the shipped model's trained
+    LSTM decoder, so captions end when a trained decoder ends them."""
+    if name == "efficientnet_lite0" and DEFAULT_CHECKPOINT.is_file():
+        model = Captioner.from_checkpoint(DEFAULT_CHECKPOINT)
+        return model, build_encoder(name, optimize=False).backbone.eval(), "shipped captioner"
+    torch.manual_seed(0)
+    encoder = build_encoder(name, weights="random")
+    torch.manual_seed(0)
+    plain = build_encoder(name, weights="random", optimize=False).backbone.eval()
+    shipped = None
+    if DEFAULT_CHECKPOINT.is_file():
+        shipped = Captioner.from_checkpoint(DEFAULT_CHECKPOINT, load_encoder=False)
+    if shipped is None:
+        from captioner.vocabulary import Vocabulary
+
+        vocab = Vocabulary(["<pad>", "<start>", "<end>", "<unk>", *[f"w{i}" for i in range(3000)]])
+        base = CaptionerConfig()
+    else:
+        vocab, base = shipped.vocab, shipped.config
+    # the shipped decoder's kind and sizes, without what needs the ImageNet classifier the random
+    # CNN lacks (object slots, concepts, familiarity)
+    config = replace(base, encoder=name, feature_dim=encoder.feature_dim, vocab_size=len(vocab), object_slots=0,
+                     object_words=0, concepts=0, familiarity_dim=0, familiarity_references=0,
+                     familiarity_calibration=0, familiarity_worlds=0)
+    model = Captioner(config, vocab, encoder).eval()
+    if shipped is None:
+        return model, plain, "random weights, random decoder"
+    trained = {k: v.float() for k, v in shipped.network.decoder.state_dict().items() if not k.startswith("slots.")}
+    model.network.decoder.load_state_dict(trained)
+    return model, plain, (f"random CNN weights and projections, the shipped {base.decoder} LSTM decoder without its "
+                          "object slots")

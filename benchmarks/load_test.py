@@ -32,9 +32,7 @@ import httpx
 import numpy as np
 from PIL import Image, ImageDraw
 
-from benchmarks.common import SHARED, run_threads, write_results
-from benchmarks.hostile import PHOTO, encode, png_bomb
-from benchmarks.serving_throughput import call, free_port, start_app
+from benchmarks.common import PHOTO, SHARED, call, encode, free_port, png_bomb, run_threads, start_app, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,73 +12,15 @@ images of concurrent requests go through the CNN and the decoder together.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import httpx
 
-from benchmarks.common import SHARED, require, run_threads, write_results
+from benchmarks.common import SHARED, call, free_port, require, run_threads, start_app, upload, write_results
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_app(port: int, batching: bool, env: dict | None = None, args: list[str] = ()) -> subprocess.Popen:
-    env = {**os.environ, "CAPTIONER_BATCHING": "1" if batching else "0", "GRADIO_ANALYTICS_ENABLED": "False",
-           "HF_HUB_OFFLINE": "1", **(env or {})}
-    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), *args], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    proc.startup_seconds = wait_until_up(f"http://127.0.0.1:{port}", proc)
-    return proc
-
-
-def wait_until_up(base: str, proc: subprocess.Popen, timeout: float = 90.0) -> float:
-    start = time.perf_counter()
-    while time.perf_counter() - start < timeout:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the app exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            if httpx.get(base + "/", timeout=2).status_code == 200:
-                return time.perf_counter() - start
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"the app did not answer within {timeout} s")
-
-
-def upload(client: httpx.Client, base: str, path: Path) -> str:
-    with open(path, "rb") as f:
-        r = client.post(base + "/gradio_api/upload", files={"files": (path.name, f, "image/jpeg")})
-    r.raise_for_status()
-    return r.json()[0]
-
-
-def call(client: httpx.Client, base: str, endpoint: str, data: list) -> tuple[str, object]:
-    """One API call: (event, payload), event 'complete' or 'error'."""
-    r = client.post(f"{base}/gradio_api/call/{endpoint}", json={"data": data})
-    if r.status_code != 200:  # e.g. 503 when the queue is full
-        return f"http-{r.status_code}", r.text
-    event_id = r.json()["event_id"]
-    event = None
-    with client.stream("GET", f"{base}/gradio_api/call/{endpoint}/{event_id}") as stream:
-        for line in stream.iter_lines():
-            if line.startswith("event:"):
-                event = line.split(":", 1)[1].strip()
-            elif line.startswith("data:") and event in ("complete", "error"):
-                payload = line.split(":", 1)[1].strip()
-                return event, json.loads(payload) if payload and payload != "null" else None
-    return "closed", None
 
 
 def caption_data(server_path: str, beam: int) -> list:

@@ -24,8 +24,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torch.nn.utils.rnn import pad_sequence
 
-from benchmarks.caption_latency import load_model
-from benchmarks.common import SHARED, require, write_results
+from benchmarks.common import SHARED, load_model, require, write_results
 from captioner.datasets import read_dataset
 from captioner.devices import synchronize
 from captioner.features import FeatureCache
@@ -42,9 +41,9 @@ def batches(records, vocab, batch_size: int, count: int):
 
 
 def decoder_step(model, optimizer, features, caps, lengths) -> None:
-    model.head.train()
+    model.network.train()
     device = features.device
-    loss = caption_loss(model.head, features, caps.to(device), lengths)
+    loss = caption_loss(model.network, features, caps.to(device), lengths)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
@@ -52,7 +51,7 @@ def decoder_step(model, optimizer, features, caps, lengths) -> None:
 
 def textbook_loop(model, backbone, records, batch_size: int, steps: int) -> float:
     pre = model.require_encoder().preprocess
-    optimizer = torch.optim.Adam(model.head.parameters(), lr=1e-4)
+    optimizer = torch.optim.Adam(model.network.parameters(), lr=1e-4)
     start = time.perf_counter()
     for chunk, caps, lengths in batches(records, model.vocab, batch_size, steps):
         images = [Image.open(r.image).convert("RGB").resize((pre.size, pre.size), Image.Resampling.LANCZOS)
@@ -67,7 +66,7 @@ def textbook_loop(model, backbone, records, batch_size: int, steps: int) -> floa
 
 
 def cached_loop(model, records, features_by_image, batch_size: int, steps: int) -> float:
-    optimizer = torch.optim.Adam(model.head.parameters(), lr=1e-4)
+    optimizer = torch.optim.Adam(model.network.parameters(), lr=1e-4)
     device = model.device
     start = time.perf_counter()
     for chunk, caps, lengths in batches(records, model.vocab, batch_size, steps):
@@ -79,13 +78,13 @@ def cached_loop(model, records, features_by_image, batch_size: int, steps: int) 
 
 def gpu_rows(model, plain, sample, by_image, batch_size: int, textbook_steps: int, cached_steps: int) -> dict:
     """The same two loops on this machine's GPU (the textbook CNN in float32 there too)."""
-    model.head.cuda()
+    model.network.cuda()
     plain = plain.cuda()
     cached_loop(model, sample, by_image, batch_size, 3)  # warm up
     textbook_loop(model, plain, sample, batch_size, 1)
     textbook = textbook_loop(model, plain, sample, batch_size, textbook_steps)
     cached = cached_loop(model, sample, by_image, batch_size, cached_steps)
-    model.head.cpu()
+    model.network.cpu()
     return {"device": torch.cuda.get_device_name(0), "textbook_captions_per_second": round(textbook, 1),
             "cached_captions_per_second": round(cached, 1), "speedup_per_epoch": round(cached / textbook, 1),
             "epoch_minutes_cached": round(EPOCH_CAPTIONS / cached / 60, 2)}

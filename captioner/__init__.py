@@ -1,3 +1,3 @@
-"""An LSTM image captioner and three more LSTM demos (MNIST rows, hand trajectories, ConvLSTM frames)."""
+"""An LSTM image captioner: encoder, object and concept detectors, LSTM decoders, search."""
 
-__version__ = "0.1.0"
+__version__ = "0.3.0"

@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     except (CheckpointError, EncoderWeightsError, DeviceError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if args.attention_dir is not None and not model.head.attends:
+    if args.attention_dir is not None and not model.network.attends:
         print(f"error: {checkpoint} is a {model.config.decoder} model; only attention models have maps to draw",
               file=sys.stderr)
         return 2

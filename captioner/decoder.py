@@ -31,7 +31,7 @@ written out as its object's word, which may be a word no training caption contai
 ("a <obj1> sitting on a table" -> "a pizza sitting on a table").
 
 Everything an image contributes is in a *context*: a dict of per-image tensors (dim 0 is
-the image) built by ``model.CaptionHead``. Decoding is greedy or beam search, batched
+the image) built by ``model.CaptionNetwork``. Decoding is greedy or beam search, batched
 over images; each returns the ids of the words, the probability the model gave each of
 them, and (attention) where it looked for each (``search.py``).
 """
@@ -221,7 +221,7 @@ class ShowTellDecoder(CaptionDecoder):
 class AttentionDecoder(CaptionDecoder):
     """Show, Attend and Tell with soft attention over the encoder's grid.
 
-    ``ctx["grid"]`` (B, L, D): the grid's cells projected to ``D`` (``model.CaptionHead``);
+    ``ctx["grid"]`` (B, L, D): the grid's cells projected to ``D`` (``model.CaptionNetwork``);
     ``ctx["image"]`` (B, embed_dim): the pooled image (and objects), which sets the initial
     state. One layer: the LSTM step is ``lstm.LSTMCell``."""
 

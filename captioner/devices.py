@@ -56,22 +56,26 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
     if device.type == "cpu":
         return device
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            built = f"torch {torch.__version__}" + (f" built for CUDA {torch.version.cuda}" if torch.version.cuda
-                                                   else ", a CPU-only build")
-            raise DeviceError(f"--device {spec} asks for a CUDA GPU, but {built} sees none here "
-                              f"(this machine has {describe_available()}); use --device auto or cpu")
-        index = 0 if device.index is None else device.index
-        if index >= torch.cuda.device_count():
-            raise DeviceError(f"--device {spec} asks for GPU {index}, but this machine has "
-                              f"{torch.cuda.device_count()} (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
-        return torch.device("cuda", index)
+        return _cuda(spec, device)
     if device.type == "mps":
         if not _mps_available():
             raise DeviceError(f"--device mps asks for Apple's GPU (Metal), which this machine does not have "
                               f"(it has {describe_available()}); use --device auto")
         return device
     raise DeviceError(f"--device {spec!r} is not supported here; use {DEVICE_CHOICES}")
+
+
+def _cuda(spec: str, device: torch.device) -> torch.device:
+    if not torch.cuda.is_available():
+        built = f"torch {torch.__version__}" + (f" built for CUDA {torch.version.cuda}" if torch.version.cuda
+                                               else ", a CPU-only build")
+        raise DeviceError(f"--device {spec} asks for a CUDA GPU, but {built} sees none here "
+                          f"(this machine has {describe_available()}); use --device auto or cpu")
+    index = 0 if device.index is None else device.index
+    if index >= torch.cuda.device_count():
+        raise DeviceError(f"--device {spec} asks for GPU {index}, but this machine has "
+                          f"{torch.cuda.device_count()} (cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    return torch.device("cuda", index)
 
 
 def fast_bf16(device: torch.device | str = "cpu") -> bool:

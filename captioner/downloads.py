@@ -161,7 +161,7 @@ def download_mnist(root: Path, mirrors: list[str] = MNIST_MIRRORS, progress: boo
 
 def download_trajectories(root: Path, url: str = UCI_TRAJECTORIES_URL, progress: bool = True) -> Path:
     """UCI Character Trajectories (CC BY 4.0): ``root/char_trajectories/mixoutALL_shifted.mat``,
-    whose ``mixout`` sequences ``captioner.trajectory.read_mat_sequences`` reads."""
+    whose ``mixout`` sequences ``demos.trajectory.model.read_mat_sequences`` reads."""
     folder = root / "char_trajectories"
     target = folder / "mixoutALL_shifted.mat"
     if target.exists():

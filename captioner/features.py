@@ -195,7 +195,7 @@ def features_for(model, images: Sequence[str | os.PathLike], cache_dir: str | os
     encoder = model.require_encoder()
     pooled_cache = FeatureCache(cache_dir, encoder)
     grid = None
-    if model.head.needs_grid:  # the grid pass fills the pooled cache too
+    if model.network.needs_grid:  # the grid pass fills the pooled cache too
         grid = FeatureCache(cache_dir, encoder, grid=True, pooled_too=pooled_cache).get(images, **kwargs)[0]
     pooled, _ = pooled_cache.get(images, **kwargs)
     return pooled, grid

@@ -150,3 +150,20 @@ def _mb(n: int) -> str:
 def _short(err: BaseException) -> str:
     text = str(err).strip().rstrip(".") or type(err).__name__
     return text if len(text) <= 120 else text[:117] + "..."
+
+
+def load_data_url(url: object, max_bytes: int = MAX_BYTES, **kwargs) -> Image.Image:
+    """A photo a page sends as a data URL (``data:image/...;base64,...``: a webcam shot, a
+    pasted photo, a drawing) -> a safe RGB image through ``load_image``, or ``ImageError``."""
+    import base64
+    import binascii
+
+    if not isinstance(url, str) or not url.startswith("data:image/") or "," not in url:
+        raise ImageError("it is not an image sent by the page")
+    if len(url) > max_bytes * 4 // 3 + 100:
+        raise ImageError(f"it is larger than {max_bytes // 1_000_000} MB")
+    try:
+        data = base64.b64decode(url.split(",", 1)[1], validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise ImageError("its data is not valid base64") from err
+    return load_image(data, **kwargs)

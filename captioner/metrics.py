@@ -79,7 +79,25 @@ def best_constant_caption(references: Sequence[Sequence[str]], candidates: Seque
     reference length) for each candidate, computed from per-n-gram tables so that
     thousands of candidates take seconds."""
     refs = [[tokenize(r) for r in image_refs] for image_refs in references]
-    # clip[g][k]: summed over images, min(k, the most times any reference of that image has g)
+    clip = _clip_table(refs)
+    ref_lengths = [[len(r) for r in image_refs] for image_refs in refs]
+    best, best_score = "", -1.0
+    for text in dict.fromkeys(" ".join(tokenize(c)) for c in candidates):
+        words = text.split()
+        log_precision = _log_precision(words, clip, len(refs)) if words else float("-inf")
+        if log_precision == float("-inf"):
+            continue
+        hyp_len = len(words) * len(refs)
+        ref_len = sum(min(lengths, key=lambda x: (abs(x - len(words)), x)) for lengths in ref_lengths)
+        bp = 1.0 if hyp_len > ref_len else math.exp(1 - ref_len / hyp_len)
+        score = bp * math.exp(log_precision)
+        if score > best_score:
+            best, best_score = text, score
+    return best, best_score
+
+
+def _clip_table(refs: list[list[list[str]]]) -> dict[tuple, list[int]]:
+    """clip[g][k]: summed over images, min(k, the most times any reference of that image has g)."""
     clip: dict[tuple, list[int]] = {}
     for image_refs in refs:
         most: Counter = Counter()
@@ -91,30 +109,20 @@ def best_constant_caption(references: Sequence[Sequence[str]], candidates: Seque
             row = clip.setdefault(g, [0] * 8)
             for k in range(1, 8):
                 row[k] += min(k, c)
-    ref_lengths = [[len(r) for r in image_refs] for image_refs in refs]
-    best, best_score = "", -1.0
-    for text in dict.fromkeys(" ".join(tokenize(c)) for c in candidates):
-        words = text.split()
-        if not words:
-            continue
-        log_precision = 0.0
-        for n in range(1, 5):
-            grams = ngrams(words, n)
-            total = sum(grams.values()) * len(refs)
-            matched = sum(clip.get(g, [0] * 8)[min(c, 7)] for g, c in grams.items())
-            if total == 0 or matched == 0:
-                log_precision = float("-inf")
-                break
-            log_precision += math.log(matched / total) / 4
-        if log_precision == float("-inf"):
-            continue
-        hyp_len = len(words) * len(refs)
-        ref_len = sum(min(lengths, key=lambda x: (abs(x - len(words)), x)) for lengths in ref_lengths)
-        bp = 1.0 if hyp_len > ref_len else math.exp(1 - ref_len / hyp_len)
-        score = bp * math.exp(log_precision)
-        if score > best_score:
-            best, best_score = text, score
-    return best, best_score
+    return clip
+
+
+def _log_precision(words: list[str], clip: dict[tuple, list[int]], images: int) -> float:
+    """The mean log clipped n-gram precision (n = 1..4) of ``words`` as every image's caption."""
+    log_precision = 0.0
+    for n in range(1, 5):
+        grams = ngrams(words, n)
+        total = sum(grams.values()) * images
+        matched = sum(clip.get(g, [0] * 8)[min(c, 7)] for g, c in grams.items())
+        if total == 0 or matched == 0:
+            return float("-inf")
+        log_precision += math.log(matched / total) / 4
+    return log_precision
 
 
 def _agreement(a: list[str], b: list[str]) -> float:

@@ -1,14 +1,16 @@
-"""Captioner = image encoder + object detector + projection + LSTM decoder + vocabulary.
+"""Captioner = image encoder + detectors + projection + LSTM decoder + vocabulary.
 
-    upload -> images.load_image -> encoder.preprocess -> encoder (bf16, channels_last)
-           -> objects (the encoder's ImageNet classifier, as words) + projection
-           -> decoder (greedy or beam) -> vocabulary.decode (slots become object words)
-           -> CaptionResult (text, words, probabilities, objects, familiarity)
+    upload -> images.load_image -> encoder.preprocess -> encoder (bf16, channels_last: grid + pooled)
+           -> objects (the encoder's ImageNet classifier, as words), concepts (learned from
+              captions, concepts.py) and familiarity -> a per-image context
+           -> search over the decoder's step (greedy or beam, search.py)
+           -> ids to words (slots become object words, articles fixed: vocabulary.py)
+           -> CaptionResult (text, words, probabilities, objects and concepts, familiarity, attention)
 
-Only the projection and the decoder are trained; the checkpoint also holds the copy of the
-encoder's classifier that finds the objects and the familiarity references, and names
-the encoder, which is rebuilt from its own source (torchvision, or the packaged Lite0
-weights).
+``CaptionNetwork`` holds every trained weight: the projections, the concept detectors and
+the decoder are trained; the checkpoint also holds the copy of the encoder's classifier
+that finds the objects and the familiarity references, and names the encoder, which is
+rebuilt from its own source (torchvision, or the packaged Lite0 weights).
 
 Three kinds of settings, kept apart (as nanoGPT keeps the model's arguments apart from
 how a run uses them):
@@ -39,6 +41,7 @@ from captioner.checkpoint import (
     config_from_dict,
     load_model,
     load_state_strict,
+    read_metadata,
     save_model,
 )
 from captioner.concepts import ConceptDetector
@@ -47,7 +50,7 @@ from captioner.encoders import ImageEncoder, build_encoder
 from captioner.familiarity import Familiarity
 from captioner.objects import Detections, ObjectDetector
 from captioner.search import Decoded
-from captioner.vocabulary import Vocabulary
+from captioner.vocabulary import Vocabulary, fix_article
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +89,7 @@ class CaptionerConfig:
 class DecodingConfig:
     """How captions are decoded unless the caller says otherwise."""
 
-    beam_size: int = 3
+    beam_size: int = 5
     length_alpha: float = 1.0      # beam search length normalisation exponent
     max_length: int = 20
     min_object_prob: float = 0.0   # objects the classifier is less sure of are never copied
@@ -128,8 +131,10 @@ class FeatureProjection(nn.Module):
         return self.linear(self.dropout(self.norm(features)))
 
 
-class CaptionHead(nn.Module):
-    """Everything a checkpoint holds: projection, decoder, object detector, familiarity."""
+class CaptionNetwork(nn.Module):
+    """Every trained weight of a captioner, and what it computes from the encoder's output:
+    the feature projection, the object detector, the concept detectors, familiarity, and
+    the LSTM decoder. A checkpoint holds exactly this module's state."""
 
     def __init__(self, config: CaptionerConfig, vocab: Vocabulary):
         super().__init__()
@@ -183,29 +188,36 @@ class CaptionHead(nn.Module):
         ctx: Context = {}
         if self.objects is not None:
             detections = self.objects(features) if detections is None else detections
-            probs = detections.probs.masked_fill(detections.probs < min_object_prob, 0.0)
-            ctx.update(self.decoder.slots.context(self.objects.word_vectors[detections.words], probs))
-            if swap is not None:
-                swapped = torch.where(swap >= 0, swap, detections.words)
-                ctx["objects_key"] = self.decoder.slots.context(self.objects.word_vectors[swapped], probs)["objects"]
-            if min_object_prob > 0:
-                ctx["objects_logp"] = ctx["objects_logp"].masked_fill(probs == 0, float("-inf"))
-            image = image + (probs[..., None] * ctx["objects"]).sum(1)
+            image = image + self._object_context(ctx, detections, min_object_prob, swap)
         if self.concepts is not None:
             if concepts is None:
-                if grid is None:
-                    raise ValueError("the concept detectors need the encoder's grid features")
-                concepts = self.concepts(grid)
+                concepts = self.concepts(self._require(grid, "the concept detectors"))
             ctx["concepts"] = concepts
             image = image + self.concept_projection(concepts)
         ctx["image"] = image
         if self.attends:
-            if grid is None:
-                raise ValueError("the attention decoder needs the encoder's grid features")
-            ctx["grid"] = self.grid_projection(grid.float())
+            ctx["grid"] = self.grid_projection(self._require(grid, "the attention decoder").float())
             if keep is not None:
                 ctx["grid"] = ctx["grid"] * keep[:, None, None]
         return ctx, detections
+
+    def _object_context(self, ctx: Context, detections: Detections, min_object_prob: float,
+                        swap: torch.Tensor | None) -> torch.Tensor:
+        """Put the object slots' context in ``ctx``; return the objects' share of the image."""
+        probs = detections.probs.masked_fill(detections.probs < min_object_prob, 0.0)
+        ctx.update(self.decoder.slots.context(self.objects.word_vectors[detections.words], probs))
+        if swap is not None:
+            swapped = torch.where(swap >= 0, swap, detections.words)
+            ctx["objects_key"] = self.decoder.slots.context(self.objects.word_vectors[swapped], probs)["objects"]
+        if min_object_prob > 0:
+            ctx["objects_logp"] = ctx["objects_logp"].masked_fill(probs == 0, float("-inf"))
+        return (probs[..., None] * ctx["objects"]).sum(1)
+
+    @staticmethod
+    def _require(grid: torch.Tensor | None, who: str) -> torch.Tensor:
+        if grid is None:
+            raise ValueError(f"{who} need the encoder's grid features")
+        return grid
 
     def forward(self, features: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor,
                 grid: torch.Tensor | None = None, swap: torch.Tensor | None = None,
@@ -239,7 +251,6 @@ class CaptionHead(nn.Module):
         return decoded, detections, ctx
 
 
-_VOWEL_SOUND_EXCEPTIONS = ("uni", "use", "one", "eu", "ur")
 
 
 class Captioner(nn.Module):
@@ -257,7 +268,7 @@ class Captioner(nn.Module):
         self.decoding = decoding or DecodingConfig()
         self.object_words = list(object_words)
         self.concept_words = list(concept_words)
-        self.head = CaptionHead(config, vocab)
+        self.network = CaptionNetwork(config, vocab)
         self.encoder = encoder
         self.provenance: dict[str, str] = {}
         if encoder is not None and encoder.feature_dim != config.feature_dim:
@@ -291,18 +302,18 @@ class Captioner(nn.Module):
                              familiarity_worlds=int(text_world is not None))
         model = cls(config, vocab, decoding=decoding, object_words=object_words, concept_words=concept_words)
         if config.object_slots:
-            model.head.objects.fill(encoder.classifier, class_word)
+            model.network.objects.fill(encoder.classifier, class_word)
         if familiarity is not None:
-            model.head.familiarity.load_state_dict(familiarity.state_dict())
+            model.network.familiarity.load_state_dict(familiarity.state_dict())
         model.provenance["encoder_weights_id"] = encoder.weights_id
         return model
 
     @torch.no_grad()
     def detected_object_words(self, features: torch.Tensor, batch_size: int = 1024) -> list[list[str]]:
         """The object words of each image's slots, most probable first (none without slots)."""
-        if self.head.objects is None:
+        if self.network.objects is None:
             return [[] for _ in range(len(features))]
-        words = torch.cat([self.head.objects(features[i:i + batch_size].float()).words
+        words = torch.cat([self.network.objects(features[i:i + batch_size].float()).words
                            for i in range(0, len(features), batch_size)]) if len(features) else []
         return [[self.object_words[w] for w in row] for row in words.tolist()]
 
@@ -314,17 +325,17 @@ class Captioner(nn.Module):
                          grid: torch.Tensor | None = None) -> list[CaptionResult]:
         """Captions of precomputed encoder features (B, feature_dim) (and, for attention,
         grid features (B, L, feature_dim))."""
-        self.head.eval()
+        self.network.eval()
         d = self.decoding
         decoding = replace(d, beam_size=beam_size or d.beam_size, max_length=max_length or d.max_length,
                            length_alpha=d.length_alpha if length_alpha is None else length_alpha)
         features = features.to(self.device)
         grid = None if grid is None else grid.to(self.device)
         familiar = text_world = None
-        if self.head.familiarity is not None:
-            familiar = self.head.familiarity(features)
-            text_world = self.head.familiarity.text_world(features)
-        decoded, detections, ctx = self.head.decode(features, decoding, grid if self.head.needs_grid else None,
+        if self.network.familiarity is not None:
+            familiar = self.network.familiarity(features)
+            text_world = self.network.familiarity.text_world(features)
+        decoded, detections, ctx = self.network.decode(features, decoding, grid if self.network.needs_grid else None,
                                                     familiar, text_world)
         n = len(decoded)
         familiarity = familiar.tolist() if familiar is not None else [None] * n
@@ -336,7 +347,7 @@ class Captioner(nn.Module):
             for row, probs in zip(objects, ctx["concepts"].tolist()):
                 row += self._concepts(probs)
         grid_size = None
-        if grid is not None and self.head.attends:
+        if grid is not None and self.network.attends:
             side = int(round(grid.shape[1] ** 0.5))
             grid_size = (side, grid.shape[1] // side)
         return [self._result(*row, grid_size) for row in zip(decoded, objects, familiarity)]
@@ -348,7 +359,7 @@ class Captioner(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(self.head.parameters()).device
+        return next(self.network.parameters()).device
 
     @torch.inference_mode()
     def caption(self, images: Sequence[Image.Image], beam_size: int | None = None,
@@ -363,7 +374,7 @@ class Captioner(nn.Module):
                         max_length: int | None = None) -> list[CaptionResult]:
         """Captions of images already preprocessed by ``encoder.preprocess`` (B, 3, H, W)."""
         encoder = self.require_encoder()
-        if self.head.needs_grid:
+        if self.network.needs_grid:
             pooled, grid = encoder.encode(batch, grid=True)
             return self.caption_features(pooled, beam_size, max_length, grid=grid)
         return self.caption_features(encoder.encode(batch), beam_size, max_length)
@@ -378,7 +389,12 @@ class Captioner(nn.Module):
         names = [o["word"] for o in objects]
         words, probs, attention = [], [], [] if decoded.attention is not None else None
         for n, i in enumerate(decoded.ids):  # ids hold no <start>/<pad>/<end>: probabilities align
+            had = len(words)
             phrase = self._phrase(i, names, words)
+            if len(words) < had:  # an article dropped before a mass noun
+                del probs[-1]
+                if attention is not None:
+                    del attention[-1]
             words += phrase
             probs += [round(decoded.probabilities[n], 6)] * len(phrase)
             if attention is not None:
@@ -387,14 +403,13 @@ class Captioner(nn.Module):
                              None if familiarity is None else round(familiarity, 4), attention, grid)
 
     def _phrase(self, token: int, objects: Sequence[str], before: list[str]) -> list[str]:
-        """The word(s) of one token: a slot is its object's word ("a" before it becomes
-        "an" where the object's word wants it)."""
-        first_slot = self.head.decoder.first_slot
+        """The word(s) of one token: a slot is its object's word, with the article before
+        it corrected for that word (``vocabulary.fix_article``)."""
+        first_slot = self.network.decoder.first_slot
         if token < first_slot:
             return [self.vocab.words[token]]
         phrase = objects[token - first_slot].split()
-        if before and before[-1] == "a" and _vowel_sound(phrase[0]):
-            before[-1] = "an"
+        fix_article(before, phrase)
         return phrase
 
     def words_of(self, ids: Sequence[int], objects: Sequence[str]) -> list[str]:
@@ -417,11 +432,29 @@ class Captioner(nn.Module):
         provenance = dict(self.provenance)
         if self.encoder is not None:
             provenance["encoder_weights_id"] = self.encoder.weights_id
-        save_model(path, "captioner", self.config, self.head.state_dict(),
+        save_model(path, "captioner", self.config, self.network.state_dict(),
                    {**(metadata or {}), "vocabulary": self.vocab.to_json(),
                     "decoding": json.dumps(asdict(self.decoding)), "object_words": json.dumps(self.object_words),
                     "concept_words": json.dumps(self.concept_words),
                     "provenance": json.dumps(provenance)}, dtype=dtype)
+
+    @staticmethod
+    def _settings(meta: dict[str, str], path) -> tuple[CaptionerConfig, DecodingConfig]:
+        try:
+            config = config_from_dict(CaptionerConfig, json.loads(meta["config"]), path)
+            decoding = config_from_dict(DecodingConfig, json.loads(meta.get("decoding", "{}")), path)
+        except (KeyError, ValueError, TypeError) as err:
+            raise CheckpointError(f"{path} has unreadable metadata ({err})") from err
+        return config, decoding
+
+    @classmethod
+    def read_settings(cls, path: str | os.PathLike = DEFAULT_CHECKPOINT) -> tuple[CaptionerConfig, DecodingConfig]:
+        """A checkpoint's config and default decoding, from its metadata alone (cheap)."""
+        return cls._settings(read_metadata(path), path)
+
+    @classmethod
+    def read_config(cls, path: str | os.PathLike = DEFAULT_CHECKPOINT) -> CaptionerConfig:
+        return cls.read_settings(path)[0]
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike = DEFAULT_CHECKPOINT, *, encoder: ImageEncoder | None = None,
@@ -432,10 +465,9 @@ class Captioner(nn.Module):
         point at a local weights file) unless one is given or ``load_encoder`` is False (for
         work on cached features)."""
         device = torch.device(device)
-        config_dict, tensors, meta = load_model(path, "captioner")
+        _, tensors, meta = load_model(path, "captioner")
+        config, decoding = cls._settings(meta, path)
         try:
-            config = config_from_dict(CaptionerConfig, config_dict, path)
-            decoding = config_from_dict(DecodingConfig, json.loads(meta.get("decoding", "{}")), path)
             vocab = Vocabulary.from_json(meta["vocabulary"])
             object_words = json.loads(meta.get("object_words", "[]"))
             concept_words = json.loads(meta.get("concept_words", "[]"))
@@ -449,14 +481,9 @@ class Captioner(nn.Module):
         model = cls(config, vocab, encoder, decoding=decoding, object_words=object_words,
                     concept_words=concept_words)
         model.provenance = provenance
-        load_state_strict(model.head, tensors, path)
-        model.head.to(device).eval()
+        load_state_strict(model.network, tensors, path)
+        model.network.to(device).eval()
         trained_on = provenance.get("encoder_weights_id")
         if encoder is not None and trained_on and encoder.weights_id != trained_on:
             log.warning("%s was trained with encoder weights %s but runs with %s", path, trained_on, encoder.weights_id)
         return model
-
-
-def _vowel_sound(word: str) -> bool:
-    return word[:1] in "aeiou" and not word.startswith(_VOWEL_SOUND_EXCEPTIONS)
-

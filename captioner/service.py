@@ -169,13 +169,11 @@ class CaptionService(ModelService):
 
     def attends(self) -> bool:
         """Whether the checkpoint is an attention model (from its metadata alone)."""
-        import json
-
-        from captioner.checkpoint import CheckpointError, read_metadata
+        from captioner.checkpoint import CheckpointError
 
         try:
-            return json.loads(read_metadata(self.checkpoint)["config"]).get("decoder") == "attention"
-        except (CheckpointError, KeyError, ValueError):
+            return self.model_class.read_config(self.checkpoint).decoder == "attention"
+        except CheckpointError:
             return False
 
     def use_device(self, device: str) -> None:
@@ -198,14 +196,13 @@ class CaptionService(ModelService):
 
     def default_beam(self) -> int:
         """The beam width the checkpoint was tuned for, read from its metadata alone."""
-        import json
-
-        from captioner.checkpoint import CheckpointError, read_metadata
+        from captioner.checkpoint import CheckpointError
+        from captioner.model import DecodingConfig
 
         try:
-            return int(json.loads(read_metadata(self.checkpoint)["decoding"]).get("beam_size", 3))
-        except (CheckpointError, KeyError, ValueError):
-            return 3
+            return self.model_class.read_settings(self.checkpoint)[1].beam_size
+        except CheckpointError:
+            return DecodingConfig().beam_size
 
     def _caption_batch(self, batch: torch.Tensor, beam: int) -> list:
         return self.model.get().caption_tensors(batch, beam_size=beam)
@@ -219,14 +216,16 @@ class CaptionService(ModelService):
         with self._lock:
             return self.run_batch(batch, beam)
 
-    def caption_paths(self, paths: Sequence[str], beam_size: int = 1, keep_images: bool = False) -> list[dict]:
+    def caption_paths(self, paths: Sequence[str], beam_size: int | None = None,
+                      keep_images: bool = False) -> list[dict]:
         """Caption images given by path. Each gets ``{"image", "caption", "words",
         "probabilities", "objects", "familiarity"}`` (and ``"attention"`` from an attention
         model), or ``{"image", "error"}`` when it cannot be read. The images are decoded and
         preprocessed in the caller's thread; the model runs them, together with those of
         any concurrent requests, in one batch. ``keep_images`` adds the decoded
-        ``"picture"`` (a PIL image) of each image that was read."""
-        beam = whole_number(beam_size, 1, 10, "beam width")
+        ``"picture"`` (a PIL image) of each image that was read. ``beam_size`` None: the
+        checkpoint's own decoding (``DecodingConfig``), as everywhere else."""
+        beam = None if beam_size is None else whole_number(beam_size, 1, 10, "beam width")  # None: the model's
         paths = list(paths or [])
         if len(paths) > self.max_images:
             raise InputError(f"Please send at most {self.max_images} images at once.")
@@ -246,140 +245,3 @@ class CaptionService(ModelService):
         for slot, result in zip(slots, captions):
             results[slot].update(result.to_dict())
         return results
-
-
-# --------------------------------------------------------------------------- digits
-
-class DigitService(ModelService):
-    def __init__(self, checkpoint: str | os.PathLike | None = None):
-        from captioner.mnist import DEFAULT_CHECKPOINT, RowLSTMClassifier
-
-        super().__init__(checkpoint or DEFAULT_CHECKPOINT, RowLSTMClassifier)
-
-    def classify(self, drawing) -> tuple[dict[str, float], np.ndarray]:
-        """A drawing (array, PIL image or image path) -> ({digit: probability}, the 28x28
-        input the model saw, in [0, 1])."""
-        from captioner.mnist import preprocess_drawing
-
-        if drawing is None:
-            raise InputError("Draw a digit or upload a picture of one first.")
-        if isinstance(drawing, (str, os.PathLike)):
-            drawing = read_upload(drawing)
-        try:
-            x = preprocess_drawing(drawing)
-        except ValueError as err:
-            raise InputError(str(err)) from err
-        probs = self.model.get().predict(x[None])[0]
-        return {str(d): float(p) for d, p in enumerate(probs)}, x.numpy()
-
-
-# ----------------------------------------------------------------------- trajectories
-
-MAX_POINTS = 10_000
-MAX_COORDINATE = 1e6
-
-
-class TrajectoryService(ModelService):
-    """``recordings``: a UCI Character Trajectories .mat whose held-out letters can be shown."""
-
-    def __init__(self, checkpoint: str | os.PathLike | None = None, recordings: str | os.PathLike | None = None):
-        from captioner.trajectory import DEFAULT_CHECKPOINT, TrajectoryPredictor
-
-        super().__init__(checkpoint or DEFAULT_CHECKPOINT, TrajectoryPredictor)
-        self.recordings_path = Path(recordings) if recordings else None
-        self._recordings = Lazy(self._load_recordings)
-
-    @staticmethod
-    def parse_points(points) -> np.ndarray:
-        """Untrusted points (a list of [x, y] or a JSON string of one) -> (N, 2) float array."""
-        import json
-
-        if points is None or (isinstance(points, str) and not points.strip()):
-            raise InputError("Draw a stroke first.")
-        if isinstance(points, str):
-            if len(points) > 2_000_000:
-                raise InputError("The stroke is too long.")
-            try:
-                points = json.loads(points)
-            except json.JSONDecodeError as err:
-                raise InputError("The points must be a JSON list of [x, y] pairs.") from err
-        if isinstance(points, dict):
-            points = points.get("points", points.get("data"))
-        try:
-            array = np.asarray(points, dtype=np.float64)
-        except (TypeError, ValueError) as err:
-            raise InputError("The points must be a list of [x, y] pairs of numbers.") from err
-        if array.ndim != 2 or array.shape[1] != 2:
-            raise InputError("The points must be a list of [x, y] pairs of numbers.")
-        if len(array) < 2:
-            raise InputError("A stroke needs at least 2 points to have a direction.")
-        if len(array) > MAX_POINTS:
-            raise InputError(f"A stroke may have at most {MAX_POINTS:,} points.")
-        if not np.isfinite(array).all():
-            raise InputError("The points must be finite numbers (no NaN or infinity).")
-        if np.abs(array).max() > MAX_COORDINATE:
-            raise InputError(f"The coordinates must lie within ±{MAX_COORDINATE:g}.")
-        return array
-
-    def predict(self, points) -> dict:
-        """{"input": the last ``past`` points used, "model": the next ``future`` points,
-        "constant_velocity": the same many points}."""
-        from captioner.trajectory import constant_velocity
-
-        array = self.parse_points(points)
-        model = self.model.get()
-        past = array[-model.config.past:]
-        # work relative to the last point, so large coordinates keep float32 precision
-        origin = past[-1]
-        relative = (past - origin).astype(np.float32)
-        future = model.predict(relative).astype(np.float64) + origin
-        cv = constant_velocity(past[None], model.config.future)[0]
-        return {"input": past.tolist(), "model": future.tolist(), "constant_velocity": cv.tolist()}
-
-    def recordings(self) -> list[tuple[int, str, np.ndarray]]:
-        """Held-out pen recordings (index, letter, points), or none when there is no file."""
-        return self._recordings.get()
-
-    def _load_recordings(self) -> list[tuple[int, str, np.ndarray]]:
-        from captioner.trajectory import held_out_recordings
-
-        if self.recordings_path is None or not self.recordings_path.is_file():
-            return []
-        return held_out_recordings(self.recordings_path)
-
-
-# ------------------------------------------------------------------------- next frame
-
-class FrameService(ModelService):
-    """``mnist_root``: the folder holding (or to receive) ``MNIST/raw``."""
-
-    def __init__(self, checkpoint: str | os.PathLike | None = None, mnist_root: str | os.PathLike = "data"):
-        from captioner.nextframe import DEFAULT_CHECKPOINT, NextFramePredictor
-
-        super().__init__(checkpoint or DEFAULT_CHECKPOINT, NextFramePredictor)
-        self.mnist_root = Path(mnist_root)
-        self.digits = Lazy(self._load_digits)
-
-    def _load_digits(self) -> torch.Tensor:
-        """MNIST test digits: read, or downloaded once into ``mnist_root``."""
-        from captioner.mnist import load_mnist
-
-        return load_mnist(self.mnist_root, train=False, progress=False)[0]
-
-    def predict(self, seed) -> dict:
-        """A Moving MNIST clip from the test digits for ``seed``: the input frames, the true
-        next frames, the model's predicted frames, and the error of each."""
-        from captioner.nextframe import MovingMNIST, copy_last_frame, frame_mse
-
-        seed = whole_number(seed, 0, 2 ** 31 - 1, "clip number")
-        model = self.model.get()
-        config = model.config
-        clip = MovingMNIST(self.digits.get(), frames=config.clip_frames, size=config.size, seed=7).batch([seed])
-        inputs, truth = config.split(clip)
-        start = time.perf_counter()
-        predicted = model.predict(inputs)
-        seconds = time.perf_counter() - start
-        return {"inputs": inputs[0, :, 0].numpy(), "truth": truth[0, :, 0].numpy(),
-                "predicted": predicted[0, :, 0].numpy(), "seconds": seconds,
-                "mse_per_frame": frame_mse(predicted, truth).tolist(),
-                "copy_last_mse_per_frame": frame_mse(copy_last_frame(inputs, config.output_frames), truth).tolist()}

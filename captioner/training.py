@@ -113,7 +113,7 @@ def caption_loss(trainer, feats, caps, lengths, label_smoothing: float = 0.0, at
                  concepts: torch.Tensor | None = None):
     """Cross-entropy of the teacher-forced words, plus (attention) the doubly stochastic
     penalty that asks every grid cell to be looked at about once over the caption (photo
-    rows only: a text row has no grid to look at). ``trainer``: the caption head, or its
+    rows only: a text row has no grid to look at). ``trainer``: the caption network, or its
     DistributedDataParallel wrapper."""
     logits, weights = trainer(feats, caps, lengths, grid=grid, swap=swap, objects_only=objects_only,
                               detections=detections, concepts=concepts)
@@ -154,13 +154,13 @@ class SelfCritical:
         return torch.tensor(out)
 
     def loss(self, images: torch.Tensor) -> torch.Tensor:
-        head, n = self.model.head, self.samples
-        head.eval()  # no dropout: sample from and differentiate the same policy
+        network, n = self.model.network, self.samples
+        network.eval()  # no dropout: sample from and differentiate the same policy
         feats = self.features[images.to(self.features.device)].float()
         grid = None if self.grid is None else self.grid[images.to(self.grid.device)].float()
         with torch.no_grad():
-            ctx, _ = head.context(feats, grid)
-        ids, lengths = search.sample(head.decoder, ctx, n, self.max_words)
+            ctx, _ = network.context(feats, grid)
+        ids, lengths = search.sample(network.decoder, ctx, n, self.max_words)
         lengths = lengths.cpu()
         objects = self.model.detected_object_words(feats)
         reward = self.rewards(images.tolist(), ids, objects).to(feats.device).view(-1, n)
@@ -190,13 +190,13 @@ def validate(model: Captioner, table: CaptionTable, features, refs: dict[str, li
     """Validation loss (teacher forcing), and the scores of beam-search captions: BLEU-4
     and CIDEr as the test report computes them (``metrics.caption_scores``), and the
     object-mention F1."""
-    model.head.eval()
+    model.network.eval()
     total, count = 0.0, 0
     no_flip = torch.zeros(len(table), dtype=torch.bool)
     for start in range(0, len(table), batch_size):
         rows = torch.arange(start, min(start + batch_size, len(table)))
         feats, caps, lengths, grids = table.batch(rows, no_flip[rows], features, features, grid, grid)
-        logits, _ = model.head(feats, caps, lengths, grid=grids)
+        logits, _ = model.network(feats, caps, lengths, grid=grids)
         targets = packed_targets(caps, lengths)
         total += F.cross_entropy(logits, targets, reduction="sum").item()
         count += len(targets)

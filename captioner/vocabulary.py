@@ -32,6 +32,37 @@ def tokenize(text: str) -> list[str]:
     return [t for t in _tokenizer().tokenize(text.lower()) if any(c.isalnum() for c in t)]
 
 
+# Articles. "an" before a vowel sound ("an orange", but "a uniform", "a one-way street");
+# no article before a mass noun ("coffee", not "a coffee").
+_CONSONANT_SOUNDS = ("uni", "use", "one", "eu", "ur")
+MASS_NOUNS = frozenset("coffee water food broccoli grass snow sand rice bread cheese meat milk tea wine beer "
+                       "soup ice sugar salad pasta spaghetti traffic furniture luggage hay dirt mud".split())
+
+
+def article_for(word: str) -> str:
+    """The indefinite article a caption puts before ``word`` ("" for a mass noun)."""
+    if word in MASS_NOUNS:
+        return ""
+    return "an" if word[:1] in "aeiou" and not word.startswith(_CONSONANT_SOUNDS) else "a"
+
+
+def with_article(phrase: str) -> str:
+    """``phrase`` with its indefinite article: "an orange", "a uniform", "coffee"."""
+    article = article_for(phrase.split()[0]) if phrase else ""
+    return f"{article} {phrase}" if article else phrase
+
+
+def fix_article(before: list[str], phrase: Sequence[str]) -> None:
+    """Correct the "a" a decoder wrote before ``phrase`` (in place, in ``before``): "an"
+    before a vowel sound, nothing before a mass noun."""
+    if before and before[-1] in ("a", "an") and phrase:
+        article = article_for(phrase[0])
+        if article:
+            before[-1] = article
+        else:
+            before.pop()
+
+
 class Vocabulary:
     """Maps words to ids and back. Ids 0..3 are ``<pad> <start> <end> <unk>``."""
 

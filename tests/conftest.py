@@ -91,14 +91,14 @@ def memorising_captioner(lite0, **config):
     rows = torch.arange(len(table))
     feats, padded, lengths, grids = table.batch(rows, torch.zeros(len(rows), dtype=torch.bool), features, features,
                                                 grid, grid)
-    optimizer = torch.optim.Adam(model.head.parameters(), lr=1e-2)
-    model.head.train()
+    optimizer = torch.optim.Adam(model.network.parameters(), lr=1e-2)
+    model.network.train()
     for _ in range(150):
-        loss = caption_loss(model.head, feats, padded, lengths, attention_reg=1.0 if attends else 0.0, grid=grids)
+        loss = caption_loss(model.network, feats, padded, lengths, attention_reg=1.0 if attends else 0.0, grid=grids)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    model.head.eval()
+    model.network.eval()
     return model, sample, images, features, grid, captions
 
 

@@ -37,19 +37,28 @@ def drawn_digit(tmp_path, digit="1") -> str:
 
 
 @pytest.fixture(scope="module")
-def app_module():
-    import app
+def tabs():
+    """The app's tabs, built on the services ``python app.py`` makes (from the environment)."""
+    from types import SimpleNamespace
 
-    return app
+    import app
+    from webapp.caption_tab import CaptionTab
+    from webapp.digits_tab import DigitsTab
+    from webapp.frames_tab import FramesTab
+    from webapp.trajectory_tab import TrajectoryTab
+
+    services = app.make_services()
+    return SimpleNamespace(caption=CaptionTab(services.captions), digits=DigitsTab(services.digits),
+                           trajectory=TrajectoryTab(services.trajectories), frames=FramesTab(services.frames))
 
 
 # ------------------------------------------------------------------ direct calls
 
-def test_caption_function_shades_words_and_writes_downloads(app_module, tmp_path):
+def test_caption_function_shades_words_and_writes_downloads(tabs, tmp_path):
     shipped("captioner.safetensors")
     bad = tmp_path / "notes.jpg"
     bad.write_text("not a photo")
-    html, gallery, maps, table, downloads, results, timing = app_module.caption(
+    html, gallery, maps, table, downloads, results, timing = tabs.caption.caption(
         [str(example_photo(tmp_path)), str(bad)], "beam search", 3)
     assert [caption for _, caption in gallery] == [results[0]["caption"]]
     assert "man" in results[0]["words"]  # scikit-image's cameraman
@@ -62,70 +71,71 @@ def test_caption_function_shades_words_and_writes_downloads(app_module, tmp_path
     assert "1 caption in" in timing and "could not be read" in timing
 
 
-def test_old_downloads_are_removed_without_scanning_on_every_request(app_module, tmp_path, monkeypatch):
+def test_old_downloads_are_removed_without_scanning_on_every_request(tmp_path):
     import os
     import time
 
-    monkeypatch.setattr(app_module, "DOWNLOADS", tmp_path)
-    monkeypatch.setattr(app_module, "_last_cleanup", [0.0])
+    from webapp.caption_output import Downloads
+
+    downloads = Downloads(tmp_path)
     old, new = tmp_path / "captions-old.csv", tmp_path / "captions-new.csv"
     for f in (old, new):
         f.write_text("x")
     os.utime(old, (time.time() - 7200,) * 2)
-    app_module._remove_old_downloads()
+    downloads.remove_old()
     assert not old.exists() and new.exists()
     old.write_text("x")
     os.utime(old, (time.time() - 7200,) * 2)
-    app_module._remove_old_downloads()  # scanned less than a minute ago: left for the next scan
+    downloads.remove_old()  # scanned less than a minute ago: left for the next scan
     assert old.exists()
 
 
-def test_caption_function_errors(app_module, tmp_path):
+def test_caption_function_errors(tabs, tmp_path):
     import gradio as gr
 
     shipped("captioner.safetensors")
     with pytest.raises(gr.Error, match="choose at least one photo"):
-        app_module.caption([], "greedy", 1)
+        tabs.caption.caption([], "greedy", 1)
     bad = tmp_path / "x.jpg"
     bad.write_bytes(b"")
     with pytest.raises(gr.Error, match="empty"):
-        app_module.caption([str(bad)], "greedy", 1)
+        tabs.caption.caption([str(bad)], "greedy", 1)
     with pytest.raises(gr.Error, match="beam width"):
-        app_module.caption([str(example_photo(tmp_path))], "beam search", 50)
+        tabs.caption.caption([str(example_photo(tmp_path))], "beam search", 50)
 
 
-def test_greedy_equals_beam_width_one(app_module, tmp_path):
+def test_greedy_equals_beam_width_one(tabs, tmp_path):
     shipped("captioner.safetensors")
     photo = str(example_photo(tmp_path, "coffee"))
-    assert app_module.caption([photo], "greedy", 7)[5] == app_module.caption([photo], "beam search", 1)[5]
+    assert tabs.caption.caption([photo], "greedy", 7)[5] == tabs.caption.caption([photo], "beam search", 1)[5]
 
 
-def test_classify_digit_function(app_module, tmp_path):
+def test_classify_digit_function(tabs, tmp_path):
     shipped("mnist.safetensors")
-    probs, seen = app_module.classify_digit(drawn_digit(tmp_path, "1"))
+    probs, seen = tabs.digits.classify_digit(drawn_digit(tmp_path, "1"))
     assert max(probs, key=probs.get) == "1"
     assert seen.size == (168, 168)
     canvas = np.zeros((280, 280, 3), dtype=np.uint8)  # what the canvas sends: white ink on black
     canvas[40:240, 130:152] = 255
-    probs, _ = app_module.classify_digit(canvas)
+    probs, _ = tabs.digits.classify_digit(canvas)
     assert max(probs, key=probs.get) == "1"
 
 
-def test_classify_digit_errors(app_module):
+def test_classify_digit_errors(tabs):
     import gradio as gr
 
     shipped("mnist.safetensors")
     with pytest.raises(gr.Error, match="Draw a digit"):
-        app_module.classify_digit(None)
+        tabs.digits.classify_digit(None)
     with pytest.raises(gr.Error, match="empty"):
-        app_module.classify_digit(np.zeros((280, 280, 3), dtype=np.uint8))
+        tabs.digits.classify_digit(np.zeros((280, 280, 3), dtype=np.uint8))
 
 
-def test_predict_trajectory_function(app_module):
+def test_predict_trajectory_function(tabs):
     shipped("trajectory.safetensors")
     t = np.linspace(0, 1.2 * np.pi, 40)
     points = json.dumps(np.stack([200 + 100 * np.cos(t), 200 + 100 * np.sin(t)], 1).tolist())
-    picture, result = app_module.predict_trajectory(points)
+    picture, result = tabs.trajectory.predict_trajectory(points)
     assert picture.size == (480, 480)
     assert len(result["model"]) == 10 and len(result["constant_velocity"]) == 10 and len(result["input"]) == 30
 
@@ -135,24 +145,24 @@ def test_predict_trajectory_function(app_module):
     ("[[1e300, 2], [3, 4]]", "within"), ("not json", "JSON"), ('[["a", "b"], [1, 2]]', "numbers"),
     ("[[1, 2, 3], [4, 5, 6]]", "pairs"), ("[[Infinity, 0], [0, 0]]", "finite"),
 ])
-def test_predict_trajectory_rejects_bad_strokes(app_module, points, message):
+def test_predict_trajectory_rejects_bad_strokes(tabs, points, message):
     import gradio as gr
 
     shipped("trajectory.safetensors")
     with pytest.raises(gr.Error, match=message):
-        app_module.predict_trajectory(points)
+        tabs.trajectory.predict_trajectory(points)
 
 
-def test_predict_frames_function(app_module):
+def test_predict_frames_function(tabs):
     shipped("nextframe.safetensors")
     shared("MNIST")
-    picture, summary = app_module.predict_frames(3)
+    picture, summary = tabs.frames.predict_frames(3)
     assert picture.size[0] == 1280
     assert summary["mse_per_frame"] < summary["copy_last_frame_mse_per_frame"]
     import gradio as gr
 
     with pytest.raises(gr.Error, match="whole number|between"):
-        app_module.predict_frames(-5)
+        tabs.frames.predict_frames(-5)
 
 
 def test_untrained_tabs_say_so(tmp_path):
@@ -222,7 +232,7 @@ def test_caption_api_takes_one_file_as_well_as_a_list(client, tmp_path):
     assert len(results) == 1 and results[0]["image"] == "camera.jpg" and results[0]["caption"]
 
 
-def test_photos_show_before_their_captions_and_captured_ones_pass_the_safe_loader(app_module, tmp_path):
+def test_photos_show_before_their_captions_and_captured_ones_pass_the_safe_loader(tabs, tmp_path):
     import base64
     import io
 
@@ -232,20 +242,22 @@ def test_photos_show_before_their_captions_and_captured_ones_pass_the_safe_loade
     shipped("captioner.safetensors")
     bad = tmp_path / "page.jpg"
     bad.write_text("<html>not a photo</html>")
-    shown = app_module.preview([str(example_photo(tmp_path)), str(bad)])
+    from webapp.caption_tab import example_images
+
+    shown = tabs.caption.preview([str(example_photo(tmp_path)), str(bad)])
     assert len(shown) == 2 and shown[0][0].size[0] <= 256 and "page.jpg:" in shown[1][1]
     buffer = io.BytesIO()
     Image.new("RGB", (40, 30), (200, 0, 0)).save(buffer, format="PNG")
     url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-    files, chosen = app_module.add_captured([str(bad)], gr.EventData(None, {"image": url, "source": "webcam"}))
+    files, chosen = tabs.caption.add_captured([str(bad)], gr.EventData(None, {"image": url, "source": "webcam"}))
     assert len(files) == 2 and "webcam-" in files[1] and len(chosen) == 2
     svg = "data:image/svg+xml;base64," + base64.b64encode(b"<svg xmlns='http://www.w3.org/2000/svg'/>").decode()
     with pytest.raises(gr.Error, match="could not be read"):
-        app_module.add_captured([], gr.EventData(None, {"image": svg, "source": "clipboard"}))
+        tabs.caption.add_captured([], gr.EventData(None, {"image": svg, "source": "clipboard"}))
     with pytest.raises(gr.Error, match="could not be read"):
-        app_module.add_captured([], gr.EventData(None, {"image": "javascript:alert(1)"}))
-    files, chosen = app_module.pick_example(None, gr.SelectData(None, {"index": 0, "value": None}))
-    assert files == [app_module._example_images()[0]] and len(chosen) == 1
+        tabs.caption.add_captured([], gr.EventData(None, {"image": "javascript:alert(1)"}))
+    files, chosen = tabs.caption.pick_example(None, gr.SelectData(None, {"index": 0, "value": None}))
+    assert files == [example_images()[0]] and len(chosen) == 1
 
 
 def test_bad_upload_through_gradio_client_is_a_clear_error(client, tmp_path):

@@ -68,11 +68,11 @@ def test_the_doubly_stochastic_penalty_is_part_of_the_loss(tiny_attender):
     model = tiny_attender[0]
     feats, grid = torch.randn(2, 1280), torch.randn(2, 49, 1280)
     caps, lengths = torch.tensor([[1, 4, 5, 2], [1, 6, 2, 0]]), torch.tensor([4, 3])
-    plain = caption_loss(model.head, feats, caps, lengths, grid=grid)
-    _, weights = model.head(feats, caps, lengths, grid=grid)
+    plain = caption_loss(model.network, feats, caps, lengths, grid=grid)
+    _, weights = model.network(feats, caps, lengths, grid=grid)
     penalty = ((1.0 - weights.sum(1)) ** 2).mean()
     assert float(penalty.detach()) > 0
-    torch.testing.assert_close(caption_loss(model.head, feats, caps, lengths, attention_reg=2.0, grid=grid),
+    torch.testing.assert_close(caption_loss(model.network, feats, caps, lengths, attention_reg=2.0, grid=grid),
                                plain + 2.0 * penalty)
 
 
@@ -80,7 +80,7 @@ def test_an_attention_captioner_captions_with_objects_familiarity_and_attention_
     model, _, images, captions, path = tiny_attender
     from captioner.model import Captioner
 
-    assert model.head.attends
+    assert model.network.attends
     results = model.caption(images)
     assert sum(r.caption == c.lower().rstrip(" .") for r, c in zip(results, captions)) >= 9, \
         [(r.caption, c) for r, c in zip(results, captions)]
@@ -96,7 +96,8 @@ def test_an_attention_captioner_captions_with_objects_familiarity_and_attention_
     one_by_one = [model.caption([im], beam_size=1)[0] for im in images[:3]]
     assert [r.caption for r in greedy[:3]] == [r.caption for r in one_by_one]  # batching changes nothing
     loaded = Captioner.from_checkpoint(path)
-    assert loaded.head.attends and [r.caption for r in loaded.caption(images[:4])] == [r.caption for r in results[:4]]
+    assert loaded.network.attends
+    assert [r.caption for r in loaded.caption(images[:4])] == [r.caption for r in results[:4]]
 
 
 def test_cli_json_carries_attention_and_writes_one_map_per_photo(tiny_attender, tmp_path):

@@ -45,7 +45,7 @@ def test_fp16_storage_keeps_the_captions(tmp_path):
     path = tmp_path / "m16.safetensors"
     model.save(path, dtype=torch.float16)
     loaded = Captioner.from_checkpoint(path, load_encoder=False)
-    assert loaded.head.decoder.out.weight.dtype == torch.float32
+    assert loaded.network.decoder.out.weight.dtype == torch.float32
     features = torch.randn(8, 32)
     same = sum(a.words == b.words for a, b in zip(model.caption_features(features, 1),
                                                    loaded.caption_features(features, 1)))

@@ -17,8 +17,8 @@ def random_captioner(seed=0, vocab_words=WORDS, **overrides):
                              dropout=0.0, **overrides)
     model = Captioner(config, vocab, decoding=DecodingConfig(max_length=12)).eval()
     with torch.no_grad():  # sharper distributions than a fresh init, so captions end
-        model.head.decoder.out.weight.mul_(8)
-        model.head.decoder.out.bias[vocab.end_id] += 1.0
+        model.network.decoder.out.weight.mul_(8)
+        model.network.decoder.out.bias[vocab.end_id] += 1.0
     return model
 
 
@@ -51,8 +51,8 @@ def test_beam_width_one_is_exactly_greedy():
     model = random_captioner()
     features = torch.randn(16, 32)
     greedy = model.caption_features(features, beam_size=1)
-    ctx, _ = model.head.context(features)
-    beam1 = [model._result(d, [], None, None) for d in search.beam_search(model.head.decoder, ctx, 1, 12)]
+    ctx, _ = model.network.context(features)
+    beam1 = [model._result(d, [], None, None) for d in search.beam_search(model.network.decoder, ctx, 1, 12)]
     assert [g.words for g in greedy] == [b.words for b in beam1]
     for g, b in zip(greedy, beam1):
         assert g.probabilities == b.probabilities
@@ -74,9 +74,9 @@ def test_batched_equals_one_by_one():
 def brute_force_best(model, feature, max_length, alpha, must_include=None):
     """Exhaustive search over all captions up to max_length words (tiny vocabulary),
     optionally among those that contain the token ``must_include``."""
-    dec = model.head.decoder
+    dec = model.network.decoder
     best = (float("-inf"), None)
-    ctx, _ = model.head.context(feature[None])
+    ctx, _ = model.network.context(feature[None])
     frontier = [([], 0.0, dec.init_state(ctx))]
     for t in range(max_length):
         new = []
@@ -97,9 +97,9 @@ def brute_force_best(model, feature, max_length, alpha, must_include=None):
 def test_wide_beam_finds_the_exhaustive_best_and_beats_greedy_on_average():
     model = random_captioner(seed=2, vocab_words=["a", "b", "c"])
     features = torch.randn(6, 32)
-    ctx, _ = model.head.context(features)
-    wide = search.beam_search(model.head.decoder, ctx, beam_size=200, max_length=4)
-    greedy = search.greedy(model.head.decoder, ctx, max_length=4)
+    ctx, _ = model.network.context(features)
+    wide = search.beam_search(model.network.decoder, ctx, beam_size=200, max_length=4)
+    greedy = search.greedy(model.network.decoder, ctx, max_length=4)
     for i in range(6):
         score, ids = brute_force_best(model, features[i], 4, 1.0)
         assert wide[i].ids == ids
@@ -110,18 +110,18 @@ def test_wide_beam_finds_the_exhaustive_best_and_beats_greedy_on_average():
 def test_constrained_beam_search_finds_the_best_caption_that_holds_the_required_word():
     model = random_captioner(seed=5, vocab_words=["a", "b", "c"])
     features = torch.randn(6, 32)
-    ctx, _ = model.head.context(features)
+    ctx, _ = model.network.context(features)
     c = model.vocab.index["c"]
     required = torch.tensor([c, -1, c, c, -1, c])
-    wide = search.beam_search(model.head.decoder, ctx, beam_size=200, max_length=4, must_include=required)
+    wide = search.beam_search(model.network.decoder, ctx, beam_size=200, max_length=4, must_include=required)
     for i in range(6):
         score, ids = brute_force_best(model, features[i], 4, 1.0, must_include=c if required[i] >= 0 else None)
         assert wide[i].ids == ids
         assert abs(wide[i].score - score) < 1e-5
         if required[i] >= 0:
             assert c in wide[i].ids
-    free = search.beam_search(model.head.decoder, ctx, beam_size=3, max_length=4)
-    narrow = search.beam_search(model.head.decoder, ctx, beam_size=3, max_length=4, must_include=required)
+    free = search.beam_search(model.network.decoder, ctx, beam_size=3, max_length=4)
+    narrow = search.beam_search(model.network.decoder, ctx, beam_size=3, max_length=4, must_include=required)
     assert all(c in narrow[i].ids for i in (0, 2, 3, 5))
     assert [narrow[i].ids for i in (1, 4)] == [free[i].ids for i in (1, 4)]  # no constraint, no change
 
@@ -138,7 +138,7 @@ def test_results_carry_words_and_their_probabilities():
 
 def test_greedy_stops_as_soon_as_every_caption_has_ended():
     model = random_captioner(seed=4)
-    dec = model.head.decoder
+    dec = model.network.decoder
     calls = []
     original = dec.step
     dec.step = lambda *a: calls.append(1) or original(*a)

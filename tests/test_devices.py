@@ -45,7 +45,7 @@ def test_a_gpu_index_beyond_the_machine_says_how_many_there_are(monkeypatch):
 
 
 def test_more_torchrun_processes_than_gpus_is_refused_before_any_process_group(monkeypatch):
-    from training.common import UserError, init_distributed
+    from captioner.runtools import UserError, init_distributed
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
@@ -62,9 +62,9 @@ def test_more_torchrun_processes_than_gpus_is_refused_before_any_process_group(m
 
 
 def test_training_stops_at_the_first_non_finite_loss_naming_the_step(tmp_path):
-    from captioner.mnist import MnistConfig, RowLSTMClassifier
-    from training.common import UserError, optimizer_step
-    from training.loop import Loop
+    from captioner.loop import Loop
+    from captioner.runtools import UserError, optimizer_step
+    from demos.mnist.model import MnistConfig, RowLSTMClassifier
 
     model = RowLSTMClassifier(MnistConfig(8, 1, 0.0))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -94,7 +94,7 @@ def test_decoding_non_finite_scores_gives_empty_captions_not_an_error():
 
     model = random_captioner(seed=7)
     with torch.no_grad():
-        model.head.decoder.out.weight[:5] = float("nan")
+        model.network.decoder.out.weight[:5] = float("nan")
     features = torch.randn(3, 32)
     features[1] = float("inf")
     for beam in (1, 3):

@@ -159,7 +159,7 @@ def test_uci_trajectories_archive_is_found_and_read(tmp_path):
     import numpy as np
     from scipy.io import savemat
 
-    from captioner.trajectory import read_mat_sequences
+    from demos.trajectory.model import read_mat_sequences
 
     seq = np.zeros((3, 60))
     seq[0, 5:55], seq[1, 5:55] = 1.0, 2.0  # padded at both ends, like the real file

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from benchmarks.hostile import PHOTO, encode, png_bomb
+from benchmarks.common import PHOTO, encode, png_bomb
 from captioner.images import ImageError, load_image
 
 

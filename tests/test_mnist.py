@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from captioner.mnist import DEFAULT_CHECKPOINT, MnistConfig, RowLSTMClassifier, preprocess_drawing
+from demos.mnist.model import DEFAULT_CHECKPOINT, MnistConfig, RowLSTMClassifier, preprocess_drawing
 from tests.conftest import shared
 
 
@@ -43,10 +43,10 @@ def test_fused_copy_never_enters_the_state_dict(tmp_path):
 
 
 def test_onnx_export_matches_pytorch(tmp_path):
-    from training.export_onnx import _MnistGraph, export
+    from demos.onnx import MnistGraph, export
 
     model = RowLSTMClassifier(MnistConfig(hidden_size=16, num_layers=2)).eval()
-    report = export(_MnistGraph(model), "mnist", "digits", "logits", tmp_path / "m.onnx")
+    report = export(MnistGraph(model), "mnist", "digits", "logits", tmp_path / "m.onnx")
     assert report["max_abs_diff"] < 1e-4 and "LSTM" in report["ops"]
 
 
@@ -94,7 +94,7 @@ def test_empty_or_invalid_canvas_is_a_clear_error(bad):
 
 
 def test_real_mnist_digits_survive_the_drawing_pipeline():
-    from captioner.mnist import _shift, load_mnist
+    from demos.mnist.model import _shift, load_mnist
 
     images, _ = load_mnist(shared("MNIST").parent, train=False, download=False)
     scores = []
@@ -129,7 +129,7 @@ def test_missing_mnist_is_one_clear_error(tmp_path, capsys):
 def test_shipped_model_reads_real_test_digits():
     if not DEFAULT_CHECKPOINT.is_file():
         pytest.skip("the MNIST model has not been trained and shipped yet")
-    from captioner.mnist import load_mnist
+    from demos.mnist.model import load_mnist
 
     images, labels = load_mnist(shared("MNIST").parent, train=False, download=False)
     model = RowLSTMClassifier.from_checkpoint()

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy.ndimage import uniform_filter
 
-from captioner.nextframe import (
+from demos.nextframe.model import (
     DEFAULT_CHECKPOINT,
     MovingMNIST,
     NextFrameConfig,
@@ -20,7 +20,7 @@ from tests.conftest import shared
 
 
 def digits(n=50, train=True):
-    from captioner.mnist import load_mnist
+    from demos.mnist.model import load_mnist
 
     images, _ = load_mnist(shared("MNIST").parent, train=train, download=False)
     return images[:n]
@@ -105,8 +105,8 @@ def test_train_dry_run_and_evaluate(tmp_path):
 def test_shipped_model_beats_copying_the_last_frame():
     if not DEFAULT_CHECKPOINT.is_file():
         pytest.skip("the next-frame model has not been trained and shipped yet")
-    from captioner.nextframe import MovingMNIST as MM
-    from training.evaluate_nextframe import TEST_SEED
+    from demos.nextframe.model import TEST_SEED
+    from demos.nextframe.model import MovingMNIST as MM
 
     clips = MM(digits(10000, train=False), seed=TEST_SEED).batch(range(16))
     model = NextFramePredictor.from_checkpoint()

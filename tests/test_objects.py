@@ -71,7 +71,7 @@ def test_the_encoders_classifier_finds_the_objects_as_words(lite0, wild):
 
 def test_results_write_slots_as_their_objects_words(tiny_captioner):
     model, _, features, _ = tiny_captioner
-    first = model.head.decoder.first_slot
+    first = model.network.decoder.first_slot
     objects = ["orange", "teddy bear"]
     assert model.words_of([1, first, model.vocab.end_id], objects) == ["orange"]
     a = model.vocab.index["a"]
@@ -101,9 +101,9 @@ def test_familiarity_tells_photos_like_the_training_photos_from_telescope_and_mi
     from captioner.model import UNFAMILIAR, Captioner
 
     model = Captioner.from_checkpoint(shipped("captioner.safetensors"), load_encoder=False)
-    assert model.head.familiarity is not None, "the shipped captioner must carry its familiarity references"
+    assert model.network.familiarity is not None, "the shipped captioner must carry its familiarity references"
     names, features = wild
-    familiarity = dict(zip(names, model.head.familiarity(features).tolist()))
+    familiarity = dict(zip(names, model.network.familiarity(features).tolist()))
     assert familiarity["hubble_deep_field"] < UNFAMILIAR and familiarity["immunohistochemistry"] < UNFAMILIAR
     from captioner.datasets import read_dataset, split_records
     from captioner.images import load_image
@@ -111,7 +111,7 @@ def test_familiarity_tells_photos_like_the_training_photos_from_telescope_and_mi
     lite0 = model.require_encoder()
     held_out = split_records(read_dataset("flickr8k", flickr_sample(1)[0][0].parent.parent).records)["test"]
     photos = list(dict.fromkeys(r.image for r in held_out))[:40]
-    scores = model.head.familiarity(lite0.encode(lite0.preprocess.batch([load_image(p) for p in photos])))
+    scores = model.network.familiarity(lite0.encode(lite0.preprocess.batch([load_image(p) for p in photos])))
     assert float(scores.median()) > 0.2 and float((scores < UNFAMILIAR).float().mean()) <= 0.05
 
 
@@ -135,9 +135,9 @@ def test_shipped_captioner_names_the_cat_the_coffee_and_the_tripod(wild):
 
 def test_photos_described_from_their_objects_alone_ignore_everything_else_of_the_features(tiny_captioner):
     model, _, features, _ = tiny_captioner
-    head = model.head
-    ctx, detections = head.context(features[:2])
-    only, same = head.context(features[:2], objects_only=torch.tensor([True, False]))
+    network = model.network
+    ctx, detections = network.context(features[:2])
+    only, same = network.context(features[:2], objects_only=torch.tensor([True, False]))
     summary = (detections.probs[..., None] * ctx["objects"]).sum(1)
     torch.testing.assert_close(only["image"][0], summary[0])  # the objects' words, nothing else
     torch.testing.assert_close(only["image"][1], ctx["image"][1])

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from captioner.trajectory import (
+from demos.trajectory.model import (
     DEFAULT_CHECKPOINT,
     GEGLU,
     TrajectoryConfig,
@@ -109,7 +109,7 @@ def test_training_dry_run_and_evaluation(tmp_path):
 def test_onnx_export_for_unity_matches_pytorch(tmp_path):
     import onnx
 
-    from training.export_onnx import export
+    from demos.onnx import export
 
     model = TrajectoryPredictor(SMALL).eval()
     report = export(model, "trajectory", "past", "future", tmp_path / "t.onnx")
@@ -124,7 +124,7 @@ def test_onnx_export_for_unity_matches_pytorch(tmp_path):
 def test_shipped_model_beats_constant_velocity_on_held_out_sequences():
     if not DEFAULT_CHECKPOINT.is_file():
         pytest.skip("the trajectory model has not been trained and shipped yet")
-    from captioner.trajectory import evaluate_sequences
+    from demos.trajectory.model import evaluate_sequences
 
     sequences = read_mat_sequences(shared("char_trajectories", "trajectories_train.mat"))
     test = [sequences[i] for i in split_sequences(len(sequences))["test"][:40]]
@@ -134,7 +134,7 @@ def test_shipped_model_beats_constant_velocity_on_held_out_sequences():
 
 
 def test_shipped_onnx_matches_the_shipped_checkpoint():
-    from captioner.trajectory import DEFAULT_ONNX
+    from demos.trajectory.model import DEFAULT_ONNX
 
     if not DEFAULT_ONNX.is_file():
         pytest.skip("the trajectory ONNX file has not been shipped yet")

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from captioner.downloads import COCO_URL, MNIST_MIRRORS, download_coco, download_mnist, download_trajectories
-from training.common import cli
+from captioner.runtools import cli
 
 
 @cli

@@ -45,7 +45,7 @@ from captioner.features import FeatureCache, features_for
 from captioner.metrics import best_constant_caption, caption_scores, java_available
 from captioner.model import DEFAULT_CHECKPOINT, UNFAMILIAR, Captioner
 from captioner.retrieval import ConceptRetrieval, nearest_consensus
-from training.common import UserError, cli, evaluation_flags, write_report
+from captioner.runtools import UserError, cli, evaluation_flags, write_report
 
 log = logging.getLogger("evaluate_captioner")
 

@@ -46,8 +46,20 @@ from captioner.datasets import (
 from captioner.decoder import DECODERS
 from captioner.encoders import ENCODERS, build_encoder
 from captioner.features import FeatureCache
+from captioner.loop import Loop
 from captioner.model import Captioner, CaptionerConfig, DecodingConfig
 from captioner.objects import slot_tokens
+from captioner.runtools import (
+    Timer,
+    UserError,
+    cli,
+    close_distributed,
+    init_distributed,
+    optimizer_step,
+    run_flags,
+    seed_everything,
+    warmup_cosine,
+)
 from captioner.training import (
     CaptionTable,
     PhotoInputs,
@@ -63,18 +75,6 @@ from captioner.training import (
     validate,
 )
 from captioner.vocabulary import Vocabulary, tokenize
-from training.common import (
-    Timer,
-    UserError,
-    cli,
-    close_distributed,
-    init_distributed,
-    optimizer_step,
-    run_flags,
-    seed_everything,
-    warmup_cosine,
-)
-from training.loop import Loop
 
 log = logging.getLogger("train_captioner")
 
@@ -216,7 +216,7 @@ def unpaired_photos(args) -> list[Path]:
 def extend_from(model: Captioner, old: Captioner) -> None:
     """Start ``model`` from ``old``'s weights: every tensor of the same name and shape,
     and the embedding and output rows of the words both vocabularies hold."""
-    new_state, old_state = model.head.state_dict(), old.head.state_dict()
+    new_state, old_state = model.network.state_dict(), old.network.state_dict()
     rows = [(i, old.vocab.index[w]) for i, w in enumerate(model.vocab.words) if w in old.vocab.index]
     new_rows, old_rows = (torch.tensor(x) for x in zip(*rows))
     copied = 0
@@ -270,7 +270,7 @@ def fit_concepts(model: Captioner, args, train_grids, train_flipped, labels, wei
     of text rows (the detectors' scores on the validation photos)."""
     detector = fit_concept_detector(train_grids, labels, train_flipped, weights, epochs=args.concept_epochs,
                                     seed=args.seed)
-    model.head.concepts.load_state_dict(detector.state_dict())
+    model.network.concepts.load_state_dict(detector.state_dict())
     fold = torch.arange(len(train_grids)) % 2 == 0
     concepts, flipped = torch.zeros(len(labels), labels.shape[1]), torch.zeros(len(labels), labels.shape[1])
     for part in (fold, ~fold):
@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     if concept_val:
         coco_val = (pooled(concept_val)[0], grids(concept_val)[0],
                     {str(p): caps for p, caps in captions_by_image(concept_splits["val"]).items()})
-    with_slot = sum(bool((ids >= model.head.decoder.first_slot).any()) for ids in train_table.ids)
+    with_slot = sum(bool((ids >= model.network.decoder.first_slot).any()) for ids in train_table.ids)
     log.info("%d of %d training captions name a detected object (as a slot); %d captions without photos",
              with_slot, len(train_table), len(text_table) if text_table else 0)
     # fp16 features live on the training device (all of COCO's fit a GPU: 2 x 83k x 2048 x 2 bytes)
@@ -407,14 +407,14 @@ def main(argv: list[str] | None = None) -> int:
     units = len(train_refs) if args.objective == "scst" else len(train_table)  # images or captions
     steps_per_epoch = math.ceil((units // dist.world) / (photo_per_step if args.objective == "xe" else args.batch_size))
     total_steps = steps_per_epoch * args.epochs
-    model.head.to(device)
-    optimizer = torch.optim.Adam(model.head.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    model.network.to(device)
+    optimizer = torch.optim.Adam(model.network.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(args.warmup_steps, total_steps, args.min_lr_ratio))
-    trainer = model.head
+    trainer = model.network
     if dist.enabled:
         trainer = torch.nn.parallel.DistributedDataParallel(
-            model.head, device_ids=[device.index] if device.type == "cuda" else None)
+            model.network, device_ids=[device.index] if device.type == "cuda" else None)
     model.provenance["training_data"] = {
         "datasets": [[kind, str(root.resolve())] for kind, root in zip(args.dataset, args.data_root)],
         "coco_split": args.coco_split, "val_fraction": args.val_fraction, "test_fraction": args.test_fraction,
@@ -433,7 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         if scst is not None:
             batch = slice(step * args.batch_size, (step + 1) * args.batch_size)
             images = epoch_order(len(train_refs), epoch, args.seed, dist.rank, dist.world)
-            return optimizer_step(optimizer, scst.loss(images[batch]), model.head.parameters(), args.grad_clip)
+            return optimizer_step(optimizer, scst.loss(images[batch]), model.network.parameters(), args.grad_clip)
         rows, flips = plan(epoch)
         rows, flips = rows[step * photo_per_step:(step + 1) * photo_per_step], flips[step * photo_per_step:
                                                                                      (step + 1) * photo_per_step]
@@ -455,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         loss = caption_loss(trainer, feats, caps, lengths, args.label_smoothing, args.attention_reg, grids_,
                             None if swap is None else swap.to(device), only, det if config.object_slots else None,
                             concepts)
-        return optimizer_step(optimizer, loss, model.head.parameters(), args.grad_clip)
+        return optimizer_step(optimizer, loss, model.network.parameters(), args.grad_clip)
 
     def val() -> dict:
         metrics = validate(model, val_table, val_feats, val_refs, args.beam_size, val_grid)
@@ -472,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
     if report and dist.main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "concepts.json").write_text(json.dumps(report, indent=1))
-    loop = Loop(kind="captioner-train", config=config, model=model.head,
+    loop = Loop(kind="captioner-train", config=config, model=model.network,
                 optimizer=optimizer, scheduler=scheduler, timer=timer,
                 out=out, epochs=args.epochs, steps_per_epoch=steps_per_epoch, train_step=train_step, validate=val,
                 save_best=lambda: model.save(out / "best.safetensors", dtype=torch.float16),
@@ -490,11 +490,11 @@ def main(argv: list[str] | None = None) -> int:
 def photo_detections(model: Captioner, feats: torch.Tensor, flipped: torch.Tensor) -> PhotoInputs:
     """The frozen object detector's output on every training photo and its mirror image."""
     empty = torch.zeros(len(feats), max(1, model.config.object_slots))
-    if model.head.objects is None:
+    if model.network.objects is None:
         return PhotoInputs(empty.long(), empty, empty.long(), empty)
     with torch.no_grad():
-        a = [model.head.objects(feats[i:i + 1024].float()) for i in range(0, len(feats), 1024)]
-        b = [model.head.objects(flipped[i:i + 1024].float()) for i in range(0, len(feats), 1024)]
+        a = [model.network.objects(feats[i:i + 1024].float()) for i in range(0, len(feats), 1024)]
+        b = [model.network.objects(flipped[i:i + 1024].float()) for i in range(0, len(feats), 1024)]
     cat = lambda ds, f: torch.cat([getattr(d, f) for d in ds])  # noqa: E731
     return PhotoInputs(cat(a, "words"), cat(a, "probs"), cat(b, "words"), cat(b, "probs"))
 

@@ -29,7 +29,7 @@ from captioner.devices import resolve_device
 from captioner.features import features_for
 from captioner.metrics import caption_scores
 from captioner.model import Captioner
-from training.common import UserError, cli, device_flag
+from captioner.runtools import UserError, cli, device_flag
 
 
 def score(row: dict) -> float:
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     requires = [None if r == "none" else float(r) for r in args.require_object_probs]
     minimums = args.min_object_probs
     only_below = None if args.objects_only_below == "none" else float(args.objects_only_below)
-    if model.head.objects is None:
+    if model.network.objects is None:
         requires, minimums, only_below = [None], [0.0], None
     rows = []
     settings = [(beam, alpha, require, minimum, world) for beam in args.beams

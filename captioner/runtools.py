@@ -1,5 +1,6 @@
-"""Helpers shared by the training scripts: seeding, distributed setup, metrics files,
-loss curves, and turning a user's mistake into one clear sentence."""
+"""What every script shares (the caption scripts in ``training/`` and the demos'):
+seeding, distributed setup, metrics files, loss curves, and turning a user's mistake into
+one clear sentence."""
 
 from __future__ import annotations
 
@@ -20,8 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
@@ -81,19 +80,6 @@ def evaluation_flags(parser: argparse.ArgumentParser, checkpoint: Path) -> argpa
     parser.add_argument("--checkpoint", type=Path, default=checkpoint)
     parser.add_argument("--json-out", type=Path, default=None, help="write the report here as JSON")
     return device_flag(parser)
-
-
-def mnist_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """``--data-root`` (the folder holding MNIST/raw) and ``--no-download``."""
-    parser.add_argument("--data-root", type=Path, default=Path("data"), help="folder holding MNIST/raw (default data)")
-    parser.add_argument("--no-download", action="store_true", help="fail instead of downloading when MNIST is missing")
-    return parser
-
-
-def read_mnist(args: argparse.Namespace, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    from captioner.mnist import load_mnist
-
-    return load_mnist(args.data_root, train=train, download=not args.no_download)
 
 
 def write_report(args: argparse.Namespace, report: dict) -> None:

@@ -1,11 +1,11 @@
 """ADE and FDE of the trajectory predictor against the last-position and constant-velocity
 baselines, with and without blending of overlapping predictions.
 
-    python -m training.evaluate_trajectory --mat FILE [--checkpoint PATH] [--json-out FILE] [--split test]
+    python -m demos.trajectory.evaluate --mat FILE [--checkpoint PATH] [--json-out FILE] [--split test]
 
 Reads only the ``xtrain`` sequences of a .mat laid out like UCI Character Trajectories
 (3 x T: x velocity, y velocity, pen force), so it runs on other recordings as well.
-``--split test`` keeps only the sequences ``training.train_trajectory`` held out as test
+``--split test`` keeps only the sequences ``demos.trajectory.train`` held out as test
 (meaningful for the file it was trained on); the default evaluates every sequence.
 Errors are in the recording's own units (positions are cumulative sums of velocities).
 """
@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 from captioner.devices import resolve_device
-from captioner.trajectory import (
+from captioner.runtools import UserError, cli, evaluation_flags, write_report
+from demos.trajectory.model import (
     DEFAULT_CHECKPOINT,
     TrajectoryPredictor,
     evaluate_sequences,
@@ -27,7 +28,6 @@ from captioner.trajectory import (
     split_sequences,
     windows_report,
 )
-from training.common import UserError, cli, evaluation_flags, write_report
 
 
 @cli
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
           f"FDE {report['fde_vs_constant_velocity']:+.1%}")
     if args.hand_tracks:
         tracks, _ = read_hand_tracks(args.hand_tracks)
-        if args.split != "all":  # the same split by track as training.train_trajectory
+        if args.split != "all":  # the same split by track as demos.trajectory.train
             tracks = [tracks[i] for i in split_sequences(len(tracks), seed=1)[args.split]]
         report["hand_tracks"] = h = windows_report(model, hand_track_windows(tracks, model.config.past,
                                                                              model.config.future))

@@ -1,11 +1,11 @@
 """Train the ConvLSTM next-frame predictor on Moving MNIST made from real MNIST digits.
 
-    python -m training.train_nextframe --data-root ../shared/data --out runs/nextframe
+    python -m demos.nextframe.train --data-root ../shared/data --out runs/nextframe
 
 Clips are generated on the fly from a seed (two training digits bouncing in 64x64, 20
 frames: 10 in, 10 to predict), so every step sees new clips and a resumed run sees the
 same clips it would have seen. Validation clips use 5,000 training digits held out from
-training; the test digits are only for ``training.evaluate_nextframe``. The forecaster
+training; the test digits are only for ``demos.nextframe.evaluate``. The forecaster
 learns with scheduled sampling: it is fed the true previous frame with a probability that
 falls from 1 to 0 over the first ``--sampling-steps`` steps.
 """
@@ -20,19 +20,18 @@ import torch
 import torch.nn.functional as F
 
 from captioner.devices import fast_bf16, resolve_device
-from captioner.mnist import split_train_val
-from captioner.nextframe import MovingMNIST, NextFrameConfig, NextFramePredictor, copy_last_frame, frame_mse, ssim
-from training.common import (
+from captioner.loop import Loop
+from captioner.runtools import (
     Timer,
     cli,
-    mnist_flags,
     optimizer_step,
-    read_mnist,
     run_flags,
     seed_everything,
     warmup_cosine,
 )
-from training.loop import Loop
+from demos.mnist.data import mnist_flags, read_mnist
+from demos.mnist.model import split_train_val
+from demos.nextframe.model import MovingMNIST, NextFrameConfig, NextFramePredictor, copy_last_frame, frame_mse, ssim
 
 
 @cli

@@ -1,7 +1,5 @@
-"""Export a trained model to ONNX, and check it against onnxruntime.
-
-    python -m training.export_onnx trajectory --out checkpoints/trajectory.onnx
-    python -m training.export_onnx mnist --out mnist.onnx
+"""Exporting a demo's model to ONNX, checked against onnxruntime (the command line is
+``python -m demos.onnx_export``).
 
 ``trajectory``: for Unity's inference engine (Sentis): opset 15, an ONNX ``LSTM`` (no
 GRU), a dynamic batch. Input ``past`` (batch, 30, 2) float32 raw positions, oldest
@@ -21,8 +19,6 @@ with the coordinates' scale (PyTorch float32 itself differs from float64 as much
 
 from __future__ import annotations
 
-import argparse
-import sys
 import warnings
 from pathlib import Path
 
@@ -31,12 +27,12 @@ import torch
 from torch import nn
 
 from captioner.checkpoint import atomic_write
-from training.common import UserError, cli
+from captioner.runtools import UserError
 
 OPSET = 15
 
 
-class _MnistGraph(nn.Module):
+class MnistGraph(nn.Module):
     def __init__(self, model):
         super().__init__()
         self.model = model.eval()
@@ -55,13 +51,13 @@ def _sample(kind: str, batch: int, seed: int = 0) -> torch.Tensor:
 
 def build(kind: str, checkpoint: Path | None) -> tuple[nn.Module, str, str]:
     if kind == "trajectory":
-        from captioner.trajectory import DEFAULT_CHECKPOINT, TrajectoryPredictor
+        from demos.trajectory.model import DEFAULT_CHECKPOINT, TrajectoryPredictor
 
         return TrajectoryPredictor.from_checkpoint(checkpoint or DEFAULT_CHECKPOINT), "past", "future"
     if kind == "mnist":
-        from captioner.mnist import DEFAULT_CHECKPOINT, RowLSTMClassifier
+        from demos.mnist.model import DEFAULT_CHECKPOINT, RowLSTMClassifier
 
-        return _MnistGraph(RowLSTMClassifier.from_checkpoint(checkpoint or DEFAULT_CHECKPOINT)), "digits", "logits"
+        return MnistGraph(RowLSTMClassifier.from_checkpoint(checkpoint or DEFAULT_CHECKPOINT)), "digits", "logits"
     raise UserError(f"unknown model {kind!r}")
 
 
@@ -97,23 +93,3 @@ def export(model: nn.Module, kind: str, input_name: str, output_name: str, out: 
         raise RuntimeError(f"onnxruntime differs from PyTorch by {worst:.2e} (> {tolerance:.0e})")
     return {"out": str(out), "opset": OPSET, "ops": ops, "max_abs_diff": worst,
             "units": "per unit step length" if kind == "trajectory" else "absolute"}
-
-
-@cli
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("model", choices=["trajectory", "mnist"])
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--checkpoint", type=Path, default=None, help="default: the shipped checkpoint")
-    p.add_argument("--tolerance", type=float, default=1e-4)
-    args = p.parse_args(argv)
-    model, input_name, output_name = build(args.model, args.checkpoint)
-    report = export(model, args.model, input_name, output_name, args.out, args.tolerance)
-    print(f"wrote {report['out']}: opset {report['opset']}, onnxruntime max |diff| {report['max_abs_diff']:.2e} "
-          f"({report['units']})")
-    print("ops: " + " ".join(report["ops"]))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,11 +1,11 @@
 """Train the row-by-row LSTM MNIST classifier.
 
-    python -m training.train_mnist --data-root ../shared/data --out runs/mnist
+    python -m demos.mnist.train --data-root ../shared/data --out runs/mnist
 
 Reads MNIST with torchvision's loader from ``--data-root`` (``MNIST/raw/`` inside it),
 downloading it there first when it is missing. 5,000 training digits are held out for
 validation (the same ones every run); the 10,000 test digits are only for
-``training.evaluate_mnist``. Adam with warm-up and cosine decay, light random affine
+``demos.mnist.evaluate``. Adam with warm-up and cosine decay, light random affine
 augmentation, and the best validation accuracy is kept as ``--out/best.safetensors``.
 """
 
@@ -20,18 +20,17 @@ import torch
 import torch.nn.functional as F
 
 from captioner.devices import resolve_device
-from captioner.mnist import MnistConfig, RowLSTMClassifier, accuracy, split_train_val
-from training.common import (
+from captioner.loop import Loop, epoch_order
+from captioner.runtools import (
     Timer,
     cli,
-    mnist_flags,
     optimizer_step,
-    read_mnist,
     run_flags,
     seed_everything,
     warmup_cosine,
 )
-from training.loop import Loop, epoch_order
+from demos.mnist.data import mnist_flags, read_mnist
+from demos.mnist.model import MnistConfig, RowLSTMClassifier, accuracy, split_train_val
 
 
 def augment(x: torch.Tensor, degrees: float = 10.0, scale: float = 0.1, shift_px: float = 2.0) -> torch.Tensor:

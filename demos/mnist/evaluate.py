@@ -1,6 +1,6 @@
 """Test accuracy and confusion matrix of the MNIST classifier on the 10,000 test digits.
 
-    python -m training.evaluate_mnist --data-root ../shared/data [--checkpoint PATH] [--json-out FILE]
+    python -m demos.mnist.evaluate --data-root ../shared/data [--checkpoint PATH] [--json-out FILE]
 
 Runs both inference paths, our hand-written LSTM cells and torch's fused LSTM with the
 same weights, and reports how often they agree and how long each took.
@@ -15,8 +15,9 @@ import time
 import torch
 
 from captioner.devices import resolve_device
-from captioner.mnist import DEFAULT_CHECKPOINT, RowLSTMClassifier, accuracy
-from training.common import cli, evaluation_flags, mnist_flags, read_mnist, write_report
+from captioner.runtools import cli, evaluation_flags, write_report
+from demos.mnist.data import mnist_flags, read_mnist
+from demos.mnist.model import DEFAULT_CHECKPOINT, RowLSTMClassifier, accuracy
 
 
 @cli

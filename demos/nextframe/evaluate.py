@@ -1,7 +1,7 @@
 """MSE per frame and SSIM of the ConvLSTM next-frame predictor on Moving MNIST clips made
 from the MNIST test digits, against copying the last input frame.
 
-    python -m training.evaluate_nextframe --data-root ../shared/data [--checkpoint PATH] [--json-out FILE]
+    python -m demos.nextframe.evaluate --data-root ../shared/data [--checkpoint PATH] [--json-out FILE]
 
 MSE per frame is the squared error summed over the 64x64 pixels (values in [0, 1]) and
 averaged over clips and the 10 predicted frames, as the Moving MNIST papers report it.
@@ -16,10 +16,17 @@ import time
 import torch
 
 from captioner.devices import resolve_device
-from captioner.nextframe import DEFAULT_CHECKPOINT, MovingMNIST, NextFramePredictor, copy_last_frame, frame_mse, ssim
-from training.common import cli, evaluation_flags, mnist_flags, read_mnist, write_report
-
-TEST_SEED = 2024
+from captioner.runtools import cli, evaluation_flags, write_report
+from demos.mnist.data import mnist_flags, read_mnist
+from demos.nextframe.model import (
+    DEFAULT_CHECKPOINT,
+    TEST_SEED,
+    MovingMNIST,
+    NextFramePredictor,
+    copy_last_frame,
+    frame_mse,
+    ssim,
+)
 
 
 @cli

@@ -1,6 +1,6 @@
 """Train the hand-trajectory predictor (30 past points -> 10 future points).
 
-    python -m training.train_trajectory --mat ../shared/data/char_trajectories/trajectories_train.mat \\
+    python -m demos.trajectory.train --mat ../shared/data/char_trajectories/trajectories_train.mat \\
         --out runs/trajectory
 
 Windows of 40 consecutive points slide along every pen trajectory; train, validation and
@@ -29,7 +29,9 @@ import torch
 
 from captioner.checkpoint import atomic_write_text
 from captioner.devices import resolve_device
-from captioner.trajectory import (
+from captioner.loop import Loop, epoch_order
+from captioner.runtools import Timer, UserError, cli, optimizer_step, run_flags, seed_everything, warmup_cosine
+from demos.trajectory.model import (
     TrajectoryConfig,
     TrajectoryPredictor,
     evaluate_sequences,
@@ -40,8 +42,6 @@ from captioner.trajectory import (
     split_sequences,
     windows_report,
 )
-from training.common import Timer, UserError, cli, optimizer_step, run_flags, seed_everything, warmup_cosine
-from training.loop import Loop, epoch_order
 
 BLEND_DECAYS = (0.25, 0.5, 1.0, 2.0, 4.0)
 

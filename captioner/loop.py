@@ -26,8 +26,8 @@ import torch
 from tqdm.auto import tqdm
 
 from captioner.checkpoint import load_training_state, read_metadata, save_training_state, weight_settings
+from captioner.runtools import Dist, NonFiniteLoss, Timer, UserError, plot_curves, write_metrics
 from captioner.training import epoch_order  # noqa: F401  (the scripts' batches come from it)
-from training.common import Dist, NonFiniteLoss, Timer, UserError, plot_curves, write_metrics
 
 log = logging.getLogger("training")
 

@@ -23,6 +23,7 @@ from torch import nn
 from captioner.checkpoint import CHECKPOINTS, Saveable
 from captioner.lstm import ConvLSTMCell
 
+TEST_SEED = 2024  # the held-out Moving MNIST clips: made from the MNIST test digits with this seed
 DEFAULT_CHECKPOINT = CHECKPOINTS / "nextframe.safetensors"
 
 

@@ -1,0 +1,70 @@
+"""What every tab shares: where models and data are, the services the app is built with,
+and small UI helpers."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import gradio as gr
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+STATIC = Path(__file__).resolve().parent / "static"
+NOT_TRAINED = ("**Not trained yet.** This tab's model has not been shipped in `checkpoints/`; "
+               "the README says how to train it.")
+
+
+@dataclass(frozen=True)
+class Places:
+    """The models: ``checkpoints/`` (or $CAPTIONER_CHECKPOINTS); data the side tabs show:
+    $CAPTIONER_DATA (default ``data/``), else what the app downloads into the cache."""
+
+    checkpoints: Path
+    data: Path
+    cache: Path
+
+    @classmethod
+    def from_environment(cls) -> Places:
+        return cls(Path(os.environ.get("CAPTIONER_CHECKPOINTS", ROOT / "checkpoints")),
+                   Path(os.environ.get("CAPTIONER_DATA", ROOT / "data")),
+                   Path(os.environ.get("CAPTIONER_CACHE", Path.home() / ".cache" / "captioner")))
+
+    def find(self, *relative: str) -> Path | None:
+        """The first of data/ and the cache that holds ``relative``."""
+        return next((root.joinpath(*relative) for root in (self.data, self.cache)
+                     if root.joinpath(*relative).exists()), None)
+
+
+@cache
+def static(name: str) -> str:
+    """A file of ``webapp/static`` (JavaScript, HTML, CSS), read once."""
+    return (STATIC / name).read_text(encoding="utf-8")
+
+
+def user_error(err: Exception) -> gr.Error:
+    return gr.Error(str(err), print_exception=False)
+
+
+def event_value(evt: gr.EventData, name: str, default):
+    """A value the page's JavaScript sent with ``trigger(...)``, read through EventData's
+    attribute access."""
+    try:
+        return getattr(evt, name)
+    except (AttributeError, TypeError):  # not sent, or nothing sent at all
+        return default
+
+
+def thumbnail(image: Image.Image, size: int = 256) -> Image.Image:
+    thumb = image.copy()
+    thumb.thumbnail((size, size))
+    return thumb
+
+
+def not_trained(available: bool) -> bool:
+    """Say so, and return True, when a tab's model is not there."""
+    if not available:
+        gr.Markdown(NOT_TRAINED)
+    return not available
