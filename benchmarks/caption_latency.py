@@ -208,10 +208,11 @@ def device_rows(photos: list[Path], checkpoint: Path = DEFAULT_CHECKPOINT) -> di
     return rows
 
 
-def compare_checkpoints(photos: list[Path], checkpoints: list[Path]) -> dict:
+def compare_checkpoints(photos: list[Path], checkpoints: list[str]) -> dict:
     """The same photos, one at a time (file bytes to caption), through each checkpoint on the
-    CPU, interleaved photo by photo: greedy and the checkpoint's own decoding."""
-    models = [Captioner.from_checkpoint(c) for c in checkpoints]
+    CPU, interleaved photo by photo: greedy and the checkpoint's own decoding. A checkpoint
+    named ``PATH@int8`` runs with int8 decoder matrices (as the app and the CLI run it)."""
+    models = [Captioner.from_checkpoint(c.removesuffix("@int8"), int8=c.endswith("@int8")) for c in checkpoints]
     pre = models[0].require_encoder().preprocess
     times = {str(c): {"greedy": [], "default": []} for c in checkpoints}
     for path in photos[:2] + photos:  # the first two warm up
@@ -238,8 +239,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--images", type=int, default=40)
     p.add_argument("--encoders", nargs="*", default=["resnet152", "efficientnet_lite0"],
                    help="encoders whose CPU stages to time (none: only the GPU rows, where there is a GPU)")
-    p.add_argument("--compare", type=Path, nargs="+", default=None, metavar="CHECKPOINT",
-                   help="time these captioners against each other, one photo at a time (the first is the reference)")
+    p.add_argument("--compare", nargs="+", default=None, metavar="CHECKPOINT",
+                   help="time these captioners against each other, one photo at a time (the first is the reference; "
+                        "PATH@int8: with int8 decoder matrices)")
     args = p.parse_args(argv)
     if args.compare:
         photos = sorted(require(SHARED / "coco_mini" / "train2017", "COCO images").glob("*.jpg"))[:args.images]

@@ -26,7 +26,8 @@ from PIL import Image
 from captioner.encoders import build_encoder
 from captioner.model import DEFAULT_CHECKPOINT, Captioner, CaptionerConfig
 
-RESULTS = Path(__file__).resolve().parent / "results"
+# where results go: benchmarks/results (the README quotes them), or $CAPTIONER_BENCH_RESULTS (smoke tests)
+RESULTS = Path(os.environ.get("CAPTIONER_BENCH_RESULTS", Path(__file__).resolve().parent / "results"))
 SHARED = Path(os.environ.get("CAPTIONER_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         device = resolve_device(args.device)
-        model = Captioner.from_checkpoint(checkpoint, encoder_weights=args.encoder_weights, device=device)
+        model = Captioner.from_checkpoint(checkpoint, encoder_weights=args.encoder_weights, device=device, int8=True)
     except (CheckpointError, EncoderWeightsError, DeviceError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -52,7 +52,8 @@ def concept_vocabulary(captions: Iterable[str], size: int = 300, exclude: Iterab
     """The ``size`` most frequent content words of ``captions`` (alphabetic, 3+ letters,
     no stop words), most frequent first."""
     skip = STOPWORDS | set(exclude)
-    counts = Counter(w for c in captions for w in set(tokenize(c)) if len(w) > 2 and w.isalpha() and w not in skip)
+    counts = Counter(w for c in captions for w in dict.fromkeys(tokenize(c)) if len(w) > 2 and w.isalpha()
+                     and w not in skip)  # ties in order of first use, whatever the hash seed
     return [w for w, _ in counts.most_common(size)]
 
 
@@ -127,7 +128,7 @@ def fit_concept_detector(grids: torch.Tensor, labels: torch.Tensor, flipped: tor
             loss.backward()
             optimizer.step()
             scheduler.step()
-            total += float(loss) * len(rows)
+            total += float(loss.detach()) * len(rows)
         log.info("concept detector epoch %d: loss %.4f", epoch + 1, total / len(grids))
     return detector.eval()
 

@@ -66,21 +66,25 @@ def read_flickr8k(captions_csv: str | Path, images_dir: str | Path) -> CaptionSe
         raise FileNotFoundError(f"no Flickr8k captions file at {captions_csv}")
     present = _listing(images_dir)
     records, skipped = [], 0
-    with open(captions_csv, newline="", encoding="utf-8") as f:
+    for name, caption in _csv_captions(captions_csv):
+        if name not in present:
+            skipped += 1
+            continue
+        records.append(CaptionRecord(images_dir / name, caption))
+    _report(captions_csv, records, skipped)
+    return CaptionSet(records, skipped)
+
+
+def _csv_captions(path: Path) -> Iterable[tuple[str, str]]:
+    """(image name, caption) of a CSV whose header is ``image,caption`` (commas in captions kept)."""
+    with open(path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None or [h.strip().lower() for h in header[:2]] != ["image", "caption"]:
-            raise ValueError(f"{captions_csv} must be a CSV whose header is 'image,caption'")
+            raise ValueError(f"{path} must be a CSV whose header is 'image,caption'")
         for row in reader:
-            if len(row) < 2 or not row[1].strip():
-                continue
-            name, caption = row[0].strip(), ",".join(row[1:]).strip()
-            if name not in present:
-                skipped += 1
-                continue
-            records.append(CaptionRecord(images_dir / name, caption))
-    _report(captions_csv, records, skipped)
-    return CaptionSet(records, skipped)
+            if len(row) >= 2 and ",".join(row[1:]).strip():
+                yield row[0].strip(), ",".join(row[1:]).strip()
 
 
 def read_dataset(kind: str, root: str | Path, coco_split: str = "train2017") -> CaptionSet:
@@ -118,14 +122,8 @@ def read_caption_text(kind: str, path: str | Path) -> dict[str, list[str]]:
             if a["image_id"] in names and a["caption"].strip():
                 grouped.setdefault(names[a["image_id"]], []).append(a["caption"].strip())
     elif kind == "flickr":
-        with open(path, newline="", encoding="utf-8") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None or [h.strip().lower() for h in header[:2]] != ["image", "caption"]:
-                raise ValueError(f"{path} must be a CSV whose header is 'image,caption'")
-            for row in reader:
-                if len(row) >= 2 and ",".join(row[1:]).strip():
-                    grouped.setdefault(row[0].strip(), []).append(",".join(row[1:]).strip())
+        for name, caption in _csv_captions(path):
+            grouped.setdefault(name, []).append(caption)
     else:
         raise ValueError(f"unknown caption text {kind!r}; use {' or '.join(TEXT_SOURCES)}")
     log.info("%s: %d captions of %d photos (text only)", path, sum(map(len, grouped.values())), len(grouped))

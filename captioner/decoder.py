@@ -134,6 +134,8 @@ class CaptionDecoder(nn.Module):
     def log_probs(self, hidden: torch.Tensor, ctx: Context) -> torch.Tensor:
         logits = self.logits(hidden, ctx)
         logits[:, self.never_emitted] = float("-inf")
+        if "word_bias" in ctx:  # what the detectors say of words naming objects (CaptionNetwork.grounding)
+            logits = logits + ctx["word_bias"]
         # a non-finite model (NaN weights or features) must not crash the search: NaN is impossible
         return logits.log_softmax(-1).nan_to_num(nan=float("-inf"), neginf=float("-inf"))
 

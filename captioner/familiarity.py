@@ -64,24 +64,33 @@ class Familiarity(nn.Module):
     def _project(self, features: torch.Tensor) -> torch.Tensor:
         return F.normalize(features.float(), dim=1) @ self.basis.float()
 
+    def _nearest(self, features: torch.Tensor):
+        sims = self._project(features) @ self.reference.float().T
+        return sims.topk(min(self.k, sims.shape[1]), dim=1)
+
     def similarity(self, features: torch.Tensor) -> torch.Tensor:
         """(B, D) -> (B,) mean similarity to the k nearest reference photos."""
-        sims = self._project(features) @ self.reference.float().T
-        return sims.topk(min(self.k, sims.shape[1]), dim=1).values.mean(1)
+        return self._nearest(features).values.mean(1)
 
     def text_world(self, features: torch.Tensor) -> torch.Tensor | None:
         """(B, D) -> (B,): the share of the k nearest reference photos whose kind of scene
         is known from caption text alone (None without that record)."""
-        if self.world is None:
-            return None
-        sims = self._project(features) @ self.reference.float().T
-        nearest = sims.topk(min(self.k, sims.shape[1]), dim=1).indices
-        return self.world.float()[nearest].mean(1)
+        return self.score(features)[1]
+
+    def score(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, D) -> familiarity (B,) and the text world's share of the neighbours (B,) or
+        None, from one nearest-neighbour search."""
+        nearest = self._nearest(features)
+        world = None if self.world is None else self.world.float()[nearest.indices].mean(1)
+        return self._p_value(nearest.values.mean(1)), world
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """(B, D) -> (B,) familiarity in [0, 1]."""
+        return self._p_value(self.similarity(features))
+
+    def _p_value(self, s: torch.Tensor) -> torch.Tensor:
         calibration = self.calibration.float().contiguous()
-        s = self.similarity(features).contiguous()
+        s = s.contiguous()
         n = len(calibration) + 1.0
         p_value = (1.0 + torch.searchsorted(calibration, s, right=True).float()) / n
         tail = (s / calibration[0]).clamp(0.0, 1.0) / n  # below every held-out photo

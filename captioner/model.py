@@ -97,6 +97,10 @@ class DecodingConfig:
     objects_only_below: float | None = None  # photos less familiar than this are described from their objects alone
     text_world_above: float | None = None  # ... and photos whose nearest reference photos are mostly of
     #                                         scenes known from caption text alone (familiarity.text_world)
+    person_below: float | None = None  # no person words when the concept detectors' surest person word is
+    #                                    less sure than this
+    ground_weight: float = 0.0  # a word naming a COCO category gets + ground_weight * log p, p the concept
+    #                             detectors' surest word for that category (0: off; see CaptionNetwork.grounding)
 
 
 @dataclass
@@ -131,6 +135,34 @@ class FeatureProjection(nn.Module):
         return self.linear(self.dropout(self.norm(features)))
 
 
+@dataclass
+class CategoryIndex:
+    """Which caption words name which COCO category, and which concepts do: ``word_category``
+    (vocab,) the category of each word (-1: none), ``concepts`` each category's concept
+    indices, ``person`` the person category's index (-1: no person concept)."""
+
+    word_category: torch.Tensor
+    concepts: list[torch.Tensor]
+    person: int
+
+
+def category_indices(vocab: Vocabulary, concept_words: Sequence[str]) -> CategoryIndex | None:
+    """The COCO categories (``objects.coco_synonyms``) that both the vocabulary and the
+    concepts name; None when no concept names one."""
+    from captioner.objects import coco_synonyms
+
+    category_of = {p[0]: c for p, c in coco_synonyms().items() if len(p) == 1}
+    by_category: dict[str, list[int]] = {}
+    for i, w in enumerate(concept_words):
+        if w in category_of:
+            by_category.setdefault(category_of[w], []).append(i)
+    if not by_category:
+        return None
+    order = {c: k for k, c in enumerate(by_category)}
+    word_category = torch.tensor([order.get(category_of.get(w, ""), -1) for w in vocab.words])
+    return CategoryIndex(word_category, [torch.tensor(v) for v in by_category.values()], order.get("person", -1))
+
+
 class CaptionNetwork(nn.Module):
     """Every trained weight of a captioner, and what it computes from the encoder's output:
     the feature projection, the object detector, the concept detectors, familiarity, and
@@ -146,6 +178,8 @@ class CaptionNetwork(nn.Module):
                                         config.familiarity_calibration, worlds=bool(config.familiarity_worlds))
                             if config.familiarity_references else None)
         self.concepts = ConceptDetector(config.feature_dim, config.concepts) if config.concepts else None
+        # set by the Captioner, which knows the words (``category_indices``)
+        self.categories: CategoryIndex | None = None
         self.concept_projection = nn.Linear(config.concepts, config.embed_dim) if config.concepts else None
         kwargs = {}
         if config.decoder == "attention":
@@ -161,6 +195,53 @@ class CaptionNetwork(nn.Module):
     @property
     def attends(self) -> bool:
         return self.config.decoder == "attention"
+
+    @property
+    def inference_decoder(self) -> nn.Module:
+        """The decoder that captions: the int8 copy after ``use_int8`` (while this module is
+        in eval mode), else the decoder itself."""
+        fast = self.__dict__.get("_int8_decoder")
+        return fast if fast is not None and not self.training else self.decoder
+
+    def use_int8(self, on: bool = True) -> None:
+        """Caption with int8 copies of the decoder's matrices (dynamic quantization, one
+        scale per output row; the CPU's int8 kernels read a quarter of the bytes, and at
+        batch 1 to 10 a decoder step is bound by reading its weights). The float weights
+        stay what is trained and saved; call again after changing them."""
+        if not on:
+            self.__dict__.pop("_int8_decoder", None)
+            return
+        import copy
+        import warnings
+
+        from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+        with warnings.catch_warnings():  # torch marks its eager quantization API as moving to torchao
+            warnings.simplefilter("ignore")
+            fast = quantize_dynamic(copy.deepcopy(self.decoder).cpu().eval(), {nn.Linear: per_channel_dynamic_qconfig},
+                                    dtype=torch.qint8)
+        self.__dict__["_int8_decoder"] = fast  # not a submodule: checkpoints keep the float weights
+
+    def grounding(self, concepts: torch.Tensor, decoding: DecodingConfig) -> torch.Tensor | None:
+        """(B, vocab) additions to the words' scores that tie the words naming a COCO
+        category to what the concept detectors see: ``ground_weight * log p`` (p: the
+        surest concept of the word's category), and -inf for person words when the surest
+        person concept is below ``person_below``. None when neither is asked for."""
+        index = self.categories
+        if not decoding.ground_weight and decoding.person_below is None:
+            return None
+        groups = torch.stack([concepts[:, c].amax(1) for c in index.concepts], 1)  # (B, categories)
+        word_category = index.word_category.to(concepts.device)
+        has = word_category >= 0
+        bias = concepts.new_zeros(len(concepts), len(word_category))
+        if decoding.ground_weight:
+            picked = groups[:, word_category.clamp_min(0)].clamp_min(1e-6).log()
+            bias = torch.where(has[None, :], decoding.ground_weight * picked, bias)
+        if decoding.person_below is not None and index.person >= 0:
+            unlikely = groups[:, index.person] < decoding.person_below
+            person_words = word_category == index.person
+            bias = bias.masked_fill(unlikely[:, None] & person_words[None, :], float("-inf"))
+        return bias
 
     @property
     def needs_grid(self) -> bool:
@@ -238,15 +319,20 @@ class CaptionNetwork(nn.Module):
             by_world = text_world >= decoding.text_world_above
             objects_only = by_world if objects_only is None else objects_only | by_world
         ctx, detections = self.context(features, grid, decoding.min_object_prob, objects_only=objects_only)
+        if "concepts" in ctx and self.categories is not None:
+            bias = self.grounding(ctx["concepts"], decoding)
+            if bias is not None:
+                ctx["word_bias"] = bias
         required = None
         if detections is not None and decoding.require_object_prob is not None:
             sure = detections.probs[:, 0] >= decoding.require_object_prob
             required = torch.where(sure, self.decoder.first_slot, -1)
             required = required if bool(sure.any()) else None
+        decoder = self.inference_decoder
         if decoding.beam_size == 1 and required is None:
-            decoded = search.greedy(self.decoder, ctx, decoding.max_length)
+            decoded = search.greedy(decoder, ctx, decoding.max_length)
         else:
-            decoded = search.beam_search(self.decoder, ctx, decoding.beam_size, decoding.max_length,
+            decoded = search.beam_search(decoder, ctx, decoding.beam_size, decoding.max_length,
                                          decoding.length_alpha, must_include=required)
         return decoded, detections, ctx
 
@@ -269,6 +355,7 @@ class Captioner(nn.Module):
         self.object_words = list(object_words)
         self.concept_words = list(concept_words)
         self.network = CaptionNetwork(config, vocab)
+        self.network.categories = category_indices(vocab, self.concept_words)
         self.encoder = encoder
         self.provenance: dict[str, str] = {}
         if encoder is not None and encoder.feature_dim != config.feature_dim:
@@ -333,8 +420,7 @@ class Captioner(nn.Module):
         grid = None if grid is None else grid.to(self.device)
         familiar = text_world = None
         if self.network.familiarity is not None:
-            familiar = self.network.familiarity(features)
-            text_world = self.network.familiarity.text_world(features)
+            familiar, text_world = self.network.familiarity.score(features)
         decoded, detections, ctx = self.network.decode(features, decoding, grid if self.network.needs_grid else None,
                                                     familiar, text_world)
         n = len(decoded)
@@ -459,11 +545,12 @@ class Captioner(nn.Module):
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike = DEFAULT_CHECKPOINT, *, encoder: ImageEncoder | None = None,
                         encoder_weights: str | None = None, load_encoder: bool = True,
-                        device: torch.device | str = "cpu") -> Captioner:
+                        device: torch.device | str = "cpu", int8: bool = False) -> Captioner:
         """Rebuild a captioner from its checkpoint on ``device`` (``devices.resolve_device``
         turns ``auto`` into one). The encoder is rebuilt by name (``encoder_weights`` may
         point at a local weights file) unless one is given or ``load_encoder`` is False (for
-        work on cached features)."""
+        work on cached features). ``int8``: on the CPU, caption with int8 decoder matrices
+        (``CaptionNetwork.use_int8``), as the app and the command line do."""
         device = torch.device(device)
         _, tensors, meta = load_model(path, "captioner")
         config, decoding = cls._settings(meta, path)
@@ -483,6 +570,8 @@ class Captioner(nn.Module):
         model.provenance = provenance
         load_state_strict(model.network, tensors, path)
         model.network.to(device).eval()
+        if int8 and device.type == "cpu":
+            model.network.use_int8()
         trained_on = provenance.get("encoder_weights_id")
         if encoder is not None and trained_on and encoder.weights_id != trained_on:
             log.warning("%s was trained with encoder weights %s but runs with %s", path, trained_on, encoder.weights_id)

@@ -49,8 +49,9 @@ class ConceptRetrieval:
                     rows.append(row)
                     cols.append(index[word])
         values = torch.ones(len(rows))
-        self.matrix = torch.sparse_coo_tensor(torch.tensor([rows, cols]), values,
-                                              (len(self.captions), len(self.words))).coalesce().to_sparse_csr()
+        self.matrix = torch.sparse_coo_tensor(torch.tensor([rows, cols], dtype=torch.long).view(2, -1), values,
+                                              (len(self.captions), len(self.words)),
+                                              check_invariants=True).coalesce()
 
     def word_probabilities(self, concepts: torch.Tensor, objects: Sequence[Sequence[dict]]) -> torch.Tensor:
         """(B, concepts) probabilities and each photo's detected objects -> (B, words)."""

@@ -185,7 +185,7 @@ class CaptionService(ModelService):
         self.device = resolve_device(device)
 
     def _load(self, path: Path):
-        model = self.model_class.from_checkpoint(path, device=self.device)
+        model = self.model_class.from_checkpoint(path, device=self.device, int8=True)
         encoder = model.require_encoder()
         if model.device.type == "cuda":  # the first run of each batch size is slow on a GPU: do them now
             size = encoder.preprocess.size

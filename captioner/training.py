@@ -219,14 +219,14 @@ def named_objects(captions: Sequence[str], object_words: Sequence[str]) -> list[
     """The object words a photo's captions name, the most often named first."""
     phrases = {tuple(w.split()): w for w in object_words}
     longest = max(map(len, phrases))
-    counts: Counter[str] = Counter()
+    counts: Counter[str] = Counter()  # in order of first mention, so that ties keep that order
     for caption in captions:
-        tokens, found, i = tokenize(caption), set(), 0
+        tokens, found, i = tokenize(caption), {}, 0
         while i < len(tokens):
             for n in range(min(longest, len(tokens) - i), 0, -1):
                 word = phrases.get(tuple(tokens[i:i + n]))
                 if word is not None:
-                    found.add(word)
+                    found[word] = True
                     i += n
                     break
             else:
@@ -267,12 +267,17 @@ class TextTable:
                 photo_of.append(row)
         self.photo = torch.tensor(photo_of)
         self.labels = concept_labels([photos[n] for n in names], concepts).to(torch.bool)
+        self.sources = sorted({n.partition(":")[0] for n in names if ":" in n} | {""})
+        self.source = torch.tensor([self.sources.index(n.partition(":")[0] if ":" in n else "") for n in names])
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def batch(self, rows: torch.Tensor, noise: ConceptNoise | None, generator: torch.Generator):
-        """Captions (list of id tensors), detections and concepts (or None) of ``rows``."""
+    def batch(self, rows: torch.Tensor, noise: dict[str, ConceptNoise] | None, generator: torch.Generator):
+        """Captions (list of id tensors), detections and concepts (or None) of ``rows``.
+        ``noise``: for each source (the part of a photo's key before ':'), how the concept
+        detectors score photos like that source's (``ConceptNoise``; key "" for all
+        others)."""
         photo = self.photo[rows]
         named = self.named[photo]
         probs = torch.where(named, 0.2 + 0.75 * torch.rand(named.shape, generator=generator),
@@ -286,7 +291,16 @@ class TextTable:
             is_slot = ids >= self.first_slot
             ids[is_slot] = self.first_slot + rank[k, ids[is_slot] - self.first_slot]
             captions.append(ids)
-        concepts = None if noise is None else noise.sample(self.labels[photo].float(), generator)
+        concepts = None
+        if noise:
+            labels = self.labels[photo].float()
+            concepts = torch.empty_like(labels)
+            source = self.source[photo]
+            for k, name in enumerate(self.sources):
+                mine = source == k
+                if bool(mine.any()):
+                    table = noise.get(name, noise.get(""))
+                    concepts[mine] = table.sample(labels[mine], generator)
         return captions, Detections(words, probs), concepts
 
 

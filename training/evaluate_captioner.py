@@ -123,6 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-data", action="append", default=[], metavar="KIND:ROOT",
                    help="training data for the retrieval baseline (default: from the checkpoint)")
     p.add_argument("--no-baselines", action="store_true")
+    p.add_argument("--float32", action="store_true",
+                   help="decode with the float32 weights (default: int8 decoder matrices on the CPU, as users get)")
     p.add_argument("--compare", action="append", type=Path, default=[], metavar="CHECKPOINT",
                    help="another captioner scored in the same run (e.g. the one shipped before), each with its own "
                         "default decoding")
@@ -137,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         raise UserError("--beam-size must be at least 1")
     start = time.perf_counter()
 
-    model = Captioner.from_checkpoint(args.checkpoint, encoder_weights=args.encoder_weights,
+    model = Captioner.from_checkpoint(args.checkpoint, encoder_weights=args.encoder_weights, int8=not args.float32,
                                       device=resolve_device(args.device))
     dataset = (read_coco(args.coco_captions, args.images) if args.coco_captions
                else read_flickr8k(args.flickr_captions, args.images))
@@ -170,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                     for r in other.caption_features(other_feats[first:first + 256].float(),
                                                     grid=None if other_grid is None else other_grid[first:first + 256])]
         systems[f"compare:{path.name}"] = dict(zip(ids, captions))
-        notes[f"compare:{path.name}"] = f"{path}, its own default decoding"
+        notes[f"compare:{path.name}"] = f"{path}, its own default decoding, float32 weights"
     if not args.no_baselines:
         candidates = [c for caps in references.values() for c in caps]
         if sources:

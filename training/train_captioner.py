@@ -222,11 +222,17 @@ def extend_from(model: Captioner, old: Captioner) -> None:
     copied = 0
     with torch.no_grad():
         for name, tensor in new_state.items():
-            if name.startswith("familiarity.") or name not in old_state:
-                continue
+            if name.startswith(("familiarity.", "concepts.")) or name not in old_state:
+                continue  # both are fitted afresh
             source = old_state[name].to(tensor.dtype)
             if name in ("decoder.embed.weight", "decoder.out.weight", "decoder.out.bias"):
                 tensor[new_rows] = source[old_rows]
+                copied += 1
+            elif name == "concept_projection.weight":  # columns by concept word
+                known = [(i, old.concept_words.index(w)) for i, w in enumerate(model.concept_words)
+                         if w in old.concept_words]
+                for i, j in known:
+                    tensor[:, i] = source[:, j]
                 copied += 1
             elif source.shape == tensor.shape:
                 tensor.copy_(source)
@@ -264,10 +270,12 @@ def build_model(args, encoder, train_captions: list[str], refs_feats, held_out_f
     return model
 
 
-def fit_concepts(model: Captioner, args, train_grids, train_flipped, labels, weights, val_grids, val_labels):
+def fit_concepts(model: Captioner, args, train_grids, train_flipped, labels, weights, val_grids,
+                 concept_photos: int):
     """The concept detectors (on all training photos), the concepts the decoder trains on
     for each training photo (from detectors that never saw it: two folds), and the noise
-    of text rows (the detectors' scores on the validation photos)."""
+    of text rows (the scores of the fold detectors on the photos they did not see: the last
+    ``concept_photos`` photos are COCO's)."""
     detector = fit_concept_detector(train_grids, labels, train_flipped, weights, epochs=args.concept_epochs,
                                     seed=args.seed)
     model.network.concepts.load_state_dict(detector.state_dict())
@@ -279,7 +287,13 @@ def fit_concepts(model: Captioner, args, train_grids, train_flipped, labels, wei
                                  epochs=args.concept_epochs, seed=args.seed + 1)
         concepts[part], flipped[part] = detect(d, train_grids[part]), detect(d, train_flipped[part])
     val_scores = detect(detector, val_grids)
-    return concepts, flipped, ConceptNoise(val_scores, val_labels), val_scores
+    # how the detectors score photos they never saw, per kind of photo: Flickr's (for Flickr30k's
+    # text) and COCO's (for COCO's text), from the two folds, so the validation photos stay unused
+    noise = {"": ConceptNoise(concepts, labels)}
+    if concept_photos:
+        noise["flickr"] = ConceptNoise(concepts[:-concept_photos], labels[:-concept_photos])
+        noise["coco"] = ConceptNoise(concepts[-concept_photos:], labels[-concept_photos:])
+    return concepts, flipped, noise, val_scores
 
 
 def average_precision(scores: torch.Tensor, labels: torch.Tensor) -> float:
@@ -372,11 +386,12 @@ def main(argv: list[str] | None = None) -> int:
         held_grid = torch.cat([val_grid, grids(concept_val)[0]]) if concept_val else val_grid
         concepts, flipped, noise, held_scores = fit_concepts(
             model, args, torch.cat([train_grid, concept_grid]), torch.cat([train_grid_flipped, concept_grid_flipped]),
-            labels, weights, held_grid, val_labels)
+            labels, weights, held_grid, len(concept_train))
         photo_inputs.concepts, photo_inputs.flipped_concepts = concepts[:len(train_images)], flipped[:len(train_images)]
         report = {"concept_words": concept_words, "concept_map_validation": average_precision(held_scores, val_labels),
-                  "concept_noise": noise.summary(concept_words, ["man", "woman", "people", "person", "kitchen",
-                                                                 "table", "street", "snow", "plate", "dog"])}
+                  "concept_noise": {source: table.summary(concept_words, ["man", "woman", "people", "person", "kitchen",
+                                                                          "table", "street", "snow", "plate", "dog"])
+                                    for source, table in noise.items()}}
         log.info("concept detectors: mean average precision %.3f on %d validation photos",
                  report["concept_map_validation"], len(held))
 

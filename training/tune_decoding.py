@@ -8,7 +8,7 @@ For every beam width, length exponent and object setting (the top object require
 caption when the classifier is this sure of it; objects never copied below a probability),
 the validation images are captioned and scored with ``metrics.caption_scores`` (the
 measure of training's validation and of the test report); the setting with the best
-BLEU-4 + CIDEr / 10 + object F1 / 10 wins (averaged over the datasets when several are
+BLEU-4 + CIDEr / 10 + object F1 / 10 - CHAIR_s / 10 wins (averaged over the datasets when several are
 given: ``coco_paired`` photos are split as the training run split them, by its
 ``--concept-val-fraction``). ``--text-world-above`` tries when to describe a photo from its
 objects and concepts alone (the share of its nearest reference photos that are of the text
@@ -33,9 +33,10 @@ from captioner.runtools import UserError, cli, device_flag
 
 
 def score(row: dict) -> float:
-    """What the choice maximises: the usual BLEU-4 + CIDEr / 10, and naming the objects that
-    are there (object-mention F1 / 10)."""
-    return row["bleu4"] + row["cider"] / 10 + row["object_f1"] / 10
+    """What the choice maximises: the usual BLEU-4 + CIDEr / 10, naming the objects that
+    are there (object-mention F1 / 10) and not naming objects no person named (CHAIR_s / 10,
+    the share of captions that invent one)."""
+    return row["bleu4"] + row["cider"] / 10 + row["object_f1"] / 10 - row.get("CHAIR_s", 0.0) / 10
 
 
 @cli
@@ -59,15 +60,23 @@ def main(argv: list[str] | None = None) -> int:
                    help="try describing photos from their objects and concepts alone when at least this share of "
                         "their nearest reference photos is of the text world ('none': never; 'keep': the "
                         "checkpoint's)")
+    p.add_argument("--person-below", nargs="+", default=["keep"],
+                   help="try banning person words when the surest person concept is below this ('none': never; "
+                        "'keep': the checkpoint's)")
+    p.add_argument("--ground-weights", type=float, nargs="+", default=None,
+                   help="try tying COCO category words to the concept detectors: + weight * log p (default: the "
+                        "checkpoint's)")
     p.add_argument("--cache-dir", type=Path, default=Path("data/features"))
     p.add_argument("--json-out", type=Path, default=None, help="every setting's scores")
     p.add_argument("--write", action="store_true", help="store the best setting in the checkpoint")
+    p.add_argument("--float32", action="store_true",
+                   help="decode with the float32 weights (default: int8 decoder matrices on the CPU, as users get)")
     device_flag(p)
     args = p.parse_args(argv)
     if len(args.dataset) != len(args.data_root):
         raise UserError("give one --data-root for each --dataset")
 
-    model = Captioner.from_checkpoint(args.checkpoint, device=resolve_device(args.device))
+    model = Captioner.from_checkpoint(args.checkpoint, device=resolve_device(args.device), int8=not args.float32)
     info = model.provenance.get("training_data", {})
     sets = []
     for kind, root in zip(args.dataset, args.data_root):
@@ -79,20 +88,24 @@ def main(argv: list[str] | None = None) -> int:
         sets.append((kind, images, {str(p): caps for p, caps in refs_by_image.items()}, features, grid))
     worlds = [model.decoding.text_world_above if w == "keep" else None if w == "none" else float(w)
               for w in args.text_world_above]
+    persons = [model.decoding.person_below if w == "keep" else None if w == "none" else float(w)
+               for w in args.person_below]
+    grounds = args.ground_weights or [model.decoding.ground_weight]
     requires = [None if r == "none" else float(r) for r in args.require_object_probs]
     minimums = args.min_object_probs
     only_below = None if args.objects_only_below == "none" else float(args.objects_only_below)
     if model.network.objects is None:
         requires, minimums, only_below = [None], [0.0], None
     rows = []
-    settings = [(beam, alpha, require, minimum, world) for beam in args.beams
+    settings = [(beam, alpha, require, minimum, world, person, ground) for beam in args.beams
                 for alpha in (args.alphas if beam > 1 else [1.0]) for require in requires for minimum in minimums
-                for world in worlds]
-    for beam, alpha, require, minimum, world in settings:
+                for world in worlds for person in persons for ground in grounds]
+    for beam, alpha, require, minimum, world, person, ground in settings:
         model.decoding = replace(model.decoding, require_object_prob=require, min_object_prob=minimum,
-                                 objects_only_below=only_below, text_world_above=world)
+                                 objects_only_below=only_below, text_world_above=world, person_below=person,
+                                 ground_weight=ground)
         row = {"beam": beam, "alpha": alpha, "require_object_prob": require, "min_object_prob": minimum,
-               "text_world_above": world, "datasets": {}}
+               "text_world_above": world, "person_below": person, "ground_weight": ground, "datasets": {}}
         for kind, images, refs, features, grid in sets:
             results = model.caption_features(features.float(), beam_size=beam, length_alpha=alpha, grid=grid)
             scores = caption_scores(refs, {str(p): r.caption for p, r in zip(images, results)}, meteor=False)
@@ -100,26 +113,31 @@ def main(argv: list[str] | None = None) -> int:
                                      "object_f1": scores["object_f1"], "CHAIR_s": scores["CHAIR_s"],
                                      "person_in_people_free": scores["person_in_people_free"],
                                      "words": sum(len(r.words) for r in results) / len(results)}
-        for key in ("bleu4", "cider", "object_f1"):
+        for key in ("bleu4", "cider", "object_f1", "CHAIR_s"):
             row[key] = sum(d[key] for d in row["datasets"].values()) / len(sets)
         rows.append(row)
-        print(f"beam {beam} alpha {alpha:4.2f} require {require} min {minimum} text world {world}: "
+        print(f"beam {beam} alpha {alpha:4.2f} require {require} min {minimum} text world {world} person {person} "
+              f"ground {ground}: "
               + "; ".join(f"{kind} BLEU-4 {d['bleu4']:.4f} CIDEr {d['cider']:.4f} object F1 {d['object_f1']:.4f} "
-                          f"CHAIR_s {d['CHAIR_s']:.3f}" for kind, d in row["datasets"].items()))
+                          f"CHAIR_s {d['CHAIR_s']:.3f} person/people-free {d['person_in_people_free']:.2f}"
+                          for kind, d in row["datasets"].items()))
     images = [p for _, photos, *_ in sets for p in photos]
     best = max(rows, key=score)
-    print(f"best on {len(images)} validation images by BLEU-4 + CIDEr / 10 + object F1 / 10: beam {best['beam']}, "
+    print(f"best on {len(images)} validation images by BLEU-4 + CIDEr / 10 + object F1 / 10 - CHAIR_s / 10: "
+          f"beam {best['beam']}, "
           f"alpha {best['alpha']}, require_object_prob {best['require_object_prob']}, "
-          f"min_object_prob {best['min_object_prob']}, text_world_above {best['text_world_above']}")
+          f"min_object_prob {best['min_object_prob']}, text_world_above {best['text_world_above']}, "
+          f"person_below {best['person_below']}, ground_weight {best['ground_weight']}")
     if args.json_out:
+        criterion = "BLEU-4 + CIDEr / 10 + object F1 / 10 - CHAIR_s / 10"
         atomic_write_text(args.json_out, json.dumps({"checkpoint": str(args.checkpoint), "images": len(images),
-                                                     "criterion": "BLEU-4 + CIDEr / 10 + object F1 / 10", "best": best,
-                                                     "settings": rows}, indent=2))
+                                                     "criterion": criterion, "best": best, "settings": rows}, indent=2))
     if args.write:
         model.decoding = replace(model.decoding, beam_size=best["beam"], length_alpha=best["alpha"],
                                  require_object_prob=best["require_object_prob"],
                                  min_object_prob=best["min_object_prob"], objects_only_below=only_below,
-                                 text_world_above=best["text_world_above"])
+                                 text_world_above=best["text_world_above"], person_below=best["person_below"],
+                                 ground_weight=best["ground_weight"])
         tensors, meta = read_safetensors(args.checkpoint)
         kept = ("format", "kind", "config", "vocabulary", "decoding", "object_words", "concept_words", "provenance")
         stored = next((t.dtype for t in tensors.values() if t.is_floating_point()), None)  # fp16 stays fp16

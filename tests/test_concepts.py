@@ -1,0 +1,109 @@
+"""Everyday scenes: concepts learned from captions (MIL over the grid), captions without
+photos as training rows, the article rule, hallucination counts and the concept-retrieval
+baseline."""
+
+import torch
+
+from captioner.concepts import ConceptDetector, ConceptNoise, concept_labels, concept_vocabulary, fit_concept_detector
+from captioner.objects import object_mention_scores
+from captioner.retrieval import ConceptRetrieval
+from captioner.training import TextTable, named_objects
+from captioner.vocabulary import Vocabulary, fix_article, with_article
+
+
+def test_noisy_or_is_one_minus_the_product_over_cells():
+    torch.manual_seed(0)
+    detector = ConceptDetector(8, 3)
+    grid = torch.randn(2, 5, 8)
+    cells = torch.sigmoid(detector.cell(grid))
+    torch.testing.assert_close(detector(grid), 1 - (1 - cells).prod(1), atol=1e-6, rtol=1e-5)
+
+
+def test_mil_detectors_find_the_cell_that_shows_the_word():
+    """A word present in a photo when one of its 49 cells holds a pattern, anywhere: the
+    detector learns it from photo-level labels alone."""
+    g = torch.Generator().manual_seed(0)
+    pattern = torch.randn(16, generator=g)
+    grids = torch.randn(400, 49, 16, generator=g)
+    labels = (torch.rand(400, 1, generator=g) < 0.5).float()
+    where = torch.randint(0, 49, (400,), generator=g)
+    grids[torch.arange(400), where] += 3 * pattern * labels[:, 0, None]
+    detector = fit_concept_detector(grids[:300], labels[:300], epochs=30, lr=1e-2, batch_size=64)
+    with torch.no_grad():
+        p = detector(grids[300:])[:, 0]
+    positive, negative = p[labels[300:, 0] > 0], p[labels[300:, 0] == 0]
+    assert positive.min() > negative.max(), "every held-out photo with the word scores above every one without"
+
+
+def test_concepts_are_frequent_content_words_and_labels_are_any_caption():
+    captions = ["A man sits at a kitchen table.", "The man in the kitchen.", "A dog on the grass.", "a dog runs"]
+    words = concept_vocabulary(captions, size=4)
+    assert set(words[:3]) == {"man", "kitchen", "dog"}  # each in two captions
+    assert "the" not in words and "a" not in words and "sits" in words
+    labels = concept_labels([captions[:2], captions[2:]], ["man", "dog", "kitchen"])
+    assert labels.tolist() == [[1, 0, 1], [0, 1, 0]]
+
+
+def test_text_rows_draw_probabilities_from_the_detectors_real_scores():
+    scores = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.7, 0.05], [0.2, 0.6], [0.1, 0.7], [0.15, 0.9]])
+    labels = torch.tensor([[1, 0], [1, 0], [1, 0], [0, 1], [0, 1], [0, 1]]).float()
+    noise = ConceptNoise(scores, labels, min_photos=3)
+    drawn = noise.sample(torch.tensor([[1.0, 0.0]] * 500), torch.Generator().manual_seed(0))
+    assert drawn[:, 0].min() >= 0.7 - 1e-6 and drawn[:, 0].max() <= 0.9 + 1e-6  # positives of concept 0
+    assert drawn[:, 1].min() >= 0.05 - 1e-6 and drawn[:, 1].max() <= 0.2 + 1e-6  # negatives of concept 1
+    again = noise.sample(torch.tensor([[1.0, 0.0]] * 500), torch.Generator().manual_seed(0))
+    assert torch.equal(drawn, again)
+
+
+def test_text_table_copies_named_objects_and_keeps_slots_with_their_words():
+    photos = {"coco:1.jpg": ["A pizza on a plate next to a cup of coffee.", "a pizza with cheese"],
+              "coco:2.jpg": ["two zebras in a field"]}
+    object_words = ["pizza", "coffee", "zebra", "dog", "tripod", "cup", "plate", "banana"]
+    assert named_objects(photos["coco:1.jpg"], object_words) == ["pizza", "plate", "cup", "coffee"]
+    slots = 3
+    words = ["<pad>", "<start>", "<end>", "<unk>", "a", "on", "next", "to", "of", "with", "cheese", "two", "zebras",
+             "in", "field", "cup", "coffee", "plate", "pizza", "<obj1>", "<obj2>", "<obj3>"]
+    vocab = Vocabulary(words)
+    table = TextTable(photos, vocab, object_words, slots, ["pizza", "field"], max_words=30, miss=0.0, seed=0)
+    assert len(table) == 3 and table.labels.tolist() == [[True, False], [False, True]]
+    first = len(vocab) - slots
+    for step in range(5):
+        g = torch.Generator().manual_seed(step)
+        captions, detections, concepts = table.batch(torch.arange(3), None, g)
+        assert concepts is None
+        assert bool((detections.probs[:, :-1] >= detections.probs[:, 1:]).all()), "slots ranked by probability"
+        for row, ids in enumerate(captions):
+            text = " ".join(photos[list(photos)[int(table.photo[row])]]).lower()
+            slots_used = [t - first for t in ids.tolist() if t >= first]
+            # each slot token, after the slots were re-ranked, still stands for a word the captions named
+            assert all(object_words[int(detections.words[row, k])] in text for k in slots_used)
+            assert row == 2 or slots_used, "the pizza captions name their objects through slots"
+
+
+def test_articles_in_one_place():
+    assert with_article("orange") == "an orange" and with_article("uniform") == "a uniform"
+    assert with_article("coffee") == "coffee" and with_article("hot dog") == "a hot dog"
+    before = ["a", "boy", "with", "a"]
+    fix_article(before, ["coffee"])
+    assert before == ["a", "boy", "with"]
+    before = ["an"]
+    fix_article(before, ["zebra"])
+    assert before == ["a"]
+
+
+def test_hallucination_counts_against_the_human_captions():
+    refs = {"kitchen": ["a kitchen with a stove and an oven", "a white stove in a kitchen"],
+            "street": ["a man rides a bike down the street", "a person on a bicycle"]}
+    said = {"kitchen": "a man standing in a kitchen with an oven", "street": "a man riding a bike"}
+    scores = object_mention_scores(refs, said)
+    assert scores["CHAIR_s"] == 0.5 and scores["CHAIR_i"] == 1 / 4  # the man in the kitchen
+    assert scores["people_free_photos"] == 1 and scores["person_in_people_free"] == 1.0
+
+
+def test_concept_retrieval_picks_the_caption_that_matches_what_is_recognised():
+    captions = ["a man riding a horse", "a pizza on a plate on a table", "a kitchen with a stove"]
+    lookup = ConceptRetrieval(captions, ["man", "table", "kitchen"], ["pizza", "plate", "stove", "horse"])
+    concepts = torch.tensor([[0.1, 0.8, 0.2], [0.05, 0.3, 0.9]])
+    objects = [[{"word": "pizza", "probability": 0.7}, {"word": "plate", "probability": 0.3}],
+               [{"word": "stove", "probability": 0.6}]]
+    assert lookup(concepts, objects) == ["a pizza on a plate on a table", "a kitchen with a stove"]
