@@ -242,6 +242,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--compare", nargs="+", default=None, metavar="CHECKPOINT",
                    help="time these captioners against each other, one photo at a time (the first is the reference; "
                         "PATH@int8: with int8 decoder matrices)")
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run: the peak kernels timed briefly, the encoder's throughput twice")
     args = p.parse_args(argv)
     if args.compare:
         photos = sorted(require(SHARED / "coco_mini" / "train2017", "COCO images").glob("*.jpg"))[:args.images]
@@ -256,7 +258,7 @@ def main(argv: list[str] | None = None) -> None:
     results = {"images": len(photos), "image_source": "COCO train2017 photos (about 640x480 JPEG)",
                "stages": list(STAGES), "encoders": {}}
     if args.encoders:
-        kernels = measured_bf16_peak_gflops()
+        kernels = measured_bf16_peak_gflops(0.05 if args.quick else 1.0)
         results["bf16_kernels_gflops_measured"] = kernels
         results["bf16_peak_gflops_theoretical_at_reported_clock"] = machine()["bf16_peak_gflops_theoretical"]
     for name in args.encoders:
@@ -284,7 +286,8 @@ def main(argv: list[str] | None = None) -> None:
             words_ours += len(words["ours"])
         stats = {s: percentiles(t) for s, t in times.items()}
         flops = encoder_flops(pipes.fp32_backbone, pipes.pre.size)
-        per_image = {b: encoder_throughput(pipes.encoder, b, 5 if name == "resnet152" else 20) for b in (1, 8)}
+        repeats = 2 if args.quick else 5 if name == "resnet152" else 20
+        per_image = {b: encoder_throughput(pipes.encoder, b, repeats) for b in (1, 8)}
         # the VM reports the nominal clock, and real kernels beat the figure computed from it
         peak = max(machine()["bf16_peak_gflops_theoretical"] or 0.0, *kernels.values())
         results["encoders"][name] = {

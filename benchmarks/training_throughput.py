@@ -40,10 +40,11 @@ def batches(records, vocab, batch_size: int, count: int):
         yield chunk, pad_sequence(ids, batch_first=True), torch.tensor([len(i) for i in ids])
 
 
-def decoder_step(model, optimizer, features, caps, lengths) -> None:
+def decoder_step(model, optimizer, features, caps, lengths, grid=None) -> None:
     model.network.train()
     device = features.device
-    loss = caption_loss(model.network, features, caps.to(device), lengths)
+    grid = grid if model.network.needs_grid else None  # attention and concept detectors read the grid
+    loss = caption_loss(model.network, features, caps.to(device), lengths, grid=grid)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()
@@ -59,8 +60,8 @@ def textbook_loop(model, backbone, records, batch_size: int, steps: int) -> floa
         x = torch.stack([TF.normalize(TF.to_tensor(im), pre.mean, pre.std) for im in images])
         x = x.to(next(backbone.parameters()).device)
         with torch.no_grad():
-            features = backbone(x).mean((2, 3))
-        decoder_step(model, optimizer, features, caps, lengths)
+            maps = backbone(x)
+        decoder_step(model, optimizer, maps.mean((2, 3)), caps, lengths, maps.flatten(2).transpose(1, 2))
     synchronize(x.device)
     return steps * batch_size / (time.perf_counter() - start)
 
@@ -70,8 +71,9 @@ def cached_loop(model, records, features_by_image, batch_size: int, steps: int) 
     device = model.device
     start = time.perf_counter()
     for chunk, caps, lengths in batches(records, model.vocab, batch_size, steps):
-        features = torch.stack([features_by_image[r.image] for r in chunk]).to(device).float()
-        decoder_step(model, optimizer, features, caps, lengths)
+        features = torch.stack([features_by_image[r.image][0] for r in chunk]).to(device).float()
+        grid = torch.stack([features_by_image[r.image][1] for r in chunk]).to(device).float()
+        decoder_step(model, optimizer, features, caps, lengths, grid)
     synchronize(device)
     return steps * batch_size / (time.perf_counter() - start)
 
@@ -107,9 +109,12 @@ def main(argv: list[str] | None = None) -> None:
         images = [r.image for r in sample]
         with tempfile.TemporaryDirectory() as cache_dir:
             start = time.perf_counter()
-            feats, _ = FeatureCache(cache_dir, encoder).get(images, batch_size=32, num_workers=2, progress=False)
+            pooled = FeatureCache(cache_dir, encoder)
+            grids, _ = FeatureCache(cache_dir, encoder, grid=True, pooled_too=pooled).get(
+                images, batch_size=32, num_workers=2, progress=False)
+            feats, _ = pooled.get(images, progress=False)
             extraction = (time.perf_counter() - start) / len(images)  # includes the mirrored image
-        by_image = dict(zip(images, feats))
+        by_image = {image: (f, g) for image, f, g in zip(images, feats, grids)}
         cached_loop(model, sample, by_image, args.batch_size, 3)  # warm up
         textbook = textbook_loop(model, plain, sample, args.batch_size, args.textbook_steps)
         cached = cached_loop(model, sample, by_image, args.batch_size, args.cached_steps)

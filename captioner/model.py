@@ -99,6 +99,7 @@ class DecodingConfig:
     #                                         scenes known from caption text alone (familiarity.text_world)
     person_below: float | None = None  # no person words when the concept detectors' surest person word is
     #                                    less sure than this
+    block_ngram: int = 0  # no caption repeats an n-gram of this length ("a cup of coffee and a cup of coffee"; 0: off)
     ground_weight: float = 0.0  # a word naming a COCO category gets + ground_weight * log p, p the concept
     #                             detectors' surest word for that category (0: off; see CaptionNetwork.grounding)
 
@@ -330,10 +331,11 @@ class CaptionNetwork(nn.Module):
             required = required if bool(sure.any()) else None
         decoder = self.inference_decoder
         if decoding.beam_size == 1 and required is None:
-            decoded = search.greedy(decoder, ctx, decoding.max_length)
+            decoded = search.greedy(decoder, ctx, decoding.max_length, decoding.block_ngram)
         else:
             decoded = search.beam_search(decoder, ctx, decoding.beam_size, decoding.max_length,
-                                         decoding.length_alpha, must_include=required)
+                                         decoding.length_alpha, must_include=required,
+                                         block_ngram=decoding.block_ngram)
         return decoded, detections, ctx
 
 

@@ -3,10 +3,12 @@
 - ``nearest_consensus``: the consensus caption of a photo's k nearest training photos in
   the encoder's feature space (only photos with captions can be neighbours);
 - ``ConceptRetrieval``: the caption, among every caption the model learned from (photos'
-  and text-only), whose words best match what the model recognises in the photo. Each
-  matchable word (a concept or an object word) a caption uses scores ``2 p - 1``, p being
-  the photo's probability of it (its concept probability, or its detected object's): a
-  likely word counts for the caption, an unlikely one against it. The best total wins.
+  and text-only), whose words best match what the model recognises in the photo. The
+  recognised words are the concepts the detectors give at least ``concept_min`` and the
+  objects the classifier gives at least ``object_min``; a caption scores one for each
+  recognised word it uses (plus its probability, to break ties) and loses ``penalty`` for
+  each matchable word (a concept or an object word) it uses that is not recognised. The
+  best total wins.
 
 A decoder that cannot beat these has learned a lookup, not a language.
 """
@@ -64,8 +66,13 @@ class ConceptRetrieval:
                     probs[row, j] = max(float(probs[row, j]), float(o["probability"]))
         return probs
 
-    def __call__(self, concepts: torch.Tensor, objects: Sequence[Sequence[dict]], batch: int = 64) -> list[str]:
-        weights = 2 * self.word_probabilities(concepts, objects) - 1
+    def __call__(self, concepts: torch.Tensor, objects: Sequence[Sequence[dict]], batch: int = 64,
+                 concept_min: float = 0.5, object_min: float = 0.2, penalty: float = 0.5) -> list[str]:
+        probs = self.word_probabilities(concepts, objects)
+        minimum = torch.full((probs.shape[1],), object_min)
+        minimum[:self.concepts] = concept_min
+        recognised = probs >= minimum
+        weights = torch.where(recognised, 1.0 + probs, torch.full_like(probs, -penalty))
         best = []
         for start in range(0, len(weights), batch):
             scores = self.matrix @ weights[start:start + batch].T  # (captions, B)

@@ -46,10 +46,37 @@ def _rows(ctx: Context) -> int:
     return len(next(iter(ctx.values())))
 
 
+def block_repeats(logp: torch.Tensor, seqs: torch.Tensor, n: int, first_slot: int | None = None) -> torch.Tensor:
+    """``logp`` (rows, V) with -inf for every word that would repeat an n-gram the row's
+    words ``seqs`` (rows, t) already hold ("a cup of coffee and a cup of coffee" cannot
+    happen with n = 3), repeat the word just written ("young young"), or name an object
+    slot (ids from ``first_slot`` on) a second time ("a microwave and a microwave"). ``n``
+    0: unchanged. No loop over rows: the rows whose last n - 1 words occur earlier ban the
+    word that followed them there."""
+    t = seqs.shape[1]
+    if n < 2 or t == 0:
+        return logp
+    inf = torch.tensor(float("-inf"), device=logp.device)
+    logp = logp.scatter(1, seqs[:, -1:], inf.expand(len(seqs), 1))
+    if first_slot is not None and bool((seqs >= first_slot).any()):
+        rows, at = (seqs >= first_slot).nonzero(as_tuple=True)
+        logp = logp.index_put((rows, seqs[rows, at]), inf)
+    if t < n - 1:
+        return logp
+    last = seqs[:, t - n + 1:]  # (rows, n - 1)
+    match = torch.ones(len(seqs), t - n + 1, dtype=torch.bool, device=seqs.device)
+    for k in range(n - 1):
+        match &= seqs[:, k:t - n + 1 + k] == last[:, k:k + 1]
+    rows, at = match[:, :-1].nonzero(as_tuple=True) if t - n + 1 > 1 else (None, None)
+    if rows is None or not len(rows):
+        return logp
+    return logp.index_put((rows, seqs[rows, at + n - 1]), inf)
+
+
 @torch.inference_mode()
-def greedy(decoder: CaptionDecoder, ctx: Context, max_length: int = 20) -> list[Decoded]:
+def greedy(decoder: CaptionDecoder, ctx: Context, max_length: int = 20, block_ngram: int = 0) -> list[Decoded]:
     """The most probable word at every step, for all images at once. Stops as soon as every
-    caption has ended (or after ``max_length`` words)."""
+    caption has ended (or after ``max_length`` words). ``block_ngram``: no n-gram twice."""
     batch = _rows(ctx)
     ctx = decoder.prepare(ctx)
     state = decoder.init_state(ctx)
@@ -59,6 +86,8 @@ def greedy(decoder: CaptionDecoder, ctx: Context, max_length: int = 20) -> list[
     ended = torch.zeros(batch, dtype=torch.bool, device=device)
     for _ in range(max_length):
         logp, state, attention = decoder.step(tokens, state, ctx)
+        if block_ngram and ids:
+            logp = block_repeats(logp, torch.stack(ids, 1), block_ngram, decoder.first_slot)
         best_logp, tokens = logp.max(-1)
         ids.append(tokens)
         logps.append(best_logp)
@@ -151,7 +180,8 @@ def _best_per_beam(score: torch.Tensor, group: torch.Tensor, room: torch.Tensor)
 
 @torch.inference_mode()
 def beam_search(decoder: CaptionDecoder, ctx: Context, beam_size: int = 3, max_length: int = 20,
-                length_alpha: float = 1.0, must_include: torch.Tensor | None = None) -> list[Decoded]:
+                length_alpha: float = 1.0, must_include: torch.Tensor | None = None,
+                block_ngram: int = 0) -> list[Decoded]:
     """Beam search over all images at once, optionally constrained.
 
     Among the finished captions the best by ``log p / length ** length_alpha`` wins. With
@@ -161,7 +191,8 @@ def beam_search(decoder: CaptionDecoder, ctx: Context, beam_size: int = 3, max_l
     constrained beam search with one constraint (Anderson et al. 2017): an image has two
     beams, captions without the token yet and captions with it; a caption moves from the
     first to the second when it writes the token. The best finished caption of the second
-    beam wins; only if it has none, the first beam's.
+    beam wins; only if it has none, the first beam's. ``block_ngram``: no caption holds an
+    n-gram twice (``block_repeats``).
     """
     if beam_size < 1:
         raise ValueError("beam_size must be at least 1")
@@ -179,6 +210,8 @@ def beam_search(decoder: CaptionDecoder, ctx: Context, beam_size: int = 3, max_l
     n_finished = torch.zeros(2 * batch, dtype=torch.long, device=device)
     for t in range(max_length):
         logp, state, attention = decoder.step(beams.tokens, state, ctx)
+        if block_ngram:
+            logp = block_repeats(logp, beams.seqs, block_ngram, decoder.first_slot)
         if attention is not None:
             beams.attention = (attention[:, None] if beams.attention is None
                                else torch.cat([beams.attention, attention[:, None]], 1))

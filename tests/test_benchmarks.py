@@ -22,7 +22,7 @@ def test_caption_latency_with_the_shipped_model_and_a_random_resnet(results):
 
     shipped("captioner.safetensors")
     shared("coco_mini")
-    caption_latency.main(["--images", "2", "--encoders", "efficientnet_lite0", "resnet152"])
+    caption_latency.main(["--images", "1", "--encoders", "efficientnet_lite0", "resnet152", "--quick"])
     report = json.loads((results / "caption_latency.json").read_text())
     assert set(report["encoders"]) == {"efficientnet_lite0", "resnet152"}
     assert report["encoders"]["efficientnet_lite0"]["words_per_caption_ours"] > 0

@@ -108,7 +108,7 @@ def test_real_mnist_digits_survive_the_drawing_pipeline():
 
 
 def test_train_dry_run_and_resume(tmp_path):
-    from training import train_mnist
+    from demos.mnist import train as train_mnist
 
     root = shared("MNIST").parent
     out = tmp_path / "run"
@@ -120,7 +120,7 @@ def test_train_dry_run_and_resume(tmp_path):
 
 
 def test_missing_mnist_is_one_clear_error(tmp_path, capsys):
-    from training import train_mnist
+    from demos.mnist import train as train_mnist
 
     assert train_mnist.main(["--data-root", str(tmp_path), "--no-download", "--dry-run"]) == 2
     assert "no MNIST" in capsys.readouterr().err
@@ -138,7 +138,7 @@ def test_shipped_model_reads_real_test_digits():
 
 
 def test_evaluate_script_reports_accuracy_and_confusion(tmp_path):
-    from training import evaluate_mnist
+    from demos.mnist import evaluate as evaluate_mnist
 
     root = shared("MNIST").parent
     ckpt = tmp_path / "m.safetensors"

@@ -86,7 +86,8 @@ def test_metrics_match_their_definitions():
 
 
 def test_train_dry_run_and_evaluate(tmp_path):
-    from training import evaluate_nextframe, train_nextframe
+    from demos.nextframe import evaluate as evaluate_nextframe
+    from demos.nextframe import train as train_nextframe
 
     root = str(shared("MNIST").parent)
     out = tmp_path / "run"

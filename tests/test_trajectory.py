@@ -91,7 +91,8 @@ def test_real_trajectories_are_read_as_positions():
 
 
 def test_training_dry_run_and_evaluation(tmp_path):
-    from training import evaluate_trajectory, train_trajectory
+    from demos.trajectory import evaluate as evaluate_trajectory
+    from demos.trajectory import train as train_trajectory
 
     mat = shared("char_trajectories", "trajectories_train.mat")
     out = tmp_path / "run"

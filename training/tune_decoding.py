@@ -66,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ground-weights", type=float, nargs="+", default=None,
                    help="try tying COCO category words to the concept detectors: + weight * log p (default: the "
                         "checkpoint's)")
+    p.add_argument("--block-ngrams", type=int, nargs="+", default=None,
+                   help="try forbidding repeated n-grams of these lengths (0: none; default: the checkpoint's)")
     p.add_argument("--cache-dir", type=Path, default=Path("data/features"))
     p.add_argument("--json-out", type=Path, default=None, help="every setting's scores")
     p.add_argument("--write", action="store_true", help="store the best setting in the checkpoint")
@@ -91,21 +93,23 @@ def main(argv: list[str] | None = None) -> int:
     persons = [model.decoding.person_below if w == "keep" else None if w == "none" else float(w)
                for w in args.person_below]
     grounds = args.ground_weights or [model.decoding.ground_weight]
+    blocks = args.block_ngrams if args.block_ngrams is not None else [model.decoding.block_ngram]
     requires = [None if r == "none" else float(r) for r in args.require_object_probs]
     minimums = args.min_object_probs
     only_below = None if args.objects_only_below == "none" else float(args.objects_only_below)
     if model.network.objects is None:
         requires, minimums, only_below = [None], [0.0], None
     rows = []
-    settings = [(beam, alpha, require, minimum, world, person, ground) for beam in args.beams
+    settings = [(beam, alpha, require, minimum, world, person, ground, block) for beam in args.beams
                 for alpha in (args.alphas if beam > 1 else [1.0]) for require in requires for minimum in minimums
-                for world in worlds for person in persons for ground in grounds]
-    for beam, alpha, require, minimum, world, person, ground in settings:
+                for world in worlds for person in persons for ground in grounds for block in blocks]
+    for beam, alpha, require, minimum, world, person, ground, block in settings:
         model.decoding = replace(model.decoding, require_object_prob=require, min_object_prob=minimum,
                                  objects_only_below=only_below, text_world_above=world, person_below=person,
-                                 ground_weight=ground)
+                                 ground_weight=ground, block_ngram=block)
         row = {"beam": beam, "alpha": alpha, "require_object_prob": require, "min_object_prob": minimum,
-               "text_world_above": world, "person_below": person, "ground_weight": ground, "datasets": {}}
+               "text_world_above": world, "person_below": person, "ground_weight": ground, "block_ngram": block,
+               "datasets": {}}
         for kind, images, refs, features, grid in sets:
             results = model.caption_features(features.float(), beam_size=beam, length_alpha=alpha, grid=grid)
             scores = caption_scores(refs, {str(p): r.caption for p, r in zip(images, results)}, meteor=False)
@@ -117,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             row[key] = sum(d[key] for d in row["datasets"].values()) / len(sets)
         rows.append(row)
         print(f"beam {beam} alpha {alpha:4.2f} require {require} min {minimum} text world {world} person {person} "
-              f"ground {ground}: "
+              f"ground {ground} block {block}: "
               + "; ".join(f"{kind} BLEU-4 {d['bleu4']:.4f} CIDEr {d['cider']:.4f} object F1 {d['object_f1']:.4f} "
                           f"CHAIR_s {d['CHAIR_s']:.3f} person/people-free {d['person_in_people_free']:.2f}"
                           for kind, d in row["datasets"].items()))
@@ -127,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
           f"beam {best['beam']}, "
           f"alpha {best['alpha']}, require_object_prob {best['require_object_prob']}, "
           f"min_object_prob {best['min_object_prob']}, text_world_above {best['text_world_above']}, "
-          f"person_below {best['person_below']}, ground_weight {best['ground_weight']}")
+          f"person_below {best['person_below']}, ground_weight {best['ground_weight']}, "
+          f"block_ngram {best['block_ngram']}")
     if args.json_out:
         criterion = "BLEU-4 + CIDEr / 10 + object F1 / 10 - CHAIR_s / 10"
         atomic_write_text(args.json_out, json.dumps({"checkpoint": str(args.checkpoint), "images": len(images),
@@ -137,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
                                  require_object_prob=best["require_object_prob"],
                                  min_object_prob=best["min_object_prob"], objects_only_below=only_below,
                                  text_world_above=best["text_world_above"], person_below=best["person_below"],
-                                 ground_weight=best["ground_weight"])
+                                 ground_weight=best["ground_weight"], block_ngram=best["block_ngram"])
         tensors, meta = read_safetensors(args.checkpoint)
         kept = ("format", "kind", "config", "vocabulary", "decoding", "object_words", "concept_words", "provenance")
         stored = next((t.dtype for t in tensors.values() if t.is_floating_point()), None)  # fp16 stays fp16
