@@ -298,3 +298,14 @@ def test_gradio_serves_none_of_our_files(server, path):
             assert response.status != 200 or b"<!doctype html" in body.lower(), f"{url} was served"
         except urllib.error.HTTPError as err:
             assert err.code in (400, 403, 404, 405)
+
+
+def test_the_caption_tab_lists_objects_and_concepts(tabs):
+    """Zebras: the classifier's object and the concepts learned from captions, both under
+    the caption, and both in the API's results."""
+    shipped("captioner.safetensors")
+    zebras = str(shared("coco_mini", "train2017", "000000281789.jpg"))
+    html, *_, results, _ = tabs.caption.caption([zebras])
+    kinds = {o["kind"] for o in results[0]["objects"]}
+    assert kinds == {"object", "concept"}, results[0]["objects"]
+    assert "Objects: zebra" in html and "concepts: " in html and "zebras 100%" in html
