@@ -78,6 +78,13 @@ class CaptionTable:
     def batch(self, rows: torch.Tensor, flip: torch.Tensor, features, flipped, grid=None, grid_flipped=None):
         """Features (and grids, for attention), padded captions on the features' device; the
         lengths stay on the CPU (packing wants them there)."""
+        feats, grids = self.inputs(rows, flip, features, flipped, grid, grid_flipped)
+        caps = self.captions(rows, flip)
+        return (feats, pad_sequence(caps, batch_first=True).to(features.device),
+                torch.tensor([len(c) for c in caps]), grids)
+
+    def inputs(self, rows: torch.Tensor, flip: torch.Tensor, features, flipped, grid=None, grid_flipped=None):
+        """The rows' features (and grids), the mirrored image's where ``flip``, on the features' device."""
         device = features.device
         index = self.image[rows].to(device)
         flip_d = flip.to(device)
@@ -85,9 +92,11 @@ class CaptionTable:
         grids = None
         if grid is not None:
             grids = torch.where(flip_d[:, None, None], grid_flipped[index], grid[index]).float()
-        caps = [self.mirrored[r] if f else self.ids[r] for r, f in zip(rows.tolist(), flip.tolist())]
-        return (feats, pad_sequence(caps, batch_first=True).to(device), torch.tensor([len(c) for c in caps]),
-                grids)
+        return feats, grids
+
+    def captions(self, rows: torch.Tensor, flip: torch.Tensor) -> list[torch.Tensor]:
+        """The rows' token ids, the mirrored caption where ``flip``."""
+        return [self.mirrored[r] if f else self.ids[r] for r, f in zip(rows.tolist(), flip.tolist())]
 
 
 def epoch_plan(n: int, epoch: int, seed: int, flip_prob: float, rank: int, world: int):
@@ -331,7 +340,7 @@ def mixed_batch(photo_part, text_part, device: torch.device):
     objects_only, detections, concepts). ``photo_part``: (features, caption ids, grid or
     None, detections, concepts or None); ``text_part``: (caption ids, detections,
     concepts or None) or None."""
-    feats, caps, grid, det, concepts = photo_part
+    feats, caps, grid, det, concepts = photo_part  # features and grid may already be on the device
     only = torch.zeros(len(caps), dtype=torch.bool)
     if text_part is not None:
         text_caps, text_det, text_concepts = text_part

@@ -452,17 +452,16 @@ def main(argv: list[str] | None = None) -> int:
         rows, flips = plan(epoch)
         rows, flips = rows[step * photo_per_step:(step + 1) * photo_per_step], flips[step * photo_per_step:
                                                                                      (step + 1) * photo_per_step]
-        feats, caps, _, grids_ = train_table.batch(rows, flips, train_feats, train_flipped, train_grid,
-                                                   train_grid_flipped)
+        feats, grids_ = train_table.inputs(rows, flips, train_feats, train_flipped, train_grid, train_grid_flipped)
         g = torch.Generator().manual_seed(args.seed * 100_003 + epoch * 10_007 + step + 7)  # same on resume
         det, concepts = photo_inputs.select(train_table.image[rows], flips)
-        caps = [train_table.mirrored[r] if f else train_table.ids[r] for r, f in zip(rows.tolist(), flips.tolist())]
+        caps = train_table.captions(rows, flips)
         text_part = None
         if text_per_step:
             text_rows = text_rows_for(step, epoch, text_per_step, len(text_table), args.seed, dist.rank, dist.world)
             text_part = text_table.batch(text_rows, noise, g)
         feats, caps, lengths, grids_, only, det, concepts = mixed_batch(
-            (feats.cpu(), caps, None if grids_ is None else grids_.cpu(), det, concepts), text_part, device)
+            (feats, caps, grids_, det, concepts), text_part, device)
         n = len(caps)
         swap = object_swaps(n, config.object_slots, config.object_words, args.object_swap, g)
         dropped = (torch.rand(n, generator=g) < args.objects_only).to(device) if config.object_slots else None
