@@ -143,3 +143,23 @@ def test_self_critical_training_starts_from_a_model_and_runs(tmp_path, data_args
                      for run in (xe, scst))
     assert before.keys() == after.keys()
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the policy gradient moved the weights
+
+
+def test_dry_run_with_captions_without_photos_concepts_and_the_text_world(tmp_path, data_args):
+    """The everyday-scenes path end to end: text rows in every batch, concept detectors,
+    COCO photos for the concepts and the text world; the model it writes carries them."""
+    from training import train_captioner
+
+    out = tmp_path / "everyday"
+    coco = shared("coco_captions")
+    args = [*data_args[:4], *data_args[8:], "--decoder", "attention", "--concepts", "20",
+            "--text-captions", f"coco:{coco / 'annotations' / 'captions_text_only.json'}",
+            "--text-captions", f"flickr:{shared('flickr30k_captions', 'captions.txt')}:40",
+            "--concept-photos", f"coco_paired:{coco}", "--unpaired-photos", str(coco / "unpaired_train2014"),
+            "--text-world-above", "0.5", "--select-by", "val_mixed", "--out", str(out), "--dry-run"]
+    assert train_captioner.main(args) == 0
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert "val_coco_cider" in rows[0] and float(rows[0]["val_loss"]) > 0
+    model = Captioner.from_checkpoint(out / "best.safetensors", load_encoder=False)
+    assert len(model.concept_words) == 20 and model.network.familiarity.world is not None
+    assert model.decoding.text_world_above == 0.5
