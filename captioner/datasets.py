@@ -96,12 +96,14 @@ def read_dataset(kind: str, root: str | Path, coco_split: str = "train2017") -> 
         return read_flickr8k(root / "captions.txt", root / "Images")
     if kind == "coco":
         return read_coco(root / "annotations" / f"captions_{coco_split}.json", root / coco_split)
-    if kind == "coco_paired":
-        return read_coco(root / "annotations" / "captions_val2014_paired.json", root / "val2014")
+    if kind in PAIRED:  # the local copies of COCO photos with their captions (../shared/data/coco_captions)
+        return read_coco(root / "annotations" / f"captions_{PAIRED[kind]}_paired.json", root / PAIRED[kind])
     raise ValueError(f"unknown dataset {kind!r}; use {', '.join(DATASETS)}")
 
 
-DATASETS = ("coco", "flickr8k", "coco_paired")
+# coco_val2017: photos the COCO detector never trained on (it trained on train2017, which holds the others)
+PAIRED = {"coco_paired": "val2014", "coco_val2017": "val2017", "coco_train2014": "train2014"}
+DATASETS = ("coco", "flickr8k", *PAIRED)
 TEXT_SOURCES = ("coco", "flickr")
 
 

@@ -46,9 +46,11 @@ from captioner.checkpoint import (
 )
 from captioner.concepts import ConceptDetector
 from captioner.decoder import DECODERS, Context
+from captioner.detector import PERSON, Boxes, category_scores, coco_categories, summary
 from captioner.encoders import ImageEncoder, build_encoder
 from captioner.familiarity import Familiarity
 from captioner.objects import Detections, ObjectDetector
+from captioner.rules import CaptionRules, describe_objects, problems
 from captioner.search import Decoded
 from captioner.vocabulary import Vocabulary, fix_article
 
@@ -60,6 +62,7 @@ DEFAULT_CHECKPOINT = CHECKPOINTS / "captioner.safetensors"
 # Below this familiarity fewer than 1% of held-out photos like the training photos look as
 # unlike them (familiarity.py); the CLI and the app say so beside the caption.
 UNFAMILIAR = 0.01
+DETECTED = 0.5  # boxes at least this sure are shown, counted and listed among a result's objects
 
 
 @dataclass
@@ -82,6 +85,7 @@ class CaptionerConfig:
     familiarity_calibration: int = 0  # and how many held-out photos calibrate it
     familiarity_worlds: int = 0    # 1: each reference photo says whether its world is known from text only
     concepts: int = 0              # visual concepts learned from captions (concepts.py; 0: none)
+    detector: int = 0              # the COCO detector's summary of a photo (detector.summary; 0: no detector)
     dropout: float = field(default=0.5, metadata={"weights": False})
 
 
@@ -97,8 +101,12 @@ class DecodingConfig:
     objects_only_below: float | None = None  # photos less familiar than this are described from their objects alone
     text_world_above: float | None = None  # ... and photos whose nearest reference photos are mostly of
     #                                         scenes known from caption text alone (familiarity.text_world)
-    person_below: float | None = None  # no person words when the concept detectors' surest person word is
-    #                                    less sure than this
+    person_below: float | None = None  # the previous release's person ban (no person words when the concept
+    #                                    detectors' surest person word is below this); models with the COCO
+    #                                    detector use ``person_score`` and the caption rules instead
+    person_score: float | None = None  # a caption may name or describe a person only when the detector's best
+    #                                    person box scores at least this (rules.py; None: no person rule)
+    rules: bool = False  # no word pair twice, no modifier without its noun (rules.py)
     block_ngram: int = 0  # no caption repeats an n-gram of this length ("a cup of coffee and a cup of coffee"; 0: off)
     ground_weight: float = 0.0  # a word naming a COCO category gets + ground_weight * log p, p the concept
     #                             detectors' surest word for that category (0: off; see CaptionNetwork.grounding)
@@ -114,12 +122,15 @@ class CaptionResult:
     familiarity: float | None = None
     attention: list[list[float]] | None = None         # per word, weights over the grid (row-major)
     grid: tuple[int, int] | None = None
+    boxes: list[dict] | None = None                     # the COCO detector's boxes (detector.Boxes.to_list)
 
     def to_dict(self) -> dict:
         out = {"caption": self.caption, "words": self.words, "probabilities": self.probabilities,
                "objects": self.objects, "familiarity": self.familiarity}
         if self.attention is not None:
             out.update(attention=self.attention, attention_grid=list(self.grid))
+        if self.boxes is not None:
+            out["boxes"] = self.boxes
         return out
 
 
@@ -145,6 +156,7 @@ class CategoryIndex:
     word_category: torch.Tensor
     concepts: list[torch.Tensor]
     person: int
+    names: list[str] = field(default_factory=list)  # each category's COCO name
 
 
 def category_indices(vocab: Vocabulary, concept_words: Sequence[str]) -> CategoryIndex | None:
@@ -161,7 +173,8 @@ def category_indices(vocab: Vocabulary, concept_words: Sequence[str]) -> Categor
         return None
     order = {c: k for k, c in enumerate(by_category)}
     word_category = torch.tensor([order.get(category_of.get(w, ""), -1) for w in vocab.words])
-    return CategoryIndex(word_category, [torch.tensor(v) for v in by_category.values()], order.get("person", -1))
+    return CategoryIndex(word_category, [torch.tensor(v) for v in by_category.values()], order.get("person", -1),
+                         list(by_category))
 
 
 class CaptionNetwork(nn.Module):
@@ -182,6 +195,11 @@ class CaptionNetwork(nn.Module):
         # set by the Captioner, which knows the words (``category_indices``)
         self.categories: CategoryIndex | None = None
         self.concept_projection = nn.Linear(config.concepts, config.embed_dim) if config.concepts else None
+        self.detector_projection = None
+        if config.detector:  # starts at zero: a model extended with the detector starts as it was
+            self.detector_projection = nn.Linear(config.detector, config.embed_dim)
+            nn.init.zeros_(self.detector_projection.weight)
+            nn.init.zeros_(self.detector_projection.bias)
         kwargs = {}
         if config.decoder == "attention":
             self.grid_projection = FeatureProjection(config.feature_dim, config.grid_dim, config.dropout)
@@ -223,7 +241,8 @@ class CaptionNetwork(nn.Module):
                                     dtype=torch.qint8)
         self.__dict__["_int8_decoder"] = fast  # not a submodule: checkpoints keep the float weights
 
-    def grounding(self, concepts: torch.Tensor, decoding: DecodingConfig) -> torch.Tensor | None:
+    def grounding(self, concepts: torch.Tensor, decoding: DecodingConfig,
+                  boxes: torch.Tensor | None = None) -> torch.Tensor | None:
         """(B, vocab) additions to the words' scores that tie the words naming a COCO
         category to what the concept detectors see: ``ground_weight * log p`` (p: the
         surest concept of the word's category), and -inf for person words when the surest
@@ -232,6 +251,10 @@ class CaptionNetwork(nn.Module):
         if not decoding.ground_weight and decoding.person_below is None:
             return None
         groups = torch.stack([concepts[:, c].amax(1) for c in index.concepts], 1)  # (B, categories)
+        if boxes is not None:  # the detector's evidence too: the surer of the two
+            column = {name: i for i, name in enumerate(coco_categories())}
+            detected = category_scores(boxes)[:, [column[n] for n in index.names]]
+            groups = torch.maximum(groups, detected.to(groups.dtype))
         word_category = index.word_category.to(concepts.device)
         has = word_category >= 0
         bias = concepts.new_zeros(len(concepts), len(word_category))
@@ -251,8 +274,8 @@ class CaptionNetwork(nn.Module):
 
     def context(self, features: torch.Tensor, grid: torch.Tensor | None = None, min_object_prob: float = 0.0,
                 swap: torch.Tensor | None = None, objects_only: torch.Tensor | None = None,
-                detections: Detections | None = None,
-                concepts: torch.Tensor | None = None) -> tuple[Context, Detections | None]:
+                detections: Detections | None = None, concepts: torch.Tensor | None = None,
+                boxes: torch.Tensor | None = None) -> tuple[Context, Detections | None]:
         """The decoder's per-image context from pooled features (B, D) and, for attention,
         the grid (B, L, D). ``swap`` (B, K): object words whose vectors the copy scores see
         instead of the detected ones', where they are >= 0 (a training augmentation: the
@@ -261,7 +284,9 @@ class CaptionNetwork(nn.Module):
         projected features or the grid (trained as a dropout; at inference, the photos too
         unlike the training photos for those to mean anything, see ``DecodingConfig``).
         ``detections`` and ``concepts`` (B, C): given instead of detected (training on
-        captions without photos gives them; ``concepts.ConceptNoise``)."""
+        captions without photos gives them; ``concepts.ConceptNoise``). ``boxes`` (B, 240): the
+        COCO detector's summary of each photo (``detector.summary``; a text row's is drawn
+        as the detector would give it, ``training.DetectorNoise``)."""
         features = features.float()
         image = self.projection(features)
         keep = None if objects_only is None else (~objects_only).to(image.dtype)
@@ -276,6 +301,10 @@ class CaptionNetwork(nn.Module):
                 concepts = self.concepts(self._require(grid, "the concept detectors"))
             ctx["concepts"] = concepts
             image = image + self.concept_projection(concepts)
+        if self.detector_projection is not None:
+            boxes = self._require(boxes, "models with the COCO detector").float()
+            ctx["boxes"] = boxes
+            image = image + self.detector_projection(boxes)
         ctx["image"] = image
         if self.attends:
             ctx["grid"] = self.grid_projection(self._require(grid, "the attention decoder").float())
@@ -298,30 +327,33 @@ class CaptionNetwork(nn.Module):
     @staticmethod
     def _require(grid: torch.Tensor | None, who: str) -> torch.Tensor:
         if grid is None:
-            raise ValueError(f"{who} need the encoder's grid features")
+            raise ValueError(f"{who} need the encoder's grid features" if "detector" not in who
+                             else f"{who} need the detector's boxes")
         return grid
 
     def forward(self, features: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor,
                 grid: torch.Tensor | None = None, swap: torch.Tensor | None = None,
                 objects_only: torch.Tensor | None = None, detections: Detections | None = None,
-                concepts: torch.Tensor | None = None):
+                concepts: torch.Tensor | None = None, boxes: torch.Tensor | None = None):
         """Teacher forcing: (packed logits, attention weights or None)."""
         ctx, _ = self.context(features, grid, swap=swap, objects_only=objects_only, detections=detections,
-                              concepts=concepts)
+                              concepts=concepts, boxes=boxes)
         return self.decoder(captions, lengths, ctx)
 
     def decode(self, features: torch.Tensor, decoding: DecodingConfig, grid: torch.Tensor | None = None,
                familiarity: torch.Tensor | None = None,
-               text_world: torch.Tensor | None = None) -> tuple[list[Decoded], Detections | None, Context]:
+               text_world: torch.Tensor | None = None, boxes: torch.Tensor | None = None,
+               rules: CaptionRules | None = None) -> tuple[list[Decoded], Detections | None, Context]:
         objects_only = None
         if decoding.objects_only_below is not None and familiarity is not None and self.objects is not None:
             objects_only = familiarity < decoding.objects_only_below
         if decoding.text_world_above is not None and text_world is not None and self.objects is not None:
             by_world = text_world >= decoding.text_world_above
             objects_only = by_world if objects_only is None else objects_only | by_world
-        ctx, detections = self.context(features, grid, decoding.min_object_prob, objects_only=objects_only)
+        ctx, detections = self.context(features, grid, decoding.min_object_prob, objects_only=objects_only,
+                                       boxes=boxes)
         if "concepts" in ctx and self.categories is not None:
-            bias = self.grounding(ctx["concepts"], decoding)
+            bias = self.grounding(ctx["concepts"], decoding, ctx.get("boxes"))
             if bias is not None:
                 ctx["word_bias"] = bias
         required = None
@@ -330,12 +362,18 @@ class CaptionNetwork(nn.Module):
             required = torch.where(sure, self.decoder.first_slot, -1)
             required = required if bool(sure.any()) else None
         decoder = self.inference_decoder
+        constraints = None
+        if rules is not None and (decoding.rules or decoding.person_score is not None):
+            person_ok = None
+            if decoding.person_score is not None and "boxes" in ctx:
+                person_ok = category_scores(ctx["boxes"])[:, PERSON] >= decoding.person_score
+            constraints = search.Constraints(rules, person_ok, decoding.rules)
         if decoding.beam_size == 1 and required is None:
-            decoded = search.greedy(decoder, ctx, decoding.max_length, decoding.block_ngram)
+            decoded = search.greedy(decoder, ctx, decoding.max_length, decoding.block_ngram, constraints)
         else:
             decoded = search.beam_search(decoder, ctx, decoding.beam_size, decoding.max_length,
                                          decoding.length_alpha, must_include=required,
-                                         block_ngram=decoding.block_ngram)
+                                         block_ngram=decoding.block_ngram, constraints=constraints)
         return decoded, detections, ctx
 
 
@@ -358,6 +396,8 @@ class Captioner(nn.Module):
         self.concept_words = list(concept_words)
         self.network = CaptionNetwork(config, vocab)
         self.network.categories = category_indices(vocab, self.concept_words)
+        self.rules = CaptionRules(vocab.words, vocab.end_id)
+        self.detector = None  # the COCO detector (detector.shipped_detector), loaded when a photo needs it
         self.encoder = encoder
         self.provenance: dict[str, str] = {}
         if encoder is not None and encoder.feature_dim != config.feature_dim:
@@ -411,9 +451,11 @@ class Captioner(nn.Module):
     @torch.inference_mode()
     def caption_features(self, features: torch.Tensor, beam_size: int | None = None,
                          max_length: int | None = None, length_alpha: float | None = None,
-                         grid: torch.Tensor | None = None) -> list[CaptionResult]:
+                         grid: torch.Tensor | None = None, boxes: Sequence[Boxes] | None = None
+                         ) -> list[CaptionResult]:
         """Captions of precomputed encoder features (B, feature_dim) (and, for attention,
-        grid features (B, L, feature_dim))."""
+        grid features (B, L, feature_dim)); ``boxes``: each photo's COCO detections (models
+        with the detector need them)."""
         self.network.eval()
         d = self.decoding
         decoding = replace(d, beam_size=beam_size or d.beam_size, max_length=max_length or d.max_length,
@@ -423,8 +465,11 @@ class Captioner(nn.Module):
         familiar = text_world = None
         if self.network.familiarity is not None:
             familiar, text_world = self.network.familiarity.score(features)
+        if self.config.detector and boxes is None:
+            raise ValueError("this captioner needs the COCO detector's boxes of each photo")
+        summaries = summary(list(boxes)).to(self.device) if self.config.detector else None
         decoded, detections, ctx = self.network.decode(features, decoding, grid if self.network.needs_grid else None,
-                                                    familiar, text_world)
+                                                    familiar, text_world, summaries, self.rules)
         n = len(decoded)
         familiarity = familiar.tolist() if familiar is not None else [None] * n
         objects = ([[{"word": self.object_words[w], "probability": round(p, 4), "kind": "object"}
@@ -438,7 +483,32 @@ class Captioner(nn.Module):
         if grid is not None and self.network.attends:
             side = int(round(grid.shape[1] ** 0.5))
             grid_size = (side, grid.shape[1] // side)
-        return [self._result(*row, grid_size) for row in zip(decoded, objects, familiarity)]
+        results = [self._result(*row, grid_size) for row in zip(decoded, objects, familiarity)]
+        if boxes is not None:
+            person_ok = [True] * n
+            if decoding.person_score is not None and summaries is not None:
+                person_ok = (category_scores(summaries)[:, PERSON] >= decoding.person_score).tolist()
+            for result, photo, ok in zip(results, boxes, person_ok):
+                self._add_boxes(result, photo, ok, decoding.rules or decoding.person_score is not None)
+        return results
+
+    @staticmethod
+    def _add_boxes(result: CaptionResult, photo: Boxes, person_ok: bool, rules: bool) -> None:
+        """The detector's objects in the result; a caption that breaks a rule (none should
+        get through the search) becomes the detector's objects alone (say less, never nonsense)."""
+        result.boxes = photo.to_list(DETECTED)
+        counts = photo.counts(DETECTED)
+        best = {}
+        for b in result.boxes:
+            best.setdefault(b["category"], b["score"])
+        result.objects += [{"word": c, "probability": p, "kind": "detected", "count": counts.get(c, 1)}
+                           for c, p in best.items()]
+        if rules and (not result.words or problems(result.words, person_ok)):
+            words = describe_objects(counts, person_ok) or (["a", "photo"] if not result.words else None)
+            if words is not None:
+                log.info("caption %r broke a rule; said %r instead", result.caption, " ".join(words))
+                result.caption, result.words = " ".join(words), words
+                result.probabilities, result.attention = [0.0] * len(words), None
 
     def _concepts(self, probs: Sequence[float], min_prob: float = 0.5, most: int = 10) -> list[dict]:
         """The concepts the detectors are sure of, most probable first."""
@@ -456,16 +526,26 @@ class Captioner(nn.Module):
         if not images:
             return []
         batch = self.require_encoder().preprocess.batch(list(images))
-        return self.caption_tensors(batch, beam_size, max_length)
+        boxes = self.require_detector().detect(list(images)) if self.config.detector else None
+        return self.caption_tensors(batch, beam_size, max_length, boxes=boxes)
 
     def caption_tensors(self, batch: torch.Tensor, beam_size: int | None = None,
-                        max_length: int | None = None) -> list[CaptionResult]:
-        """Captions of images already preprocessed by ``encoder.preprocess`` (B, 3, H, W)."""
+                        max_length: int | None = None, boxes: Sequence[Boxes] | None = None) -> list[CaptionResult]:
+        """Captions of images already preprocessed by ``encoder.preprocess`` (B, 3, H, W),
+        with their COCO detections (``boxes``; models with the detector need them)."""
         encoder = self.require_encoder()
         if self.network.needs_grid:
             pooled, grid = encoder.encode(batch, grid=True)
-            return self.caption_features(pooled, beam_size, max_length, grid=grid)
-        return self.caption_features(encoder.encode(batch), beam_size, max_length)
+            return self.caption_features(pooled, beam_size, max_length, grid=grid, boxes=boxes)
+        return self.caption_features(encoder.encode(batch), beam_size, max_length, boxes=boxes)
+
+    def require_detector(self):
+        """The COCO detector, loaded on first use (None for a model without one)."""
+        if self.detector is None and self.config.detector:
+            from captioner.detector import shipped_detector
+
+            self.detector = shipped_detector()
+        return self.detector
 
     def require_encoder(self) -> ImageEncoder:
         if self.encoder is None:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from captioner.decoder import CaptionDecoder, Context, select
+from captioner.rules import CaptionRules
 
 
 @dataclass
@@ -40,6 +41,24 @@ def finish(ids: list[int], logps: list[float], end_id: int, alpha: float,
     probs = torch.tensor(logps[:cut], dtype=torch.float64).exp().tolist()
     return Decoded(ids[:cut], probs, total / max(length, 1) ** alpha,
                    attention[:cut] if attention is not None else None)
+
+
+@dataclass
+class Constraints:
+    """The caption rules a search applies at every step (``rules.CaptionRules``):
+    ``person_ok`` (images,) whether each image may name a person (None: all may), and
+    whether the rules on repeats and modifiers hold (``degenerate``)."""
+
+    rules: CaptionRules
+    person_ok: torch.Tensor | None = None
+    degenerate: bool = True
+
+    def apply(self, logp: torch.Tensor, seqs: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        """``logp`` of rows whose words so far are ``seqs`` and whose images are ``image``."""
+        person_ok = None if self.person_ok is None else self.person_ok.to(image.device)[image]
+        if not self.degenerate:
+            seqs = seqs[:, :0]
+        return self.rules.mask(logp, seqs, person_ok)
 
 
 def _rows(ctx: Context) -> int:
@@ -74,9 +93,11 @@ def block_repeats(logp: torch.Tensor, seqs: torch.Tensor, n: int, first_slot: in
 
 
 @torch.inference_mode()
-def greedy(decoder: CaptionDecoder, ctx: Context, max_length: int = 20, block_ngram: int = 0) -> list[Decoded]:
+def greedy(decoder: CaptionDecoder, ctx: Context, max_length: int = 20, block_ngram: int = 0,
+           constraints: Constraints | None = None) -> list[Decoded]:
     """The most probable word at every step, for all images at once. Stops as soon as every
-    caption has ended (or after ``max_length`` words). ``block_ngram``: no n-gram twice."""
+    caption has ended (or after ``max_length`` words). ``block_ngram``: no n-gram twice;
+    ``constraints``: the caption rules."""
     batch = _rows(ctx)
     ctx = decoder.prepare(ctx)
     state = decoder.init_state(ctx)
@@ -88,6 +109,9 @@ def greedy(decoder: CaptionDecoder, ctx: Context, max_length: int = 20, block_ng
         logp, state, attention = decoder.step(tokens, state, ctx)
         if block_ngram and ids:
             logp = block_repeats(logp, torch.stack(ids, 1), block_ngram, decoder.first_slot)
+        if constraints is not None:
+            seqs = torch.stack(ids, 1) if ids else tokens.new_zeros(batch, 0)
+            logp = constraints.apply(logp, seqs, torch.arange(batch, device=device))
         best_logp, tokens = logp.max(-1)
         ids.append(tokens)
         logps.append(best_logp)
@@ -181,7 +205,7 @@ def _best_per_beam(score: torch.Tensor, group: torch.Tensor, room: torch.Tensor)
 @torch.inference_mode()
 def beam_search(decoder: CaptionDecoder, ctx: Context, beam_size: int = 3, max_length: int = 20,
                 length_alpha: float = 1.0, must_include: torch.Tensor | None = None,
-                block_ngram: int = 0) -> list[Decoded]:
+                block_ngram: int = 0, constraints: Constraints | None = None) -> list[Decoded]:
     """Beam search over all images at once, optionally constrained.
 
     Among the finished captions the best by ``log p / length ** length_alpha`` wins. With
@@ -192,7 +216,8 @@ def beam_search(decoder: CaptionDecoder, ctx: Context, beam_size: int = 3, max_l
     beams, captions without the token yet and captions with it; a caption moves from the
     first to the second when it writes the token. The best finished caption of the second
     beam wins; only if it has none, the first beam's. ``block_ngram``: no caption holds an
-    n-gram twice (``block_repeats``).
+    n-gram twice (``block_repeats``). ``constraints``: the caption rules; a continuation
+    that breaks one is never a candidate, so the beam takes the next best.
     """
     if beam_size < 1:
         raise ValueError("beam_size must be at least 1")
@@ -212,6 +237,8 @@ def beam_search(decoder: CaptionDecoder, ctx: Context, beam_size: int = 3, max_l
         logp, state, attention = decoder.step(beams.tokens, state, ctx)
         if block_ngram:
             logp = block_repeats(logp, beams.seqs, block_ngram, decoder.first_slot)
+        if constraints is not None:
+            logp = constraints.apply(logp, beams.seqs, beams.group // 2)
         if attention is not None:
             beams.attention = (attention[:, None] if beams.attention is None
                                else torch.cat([beams.attention, attention[:, None]], 1))

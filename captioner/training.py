@@ -36,9 +36,10 @@ from captioner.cider import CiderD
 from captioner.concepts import ConceptNoise, concept_labels
 from captioner.datasets import CaptionRecord
 from captioner.decoder import packed_order, packed_targets
+from captioner.detector import summary as detector_summary
 from captioner.metrics import caption_scores
 from captioner.model import Captioner
-from captioner.objects import Detections, substitute_slots
+from captioner.objects import Detections, mentioned_categories, substitute_slots
 from captioner.vocabulary import Vocabulary, tokenize
 
 
@@ -119,13 +120,13 @@ def object_swaps(batch: int, slots: int, words: int, chance: float, generator: t
 def caption_loss(trainer, feats, caps, lengths, label_smoothing: float = 0.0, attention_reg: float = 0.0,
                  grid: torch.Tensor | None = None, swap: torch.Tensor | None = None,
                  objects_only: torch.Tensor | None = None, detections: Detections | None = None,
-                 concepts: torch.Tensor | None = None):
+                 concepts: torch.Tensor | None = None, boxes: torch.Tensor | None = None):
     """Cross-entropy of the teacher-forced words, plus (attention) the doubly stochastic
     penalty that asks every grid cell to be looked at about once over the caption (photo
     rows only: a text row has no grid to look at). ``trainer``: the caption network, or its
     DistributedDataParallel wrapper."""
     logits, weights = trainer(feats, caps, lengths, grid=grid, swap=swap, objects_only=objects_only,
-                              detections=detections, concepts=concepts)
+                              detections=detections, concepts=concepts, boxes=boxes)
     loss = F.cross_entropy(logits, packed_targets(caps, lengths), label_smoothing=label_smoothing)
     if weights is not None and attention_reg:
         penalty = (1.0 - weights.sum(1)) ** 2
@@ -195,17 +196,20 @@ class SelfCritical:
 
 @torch.no_grad()
 def validate(model: Captioner, table: CaptionTable, features, refs: dict[str, list[str]], beam_size: int,
-             grid: torch.Tensor | None = None, batch_size: int = 256) -> dict[str, float]:
+             grid: torch.Tensor | None = None, batch_size: int = 256, boxes: list | None = None) -> dict[str, float]:
     """Validation loss (teacher forcing), and the scores of beam-search captions: BLEU-4
     and CIDEr as the test report computes them (``metrics.caption_scores``), and the
-    object-mention F1."""
+    object-mention F1. ``boxes``: each photo's COCO detections (models with the detector)."""
     model.network.eval()
     total, count = 0.0, 0
     no_flip = torch.zeros(len(table), dtype=torch.bool)
     for start in range(0, len(table), batch_size):
         rows = torch.arange(start, min(start + batch_size, len(table)))
         feats, caps, lengths, grids = table.batch(rows, no_flip[rows], features, features, grid, grid)
-        logits, _ = model.network(feats, caps, lengths, grid=grids)
+        summaries = None
+        if boxes is not None and model.config.detector:
+            summaries = detector_summary([boxes[i] for i in table.image[rows].tolist()]).to(feats.device)
+        logits, _ = model.network(feats, caps, lengths, grid=grids, boxes=summaries)
         targets = packed_targets(caps, lengths)
         total += F.cross_entropy(logits, targets, reduction="sum").item()
         count += len(targets)
@@ -213,7 +217,8 @@ def validate(model: Captioner, table: CaptionTable, features, refs: dict[str, li
     for start in range(0, len(features), batch_size):
         part = slice(start, start + batch_size)
         results += model.caption_features(features[part].float(), beam_size=beam_size,
-                                          grid=None if grid is None else grid[part].float())
+                                          grid=None if grid is None else grid[part].float(),
+                                          boxes=None if boxes is None else boxes[part])
     predictions = {image: r.caption for image, r in zip(refs, results)}
     scores = caption_scores(refs, predictions, meteor=False)
     return {"val_loss": total / count, "val_bleu4": scores["BLEU-4"], "val_cider": scores["CIDEr"],
@@ -276,17 +281,20 @@ class TextTable:
                 photo_of.append(row)
         self.photo = torch.tensor(photo_of)
         self.labels = concept_labels([photos[n] for n in names], concepts).to(torch.bool)
+        self.categories = category_labels([photos[n] for n in names])
         self.sources = sorted({n.partition(":")[0] for n in names if ":" in n} | {""})
         self.source = torch.tensor([self.sources.index(n.partition(":")[0] if ":" in n else "") for n in names])
 
     def __len__(self) -> int:
         return len(self.ids)
 
-    def batch(self, rows: torch.Tensor, noise: dict[str, ConceptNoise] | None, generator: torch.Generator):
-        """Captions (list of id tensors), detections and concepts (or None) of ``rows``.
-        ``noise``: for each source (the part of a photo's key before ':'), how the concept
-        detectors score photos like that source's (``ConceptNoise``; key "" for all
-        others)."""
+    def batch(self, rows: torch.Tensor, noise: dict[str, ConceptNoise] | None, generator: torch.Generator,
+              boxes_noise: dict[str, DetectorNoise] | None = None):
+        """Captions (list of id tensors), detections, concepts (or None) and detector
+        summaries (or None) of ``rows``. ``noise``: for each source (the part of a photo's
+        key before ':'), how the concept detectors score photos like that source's
+        (``ConceptNoise``; key "" for all others); ``boxes_noise``: likewise, what the COCO
+        detector gives such photos (``DetectorNoise``)."""
         photo = self.photo[rows]
         named = self.named[photo]
         probs = torch.where(named, 0.2 + 0.75 * torch.rand(named.shape, generator=generator),
@@ -310,7 +318,69 @@ class TextTable:
                 if bool(mine.any()):
                     table = noise.get(name, noise.get(""))
                     concepts[mine] = table.sample(labels[mine], generator)
-        return captions, Detections(words, probs), concepts
+        return captions, Detections(words, probs), concepts, self._boxes(photo, boxes_noise, generator)
+
+    def _boxes(self, photo: torch.Tensor, noise: dict[str, DetectorNoise] | None, generator: torch.Generator):
+        if not noise:
+            return None
+        out = torch.empty(len(photo), 80 * 3)
+        source = self.source[photo]
+        for k, name in enumerate(self.sources):
+            mine = source == k
+            if bool(mine.any()):
+                out[mine] = noise.get(name, noise.get("")).sample(self.categories[photo[mine]], generator)
+        return out
+
+
+def category_labels(captions_per_photo: Sequence[Sequence[str]]) -> torch.Tensor:
+    """(photos, 80) bool: the COCO categories any of a photo's captions names."""
+    from captioner.detector import coco_categories
+
+    column = {c: i for i, c in enumerate(coco_categories())}
+    labels = torch.zeros(len(captions_per_photo), 80, dtype=torch.bool)
+    for row, captions in enumerate(captions_per_photo):
+        for caption in captions:
+            for c in mentioned_categories(tokenize(caption)):
+                labels[row, column[c]] = True
+    return labels
+
+
+class DetectorNoise:
+    """What the COCO detector gives a photo whose captions name (or do not name) a
+    category, measured on real photos it never trained on: for a text row, each category's
+    (score, boxes, area) is that category's triple on a random real photo with the same
+    label, so misses, false alarms, sizes and counts are the detector's own. Categories
+    with fewer than ``min_photos`` real photos of a label borrow from all categories."""
+
+    def __init__(self, summaries: torch.Tensor, labels: torch.Tensor, min_photos: int = 3):
+        triples = summaries.view(len(summaries), 80, 3)
+        self.pools: list[list[torch.Tensor]] = []
+        everything = [triples[labels[:, c] == v, c] for v in (False, True) for c in range(80)]
+        pooled = [torch.cat(everything[:80]), torch.cat(everything[80:])]
+        for c in range(80):
+            pair = []
+            for v in (False, True):
+                own = triples[labels[:, c] == v, c]
+                pair.append(own if len(own) >= min_photos else pooled[int(v)])
+            self.pools.append(pair)
+        self.photos = len(summaries)
+        self.rates = {"miss": _rate(triples[..., 0] < 0.3, labels), "false_alarm": _rate(triples[..., 0] >= 0.3,
+                                                                                        ~labels)}
+
+    def sample(self, labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """(rows, 80) bool labels -> (rows, 240) summaries."""
+        out = torch.zeros(len(labels), 80, 3)
+        for c in range(80):
+            for v in (False, True):
+                rows = (labels[:, c] == v).nonzero().squeeze(1)
+                pool = self.pools[c][int(v)]
+                if len(rows) and len(pool):  # (no photo of that label at all: the detector's silence)
+                    out[rows, c] = pool[torch.randint(len(pool), (len(rows),), generator=generator)]
+        return out.flatten(1)
+
+
+def _rate(event: torch.Tensor, given: torch.Tensor) -> float:
+    return float((event & given).sum() / given.sum().clamp_min(1))
 
 
 @dataclass
@@ -324,26 +394,30 @@ class PhotoInputs:
     flipped_probs: torch.Tensor
     concepts: torch.Tensor | None = None
     flipped_concepts: torch.Tensor | None = None
+    boxes: torch.Tensor | None = None  # (photos, 240) the COCO detector's summary (the same for the mirror image)
 
-    def select(self, index: torch.Tensor, flip: torch.Tensor) -> tuple[Detections, torch.Tensor | None]:
+    def select(self, index: torch.Tensor, flip: torch.Tensor):
+        """(detections, concepts or None, detector summaries or None) of these photos."""
         f = flip[:, None]
         det = Detections(torch.where(f, self.flipped_words[index], self.words[index]),
                          torch.where(f, self.flipped_probs[index], self.probs[index]))
         concepts = None
         if self.concepts is not None:
             concepts = torch.where(f, self.flipped_concepts[index], self.concepts[index])
-        return det, concepts
+        return det, concepts, None if self.boxes is None else self.boxes[index]
 
 
 def mixed_batch(photo_part, text_part, device: torch.device):
     """One batch of photo rows then text rows: (features, captions, lengths, grid,
-    objects_only, detections, concepts). ``photo_part``: (features, caption ids, grid or
-    None, detections, concepts or None); ``text_part``: (caption ids, detections,
-    concepts or None) or None."""
-    feats, caps, grid, det, concepts = photo_part  # features and grid may already be on the device
+    objects_only, detections, concepts, detector summaries). ``photo_part``: (features,
+    caption ids, grid or None, detections, concepts or None, summaries or None);
+    ``text_part``: (caption ids, detections, concepts or None, summaries or None) or None."""
+    feats, caps, grid, det, concepts, boxes = photo_part  # features and grid may already be on the device
     only = torch.zeros(len(caps), dtype=torch.bool)
     if text_part is not None:
-        text_caps, text_det, text_concepts = text_part
+        text_caps, text_det, text_concepts, text_boxes = text_part
+        if boxes is not None:
+            boxes = torch.cat([boxes, text_boxes])
         n = len(text_caps)
         feats = torch.cat([feats, feats.new_zeros(n, feats.shape[1])])
         if grid is not None:
@@ -357,7 +431,7 @@ def mixed_batch(photo_part, text_part, device: torch.device):
     det = Detections(det.words.to(device), det.probs.to(device))
     return (feats.to(device), pad_sequence(caps, batch_first=True).to(device), lengths,
             None if grid is None else grid.to(device), only.to(device), det,
-            None if concepts is None else concepts.to(device))
+            None if concepts is None else concepts.to(device), None if boxes is None else boxes.to(device))
 
 
 def text_rows_for(step: int, epoch: int, per_step: int, n: int, seed: int, rank: int, world: int) -> torch.Tensor:
@@ -368,13 +442,14 @@ def text_rows_for(step: int, epoch: int, per_step: int, n: int, seed: int, rank:
 
 
 def scores_on(model: Captioner, features: torch.Tensor, grid: torch.Tensor | None, refs: dict[str, list[str]],
-              beam_size: int | None = None, batch_size: int = 256) -> dict[str, float]:
+              beam_size: int | None = None, batch_size: int = 256, boxes: list | None = None) -> dict[str, float]:
     """Caption scores (BLEU, ROUGE-L, CIDEr, object mentions, CHAIR) of the model's
     captions of these photos, in the order of ``refs``."""
     results = []
     for start in range(0, len(features), batch_size):
         part = slice(start, start + batch_size)
         results += model.caption_features(features[part].float(), beam_size=beam_size,
-                                          grid=None if grid is None else grid[part].float())
+                                          grid=None if grid is None else grid[part].float(),
+                                          boxes=None if boxes is None else boxes[part])
     return caption_scores(refs, {image: r.caption for image, r in zip(refs, results)}, meteor=False)
 

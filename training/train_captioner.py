@@ -44,6 +44,8 @@ from captioner.datasets import (
     unique_images,
 )
 from captioner.decoder import DECODERS
+from captioner.detector import SUMMARY_DIM, DetectionCache
+from captioner.detector import summary as detector_summary
 from captioner.encoders import ENCODERS, build_encoder
 from captioner.features import FeatureCache
 from captioner.loop import Loop
@@ -62,10 +64,12 @@ from captioner.runtools import (
 )
 from captioner.training import (
     CaptionTable,
+    DetectorNoise,
     PhotoInputs,
     SelfCritical,
     TextTable,
     caption_loss,
+    category_labels,
     epoch_order,
     epoch_plan,
     mixed_batch,
@@ -82,8 +86,13 @@ log = logging.getLogger("train_captioner")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", action="append", choices=["coco", "flickr8k"], required=True,
+    p.add_argument("--dataset", action="append", choices=DATASETS, required=True,
                    help="repeat with --data-root to combine datasets")
+    p.add_argument("--dataset-split", action="append", default=[], metavar="KIND:VAL:TEST",
+                   help="this dataset's validation and test fractions (default --val-fraction, --test-fraction)")
+    p.add_argument("--detector", action="store_true",
+                   help="the decoder sees the COCO object detector's boxes (detector.py), text rows as the "
+                        "detector gives photos like theirs")
     p.add_argument("--data-root", action="append", type=Path, required=True)
     p.add_argument("--coco-split", default="train2017", help="COCO images folder and captions_<split>.json")
     p.add_argument("--encoder", default="efficientnet_lite0", choices=ENCODERS)
@@ -160,12 +169,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # ------------------------------------------------------------------------------ data
 
 def load_records(args) -> dict[str, list[CaptionRecord]]:
-    records: list[CaptionRecord] = []
+    fractions = {}
+    for item in args.dataset_split:
+        kind, val, test = item.split(":")
+        fractions[kind] = (float(val), float(test))
+    splits = {"train": [], "val": [], "test": []}
     for kind, root in zip(args.dataset, args.data_root):
-        records += read_dataset(kind, root, args.coco_split).records  # the reader reports skipped captions
-    if not records:
+        records = read_dataset(kind, root, args.coco_split).records  # the reader reports skipped captions
+        for name, part in split_records(records, *fractions.get(kind, (args.val_fraction,
+                                                                        args.test_fraction))).items():
+            splits[name] += part
+    if not splits["train"] and not splits["val"]:
         raise UserError("the datasets hold no captions with images")
-    splits = split_records(records, args.val_fraction, args.test_fraction)
     if args.dry_run:
         train_images = unique_images(splits["train"])[:16]
         val_images = set(unique_images(splits["val"])[:8])
@@ -251,13 +266,15 @@ def build_model(args, encoder, train_captions: list[str], refs_feats, held_out_f
         vocab = Vocabulary.build(train_captions, min_count=args.min_count, extra=slot_tokens(args.object_slots))
     config = CaptionerConfig(encoder=args.encoder, embed_dim=args.embed_dim, hidden_dim=args.hidden_dim,
                              num_layers=args.num_layers, decoder=args.decoder, dropout=args.dropout,
-                             object_slots=args.object_slots, concepts=len(concept_words))
+                             object_slots=args.object_slots, concepts=len(concept_words),
+                             detector=SUMMARY_DIM if args.detector else 0)
     old = None
     if args.init is not None:
         old = Captioner.from_checkpoint(args.init, load_encoder=False)
         if old.config.encoder != args.encoder:
             raise UserError(f"{args.init} was trained on {old.config.encoder} features, not {args.encoder}")
-        config = replace(old.config, concepts=len(concept_words), dropout=args.dropout)
+        config = replace(old.config, concepts=len(concept_words), dropout=args.dropout,
+                         detector=SUMMARY_DIM if args.detector else old.config.detector)
     if config.object_slots and encoder.classifier is None:
         raise UserError(f"{args.encoder} has no ImageNet classifier to find objects with; use --object-slots 0")
     decoding = DecodingConfig(args.beam_size, args.length_alpha, objects_only_below=args.objects_only_below,
@@ -271,7 +288,7 @@ def build_model(args, encoder, train_captions: list[str], refs_feats, held_out_f
 
 
 def fit_concepts(model: Captioner, args, train_grids, train_flipped, labels, weights, val_grids,
-                 concept_photos: int):
+                 coco_photo: torch.Tensor):
     """The concept detectors (on all training photos), the concepts the decoder trains on
     for each training photo (from detectors that never saw it: two folds), and the noise
     of text rows (the scores of the fold detectors on the photos they did not see: the last
@@ -290,9 +307,9 @@ def fit_concepts(model: Captioner, args, train_grids, train_flipped, labels, wei
     # how the detectors score photos they never saw, per kind of photo: Flickr's (for Flickr30k's
     # text) and COCO's (for COCO's text), from the two folds, so the validation photos stay unused
     noise = {"": ConceptNoise(concepts, labels)}
-    if concept_photos:
-        noise["flickr"] = ConceptNoise(concepts[:-concept_photos], labels[:-concept_photos])
-        noise["coco"] = ConceptNoise(concepts[-concept_photos:], labels[-concept_photos:])
+    if bool(coco_photo.any()) and not bool(coco_photo.all()):
+        noise["flickr"] = ConceptNoise(concepts[~coco_photo], labels[~coco_photo])
+        noise["coco"] = ConceptNoise(concepts[coco_photo], labels[coco_photo])
     return concepts, flipped, noise, val_scores
 
 
@@ -351,6 +368,11 @@ def main(argv: list[str] | None = None) -> int:
     val_grid, _ = grids(val_images)
     log.info("features ready after %.0fs: %d train and %d validation images", timer(), len(train_images),
              len(val_images))
+    train_boxes = val_boxes = None
+    if args.detector:  # every rank detects what rank 0 cached
+        boxes_cache = DetectionCache(args.cache_dir)
+        train_boxes, val_boxes = boxes_cache.get(train_images), boxes_cache.get(val_images)
+        log.info("detections ready after %.0fs", timer())
     seed_everything(args.seed + dist.rank)  # extracting draws random numbers (DataLoader seeds); reading does not
 
     # the familiarity references: the training photos, and the photos of scenes known from text
@@ -371,22 +393,29 @@ def main(argv: list[str] | None = None) -> int:
                             concept_words)
     vocab, config = model.vocab, model.config
 
-    photo_inputs, noise = photo_detections(model, train_feats, train_flipped), None
+    photo_inputs, noise, boxes_noise = photo_detections(model, train_feats, train_flipped), None, None
+    is_coco = torch.tensor(["coco" in str(p) for p in train_images])
+    if train_boxes is not None:
+        photo_inputs.boxes = detector_summary(train_boxes)
+        labels = category_labels([captions_by_image(splits["train"])[p] for p in train_images])
+        boxes_noise = {"coco": DetectorNoise(photo_inputs.boxes[is_coco], labels[is_coco]),
+                       "flickr": DetectorNoise(photo_inputs.boxes[~is_coco], labels[~is_coco])}
+        boxes_noise[""] = boxes_noise["coco"]
     report = {}
     if config.concepts:
         concept_grid, concept_grid_flipped = grids(concept_train)
         by_image = {**captions_by_image(splits["train"]), **captions_by_image(concept_splits["train"])}
         photos = train_images + concept_train
         labels = concept_labels([by_image[p] for p in photos], concept_words)
-        weights = torch.cat([torch.ones(len(train_images)), torch.full((len(concept_train),),
-                                                                       args.concept_photo_weight)])
+        coco_photo = torch.cat([is_coco, torch.ones(len(concept_train), dtype=torch.bool)])
+        weights = torch.where(coco_photo, args.concept_photo_weight, 1.0)
         held = val_images + concept_val
         held_by_image = {**captions_by_image(splits["val"]), **captions_by_image(concept_splits["val"])}
         val_labels = concept_labels([held_by_image[p] for p in held], concept_words)
         held_grid = torch.cat([val_grid, grids(concept_val)[0]]) if concept_val else val_grid
         concepts, flipped, noise, held_scores = fit_concepts(
             model, args, torch.cat([train_grid, concept_grid]), torch.cat([train_grid_flipped, concept_grid_flipped]),
-            labels, weights, held_grid, len(concept_train))
+            labels, weights, held_grid, coco_photo)
         photo_inputs.concepts, photo_inputs.flipped_concepts = concepts[:len(train_images)], flipped[:len(train_images)]
         report = {"concept_words": concept_words, "concept_map_validation": average_precision(held_scores, val_labels),
                   "concept_noise": {source: table.summary(concept_words, ["man", "woman", "people", "person", "kitchen",
@@ -454,25 +483,36 @@ def main(argv: list[str] | None = None) -> int:
                                                                                      (step + 1) * photo_per_step]
         feats, grids_ = train_table.inputs(rows, flips, train_feats, train_flipped, train_grid, train_grid_flipped)
         g = torch.Generator().manual_seed(args.seed * 100_003 + epoch * 10_007 + step + 7)  # same on resume
-        det, concepts = photo_inputs.select(train_table.image[rows], flips)
+        det, concepts, boxes = photo_inputs.select(train_table.image[rows], flips)
         caps = train_table.captions(rows, flips)
         text_part = None
         if text_per_step:
             text_rows = text_rows_for(step, epoch, text_per_step, len(text_table), args.seed, dist.rank, dist.world)
-            text_part = text_table.batch(text_rows, noise, g)
-        feats, caps, lengths, grids_, only, det, concepts = mixed_batch(
-            (feats, caps, grids_, det, concepts), text_part, device)
+            text_part = text_table.batch(text_rows, noise, g, boxes_noise)
+        feats, caps, lengths, grids_, only, det, concepts, boxes = mixed_batch(
+            (feats, caps, grids_, det, concepts, boxes), text_part, device)
         n = len(caps)
         swap = object_swaps(n, config.object_slots, config.object_words, args.object_swap, g)
         dropped = (torch.rand(n, generator=g) < args.objects_only).to(device) if config.object_slots else None
         only = only | dropped if dropped is not None else None
         loss = caption_loss(trainer, feats, caps, lengths, args.label_smoothing, args.attention_reg, grids_,
                             None if swap is None else swap.to(device), only, det if config.object_slots else None,
-                            concepts)
+                            concepts, boxes)
         return optimizer_step(optimizer, loss, model.network.parameters(), args.grad_clip)
 
     def val() -> dict:
-        metrics = validate(model, val_table, val_feats, val_refs, args.beam_size, val_grid)
+        metrics = validate(model, val_table, val_feats, val_refs, args.beam_size, val_grid, boxes=val_boxes)
+        coco = [i for i, p in enumerate(val_images) if "coco" in str(p)]
+        if coco and len(coco) < len(val_images):  # COCO's validation photos among the photo rows: their own scores
+            keep = torch.tensor(coco)
+            refs = {str(val_images[i]): val_refs[str(val_images[i])] for i in coco}
+            scores = scores_on(model, val_feats[keep.to(val_feats.device)], None if val_grid is None else
+                               val_grid[keep.to(val_grid.device)], refs, beam_size=args.beam_size,
+                               boxes=None if val_boxes is None else [val_boxes[i] for i in coco])
+            metrics.update(val_coco_bleu4=scores["BLEU-4"], val_coco_cider=scores["CIDEr"],
+                           val_coco_object_f1=scores["object_f1"], val_coco_chair_s=scores["CHAIR_s"],
+                           val_coco_person_in_people_free=scores["person_in_people_free"])
+            metrics["val_mixed"] = (metrics["val_cider"] + scores["CIDEr"]) / 2
         if coco_val is not None:
             scores = scores_on(model, *coco_val, beam_size=args.beam_size)
             metrics.update(val_coco_bleu4=scores["BLEU-4"], val_coco_cider=scores["CIDEr"],
@@ -481,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
             metrics["val_mixed"] = (metrics["val_cider"] + scores["CIDEr"]) / 2
         if scst is not None:
             metrics["train_reward"] = scst.mean_reward()
+        metrics.setdefault("val_mixed", metrics["val_cider"])  # no COCO validation photos: Flickr's alone
         return metrics
 
     if report and dist.main:

@@ -1,0 +1,286 @@
+"""The COCO object detector: YOLOX-Nano (Ge et al. 2021), shipped as ONNX and run by onnxruntime.
+
+    photo -> letterbox to 416 x 416 (longer side 416, top-left, the rest grey 114), BGR, 0..255
+          -> (1, 3549, 85): per anchor point [dx, dy, log w, log h, objectness, 80 class probabilities]
+          -> boxes (centre = (grid + d) * stride, size = exp(log wh) * stride), score = objectness x class
+          -> non-maximum suppression per category (IoU 0.45) -> ``Boxes`` in the photo's own frame (0..1)
+
+That is YOLOX's own preprocessing and decoding (``yolox/data/data_augment.py: preproc``,
+``yolox/utils/demo_utils.py: demo_postprocess, multiclass_nms``). The weights
+(``checkpoints/yolox_nano_coco.onnx``, 3.7 MB, Apache-2.0: ``checkpoints/yolox_nano_coco.LICENSE.txt``)
+were trained on COCO train2017, so its boxes on COCO 2014 photos are optimistic: report
+what it helps with on COCO val2017 photos and Flickr8k.
+
+What the captioner takes from the boxes (``summary``): for each of the 80 categories its
+best score, how many boxes it has (score >= 0.5, as ``log(1 + n)``) and the area of its
+largest box (a share of the photo). A caption should say "a man" when a person is
+salient, not when a small person stands in the background; size and score tell the
+decoder which.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from captioner.checkpoint import CHECKPOINTS, CheckpointError
+
+log = logging.getLogger(__name__)
+
+DETECTOR_FILE = CHECKPOINTS / "yolox_nano_coco.onnx"
+SIZE = 416
+STRIDES = (8, 16, 32)
+FEATURES_PER_CATEGORY = 3  # best score, log(1 + boxes at >= 0.5), largest box's area
+COUNT_SCORE = 0.5
+
+
+@cache
+def coco_categories() -> tuple[str, ...]:
+    """The 80 COCO categories in the detector's order (``data/coco_objects.txt`` keeps it)."""
+    from captioner.objects import DATA, _rows
+
+    names = tuple(line.partition(":")[0].strip() for line in _rows(DATA / "coco_objects.txt"))
+    if len(names) != 80:
+        raise RuntimeError(f"coco_objects.txt lists {len(names)} categories, not COCO's 80")
+    return names
+
+
+SUMMARY_DIM = 80 * FEATURES_PER_CATEGORY
+PERSON = 0  # COCO's first category
+
+
+@dataclass
+class Boxes:
+    """One photo's detections, best first: ``boxes`` (N, 4) as x0, y0, x1, y1 in 0..1 of the
+    photo's width and height, ``categories`` (N,) COCO category indices, ``scores`` (N,)."""
+
+    boxes: np.ndarray
+    categories: np.ndarray
+    scores: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def mirrored(self) -> Boxes:
+        """The boxes of the photo's mirror image."""
+        b = self.boxes.copy()
+        b[:, [0, 2]] = 1.0 - self.boxes[:, [2, 0]]
+        return Boxes(b, self.categories, self.scores)
+
+    def above(self, score: float) -> Boxes:
+        keep = self.scores >= score
+        return Boxes(self.boxes[keep], self.categories[keep], self.scores[keep])
+
+    def counts(self, score: float = COUNT_SCORE) -> dict[str, int]:
+        """How many boxes of each category reach ``score``, by category name."""
+        names = coco_categories()
+        out: dict[str, int] = {}
+        for c in self.categories[self.scores >= score].tolist():
+            out[names[c]] = out.get(names[c], 0) + 1
+        return out
+
+    def to_list(self, min_score: float = 0.3) -> list[dict]:
+        """JSON-ready: [{"category", "score", "box": [x0, y0, x1, y1]}], best first."""
+        names = coco_categories()
+        return [{"category": names[c], "score": round(float(s), 4), "box": [round(float(v), 4) for v in b]}
+                for b, c, s in zip(self.boxes, self.categories.tolist(), self.scores) if s >= min_score]
+
+    @staticmethod
+    def empty() -> Boxes:
+        return Boxes(np.zeros((0, 4), np.float32), np.zeros(0, np.int64), np.zeros(0, np.float32))
+
+
+def summary(photos: list[Boxes]) -> torch.Tensor:
+    """(B, 240): per category, the best score, log(1 + boxes at >= 0.5) and the largest box's
+    area (a share of the photo), category-major ([score, count, area] of person, then of bicycle...)."""
+    out = torch.zeros(len(photos), 80, FEATURES_PER_CATEGORY)
+    for i, p in enumerate(photos):
+        if not len(p):
+            continue
+        area = (p.boxes[:, 2] - p.boxes[:, 0]).clip(0, 1) * (p.boxes[:, 3] - p.boxes[:, 1]).clip(0, 1)
+        for c in np.unique(p.categories):
+            mine = p.categories == c
+            out[i, c, 0] = float(p.scores[mine].max())
+            out[i, c, 1] = float(np.log1p((p.scores[mine] >= COUNT_SCORE).sum()))
+            out[i, c, 2] = float(area[mine].max())
+    return out.flatten(1)
+
+
+def category_scores(summaries: torch.Tensor) -> torch.Tensor:
+    """(B, 240) summaries -> (B, 80) best score of each category."""
+    return summaries.view(len(summaries), 80, FEATURES_PER_CATEGORY)[:, :, 0]
+
+
+# ------------------------------------------------------------------ running the network
+
+def letterbox(image: Image.Image, size: int = SIZE) -> tuple[np.ndarray, float]:
+    """YOLOX's preprocessing: (3, size, size) float32 BGR 0..255, the photo resized (aspect
+    kept, longer side ``size``) at the top-left corner, the rest 114; and the resize ratio."""
+    image = image.convert("RGB")
+    ratio = min(size / image.width, size / image.height)
+    w, h = max(1, round(image.width * ratio)), max(1, round(image.height * ratio))
+    resized = np.asarray(image.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32)
+    canvas = np.full((size, size, 3), 114.0, dtype=np.float32)
+    canvas[:h, :w] = resized
+    return np.ascontiguousarray(canvas[:, :, ::-1].transpose(2, 0, 1)), ratio
+
+
+@cache
+def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each anchor point's (x, y) cell and stride, in the network's output order."""
+    cells, strides = [], []
+    for s in STRIDES:
+        n = size // s
+        ys, xs = np.meshgrid(np.arange(n), np.arange(n), indexing="ij")
+        cells.append(np.stack([xs.ravel(), ys.ravel()], 1))
+        strides.append(np.full((n * n, 1), s))
+    return np.concatenate(cells).astype(np.float32), np.concatenate(strides).astype(np.float32)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:
+    """Indices kept by greedy non-maximum suppression, best first."""
+    order = scores.argsort()[::-1]
+    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+    keep = []
+    while len(order):
+        i = order[0]
+        keep.append(int(i))
+        rest = order[1:]
+        w = (np.minimum(boxes[i, 2], boxes[rest, 2]) - np.maximum(boxes[i, 0], boxes[rest, 0])).clip(0)
+        h = (np.minimum(boxes[i, 3], boxes[rest, 3]) - np.maximum(boxes[i, 1], boxes[rest, 1])).clip(0)
+        overlap = w * h / (area[i] + area[rest] - w * h + 1e-9)
+        order = rest[overlap <= iou]
+    return keep
+
+
+def decode(output: np.ndarray, ratio: float, width: int, height: int, min_score: float = 0.1,
+           iou: float = 0.45, most: int = 50) -> Boxes:
+    """One photo's raw output (3549, 85) -> its boxes (YOLOX's decoding, then NMS per category)."""
+    cells, strides = _grid(SIZE)
+    centre = (output[:, :2] + cells) * strides
+    size = np.exp(output[:, 2:4].clip(max=10)) * strides
+    scores = output[:, 4:5] * output[:, 5:]  # objectness x class probability
+    anchor, category = np.nonzero(scores >= min_score)
+    if not len(anchor):
+        return Boxes.empty()
+    score = scores[anchor, category]
+    xyxy = np.concatenate([centre[anchor] - size[anchor] / 2, centre[anchor] + size[anchor] / 2], 1) / ratio
+    xyxy = xyxy / np.array([width, height, width, height], dtype=np.float32)
+    xyxy = xyxy.clip(0, 1)
+    kept = []
+    for c in np.unique(category):
+        mine = np.nonzero(category == c)[0]
+        kept += [mine[k] for k in nms(xyxy[mine], score[mine], iou)]
+    kept = np.array(sorted(kept, key=lambda k: -score[k])[:most], dtype=np.int64)
+    return Boxes(xyxy[kept].astype(np.float32), category[kept].astype(np.int64), score[kept].astype(np.float32))
+
+
+class CocoDetector:
+    """The shipped YOLOX-Nano: ``detect(images)`` gives each photo its ``Boxes``. The
+    session is built once; ``threads`` (default: onnxruntime's choice) bounds its CPU use."""
+
+    def __init__(self, path: str | os.PathLike = DETECTOR_FILE, threads: int | None = None):
+        import onnxruntime as ort
+
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"no object detector at {path}: it ships in checkpoints/ "
+                                  "(yolox_nano_coco.onnx, from the YOLOX releases)")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+        self.path = path
+
+    def prepare(self, image: Image.Image) -> tuple[np.ndarray, tuple[float, int, int]]:
+        """The network's input for one photo, and what ``detect_prepared`` needs to map boxes back."""
+        array, ratio = letterbox(image)
+        return array, (ratio, image.width, image.height)
+
+    def detect_prepared(self, arrays: list[np.ndarray], frames: list[tuple[float, int, int]]) -> list[Boxes]:
+        """Boxes of photos already letterboxed by ``prepare`` (one network run each: the
+        exported graph takes one photo at a time)."""
+        out = []
+        for array, (ratio, width, height) in zip(arrays, frames):
+            raw = self.session.run(None, {self.input: array[None]})[0][0]
+            out.append(decode(raw, ratio, width, height))
+        return out
+
+    def detect(self, images: list[Image.Image]) -> list[Boxes]:
+        prepared = [self.prepare(im) for im in images]
+        return self.detect_prepared([p[0] for p in prepared], [p[1] for p in prepared])
+
+
+@cache
+def shipped_detector() -> CocoDetector:
+    """The shipped detector, loaded once per process."""
+    return CocoDetector()
+
+
+# ------------------------------------------------------------------ the detection cache
+
+class DetectionCache:
+    """Every photo's boxes, detected once and kept on disk (training and evaluation run the
+    detector on thousands of photos; the boxes of a photo never change). One JSON file per
+    detector weights (``root/detections-<sha256 prefix>.json``), keyed by image (path, size,
+    modification time), rewritten atomically after each batch of new photos. A mirrored
+    photo's boxes are its boxes mirrored (``Boxes.mirrored``)."""
+
+    def __init__(self, root: str | os.PathLike, detector: CocoDetector | None = None):
+        import hashlib
+        import json
+
+        self.detector = detector or shipped_detector()
+        digest = hashlib.sha256(self.detector.path.read_bytes()).hexdigest()[:12]
+        self.file = Path(root) / f"detections-{digest}.json"
+        self.table: dict[str, list] = json.loads(self.file.read_text()) if self.file.is_file() else {}
+
+    def get(self, paths, progress: bool = True, chunk: int = 512) -> list[Boxes]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from tqdm.auto import tqdm
+
+        from captioner.features import image_key
+        from captioner.images import load_image
+
+        keys = [image_key(p) for p in paths]
+        missing = [i for i, k in enumerate(dict.fromkeys(keys)) if k not in self.table]
+        unique = list(dict.fromkeys(keys))
+        todo = [(unique[i], paths[keys.index(unique[i])]) for i in missing]
+        bar = tqdm(total=len(todo), desc="detector", disable=not progress or not todo)
+        with ThreadPoolExecutor(2) as pool:
+            for start in range(0, len(todo), chunk):
+                part = todo[start:start + chunk]
+                prepared = list(pool.map(lambda kp: self.detector.prepare(load_image(kp[1])), part))
+                for (key, _), (array, frame) in zip(part, prepared):
+                    b = self.detector.detect_prepared([array], [frame])[0]
+                    self.table[key] = [[*map(float, box), int(c), float(s)]
+                                       for box, c, s in zip(b.boxes, b.categories, b.scores)]
+                    bar.update(1)
+                self._save()
+        bar.close()
+        return [self._boxes(self.table[k]) for k in keys]
+
+    def _save(self) -> None:
+        import json
+
+        from captioner.checkpoint import atomic_write_text
+
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.file, json.dumps(self.table))
+
+    @staticmethod
+    def _boxes(rows: list) -> Boxes:
+        if not rows:
+            return Boxes.empty()
+        a = np.array(rows, dtype=np.float64)
+        return Boxes(a[:, :4].astype(np.float32), a[:, 4].astype(np.int64), a[:, 5].astype(np.float32))

@@ -1,0 +1,176 @@
+"""What no caption may be, by construction: a person where the detector sees none, a word
+pair said twice, a modifier with no noun ("a little blonde haired is").
+
+The old person ban took "man" and "people" away when the concept detectors doubted a
+person, and the decoder said the same with the words left ("a group of young asian young
+asian little blonde"). Here the rules are on the caption, not on a few words:
+
+- **person words** (``person_words``): CHAIR's person synonyms (``data/coco_objects.txt``)
+  and every word that describes a person: nationality, hair, age, gender, pronouns
+  (``data/person_words.txt``). A caption may hold one only when the COCO detector finds a
+  person (``DecodingConfig.person_score``).
+- **no word pair twice** where one of the two is a content word ("young asian young asian";
+  "on a ... on a" is fine), and no word twice in a row.
+- **no dangling modifier**: a determiner ("a", "two", "the") followed only by modifiers
+  (colours, sizes, ages, hair, "and") must reach a noun before a verb, a preposition or the
+  end ("a little blonde haired is", "a black and white").
+
+Beam search applies them while it searches (``mask``: every continuation that would break
+one is not a candidate, so the beam takes the next), and checks every finished caption
+again (``problems``); the evaluation reports count what got through (``degenerate``). When
+nothing survives, the captioner says less: the detector's objects alone
+(``model.Captioner``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cache
+
+import torch
+
+from captioner.objects import DATA, _rows, coco_synonyms
+
+DETERMINERS = frozenset("a an the two three four five six several many some few each another one".split())
+COLOURS = frozenset("white black brown red blue green yellow orange pink purple gray grey silver golden gold tan "
+                    "dark light colorful colored bright striped spotted".split())
+MODIFIERS = COLOURS | frozenset(
+    "little small large big young old older elderly tall short long blonde blond haired bald asian african "
+    "chinese japanese indian mexican caucasian hispanic teenage curly wet dirty fat skinny pretty cute and "
+    "other very adult male female baby".split())
+# words that may not follow a determiner and its modifiers (a noun must come first)
+BREAKERS = frozenset(
+    "is are was were be been sits sit sitting stands stand standing runs running walks walking plays playing "
+    "looks looking holds holding rides riding lies lying lays laying jumps jumping wearing eating with in on at of "
+    "to by near from for while that who which into onto through under over next behind down up out "
+    "a an the".split())
+FUNCTION_WORDS = frozenset(
+    "a an the of in on at with and to by near next from for into onto while is are its it their his her "
+    "up down out over under behind front top side some two three".split())
+
+
+@cache
+def person_words() -> frozenset[str]:
+    """Every single word that names or describes a person."""
+    words = {p[0] for p, category in coco_synonyms().items() if category == "person" and len(p) == 1}
+    for line in _rows(DATA / "person_words.txt"):
+        words.update(w.strip() for w in line.split(",") if w.strip())
+    return frozenset(words)
+
+
+def problems(words: Sequence[str], person_ok: bool = True) -> list[str]:
+    """What is wrong with a caption (its words), in plain words; [] when nothing is."""
+    found = []
+    if not person_ok:
+        named = sorted({w for w in words if w in person_words()})
+        if named:
+            found.append(f"names a person with no person detected ({', '.join(named)})")
+    pairs: set[tuple[str, str]] = set()
+    for a, b in zip(words, words[1:]):
+        if a == b:
+            found.append(f"repeats {a!r}")
+        elif (a, b) in pairs and not (a in FUNCTION_WORDS and b in FUNCTION_WORDS):
+            found.append(f"repeats {a + ' ' + b!r}")
+        pairs.add((a, b))
+    pending = 0
+    for i, w in enumerate(list(words) + ["<end>"]):
+        if pending and (w in BREAKERS or w == "<end>"):
+            found.append(f"no noun after {' '.join(words[i - pending:i])!r}")
+            pending = 0
+        if w in DETERMINERS:
+            pending = 1
+        elif pending and w in MODIFIERS:
+            pending += 1
+        else:
+            pending = 0
+    return found
+
+
+def degenerate(words: Sequence[str]) -> bool:
+    """A caption no user should read: a word pair repeated, a word twice in a row, a modifier
+    without its noun (the person rule aside, which needs the photo)."""
+    return bool(problems(words))
+
+
+class CaptionRules:
+    """The rules over a vocabulary, as masks that ``search`` applies to every step's
+    log-probabilities. ``slot_words``: at inference, what each object slot will be
+    written as is the photo's, so slots count as nouns."""
+
+    def __init__(self, words: Sequence[str], end_id: int):
+        def mask(table) -> torch.Tensor:
+            return torch.tensor([w in table for w in words])
+
+        self.person = mask(person_words())
+        self.determiner, self.modifier = mask(DETERMINERS), mask(MODIFIERS)
+        self.breaker = mask(BREAKERS)
+        self.breaker[end_id] = True
+        self.function = mask(FUNCTION_WORDS)
+        self.end_id = end_id
+
+    def to(self, device: torch.device) -> CaptionRules:
+        for name in ("person", "determiner", "modifier", "breaker", "function"):
+            setattr(self, name, getattr(self, name).to(device))
+        return self
+
+    def mask(self, logp: torch.Tensor, seqs: torch.Tensor, person_ok: torch.Tensor | None) -> torch.Tensor:
+        """``logp`` (rows, V) with -inf for every next word that would break a rule, given the
+        rows' words so far ``seqs`` (rows, t) and whether each row's photo has a person."""
+        if self.person.device != logp.device:
+            self.to(logp.device)
+        inf = float("-inf")
+        if person_ok is not None and not bool(person_ok.all()):
+            logp = logp.masked_fill(~person_ok[:, None] & self.person[None, :], inf)
+        t = seqs.shape[1]
+        if t == 0:
+            return logp
+        # a determiner followed only by modifiers so far: a breaker (or the end) may not come next
+        pending = torch.zeros(len(seqs), dtype=torch.bool, device=logp.device)
+        only_modifiers = torch.ones_like(pending)
+        for j in range(1, min(t, 6) + 1):
+            tok = seqs[:, -j]
+            pending |= only_modifiers & self.determiner[tok]
+            only_modifiers &= self.modifier[tok]
+        logp = logp.masked_fill(pending[:, None] & self.breaker[None, :], inf)
+        # a word pair said before (unless both are function words): the word that followed it then
+        last = seqs[:, -1]
+        logp = logp.scatter(1, last[:, None], inf)
+        if t >= 2:
+            earlier = seqs[:, :-1] == last[:, None]          # (rows, t-1): where the last word was said before
+            rows, at = earlier.nonzero(as_tuple=True)
+            if len(rows):
+                follow = seqs[rows, at + 1]
+                content = ~(self.function[last[rows]] & self.function[follow])
+                logp = logp.index_put((rows[content], follow[content]), torch.tensor(inf, device=logp.device))
+        return logp
+
+
+# ------------------------------------------------------------------ saying less
+
+# how a category reads in a caption, and its plural, where the category's name is not it
+_SPOKEN = {"dining table": "table", "sports ball": "ball", "tv": "television", "hair drier": "hair dryer",
+           "cell phone": "phone", "potted plant": "potted plant", "person": "person", "skis": "pair of skis"}
+_PLURAL = {"person": "people", "sheep": "sheep", "mouse": "mice", "knife": "knives", "pair of skis": "pairs of skis",
+           "scissors": "scissors", "skis": "skis"}
+_NUMBERS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six"}
+
+
+def _phrase(category: str, n: int) -> str:
+    word = _SPOKEN.get(category, category)
+    if n <= 1:
+        return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
+    plural = _PLURAL.get(word) or (word + "es" if word.endswith(("s", "sh", "ch", "x")) else word + "s")
+    return f"{_NUMBERS.get(n, 'many')} {plural}" if n <= 6 else f"many {plural}"
+
+
+def describe_objects(counts: dict[str, int], person_ok: bool = True, most: int = 3) -> list[str]:
+    """A caption of the detector's objects alone ("two dogs and a frisbee"), the most
+    numerous first: what the captioner says when no sentence it wrote keeps the rules.
+    [] when the detector found nothing it may name."""
+    named = [(c, n) for c, n in sorted(counts.items(), key=lambda cn: -cn[1])
+             if person_ok or c != "person"][:most]
+    if not named:
+        return []
+    parts = [_phrase(c, n) for c, n in named]
+    text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+    return text.split()
