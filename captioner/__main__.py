@@ -15,10 +15,10 @@ import os
 import sys
 from pathlib import Path
 
-import torch
 from torch.utils.data import DataLoader, Dataset
 
 from captioner.checkpoint import CheckpointError
+from captioner.detector import CocoDetector
 from captioner.devices import DEVICE_CHOICES, DeviceError, resolve_device
 from captioner.encoders import EncoderWeightsError, Preprocessing
 from captioner.images import ImageError, load_image
@@ -77,24 +77,24 @@ def main(argv: list[str] | None = None) -> int:
 class _Photos(Dataset):
     """Each photo decoded by the safe loader and preprocessed, or the reason it could not be."""
 
-    def __init__(self, paths: list[Path], preprocess: Preprocessing):
-        self.paths, self.preprocess = paths, preprocess
+    def __init__(self, paths: list[Path], preprocess: Preprocessing, detect: bool):
+        self.paths, self.preprocess, self.detect = paths, preprocess, detect
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i: int):
         try:
-            return i, self.preprocess(load_image(self.paths[i], draft_size=self.preprocess.size)), None
+            image = load_image(self.paths[i], draft_size=self.preprocess.size)
         except ImageError as err:
             return i, None, str(err)
+        return i, (self.preprocess(image), CocoDetector.prepare(image) if self.detect else None), None
 
 
 def _batch(items):
-    """(index, error) of each photo and one tensor of the good ones: one shared-memory
-    transfer per batch from a worker, not one per photo."""
+    """(index, error) of each photo and the prepared good ones (``Captioner.prepare``)."""
     good = [x for _, x, _ in items if x is not None]
-    return [(i, err) for i, _, err in items], torch.stack(good) if good else None
+    return [(i, err) for i, _, err in items], good or None
 
 
 def caption_files(model: Captioner, paths: list[Path], beam_size: int | None, batch_size: int,
@@ -102,11 +102,11 @@ def caption_files(model: Captioner, paths: list[Path], beam_size: int | None, ba
     out, err = out or sys.stdout, err or sys.stderr
     failures = 0
     encoder = model.require_encoder()
-    loader = DataLoader(_Photos(list(paths), encoder.preprocess), batch_size=batch_size, num_workers=workers,
-                        collate_fn=_batch, pin_memory=encoder.device.type == "cuda",
+    loader = DataLoader(_Photos(list(paths), encoder.preprocess, bool(model.config.detector)),
+                        batch_size=batch_size, num_workers=workers, collate_fn=_batch,
                         persistent_workers=False, prefetch_factor=4 if workers else None)
     for items, batch in loader:
-        results = iter(model.caption_tensors(batch, beam_size) if batch is not None else [])
+        results = iter(model.caption_prepared(batch, beam_size) if batch is not None else [])
         for i, error in items:
             path = paths[i]
             if error is not None:

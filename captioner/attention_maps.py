@@ -53,9 +53,32 @@ def attention_panels(image: Image.Image, result: CaptionResult, size: int = 160)
             for word, p, w in zip(result.words, result.probabilities, result.attention)]
 
 
+def draw_boxes(image: Image.Image, boxes: list[dict] | None, width: int = 2) -> Image.Image:
+    """A copy of ``image`` with the COCO detector's boxes (``CaptionResult.boxes``: 0..1
+    coordinates) drawn and labelled with their category and score."""
+    out = image.convert("RGB")
+    if not boxes:
+        return out
+    out = out.copy()
+    draw = ImageDraw.Draw(out)
+    for k, b in enumerate(boxes):
+        colour = _BOX_COLOURS[k % len(_BOX_COLOURS)]
+        x0, y0, x1, y1 = (v * s for v, s in zip(b["box"], (out.width, out.height, out.width, out.height)))
+        draw.rectangle([x0, y0, x1, y1], outline=colour, width=width)
+        label = f"{b['category']} {b['score']:.0%}"
+        draw.rectangle([x0, y0, x0 + 6 * len(label) + 4, y0 + 12], fill=colour)
+        draw.text((x0 + 2, y0), label, fill=(255, 255, 255))
+    return out
+
+
+_BOX_COLOURS = [(220, 38, 38), (37, 99, 235), (22, 163, 74), (217, 119, 6), (147, 51, 234), (8, 145, 178)]
+
+
 def attention_strip(image: Image.Image, result: CaptionResult, size: int = 160, per_row: int = 6) -> Image.Image:
-    """The photo, then one panel per word, each labelled, in rows of ``per_row``."""
-    panels = [(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR), "photo"),
+    """The photo with the detector's boxes, then one panel per word, each labelled, in rows
+    of ``per_row``."""
+    photo = draw_boxes(image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR), result.boxes, 1)
+    panels = [(photo, "photo, detected objects" if result.boxes else "photo"),
               *attention_panels(image, result, size)]
     label, gap = 18, 4
     rows = (len(panels) + per_row - 1) // per_row

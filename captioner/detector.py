@@ -201,8 +201,10 @@ class CocoDetector:
         self.input = self.session.get_inputs()[0].name
         self.path = path
 
-    def prepare(self, image: Image.Image) -> tuple[np.ndarray, tuple[float, int, int]]:
-        """The network's input for one photo, and what ``detect_prepared`` needs to map boxes back."""
+    @staticmethod
+    def prepare(image: Image.Image) -> tuple[np.ndarray, tuple[float, int, int]]:
+        """The network's input for one photo, and what ``detect_prepared`` needs to map boxes
+        back (no session needed: data loader workers can run it)."""
         array, ratio = letterbox(image)
         return array, (ratio, image.width, image.height)
 

@@ -199,3 +199,13 @@ def features_for(model, images: Sequence[str | os.PathLike], cache_dir: str | os
         grid = FeatureCache(cache_dir, encoder, grid=True, pooled_too=pooled_cache).get(images, **kwargs)[0]
     pooled, _ = pooled_cache.get(images, **kwargs)
     return pooled, grid
+
+
+def boxes_for(model, images: Sequence[str | os.PathLike], cache_dir: str | os.PathLike) -> list | None:
+    """The COCO detector's boxes of these images for a captioner that uses them (None for
+    one that does not), from the detection cache."""
+    if not model.config.detector:
+        return None
+    from captioner.detector import DetectionCache
+
+    return DetectionCache(cache_dir, model.require_detector()).get(list(images))

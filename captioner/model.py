@@ -539,6 +539,23 @@ class Captioner(nn.Module):
             return self.caption_features(pooled, beam_size, max_length, grid=grid, boxes=boxes)
         return self.caption_features(encoder.encode(batch), beam_size, max_length, boxes=boxes)
 
+    def prepare(self, image: Image.Image) -> tuple[torch.Tensor, tuple | None]:
+        """One photo made ready for ``caption_prepared``: the encoder's input and (models with
+        the detector) the detector's, so that callers can prepare photos in parallel."""
+        detector = self.require_detector()
+        return self.require_encoder().preprocess(image), None if detector is None else detector.prepare(image)
+
+    def caption_prepared(self, items: Sequence[tuple[torch.Tensor, tuple | None]], beam_size: int | None = None,
+                         max_length: int | None = None) -> list[CaptionResult]:
+        """Captions of photos made ready by ``prepare``, in one batch."""
+        if not items:
+            return []
+        batch = torch.stack([tensor for tensor, _ in items])
+        boxes = None
+        if self.config.detector:
+            boxes = self.require_detector().detect_prepared([d[0] for _, d in items], [d[1] for _, d in items])
+        return self.caption_tensors(batch, beam_size, max_length, boxes=boxes)
+
     def require_detector(self):
         """The COCO detector, loaded on first use (None for a model without one)."""
         if self.detector is None and self.config.detector:

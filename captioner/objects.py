@@ -164,9 +164,15 @@ def object_mention_scores(references: dict[str, list[str]], predictions: dict[st
                           min_references: int = 2) -> dict[str, float]:
     """Micro-averaged object-mention precision, recall and F1 over images: the true objects
     of an image are the COCO categories named in at least ``min_references`` of its human
-    captions; the predicted ones those its caption names."""
+    captions; the predicted ones those its caption names, where every word that describes a
+    person (``rules.person_words``: "asian", "blonde", "young", "she"...) names a person too,
+    so that a caption cannot hide an invented person behind other words. ``degenerate``: the
+    captions no user should read (``rules.degenerate``)."""
+    from captioner.rules import degenerate, person_words
     from captioner.vocabulary import tokenize
 
+    describing = person_words()
+    broken = 0
     hits = named = true = invented = captions_inventing = people_free = people_free_with_person = 0
     for image, caption in predictions.items():
         counts: dict[str, int] = {}
@@ -174,7 +180,9 @@ def object_mention_scores(references: dict[str, list[str]], predictions: dict[st
             for category in mentioned_categories(tokenize(ref)):
                 counts[category] = counts.get(category, 0) + 1
         truth = {c for c, n in counts.items() if n >= min_references}
-        said = mentioned_categories(tokenize(caption))
+        tokens = tokenize(caption)
+        said = mentioned_categories(tokens) | ({"person"} if describing.intersection(tokens) else set())
+        broken += degenerate(tokens)
         hits += len(said & truth)
         named += len(said)
         true += len(truth)
@@ -192,4 +200,5 @@ def object_mention_scores(references: dict[str, list[str]], predictions: dict[st
             "objects_named": named, "objects_true": true, "objects_correct": hits,
             "CHAIR_s": captions_inventing / max(1, len(predictions)), "CHAIR_i": invented / max(1, named),
             "people_free_photos": people_free,
-            "person_in_people_free": people_free_with_person / people_free if people_free else 0.0}
+            "person_in_people_free": people_free_with_person / people_free if people_free else 0.0,
+            "degenerate": broken}

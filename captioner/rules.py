@@ -124,14 +124,18 @@ class CaptionRules:
         t = seqs.shape[1]
         if t == 0:
             return logp
-        # a determiner followed only by modifiers so far: a breaker (or the end) may not come next
-        pending = torch.zeros(len(seqs), dtype=torch.bool, device=logp.device)
-        only_modifiers = torch.ones_like(pending)
-        for j in range(1, min(t, 6) + 1):
-            tok = seqs[:, -j]
-            pending |= only_modifiers & self.determiner[tok]
-            only_modifiers &= self.modifier[tok]
+        # a determiner followed only by modifiers so far ("a little blonde"): a breaker (or the end) may not
+        # come next, nor a modifier already in the run, nor a fourth modifier: a noun must come
+        position = torch.arange(t, device=logp.device)
+        last_other = torch.where(self.modifier[seqs], -1, position).amax(1)  # the last word that is no modifier
+        anchor = seqs.gather(1, last_other.clamp_min(0)[:, None]).squeeze(1)
+        pending = (last_other >= 0) & self.determiner[anchor]
         logp = logp.masked_fill(pending[:, None] & self.breaker[None, :], inf)
+        run = t - 1 - last_other
+        logp = logp.masked_fill((pending & (run >= 3))[:, None] & self.modifier[None, :], inf)
+        rows, at = ((position[None, :] > last_other[:, None]) & pending[:, None]).nonzero(as_tuple=True)
+        if len(rows):
+            logp = logp.index_put((rows, seqs[rows, at]), torch.tensor(inf, device=logp.device))
         # a word pair said before (unless both are function words): the word that followed it then
         last = seqs[:, -1]
         logp = logp.scatter(1, last[:, None], inf)

@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 import numpy as np
-import torch
 
 from captioner.images import ImageError, load_image
 
@@ -189,9 +188,12 @@ class CaptionService(ModelService):
         encoder = model.require_encoder()
         if model.device.type == "cuda":  # the first run of each batch size is slow on a GPU: do them now
             size = encoder.preprocess.size
+            from PIL import Image
+
+            blank = model.prepare(Image.new("RGB", (size, size)))
             for batch in (1, 2, 4, 8, 16, 32):
                 for beam in (1, model.decoding.beam_size):
-                    model.caption_tensors(torch.zeros(batch, 3, size, size), beam_size=beam)
+                    model.caption_prepared([blank] * batch, beam_size=beam)
         return model
 
     def default_beam(self) -> int:
@@ -204,17 +206,14 @@ class CaptionService(ModelService):
         except CheckpointError:
             return DecodingConfig().beam_size
 
-    def _caption_batch(self, batch: torch.Tensor, beam: int) -> list:
-        return self.model.get().caption_tensors(batch, beam_size=beam)
+    def _caption_batch(self, items: list, beam: int) -> list:
+        return self.model.get().caption_prepared(items, beam_size=beam)
 
     def _run(self, images: list, beam: int) -> list:
-        """Caption preprocessed images (each a (3, H, W) tensor) in one model run."""
-        model = self.model.get()  # loaded before the lock, so the first run waits for the load only
-        batch = torch.stack(images)
-        if model.device.type == "cuda":
-            batch = batch.pin_memory()
+        """Caption prepared photos (``Captioner.prepare``) in one model run."""
+        self.model.get()  # loaded before the lock, so the first run waits for the load only
         with self._lock:
-            return self.run_batch(batch, beam)
+            return self.run_batch(images, beam)
 
     def caption_paths(self, paths: Sequence[str], beam_size: int | None = None,
                       keep_images: bool = False) -> list[dict]:
@@ -229,7 +228,8 @@ class CaptionService(ModelService):
         paths = list(paths or [])
         if len(paths) > self.max_images:
             raise InputError(f"Please send at most {self.max_images} images at once.")
-        preprocess = self.model.get().require_encoder().preprocess
+        model = self.model.get()
+        preprocess = model.require_encoder().preprocess
         results, images, slots = [], [], []
         for path in paths:
             name = Path(str(path)).name
@@ -238,7 +238,7 @@ class CaptionService(ModelService):
             except ImageError as err:
                 results.append({"image": name, "error": str(err)})
                 continue
-            images.append(preprocess(image))  # here, in parallel across requests, not in the batch
+            images.append(model.prepare(image))  # here, in parallel across requests, not in the batch
             slots.append(len(results))
             results.append({"image": name, **({"picture": image} if keep_images else {})})
         captions = self.batcher.submit(images, beam) if self.batcher else self._run(images, beam) if images else []

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from captioner.datasets import (
+    DATASETS,
     captions_by_image,
     read_coco,
     read_dataset,
@@ -41,17 +42,19 @@ from captioner.datasets import (
     text_source,
 )
 from captioner.devices import resolve_device
-from captioner.features import FeatureCache, features_for
+from captioner.features import FeatureCache, boxes_for, features_for
 from captioner.metrics import best_constant_caption, caption_scores, java_available
 from captioner.model import DEFAULT_CHECKPOINT, UNFAMILIAR, Captioner
 from captioner.retrieval import ConceptRetrieval, nearest_consensus
+from captioner.rules import degenerate
 from captioner.runtools import UserError, cli, evaluation_flags, write_report
+from captioner.vocabulary import tokenize
 
 log = logging.getLogger("evaluate_captioner")
 
 
 def training_sources(model: Captioner, override: list[str]) -> tuple[list[tuple[str, Path]], dict]:
-    info = {"coco_split": "train2017", "val_fraction": 0.07, "test_fraction": 0.13}
+    info = {"coco_split": "train2017", "val_fraction": 0.07, "test_fraction": 0.13, "dataset_split": []}
     saved = model.provenance.get("training_data", {})
     info.update({k: saved[k] for k in info if k in saved})
     sources = [(kind, Path(root)) for kind, root in saved.get("datasets", [])]
@@ -59,20 +62,31 @@ def training_sources(model: Captioner, override: list[str]) -> tuple[list[tuple[
         sources = []
         for item in override:
             kind, _, root = item.partition(":")
-            if kind not in ("coco", "flickr8k") or not root:
-                raise UserError(f"--train-data takes KIND:ROOT with KIND coco or flickr8k, not {item!r}")
+            if kind not in DATASETS or not root:
+                raise UserError(f"--train-data takes KIND:ROOT with KIND one of {', '.join(DATASETS)}, not {item!r}")
             sources.append((kind, Path(root)))
     return [(k, r) for k, r in sources if r.exists()], info
+
+
+def training_records(sources: list[tuple[str, Path]], info: dict) -> list:
+    """The training split of each training dataset, with its own fractions (``--dataset-split``)."""
+    fractions = {}
+    for item in info.get("dataset_split", []):
+        kind, val, test = item.split(":")
+        fractions[kind] = (float(val), float(test))
+    records = []
+    for kind, root in sources:
+        val, test = fractions.get(kind, (info["val_fraction"], info["test_fraction"]))
+        records += [r for r in read_dataset(kind, root, info["coco_split"]).records
+                    if split_of(r.image, val, test) == "train"]
+    return records
 
 
 def retrieval_captions(cache: FeatureCache, eval_feats: torch.Tensor, eval_refs: dict[Path, list[str]],
                        sources: list[tuple[str, Path]], info: dict, k: int = 5) -> tuple[list[str], str]:
     """The consensus caption of each image's k nearest training images."""
     eval_images = list(eval_refs)
-    records = []
-    for kind, root in sources:
-        records += read_dataset(kind, root, info["coco_split"]).records
-    train = [r for r in records if split_of(r.image, info["val_fraction"], info["test_fraction"]) == "train"]
+    train = training_records(sources, info)
     how = "training images"
     if not train:  # no training data here: leave-one-out among the evaluated images
         log.warning("no training data found for retrieval; using the other evaluated images instead")
@@ -92,11 +106,7 @@ def retrieval_captions(cache: FeatureCache, eval_feats: torch.Tensor, eval_refs:
 def concept_retrieval_captions(model: Captioner, results, info: dict, sources: list[tuple[str, Path]]) -> list[str]:
     """The caption the model learned from (photos' and text-only) whose concept and object
     words best match each photo's (``retrieval.ConceptRetrieval``)."""
-    captions = []
-    for kind, root in sources:
-        records = read_dataset(kind, root, info["coco_split"]).records
-        captions += [r.caption for r in records
-                     if split_of(r.image, info["val_fraction"], info["test_fraction"]) == "train"]
+    captions = [r.caption for r in training_records(sources, info)]
     present = [item for item in info.get("text_captions", []) if text_source(item)[1].is_file()]
     captions += [c for caps in read_text_sources(present).values() for c in caps]
     lookup = ConceptRetrieval(captions, model.concept_words, model.object_words)
@@ -131,6 +141,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--val-fraction", type=float, default=None,
                    help="--split: the validation fraction of the split (default: the checkpoint's training data's)")
     p.add_argument("--test-fraction", type=float, default=None, help="--split: likewise, the test fraction")
+    p.add_argument("--dataset-split", action="append", default=[], metavar="KIND:VAL:TEST",
+                   help="a training dataset's own split fractions, for the retrieval baselines (default: the "
+                        "checkpoint's)")
     p.add_argument("--cache-dir", type=Path, default=Path("data/features"))
     p.add_argument("--encoder-weights", default=None)
     evaluation_flags(p, DEFAULT_CHECKPOINT)
@@ -144,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     dataset = (read_coco(args.coco_captions, args.images) if args.coco_captions
                else read_flickr8k(args.flickr_captions, args.images))
     sources, info = training_sources(model, args.train_data)
+    info["dataset_split"] = list(info.get("dataset_split") or []) + args.dataset_split
     fractions = (info["val_fraction"] if args.val_fraction is None else args.val_fraction,
                  info["test_fraction"] if args.test_fraction is None else args.test_fraction)
     records = dataset.records
@@ -155,12 +169,14 @@ def main(argv: list[str] | None = None) -> int:
     images = list(references)
     cache = FeatureCache(args.cache_dir, model.require_encoder())
     features, grid = features_for(model, images, args.cache_dir)
+    boxes = boxes_for(model, images, args.cache_dir)
     results = []
     for first in range(0, len(images), 256):
         part = slice(first, first + 256)
         results += model.caption_features(features[part].float(), beam_size=args.beam_size,
                                           length_alpha=args.length_alpha,
-                                          grid=None if grid is None else grid[part].float())
+                                          grid=None if grid is None else grid[part].float(),
+                                          boxes=None if boxes is None else boxes[part])
     ids = [str(p.name) for p in images]
     refs = {i: references[p] for i, p in zip(ids, images)}
     systems = {"model": {i: r.caption for i, r in zip(ids, results)}}
@@ -168,16 +184,18 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.compare:
         other = Captioner.from_checkpoint(path, encoder=model.require_encoder(), device=model.device)
         other_feats, other_grid = features_for(other, images, args.cache_dir)
+        other_boxes = boxes_for(other, images, args.cache_dir)
         captions = [r.caption for first in range(0, len(images), 256)
                     for r in other.caption_features(other_feats[first:first + 256].float(),
-                                                    grid=None if other_grid is None else other_grid[first:first + 256])]
+                                                    grid=None if other_grid is None else other_grid[first:first + 256],
+                                                    boxes=None if other_boxes is None else
+                                                    other_boxes[first:first + 256])]
         systems[f"compare:{path.name}"] = dict(zip(ids, captions))
         notes[f"compare:{path.name}"] = f"{path}, its own default decoding, float32 weights"
     if not args.no_baselines:
         candidates = [c for caps in references.values() for c in caps]
         if sources:
-            train_records = [r for kind, root in sources for r in read_dataset(kind, root, info["coco_split"]).records]
-            candidates += [r.caption for r in train_records]
+            candidates += [r.caption for r in training_records(sources, info)]
         constant, _ = best_constant_caption(list(refs.values()), candidates)
         systems["constant"] = dict.fromkeys(ids, constant)
         notes["constant"] = constant
@@ -200,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
                          "objects": r.objects, "familiarity": r.familiarity, "references": refs[i]}
                         for i, r in zip(ids, results)],
     }
+    report["degenerate_captions"] = {name: sorted(c for c in set(preds.values()) if degenerate(tokenize(c)))
+                                     for name, preds in systems.items()}
     familiar = [r.familiarity for r in results if r.familiarity is not None]
     if familiar:
         report["familiarity"] = {"median": float(np.median(familiar)),

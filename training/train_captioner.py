@@ -462,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
     model.provenance["training_data"] = {
         "datasets": [[kind, str(root.resolve())] for kind, root in zip(args.dataset, args.data_root)],
         "coco_split": args.coco_split, "val_fraction": args.val_fraction, "test_fraction": args.test_fraction,
-        "text_captions": args.text_captions, "concept_photos": args.concept_photos,
+        "dataset_split": args.dataset_split, "text_captions": args.text_captions, "concept_photos": args.concept_photos,
         "concept_val_fraction": args.concept_val_fraction,
         "unpaired_photos": [str(p.resolve()) for p in args.unpaired_photos]}
 

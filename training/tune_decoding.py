@@ -26,7 +26,7 @@ from pathlib import Path
 from captioner.checkpoint import atomic_write_text, read_safetensors
 from captioner.datasets import DATASETS, captions_by_image, read_dataset, split_records
 from captioner.devices import resolve_device
-from captioner.features import features_for
+from captioner.features import boxes_for, features_for
 from captioner.metrics import caption_scores
 from captioner.model import Captioner
 from captioner.runtools import UserError, cli, device_flag
@@ -63,6 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--person-below", nargs="+", default=["keep"],
                    help="try banning person words when the surest person concept is below this ('none': never; "
                         "'keep': the checkpoint's)")
+    p.add_argument("--person-scores", nargs="+", default=["keep"],
+                   help="try allowing person words only when the COCO detector's best person box scores at least "
+                        "this ('none': always; 'keep': the checkpoint's)")
+    p.add_argument("--rules", choices=["keep", "on", "off"], default="keep",
+                   help="the caption rules: no word pair twice, no modifier without its noun (rules.py)")
+    p.add_argument("--dataset-split", action="append", default=[], metavar="KIND:VAL:TEST",
+                   help="a dataset's own validation and test fractions (default: the checkpoint's training run's)")
     p.add_argument("--ground-weights", type=float, nargs="+", default=None,
                    help="try tying COCO category words to the concept detectors: + weight * log p (default: the "
                         "checkpoint's)")
@@ -80,18 +87,26 @@ def main(argv: list[str] | None = None) -> int:
 
     model = Captioner.from_checkpoint(args.checkpoint, device=resolve_device(args.device), int8=not args.float32)
     info = model.provenance.get("training_data", {})
+    own = {}
+    for item in list(info.get("dataset_split") or []) + args.dataset_split:
+        kind, val, test = item.split(":")
+        own[kind] = (float(val), float(test))
     sets = []
     for kind, root in zip(args.dataset, args.data_root):
         fractions = ((info.get("concept_val_fraction", 0.4), 0.0) if kind == "coco_paired"
-                     else (info.get("val_fraction", 0.07), info.get("test_fraction", 0.13)))
+                     else own.get(kind, (info.get("val_fraction", 0.07), info.get("test_fraction", 0.13))))
         refs_by_image = captions_by_image(split_records(read_dataset(kind, root).records, *fractions)["val"])
         images = list(refs_by_image)
         features, grid = features_for(model, images, args.cache_dir, progress=False)
-        sets.append((kind, images, {str(p): caps for p, caps in refs_by_image.items()}, features, grid))
+        boxes = boxes_for(model, images, args.cache_dir)
+        sets.append((kind, images, {str(p): caps for p, caps in refs_by_image.items()}, features, grid, boxes))
     worlds = [model.decoding.text_world_above if w == "keep" else None if w == "none" else float(w)
               for w in args.text_world_above]
     persons = [model.decoding.person_below if w == "keep" else None if w == "none" else float(w)
                for w in args.person_below]
+    person_scores = [model.decoding.person_score if w == "keep" else None if w == "none" else float(w)
+                     for w in args.person_scores]
+    rules = model.decoding.rules if args.rules == "keep" else args.rules == "on"
     grounds = args.ground_weights or [model.decoding.ground_weight]
     blocks = args.block_ngrams if args.block_ngrams is not None else [model.decoding.block_ngram]
     requires = [None if r == "none" else float(r) for r in args.require_object_probs]
@@ -100,30 +115,34 @@ def main(argv: list[str] | None = None) -> int:
     if model.network.objects is None:
         requires, minimums, only_below = [None], [0.0], None
     rows = []
-    settings = [(beam, alpha, require, minimum, world, person, ground, block) for beam in args.beams
+    settings = [(beam, alpha, require, minimum, world, person, ground, block, person_score) for beam in args.beams
                 for alpha in (args.alphas if beam > 1 else [1.0]) for require in requires for minimum in minimums
-                for world in worlds for person in persons for ground in grounds for block in blocks]
-    for beam, alpha, require, minimum, world, person, ground, block in settings:
+                for world in worlds for person in persons for ground in grounds for block in blocks
+                for person_score in person_scores]
+    for beam, alpha, require, minimum, world, person, ground, block, person_score in settings:
         model.decoding = replace(model.decoding, require_object_prob=require, min_object_prob=minimum,
                                  objects_only_below=only_below, text_world_above=world, person_below=person,
-                                 ground_weight=ground, block_ngram=block)
+                                 ground_weight=ground, block_ngram=block, person_score=person_score, rules=rules)
         row = {"beam": beam, "alpha": alpha, "require_object_prob": require, "min_object_prob": minimum,
                "text_world_above": world, "person_below": person, "ground_weight": ground, "block_ngram": block,
-               "datasets": {}}
-        for kind, images, refs, features, grid in sets:
-            results = model.caption_features(features.float(), beam_size=beam, length_alpha=alpha, grid=grid)
+               "person_score": person_score, "rules": rules, "datasets": {}}
+        for kind, images, refs, features, grid, boxes in sets:
+            results = model.caption_features(features.float(), beam_size=beam, length_alpha=alpha, grid=grid,
+                                             boxes=boxes)
             scores = caption_scores(refs, {str(p): r.caption for p, r in zip(images, results)}, meteor=False)
             row["datasets"][kind] = {"images": len(images), "bleu4": scores["BLEU-4"], "cider": scores["CIDEr"],
-                                     "object_f1": scores["object_f1"], "CHAIR_s": scores["CHAIR_s"],
+                                     "object_f1": scores["object_f1"], "object_precision": scores["object_precision"],
+                                     "CHAIR_s": scores["CHAIR_s"], "degenerate": scores["degenerate"],
                                      "person_in_people_free": scores["person_in_people_free"],
                                      "words": sum(len(r.words) for r in results) / len(results)}
         for key in ("bleu4", "cider", "object_f1", "CHAIR_s"):
             row[key] = sum(d[key] for d in row["datasets"].values()) / len(sets)
         rows.append(row)
         print(f"beam {beam} alpha {alpha:4.2f} require {require} min {minimum} text world {world} person {person} "
-              f"ground {ground} block {block}: "
+              f"ground {ground} block {block} person score {person_score}: "
               + "; ".join(f"{kind} BLEU-4 {d['bleu4']:.4f} CIDEr {d['cider']:.4f} object F1 {d['object_f1']:.4f} "
-                          f"CHAIR_s {d['CHAIR_s']:.3f} person/people-free {d['person_in_people_free']:.2f}"
+                          f"CHAIR_s {d['CHAIR_s']:.3f} person/people-free {d['person_in_people_free']:.2f} "
+                          f"degenerate {d['degenerate']}"
                           for kind, d in row["datasets"].items()))
     images = [p for _, photos, *_ in sets for p in photos]
     best = max(rows, key=score)
@@ -132,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
           f"alpha {best['alpha']}, require_object_prob {best['require_object_prob']}, "
           f"min_object_prob {best['min_object_prob']}, text_world_above {best['text_world_above']}, "
           f"person_below {best['person_below']}, ground_weight {best['ground_weight']}, "
-          f"block_ngram {best['block_ngram']}")
+          f"block_ngram {best['block_ngram']}, person_score {best['person_score']}")
     if args.json_out:
         criterion = "BLEU-4 + CIDEr / 10 + object F1 / 10 - CHAIR_s / 10"
         atomic_write_text(args.json_out, json.dumps({"checkpoint": str(args.checkpoint), "images": len(images),
@@ -142,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                                  require_object_prob=best["require_object_prob"],
                                  min_object_prob=best["min_object_prob"], objects_only_below=only_below,
                                  text_world_above=best["text_world_above"], person_below=best["person_below"],
-                                 ground_weight=best["ground_weight"], block_ngram=best["block_ngram"])
+                                 ground_weight=best["ground_weight"], block_ngram=best["block_ngram"],
+                                 person_score=best["person_score"], rules=rules)
         tensors, meta = read_safetensors(args.checkpoint)
         kept = ("format", "kind", "config", "vocabulary", "decoding", "object_words", "concept_words", "provenance")
         stored = next((t.dtype for t in tensors.values() if t.is_floating_point()), None)  # fp16 stays fp16

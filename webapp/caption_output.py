@@ -30,7 +30,9 @@ def shaded_html(results: list[dict]) -> str:
         blocks.append(f"<div class='cap'><b>{name}</b>: {honesty(r)}<span class='caption'>{words}</span>"
                       f"{objects_line(r)}</div>")
     legend = ("<div class='legend'>Darker words are the ones the model was surer of (hover for the probability). "
-              "<i>Objects</i>: what the encoder's ImageNet classifier sees, as caption words. <i>Concepts</i>: what "
+              "<i>Detected</i>: what the COCO object detector finds (boxed on the photo), with how many and its "
+              "surest score. <i>Objects</i>: what the encoder's ImageNet classifier sees, as caption words. "
+              "<i>Concepts</i>: what "
               "the detectors learned from captions see (people, places, things ImageNet has no class for). "
               "<i>Familiarity</i>: how much the photo resembles the photos the captioner learned from (0.5 is "
               f"typical of them; below {UNFAMILIAR} fewer than 1% of such photos look this unlike them).</div>")
@@ -41,8 +43,14 @@ def objects_line(r: dict) -> str:
     found = r.get("objects", [])
     objects = [o for o in found if o.get("kind", "object") == "object" and o["probability"] >= 0.05][:3]
     concepts = [o for o in found if o.get("kind") == "concept"][:6]
+    detected = [o for o in found if o.get("kind") == "detected"][:6]
     listed = lambda items: ", ".join(f"{html.escape(o['word'])} {o['probability']:.0%}" for o in items)  # noqa: E731
-    line = f"Objects: {listed(objects) or 'nothing sure'}"
+    line = ""
+    if detected:
+        line = "Detected: " + ", ".join(f"{html.escape(o['word'])}" + (f" &times;{o['count']}" if o.get("count", 1) > 1
+                                                                       else "") + f" {o['probability']:.0%}"
+                                        for o in detected) + " &middot; "
+    line += f"Objects: {listed(objects) or 'nothing sure'}"
     if concepts:
         line += f" &middot; concepts: {listed(concepts)}"
     familiarity = r.get("familiarity")

@@ -14,6 +14,7 @@ import gradio as gr
 from gradio.data_classes import FileData, GradioRootModel, ListFiles
 from PIL import Image, ImageDraw
 
+from captioner.attention_maps import draw_boxes
 from captioner.images import ImageError, load_data_url, load_image
 from captioner.service import CaptionService, InputError
 from webapp import caption_output as output
@@ -39,7 +40,8 @@ def attention_strip(picture: Image.Image, result: dict) -> Image.Image:
     from captioner.model import CaptionResult
 
     return attention_strip(picture, CaptionResult(result["caption"], result["words"], result["probabilities"],
-                                                  attention=result["attention"], grid=tuple(result["attention_grid"])),
+                                                  attention=result["attention"], grid=tuple(result["attention_grid"]),
+                                                  boxes=result.get("boxes")),
                            size=128, per_row=5)
 
 
@@ -118,7 +120,8 @@ class CaptionTab:
         timing = f"{good} caption{'s' if good != 1 else ''} in {seconds:.2f} s" + (
             f" ({len(results) - good} file{'s' if len(results) - good != 1 else ''} could not be read)"
             if good < len(results) else "")
-        gallery = [(thumbnail(picture), r["caption"]) for picture, r in pictures]
+        gallery = [(thumbnail(draw_boxes(picture, r.get("boxes"), max(2, max(picture.size) // 200))), r["caption"])
+                   for picture, r in pictures]
         maps = [(attention_strip(picture, r), r["caption"]) for picture, r in pictures if "attention" in r]
         return (output.shaded_html(results), gallery, maps, output.table(results), self.downloads.write(results),
                 results, timing)

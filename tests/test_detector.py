@@ -1,0 +1,119 @@
+"""The COCO object detector (YOLOX-Nano, ONNX): preprocessing, decoding, known photos."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from captioner.detector import (
+    DETECTOR_FILE,
+    SIZE,
+    Boxes,
+    DetectionCache,
+    category_scores,
+    coco_categories,
+    decode,
+    letterbox,
+    nms,
+    shipped_detector,
+    summary,
+)
+from tests.conftest import shared
+
+
+def test_the_80_categories_are_cocos_in_the_detectors_order():
+    names = coco_categories()
+    assert len(names) == 80
+    assert names[:5] == ("person", "bicycle", "car", "motorcycle", "airplane")
+    assert names[15:17] == ("cat", "dog") and names[-1] == "toothbrush"
+    assert names.index("dining table") == 60 and names.index("cup") == 41
+
+
+def test_letterbox_keeps_the_aspect_top_left_in_bgr_with_grey_114():
+    image = Image.new("RGB", (200, 100), (255, 0, 0))  # pure red, twice as wide as high
+    array, ratio = letterbox(image)
+    assert array.shape == (3, SIZE, SIZE) and array.dtype == np.float32
+    assert ratio == pytest.approx(SIZE / 200)
+    assert (array[2, :208, :] == 255).all() and (array[0, :208, :] == 0).all()  # red is the last channel (BGR)
+    assert (array[:, 208:, :] == 114).all()  # below the photo: YOLOX's grey
+
+
+def test_decoding_puts_a_box_where_its_anchor_says():
+    raw = np.zeros((3549, 85), np.float32)
+    raw[:, 4] = 0.0  # no objectness anywhere ...
+    anchor = 52 * 10 + 20  # ... but at stride-8 cell (x 20, y 10)
+    raw[anchor, :4] = [0.5, 0.5, np.log(4.0), np.log(2.0)]  # centre (164, 84), 32 x 16 px in the 416 frame
+    raw[anchor, 4], raw[anchor, 5 + 16] = 0.9, 0.8  # a dog
+    boxes = decode(raw, ratio=1.0, width=416, height=416)
+    assert boxes.categories.tolist() == [16] and boxes.scores[0] == pytest.approx(0.72)
+    np.testing.assert_allclose(boxes.boxes[0] * 416, [148, 76, 180, 92], atol=1e-3)
+
+
+def test_nms_keeps_the_best_of_overlapping_boxes_and_separate_ones():
+    boxes = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]], np.float32)
+    assert nms(boxes, np.array([0.9, 0.8, 0.7]), 0.45) == [0, 2]
+
+
+def test_summary_holds_score_count_and_area_per_category():
+    photo = Boxes(np.array([[0, 0, 0.5, 0.5], [0.5, 0.5, 1, 1], [0, 0, 1, 1]], np.float32),
+                  np.array([0, 0, 16]), np.array([0.9, 0.6, 0.3], np.float32))
+    s = summary([photo, Boxes.empty()])
+    assert s.shape == (2, 240) and not s[1].any()
+    assert s[0, :3].tolist() == pytest.approx([0.9, np.log(3.0), 0.25])  # two people at >= 0.5
+    assert s[0, 48:51].tolist() == pytest.approx([0.3, 0.0, 1.0])  # a dog below 0.5: scored, not counted
+    assert category_scores(s)[0, 0] == pytest.approx(0.9)
+    assert photo.counts() == {"person": 2}
+
+
+def test_mirrored_boxes_swap_left_and_right():
+    photo = Boxes(np.array([[0.1, 0.2, 0.3, 0.4]], np.float32), np.array([2]), np.array([0.9], np.float32))
+    np.testing.assert_allclose(photo.mirrored().boxes, [[0.7, 0.2, 0.9, 0.4]], atol=1e-6)
+
+
+def skimage_photo(name: str) -> Image.Image:
+    import skimage.data
+
+    return Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+
+
+def test_known_photos_give_their_known_objects():
+    """Pinned on the shipped weights: a change of channel order, scaling, padding or decoding
+    moves these (with RGB for BGR the cat reads as a dog at 0.35)."""
+    assert DETECTOR_FILE.is_file()
+    found = shipped_detector().detect([skimage_photo(n) for n in ("chelsea", "coffee", "astronaut",
+                                                                    "hubble_deep_field")])
+    cat, coffee, astronaut, space = (b.to_list(0.3) for b in found)
+    assert [b["category"] for b in cat] == ["cat"] and cat[0]["score"] == pytest.approx(0.635, abs=0.02)
+    assert [b["category"] for b in coffee] == ["cup", "dining table"]
+    assert coffee[0]["score"] == pytest.approx(0.899, abs=0.02)
+    np.testing.assert_allclose(coffee[0]["box"], [0.270, 0.038, 0.704, 0.733], atol=0.02)
+    assert [b["category"] for b in astronaut] == ["person"] and astronaut[0]["score"] > 0.9
+    assert space == []  # the Hubble deep field: nothing
+
+
+def test_val2017_photos_the_detector_never_saw():
+    root = shared("coco_captions", "val2017")
+    if not root.is_dir():
+        pytest.skip(f"the COCO val2017 photos are not at {root}")
+    found = shipped_detector().detect([Image.open(root / f"{n}.jpg") for n in
+                                       ("000000018737", "000000017627", "000000018150")])
+    motorcycle, cars, people = (b.counts() for b in found)
+    assert motorcycle == {"motorcycle": 1}  # "A motorcycle parked near a fence by a beach."
+    assert cars["car"] >= 4  # "Several cars are parked in front of a building."
+    assert people.get("person") == 2  # "a man holding a piece of pizza in front of a kid"
+
+
+def test_the_cache_detects_once_and_gives_the_same_boxes(tmp_path):
+    path = tmp_path / "chelsea.jpg"
+    skimage_photo("chelsea").save(path)
+    cache = DetectionCache(tmp_path / "cache")
+    first = cache.get([path, path], progress=False)
+    assert cache.file.is_file() and len(cache.table) == 1
+    again = DetectionCache(tmp_path / "cache")
+    again.detector = None  # a second run never needs the network
+    second = again.get([path], progress=False)[0]
+    np.testing.assert_allclose(second.boxes, first[0].boxes, atol=1e-6)
+    assert second.categories.tolist() == first[1].categories.tolist() == [15]
+    assert torch.equal(summary(first[:1]), summary([second]))

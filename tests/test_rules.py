@@ -1,0 +1,119 @@
+"""The caption rules: no person without a detected person, no repeated word pair, no
+modifier without its noun; applied inside beam search, counted by the scores."""
+
+from __future__ import annotations
+
+import torch
+
+from captioner.decoder import CaptionDecoder
+from captioner.objects import object_mention_scores
+from captioner.rules import CaptionRules, degenerate, describe_objects, person_words, problems
+from captioner.search import Constraints, beam_search, greedy
+
+# what the previous release wrote about held-out COCO photos (issue 26)
+SEEN = ["a group of young asian young asian little blonde are sitting on a desk",
+        "a group of young asian are sitting on top of a plate",
+        "a group of young asian young asian little blonde are standing in a field",
+        "a small little blonde haired of flowers in a field of flowers",
+        "a young blonde haired blonde haired young blond blonde haired is wearing a red jacket"]
+
+
+def test_every_caption_users_were_shown_breaks_a_rule_without_a_person():
+    for caption in SEEN:
+        assert problems(caption.split(), person_ok=False), caption
+    assert degenerate("a young blonde haired blonde haired young blond blonde haired is wearing a red jacket".split())
+    assert degenerate("a little blonde haired is wearing a red jacket".split())
+    assert degenerate("a black and white".split())
+
+
+def test_good_captions_keep_every_rule():
+    for caption in ["a cat sitting on a laptop on a desk", "a plate of food on a wooden table",
+                    "a brown and white dog is running in the grass", "two zebras standing in a field of grass",
+                    "a cup of coffee on a table next to a plate"]:
+        assert problems(caption.split(), person_ok=False) == [], caption
+    assert problems("a man is sitting on a bench".split(), person_ok=True) == []
+
+
+def test_person_words_name_and_describe_people():
+    words = person_words()
+    assert {"man", "people", "woman", "boy", "crowd"} <= words  # CHAIR's person synonyms
+    assert {"asian", "blonde", "haired", "young", "she", "his"} <= words  # and what describes a person
+    assert not {"cat", "table", "little", "red", "group"} & words
+
+
+def test_describe_objects_says_less_from_the_detector():
+    assert describe_objects({"dog": 2, "frisbee": 1}) == "two dogs and a frisbee".split()
+    assert describe_objects({"person": 3, "dining table": 1}, person_ok=False) == "a table".split()
+    assert describe_objects({"person": 3}) == "three people".split()
+    assert describe_objects({}) == []
+
+
+class TableDecoder(CaptionDecoder):
+    """A decoder whose next-word scores depend on the last word alone (a bigram table):
+    enough to drive a search into any caption."""
+
+    def __init__(self, words: list[str], bigrams: dict[str, dict[str, float]]):
+        super().__init__(len(words), 4, 4, 1, 0.0)
+        self.words = words
+        table = torch.full((len(words), len(words)), -20.0)
+        for a, nexts in bigrams.items():
+            for b, logit in nexts.items():
+                table[words.index(a), words.index(b)] = logit
+        table[:, [0, 1, 3]] = float("-inf")  # <pad>, <start>, <unk>
+        self.table = table
+
+    def init_state(self, ctx):
+        n = len(ctx["image"])
+        return torch.zeros(1, n, 1), torch.zeros(1, n, 1)
+
+    def step(self, tokens, state, ctx):
+        return self.table[tokens].log_softmax(-1), state, None
+
+
+WORDS = ["<pad>", "<start>", "<end>", "<unk>", "a", "young", "asian", "blonde", "haired", "is", "cat", "on",
+         "laptop", "sitting", "man"]
+
+
+def caption(ids: list[int]) -> str:
+    return " ".join(WORDS[i] for i in ids)
+
+
+def test_beam_search_drops_what_breaks_a_rule_and_takes_the_next():
+    # left alone, it writes "a young asian young asian ..." then "blonde haired is": degenerate, a person
+    decoder = TableDecoder(WORDS, {"<start>": {"a": 5}, "a": {"young": 5, "cat": 3, "man": 4},
+                                   "young": {"asian": 5}, "asian": {"young": 5, "blonde": 4, "is": 1},
+                                   "blonde": {"haired": 5}, "haired": {"is": 5}, "is": {"sitting": 5},
+                                   "sitting": {"on": 5}, "on": {"a": 5, "laptop": 1}, "laptop": {"<end>": 5},
+                                   "cat": {"is": 5}, "man": {"is": 5}})
+    ctx = {"image": torch.zeros(1, 1)}
+    free = caption(beam_search(decoder, ctx, beam_size=3, max_length=12)[0].ids)
+    assert degenerate(free.split()) and "young asian young asian" in free
+    rules = CaptionRules(WORDS, end_id=2)
+    for person_ok, expect_person in ((False, False), (True, True)):
+        constraints = Constraints(rules, torch.tensor([person_ok]))
+        for decoded in (beam_search(decoder, ctx, beam_size=3, max_length=12, constraints=constraints)[0],
+                        greedy(decoder, ctx, max_length=12, constraints=constraints)[0]):
+            text = caption(decoded.ids)
+            assert problems(text.split(), person_ok) == [], text
+            assert bool(set(text.split()) & person_words()) == expect_person, text
+    no_person = caption(beam_search(decoder, ctx, 3, 12, constraints=Constraints(rules, torch.tensor([False])))[0].ids)
+    assert no_person.startswith("a cat is sitting on")
+
+
+def test_mask_bans_the_end_and_verbs_until_the_noun_comes():
+    rules = CaptionRules(WORDS, end_id=2)
+    seqs = torch.tensor([[WORDS.index("a"), WORDS.index("young"), WORDS.index("blonde")]])
+    logp = rules.mask(torch.zeros(1, len(WORDS)), seqs, None)[0]
+    banned = {WORDS[i] for i in range(len(WORDS)) if logp[i] == float("-inf")}
+    assert {"<end>", "is", "on", "a", "sitting"} <= banned and "cat" not in banned and "man" not in banned
+
+
+def test_scores_count_described_people_and_degenerate_captions():
+    refs = {"cat": ["a cat on a laptop"] * 5, "dog": ["a dog in the grass"] * 5}
+    hidden = object_mention_scores(refs, {"cat": "a young asian blonde is sitting on a desk",
+                                          "dog": "a dog in the grass in the grass"})
+    assert hidden["person_in_people_free"] == 0.5  # "young asian blonde" is a person, whatever the words
+    assert hidden["CHAIR_s"] == 0.5
+    assert hidden["degenerate"] == 2  # "a young asian blonde is": no noun; "the grass" twice
+    clean = object_mention_scores(refs, {"cat": "a cat on a laptop", "dog": "a dog in the grass"})
+    assert clean["person_in_people_free"] == 0.0 and clean["degenerate"] == 0
