@@ -69,8 +69,8 @@ def test_text_table_copies_named_objects_and_keeps_slots_with_their_words():
     first = len(vocab) - slots
     for step in range(5):
         g = torch.Generator().manual_seed(step)
-        captions, detections, concepts = table.batch(torch.arange(3), None, g)
-        assert concepts is None
+        captions, detections, concepts, boxes = table.batch(torch.arange(3), None, g)
+        assert concepts is None and boxes is None
         assert bool((detections.probs[:, :-1] >= detections.probs[:, 1:]).all()), "slots ranked by probability"
         for row, ids in enumerate(captions):
             text = " ".join(photos[list(photos)[int(table.photo[row])]]).lower()
@@ -78,6 +78,29 @@ def test_text_table_copies_named_objects_and_keeps_slots_with_their_words():
             # each slot token, after the slots were re-ranked, still stands for a word the captions named
             assert all(object_words[int(detections.words[row, k])] in text for k in slots_used)
             assert row == 2 or slots_used, "the pizza captions name their objects through slots"
+
+
+def test_text_rows_get_detector_summaries_from_real_photos_of_the_same_label():
+    """A text row's detector inputs are what the detector gave a real photo whose captions
+    name (or do not name) the same categories: its misses and false alarms included."""
+    from captioner.detector import coco_categories
+    from captioner.training import DetectorNoise, category_labels
+
+    real_labels = category_labels([["a pizza on a plate"], ["a pizza"], ["a pizza slice"], ["two zebras in a field"],
+                                   ["zebras"], ["a zebra"]])
+    pizza, zebra = coco_categories().index("pizza"), coco_categories().index("zebra")
+    assert real_labels[:3, pizza].all() and not real_labels[3:, pizza].any() and real_labels[3:, zebra].all()
+    summaries = torch.zeros(6, 80, 3)
+    summaries[:3, pizza] = torch.tensor([[0.9, 0.69, 0.5], [0.0, 0.0, 0.0], [0.7, 0.69, 0.3]])  # one pizza missed
+    summaries[3, pizza] = torch.tensor([0.4, 0.0, 0.1])  # a false alarm on a zebra photo
+    summaries[3:, zebra] = torch.tensor([0.95, 1.1, 0.6])
+    noise = DetectorNoise(summaries.flatten(1), real_labels)
+    assert noise.rates["miss"] > 0 and noise.rates["false_alarm"] > 0
+    wanted = category_labels([["a pizza on a table"]] * 300)
+    drawn = noise.sample(wanted, torch.Generator().manual_seed(0)).view(300, 80, 3)
+    seen = {tuple(round(v, 2) for v in t.tolist()) for t in drawn[:, pizza]}
+    assert seen == {(0.9, 0.69, 0.5), (0.0, 0.0, 0.0), (0.7, 0.69, 0.3)}  # the positives' triples, miss included
+    assert {round(v, 2) for v in drawn[:, zebra, 0].tolist()} == {0.0}  # no zebra photo without its zebra label
 
 
 def test_articles_in_one_place():

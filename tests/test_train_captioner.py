@@ -163,3 +163,33 @@ def test_dry_run_with_captions_without_photos_concepts_and_the_text_world(tmp_pa
     model = Captioner.from_checkpoint(out / "best.safetensors", load_encoder=False)
     assert len(model.concept_words) == 20 and model.network.familiarity.world is not None
     assert model.decoding.text_world_above == 0.5
+
+
+def test_dry_run_with_the_coco_detector_and_val2017_photos(tmp_path, data_args):
+    """The eyes path: COCO val2017 photos (their own split) beside Flickr8k, the detector's
+    boxes for the photo rows, detector inputs drawn for the text rows; the model it writes
+    needs the boxes, and captions with them."""
+    from captioner.detector import DetectionCache
+    from captioner.features import boxes_for, features_for
+    from training import train_captioner
+
+    out = tmp_path / "eyes"
+    coco = shared("coco_captions")
+    cache = data_args[9]
+    args = [*data_args[:4], "--dataset", "coco_val2017", "--data-root", str(coco),
+            "--dataset-split", "coco_val2017:0.15:0.25", "--cache-dir", cache, *TINY, "--decoder", "attention",
+            "--detector", "--concepts", "20",
+            "--text-captions", f"coco:{coco / 'annotations' / 'captions_text_only.json'}",
+            "--select-by", "val_mixed", "--out", str(out), "--dry-run"]
+    assert train_captioner.main(args) == 0
+    model = Captioner.from_checkpoint(out / "best.safetensors")
+    assert model.config.detector == 240 and model.network.detector_projection is not None
+    assert model.provenance["training_data"]["dataset_split"] == ["coco_val2017:0.15:0.25"]
+    photos = sorted((coco / "val2017").glob("*.jpg"))[:3]
+    feats, grid = features_for(model, photos, cache)
+    with pytest.raises(ValueError, match="boxes"):
+        model.caption_features(feats, grid=grid)
+    boxes = boxes_for(model, photos, cache)
+    assert DetectionCache(cache).file.is_file()
+    results = model.caption_features(feats, grid=grid, boxes=boxes)
+    assert all(r.boxes is not None and any(o.get("kind") == "detected" for o in r.objects) for r in results)
