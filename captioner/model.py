@@ -107,6 +107,8 @@ class DecodingConfig:
     person_score: float | None = None  # a caption may name or describe a person only when the detector's best
     #                                    person box scores at least this (rules.py; None: no person rule)
     rules: bool = False  # no word pair twice, no modifier without its noun (rules.py)
+    require_detected: float | None = None  # the detector's surest object (no person), when this sure of it,
+    #                                        must be named (any word naming its category; with the top object)
     block_ngram: int = 0  # no caption repeats an n-gram of this length ("a cup of coffee and a cup of coffee"; 0: off)
     ground_weight: float = 0.0  # a word naming a COCO category gets + ground_weight * log p, p the concept
     #                             detectors' surest word for that category (0: off; see CaptionNetwork.grounding)
@@ -177,6 +179,22 @@ def category_indices(vocab: Vocabulary, concept_words: Sequence[str]) -> Categor
                          list(by_category))
 
 
+def category_tokens(vocab: Vocabulary) -> torch.Tensor:
+    """(80, S) for each COCO category the vocabulary's single words that name it ("giraffe",
+    "giraffes"; ``objects.coco_synonyms``), padded with -1."""
+    from captioner.objects import coco_synonyms
+
+    column = {c: i for i, c in enumerate(coco_categories())}
+    words: list[list[int]] = [[] for _ in range(80)]
+    for phrase, category in coco_synonyms().items():
+        if len(phrase) == 1 and phrase[0] in vocab.index:
+            words[column[category]].append(vocab.index[phrase[0]])
+    table = torch.full((80, max(1, max(map(len, words)))), -1, dtype=torch.long)
+    for c, ids in enumerate(words):
+        table[c, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return table
+
+
 class CaptionNetwork(nn.Module):
     """Every trained weight of a captioner, and what it computes from the encoder's output:
     the feature projection, the object detector, the concept detectors, familiarity, and
@@ -192,8 +210,9 @@ class CaptionNetwork(nn.Module):
                                         config.familiarity_calibration, worlds=bool(config.familiarity_worlds))
                             if config.familiarity_references else None)
         self.concepts = ConceptDetector(config.feature_dim, config.concepts) if config.concepts else None
-        # set by the Captioner, which knows the words (``category_indices``)
+        # set by the Captioner, which knows the words (``category_indices``, ``category_tokens``)
         self.categories: CategoryIndex | None = None
+        self.category_tokens: torch.Tensor | None = None
         self.concept_projection = nn.Linear(config.concepts, config.embed_dim) if config.concepts else None
         self.detector_projection = None
         if config.detector:  # starts at zero: a model extended with the detector starts as it was
@@ -324,6 +343,26 @@ class CaptionNetwork(nn.Module):
             ctx["objects_logp"] = ctx["objects_logp"].masked_fill(probs == 0, float("-inf"))
         return (probs[..., None] * ctx["objects"]).sum(1)
 
+    def _required(self, detections: Detections | None, boxes: torch.Tensor | None,
+                  decoding: DecodingConfig) -> torch.Tensor | None:
+        """(B, S) the words of which each caption must hold one (-1: none; None: no image
+        has any): the top object's slot when the classifier is sure of it, and every word
+        naming the detector's surest category (no person) when the detector is."""
+        parts = []
+        if detections is not None and decoding.require_object_prob is not None:
+            sure = detections.probs[:, 0] >= decoding.require_object_prob
+            parts.append(torch.where(sure, self.decoder.first_slot, -1)[:, None])
+        if boxes is not None and decoding.require_detected is not None and self.category_tokens is not None:
+            scores = category_scores(boxes).clone()
+            scores[:, PERSON] = 0.0
+            best, category = scores.max(1)
+            words = self.category_tokens.to(boxes.device)[category]
+            parts.append(words.masked_fill((best < decoding.require_detected)[:, None], -1))
+        if not parts:
+            return None
+        required = torch.cat(parts, 1)
+        return required if bool((required >= 0).any()) else None
+
     @staticmethod
     def _require(grid: torch.Tensor | None, who: str) -> torch.Tensor:
         if grid is None:
@@ -356,11 +395,7 @@ class CaptionNetwork(nn.Module):
             bias = self.grounding(ctx["concepts"], decoding, ctx.get("boxes"))
             if bias is not None:
                 ctx["word_bias"] = bias
-        required = None
-        if detections is not None and decoding.require_object_prob is not None:
-            sure = detections.probs[:, 0] >= decoding.require_object_prob
-            required = torch.where(sure, self.decoder.first_slot, -1)
-            required = required if bool(sure.any()) else None
+        required = self._required(detections, ctx.get("boxes"), decoding)
         decoder = self.inference_decoder
         constraints = None
         if rules is not None and (decoding.rules or decoding.person_score is not None):
@@ -397,6 +432,8 @@ class Captioner(nn.Module):
         self.network = CaptionNetwork(config, vocab)
         self.network.categories = category_indices(vocab, self.concept_words)
         self.rules = CaptionRules(vocab.words, vocab.end_id)
+        if config.detector:
+            self.network.category_tokens = category_tokens(vocab)
         self.detector = None  # the COCO detector (detector.shipped_detector), loaded when a photo needs it
         self.encoder = encoder
         self.provenance: dict[str, str] = {}

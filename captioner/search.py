@@ -173,20 +173,22 @@ class _Beams:
 
 
 def _candidates(logp: torch.Tensor, beams: _Beams, must_include: torch.Tensor, n: int):
-    """Each row offers its best ``n`` words to its own beam (the required word aside, while
-    it waits for it), and the required word to the beam of captions that hold it. Written
+    """Each row offers its best ``n`` words to its own beam (the required words aside, while
+    it waits for one), and each required word to the beam of captions that hold one. Written
     without data-dependent shapes: on a GPU every such shape waits for the device.
-    Returns flat (score, word, row, beam) of every candidate."""
+    ``must_include`` (images, S): each image's required words (any one of them will do; -1:
+    none). Returns flat (score, word, row, beam) of every candidate."""
     group = beams.group
-    required = must_include[group // 2]
-    waiting = (group % 2 == 0) & (required >= 0)
-    extra_word = required.clamp_min(0)[:, None]
+    required = must_include[group // 2]  # (rows, S)
+    waiting = (group % 2 == 0)[:, None] & (required >= 0)
+    extra_word = required.clamp_min(0)
     extra_logp = logp.gather(1, extra_word)
-    ranked = logp.scatter(1, extra_word, torch.where(waiting[:, None], float("-inf"), extra_logp))
+    ranked = logp.scatter(1, extra_word, torch.where(waiting, float("-inf"), extra_logp))
     cand_logp, cand_word = ranked.topk(min(n, logp.shape[1]), dim=1)
-    cand_logp = torch.cat([cand_logp, extra_logp.masked_fill(~waiting[:, None], float("-inf"))], 1)
+    k = cand_word.shape[1]
+    cand_logp = torch.cat([cand_logp, extra_logp.masked_fill(~waiting, float("-inf"))], 1)
     cand_word = torch.cat([cand_word, extra_word], 1)
-    cand_group = torch.cat([group[:, None].expand(-1, cand_word.shape[1] - 1), (group | 1)[:, None]], 1)
+    cand_group = torch.cat([group[:, None].expand(-1, k), (group | 1)[:, None].expand(-1, extra_word.shape[1])], 1)
     rows = torch.arange(len(group), device=logp.device)[:, None].expand_as(cand_word)
     return ((beams.score[:, None] + cand_logp).flatten(), cand_word.flatten(), rows.flatten(),
             cand_group.flatten())
@@ -211,10 +213,11 @@ def beam_search(decoder: CaptionDecoder, ctx: Context, beam_size: int = 3, max_l
     Among the finished captions the best by ``log p / length ** length_alpha`` wins. With
     ``beam_size=1`` and no constraint this is exactly greedy decoding.
 
-    ``must_include`` (B,): a token each image's caption must contain (-1: none). This is
-    constrained beam search with one constraint (Anderson et al. 2017): an image has two
-    beams, captions without the token yet and captions with it; a caption moves from the
-    first to the second when it writes the token. The best finished caption of the second
+    ``must_include`` (B,) or (B, S): a token each image's caption must contain, or several
+    of which it must contain one ("giraffe" or "giraffes"; -1: none). This is constrained
+    beam search with one constraint (Anderson et al. 2017): an image has two beams, captions
+    without the token yet and captions with it; a caption moves from the first to the
+    second when it writes the token. The best finished caption of the second
     beam wins; only if it has none, the first beam's. ``block_ngram``: no caption holds an
     n-gram twice (``block_repeats``). ``constraints``: the caption rules; a continuation
     that breaks one is never a candidate, so the beam takes the next best.
@@ -226,7 +229,8 @@ def beam_search(decoder: CaptionDecoder, ctx: Context, beam_size: int = 3, max_l
     device = state[0].device
     batch = state[0].shape[1]
     must = (torch.full((batch,), -1, dtype=torch.long) if must_include is None else must_include).to(device)
-    beams = _Beams(group=torch.arange(batch, device=device) * 2 + (must < 0).long(),
+    must = must[:, None] if must.dim() == 1 else must
+    beams = _Beams(group=torch.arange(batch, device=device) * 2 + (must < 0).all(1).long(),
                    score=torch.zeros(batch, device=device), seqs=torch.empty(batch, 0, dtype=torch.long, device=device),
                    logps=torch.empty(batch, 0, device=device), attention=None,
                    tokens=torch.full((batch,), decoder.start_id, dtype=torch.long, device=device))

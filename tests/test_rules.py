@@ -117,3 +117,16 @@ def test_scores_count_described_people_and_degenerate_captions():
     assert hidden["degenerate"] == 2  # "a young asian blonde is": no noun; "the grass" twice
     clean = object_mention_scores(refs, {"cat": "a cat on a laptop", "dog": "a dog in the grass"})
     assert clean["person_in_people_free"] == 0.0 and clean["degenerate"] == 0
+
+
+def test_constrained_beam_takes_any_of_the_words_of_a_category():
+    """"giraffe" or "giraffes": one constraint with several words, as the detector's surest
+    category gives it; the best caption that holds one of them wins."""
+    decoder = TableDecoder(WORDS, {"<start>": {"a": 5}, "a": {"man": 5, "cat": 1, "laptop": 1}, "man": {"is": 5},
+                                   "is": {"sitting": 5}, "sitting": {"<end>": 5, "on": 1}, "on": {"a": 5},
+                                   "cat": {"<end>": 5}, "laptop": {"<end>": 5}})
+    ctx = {"image": torch.zeros(2, 1)}
+    required = torch.tensor([[WORDS.index("cat"), WORDS.index("laptop")], [-1, -1]])
+    with_word, free = beam_search(decoder, ctx, beam_size=3, max_length=10, must_include=required)
+    assert caption(free.ids) == "a man is sitting"
+    assert set(caption(with_word.ids).split()) & {"cat", "laptop"}
