@@ -31,6 +31,7 @@ class CaptionSet:
 
     records: list[CaptionRecord]
     skipped: int = 0
+    splits: dict[Path, str] | None = None  # each image's split, where the dataset defines its own (Karpathy's)
 
     @property
     def images(self) -> list[Path]:
@@ -57,6 +58,38 @@ def read_coco(captions_json: str | Path, images_dir: str | Path) -> CaptionSet:
         records += [CaptionRecord(images_dir / file_name, a["caption"].strip()) for a in annotations]
     _report(captions_json, records, skipped)
     return CaptionSet(records, skipped)
+
+
+KARPATHY_SPLITS = {"train": "train", "restval": "train", "val": "val", "test": "test"}
+
+
+def read_karpathy(dataset_json: str | Path, root: str | Path) -> CaptionSet:
+    """Karpathy's split of COCO 2014 (``dataset_coco.json``, as every COCO captioning paper
+    since 2015 uses it: 113,287 train + restval, 5,000 val, 5,000 test images): each image
+    at ``root/<filepath>/<filename>``, its split from its ``split`` field (restval trains),
+    its captions the ``raw`` sentences."""
+    import json
+
+    dataset_json, root = Path(dataset_json), Path(root)
+    if not dataset_json.is_file():
+        raise FileNotFoundError(f"no Karpathy split file at {dataset_json} (dataset_coco.json, from "
+                                "https://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip)")
+    data = json.loads(dataset_json.read_text(encoding="utf-8"))
+    records, splits, skipped = [], {}, 0
+    listings: dict[str, set[str]] = {}
+    for image in data["images"]:
+        folder = image.get("filepath", "")
+        if folder not in listings:
+            listings[folder] = _listing(root / folder)
+        sentences = [s["raw"].strip() for s in image.get("sentences", []) if s.get("raw", "").strip()]
+        if image["filename"] not in listings[folder]:
+            skipped += len(sentences)
+            continue
+        path = root / folder / image["filename"]
+        splits[path] = KARPATHY_SPLITS.get(image.get("split", "train"), "train")
+        records += [CaptionRecord(path, s) for s in sentences]
+    _report(dataset_json, records, skipped)
+    return CaptionSet(records, skipped, splits)
 
 
 def read_flickr8k(captions_csv: str | Path, images_dir: str | Path) -> CaptionSet:
@@ -90,10 +123,14 @@ def _csv_captions(path: Path) -> Iterable[tuple[str, str]]:
 def read_dataset(kind: str, root: str | Path, coco_split: str = "train2017") -> CaptionSet:
     """A dataset by kind and root folder, in its usual layout:
     ``flickr8k``: ``root/captions.txt`` and ``root/Images/``;
-    ``coco``: ``root/annotations/captions_<split>.json`` and ``root/<split>/``."""
+    ``coco``: ``root/annotations/captions_<split>.json`` and ``root/<split>/`` (COCO's
+    official caption files); ``coco-karpathy``: ``root/dataset_coco.json`` and the images at
+    ``root/<filepath>/<filename>`` (``read_karpathy``)."""
     root = Path(root)
     if kind == "flickr8k":
         return read_flickr8k(root / "captions.txt", root / "Images")
+    if kind == "coco-karpathy":
+        return read_karpathy(root / "dataset_coco.json", root)
     if kind == "coco":
         return read_coco(root / "annotations" / f"captions_{coco_split}.json", root / coco_split)
     if kind in PAIRED:  # the local copies of COCO photos with their captions (../shared/data/coco_captions)
@@ -103,7 +140,7 @@ def read_dataset(kind: str, root: str | Path, coco_split: str = "train2017") -> 
 
 # coco_val2017: photos the COCO detector never trained on (it trained on train2017, which holds the others)
 PAIRED = {"coco_paired": "val2014", "coco_val2017": "val2017", "coco_train2014": "train2014"}
-DATASETS = ("coco", "flickr8k", *PAIRED)
+DATASETS = ("coco", "coco-karpathy", "flickr8k", *PAIRED)
 TEXT_SOURCES = ("coco", "flickr")
 
 
@@ -143,11 +180,13 @@ def split_of(image: Path, val_fraction: float, test_fraction: float = 0.0) -> st
 
 
 def split_records(records: Iterable[CaptionRecord], val_fraction: float = 0.07,
-                  test_fraction: float = 0.13) -> dict[str, list[CaptionRecord]]:
-    """Deterministic train/val/test split by image (never by caption)."""
+                  test_fraction: float = 0.13, given: dict[Path, str] | None = None) -> dict[str, list[CaptionRecord]]:
+    """Deterministic train/val/test split by image (never by caption); ``given``: the
+    dataset's own split of each image (Karpathy's), used instead of the hash."""
     splits: dict[str, list[CaptionRecord]] = {"train": [], "val": [], "test": []}
     for record in records:
-        splits[split_of(record.image, val_fraction, test_fraction)].append(record)
+        split = given[record.image] if given else split_of(record.image, val_fraction, test_fraction)
+        splits[split].append(record)
     return splits
 
 

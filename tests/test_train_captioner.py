@@ -193,3 +193,45 @@ def test_dry_run_with_the_coco_detector_and_val2017_photos(tmp_path, data_args):
     assert DetectionCache(cache).file.is_file()
     results = model.caption_features(feats, grid=grid, boxes=boxes)
     assert all(r.boxes is not None and any(o.get("kind") == "detected" for o in r.objects) for r in results)
+
+
+def karpathy_file(root, photos: int = 24) -> None:
+    """A tiny ``dataset_coco.json`` in Karpathy's format over real COCO val2017 photos with
+    their captions: 16 train (half of them restval), 4 val, 4 test."""
+    from captioner.datasets import read_dataset
+
+    coco = shared("coco_captions")
+    (root / "val2017").symlink_to(coco / "val2017", target_is_directory=True)
+    found = read_dataset("coco_val2017", coco)
+    by_image: dict = {}
+    for r in found.records:
+        by_image.setdefault(r.image, []).append(r.caption)
+    images = []
+    for k, (path, captions) in enumerate(list(by_image.items())[:photos]):
+        split = "test" if k >= photos - 4 else "val" if k >= photos - 8 else "restval" if k % 2 else "train"
+        images.append({"filepath": "val2017", "filename": path.name, "split": split, "cocoid": k,
+                       "sentences": [{"raw": c, "tokens": c.lower().split()} for c in captions]})
+    (root / "dataset_coco.json").write_text(json.dumps({"images": images, "dataset": "coco"}))
+
+
+def test_coco_karpathy_split_trains_end_to_end(tmp_path, data_args):
+    """``--dataset coco-karpathy --data-root DIR`` reads ``DIR/dataset_coco.json`` and keeps
+    its split (restval trains); a dry run and two real steps write a model the captioner loads."""
+    from captioner.datasets import read_dataset, split_records
+    from training import train_captioner
+
+    root = tmp_path / "karpathy"
+    root.mkdir()
+    karpathy_file(root)
+    found = read_dataset("coco-karpathy", root)
+    splits = split_records(found.records, given=found.splits)
+    assert [len({r.image for r in splits[s]}) for s in ("train", "val", "test")] == [16, 4, 4]
+    common = ["--dataset", "coco-karpathy", "--data-root", str(root), "--cache-dir", data_args[9], *TINY,
+              "--decoder", "attention"]
+    assert train_captioner.main([*common, "--out", str(tmp_path / "dry"), "--dry-run"]) == 0
+    # 16 photos x 5 captions in batches of 40: one epoch is two real steps, then validation on Karpathy's val
+    assert train_captioner.main([*common, "--out", str(tmp_path / "two"), "--batch-size", "40", "--epochs", "1"]) == 0
+    rows = list(csv.DictReader(open(tmp_path / "two" / "metrics.csv")))
+    assert int(rows[-1]["step"]) == 2
+    model = Captioner.from_checkpoint(tmp_path / "two" / "best.safetensors", load_encoder=False)
+    assert model.provenance["training_data"]["datasets"][0][0] == "coco-karpathy"

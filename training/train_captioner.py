@@ -175,9 +175,9 @@ def load_records(args) -> dict[str, list[CaptionRecord]]:
         fractions[kind] = (float(val), float(test))
     splits = {"train": [], "val": [], "test": []}
     for kind, root in zip(args.dataset, args.data_root):
-        records = read_dataset(kind, root, args.coco_split).records  # the reader reports skipped captions
-        for name, part in split_records(records, *fractions.get(kind, (args.val_fraction,
-                                                                        args.test_fraction))).items():
+        found = read_dataset(kind, root, args.coco_split)  # the reader reports skipped captions
+        for name, part in split_records(found.records, *fractions.get(kind, (args.val_fraction, args.test_fraction)),
+                                        given=found.splits).items():
             splits[name] += part
     if not splits["train"] and not splits["val"]:
         raise UserError("the datasets hold no captions with images")
