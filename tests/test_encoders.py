@@ -68,14 +68,14 @@ def test_preprocessing_squashes_the_whole_image_and_accepts_any_mode():
 def test_encode_is_frozen_bf16_channels_last_and_close_to_fp32(lite0):
     import copy
 
-    from captioner.devices import fast_bf16 as bf16_supported
+    from captioner.devices import choose_precision
 
     photos = [p for p, _ in flickr_sample(4)]
     batch = lite0.preprocess.batch([load_image(p) for p in photos])
     features = lite0.encode(batch)
     assert features.shape == (4, 1280) and features.dtype == torch.float32
     assert not any(p.requires_grad for p in lite0.parameters())
-    assert lite0.dtype == (torch.bfloat16 if bf16_supported() else torch.float32)
+    assert lite0.dtype == choose_precision("cpu")
     assert lite0.backbone.conv_stem.weight.is_contiguous(memory_format=torch.channels_last)
     assert not lite0.training
     lite0.train()

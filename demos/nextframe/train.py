@@ -19,7 +19,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from captioner.devices import fast_bf16, resolve_device
+from captioner.devices import choose_precision, resolve_device
 from captioner.loop import Loop
 from captioner.runtools import (
     Timer,
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     warmup = min(args.warmup_steps, total // 10 + 1)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, total, 0.02))
-    use_bf16 = args.bf16 and fast_bf16(device)
+    use_bf16 = args.bf16 and choose_precision(device) == torch.bfloat16
 
     def train_step(epoch: int, step: int) -> float:
         global_step = epoch * args.steps_per_epoch + step
