@@ -19,7 +19,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import gradio as gr  # noqa: E402
 
-from captioner.devices import DEVICE_CHOICES, DeviceError  # noqa: E402
+from captioner.devices import DEVICE_CHOICES, PRECISIONS, DeviceError  # noqa: E402
 from captioner.images import MAX_BYTES  # noqa: E402
 from captioner.service import CaptionService  # noqa: E402
 from demos.mnist.service import DigitService  # noqa: E402
@@ -40,13 +40,15 @@ class Services:
     frames: FrameService
 
 
-def make_services(places: Places | None = None, device: str | None = None) -> Services:
+def make_services(places: Places | None = None, device: str | None = None, precision: str | None = None) -> Services:
     """The four predictors (models load lazily, on first use). The captioner runs on
-    ``device`` (default $CAPTIONER_DEVICE, else auto: a GPU if there is one)."""
+    ``device`` (default $CAPTIONER_DEVICE, else auto: a GPU if there is one), its encoder in
+    ``precision`` (default $CAPTIONER_PRECISION, else auto: the faster on this machine)."""
     places = places or Places.from_environment()
     captions = CaptionService(places.checkpoints / "captioner.safetensors",
                               batching=os.environ.get("CAPTIONER_BATCHING", "1") != "0",
-                              device=device or os.environ.get("CAPTIONER_DEVICE", "auto"))
+                              device=device or os.environ.get("CAPTIONER_DEVICE", "auto"),
+                              precision=precision or os.environ.get("CAPTIONER_PRECISION", "auto"))
     try:  # a Hugging Face Space on ZeroGPU: the GPU is there only inside functions wrapped by spaces.GPU
         import spaces
 
@@ -97,9 +99,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--queue-size", type=int, default=64, help="requests that may wait before 'busy'")
     parser.add_argument("--device", default=None,
                         help=f"where the captioner runs: {DEVICE_CHOICES} (default $CAPTIONER_DEVICE or auto)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="the encoder's numerics (default $CAPTIONER_PRECISION or auto: bf16 only where this CPU "
+                             "has it natively and it measured faster)")
     args = parser.parse_args(argv)
     try:
-        services = make_services(device=args.device)
+        services = make_services(device=args.device, precision=args.precision)
     except DeviceError as err:
         raise SystemExit(f"error: {err}") from err
     launch(args.host, args.port, args.share, queue_size=args.queue_size, services=services)

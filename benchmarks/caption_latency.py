@@ -39,6 +39,7 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import SHARED, load_model, machine, percentiles, require, run_threads, write_results
+from captioner.devices import PRECISIONS
 from captioner.images import load_image
 from captioner.model import DEFAULT_CHECKPOINT, Captioner
 
@@ -208,11 +209,12 @@ def device_rows(photos: list[Path], checkpoint: Path = DEFAULT_CHECKPOINT) -> di
     return rows
 
 
-def compare_checkpoints(photos: list[Path], checkpoints: list[str]) -> dict:
+def compare_checkpoints(photos: list[Path], checkpoints: list[str], precision: str = "auto") -> dict:
     """The same photos, one at a time (file bytes to caption), through each checkpoint on the
     CPU, interleaved photo by photo: greedy and the checkpoint's own decoding. A checkpoint
     named ``PATH@int8`` runs with int8 decoder matrices (as the app and the CLI run it)."""
-    models = [Captioner.from_checkpoint(c.removesuffix("@int8"), int8=c.endswith("@int8")) for c in checkpoints]
+    models = [Captioner.from_checkpoint(c.removesuffix("@int8"), int8=c.endswith("@int8"), precision=precision)
+              for c in checkpoints]
     pre = models[0].require_encoder().preprocess
     times = {str(c): {"greedy": [], "default": []} for c in checkpoints}
     for path in photos[:2] + photos:  # the first two warm up
@@ -242,12 +244,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--compare", nargs="+", default=None, metavar="CHECKPOINT",
                    help="time these captioners against each other, one photo at a time (the first is the reference; "
                         "PATH@int8: with int8 decoder matrices)")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="--compare: the encoder's numerics (auto: what this machine is fastest at)")
     p.add_argument("--quick", action="store_true",
                    help="a smoke run: the peak kernels timed briefly, the encoder's throughput twice")
     args = p.parse_args(argv)
     if args.compare:
         photos = sorted(require(SHARED / "coco_mini" / "train2017", "COCO images").glob("*.jpg"))[:args.images]
-        rows = compare_checkpoints(photos, args.compare)
+        rows = compare_checkpoints(photos, args.compare, args.precision)
         for c, r in rows.items():
             print(f"{c}: greedy p50 {r['greedy']['p50'] * 1000:.1f} ms, beam {r['default_beam']} p50 "
                   f"{r['default']['p50'] * 1000:.1f} ms {r.get('p50_vs_first', '')}")

@@ -48,9 +48,12 @@ def machine() -> dict:
                 flags = set(value.split())
     except OSError:
         pass
+    from captioner.devices import cpu_info
+
     cores = os.cpu_count() or 1
     used = min(cores, torch.get_num_threads())
     return {
+        "cpu_numerics": cpu_info(),  # the flags that decide bf16, and what auto chose here
         "cpu": model, "cores": cores, "mhz": mhz, "torch_threads": torch.get_num_threads(),
         "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
         "python": platform.python_version(), "torch": torch.__version__,

@@ -681,12 +681,13 @@ class Captioner(nn.Module):
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike = DEFAULT_CHECKPOINT, *, encoder: ImageEncoder | None = None,
                         encoder_weights: str | None = None, load_encoder: bool = True,
-                        device: torch.device | str = "cpu", int8: bool = False) -> Captioner:
+                        device: torch.device | str = "cpu", int8: bool = False, precision: str = "auto") -> Captioner:
         """Rebuild a captioner from its checkpoint on ``device`` (``devices.resolve_device``
         turns ``auto`` into one). The encoder is rebuilt by name (``encoder_weights`` may
         point at a local weights file) unless one is given or ``load_encoder`` is False (for
         work on cached features). ``int8``: on the CPU, caption with int8 decoder matrices
-        (``CaptionNetwork.use_int8``), as the app and the command line do."""
+        (``CaptionNetwork.use_int8``), as the app and the command line do. ``precision``: the
+        encoder's (``devices.choose_precision``: auto, fp32 or bf16)."""
         device = torch.device(device)
         _, tensors, meta = load_model(path, "captioner")
         config, decoding = cls._settings(meta, path)
@@ -698,7 +699,7 @@ class Captioner(nn.Module):
         except (KeyError, ValueError, TypeError) as err:
             raise CheckpointError(f"{path} has unreadable metadata ({err})") from err
         if encoder is None and load_encoder:
-            encoder = build_encoder(config.encoder, encoder_weights, device=device)
+            encoder = build_encoder(config.encoder, encoder_weights, device=device, precision=precision)
         if encoder is not None and encoder.name != config.encoder:
             raise CheckpointError(f"{path} was trained on {config.encoder} features, not {encoder.name}")
         model = cls(config, vocab, encoder, decoding=decoding, object_words=object_words,

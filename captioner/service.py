@@ -155,11 +155,12 @@ class CaptionService(ModelService):
     attaches a GPU only inside functions wrapped with ``spaces.GPU``)."""
 
     def __init__(self, checkpoint: str | os.PathLike | None = None, max_images: int = 64, batching: bool = True,
-                 device: str = "cpu"):
+                 device: str = "cpu", precision: str = "auto"):
         from captioner.devices import resolve_device
         from captioner.model import DEFAULT_CHECKPOINT, Captioner
 
         self.device = resolve_device(device)
+        self.precision = precision
         super().__init__(checkpoint or DEFAULT_CHECKPOINT, Captioner, self._load)
         self.max_images = max_images
         self._lock = threading.Lock()  # one model run at a time
@@ -184,7 +185,7 @@ class CaptionService(ModelService):
         self.device = resolve_device(device)
 
     def _load(self, path: Path):
-        model = self.model_class.from_checkpoint(path, device=self.device, int8=True)
+        model = self.model_class.from_checkpoint(path, device=self.device, int8=True, precision=self.precision)
         encoder = model.require_encoder()
         if model.device.type == "cuda":  # the first run of each batch size is slow on a GPU: do them now
             size = encoder.preprocess.size
