@@ -26,7 +26,8 @@ import json
 import logging
 import math
 import sys
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -327,32 +328,65 @@ def average_precision(scores: torch.Tensor, labels: torch.Tensor) -> float:
 
 # ------------------------------------------------------------------------------ main
 
-@cli
-def main(argv: list[str] | None = None) -> int:
+@dataclass
+class Data:
+    """The captions and photos of a run: photo captions split by image, more COCO photos for
+    the concept detectors and familiarity, captions without photos, photos without captions."""
+
+    splits: dict[str, list[CaptionRecord]]
+    concept_splits: dict[str, list[CaptionRecord]]
+    text: dict[str, list[str]]
+    unpaired: list[Path]
+
+    def __post_init__(self):
+        self.train_images, self.val_images = unique_images(self.splits["train"]), unique_images(self.splits["val"])
+        self.concept_train = unique_images(self.concept_splits["train"])
+        self.concept_val = unique_images(self.concept_splits["val"])
+        self.train_captions = [r.caption for r in self.splits["train"] + self.concept_splits["train"]]
+        self.text_captions = [c for captions in self.text.values() for c in captions]
+
+
+@dataclass
+class Photos:
+    """What the frozen encoder and the detector give each photo, read from the caches."""
+
+    pooled: Callable
+    grids: Callable
+    train_feats: torch.Tensor
+    train_flipped: torch.Tensor
+    val_feats: torch.Tensor
+    train_grid: torch.Tensor | None
+    train_grid_flipped: torch.Tensor | None
+    val_grid: torch.Tensor | None
+    train_boxes: list | None
+    val_boxes: list | None
+    encoder: object
+
+
+def settings(argv: list[str] | None) -> argparse.Namespace:
+    """The flags, with what a dry run changes and the combinations that cannot work refused."""
     args = parse_args(argv)
     if args.dry_run:
         args.batch_size, args.save_every, args.warmup_steps, args.concept_epochs = 8, 2, 1, 1
     args.epochs = args.epochs or (1 if args.dry_run else 20)
     if args.objective == "scst" and (args.init is None or args.text_captions or args.concepts):
         raise UserError("--objective scst starts from a trained model (--init) and trains on photos only")
-    dist = init_distributed(args.device)
-    seed_everything(args.seed + dist.rank)
-    out = args.out
-    timer = Timer()
+    return args
 
-    splits = load_records(args)
-    concept_splits = load_concept_photos(args)
-    text = load_text_captions(args)
-    unpaired = unpaired_photos(args)
-    train_images, val_images = unique_images(splits["train"]), unique_images(splits["val"])
-    concept_train, concept_val = unique_images(concept_splits["train"]), unique_images(concept_splits["val"])
-    device = dist.device
-    encoder = build_encoder(args.encoder, args.encoder_weights, device=device)
+
+def load_data(args) -> Data:
+    return Data(load_records(args), load_concept_photos(args), load_text_captions(args), unpaired_photos(args))
+
+
+def extract_features(args, data: Data, dist, timer: Timer) -> Photos:
+    """Every photo's feature (and grid) through the frozen encoder, once into the cache (rank
+    0 extracts, the others read), and the detector's boxes of the photo rows."""
+    encoder = build_encoder(args.encoder, args.encoder_weights, device=dist.device)
     pooled_cache = FeatureCache(args.cache_dir, encoder)
     grid_cache = FeatureCache(args.cache_dir, encoder, grid=True, pooled_too=pooled_cache)
     needs_grid = args.decoder == "attention" or args.concepts > 0
-    every = train_images + val_images + concept_train + concept_val + unpaired
-    if dist.main:  # rank 0 extracts; the others wait, then read the cache
+    every = data.train_images + data.val_images + data.concept_train + data.concept_val + data.unpaired
+    if dist.main:
         (grid_cache if needs_grid else pooled_cache).get(every, num_workers=args.workers)
     dist.barrier()
 
@@ -362,181 +396,251 @@ def main(argv: list[str] | None = None) -> int:
     def grids(paths):
         return grid_cache.get(paths, progress=False) if needs_grid else (None, None)
 
-    train_feats, train_flipped = pooled(train_images)
-    val_feats, _ = pooled(val_images)
-    train_grid, train_grid_flipped = grids(train_images)
-    val_grid, _ = grids(val_images)
-    log.info("features ready after %.0fs: %d train and %d validation images", timer(), len(train_images),
-             len(val_images))
-    train_boxes = val_boxes = None
+    train_feats, train_flipped = pooled(data.train_images)
+    train_grid, train_grid_flipped = grids(data.train_images)
+    photos = Photos(pooled, grids, train_feats, train_flipped, pooled(data.val_images)[0], train_grid,
+                    train_grid_flipped, grids(data.val_images)[0], None, None, encoder)
+    log.info("features ready after %.0fs: %d train and %d validation images", timer(), len(data.train_images),
+             len(data.val_images))
     if args.detector:  # every rank detects what rank 0 cached
         boxes_cache = DetectionCache(args.cache_dir)
-        train_boxes, val_boxes = boxes_cache.get(train_images), boxes_cache.get(val_images)
+        photos.train_boxes, photos.val_boxes = boxes_cache.get(data.train_images), boxes_cache.get(data.val_images)
         log.info("detections ready after %.0fs", timer())
     seed_everything(args.seed + dist.rank)  # extracting draws random numbers (DataLoader seeds); reading does not
+    return photos
 
-    # the familiarity references: the training photos, and the photos of scenes known from text
+
+def make_model(args, data: Data, photos: Photos) -> Captioner:
+    """A new model (or --init's, extended), its familiarity references the training photos
+    and the photos of scenes known from text (the text world)."""
     text_world = None
-    refs_feats, held_out_feats = train_feats, val_feats
-    if concept_train or unpaired:
-        refs_feats = torch.cat([train_feats, pooled(concept_train + unpaired)[0]])
-        held_out_feats = torch.cat([val_feats, pooled(concept_val)[0]])
-        text_world = torch.cat([torch.zeros(len(train_images)), torch.ones(len(concept_train) + len(unpaired))])
-    train_captions = [r.caption for r in splits["train"] + concept_splits["train"]]
-    text_captions = [c for captions in text.values() for c in captions]
-    concept_words = concept_vocabulary(train_captions + text_captions, args.concepts) if args.concepts else []
+    refs_feats, held_out_feats = photos.train_feats, photos.val_feats
+    if data.concept_train or data.unpaired:
+        refs_feats = torch.cat([photos.train_feats, photos.pooled(data.concept_train + data.unpaired)[0]])
+        held_out_feats = torch.cat([photos.val_feats, photos.pooled(data.concept_val)[0]])
+        text_world = torch.cat([torch.zeros(len(data.train_images)),
+                                torch.ones(len(data.concept_train) + len(data.unpaired))])
+    captions = data.train_captions + data.text_captions
+    concept_words = concept_vocabulary(captions, args.concepts) if args.concepts else []
     if args.init is not None and args.objective == "scst":
         model = Captioner.from_checkpoint(args.init, load_encoder=False)
         model.decoding = DecodingConfig(args.beam_size, args.length_alpha)
-    else:
-        model = build_model(args, encoder, train_captions + text_captions, refs_feats, held_out_feats, text_world,
-                            concept_words)
-    vocab, config = model.vocab, model.config
+        return model
+    return build_model(args, photos.encoder, captions, refs_feats, held_out_feats, text_world, concept_words)
 
-    photo_inputs, noise, boxes_noise = photo_detections(model, train_feats, train_flipped), None, None
-    is_coco = torch.tensor(["coco" in str(p) for p in train_images])
-    if train_boxes is not None:
-        photo_inputs.boxes = detector_summary(train_boxes)
-        labels = category_labels([captions_by_image(splits["train"])[p] for p in train_images])
+
+def fit_detectors(args, model: Captioner, data: Data, photos: Photos):
+    """What the frozen detectors give every training photo (objects, the COCO detector's
+    summary), the concept detectors fitted, and how text rows draw both (the noise tables).
+    Returns (photo inputs, concept noise, detector noise, report)."""
+    photo_inputs = photo_detections(model, photos.train_feats, photos.train_flipped)
+    noise = boxes_noise = None
+    is_coco = torch.tensor(["coco" in str(p) for p in data.train_images])
+    if photos.train_boxes is not None:
+        photo_inputs.boxes = detector_summary(photos.train_boxes)
+        labels = category_labels([captions_by_image(data.splits["train"])[p] for p in data.train_images])
         boxes_noise = {"coco": DetectorNoise(photo_inputs.boxes[is_coco], labels[is_coco]),
                        "flickr": DetectorNoise(photo_inputs.boxes[~is_coco], labels[~is_coco])}
         boxes_noise[""] = boxes_noise["coco"]
     report = {}
-    if config.concepts:
-        concept_grid, concept_grid_flipped = grids(concept_train)
-        by_image = {**captions_by_image(splits["train"]), **captions_by_image(concept_splits["train"])}
-        photos = train_images + concept_train
-        labels = concept_labels([by_image[p] for p in photos], concept_words)
-        coco_photo = torch.cat([is_coco, torch.ones(len(concept_train), dtype=torch.bool)])
-        weights = torch.where(coco_photo, args.concept_photo_weight, 1.0)
-        held = val_images + concept_val
-        held_by_image = {**captions_by_image(splits["val"]), **captions_by_image(concept_splits["val"])}
-        val_labels = concept_labels([held_by_image[p] for p in held], concept_words)
-        held_grid = torch.cat([val_grid, grids(concept_val)[0]]) if concept_val else val_grid
-        concepts, flipped, noise, held_scores = fit_concepts(
-            model, args, torch.cat([train_grid, concept_grid]), torch.cat([train_grid_flipped, concept_grid_flipped]),
-            labels, weights, held_grid, coco_photo)
-        photo_inputs.concepts, photo_inputs.flipped_concepts = concepts[:len(train_images)], flipped[:len(train_images)]
-        report = {"concept_words": concept_words, "concept_map_validation": average_precision(held_scores, val_labels),
-                  "concept_noise": {source: table.summary(concept_words, ["man", "woman", "people", "person", "kitchen",
-                                                                          "table", "street", "snow", "plate", "dog"])
-                                    for source, table in noise.items()}}
-        log.info("concept detectors: mean average precision %.3f on %d validation photos",
-                 report["concept_map_validation"], len(held))
+    if model.config.concepts:
+        noise, report = concept_inputs(args, model, data, photos, photo_inputs, is_coco)
+    return photo_inputs, noise, boxes_noise, report
 
-    train_table = CaptionTable(splits["train"], train_images, vocab, args.max_caption_words,
-                               model.detected_object_words(train_feats), model.detected_object_words(train_flipped))
-    val_table = CaptionTable(splits["val"], val_images, vocab, args.max_caption_words,
-                             model.detected_object_words(val_feats))
-    text_table = (TextTable(text, vocab, model.object_words, config.object_slots, concept_words,
-                            args.max_caption_words, seed=args.seed) if text and config.object_slots else None)
-    val_refs = {str(p): caps for p, caps in captions_by_image(splits["val"]).items()}
-    coco_val = None
-    if concept_val:
-        coco_val = (pooled(concept_val)[0], grids(concept_val)[0],
-                    {str(p): caps for p, caps in captions_by_image(concept_splits["val"]).items()})
-    with_slot = sum(bool((ids >= model.network.decoder.first_slot).any()) for ids in train_table.ids)
-    log.info("%d of %d training captions name a detected object (as a slot); %d captions without photos",
-             with_slot, len(train_table), len(text_table) if text_table else 0)
-    # fp16 features live on the training device (all of COCO's fit a GPU: 2 x 83k x 2048 x 2 bytes)
-    train_feats, train_flipped, val_feats = (t.to(device) for t in (train_feats, train_flipped, val_feats))
-    if train_grid is not None:
-        train_grid, train_grid_flipped, val_grid = (t.to(device) for t in (train_grid, train_grid_flipped, val_grid))
-    if model.config.decoder != "attention":  # the grids served the concept detectors only
-        train_grid = train_grid_flipped = val_grid = None
 
-    train_refs = [[tokenize(c) for c in caps] for caps in captions_by_image(splits["train"]).values()]
-    text_per_step = int(round(args.batch_size * args.text_share)) if text_table is not None else 0
-    photo_per_step = args.batch_size - text_per_step
-    units = len(train_refs) if args.objective == "scst" else len(train_table)  # images or captions
-    steps_per_epoch = math.ceil((units // dist.world) / (photo_per_step if args.objective == "xe" else args.batch_size))
-    total_steps = steps_per_epoch * args.epochs
-    model.network.to(device)
-    optimizer = torch.optim.Adam(model.network.parameters(), lr=args.lr, weight_decay=args.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, warmup_cosine(args.warmup_steps, total_steps, args.min_lr_ratio))
-    trainer = model.network
-    if dist.enabled:
-        trainer = torch.nn.parallel.DistributedDataParallel(
-            model.network, device_ids=[device.index] if device.type == "cuda" else None)
-    model.provenance["training_data"] = {
-        "datasets": [[kind, str(root.resolve())] for kind, root in zip(args.dataset, args.data_root)],
-        "coco_split": args.coco_split, "val_fraction": args.val_fraction, "test_fraction": args.test_fraction,
-        "dataset_split": args.dataset_split, "text_captions": args.text_captions, "concept_photos": args.concept_photos,
-        "concept_val_fraction": args.concept_val_fraction,
-        "unpaired_photos": [str(p.resolve()) for p in args.unpaired_photos]}
+def concept_inputs(args, model: Captioner, data: Data, photos: Photos, photo_inputs: PhotoInputs, is_coco):
+    """Fit the concept detectors on the training photos (COCO's weighted), give each training
+    photo the concepts of the fold that did not see it; the noise tables and a report."""
+    concept_words = model.concept_words
+    concept_grid, concept_grid_flipped = photos.grids(data.concept_train)
+    by_image = {**captions_by_image(data.splits["train"]), **captions_by_image(data.concept_splits["train"])}
+    labels = concept_labels([by_image[p] for p in data.train_images + data.concept_train], concept_words)
+    coco_photo = torch.cat([is_coco, torch.ones(len(data.concept_train), dtype=torch.bool)])
+    weights = torch.where(coco_photo, args.concept_photo_weight, 1.0)
+    held = data.val_images + data.concept_val
+    held_by_image = {**captions_by_image(data.splits["val"]), **captions_by_image(data.concept_splits["val"])}
+    val_labels = concept_labels([held_by_image[p] for p in held], concept_words)
+    held_grid = (torch.cat([photos.val_grid, photos.grids(data.concept_val)[0]]) if data.concept_val
+                 else photos.val_grid)
+    concepts, flipped, noise, held_scores = fit_concepts(
+        model, args, torch.cat([photos.train_grid, concept_grid]),
+        torch.cat([photos.train_grid_flipped, concept_grid_flipped]), labels, weights, held_grid, coco_photo)
+    n = len(data.train_images)
+    photo_inputs.concepts, photo_inputs.flipped_concepts = concepts[:n], flipped[:n]
+    report = {"concept_words": concept_words, "concept_map_validation": average_precision(held_scores, val_labels),
+              "concept_noise": {source: table.summary(concept_words, ["man", "woman", "people", "person", "kitchen",
+                                                                      "table", "street", "snow", "plate", "dog"])
+                                for source, table in noise.items()}}
+    log.info("concept detectors: mean average precision %.3f on %d validation photos",
+             report["concept_map_validation"], len(held))
+    return noise, report
 
-    @functools.lru_cache(maxsize=1)
-    def plan(epoch: int):
-        return epoch_plan(len(train_table), epoch, args.seed, args.flip_prob, dist.rank, dist.world)
 
-    scst = (SelfCritical(model, trainer, train_refs, train_feats, args.samples, args.max_caption_words, train_grid)
-            if args.objective == "scst" else None)
+class Trainer:
+    """One run's tables, optimizer and schedule, and the two things the loop calls: a
+    training step (photo rows and text rows mixed) and validation."""
 
-    def train_step(epoch: int, step: int) -> float:
-        if scst is not None:
+    def __init__(self, args, model: Captioner, data: Data, photos: Photos, inputs, dist):
+        self.args, self.model, self.data, self.photos, self.dist = args, model, data, photos, dist
+        self.photo_inputs, self.noise, self.boxes_noise, self.report = inputs
+        vocab, config, device = model.vocab, model.config, dist.device
+        self.train_table = CaptionTable(data.splits["train"], data.train_images, vocab, args.max_caption_words,
+                                        model.detected_object_words(photos.train_feats),
+                                        model.detected_object_words(photos.train_flipped))
+        self.val_table = CaptionTable(data.splits["val"], data.val_images, vocab, args.max_caption_words,
+                                      model.detected_object_words(photos.val_feats))
+        self.text_table = (TextTable(data.text, vocab, model.object_words, config.object_slots, model.concept_words,
+                                     args.max_caption_words, seed=args.seed)
+                           if data.text and config.object_slots else None)
+        self.val_refs = {str(p): caps for p, caps in captions_by_image(data.splits["val"]).items()}
+        self.coco_val = None
+        if data.concept_val:
+            self.coco_val = (photos.pooled(data.concept_val)[0], photos.grids(data.concept_val)[0],
+                             {str(p): caps for p, caps in captions_by_image(data.concept_splits["val"]).items()})
+        with_slot = sum(bool((ids >= model.network.decoder.first_slot).any()) for ids in self.train_table.ids)
+        log.info("%d of %d training captions name a detected object (as a slot); %d captions without photos",
+                 with_slot, len(self.train_table), len(self.text_table) if self.text_table else 0)
+        self._to_device(device)
+        self.train_refs = [[tokenize(c) for c in caps] for caps in captions_by_image(data.splits["train"]).values()]
+        self.text_per_step = int(round(args.batch_size * args.text_share)) if self.text_table is not None else 0
+        self.photo_per_step = args.batch_size - self.text_per_step
+        units = len(self.train_refs) if args.objective == "scst" else len(self.train_table)  # images or captions
+        per_step = self.photo_per_step if args.objective == "xe" else args.batch_size
+        self.steps_per_epoch = math.ceil((units // dist.world) / per_step)
+        model.network.to(device)
+        self.optimizer = torch.optim.Adam(model.network.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, warmup_cosine(args.warmup_steps, self.steps_per_epoch * args.epochs, args.min_lr_ratio))
+        self.trainer = model.network
+        if dist.enabled:
+            self.trainer = torch.nn.parallel.DistributedDataParallel(
+                model.network, device_ids=[device.index] if device.type == "cuda" else None)
+        model.provenance["training_data"] = provenance(args)
+        self.scst = (SelfCritical(model, self.trainer, self.train_refs, photos.train_feats, args.samples,
+                                  args.max_caption_words, photos.train_grid) if args.objective == "scst" else None)
+
+    def _to_device(self, device) -> None:
+        """fp16 features live on the training device (all of COCO's fit a GPU: 2 x 83k x 2048 x 2 bytes)."""
+        p = self.photos
+        p.train_feats, p.train_flipped, p.val_feats = (t.to(device) for t in (p.train_feats, p.train_flipped,
+                                                                               p.val_feats))
+        if p.train_grid is not None:
+            p.train_grid, p.train_grid_flipped, p.val_grid = (t.to(device) for t in (p.train_grid,
+                                                                                     p.train_grid_flipped, p.val_grid))
+        if self.model.config.decoder != "attention":  # the grids served the concept detectors only
+            p.train_grid = p.train_grid_flipped = p.val_grid = None
+
+    @functools.lru_cache(maxsize=1)  # noqa: B019 (one Trainer per run)
+    def plan(self, epoch: int):
+        return epoch_plan(len(self.train_table), epoch, self.args.seed, self.args.flip_prob, self.dist.rank,
+                          self.dist.world)
+
+    def step(self, epoch: int, step: int) -> float:
+        args, p, config, device = self.args, self.photos, self.model.config, self.dist.device
+        if self.scst is not None:
             batch = slice(step * args.batch_size, (step + 1) * args.batch_size)
-            images = epoch_order(len(train_refs), epoch, args.seed, dist.rank, dist.world)
-            return optimizer_step(optimizer, scst.loss(images[batch]), model.network.parameters(), args.grad_clip)
-        rows, flips = plan(epoch)
-        rows, flips = rows[step * photo_per_step:(step + 1) * photo_per_step], flips[step * photo_per_step:
-                                                                                     (step + 1) * photo_per_step]
-        feats, grids_ = train_table.inputs(rows, flips, train_feats, train_flipped, train_grid, train_grid_flipped)
+            images = epoch_order(len(self.train_refs), epoch, args.seed, self.dist.rank, self.dist.world)
+            return optimizer_step(self.optimizer, self.scst.loss(images[batch]), self.model.network.parameters(),
+                                  args.grad_clip)
+        rows, flips = self.plan(epoch)
+        part = slice(step * self.photo_per_step, (step + 1) * self.photo_per_step)
+        rows, flips = rows[part], flips[part]
+        feats, grids_ = self.train_table.inputs(rows, flips, p.train_feats, p.train_flipped, p.train_grid,
+                                                p.train_grid_flipped)
         g = torch.Generator().manual_seed(args.seed * 100_003 + epoch * 10_007 + step + 7)  # same on resume
-        det, concepts, boxes = photo_inputs.select(train_table.image[rows], flips)
-        caps = train_table.captions(rows, flips)
+        det, concepts, boxes = self.photo_inputs.select(self.train_table.image[rows], flips)
+        caps = self.train_table.captions(rows, flips)
         text_part = None
-        if text_per_step:
-            text_rows = text_rows_for(step, epoch, text_per_step, len(text_table), args.seed, dist.rank, dist.world)
-            text_part = text_table.batch(text_rows, noise, g, boxes_noise)
+        if self.text_per_step:
+            text_rows = text_rows_for(step, epoch, self.text_per_step, len(self.text_table), args.seed,
+                                      self.dist.rank, self.dist.world)
+            text_part = self.text_table.batch(text_rows, self.noise, g, self.boxes_noise)
         feats, caps, lengths, grids_, only, det, concepts, boxes = mixed_batch(
             (feats, caps, grids_, det, concepts, boxes), text_part, device)
         n = len(caps)
         swap = object_swaps(n, config.object_slots, config.object_words, args.object_swap, g)
         dropped = (torch.rand(n, generator=g) < args.objects_only).to(device) if config.object_slots else None
         only = only | dropped if dropped is not None else None
-        loss = caption_loss(trainer, feats, caps, lengths, args.label_smoothing, args.attention_reg, grids_,
+        loss = caption_loss(self.trainer, feats, caps, lengths, args.label_smoothing, args.attention_reg, grids_,
                             None if swap is None else swap.to(device), only, det if config.object_slots else None,
                             concepts, boxes)
-        return optimizer_step(optimizer, loss, model.network.parameters(), args.grad_clip)
+        return optimizer_step(self.optimizer, loss, self.model.network.parameters(), args.grad_clip)
 
-    def val() -> dict:
-        metrics = validate(model, val_table, val_feats, val_refs, args.beam_size, val_grid, boxes=val_boxes)
-        coco = [i for i, p in enumerate(val_images) if "coco" in str(p)]
-        if coco and len(coco) < len(val_images):  # COCO's validation photos among the photo rows: their own scores
-            keep = torch.tensor(coco)
-            refs = {str(val_images[i]): val_refs[str(val_images[i])] for i in coco}
-            scores = scores_on(model, val_feats[keep.to(val_feats.device)], None if val_grid is None else
-                               val_grid[keep.to(val_grid.device)], refs, beam_size=args.beam_size,
-                               boxes=None if val_boxes is None else [val_boxes[i] for i in coco])
-            metrics.update(val_coco_bleu4=scores["BLEU-4"], val_coco_cider=scores["CIDEr"],
-                           val_coco_object_f1=scores["object_f1"], val_coco_chair_s=scores["CHAIR_s"],
-                           val_coco_person_in_people_free=scores["person_in_people_free"])
+    def validate(self) -> dict:
+        args, p, model = self.args, self.photos, self.model
+        metrics = validate(model, self.val_table, p.val_feats, self.val_refs, args.beam_size, p.val_grid,
+                           boxes=p.val_boxes)
+        coco = [i for i, path in enumerate(self.data.val_images) if "coco" in str(path)]
+        if coco and len(coco) < len(self.data.val_images):  # COCO's validation photos among the photo rows
+            metrics.update(self._coco_scores(coco))
+            metrics["val_mixed"] = (metrics["val_cider"] + metrics["val_coco_cider"]) / 2
+        if self.coco_val is not None:  # the validation part of --concept-photos
+            scores = scores_on(self.model, *self.coco_val, beam_size=self.args.beam_size)
+            metrics.update(coco_metrics(scores))
             metrics["val_mixed"] = (metrics["val_cider"] + scores["CIDEr"]) / 2
-        if coco_val is not None:
-            scores = scores_on(model, *coco_val, beam_size=args.beam_size)
-            metrics.update(val_coco_bleu4=scores["BLEU-4"], val_coco_cider=scores["CIDEr"],
-                           val_coco_object_f1=scores["object_f1"], val_coco_chair_s=scores["CHAIR_s"],
-                           val_coco_person_in_people_free=scores["person_in_people_free"])
-            metrics["val_mixed"] = (metrics["val_cider"] + scores["CIDEr"]) / 2
-        if scst is not None:
-            metrics["train_reward"] = scst.mean_reward()
+        if self.scst is not None:
+            metrics["train_reward"] = self.scst.mean_reward()
         metrics.setdefault("val_mixed", metrics["val_cider"])  # no COCO validation photos: Flickr's alone
         return metrics
 
-    if report and dist.main:
+    def _coco_scores(self, coco: list[int]) -> dict:
+        p, images = self.photos, self.data.val_images
+        keep = torch.tensor(coco)
+        refs = {str(images[i]): self.val_refs[str(images[i])] for i in coco}
+        scores = scores_on(self.model, p.val_feats[keep.to(p.val_feats.device)],
+                           None if p.val_grid is None else p.val_grid[keep.to(p.val_grid.device)], refs,
+                           beam_size=self.args.beam_size,
+                           boxes=None if p.val_boxes is None else [p.val_boxes[i] for i in coco])
+        return coco_metrics(scores)
+
+
+def coco_metrics(scores: dict) -> dict:
+    return {"val_coco_bleu4": scores["BLEU-4"], "val_coco_cider": scores["CIDEr"],
+            "val_coco_object_f1": scores["object_f1"], "val_coco_chair_s": scores["CHAIR_s"],
+            "val_coco_person_in_people_free": scores["person_in_people_free"]}
+
+
+def provenance(args) -> dict:
+    """Where the training data was, as the model's metadata records it."""
+    return {"datasets": [[kind, str(root.resolve())] for kind, root in zip(args.dataset, args.data_root)],
+            "coco_split": args.coco_split, "val_fraction": args.val_fraction, "test_fraction": args.test_fraction,
+            "dataset_split": args.dataset_split, "text_captions": args.text_captions,
+            "concept_photos": args.concept_photos, "concept_val_fraction": args.concept_val_fraction,
+            "unpaired_photos": [str(p.resolve()) for p in args.unpaired_photos]}
+
+
+def train(args, run: Trainer, timer: Timer) -> None:
+    """The loop: epochs of steps, validation after each, the best model kept, resumable."""
+    model, out = run.model, args.out
+    if run.report and run.dist.main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "concepts.json").write_text(json.dumps(report, indent=1))
-    loop = Loop(kind="captioner-train", config=config, model=model.network,
-                optimizer=optimizer, scheduler=scheduler, timer=timer,
-                out=out, epochs=args.epochs, steps_per_epoch=steps_per_epoch, train_step=train_step, validate=val,
-                save_best=lambda: model.save(out / "best.safetensors", dtype=torch.float16),
-                metric=args.select_by,
-                save_every=args.save_every, max_steps=args.max_steps, dist=dist, seed=args.seed,
-                metadata={"vocabulary": vocab.to_json(), "args": json.dumps(vars(args), default=str)},
+        (out / "concepts.json").write_text(json.dumps(run.report, indent=1))
+    loop = Loop(kind="captioner-train", config=model.config, model=model.network,
+                optimizer=run.optimizer, scheduler=run.scheduler, timer=timer,
+                out=out, epochs=args.epochs, steps_per_epoch=run.steps_per_epoch, train_step=run.step,
+                validate=run.validate, save_best=lambda: model.save(out / "best.safetensors", dtype=torch.float16),
+                metric=args.select_by, save_every=args.save_every, max_steps=args.max_steps, dist=run.dist,
+                seed=args.seed, metadata={"vocabulary": model.vocab.to_json(),
+                                          "args": json.dumps(vars(args), default=str)},
                 curves=(["train_loss", "val_loss"] if args.objective == "xe" else ["train_loss"], ["val_bleu4"]),
                 title=f"captioner ({args.encoder}, {args.decoder}, {args.objective})")
     loop.fit(args.resume)
+
+
+@cli
+def main(argv: list[str] | None = None) -> int:
+    """The recipe: load the data, extract features, build the model, fit the detectors, train
+    (validating every epoch), save."""
+    args = settings(argv)
+    dist = init_distributed(args.device)
+    seed_everything(args.seed + dist.rank)
+    timer = Timer()
+    data = load_data(args)
+    photos = extract_features(args, data, dist, timer)
+    model = make_model(args, data, photos)
+    inputs = fit_detectors(args, model, data, photos)
+    run = Trainer(args, model, data, photos, inputs, dist)
+    train(args, run, timer)
     dist.barrier()
     close_distributed(dist)
     return 0
