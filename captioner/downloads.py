@@ -147,6 +147,25 @@ def download_coco(root: Path, year: str = "2017", splits: tuple[str, ...] = ("tr
             unzip(archive, root)
 
 
+KARPATHY_URL = os.environ.get("CAPTIONER_KARPATHY_URL",
+                              "https://cs.stanford.edu/people/karpathy/deepimagesent/caption_datasets.zip")
+
+
+def download_karpathy_split(root: Path, url: str | None = None, progress: bool = True) -> Path:
+    """Karpathy's split of COCO 2014 (``dataset_coco.json``, from ``caption_datasets.zip``)
+    into ``root``, beside the 2014 images its ``filepath`` fields name (``train2014/``,
+    ``val2014/``): what ``train_captioner --dataset coco-karpathy --data-root root`` reads."""
+    archive = fetch(url or KARPATHY_URL, root / "archives" / "caption_datasets.zip", progress=progress)
+    unzip(archive, root / "archives" / "caption_datasets")
+    found = next((root / "archives" / "caption_datasets").rglob("dataset_coco.json"), None)
+    if found is None:
+        raise DownloadError(f"{archive} holds no dataset_coco.json")
+    target = root / "dataset_coco.json"
+    if not target.exists():
+        target.write_bytes(found.read_bytes())
+    return target
+
+
 def download_mnist(root: Path, mirrors: list[str] = MNIST_MIRRORS, progress: bool = True) -> None:
     raw = root / "MNIST" / "raw"
     for name, md5 in MNIST_FILES:

@@ -135,6 +135,39 @@ def test_coco_layout_is_what_the_trainer_reads(tmp_path):
         server.close()
 
 
+def test_karpathy_split_lands_beside_the_2014_images(tmp_path, monkeypatch):
+    """``download coco --year 2014 --karpathy``: the images and dataset_coco.json where
+    ``train_captioner --dataset coco-karpathy`` reads them, restval training."""
+    import json
+
+    from PIL import Image
+
+    image = io.BytesIO()
+    Image.new("RGB", (32, 24), (10, 200, 10)).save(image, "JPEG")
+    split = {"images": [{"filepath": "val2014", "filename": "COCO_val2014_000000000042.jpg", "split": "restval",
+                         "sentences": [{"raw": "A green square.", "tokens": ["a", "green", "square"]}]}]}
+    server = Server({
+        "/annotations/annotations_trainval2014.zip": _zip({"annotations/captions_val2014.json": '{"images": [], '
+                                                                                                '"annotations": []}'}),
+        "/zips/val2014.zip": _zip({"val2014/COCO_val2014_000000000042.jpg": image.getvalue()}),
+        "/caption_datasets.zip": _zip({"dataset_coco.json": json.dumps(split)}),
+    })
+    monkeypatch.setattr(download, "KARPATHY_URL", server.url + "/caption_datasets.zip")
+    try:
+        root = tmp_path / "coco2014"
+        assert download_cli.main(["coco", "--root", str(root), "--year", "2014", "--splits", "val", "--karpathy",
+                                  "--base-url", server.url]) == 0
+        from captioner.datasets import read_dataset
+
+        found = read_dataset("coco-karpathy", root)
+        assert [(r.image.name, r.caption) for r in found.records] == [("COCO_val2014_000000000042.jpg",
+                                                                       "A green square.")]
+        assert list(found.splits.values()) == ["train"]
+        assert download_cli.main(["coco", "--root", str(root), "--karpathy"]) == 2  # 2017 has no Karpathy split
+    finally:
+        server.close()
+
+
 def test_mnist_files_are_checked_and_unpacked(tmp_path, monkeypatch):
     files = {name: gzip.compress(f"{name} contents".encode()) for name, _ in download.MNIST_FILES}
     monkeypatch.setattr(download, "MNIST_FILES",

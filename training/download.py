@@ -1,6 +1,7 @@
 """Download the datasets, resuming interrupted downloads and checking what can be checked.
 
     python -m training.download coco --root data/coco [--year 2017] [--splits train val]
+    python -m training.download coco --root data/coco2014 --year 2014 --karpathy   # + Karpathy's split
     python -m training.download mnist --root data
     python -m training.download trajectories --root data
 
@@ -17,8 +18,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from captioner.downloads import COCO_URL, MNIST_MIRRORS, download_coco, download_mnist, download_trajectories
-from captioner.runtools import cli
+from captioner.downloads import (
+    COCO_URL,
+    MNIST_MIRRORS,
+    download_coco,
+    download_karpathy_split,
+    download_mnist,
+    download_trajectories,
+)
+from captioner.runtools import UserError, cli
 
 
 @cli
@@ -31,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     coco.add_argument("--splits", nargs="+", choices=["train", "val"], default=["train", "val"])
     coco.add_argument("--annotations-only", action="store_true")
     coco.add_argument("--base-url", default=COCO_URL)
+    coco.add_argument("--karpathy", action="store_true",
+                      help="also Karpathy's split (dataset_coco.json) beside the 2014 images: the split COCO "
+                           "captioning papers report on (--year 2014)")
     traj = sub.add_parser("trajectories", help="UCI Character Trajectories (pen trajectories)")
     traj.add_argument("--root", type=Path, default=Path("data"))
     traj.add_argument("--url", default=None)
@@ -39,7 +50,11 @@ def main(argv: list[str] | None = None) -> int:
     mnist.add_argument("--mirror", action="append", default=None, help="base URL(s) to try first")
     args = p.parse_args(argv)
     if args.dataset == "coco":
+        if args.karpathy and args.year != "2014":
+            raise UserError("--karpathy splits COCO 2014's photos: add --year 2014")
         download_coco(args.root, args.year, tuple(args.splits), args.base_url, images=not args.annotations_only)
+        if args.karpathy:
+            print(f"Karpathy's split: {download_karpathy_split(args.root)}")
         print(f"COCO {args.year} is in {args.root}")
     elif args.dataset == "trajectories":
         path = download_trajectories(args.root, *([args.url] if args.url else []))

@@ -66,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--person-scores", nargs="+", default=["keep"],
                    help="try allowing person words only when the COCO detector's best person box scores at least "
                         "this ('none': always; 'keep': the checkpoint's)")
+    p.add_argument("--require-detected", nargs="+", default=["keep"],
+                   help="try requiring the detector's surest object (no person) when it scores at least this "
+                        "('none': never; 'keep': the checkpoint's)")
     p.add_argument("--rules", choices=["keep", "on", "off"], default="keep",
                    help="the caption rules: no word pair twice, no modifier without its noun (rules.py)")
     p.add_argument("--dataset-split", action="append", default=[], metavar="KIND:VAL:TEST",
@@ -107,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     person_scores = [model.decoding.person_score if w == "keep" else None if w == "none" else float(w)
                      for w in args.person_scores]
     rules = model.decoding.rules if args.rules == "keep" else args.rules == "on"
+    detected = [model.decoding.require_detected if w == "keep" else None if w == "none" else float(w)
+                for w in args.require_detected]
     grounds = args.ground_weights or [model.decoding.ground_weight]
     blocks = args.block_ngrams if args.block_ngrams is not None else [model.decoding.block_ngram]
     requires = [None if r == "none" else float(r) for r in args.require_object_probs]
@@ -115,17 +120,18 @@ def main(argv: list[str] | None = None) -> int:
     if model.network.objects is None:
         requires, minimums, only_below = [None], [0.0], None
     rows = []
-    settings = [(beam, alpha, require, minimum, world, person, ground, block, person_score) for beam in args.beams
-                for alpha in (args.alphas if beam > 1 else [1.0]) for require in requires for minimum in minimums
-                for world in worlds for person in persons for ground in grounds for block in blocks
-                for person_score in person_scores]
-    for beam, alpha, require, minimum, world, person, ground, block, person_score in settings:
+    settings = [(beam, alpha, require, minimum, world, person, ground, block, person_score, sure)
+                for beam in args.beams for alpha in (args.alphas if beam > 1 else [1.0]) for require in requires
+                for minimum in minimums for world in worlds for person in persons for ground in grounds
+                for block in blocks for person_score in person_scores for sure in detected]
+    for beam, alpha, require, minimum, world, person, ground, block, person_score, sure in settings:
         model.decoding = replace(model.decoding, require_object_prob=require, min_object_prob=minimum,
                                  objects_only_below=only_below, text_world_above=world, person_below=person,
-                                 ground_weight=ground, block_ngram=block, person_score=person_score, rules=rules)
+                                 ground_weight=ground, block_ngram=block, person_score=person_score, rules=rules,
+                                 require_detected=sure)
         row = {"beam": beam, "alpha": alpha, "require_object_prob": require, "min_object_prob": minimum,
                "text_world_above": world, "person_below": person, "ground_weight": ground, "block_ngram": block,
-               "person_score": person_score, "rules": rules, "datasets": {}}
+               "person_score": person_score, "require_detected": sure, "rules": rules, "datasets": {}}
         for kind, images, refs, features, grid, boxes in sets:
             results = model.caption_features(features.float(), beam_size=beam, length_alpha=alpha, grid=grid,
                                              boxes=boxes)
@@ -139,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             row[key] = sum(d[key] for d in row["datasets"].values()) / len(sets)
         rows.append(row)
         print(f"beam {beam} alpha {alpha:4.2f} require {require} min {minimum} text world {world} person {person} "
-              f"ground {ground} block {block} person score {person_score}: "
+              f"ground {ground} block {block} person score {person_score} require detected {sure}: "
               + "; ".join(f"{kind} BLEU-4 {d['bleu4']:.4f} CIDEr {d['cider']:.4f} object F1 {d['object_f1']:.4f} "
                           f"CHAIR_s {d['CHAIR_s']:.3f} person/people-free {d['person_in_people_free']:.2f} "
                           f"degenerate {d['degenerate']}"
@@ -151,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
           f"alpha {best['alpha']}, require_object_prob {best['require_object_prob']}, "
           f"min_object_prob {best['min_object_prob']}, text_world_above {best['text_world_above']}, "
           f"person_below {best['person_below']}, ground_weight {best['ground_weight']}, "
-          f"block_ngram {best['block_ngram']}, person_score {best['person_score']}")
+          f"block_ngram {best['block_ngram']}, person_score {best['person_score']}, "
+          f"require_detected {best['require_detected']}")
     if args.json_out:
         criterion = "BLEU-4 + CIDEr / 10 + object F1 / 10 - CHAIR_s / 10"
         atomic_write_text(args.json_out, json.dumps({"checkpoint": str(args.checkpoint), "images": len(images),
@@ -162,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
                                  min_object_prob=best["min_object_prob"], objects_only_below=only_below,
                                  text_world_above=best["text_world_above"], person_below=best["person_below"],
                                  ground_weight=best["ground_weight"], block_ngram=best["block_ngram"],
-                                 person_score=best["person_score"], rules=rules)
+                                 person_score=best["person_score"], rules=rules,
+                                 require_detected=best["require_detected"])
         tensors, meta = read_safetensors(args.checkpoint)
         kept = ("format", "kind", "config", "vocabulary", "decoding", "object_words", "concept_words", "provenance")
         stored = next((t.dtype for t in tensors.values() if t.is_floating_point()), None)  # fp16 stays fp16
