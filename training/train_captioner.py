@@ -91,6 +91,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="repeat with --data-root to combine datasets")
     p.add_argument("--dataset-split", action="append", default=[], metavar="KIND:VAL:TEST",
                    help="this dataset's validation and test fractions (default --val-fraction, --test-fraction)")
+    p.add_argument("--repeat", action="append", default=[], metavar="KIND:N",
+                   help="train on this dataset's training captions N times an epoch (a small dataset of the "
+                        "photos the app should describe best, beside a large one)")
     p.add_argument("--detector", action="store_true",
                    help="the decoder sees the COCO object detector's boxes (detector.py), text rows as the "
                         "detector gives photos like theirs")
@@ -170,6 +173,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # ------------------------------------------------------------------------------ data
 
 def load_records(args) -> dict[str, list[CaptionRecord]]:
+    repeats = {kind: int(n) for kind, n in (item.split(":") for item in args.repeat)}
     fractions = {}
     for item in args.dataset_split:
         kind, val, test = item.split(":")
@@ -179,7 +183,7 @@ def load_records(args) -> dict[str, list[CaptionRecord]]:
         found = read_dataset(kind, root, args.coco_split)  # the reader reports skipped captions
         for name, part in split_records(found.records, *fractions.get(kind, (args.val_fraction, args.test_fraction)),
                                         given=found.splits).items():
-            splits[name] += part
+            splits[name] += part * (repeats.get(kind, 1) if name == "train" else 1)
     if not splits["train"] and not splits["val"]:
         raise UserError("the datasets hold no captions with images")
     if args.dry_run:
@@ -604,7 +608,7 @@ def provenance(args) -> dict:
     """Where the training data was, as the model's metadata records it."""
     return {"datasets": [[kind, str(root.resolve())] for kind, root in zip(args.dataset, args.data_root)],
             "coco_split": args.coco_split, "val_fraction": args.val_fraction, "test_fraction": args.test_fraction,
-            "dataset_split": args.dataset_split, "text_captions": args.text_captions,
+            "dataset_split": args.dataset_split, "repeat": args.repeat, "text_captions": args.text_captions,
             "concept_photos": args.concept_photos, "concept_val_fraction": args.concept_val_fraction,
             "unpaired_photos": [str(p.resolve()) for p in args.unpaired_photos]}
 
