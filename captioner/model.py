@@ -213,6 +213,7 @@ class CaptionNetwork(nn.Module):
         # set by the Captioner, which knows the words (``category_indices``, ``category_tokens``)
         self.categories: CategoryIndex | None = None
         self.category_tokens: torch.Tensor | None = None
+        self.object_tokens: torch.Tensor | None = None  # each object word's vocabulary id (-1: none)
         self.concept_projection = nn.Linear(config.concepts, config.embed_dim) if config.concepts else None
         self.detector_projection = None
         if config.detector:  # starts at zero: a model extended with the detector starts as it was
@@ -402,7 +403,10 @@ class CaptionNetwork(nn.Module):
             person_ok = None
             if decoding.person_score is not None and "boxes" in ctx:
                 person_ok = category_scores(ctx["boxes"])[:, PERSON] >= decoding.person_score
-            constraints = search.Constraints(rules, person_ok, decoding.rules)
+            slot_words = None
+            if detections is not None and self.object_tokens is not None:
+                slot_words = self.object_tokens.to(detections.words.device)[detections.words]
+            constraints = search.Constraints(rules, person_ok, decoding.rules, slot_words)
         if decoding.beam_size == 1 and required is None:
             decoded = search.greedy(decoder, ctx, decoding.max_length, decoding.block_ngram, constraints)
         else:
@@ -434,6 +438,8 @@ class Captioner(nn.Module):
         self.rules = CaptionRules(vocab.words, vocab.end_id)
         if config.detector:
             self.network.category_tokens = category_tokens(vocab)
+        self.network.object_tokens = torch.tensor([vocab.index.get(w, -1) for w in self.object_words],
+                                                  dtype=torch.long) if self.object_words else None
         self.detector = None  # the COCO detector (detector.shipped_detector), loaded when a photo needs it
         self.encoder = encoder
         self.provenance: dict[str, str] = {}

@@ -113,12 +113,25 @@ class CaptionRules:
             setattr(self, name, getattr(self, name).to(device))
         return self
 
-    def mask(self, logp: torch.Tensor, seqs: torch.Tensor, person_ok: torch.Tensor | None) -> torch.Tensor:
+    def mask(self, logp: torch.Tensor, seqs: torch.Tensor, person_ok: torch.Tensor | None,
+             slot_words: torch.Tensor | None = None) -> torch.Tensor:
         """``logp`` (rows, V) with -inf for every next word that would break a rule, given the
-        rows' words so far ``seqs`` (rows, t) and whether each row's photo has a person."""
+        rows' words so far ``seqs`` (rows, t) and whether each row's photo has a person.
+        ``slot_words`` (rows, K): the word id each object slot (the vocabulary's last K
+        tokens) is written as for the row's photo (-1: a word the vocabulary lacks), so that
+        "a <obj1> player in a baseball uniform" counts as "a baseball" twice."""
         if self.person.device != logp.device:
             self.to(logp.device)
         inf = float("-inf")
+        first_slot = logp.shape[1] - (0 if slot_words is None else slot_words.shape[1])
+        if slot_words is not None:  # a slot is its word: a person word, a repeat, like the word itself
+            logp = logp.masked_fill(torch.cat([torch.zeros_like(logp[:, :first_slot], dtype=torch.bool),
+                                               self._slot_is(self.person, slot_words)], 1)
+                                    & ~(person_ok[:, None] if person_ok is not None else
+                                        torch.ones_like(logp[:, :1], dtype=torch.bool)), inf)
+            seqs = torch.where((seqs >= first_slot) & (slot_words.gather(1, (seqs - first_slot).clamp(
+                0, slot_words.shape[1] - 1)) >= 0), slot_words.gather(1, (seqs - first_slot).clamp(
+                    0, slot_words.shape[1] - 1)), seqs)
         if person_ok is not None and not bool(person_ok.all()):
             logp = logp.masked_fill(~person_ok[:, None] & self.person[None, :], inf)
         t = seqs.shape[1]
@@ -145,8 +158,16 @@ class CaptionRules:
             if len(rows):
                 follow = seqs[rows, at + 1]
                 content = ~(self.function[last[rows]] & self.function[follow])
-                logp = logp.index_put((rows[content], follow[content]), torch.tensor(inf, device=logp.device))
+                rows, follow = rows[content], follow[content]
+                logp = logp.index_put((rows, follow), torch.tensor(inf, device=logp.device))
+                if slot_words is not None and len(rows):  # and the slots written as that word
+                    hit_rows, k = (slot_words[rows] == follow[:, None]).nonzero(as_tuple=True)
+                    logp = logp.index_put((rows[hit_rows], first_slot + k), torch.tensor(inf, device=logp.device))
         return logp
+
+    def _slot_is(self, table: torch.Tensor, slot_words: torch.Tensor) -> torch.Tensor:
+        """(rows, K): whether each slot's word is in ``table`` (a (V,) bool mask)."""
+        return table[slot_words.clamp_min(0)] & (slot_words >= 0)
 
 
 # ------------------------------------------------------------------ saying less
@@ -171,10 +192,13 @@ def describe_objects(counts: dict[str, int], person_ok: bool = True, most: int =
     """A caption of the detector's objects alone ("two dogs and a frisbee"), the most
     numerous first: what the captioner says when no sentence it wrote keeps the rules.
     [] when the detector found nothing it may name."""
-    named = [(c, n) for c, n in sorted(counts.items(), key=lambda cn: -cn[1])
-             if person_ok or c != "person"][:most]
-    if not named:
+    parts: list[str] = []
+    for c, n in sorted(counts.items(), key=lambda cn: -cn[1]):
+        if (person_ok or c != "person") and len(parts) < most:
+            tried = parts + [_phrase(c, n)]
+            if not problems(" and ".join(tried).split()):  # "a baseball glove and a baseball bat": one of them
+                parts = tried
+    if not parts:
         return []
-    parts = [_phrase(c, n) for c, n in named]
     text = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     return text.split()

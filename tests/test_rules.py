@@ -46,6 +46,7 @@ def test_describe_objects_says_less_from_the_detector():
     assert describe_objects({"person": 3, "dining table": 1}, person_ok=False) == "a table".split()
     assert describe_objects({"person": 3}) == "three people".split()
     assert describe_objects({}) == []
+    assert describe_objects({"baseball glove": 1, "baseball bat": 1}) == "a baseball glove".split()  # no pair twice
 
 
 class TableDecoder(CaptionDecoder):
@@ -130,3 +131,19 @@ def test_constrained_beam_takes_any_of_the_words_of_a_category():
     with_word, free = beam_search(decoder, ctx, beam_size=3, max_length=10, must_include=required)
     assert caption(free.ids) == "a man is sitting"
     assert set(caption(with_word.ids).split()) & {"cat", "laptop"}
+
+
+def test_a_slot_counts_as_the_word_it_is_written_as():
+    """"a <obj1> player in a baseball uniform", the slot being "baseball": the pair "a
+    baseball" twice. After the second "a", neither "baseball" nor the slot may follow; a
+    slot whose word names a person is a person word."""
+    words = WORDS + ["baseball", "uniform", "in", "groom", "<obj1>", "<obj2>"]
+    rules = CaptionRules(words, end_id=2)
+    slots = torch.tensor([[words.index("baseball"), words.index("groom")]])
+    seqs = torch.tensor([[words.index(w) for w in ("a", "<obj1>", "man", "in", "a")]])
+    logp = rules.mask(torch.zeros(1, len(words)), seqs, torch.tensor([True]), slots)[0]
+    banned = {words[i] for i in range(len(words)) if logp[i] == float("-inf")}
+    assert {"baseball", "<obj1>"} <= banned and "uniform" not in banned and "<obj2>" not in banned
+    logp = rules.mask(torch.zeros(1, len(words)), seqs[:, :1], torch.tensor([False]), slots)[0]
+    banned = {words[i] for i in range(len(words)) if logp[i] == float("-inf")}
+    assert {"man", "<obj2>"} <= banned and "<obj1>" not in banned  # the groom slot is a person
