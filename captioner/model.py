@@ -110,6 +110,7 @@ class DecodingConfig:
     require_detected: float | None = None  # the detector's surest object (no person), when this sure of it,
     #                                        must be named (any word naming its category; with the top object)
     block_ngram: int = 0  # no caption repeats an n-gram of this length ("a cup of coffee and a cup of coffee"; 0: off)
+    ground_detector: bool = False  # grounding reads the COCO detector alone (not the concept detectors too)
     ground_weight: float = 0.0  # a word naming a COCO category gets + ground_weight * log p, p the concept
     #                             detectors' surest word for that category (0: off; see CaptionNetwork.grounding)
 
@@ -271,10 +272,10 @@ class CaptionNetwork(nn.Module):
         if not decoding.ground_weight and decoding.person_below is None:
             return None
         groups = torch.stack([concepts[:, c].amax(1) for c in index.concepts], 1)  # (B, categories)
-        if boxes is not None:  # the detector's evidence too: the surer of the two
+        if boxes is not None:  # the detector's evidence too: the surer of the two, or the detector's alone
             column = {name: i for i, name in enumerate(coco_categories())}
-            detected = category_scores(boxes)[:, [column[n] for n in index.names]]
-            groups = torch.maximum(groups, detected.to(groups.dtype))
+            detected = category_scores(boxes)[:, [column[n] for n in index.names]].to(groups.dtype)
+            groups = detected.clamp_min(0.02) if decoding.ground_detector else torch.maximum(groups, detected)
         word_category = index.word_category.to(concepts.device)
         has = word_category >= 0
         bias = concepts.new_zeros(len(concepts), len(word_category))

@@ -37,7 +37,10 @@ COLOURS = frozenset("white black brown red blue green yellow orange pink purple 
 MODIFIERS = COLOURS | frozenset(
     "little small large big young old older elderly tall short long blonde blond haired bald asian african "
     "chinese japanese indian mexican caucasian hispanic teenage curly wet dirty fat skinny pretty cute and "
-    "other very adult male female baby".split())
+    "other very adult male female baby "
+    # participles that describe ("an old fashioned is ..." has no noun either)
+    "fashioned colored coloured dressed striped spotted stuffed covered shaped topped filled themed decorated "
+    "painted crowded tiled lined sliced cooked grilled fried baked frosted".split())
 # words that may not follow a determiner and its modifiers (a noun must come first)
 BREAKERS = frozenset(
     "is are was were be been sits sit sitting stands stand standing runs running walks walking plays playing "

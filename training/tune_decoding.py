@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--require-detected", nargs="+", default=["keep"],
                    help="try requiring the detector's surest object (no person) when it scores at least this "
                         "('none': never; 'keep': the checkpoint's)")
+    p.add_argument("--ground-detector", choices=["keep", "on", "off", "both"], default="keep",
+                   help="grounding on the COCO detector alone ('both': try with and without)")
     p.add_argument("--rules", choices=["keep", "on", "off"], default="keep",
                    help="the caption rules: no word pair twice, no modifier without its noun (rules.py)")
     p.add_argument("--dataset-split", action="append", default=[], metavar="KIND:VAL:TEST",
@@ -110,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     person_scores = [model.decoding.person_score if w == "keep" else None if w == "none" else float(w)
                      for w in args.person_scores]
     rules = model.decoding.rules if args.rules == "keep" else args.rules == "on"
+    ground_sources = {"keep": [model.decoding.ground_detector], "on": [True], "off": [False],
+                      "both": [False, True]}[args.ground_detector]
     detected = [model.decoding.require_detected if w == "keep" else None if w == "none" else float(w)
                 for w in args.require_detected]
     grounds = args.ground_weights or [model.decoding.ground_weight]
@@ -123,13 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     settings = [(beam, alpha, require, minimum, world, person, ground, block, person_score, sure)
                 for beam in args.beams for alpha in (args.alphas if beam > 1 else [1.0]) for require in requires
                 for minimum in minimums for world in worlds for person in persons for ground in grounds
-                for block in blocks for person_score in person_scores for sure in detected]
-    for beam, alpha, require, minimum, world, person, ground, block, person_score, sure in settings:
+                for block in blocks for person_score in person_scores for sure in detected for source in ground_sources]
+    for beam, alpha, require, minimum, world, person, ground, block, person_score, sure, source in settings:
         model.decoding = replace(model.decoding, require_object_prob=require, min_object_prob=minimum,
                                  objects_only_below=only_below, text_world_above=world, person_below=person,
                                  ground_weight=ground, block_ngram=block, person_score=person_score, rules=rules,
-                                 require_detected=sure)
-        row = {"beam": beam, "alpha": alpha, "require_object_prob": require, "min_object_prob": minimum,
+                                 require_detected=sure, ground_detector=source)
+        row = {"ground_detector": source, "beam": beam, "alpha": alpha, "require_object_prob": require,
+               "min_object_prob": minimum,
                "text_world_above": world, "person_below": person, "ground_weight": ground, "block_ngram": block,
                "person_score": person_score, "require_detected": sure, "rules": rules, "datasets": {}}
         for kind, images, refs, features, grid, boxes in sets:
@@ -170,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
                                  text_world_above=best["text_world_above"], person_below=best["person_below"],
                                  ground_weight=best["ground_weight"], block_ngram=best["block_ngram"],
                                  person_score=best["person_score"], rules=rules,
-                                 require_detected=best["require_detected"])
+                                 require_detected=best["require_detected"], ground_detector=best["ground_detector"])
         tensors, meta = read_safetensors(args.checkpoint)
         kept = ("format", "kind", "config", "vocabulary", "decoding", "object_words", "concept_words", "provenance")
         stored = next((t.dtype for t in tensors.values() if t.is_floating_point()), None)  # fp16 stays fp16
