@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     if model.network.objects is None:
         requires, minimums, only_below = [None], [0.0], None
     rows = []
-    settings = [(beam, alpha, require, minimum, world, person, ground, block, person_score, sure)
+    settings = [(beam, alpha, require, minimum, world, person, ground, block, person_score, sure, source)
                 for beam in args.beams for alpha in (args.alphas if beam > 1 else [1.0]) for require in requires
                 for minimum in minimums for world in worlds for person in persons for ground in grounds
                 for block in blocks for person_score in person_scores for sure in detected for source in ground_sources]
