@@ -215,6 +215,7 @@ class CaptionNetwork(nn.Module):
         self.categories: CategoryIndex | None = None
         self.category_tokens: torch.Tensor | None = None
         self.object_tokens: torch.Tensor | None = None  # each object word's vocabulary id (-1: none)
+        self.object_category: torch.Tensor | None = None  # each object word's grounding category (-1: none)
         self.concept_projection = nn.Linear(config.concepts, config.embed_dim) if config.concepts else None
         self.detector_projection = None
         if config.detector:  # starts at zero: a model extended with the detector starts as it was
@@ -262,12 +263,14 @@ class CaptionNetwork(nn.Module):
                                     dtype=torch.qint8)
         self.__dict__["_int8_decoder"] = fast  # not a submodule: checkpoints keep the float weights
 
-    def grounding(self, concepts: torch.Tensor, decoding: DecodingConfig,
-                  boxes: torch.Tensor | None = None) -> torch.Tensor | None:
+    def grounding(self, concepts: torch.Tensor, decoding: DecodingConfig, boxes: torch.Tensor | None = None,
+                  detections: Detections | None = None) -> torch.Tensor | None:
         """(B, vocab) additions to the words' scores that tie the words naming a COCO
-        category to what the concept detectors see: ``ground_weight * log p`` (p: the
-        surest concept of the word's category), and -inf for person words when the surest
-        person concept is below ``person_below``. None when neither is asked for."""
+        category to what the detectors see: ``ground_weight * log p`` (p: the surest concept
+        of the word's category, or the COCO detector's score), and -inf for person words when
+        the surest person concept is below ``person_below`` (the previous release's ban). An
+        object slot whose word names a category ("dog" from the ImageNet classifier) is
+        grounded like the word itself (models with the COCO detector). None when nothing is asked for."""
         index = self.categories
         if not decoding.ground_weight and decoding.person_below is None:
             return None
@@ -282,6 +285,11 @@ class CaptionNetwork(nn.Module):
         if decoding.ground_weight:
             picked = groups[:, word_category.clamp_min(0)].clamp_min(1e-6).log()
             bias = torch.where(has[None, :], decoding.ground_weight * picked, bias)
+            if detections is not None and boxes is not None and self.object_category is not None:
+                slot_category = self.object_category.to(concepts.device)[detections.words]  # (B, K)
+                slot = groups.gather(1, slot_category.clamp_min(0)).clamp_min(1e-6).log()
+                first = bias.shape[1] - slot_category.shape[1]
+                bias[:, first:] = torch.where(slot_category >= 0, decoding.ground_weight * slot, 0.0)
         if decoding.person_below is not None and index.person >= 0:
             unlikely = groups[:, index.person] < decoding.person_below
             person_words = word_category == index.person
@@ -394,7 +402,7 @@ class CaptionNetwork(nn.Module):
         ctx, detections = self.context(features, grid, decoding.min_object_prob, objects_only=objects_only,
                                        boxes=boxes)
         if "concepts" in ctx and self.categories is not None:
-            bias = self.grounding(ctx["concepts"], decoding, ctx.get("boxes"))
+            bias = self.grounding(ctx["concepts"], decoding, ctx.get("boxes"), detections)
             if bias is not None:
                 ctx["word_bias"] = bias
         required = self._required(detections, ctx.get("boxes"), decoding)
@@ -441,6 +449,13 @@ class Captioner(nn.Module):
             self.network.category_tokens = category_tokens(vocab)
         self.network.object_tokens = torch.tensor([vocab.index.get(w, -1) for w in self.object_words],
                                                   dtype=torch.long) if self.object_words else None
+        if self.object_words and self.network.categories is not None:
+            from captioner.objects import coco_synonyms
+
+            order = {c: k for k, c in enumerate(self.network.categories.names)}
+            named = coco_synonyms()
+            self.network.object_category = torch.tensor(
+                [order.get(named.get(tuple(w.split()), ""), -1) for w in self.object_words], dtype=torch.long)
         self.detector = None  # the COCO detector (detector.shipped_detector), loaded when a photo needs it
         self.encoder = encoder
         self.provenance: dict[str, str] = {}
