@@ -117,3 +117,14 @@ def test_the_cache_detects_once_and_gives_the_same_boxes(tmp_path):
     np.testing.assert_allclose(second.boxes, first[0].boxes, atol=1e-6)
     assert second.categories.tolist() == first[1].categories.tolist() and second.categories[0] == 15  # a cat
     assert torch.equal(summary(first[:1]), summary([second]))
+
+
+def test_boxes_are_drawn_where_the_detector_put_them():
+    from captioner.attention_maps import draw_boxes
+
+    picture = draw_boxes(Image.new("RGB", (200, 100), "white"),
+                         [{"category": "cat", "score": 0.9, "box": [0.25, 0.5, 0.75, 0.9]}], width=2)
+    pixels = np.asarray(picture)
+    assert tuple(pixels[70, 50]) == (220, 38, 38)  # the left edge, at x = 0.25 * 200
+    assert tuple(pixels[95, 100]) == (255, 255, 255)  # outside the box
+    assert tuple(pixels[70, 100]) == (255, 255, 255)  # inside: only the outline
