@@ -122,51 +122,58 @@ class CaptionRules:
         rows' words so far ``seqs`` (rows, t) and whether each row's photo has a person.
         ``slot_words`` (rows, K): the word id each object slot (the vocabulary's last K
         tokens) is written as for the row's photo (-1: a word the vocabulary lacks), so that
-        "a <obj1> player in a baseball uniform" counts as "a baseball" twice."""
+        "a <obj1> player in a baseball uniform" counts as "a baseball" twice.
+
+        Written without data-dependent shapes (every banned word is counted into one (rows, V)
+        table by ``scatter_add``): a step costs a handful of small kernels and never waits."""
         if self.person.device != logp.device:
             self.to(logp.device)
-        inf = float("-inf")
-        first_slot = logp.shape[1] - (0 if slot_words is None else slot_words.shape[1])
+        rows, vocab = logp.shape
+        k = 0 if slot_words is None else slot_words.shape[1]
+        first_slot = vocab - k
+        ban = torch.zeros(rows, vocab, device=logp.device)
+        if person_ok is not None:
+            ban += (~person_ok[:, None] & self.person[None, :]).float()
         if slot_words is not None:  # a slot is its word: a person word, a repeat, like the word itself
-            logp = logp.masked_fill(torch.cat([torch.zeros_like(logp[:, :first_slot], dtype=torch.bool),
-                                               self._slot_is(self.person, slot_words)], 1)
-                                    & ~(person_ok[:, None] if person_ok is not None else
-                                        torch.ones_like(logp[:, :1], dtype=torch.bool)), inf)
-            seqs = torch.where((seqs >= first_slot) & (slot_words.gather(1, (seqs - first_slot).clamp(
-                0, slot_words.shape[1] - 1)) >= 0), slot_words.gather(1, (seqs - first_slot).clamp(
-                    0, slot_words.shape[1] - 1)), seqs)
-        if person_ok is not None and not bool(person_ok.all()):
-            logp = logp.masked_fill(~person_ok[:, None] & self.person[None, :], inf)
+            if person_ok is not None:
+                ban[:, first_slot:] += (self._slot_is(self.person, slot_words) & ~person_ok[:, None]).float()
+            index = (seqs - first_slot).clamp(0, k - 1)
+            written = slot_words.gather(1, index)
+            seqs = torch.where((seqs >= first_slot) & (written >= 0), written, seqs)
         t = seqs.shape[1]
-        if t == 0:
-            return logp
-        # a determiner followed only by modifiers so far ("a little blonde"): a breaker (or the end) may not
-        # come next, nor a modifier already in the run, nor a fourth modifier: a noun must come
-        position = torch.arange(t, device=logp.device)
+        if t:
+            self._ban_dangling(ban, seqs)
+            self._ban_repeats(ban, seqs, slot_words, first_slot)
+        return logp.masked_fill(ban > 0, float("-inf"))
+
+    def _ban_dangling(self, ban: torch.Tensor, seqs: torch.Tensor) -> None:
+        """A determiner followed only by modifiers so far ("a little blonde"): a breaker (or the
+        end) may not come next, nor a modifier already in the run, nor a fourth modifier."""
+        t = seqs.shape[1]
+        position = torch.arange(t, device=seqs.device)
         last_other = torch.where(self.modifier[seqs], -1, position).amax(1)  # the last word that is no modifier
         anchor = seqs.gather(1, last_other.clamp_min(0)[:, None]).squeeze(1)
         pending = (last_other >= 0) & self.determiner[anchor]
-        logp = logp.masked_fill(pending[:, None] & self.breaker[None, :], inf)
-        run = t - 1 - last_other
-        logp = logp.masked_fill((pending & (run >= 3))[:, None] & self.modifier[None, :], inf)
-        rows, at = ((position[None, :] > last_other[:, None]) & pending[:, None]).nonzero(as_tuple=True)
-        if len(rows):
-            logp = logp.index_put((rows, seqs[rows, at]), torch.tensor(inf, device=logp.device))
-        # a word pair said before (unless both are function words): the word that followed it then
-        last = seqs[:, -1]
-        logp = logp.scatter(1, last[:, None], inf)
-        if t >= 2:
-            earlier = seqs[:, :-1] == last[:, None]          # (rows, t-1): where the last word was said before
-            rows, at = earlier.nonzero(as_tuple=True)
-            if len(rows):
-                follow = seqs[rows, at + 1]
-                content = ~(self.function[last[rows]] & self.function[follow])
-                rows, follow = rows[content], follow[content]
-                logp = logp.index_put((rows, follow), torch.tensor(inf, device=logp.device))
-                if slot_words is not None and len(rows):  # and the slots written as that word
-                    hit_rows, k = (slot_words[rows] == follow[:, None]).nonzero(as_tuple=True)
-                    logp = logp.index_put((rows[hit_rows], first_slot + k), torch.tensor(inf, device=logp.device))
-        return logp
+        ban += (pending[:, None] & self.breaker[None, :]).float()
+        ban += ((pending & (t - 1 - last_other >= 3))[:, None] & self.modifier[None, :]).float()
+        in_run = (position[None, :] > last_other[:, None]) & pending[:, None]
+        ban.scatter_add_(1, seqs, in_run.float())
+
+    def _ban_repeats(self, ban: torch.Tensor, seqs: torch.Tensor, slot_words: torch.Tensor | None,
+                     first_slot: int) -> None:
+        """The word just said, and the word that followed the last word where it was said
+        before (unless both are function words); and the slots written as those words."""
+        last = seqs[:, -1:]
+        ban.scatter_add_(1, last, torch.ones_like(last, dtype=ban.dtype))
+        if seqs.shape[1] < 2:
+            return
+        follow = seqs[:, 1:]
+        repeat = (seqs[:, :-1] == last) & ~(self.function[last] & self.function[follow])
+        ban.scatter_add_(1, follow, repeat.float())
+        if slot_words is not None:
+            # (rows, t-1, K): the slots written as a banned follower
+            hits = (slot_words[:, None, :] == follow[:, :, None]) & repeat[:, :, None]
+            ban[:, first_slot:] += hits.any(1).float()
 
     def _slot_is(self, table: torch.Tensor, slot_words: torch.Tensor) -> torch.Tensor:
         """(rows, K): whether each slot's word is in ``table`` (a (V,) bool mask)."""
