@@ -31,7 +31,8 @@ import torch
 
 from captioner.objects import DATA, _rows, coco_synonyms
 
-DETERMINERS = frozenset("a an the two three four five six several many some few each another one".split())
+# words that open a noun phrase: what follows them must reach a noun ("a group of different are": no noun)
+DETERMINERS = frozenset("a an the two three four five six several many some few each another one of".split())
 COLOURS = frozenset("white black brown red blue green yellow orange pink purple gray grey silver golden gold tan "
                     "dark light colorful colored bright striped spotted".split())
 MODIFIERS = COLOURS | frozenset(
@@ -40,7 +41,10 @@ MODIFIERS = COLOURS | frozenset(
     "other very adult male female baby "
     # participles that describe ("an old fashioned is ..." has no noun either)
     "fashioned colored coloured dressed striped spotted stuffed covered shaped topped filled themed decorated "
-    "painted crowded tiled lined sliced cooked grilled fried baked frosted".split())
+    "painted crowded tiled lined sliced cooked grilled fried baked frosted "
+    # adjectives a caption leans on when the noun is missing
+    "different various huge giant tiny beautiful nice empty full open clean new modern busy lone single double "
+    "wooden metal plastic wild young adult happy smiling asian african ethnic blond brunette redhead".split())
 # words that may not follow a determiner and its modifiers (a noun must come first)
 BREAKERS = frozenset(
     "is are was were be been sits sit sitting stands stand standing runs running walks walking plays playing "
