@@ -31,8 +31,10 @@ import torch
 
 from captioner.objects import DATA, _rows, coco_synonyms
 
-# words that open a noun phrase: what follows them must reach a noun ("a group of different are": no noun)
-DETERMINERS = frozenset("a an the two three four five six several many some few each another one of".split())
+DETERMINERS = frozenset("a an the two three four five six several many some few each another one".split())
+# "of" opens a noun phrase too ("a group of different are": no noun), and an article may follow it
+OPENERS = frozenset({"of"})
+ARTICLES = frozenset({"a", "an", "the"})
 COLOURS = frozenset("white black brown red blue green yellow orange pink purple gray grey silver golden gold tan "
                     "dark light colorful colored bright striped spotted".split())
 MODIFIERS = COLOURS | frozenset(
@@ -79,13 +81,13 @@ def problems(words: Sequence[str], person_ok: bool = True) -> list[str]:
         elif (a, b) in pairs and not (a in FUNCTION_WORDS and b in FUNCTION_WORDS):
             found.append(f"repeats {a + ' ' + b!r}")
         pairs.add((a, b))
-    pending = 0
+    pending, after_of = 0, False
     for i, w in enumerate(list(words) + ["<end>"]):
-        if pending and (w in BREAKERS or w == "<end>"):
+        if pending and (w in BREAKERS or w == "<end>") and not (after_of and pending == 1 and w in ARTICLES):
             found.append(f"no noun after {' '.join(words[i - pending:i])!r}")
             pending = 0
-        if w in DETERMINERS:
-            pending = 1
+        if w in DETERMINERS or w in OPENERS:
+            pending, after_of = 1, w in OPENERS
         elif pending and w in MODIFIERS:
             pending += 1
         else:
@@ -109,14 +111,15 @@ class CaptionRules:
             return torch.tensor([w in table for w in words])
 
         self.person = mask(person_words())
-        self.determiner, self.modifier = mask(DETERMINERS), mask(MODIFIERS)
+        self.determiner, self.modifier = mask(DETERMINERS | OPENERS), mask(MODIFIERS)
+        self.opener, self.article = mask(OPENERS), mask(ARTICLES)
         self.breaker = mask(BREAKERS)
         self.breaker[end_id] = True
         self.function = mask(FUNCTION_WORDS)
         self.end_id = end_id
 
     def to(self, device: torch.device) -> CaptionRules:
-        for name in ("person", "determiner", "modifier", "breaker", "function"):
+        for name in ("person", "determiner", "modifier", "breaker", "function", "opener", "article"):
             setattr(self, name, getattr(self, name).to(device))
         return self
 
@@ -158,7 +161,8 @@ class CaptionRules:
         last_other = torch.where(self.modifier[seqs], -1, position).amax(1)  # the last word that is no modifier
         anchor = seqs.gather(1, last_other.clamp_min(0)[:, None]).squeeze(1)
         pending = (last_other >= 0) & self.determiner[anchor]
-        ban += (pending[:, None] & self.breaker[None, :]).float()
+        right_after_of = pending & self.opener[anchor] & (last_other == t - 1)  # "of a", "of the": fine
+        ban += (pending[:, None] & self.breaker[None, :] & ~(right_after_of[:, None] & self.article[None, :])).float()
         ban += ((pending & (t - 1 - last_other >= 3))[:, None] & self.modifier[None, :]).float()
         in_run = (position[None, :] > last_other[:, None]) & pending[:, None]
         ban.scatter_add_(1, seqs, in_run.float())
