@@ -46,13 +46,18 @@ from captioner.model import DEFAULT_CHECKPOINT, Captioner
 STAGES = ("textbook", "fast_decode", "bf16_channels_last", "early_stop", "ours")
 
 
-def python_loop_greedy(model: Captioner, feature: torch.Tensor, grid: torch.Tensor | None,
+def python_loop_greedy(model: Captioner, feature: torch.Tensor, grid: torch.Tensor | None, image=None,
                        max_length: int = 20) -> list[str]:
     """The textbook sampler: feed the image, then <start>, and always take 20 steps, each
     through torch's oneDNN LSTM kernel where the decoder has one, with a ``.item()`` after each."""
     dec = model.network.decoder
     with torch.no_grad(), fused_steps(dec):
-        ctx, detections = model.network.context(feature, grid if model.network.needs_grid else None)
+        boxes = None
+        if model.config.detector:  # the COCO detector runs in every pipeline that has one
+            from captioner.detector import summary
+
+            boxes = summary(model.require_detector().detect([image]))
+        ctx, detections = model.network.context(feature, grid if model.network.needs_grid else None, boxes=boxes)
         ctx = dec.prepare(ctx)
         state = dec.init_state(ctx)
         token = torch.tensor([model.vocab.start_id])
@@ -92,17 +97,18 @@ class Pipelines:
         return maps.mean((2, 3)), maps.flatten(2).transpose(1, 2)
 
     def textbook(self, path: Path) -> list[str]:
-        image = Image.open(path).convert("RGB").resize((self.pre.size, self.pre.size), Image.Resampling.LANCZOS)
+        full = Image.open(path).convert("RGB")
+        image = full.resize((self.pre.size, self.pre.size), Image.Resampling.LANCZOS)
         x = TF.normalize(TF.to_tensor(image), self.pre.mean, self.pre.std)[None]
-        return python_loop_greedy(self.model, *self._fp32(x))
+        return python_loop_greedy(self.model, *self._fp32(x), full)
 
     def fast_decode(self, path: Path) -> list[str]:
-        x = self.pre(load_image(path, draft_size=self.pre.size))[None]
-        return python_loop_greedy(self.model, *self._fp32(x))
+        image = load_image(path, draft_size=self.pre.size)
+        return python_loop_greedy(self.model, *self._fp32(self.pre(image)[None]), image)
 
     def bf16_channels_last(self, path: Path) -> list[str]:
-        x = self.pre(load_image(path, draft_size=self.pre.size))[None]
-        return python_loop_greedy(self.model, *self.encoder.encode(x, grid=True))
+        image = load_image(path, draft_size=self.pre.size)
+        return python_loop_greedy(self.model, *self.encoder.encode(self.pre(image)[None], grid=True), image)
 
     def early_stop(self, path: Path) -> list[str]:
         with fused_steps(self.model.network.decoder):
@@ -181,14 +187,14 @@ def device_rows(photos: list[Path], checkpoint: Path = DEFAULT_CHECKPOINT) -> di
             single[f"beam{beam}"] = {k: round(v, 4) if isinstance(v, float) else v
                                      for k, v in percentiles(times).items()}
         pre = model.require_encoder().preprocess
-        batch = torch.stack([pre(load_image(p, draft_size=pre.size)) for p in (photos * 2)[:64]])
+        batch = [model.prepare(load_image(p, draft_size=pre.size)) for p in (photos * 2)[:64]]
         per_second = {}
         for beam in (1, 5):
-            model.caption_tensors(batch, beam)  # warm up
+            model.caption_prepared(batch, beam)  # warm up
             synchronize(dev)
             start = time.perf_counter()
             for _ in range(3):
-                model.caption_tensors(batch, beam)
+                model.caption_prepared(batch, beam)
             synchronize(dev)
             per_second[f"beam{beam}"] = round(3 * len(batch) / (time.perf_counter() - start), 1)
         # 16 clients at once through the micro-batcher, as the app's requests arrive

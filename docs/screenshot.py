@@ -3,8 +3,8 @@ photo in Chromium (Playwright). Run it after any change to the caption tab:
 
     python docs/screenshot.py [--photo PATH] [--out docs/images/caption-tab.png]
 
-The default photo is COCO val2017 000000018737 (a motorcycle by a beach, a photo the
-detector never trained on) from ../shared/data, or scikit-image's coffee where that is absent.
+The default photo is COCO 000000163497 (giraffes, from coco_mini: the photo the previous
+release called a cheetah) from ../shared/data, or scikit-image's coffee where that is absent.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-
 
 
 def default_photo(folder: Path) -> Path:
-    coco = SHARED / "coco_captions" / "val2017" / "000000018737.jpg"
+    coco = SHARED / "coco_mini" / "train2017" / "000000163497.jpg"
     if coco.is_file():
         return coco
     import skimage.data

@@ -301,11 +301,12 @@ def test_gradio_serves_none_of_our_files(server, path):
 
 
 def test_the_caption_tab_lists_objects_and_concepts(tabs):
-    """Zebras: the classifier's object and the concepts learned from captions, both under
-    the caption, and both in the API's results."""
+    """Zebras: the detector's boxes (two zebras), the classifier's object and the concepts
+    learned from captions, all under the caption, and all in the API's results."""
     shipped("captioner.safetensors")
     zebras = str(shared("coco_mini", "train2017", "000000281789.jpg"))
-    html, *_, results, _ = tabs.caption.caption([zebras])
+    html, gallery, *_, results, _ = tabs.caption.caption([zebras])
     kinds = {o["kind"] for o in results[0]["objects"]}
-    assert kinds == {"object", "concept"}, results[0]["objects"]
-    assert "Objects: zebra" in html and "concepts: " in html and "zebras 100%" in html
+    assert kinds == {"detected", "object", "concept"}, results[0]["objects"]
+    assert "Detected: zebra &times;2" in html and "Objects: zebra" in html and "concepts: " in html
+    assert [b["category"] for b in results[0]["boxes"]] == ["zebra", "zebra"]
