@@ -53,6 +53,15 @@ BREAKERS = frozenset(
     "looks looking holds holding rides riding lies lying lays laying jumps jumping wearing eating with in on at of "
     "to by near from for while that who which into onto through under over next behind down up out "
     "a an the".split())
+NOT_PARTICIPLES = frozenset("flowerbed seabed riverbed hundred sled shed bed reed seed weed steed".split())
+
+
+def is_modifier(word: str) -> bool:
+    """A word that describes but cannot end a noun phrase: the list above, and participles
+    ("parked", "covered": a word of five letters or more ending in -ed)."""
+    return word in MODIFIERS or (len(word) >= 5 and word.endswith("ed") and word not in NOT_PARTICIPLES)
+
+
 FUNCTION_WORDS = frozenset(
     "a an the of in on at with and to by near next from for into onto while is are its it their his her "
     "up down out over under behind front top side some two three".split())
@@ -88,7 +97,7 @@ def problems(words: Sequence[str], person_ok: bool = True) -> list[str]:
             pending = 0
         if w in DETERMINERS or w in OPENERS:
             pending, after_of = 1, w in OPENERS
-        elif pending and w in MODIFIERS:
+        elif pending and is_modifier(w):
             pending += 1
         else:
             pending = 0
@@ -111,7 +120,8 @@ class CaptionRules:
             return torch.tensor([w in table for w in words])
 
         self.person = mask(person_words())
-        self.determiner, self.modifier = mask(DETERMINERS | OPENERS), mask(MODIFIERS)
+        self.determiner = mask(DETERMINERS | OPENERS)
+        self.modifier = torch.tensor([is_modifier(w) for w in words])
         self.opener, self.article = mask(OPENERS), mask(ARTICLES)
         self.breaker = mask(BREAKERS)
         self.breaker[end_id] = True

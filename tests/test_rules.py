@@ -25,6 +25,7 @@ def test_every_caption_users_were_shown_breaks_a_rule_without_a_person():
     assert degenerate("a little blonde haired is wearing a red jacket".split())
     assert degenerate("a black and white".split())
     assert degenerate("a large group of different are standing in front of a building".split())
+    assert degenerate("a large group of different types of parked on the side of a road".split())
 
 
 def test_good_captions_keep_every_rule():
