@@ -179,6 +179,15 @@ def split_of(image: Path, val_fraction: float, test_fraction: float = 0.0) -> st
     return "train"
 
 
+def own_fractions(items: Iterable[str]) -> dict[str, tuple[float, float]]:
+    """``KIND:VAL:TEST`` items (``--dataset-split``) -> each dataset's (validation, test) fractions."""
+    fractions = {}
+    for item in items:
+        kind, val, test = item.split(":")
+        fractions[kind] = (float(val), float(test))
+    return fractions
+
+
 def split_records(records: Iterable[CaptionRecord], val_fraction: float = 0.07,
                   test_fraction: float = 0.13, given: dict[Path, str] | None = None) -> dict[str, list[CaptionRecord]]:
     """Deterministic train/val/test split by image (never by caption); ``given``: the

@@ -259,9 +259,7 @@ class DetectionCache:
         from captioner.images import load_image
 
         keys = [image_key(p) for p in paths]
-        missing = [i for i, k in enumerate(dict.fromkeys(keys)) if k not in self.table]
-        unique = list(dict.fromkeys(keys))
-        todo = [(unique[i], paths[keys.index(unique[i])]) for i in missing]
+        todo = [(k, p) for k, p in dict(zip(keys, paths)).items() if k not in self.table]
         bar = tqdm(total=len(todo), desc="detector", disable=not progress or not todo)
         with ThreadPoolExecutor(2) as pool:
             for start in range(0, len(todo), chunk):

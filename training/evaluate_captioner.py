@@ -34,6 +34,7 @@ import torch
 from captioner.datasets import (
     DATASETS,
     captions_by_image,
+    own_fractions,
     read_coco,
     read_dataset,
     read_flickr8k,
@@ -70,10 +71,7 @@ def training_sources(model: Captioner, override: list[str]) -> tuple[list[tuple[
 
 def training_records(sources: list[tuple[str, Path]], info: dict) -> list:
     """The training split of each training dataset, with its own fractions (``--dataset-split``)."""
-    fractions = {}
-    for item in info.get("dataset_split", []):
-        kind, val, test = item.split(":")
-        fractions[kind] = (float(val), float(test))
+    fractions = own_fractions(info.get("dataset_split", []))
     records = []
     for kind, root in sources:
         val, test = fractions.get(kind, (info["val_fraction"], info["test_fraction"]))

@@ -39,6 +39,7 @@ from captioner.datasets import (
     TEXT_SOURCES,
     CaptionRecord,
     captions_by_image,
+    own_fractions,
     read_dataset,
     read_text_sources,
     split_records,
@@ -174,10 +175,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def load_records(args) -> dict[str, list[CaptionRecord]]:
     repeats = {kind: int(n) for kind, n in (item.split(":") for item in args.repeat)}
-    fractions = {}
-    for item in args.dataset_split:
-        kind, val, test = item.split(":")
-        fractions[kind] = (float(val), float(test))
+    fractions = own_fractions(args.dataset_split)
     splits = {"train": [], "val": [], "test": []}
     for kind, root in zip(args.dataset, args.data_root):
         found = read_dataset(kind, root, args.coco_split)  # the reader reports skipped captions

@@ -24,7 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from captioner.checkpoint import atomic_write_text, read_safetensors
-from captioner.datasets import DATASETS, captions_by_image, read_dataset, split_records
+from captioner.datasets import DATASETS, captions_by_image, own_fractions, read_dataset, split_records
 from captioner.devices import resolve_device
 from captioner.features import boxes_for, features_for
 from captioner.metrics import caption_scores
@@ -92,10 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model = Captioner.from_checkpoint(args.checkpoint, device=resolve_device(args.device), int8=not args.float32)
     info = model.provenance.get("training_data", {})
-    own = {}
-    for item in list(info.get("dataset_split") or []) + args.dataset_split:
-        kind, val, test = item.split(":")
-        own[kind] = (float(val), float(test))
+    own = own_fractions(list(info.get("dataset_split") or []) + args.dataset_split)
     sets = []
     for kind, root in zip(args.dataset, args.data_root):
         fractions = ((info.get("concept_val_fraction", 0.4), 0.0) if kind == "coco_paired"
