@@ -27,9 +27,16 @@ from tqdm.auto import tqdm
 
 from captioner.checkpoint import load_training_state, read_metadata, save_training_state, weight_settings
 from captioner.runtools import Dist, NonFiniteLoss, Timer, UserError, plot_curves, write_metrics
-from captioner.training import epoch_order  # noqa: F401  (the scripts' batches come from it)
 
 log = logging.getLogger("training")
+
+
+def epoch_order(n: int, epoch: int, seed: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+    """A shuffled order of ``n`` items for ``epoch``: the same on every run, resume and rank;
+    each rank takes its own equal share."""
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = torch.randperm(n, generator=g)
+    return order[rank::world][: n // world]
 
 
 @dataclass

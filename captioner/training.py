@@ -37,18 +37,11 @@ from captioner.concepts import ConceptNoise, concept_labels
 from captioner.datasets import CaptionRecord
 from captioner.decoder import packed_order, packed_targets
 from captioner.detector import summary as detector_summary
+from captioner.loop import epoch_order
 from captioner.metrics import caption_scores
 from captioner.model import Captioner
 from captioner.objects import Detections, mentioned_categories, substitute_slots
 from captioner.vocabulary import Vocabulary, tokenize
-
-
-def epoch_order(n: int, epoch: int, seed: int, rank: int = 0, world: int = 1) -> torch.Tensor:
-    """A shuffled order of ``n`` items for ``epoch``: the same on every run, resume and rank;
-    each rank takes its own equal share."""
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    order = torch.randperm(n, generator=g)
-    return order[rank::world][: n // world]
 
 
 def encode_caption(vocab: Vocabulary, tokens: Sequence[str]) -> torch.Tensor:
