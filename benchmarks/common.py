@@ -24,7 +24,8 @@ import torch
 from PIL import Image
 
 from captioner.encoders import build_encoder
-from captioner.model import DEFAULT_CHECKPOINT, Captioner, CaptionerConfig
+from captioner.model import DEFAULT_CHECKPOINT, Captioner
+from captioner.network import CaptionerConfig
 
 # where results go: benchmarks/results (the README quotes them), or $CAPTIONER_BENCH_RESULTS (smoke tests)
 RESULTS = Path(os.environ.get("CAPTIONER_BENCH_RESULTS", Path(__file__).resolve().parent / "results"))

@@ -22,7 +22,8 @@ from captioner.detector import CocoDetector
 from captioner.devices import DEVICE_CHOICES, PRECISIONS, DeviceError, resolve_device
 from captioner.encoders import EncoderWeightsError, Preprocessing
 from captioner.images import ImageError, load_image
-from captioner.model import DEFAULT_CHECKPOINT, UNFAMILIAR, Captioner
+from captioner.model import DEFAULT_CHECKPOINT, Captioner
+from captioner.results import UNFAMILIAR
 
 
 def main(argv: list[str] | None = None) -> int:

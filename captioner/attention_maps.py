@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
-from captioner.model import CaptionResult
+from captioner.results import CaptionResult
 
 # a dark-blue -> red -> yellow ramp, so that weak attention stays see-through
 _RAMP = np.array([[0, 0, 64], [160, 0, 64], [255, 64, 0], [255, 220, 0]], dtype=np.float32)

@@ -31,6 +31,8 @@ import torch
 from PIL import Image
 
 from captioner.checkpoint import CHECKPOINTS, CheckpointError
+from captioner.images import image_key, load_image
+from captioner.wordlists import coco_categories
 
 log = logging.getLogger(__name__)
 
@@ -39,17 +41,6 @@ SIZE = 416
 STRIDES = (8, 16, 32)
 FEATURES_PER_CATEGORY = 3  # best score, log(1 + boxes at >= 0.5), largest box's area
 COUNT_SCORE = 0.5
-
-
-@cache
-def coco_categories() -> tuple[str, ...]:
-    """The 80 COCO categories in the detector's order (``data/coco_objects.txt`` keeps it)."""
-    from captioner.objects import DATA, _rows
-
-    names = tuple(line.partition(":")[0].strip() for line in _rows(DATA / "coco_objects.txt"))
-    if len(names) != 80:
-        raise RuntimeError(f"coco_objects.txt lists {len(names)} categories, not COCO's 80")
-    return names
 
 
 SUMMARY_DIM = 80 * FEATURES_PER_CATEGORY
@@ -255,9 +246,6 @@ class DetectionCache:
 
         from tqdm.auto import tqdm
 
-        from captioner.features import image_key
-        from captioner.images import load_image
-
         keys = [image_key(p) for p in paths]
         todo = [(k, p) for k, p in dict(zip(keys, paths)).items() if k not in self.table]
         bar = tqdm(total=len(todo), desc="detector", disable=not progress or not todo)
@@ -288,3 +276,11 @@ class DetectionCache:
             return Boxes.empty()
         a = np.array(rows, dtype=np.float64)
         return Boxes(a[:, :4].astype(np.float32), a[:, 4].astype(np.int64), a[:, 5].astype(np.float32))
+
+
+def boxes_for(model, images, cache_dir: str | os.PathLike) -> list[Boxes] | None:
+    """The COCO detector's boxes of these images for a captioner that uses them (None for
+    one that does not), from the detection cache."""
+    if not model.config.detector:
+        return None
+    return DetectionCache(cache_dir, model.require_detector()).get(list(images))

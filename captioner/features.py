@@ -38,15 +38,9 @@ from tqdm.auto import tqdm
 
 from captioner.checkpoint import atomic_write, atomic_write_text
 from captioner.encoders import ImageEncoder
-from captioner.images import ImageError, load_image
+from captioner.images import ImageError, image_key, load_image
 
 log = logging.getLogger(__name__)
-
-
-def image_key(path: str | os.PathLike) -> str:
-    path = Path(path).resolve()
-    stat = path.stat()
-    return f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
 
 
 class _Images(Dataset):
@@ -199,13 +193,3 @@ def features_for(model, images: Sequence[str | os.PathLike], cache_dir: str | os
         grid = FeatureCache(cache_dir, encoder, grid=True, pooled_too=pooled_cache).get(images, **kwargs)[0]
     pooled, _ = pooled_cache.get(images, **kwargs)
     return pooled, grid
-
-
-def boxes_for(model, images: Sequence[str | os.PathLike], cache_dir: str | os.PathLike) -> list | None:
-    """The COCO detector's boxes of these images for a captioner that uses them (None for
-    one that does not), from the detection cache."""
-    if not model.config.detector:
-        return None
-    from captioner.detector import DetectionCache
-
-    return DetectionCache(cache_dir, model.require_detector()).get(list(images))

@@ -167,3 +167,11 @@ def load_data_url(url: object, max_bytes: int = MAX_BYTES, **kwargs) -> Image.Im
     except (binascii.Error, ValueError) as err:
         raise ImageError("its data is not valid base64") from err
     return load_image(data, **kwargs)
+
+
+def image_key(path: str | os.PathLike) -> str:
+    """A photo's identity on disk (path, size, modification time): the key of the feature
+    and detection caches, which changes whenever the file does."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    return f"{path}|{stat.st_size}|{stat.st_mtime_ns}"

@@ -24,7 +24,9 @@ from collections import Counter
 from collections.abc import Sequence
 
 from captioner.cider import ngrams
+from captioner.rules import degenerate
 from captioner.vocabulary import tokenize
+from captioner.wordlists import mentioned_categories, person_words
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,6 @@ def caption_scores(references: dict[str, list[str]], predictions: dict[str, str]
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
 
-    from captioner.objects import object_mention_scores
 
     ids = sorted(predictions)
     gts = {i: [{"caption": c} for c in references[i]] for i in ids}
@@ -70,6 +71,47 @@ def caption_scores(references: dict[str, list[str]], predictions: dict[str, str]
         scores["CIDEr"] = float(Cider().compute_score(gts, res)[0])
     scores.update(object_mention_scores({i: references[i] for i in ids}, predictions))
     return scores
+
+
+def object_mention_scores(references: dict[str, list[str]], predictions: dict[str, str],
+                          min_references: int = 2) -> dict[str, float]:
+    """Micro-averaged object-mention precision, recall and F1 over images: the true objects
+    of an image are the COCO categories named in at least ``min_references`` of its human
+    captions; the predicted ones those its caption names, where every word that describes a
+    person (``rules.person_words``: "asian", "blonde", "young", "she"...) names a person too,
+    so that a caption cannot hide an invented person behind other words. ``degenerate``: the
+    captions no user should read (``rules.degenerate``)."""
+    describing = person_words()
+    broken = 0
+    hits = named = true = invented = captions_inventing = people_free = people_free_with_person = 0
+    for image, caption in predictions.items():
+        counts: dict[str, int] = {}
+        for ref in references[image]:
+            for category in mentioned_categories(tokenize(ref)):
+                counts[category] = counts.get(category, 0) + 1
+        truth = {c for c, n in counts.items() if n >= min_references}
+        tokens = tokenize(caption)
+        said = mentioned_categories(tokens) | ({"person"} if describing.intersection(tokens) else set())
+        broken += degenerate(tokens)
+        hits += len(said & truth)
+        named += len(said)
+        true += len(truth)
+        # CHAIR (Rohrbach et al. 2018) against the human captions: an object no caption names is invented
+        made_up = said - set(counts)
+        invented += len(made_up)
+        captions_inventing += bool(made_up)
+        if "person" not in counts:
+            people_free += 1
+            people_free_with_person += "person" in said
+    precision = hits / named if named else 0.0
+    recall = hits / true if true else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {"object_precision": precision, "object_recall": recall, "object_f1": f1,
+            "objects_named": named, "objects_true": true, "objects_correct": hits,
+            "CHAIR_s": captions_inventing / max(1, len(predictions)), "CHAIR_i": invented / max(1, named),
+            "people_free_photos": people_free,
+            "person_in_people_free": people_free_with_person / people_free if people_free else 0.0,
+            "degenerate": broken}
 
 
 def best_constant_caption(references: Sequence[Sequence[str]], candidates: Sequence[str]) -> tuple[str, float]:

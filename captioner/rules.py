@@ -25,11 +25,10 @@ nothing survives, the captioner says less: the detector's objects alone
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import cache
 
 import torch
 
-from captioner.objects import DATA, _rows, coco_synonyms
+from captioner.wordlists import person_words
 
 DETERMINERS = frozenset("a an the two three four five six several many some few each another one".split())
 # "of" opens a noun phrase too ("a group of different are": no noun), and an article may follow it
@@ -65,15 +64,6 @@ def is_modifier(word: str) -> bool:
 FUNCTION_WORDS = frozenset(
     "a an the of in on at with and to by near next from for into onto while is are its it their his her "
     "up down out over under behind front top side some two three".split())
-
-
-@cache
-def person_words() -> frozenset[str]:
-    """Every single word that names or describes a person."""
-    words = {p[0] for p, category in coco_synonyms().items() if category == "person" and len(p) == 1}
-    for line in _rows(DATA / "person_words.txt"):
-        words.update(w.strip() for w in line.split(",") if w.strip())
-    return frozenset(words)
 
 
 def problems(words: Sequence[str], person_ok: bool = True) -> list[str]:

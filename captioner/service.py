@@ -200,7 +200,7 @@ class CaptionService(ModelService):
     def default_beam(self) -> int:
         """The beam width the checkpoint was tuned for, read from its metadata alone."""
         from captioner.checkpoint import CheckpointError
-        from captioner.model import DecodingConfig
+        from captioner.decoding import DecodingConfig
 
         try:
             return self.model_class.read_settings(self.checkpoint)[1].beam_size

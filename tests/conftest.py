@@ -67,10 +67,13 @@ def memorising_captioner(lite0, **config):
     features, grids (or None) and the memorised captions."""
     import torch
 
+    from captioner.batches import CaptionTable
+    from captioner.decoding import DecodingConfig
     from captioner.images import load_image
-    from captioner.model import Captioner, CaptionerConfig, DecodingConfig
+    from captioner.losses import caption_loss
+    from captioner.model import Captioner
+    from captioner.network import CaptionerConfig
     from captioner.objects import slot_tokens
-    from captioner.training import CaptionTable, caption_loss
     from captioner.vocabulary import Vocabulary
 
     sample = flickr_sample(12)

@@ -4,7 +4,9 @@ import torch
 
 from captioner import search
 from captioner.decoder import ShowTellDecoder, packed_targets
-from captioner.model import Captioner, CaptionerConfig, DecodingConfig
+from captioner.decoding import DecodingConfig
+from captioner.model import Captioner
+from captioner.network import CaptionerConfig
 from captioner.vocabulary import Vocabulary
 
 WORDS = "a dog cat runs sits on the grass beach red ball man woman plays with".split()
@@ -52,7 +54,7 @@ def test_beam_width_one_is_exactly_greedy():
     features = torch.randn(16, 32)
     greedy = model.caption_features(features, beam_size=1)
     ctx, _ = model.network.context(features)
-    beam1 = [model._result(d, [], None, None) for d in search.beam_search(model.network.decoder, ctx, 1, 12)]
+    beam1 = [model.writer.result(d, [], None, None) for d in search.beam_search(model.network.decoder, ctx, 1, 12)]
     assert [g.words for g in greedy] == [b.words for b in beam1]
     for g, b in zip(greedy, beam1):
         assert g.probabilities == b.probabilities

@@ -13,13 +13,13 @@ from captioner.detector import (
     Boxes,
     DetectionCache,
     category_scores,
-    coco_categories,
     decode,
     letterbox,
     nms,
     shipped_detector,
     summary,
 )
+from captioner.wordlists import coco_categories
 from tests.conftest import shared
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captioner.rules import person_words, problems
+from captioner.rules import problems
+from captioner.wordlists import person_words
 from tests.conftest import shared, shipped
 
 # (photo, the words any of which names it); COCO photos none of our training ever saw
@@ -59,7 +60,7 @@ def test_the_warning_flags_telescope_microscope_and_retina_not_everyday_scenes(s
     """The COCO scenes (a kitchen, a pizza, zebras, giraffes, broccoli) are the kind of photo
     it now learned to describe; scikit-image's close-ups of a cat and an espresso stay
     unlike its photos (it says so, and that it recognises the cat and the coffee)."""
-    from captioner.model import UNFAMILIAR
+    from captioner.results import UNFAMILIAR
 
     strange = [photo(n) for n in ("hubble_deep_field", "immunohistochemistry", "retina")]
     guesses = shipped_model.caption(strange)

@@ -7,9 +7,9 @@ import io
 import pytest
 
 from captioner.cider import CiderD
-from captioner.metrics import best_constant_caption, caption_scores, consensus_caption
-from captioner.objects import mentioned_categories, object_mention_scores
+from captioner.metrics import best_constant_caption, caption_scores, consensus_caption, object_mention_scores
 from captioner.vocabulary import tokenize
+from captioner.wordlists import mentioned_categories
 
 REFS = {
     "1": ["a dog runs on the grass", "a brown dog is running through a field", "the dog plays outside"],

@@ -6,19 +6,14 @@ import pytest
 import torch
 from PIL import Image
 
-from captioner.objects import (
-    ObjectDetector,
-    imagenet_words,
-    mentioned_categories,
-    object_vocabulary,
-    substitute_slots,
-)
+from captioner.objects import ObjectDetector, object_vocabulary, substitute_slots
+from captioner.wordlists import imagenet_words, mentioned_categories
 from tests.conftest import flickr_sample, shipped
 
 
 def test_the_imagenet_map_names_every_class_in_the_classifier_order():
     from captioner.encoders import imagenet_categories
-    from captioner.objects import DATA
+    from captioner.wordlists import DATA
 
     rows = [line.split("\t") for line in (DATA / "imagenet_words.tsv").read_text().splitlines()
             if not line.startswith("#")]
@@ -98,7 +93,8 @@ def test_required_confident_objects_appear_in_the_caption(tiny_captioner):
 
 
 def test_familiarity_tells_photos_like_the_training_photos_from_telescope_and_microscope_images(wild):
-    from captioner.model import UNFAMILIAR, Captioner
+    from captioner.model import Captioner
+    from captioner.results import UNFAMILIAR
 
     model = Captioner.from_checkpoint(shipped("captioner.safetensors"), load_encoder=False)
     assert model.network.familiarity is not None, "the shipped captioner must carry its familiarity references"

@@ -42,10 +42,12 @@ from captioner.datasets import (
     split_of,
     text_source,
 )
+from captioner.detector import boxes_for
 from captioner.devices import resolve_device
-from captioner.features import FeatureCache, boxes_for, features_for
+from captioner.features import FeatureCache, features_for
 from captioner.metrics import best_constant_caption, caption_scores, java_available
-from captioner.model import DEFAULT_CHECKPOINT, UNFAMILIAR, Captioner
+from captioner.model import DEFAULT_CHECKPOINT, Captioner
+from captioner.results import UNFAMILIAR
 from captioner.retrieval import ConceptRetrieval, nearest_consensus
 from captioner.rules import degenerate
 from captioner.runtools import UserError, cli, evaluation_flags, write_report

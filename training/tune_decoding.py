@@ -25,8 +25,9 @@ from pathlib import Path
 
 from captioner.checkpoint import atomic_write_text, read_safetensors
 from captioner.datasets import DATASETS, captions_by_image, own_fractions, read_dataset, split_records
+from captioner.detector import boxes_for
 from captioner.devices import resolve_device
-from captioner.features import boxes_for, features_for
+from captioner.features import features_for
 from captioner.metrics import caption_scores
 from captioner.model import Captioner
 from captioner.runtools import UserError, cli, device_flag

@@ -1,0 +1,217 @@
+"""The decoding policy: from a network and a photo's inputs to decoded ids. Which words
+each caption must hold (constraints), which it may not (the rules), how the words naming
+a COCO object are tied to what the detectors see (grounding), greedy or beam: functions
+over a ``CaptionNetwork`` and the ``WordTables`` of its vocabulary; the search itself is
+``search.py``.
+
+    network.context (features, grid, objects, concepts, the detector's summary)
+        -> grounding (a score bias per word) and the required words (constraints)
+        -> search.greedy or search.beam_search over the decoder's step, with the rules
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from captioner import search
+from captioner.decoder import Context
+from captioner.detector import PERSON, category_scores
+from captioner.network import CaptionNetwork
+from captioner.objects import Detections
+from captioner.rules import CaptionRules
+from captioner.search import Decoded
+from captioner.vocabulary import Vocabulary
+from captioner.wordlists import coco_categories, coco_synonyms
+
+
+@dataclass
+class DecodingConfig:
+    """How captions are decoded unless the caller says otherwise."""
+
+    beam_size: int = 5
+    length_alpha: float = 1.0      # beam search length normalisation exponent
+    max_length: int = 20
+    min_object_prob: float = 0.0   # objects the classifier is less sure of are never copied
+    require_object_prob: float | None = None  # the top object, when this sure of it, must be in the caption
+    objects_only_below: float | None = None  # photos less familiar than this are described from their objects alone
+    text_world_above: float | None = None  # ... and photos whose nearest reference photos are mostly of
+    #                                         scenes known from caption text alone (familiarity.text_world)
+    person_below: float | None = None  # the previous release's person ban (no person words when the concept
+    #                                    detectors' surest person word is below this); models with the COCO
+    #                                    detector use ``person_score`` and the caption rules instead
+    person_score: float | None = None  # a caption may name or describe a person only when the detector's best
+    #                                    person box scores at least this (rules.py; None: no person rule)
+    rules: bool = False  # no word pair twice, no modifier without its noun (rules.py)
+    require_detected: float | None = None  # the detector's surest object (no person), when this sure of it,
+    #                                        must be named (any word naming its category; with the top object)
+    block_ngram: int = 0  # no caption repeats an n-gram of this length ("a cup of coffee and a cup of coffee"; 0: off)
+    ground_detector: bool = False  # grounding reads the COCO detector alone (not the concept detectors too)
+    ground_weight: float = 0.0  # a word naming a COCO category gets + ground_weight * log p, p the concept
+    #                             detectors' surest word for that category (0: off; see ``grounding``)
+
+
+
+@dataclass
+class CategoryIndex:
+    """Which caption words name which COCO category, and which concepts do: ``word_category``
+    (vocab,) the category of each word (-1: none), ``concepts`` each category's concept
+    indices, ``person`` the person category's index (-1: no person concept)."""
+
+    word_category: torch.Tensor
+    concepts: list[torch.Tensor]
+    person: int
+    names: list[str] = field(default_factory=list)  # each category's COCO name
+
+
+def category_indices(vocab: Vocabulary, concept_words: Sequence[str]) -> CategoryIndex | None:
+    """The COCO categories (``objects.coco_synonyms``) that both the vocabulary and the
+    concepts name; None when no concept names one."""
+    category_of = {p[0]: c for p, c in coco_synonyms().items() if len(p) == 1}
+    by_category: dict[str, list[int]] = {}
+    for i, w in enumerate(concept_words):
+        if w in category_of:
+            by_category.setdefault(category_of[w], []).append(i)
+    if not by_category:
+        return None
+    order = {c: k for k, c in enumerate(by_category)}
+    word_category = torch.tensor([order.get(category_of.get(w, ""), -1) for w in vocab.words])
+    return CategoryIndex(word_category, [torch.tensor(v) for v in by_category.values()], order.get("person", -1),
+                         list(by_category))
+
+
+def category_tokens(vocab: Vocabulary) -> torch.Tensor:
+    """(80, S) for each COCO category the vocabulary's single words that name it ("giraffe",
+    "giraffes"; ``objects.coco_synonyms``), padded with -1."""
+    column = {c: i for i, c in enumerate(coco_categories())}
+    words: list[list[int]] = [[] for _ in range(80)]
+    for phrase, category in coco_synonyms().items():
+        if len(phrase) == 1 and phrase[0] in vocab.index:
+            words[column[category]].append(vocab.index[phrase[0]])
+    table = torch.full((80, max(1, max(map(len, words)))), -1, dtype=torch.long)
+    for c, ids in enumerate(words):
+        table[c, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+    return table
+
+
+@dataclass
+class WordTables:
+    """What decoding needs to know of a captioner's words: the COCO categories of the
+    vocabulary and the concepts (``categories``), each category's words (``category_tokens``,
+    models with the detector), each object word's vocabulary id and grounding category
+    (``object_tokens``, ``object_category``; -1: none), and the rules over the vocabulary."""
+
+    rules: CaptionRules
+    categories: CategoryIndex | None = None
+    category_tokens: torch.Tensor | None = None
+    object_tokens: torch.Tensor | None = None
+    object_category: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, vocab: Vocabulary, object_words: Sequence[str], concept_words: Sequence[str],
+           detector: bool) -> WordTables:
+        categories = category_indices(vocab, concept_words)
+        tables = cls(CaptionRules(vocab.words, vocab.end_id), categories,
+                     category_tokens(vocab) if detector else None)
+        if object_words:
+            tables.object_tokens = torch.tensor([vocab.index.get(w, -1) for w in object_words], dtype=torch.long)
+        if object_words and categories is not None:
+            order = {c: k for k, c in enumerate(categories.names)}
+            named = coco_synonyms()
+            tables.object_category = torch.tensor(
+                [order.get(named.get(tuple(w.split()), ""), -1) for w in object_words], dtype=torch.long)
+        return tables
+
+
+def grounding(tables: WordTables, concepts: torch.Tensor, decoding: DecodingConfig,
+              boxes: torch.Tensor | None = None, detections: Detections | None = None) -> torch.Tensor | None:
+    """(B, vocab) additions to the words' scores that tie the words naming a COCO
+    category to what the detectors see: ``ground_weight * log p`` (p: the surest concept
+    of the word's category, or the COCO detector's score), and -inf for person words when
+    the surest person concept is below ``person_below`` (the previous release's ban). An
+    object slot whose word names a category ("dog" from the ImageNet classifier) is
+    grounded like the word itself (models with the COCO detector). None when nothing is asked for."""
+    index = tables.categories
+    if not decoding.ground_weight and decoding.person_below is None:
+        return None
+    groups = torch.stack([concepts[:, c].amax(1) for c in index.concepts], 1)  # (B, categories)
+    if boxes is not None:  # the detector's evidence too: the surer of the two, or the detector's alone
+        column = {name: i for i, name in enumerate(coco_categories())}
+        detected = category_scores(boxes)[:, [column[n] for n in index.names]].to(groups.dtype)
+        groups = detected.clamp_min(0.02) if decoding.ground_detector else torch.maximum(groups, detected)
+    word_category = index.word_category.to(concepts.device)
+    has = word_category >= 0
+    bias = concepts.new_zeros(len(concepts), len(word_category))
+    if decoding.ground_weight:
+        picked = groups[:, word_category.clamp_min(0)].clamp_min(1e-6).log()
+        bias = torch.where(has[None, :], decoding.ground_weight * picked, bias)
+        if detections is not None and boxes is not None and tables.object_category is not None:
+            slot_category = tables.object_category.to(concepts.device)[detections.words]  # (B, K)
+            slot = groups.gather(1, slot_category.clamp_min(0)).clamp_min(1e-6).log()
+            first = bias.shape[1] - slot_category.shape[1]
+            bias[:, first:] = torch.where(slot_category >= 0, decoding.ground_weight * slot, 0.0)
+    if decoding.person_below is not None and index.person >= 0:
+        unlikely = groups[:, index.person] < decoding.person_below
+        person_words = word_category == index.person
+        bias = bias.masked_fill(unlikely[:, None] & person_words[None, :], float("-inf"))
+    return bias
+
+
+def required_words(tables: WordTables, first_slot: int, detections: Detections | None, boxes: torch.Tensor | None,
+                   decoding: DecodingConfig) -> torch.Tensor | None:
+    """(B, S) the words of which each caption must hold one (-1: none; None: no image
+    has any): the top object's slot when the classifier is sure of it, and every word
+    naming the detector's surest category (no person) when the detector is."""
+    parts = []
+    if detections is not None and decoding.require_object_prob is not None:
+        sure = detections.probs[:, 0] >= decoding.require_object_prob
+        parts.append(torch.where(sure, first_slot, -1)[:, None])
+    if boxes is not None and decoding.require_detected is not None and tables.category_tokens is not None:
+        scores = category_scores(boxes).clone()
+        scores[:, PERSON] = 0.0
+        best, category = scores.max(1)
+        words = tables.category_tokens.to(boxes.device)[category]
+        parts.append(words.masked_fill((best < decoding.require_detected)[:, None], -1))
+    if not parts:
+        return None
+    required = torch.cat(parts, 1)
+    return required if bool((required >= 0).any()) else None
+
+
+def decode(network: CaptionNetwork, tables: WordTables, features: torch.Tensor, decoding: DecodingConfig,
+           grid: torch.Tensor | None = None, familiarity: torch.Tensor | None = None,
+           text_world: torch.Tensor | None = None, boxes: torch.Tensor | None = None
+           ) -> tuple[list[Decoded], Detections | None, Context]:
+    """Decode a batch of photos' captions: (decoded ids, the classifier's objects, the context)."""
+    objects_only = None
+    if decoding.objects_only_below is not None and familiarity is not None and network.objects is not None:
+        objects_only = familiarity < decoding.objects_only_below
+    if decoding.text_world_above is not None and text_world is not None and network.objects is not None:
+        by_world = text_world >= decoding.text_world_above
+        objects_only = by_world if objects_only is None else objects_only | by_world
+    ctx, detections = network.context(features, grid, decoding.min_object_prob, objects_only=objects_only,
+                                      boxes=boxes)
+    if "concepts" in ctx and tables.categories is not None:
+        bias = grounding(tables, ctx["concepts"], decoding, ctx.get("boxes"), detections)
+        if bias is not None:
+            ctx["word_bias"] = bias
+    required = required_words(tables, network.decoder.first_slot, detections, ctx.get("boxes"), decoding)
+    decoder = network.inference_decoder
+    constraints = None
+    if decoding.rules or decoding.person_score is not None:
+        person_ok = None
+        if decoding.person_score is not None and "boxes" in ctx:
+            person_ok = category_scores(ctx["boxes"])[:, PERSON] >= decoding.person_score
+        slot_words = None
+        if detections is not None and tables.object_tokens is not None:
+            slot_words = tables.object_tokens.to(detections.words.device)[detections.words]
+        constraints = search.Constraints(tables.rules, person_ok, decoding.rules, slot_words)
+    if decoding.beam_size == 1 and required is None:
+        decoded = search.greedy(decoder, ctx, decoding.max_length, decoding.block_ngram, constraints)
+    else:
+        decoded = search.beam_search(decoder, ctx, decoding.beam_size, decoding.max_length,
+                                     decoding.length_alpha, must_include=required,
+                                     block_ngram=decoding.block_ngram, constraints=constraints)
+    return decoded, detections, ctx

@@ -1,0 +1,134 @@
+"""Results: decoded ids -> words (object slots written as their objects, articles fixed),
+each word's probability and where it looked, the objects, concepts and boxes, the
+familiarity: the ``CaptionResult`` a caller gets back (``to_dict`` is the CLI's and the
+API's JSON).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from captioner.detector import Boxes
+from captioner.objects import Detections
+from captioner.rules import describe_objects, problems
+from captioner.search import Decoded
+from captioner.vocabulary import Vocabulary, fix_article
+
+log = logging.getLogger(__name__)
+
+# Below this familiarity fewer than 1% of held-out photos like the training photos look as
+# unlike them (familiarity.py); the CLI and the app say so beside the caption.
+UNFAMILIAR = 0.01
+DETECTED = 0.5  # boxes at least this sure are shown, counted and listed among a result's objects
+
+
+@dataclass
+class CaptionResult:
+    caption: str
+    words: list[str]
+    probabilities: list[float]
+    score: float = 0.0
+    objects: list[dict] = field(default_factory=list)  # [{"word", "probability"}], most probable first
+    familiarity: float | None = None
+    attention: list[list[float]] | None = None         # per word, weights over the grid (row-major)
+    grid: tuple[int, int] | None = None
+    boxes: list[dict] | None = None                     # the COCO detector's boxes (detector.Boxes.to_list)
+
+    def to_dict(self) -> dict:
+        out = {"caption": self.caption, "words": self.words, "probabilities": self.probabilities,
+               "objects": self.objects, "familiarity": self.familiarity}
+        if self.attention is not None:
+            out.update(attention=self.attention, attention_grid=list(self.grid))
+        if self.boxes is not None:
+            out["boxes"] = self.boxes
+        return out
+
+
+
+@dataclass
+class Writer:
+    """Writes one captioner's decoded ids as words and results: its vocabulary, where its
+    object slots start (``first_slot``), its object and concept words."""
+
+    vocab: Vocabulary
+    first_slot: int
+    object_words: Sequence[str] = ()
+    concept_words: Sequence[str] = ()
+
+    def results(self, decoded: Sequence[Decoded], detections: Detections | None, concepts: list | None,
+                familiarity: list | None, grid: tuple[int, int] | None) -> list[CaptionResult]:
+        """One result per decoded caption: the classifier's objects (``detections``), the
+        concepts the detectors are sure of (``concepts``: each photo's probabilities)."""
+        n = len(decoded)
+        objects = ([[{"word": self.object_words[w], "probability": round(p, 4), "kind": "object"}
+                     for w, p in zip(ws, ps)]
+                    for ws, ps in zip(detections.words.tolist(), detections.probs.tolist())]
+                   if detections is not None else [[] for _ in range(n)])
+        for row, probs in zip(objects, concepts or []):
+            row += self.concepts(probs)
+        familiarity = familiarity if familiarity is not None else [None] * n
+        return [self.result(*row, grid) for row in zip(decoded, objects, familiarity)]
+
+    def concepts(self, probs: Sequence[float], min_prob: float = 0.5, most: int = 10) -> list[dict]:
+        """The concepts the detectors are sure of, most probable first."""
+        ranked = sorted(((p, w) for w, p in zip(self.concept_words, probs) if p >= min_prob), reverse=True)[:most]
+        return [{"word": w, "probability": round(p, 4), "kind": "concept"} for p, w in ranked]
+
+    def result(self, decoded: Decoded, objects: list[dict], familiarity: float | None,
+                grid: tuple[int, int] | None) -> CaptionResult:
+        names = [o["word"] for o in objects]
+        words, probs, attention = [], [], [] if decoded.attention is not None else None
+        for n, i in enumerate(decoded.ids):  # ids hold no <start>/<pad>/<end>: probabilities align
+            had = len(words)
+            phrase = self.phrase(i, names, words)
+            if len(words) < had:  # an article dropped before a mass noun
+                del probs[-1]
+                if attention is not None:
+                    del attention[-1]
+            words += phrase
+            probs += [round(decoded.probabilities[n], 6)] * len(phrase)
+            if attention is not None:
+                attention += [[round(a, 5) for a in decoded.attention[n]]] * len(phrase)
+        return CaptionResult(" ".join(words), words, probs, decoded.score, objects,
+                             None if familiarity is None else round(familiarity, 4), attention, grid)
+
+    def phrase(self, token: int, objects: Sequence[str], before: list[str]) -> list[str]:
+        """The word(s) of one token: a slot is its object's word, with the article before
+        it corrected for that word (``vocabulary.fix_article``)."""
+        first_slot = self.first_slot
+        if token < first_slot:
+            return [self.vocab.words[token]]
+        phrase = objects[token - first_slot].split()
+        fix_article(before, phrase)
+        return phrase
+
+    def words_of(self, ids: Sequence[int], objects: Sequence[str]) -> list[str]:
+        """The words of a token sequence (``<start> ... <end> <pad>...`` or bare) for an
+        image whose detected object words are ``objects``."""
+        words: list[str] = []
+        for i in ids:
+            if i == self.vocab.end_id:
+                break
+            if i not in (self.vocab.start_id, self.vocab.pad_id):
+                words += self.phrase(i, objects, words)
+        return words
+
+
+def add_boxes(result: CaptionResult, photo: Boxes, person_ok: bool, rules: bool) -> None:
+    """The detector's objects in the result; a caption that breaks a rule (none should
+    get through the search) becomes the detector's objects alone (say less, never nonsense)."""
+    result.boxes = photo.to_list(DETECTED)
+    counts = photo.counts(DETECTED)
+    best = {}
+    for b in result.boxes:
+        best.setdefault(b["category"], b["score"])
+    result.objects += [{"word": c, "probability": p, "kind": "detected", "count": counts.get(c, 1)}
+                       for c, p in best.items()]
+    if rules and (not result.words or problems(result.words, person_ok)):
+        words = describe_objects(counts, person_ok) or (["a", "photo"] if not result.words else None)
+        if words is not None:
+            log.info("caption %r broke a rule; said %r instead", result.caption, " ".join(words))
+            result.caption, result.words = " ".join(words), words
+            result.probabilities, result.attention = [0.0] * len(words), None
