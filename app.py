@@ -55,23 +55,21 @@ def make_services(places: Places | None = None, device: str | None = None, preci
         captions.run_batch = spaces.GPU(captions.run_batch)
     except ImportError:
         pass
-    recordings = (places.find("char_trajectories", "trajectories_train.mat")
-                  or places.find("char_trajectories", "mixoutALL_shifted.mat"))
-    mnist_root = places.data if places.find("MNIST", "raw", "t10k-images-idx3-ubyte") else places.cache
     return Services(captions, DigitService(places.checkpoints / "mnist.safetensors"),
-                    TrajectoryService(places.checkpoints / "trajectory.safetensors", recordings=recordings),
-                    FrameService(places.checkpoints / "nextframe.safetensors", mnist_root=mnist_root))
+                    TrajectoryService(places.checkpoints / "trajectory.safetensors",
+                                      recordings=places.samples / "char_trajectories_held_out.json"),
+                    FrameService(places.checkpoints / "nextframe.safetensors", mnist_root=places.samples))
 
 
 def build_app(services: Services | None = None) -> gr.Blocks:
     services = services or make_services()
     with gr.Blocks(title="LSTM Captioner", delete_cache=(3600, 3600)) as demo:
-        gr.Markdown("# LSTM Captioner\nA CNN encoder and an LSTM decoder write a caption for your photo. "
-                    "Three more tabs show other LSTMs at work.")
+        gr.Markdown("# LSTM Captioner\nA photo in, a sentence out: a CNN sees, an LSTM writes. The other tabs "
+                    "show three more LSTMs at work.", elem_id="intro")
         for title, tab_id, tab in (("Caption", "caption", CaptionTab(services.captions)),
-                                   ("MNIST digits", "digits", DigitsTab(services.digits)),
-                                   ("Hand trajectory", "trajectory", TrajectoryTab(services.trajectories)),
-                                   ("Next frame", "frames", FramesTab(services.frames))):
+                                   ("Digits", "digits", DigitsTab(services.digits)),
+                                   ("Strokes", "trajectory", TrajectoryTab(services.trajectories)),
+                                   ("Frames", "frames", FramesTab(services.frames))):
             with gr.Tab(title, id=tab_id):
                 tab.build()
     return demo

@@ -154,8 +154,7 @@ def test_predict_trajectory_rejects_bad_strokes(tabs, points, message):
 
 
 def test_predict_frames_function(tabs):
-    shipped("nextframe.safetensors")
-    shared("MNIST")
+    shipped("nextframe.safetensors")  # from the digits shipped in demos/samples
     picture, summary = tabs.frames.predict_frames(3)
     assert picture.size[0] == 1280
     assert summary["mse_per_frame"] < summary["copy_last_frame_mse_per_frame"]
@@ -232,7 +231,7 @@ def test_caption_api_takes_one_file_as_well_as_a_list(client, tmp_path):
     assert len(results) == 1 and results[0]["image"] == "camera.jpg" and results[0]["caption"]
 
 
-def test_photos_show_before_their_captions_and_captured_ones_pass_the_safe_loader(tabs, tmp_path):
+def test_a_file_that_is_not_a_photo_is_taken_out_when_added_and_captured_ones_pass_the_safe_loader(tabs, tmp_path):
     import base64
     import io
 
@@ -244,20 +243,50 @@ def test_photos_show_before_their_captions_and_captured_ones_pass_the_safe_loade
     bad.write_text("<html>not a photo</html>")
     from webapp.caption_tab import example_images
 
-    shown = tabs.caption.preview([str(example_photo(tmp_path)), str(bad)])
-    assert len(shown) == 2 and shown[0][0].size[0] <= 256 and "page.jpg:" in shown[1][1]
+    good = str(example_photo(tmp_path))
+    kept, message, *_ = tabs.caption.check_added([good, str(bad)])
+    assert kept == [good] and "page.jpg was left out" in message and "HTML" in message
+    kept, message, *_ = tabs.caption.check_added([good])
+    assert kept == [good] and message == ""
     buffer = io.BytesIO()
     Image.new("RGB", (40, 30), (200, 0, 0)).save(buffer, format="PNG")
     url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-    files, chosen = tabs.caption.add_captured([str(bad)], gr.EventData(None, {"image": url, "source": "webcam"}))
-    assert len(files) == 2 and "webcam-" in files[1] and len(chosen) == 2
+    files, *_ = tabs.caption.add_captured([good], gr.EventData(None, {"image": url, "source": "webcam"}))
+    assert len(files) == 2 and "webcam-" in files[1]
     svg = "data:image/svg+xml;base64," + base64.b64encode(b"<svg xmlns='http://www.w3.org/2000/svg'/>").decode()
     with pytest.raises(gr.Error, match="could not be read"):
         tabs.caption.add_captured([], gr.EventData(None, {"image": svg, "source": "clipboard"}))
     with pytest.raises(gr.Error, match="could not be read"):
         tabs.caption.add_captured([], gr.EventData(None, {"image": "javascript:alert(1)"}))
-    files, chosen = tabs.caption.pick_example(None, gr.SelectData(None, {"index": 0, "value": None}))
-    assert files == [example_images()[0]] and len(chosen) == 1
+    files, *_ = tabs.caption.pick_example(gr.SelectData(None, {"index": 0, "value": None}))
+    assert files == [example_images()[0]]  # an example replaces the photos: it is captioned alone
+
+
+def test_the_page_says_a_mistake_once_in_the_caption_area(tabs, tmp_path):
+    shipped("captioner.safetensors")
+    html, photos, *rest = tabs.caption.caption_on_page(None)
+    assert "Choose a photo first." in html and photos == "" and rest[-1] == ""
+    bad = tmp_path / "x.jpg"
+    bad.write_bytes(b"")
+    html, *_ = tabs.caption.caption_on_page([str(bad)], "greedy", 1)
+    assert "x.jpg" in html and "empty" in html
+    html, photos, *_ = tabs.caption.caption_on_page([str(example_photo(tmp_path, "coffee"))], "greedy", 1)
+    assert "class='caption'" in html and photos.count("<img") == 1
+
+
+def test_the_shipped_examples_are_everyday_scenes_it_describes_as_familiar(tabs):
+    """The examples under the upload box: at least 4, each captioned without the
+    'unlike the photos it learned from' warning, each credited."""
+    from webapp.caption_tab import EXAMPLES, example_images
+
+    shipped("captioner.safetensors")
+    examples = example_images()
+    assert len(examples) >= 4
+    credits = (EXAMPLES / "CREDITS.md").read_text()
+    assert all(f"`{os.path.basename(p)}`" in credits for p in examples)
+    assert sum(os.path.getsize(p) for p in examples) < 2_000_000
+    html, *_, results, _ = tabs.caption.caption(examples)
+    assert "unfamiliar" not in html and all(r["caption"] for r in results)
 
 
 def test_bad_upload_through_gradio_client_is_a_clear_error(client, tmp_path):
@@ -280,7 +309,6 @@ def test_other_endpoints_through_gradio_client(client, tmp_path):
     _, result = client.predict("[[0, 0], [1, 1], [2, 2], [3, 3]]", api_name="/predict_trajectory")
     assert np.allclose(result["constant_velocity"][0], [4, 4])
     shipped("nextframe.safetensors")
-    shared("MNIST")
     _, summary = client.predict(11, api_name="/predict_frames")
     assert summary["mse_per_frame"] > 0
 
@@ -308,5 +336,6 @@ def test_the_caption_tab_lists_objects_and_concepts(tabs):
     html, gallery, *_, results, _ = tabs.caption.caption([zebras])
     kinds = {o["kind"] for o in results[0]["objects"]}
     assert kinds == {"detected", "object", "concept"}, results[0]["objects"]
-    assert "Detected: zebra &times;2" in html and "Objects: zebra" in html and "concepts: " in html
+    assert "Boxed by the object detector</dt><dd>zebra &times;2" in html
+    assert "Seen by the image classifier</dt><dd>zebra" in html and "Concepts learned from captions" in html
     assert [b["category"] for b in results[0]["boxes"]] == ["zebra", "zebra"]

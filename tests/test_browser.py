@@ -1,7 +1,8 @@
-"""A real browser (Chromium through Playwright) against the running app. Screenshots are
-kept in artifacts/browser/."""
+"""A real browser (Chromium through Playwright) against the running app, on a laptop's
+screen (1280x900) and a phone's (390x844). Screenshots are kept in artifacts/browser/."""
 
 import json
+import math
 import re
 import shutil
 from pathlib import Path
@@ -13,6 +14,7 @@ from tests.conftest import ROOT, shipped
 pytestmark = pytest.mark.browser
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = ROOT / "artifacts" / "browser"
+LAPTOP, PHONE = {"width": 1280, "height": 900}, {"width": 390, "height": 844}
 
 
 @pytest.fixture(scope="module")
@@ -30,32 +32,124 @@ def browser():
         browser.close()
 
 
-@pytest.fixture
-def page(browser, server):
-    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+def open_app(browser, server, viewport, **context):
+    context = browser.new_context(viewport=viewport, **context)
     page = context.new_page()
     page.goto(server["url"], wait_until="networkidle")
+    return page
+
+
+@pytest.fixture
+def page(browser, server):
+    page = open_app(browser, server, LAPTOP)
     yield page
-    context.close()
+    page.context.close()
 
 
-def test_upload_a_photo_and_read_its_caption(page, tmp_path):
+@pytest.fixture
+def phone(browser, server):
+    page = open_app(browser, server, PHONE, is_mobile=True, has_touch=True, device_scale_factor=2)
+    yield page
+    page.context.close()
+
+
+def in_viewport(page, locator) -> bool:
+    box = locator.bounding_box()
+    size = page.viewport_size
+    return box is not None and box["y"] >= 0 and box["y"] + box["height"] <= size["height"] and box["x"] >= 0 \
+        and box["x"] + box["width"] <= size["width"]
+
+
+def a_photo(tmp_path, name="camera"):
     import skimage.data
     from PIL import Image
 
+    path = tmp_path / f"{name}.jpg"
+    Image.fromarray(getattr(skimage.data, name)()).convert("RGB").save(path)
+    return path
+
+
+def caption_words(page) -> list[str]:
+    return re.findall(r"[a-z]+", page.locator("#caption-output .caption").first.inner_text().lower())
+
+
+def test_before_any_input_the_examples_are_in_the_first_screen_and_no_output_shows(page):
     shipped("captioner.safetensors")
-    photo = tmp_path / "cameraman.jpg"
-    Image.fromarray(skimage.data.camera()).convert("RGB").save(photo)
-    page.locator("#caption-files input[type=file]").set_input_files(str(photo))
+    examples = page.locator("#caption-examples img")
+    assert examples.count() >= 4
+    assert all(in_viewport(page, examples.nth(i)) for i in range(examples.count()))
+    assert in_viewport(page, page.locator("#caption-button"))
+    assert page.locator("#caption-output .caption").count() == 0
+    for hidden in ("#caption-all", "#caption-looked", "#caption-advanced input[type=range]"):
+        assert not page.locator(hidden).first.is_visible()
+    page.screenshot(path=str(SHOTS / "caption_start.png"))
+
+
+def test_upload_a_photo_and_read_its_caption_in_the_first_screen(page, tmp_path):
+    shipped("captioner.safetensors")
+    page.locator("#caption-files input[type=file]").set_input_files(str(a_photo(tmp_path)))
     page.wait_for_timeout(500)
     page.locator("#caption-button").click()
     caption = page.locator("#caption-output .caption")
     caption.wait_for(timeout=60_000)
-    text = caption.inner_text().strip()
-    page.screenshot(path=str(SHOTS / "caption.png"), full_page=True)
-    assert "man" in text.split()
-    assert page.locator("#caption-output .w").count() == len(text.split())  # every word shaded
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(SHOTS / "caption.png"))
+    assert "man" in caption_words(page)
+    assert in_viewport(page, caption)
+    assert page.locator("#caption-photos img").count() == 1  # the photo, whole, with the detector's boxes
+    assert page.locator("#caption-photos img").bounding_box()["width"] >= 600
+    details = page.locator("#caption-output details.more")
+    assert details.count() == 1 and not page.locator("#caption-output .w").first.is_visible()  # folded away
+    details.locator("summary").click()
+    assert page.locator("#caption-output .w").count() == len(caption_words(page))  # each word's confidence
     assert "caption in" in page.locator("#caption-timing").inner_text()
+    assert page.locator("#caption-all").is_visible()  # the table and downloads, folded
+
+
+def test_on_a_phone_the_caption_comes_into_view_and_every_tab_is_in_sight(phone, tmp_path):
+    shipped("captioner.safetensors")
+    for name in ("Caption", "Digits", "Strokes", "Frames"):  # none hidden behind a menu
+        assert phone.get_by_role("tab", name=name).is_visible()
+    assert not phone.locator("#photo-capture .paste-hint").is_visible()  # no keyboard-only hint on a touch screen
+    phone.locator("#caption-files input[type=file]").set_input_files(str(a_photo(tmp_path, "coffee")))
+    phone.wait_for_timeout(500)
+    phone.locator("#caption-button").click()
+    caption = phone.locator("#caption-output .caption")
+    caption.wait_for(timeout=60_000)
+    assert in_viewport(phone, caption)
+    phone.screenshot(path=str(SHOTS / "caption_phone.png"))
+
+
+def test_clicking_an_example_captions_that_photo_alone(page, tmp_path):
+    shipped("captioner.safetensors")
+    page.locator("#caption-files input[type=file]").set_input_files(str(a_photo(tmp_path)))
+    page.wait_for_timeout(500)
+    page.locator("#caption-examples img").first.click()
+    page.locator("#caption-output .caption").wait_for(timeout=60_000)
+    assert page.locator("#caption-output .caption").count() == 1
+    assert "camera.jpg" not in page.locator("#caption-files").inner_text()
+    assert in_viewport(page, page.locator("#caption-output .caption"))
+    assert not page.locator("#caption-output .unfamiliar").count()  # an everyday scene, like its training photos
+
+
+def test_a_file_that_is_not_a_photo_is_refused_when_added_and_an_empty_click_says_so_once(page, tmp_path):
+    shipped("captioner.safetensors")
+    page.locator("#caption-button").click()
+    note = page.locator("#caption-output .note")
+    note.wait_for(timeout=20_000)
+    assert note.inner_text() == "Choose a photo first."
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not a photo")
+    page.locator("#caption-files input[type=file]").set_input_files([str(a_photo(tmp_path)), str(bad)])
+    page.wait_for_function("() => { const n = document.querySelector('#caption-output .note');"
+                           " return n && n.textContent.includes('notes.jpg'); }", timeout=20_000)
+    assert "left out" in note.inner_text() and in_viewport(page, note)
+    files = page.locator("#caption-files").inner_text()
+    assert "camera" in files and "notes" not in files  # taken out at once
+    assert page.get_by_text("Error", exact=True).count() == 0  # no red badges
+    page.locator("#caption-button").click()
+    page.locator("#caption-output .caption").wait_for(timeout=60_000)
+    assert page.locator("#caption-output .caption").count() == 1
 
 
 PASTE_A_PHOTO = """async () => {
@@ -67,38 +161,25 @@ PASTE_A_PHOTO = """async () => {
 }"""
 
 
-def test_photos_from_a_file_the_clipboard_the_webcam_and_the_examples_show_before_their_captions(page, tmp_path):
-    import skimage.data
-    from PIL import Image
-
+def test_photos_from_a_file_the_clipboard_and_the_webcam_are_captioned_together(page, tmp_path):
     shipped("captioner.safetensors")
-    photo = tmp_path / "cat.jpg"
-    Image.fromarray(skimage.data.chelsea()).save(photo)
-    preview = page.locator("#caption-preview img")
-    page.locator("#caption-files input[type=file]").set_input_files(str(photo))
-    preview.first.wait_for(timeout=20_000)  # seen at once, before any caption
-    assert page.locator("#caption-output .caption").count() == 0
+    page.locator("#caption-files input[type=file]").set_input_files(str(a_photo(tmp_path, "chelsea")))
+    page.wait_for_timeout(500)
     page.evaluate(PASTE_A_PHOTO)
-    page.wait_for_function("document.querySelectorAll('#caption-preview img').length >= 2", timeout=20_000)
+    page.wait_for_function("document.querySelector('#caption-files').innerText.includes('pasted-')", timeout=20_000)
     page.locator("#photo-capture .cam-start").click()
     page.locator("#photo-capture .cam-shot").wait_for(state="visible", timeout=20_000)
     page.wait_for_timeout(500)  # a frame of the fake camera
     page.locator("#photo-capture .cam-shot").click()
-    page.wait_for_function("document.querySelectorAll('#caption-preview img').length >= 3", timeout=20_000)
-    examples = page.locator("#caption-examples img")
-    assert examples.count() >= 5  # the examples are pictures
-    examples.last.click()  # the Hubble deep field
-    page.wait_for_function("document.querySelectorAll('#caption-preview img').length >= 4", timeout=20_000)
+    page.wait_for_function("document.querySelector('#caption-files').innerText.includes('webcam-')", timeout=20_000)
     page.locator("#caption-button").click()
-    page.wait_for_function("document.querySelectorAll('#caption-output .caption').length >= 4", timeout=90_000)
+    page.wait_for_function("document.querySelectorAll('#caption-output .caption').length >= 3", timeout=90_000)
     page.screenshot(path=str(SHOTS / "caption_sources.png"), full_page=True)
     text = page.locator("#caption-output").inner_text()
-    assert "cat.jpg" in text and "pasted-" in text and "webcam-" in text and "hubble_deep_field.jpg" in text
-    assert page.locator("#caption-output .objects").count() == 4  # what it recognises, beside each caption
-    if "familiarity" in text:  # an object-aware model says when a photo is unlike its training photos
-        assert page.locator("#caption-output .unfamiliar").count() >= 1
-    if page.locator("#caption-attention").is_visible():  # an attention model shows where it looked
-        assert page.locator("#caption-attention img").count() == 4
+    assert "chelsea.jpg" in text and "pasted-" in text and "webcam-" in text
+    assert page.locator("#caption-photos img").count() == 3
+    page.locator("#caption-all").click()
+    assert page.locator("#caption-all table").first.is_visible()
 
 
 def _draw(page, box, path, steps=12, delay=20):
@@ -110,43 +191,65 @@ def _draw(page, box, path, steps=12, delay=20):
     page.mouse.up()
 
 
-def test_draw_a_digit_on_the_canvas_and_read_the_prediction(page):
+@pytest.mark.parametrize("screen", ["page", "phone"])
+def test_draw_a_digit_read_the_answer_in_view_and_clear_it(screen, request):
     shipped("mnist.safetensors")
-    page.get_by_role("tab", name="MNIST digits").click()
+    page = request.getfixturevalue(screen)
+    page.get_by_role("tab", name="Digits").click()
     canvas = page.locator("#digit-canvas canvas").first
     canvas.wait_for(timeout=20_000)
+    canvas.scroll_into_view_if_needed()
     box = canvas.bounding_box()
     w, h = box["width"], box["height"]
     _draw(page, box, [(0.30 * w, 0.22 * h), (0.70 * w, 0.22 * h), (0.45 * w, 0.80 * h)])  # a 7
-    label = page.locator("#digit-label")
+    answer = page.locator("#digit-label h2, #digit-label .output-class").first
     page.wait_for_function("() => { const e = document.querySelector('#digit-label h2, #digit-label .output-class');"
                            " return e && e.textContent.trim().length > 0; }", timeout=30_000)
-    page.screenshot(path=str(SHOTS / "digit.png"), full_page=True)
-    assert label.locator("h2, .output-class").first.inner_text().strip() == "7"
+    page.wait_for_timeout(300)
+    page.screenshot(path=str(SHOTS / f"digit_{screen}.png"))
+    assert answer.inner_text().strip() == "7"
+    assert in_viewport(page, answer)
+    page.locator("#digit-canvas .digit-clear").click()
+    page.wait_for_function("() => { const e = document.querySelector('#digit-label h2, #digit-label .output-class');"
+                           " return !e || e.textContent.trim() === ''; }", timeout=10_000)
 
 
 def test_draw_a_stroke_and_see_a_prediction(page):
     shipped("trajectory.safetensors")
-    page.get_by_role("tab", name="Hand trajectory").click()
+    page.get_by_role("tab", name="Strokes").click()
     canvas = page.locator("#stroke-canvas")
     canvas.wait_for(timeout=20_000)
     box = canvas.bounding_box()
-    import math
-
     arc = [(box["width"] * (0.5 + 0.3 * math.cos(a / 10)), box["height"] * (0.5 + 0.3 * math.sin(a / 10)))
            for a in range(0, 40)]
     _draw(page, box, arc, steps=2, delay=25)
+    page.locator("#stroke-picture img").wait_for(timeout=30_000)
+    page.screenshot(path=str(SHOTS / "stroke.png"), full_page=True)
+    assert not page.locator("#stroke-result").is_visible()  # the raw points are folded away
+    page.get_by_text("The points (JSON)").click()
     page.wait_for_function("() => { const e = document.querySelector('#stroke-result');"
                            " return e && e.textContent.includes('constant_velocity'); }", timeout=30_000)
-    page.screenshot(path=str(SHOTS / "stroke.png"), full_page=True)
     points = json.loads(page.locator("#stroke-points textarea").input_value())
     assert len(points) >= 20
     assert page.locator("#stroke-picture img").count() == 1
 
 
+def test_a_real_recording_is_listed_and_continued(page):
+    shipped("trajectory.safetensors")
+    page.get_by_role("tab", name="Strokes").click()
+    recording = page.locator("#recording input")
+    recording.wait_for(timeout=20_000)
+    assert "pen trajectory #" in recording.input_value()
+    page.locator("#recording-button").click()
+    page.locator("#stroke-picture img").wait_for(timeout=30_000)
+    page.get_by_text("The points (JSON)").click()
+    page.wait_for_function("() => { const e = document.querySelector('#stroke-result');"
+                           " return e && e.textContent.includes('truth'); }", timeout=30_000)
+
+
 def test_predict_the_next_frames_of_a_clip(page):
     shipped("nextframe.safetensors")
-    page.get_by_role("tab", name="Next frame").click()
+    page.get_by_role("tab", name="Frames").click()
     page.locator("#clip-number input").fill("3")
     page.locator("#frames-button").click()
     page.wait_for_function("() => { const e = document.querySelector('#frames-summary');"

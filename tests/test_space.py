@@ -33,6 +33,9 @@ def test_the_uploaded_files_start_as_a_space_and_caption_a_photo(tmp_path):
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     sent = list(filter_repo_objects(tracked, allow_patterns=upload_patterns()))
     assert "checkpoints/captioner.safetensors" in sent and not any(p.startswith("tests/") for p in sent)
+    for needed in ("webapp/examples/CREDITS.md", "demos/samples/MNIST/raw/t10k-images-idx3-ubyte",
+                   "demos/samples/char_trajectories_held_out.json"):  # the tabs' own data travels with them
+        assert needed in sent
     space = tmp_path / "space"
     for path in sent:
         (space / path).parent.mkdir(parents=True, exist_ok=True)
@@ -66,6 +69,10 @@ def test_the_uploaded_files_start_as_a_space_and_caption_a_photo(tmp_path):
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         *_, results, timing = client.predict([handle_file(str(photo))], "greedy", 1, api_name="/caption")
         assert results[0]["caption"] and "coffee" in results[0]["words"], results[0]
+        picture, summary = client.predict(3, api_name="/predict_frames")  # no download, no ../shared
+        assert picture and summary["mse_per_frame"] > 0
+        config = urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=10).read().decode()
+        assert config.count("pen trajectory #") >= 40 and config.count("webapp/examples/") >= 4
         assert not any(home.iterdir()) or all(p.name in (".cache", ".config") for p in home.iterdir())
     finally:
         proc.terminate()

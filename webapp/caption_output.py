@@ -1,10 +1,13 @@
-"""How the caption tab shows results: shaded words, what was recognised, the honesty
-warning, the table, and CSV/JSON downloads (kept small: old ones are removed)."""
+"""How the caption tab shows results: the caption as a sentence, familiarity in words,
+the details folded away (each word's confidence, what was recognised), the table, and
+CSV/JSON downloads (kept small: old ones are removed)."""
 
 from __future__ import annotations
 
+import base64
 import csv
 import html
+import io
 import json
 import os
 import threading
@@ -12,67 +15,87 @@ import time
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
-from captioner.model import UNFAMILIAR
+from captioner.results import UNFAMILIAR
 from captioner.vocabulary import with_article
 
 
 def shaded_html(results: list[dict]) -> str:
+    """Each photo's caption as a plain sentence (the file name above it when there are
+    several), what its familiarity means in words, and the details folded away: each
+    word's confidence, what was detected and recognised, the familiarity score."""
+    many = len(results) > 1
     blocks = []
     for r in results:
-        name = html.escape(r["image"])
+        name = f"<div class='name'>{html.escape(r['image'])}</div>" if many or "error" in r else ""
         if "error" in r:
-            blocks.append(f"<div class='cap'><b>{name}</b>: <span class='err'>{html.escape(r['error'])}</span></div>")
+            blocks.append(f"<div class='cap'>{name}<div class='err'>{html.escape(r['error'])}</div></div>")
             continue
-        words = "".join(
-            f"<span class='w' style='background: rgba(79, 70, 229, {0.12 + 0.6 * p:.2f})' "
-            f"title='p = {p:.2f}'>{html.escape(w)}</span> " for w, p in zip(r["words"], r["probabilities"]))
-        blocks.append(f"<div class='cap'><b>{name}</b>: {honesty(r)}<span class='caption'>{words}</span>"
-                      f"{objects_line(r)}</div>")
-    legend = ("<div class='legend'>Darker words are the ones the model was surer of (hover for the probability). "
-              "<i>Detected</i>: what the COCO object detector finds (boxed on the photo), with how many and its "
-              "surest score. <i>Objects</i>: what the encoder's ImageNet classifier sees, as caption words. "
-              "<i>Concepts</i>: what "
-              "the detectors learned from captions see (people, places, things ImageNet has no class for). "
-              "<i>Familiarity</i>: how much the photo resembles the photos the captioner learned from (0.5 is "
-              f"typical of them; below {UNFAMILIAR} fewer than 1% of such photos look this unlike them).</div>")
-    return "<div class='captions'>" + "".join(blocks) + legend + "</div>"
+        blocks.append(f"<div class='cap'>{name}<div class='caption'>{html.escape(sentence(r['caption']))}</div>"
+                      f"{familiarity_line(r)}{details(r)}</div>")
+    return "<div class='captions'>" + "".join(blocks) + "</div>"
 
 
-def objects_line(r: dict) -> str:
-    found = r.get("objects", [])
-    objects = [o for o in found if o.get("kind", "object") == "object" and o["probability"] >= 0.05][:3]
-    concepts = [o for o in found if o.get("kind") == "concept"][:6]
-    detected = [o for o in found if o.get("kind") == "detected"][:6]
-    listed = lambda items: ", ".join(f"{html.escape(o['word'])} {o['probability']:.0%}" for o in items)  # noqa: E731
-    line = ""
-    if detected:
-        line = "Detected: " + ", ".join(f"{html.escape(o['word'])}" + (f" &times;{o['count']}" if o.get("count", 1) > 1
-                                                                       else "") + f" {o['probability']:.0%}"
-                                        for o in detected) + " &middot; "
-    line += f"Objects: {listed(objects) or 'nothing sure'}"
-    if concepts:
-        line += f" &middot; concepts: {listed(concepts)}"
+def photos_html(photos: list[tuple[Image.Image, str]]) -> str:
+    """The photos with the detector's boxes as they are, whole and never cropped (JPEG
+    data URLs: the page shows a few, each at most about 800 px)."""
+    figures = []
+    for picture, caption in photos:
+        buffer = io.BytesIO()
+        picture.convert("RGB").save(buffer, format="JPEG", quality=85)
+        data = base64.b64encode(buffer.getvalue()).decode("ascii")
+        figures.append(f"<figure><img src='data:image/jpeg;base64,{data}' width='{picture.width}' "
+                       f"height='{picture.height}' alt='{html.escape(caption, quote=True)}'></figure>")
+    many = " many" if len(photos) > 1 else ""
+    return f"<div class='photos{many}'>" + "".join(figures) + "</div>" if photos else ""
+
+
+def message_html(text: str) -> str:
+    """One sentence in the caption area (a refused file, nothing chosen yet)."""
+    return f"<div class='captions'><div class='note'>{html.escape(text)}</div></div>"
+
+
+def sentence(caption: str) -> str:
+    caption = caption.strip()
+    return caption[:1].upper() + caption[1:] + ("." if caption and caption[-1] not in ".!?" else "")
+
+
+def familiarity_line(r: dict) -> str:
+    """Said in words: the photo looks like the photos the model learned from, or it does
+    not and the caption is a guess (naming what it does recognise for sure)."""
     familiarity = r.get("familiarity")
-    if familiarity is not None:
-        line += f" &middot; familiarity {familiarity:.3f}"
-    return f"<div class='objects'>{line}</div>"
-
-
-def honesty(r: dict) -> str:
-    """A plain warning before the caption of a photo unlike the model's training photos."""
-    familiarity = r.get("familiarity")
-    if familiarity is None or familiarity >= UNFAMILIAR:
+    if familiarity is None:
         return ""
-    top = next(iter(o for o in r.get("objects", []) if o.get("kind", "object") == "object"), None)
-    if top is not None and top["probability"] >= 0.5:
-        note = (f"This photo is unlike the photos the model learned to describe; it does recognise "
-                f"{html.escape(with_article(top['word']))} ({top['probability']:.0%}), but the rest of the caption "
-                "may be wrong.")
-    else:
-        note = ("This photo is unlike anything the model was trained on, and it recognises nothing in it for sure: "
-                "the caption below is a guess, not a description.")
-    return f"<div class='unfamiliar'>{note}</div>"
+    if familiarity >= UNFAMILIAR:
+        return "<div class='familiar'>This photo looks like the photos it learned from.</div>"
+    top = next(iter(o for o in r.get("objects", []) if o.get("kind", "object") in ("object", "detected")
+                    and o["probability"] >= 0.5), None)
+    sure = (f" It does recognise {html.escape(with_article(top['word']))} ({top['probability']:.0%})."
+            if top is not None else "")
+    return f"<div class='unfamiliar'>Unlike the photos it learned from: treat the caption as a guess.{sure}</div>"
+
+
+def details(r: dict) -> str:
+    """The folded details: each word shaded by the model's confidence with its
+    probability, then what the detector, the classifier and the concepts found."""
+    words = "".join(f"<span class='w' style='background: rgba(79, 70, 229, {0.08 + 0.5 * p:.2f})' "
+                    f"title='p = {p:.2f}'>{html.escape(w)}<small>{p:.0%}</small></span> "
+                    for w, p in zip(r["words"], r["probabilities"]))
+    found = r.get("objects", [])
+    listed = lambda items: ", ".join(  # noqa: E731
+        html.escape(o["word"]) + (f" &times;{o['count']}" if o.get("count", 1) > 1 else "")
+        + f" ({o['probability']:.0%})" for o in items) or "nothing for sure"
+    rows = [("How sure it was of each word", f"<div class='words'>{words}</div>"),
+            ("Boxed by the object detector", listed([o for o in found if o.get("kind") == "detected"][:6])),
+            ("Seen by the image classifier", listed([o for o in found if o.get("kind", "object") == "object"
+                                                     and o["probability"] >= 0.05][:3])),
+            ("Concepts learned from captions", listed([o for o in found if o.get("kind") == "concept"][:6]))]
+    if r.get("familiarity") is not None:
+        rows.append(("Familiarity", f"{r['familiarity']:.3f} (0.5 is typical of the photos it learned from; below "
+                                    f"{UNFAMILIAR} fewer than 1% of them look this unlike them)"))
+    body = "".join(f"<dt>{title}</dt><dd>{text}</dd>" for title, text in rows)
+    return f"<details class='more'><summary>How sure it was, and what it saw</summary><dl>{body}</dl></details>"
 
 
 def table(results: list[dict]) -> list[list]:

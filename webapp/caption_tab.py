@@ -1,6 +1,8 @@
-"""The caption tab: photos in (files, drag and drop, webcam, clipboard, examples), captions
-out (shaded by probability, with objects, concepts, familiarity and attention maps), and
-the ``/caption`` API endpoint."""
+"""The caption tab: a photo in (a file, drag and drop, the webcam, the clipboard, or one of
+the examples shipped in ``webapp/examples``), its caption out as a plain sentence, with the
+detector's boxes on the photo below it and the rest folded away (how sure it was of each
+word, what it recognised, where it looked, the table and the downloads); the ``/caption``
+API endpoint."""
 
 from __future__ import annotations
 
@@ -12,15 +14,16 @@ from pathlib import Path
 
 import gradio as gr
 from gradio.data_classes import FileData, GradioRootModel, ListFiles
-from PIL import Image, ImageDraw
 
-from captioner.attention_maps import draw_boxes
 from captioner.images import ImageError, load_data_url, load_image
 from captioner.service import CaptionService, InputError
 from webapp import caption_output as output
-from webapp.common import event_value, not_trained, static, thumbnail, user_error
+from webapp.caption_pictures import boxed_photo, says_something, word_pictures
+from webapp.common import ROOT, event_value, not_trained, static, user_error
 
 CAPTURES = Path(tempfile.gettempdir()) / "captioner-captures"  # webcam shots and pasted photos
+EXAMPLES = ROOT / "webapp" / "examples"  # everyday COCO photos, with their credits in CREDITS.md
+LARGE = 4  # up to this many photos are shown at about 800 px; more, at half that
 
 
 class OneOrMoreFiles(GradioRootModel):
@@ -35,43 +38,9 @@ def paths_of(files) -> list[str]:
     return [f if isinstance(f, str) else getattr(f, "path", None) or getattr(f, "name", str(f)) for f in items]
 
 
-def attention_strip(picture: Image.Image, result: dict) -> Image.Image:
-    from captioner.attention_maps import attention_strip
-    from captioner.model import CaptionResult
-
-    return attention_strip(picture, CaptionResult(result["caption"], result["words"], result["probabilities"],
-                                                  attention=result["attention"], grid=tuple(result["attention_grid"]),
-                                                  boxes=result.get("boxes")),
-                           size=128, per_row=5)
-
-
-def placeholder(size: int = 128) -> Image.Image:
-    image = Image.new("RGB", (size, size), (245, 245, 245))
-    ImageDraw.Draw(image).text((10, size // 2 - 6), "not a photo", fill=(185, 28, 28))
-    return image
-
-
 def example_images() -> list[str]:
-    """A few photos that ship inside installed packages (scikit-image, Gradio), never
-    from the datasets: a cat, an espresso, a photographer at a tripod, an astronaut, a lion,
-    and a Hubble deep field (a photo unlike anything the model learned from)."""
-    folder = Path(tempfile.gettempdir()) / "captioner-examples"
-    folder.mkdir(parents=True, exist_ok=True)
-    examples = []
-    try:
-        import skimage.data as data
-
-        for name in ("chelsea", "coffee", "camera", "astronaut", "hubble_deep_field"):
-            path = folder / f"{name}.jpg"
-            if not path.exists():
-                Image.fromarray(getattr(data, name)()).convert("RGB").save(path, quality=92)
-            examples.append(str(path))
-    except Exception:  # scikit-image missing, or a sample it would have to download
-        pass
-    lion = Path(gr.__file__).parent / "media_assets" / "images" / "lion.jpg"
-    if lion.is_file():
-        examples.insert(-1, str(lion))
-    return examples
+    """The example photos shipped in ``webapp/examples`` (sorted by name)."""
+    return sorted(str(p) for p in EXAMPLES.glob("*.jpg"))
 
 
 def photo_input(**kwargs) -> gr.File:
@@ -92,17 +61,37 @@ def photo_input(**kwargs) -> gr.File:
     return files
 
 
+def pictures(paths: list[str], results: list[dict]) -> tuple[list, list]:
+    """The photos with the detector's boxes (read again, larger than the model's copy, so
+    labels can be read) and, for the first photo whose attention points somewhere, one
+    picture per word of where it looked."""
+    longest = 800 if len(paths) <= LARGE else 400
+    boxed, looked = [], []
+    for path, r in zip(paths, results):
+        if "picture" not in r:
+            continue
+        picture = r.pop("picture")
+        try:
+            picture = load_image(path, draft_size=longest)
+        except ImageError:  # read a moment ago; keep the model's copy
+            pass
+        boxed.append((boxed_photo(picture, r.get("boxes"), longest), r["caption"]))
+        if not looked and "attention" in r and says_something(r):
+            looked = word_pictures(picture, r)
+    return boxed, looked
+
+
 class CaptionTab:
     def __init__(self, service: CaptionService, downloads: Path | None = None):
         self.service = service
         self.downloads = output.Downloads(downloads or Path(tempfile.gettempdir()) / "captioner-downloads")
 
     def caption(self, files, decoding: str = "beam search", beam_width: float | None = None):
-        """Caption one or many images (a list of files, or one file). Returns the shaded
-        caption(s) with the objects and concepts recognised and how familiar each photo is
-        as HTML, the photos with their captions, the attention maps (attention models), a
-        table, CSV and JSON downloads, the results as JSON, and how long it took. Beam
-        search without a width uses the model's own default."""
+        """Caption one or many images (a list of files, or one file). Returns the captions
+        with what was recognised and how familiar each photo is as HTML, the photos with the
+        detector's boxes, the first photo's word-by-word attention pictures (when its
+        attention points somewhere), a table, CSV and JSON downloads, the results as JSON,
+        and how long it took. Beam search without a width uses the model's own default."""
         start = time.perf_counter()
         paths = paths_of(files)
         if not paths:
@@ -112,30 +101,46 @@ class CaptionTab:
             results = self.service.caption_paths(paths, beam, keep_images=True)
         except InputError as err:
             raise user_error(err) from err
-        pictures = [(r.pop("picture"), r) for r in results if "picture" in r]
         seconds = time.perf_counter() - start
         if all("error" in r for r in results):
             raise gr.Error(" ".join(f"{r['image']}: {r['error']}" for r in results)[:1000], print_exception=False)
+        boxed, looked = pictures(paths, results)
         good = sum("error" not in r for r in results)
         timing = f"{good} caption{'s' if good != 1 else ''} in {seconds:.2f} s" + (
             f" ({len(results) - good} file{'s' if len(results) - good != 1 else ''} could not be read)"
             if good < len(results) else "")
-        gallery = [(thumbnail(draw_boxes(picture, r.get("boxes"), max(2, max(picture.size) // 200))), r["caption"])
-                   for picture, r in pictures]
-        maps = [(attention_strip(picture, r), r["caption"]) for picture, r in pictures if "attention" in r]
-        return (output.shaded_html(results), gallery, maps, output.table(results), self.downloads.write(results),
+        return (output.shaded_html(results), boxed, looked, output.table(results), self.downloads.write(results),
                 results, timing)
 
+    def caption_on_page(self, files, decoding: str = "beam search", beam_width: float | None = None):
+        """The Caption button: ``caption``, with every section shown once there is a
+        result, and a mistake (nothing chosen, no photo among the files, a bad beam width)
+        said once, in the caption area, instead of as an error on every output."""
+        try:
+            html, boxed, looked, table, downloads, results, timing = self.caption(files, decoding, beam_width)
+        except gr.Error as err:
+            message = "Choose a photo first." if not paths_of(files) else err.message
+            return output.message_html(message), *self.hidden()
+        return (html, output.photos_html(boxed), looked, gr.Accordion(visible=bool(looked)), table, downloads,
+                gr.Accordion(visible=True), results, timing)
+
     @staticmethod
-    def preview(files) -> list:
-        """Thumbnails of the chosen photos, decoded by the safe loader, before any caption."""
-        shown = []
-        for path in paths_of(files)[:64]:
+    def hidden() -> tuple:
+        """Every output but the caption area, emptied (and the folded sections hidden)."""
+        return "", None, gr.Accordion(visible=False), None, None, gr.Accordion(visible=False), None, ""
+
+    def check_added(self, files):
+        """Photos just added: each is read by the safe loader now, and a file that is not a
+        photo is taken out at once, with one sentence in the caption area."""
+        kept, refused = [], []
+        for path in paths_of(files):
             try:
-                shown.append((thumbnail(load_image(path, draft_size=256)), Path(path).name))
+                load_image(path, draft_size=64)
+                kept.append(path)
             except ImageError as err:
-                shown.append((placeholder(), f"{Path(path).name}: {err}"))
-        return shown
+                refused.append(f"{Path(path).name} was left out: {err}")
+        message = output.message_html(" ".join(refused)) if refused else ""
+        return (kept or None), message, *self.hidden()
 
     def add_captured(self, files, evt: gr.EventData):
         """A photo from the webcam or the clipboard, sent by the page as a data URL: decoded
@@ -149,51 +154,62 @@ class CaptionTab:
         path = CAPTURES / (f"{'webcam' if source == 'webcam' else 'pasted'}-{time.strftime('%H%M%S')}-{os.getpid()}-"
                            f"{threading.get_ident() % 10000}-{int(time.time() * 1000) % 1000:03d}.png")
         image.save(path, format="PNG")
-        updated = paths_of(files) + [str(path)]
-        return updated, self.preview(updated)
+        return paths_of(files) + [str(path)], "", *self.hidden()
 
-    def pick_example(self, files, evt: gr.SelectData):
-        """An example photo, clicked in the examples gallery, joins the photos."""
+    def pick_example(self, evt: gr.SelectData):
+        """An example photo, clicked: it replaces the photos, to be captioned alone."""
         examples = example_images()
         if not isinstance(evt.index, int) or not 0 <= evt.index < len(examples):
             raise gr.Error("That example is not there.", print_exception=False)
-        updated = paths_of(files) + [examples[evt.index]]
-        return updated, self.preview(updated)
+        return [examples[evt.index]], "", *self.hidden()
+
+    def correction_form(self, results: gr.JSON) -> None:
+        """The place, under the caption, for a form to correct it (an editable caption, a
+        consent box, Save), given the results of the last caption. None yet."""
 
     def build(self) -> None:
         if not_trained(self.service.available):
             return
-        with gr.Row():
-            with gr.Column(scale=1):
-                files = photo_input(label="Photos (one or many: choose them, or drop them here)",
-                                    file_types=["image"], elem_id="caption-files")
+        examples = example_images()
+        with gr.Row(equal_height=False, elem_id="caption-tab"):
+            with gr.Column(scale=2, min_width=300):
+                files = photo_input(label="Your photo (or several)", file_types=["image"], elem_id="caption-files",
+                                    height=120)
                 capture = gr.HTML(static("capture.html"), js_on_load=static("capture.js"), elem_id="photo-capture",
                                   css_template=static("capture.css"))
-                chosen = gr.Gallery(label="Chosen photos", columns=4, height=170, elem_id="caption-preview",
-                                    format="jpeg", allow_preview=False, interactive=False)
-                decoding = gr.Radio(["beam search", "greedy"], value="beam search", label="Decoding")
-                beam = gr.Slider(1, 10, value=self.service.default_beam(), step=1, label="Beam width")
+                shown = gr.Gallery(value=[(p, None) for p in examples], columns=3, rows=2, height=320,
+                                   allow_preview=False, interactive=False, elem_id="caption-examples",
+                                   label="Or try an example", object_fit="cover", buttons=[], visible=bool(examples))
+                with gr.Accordion("Advanced", open=False, elem_id="caption-advanced"):
+                    decoding = gr.Radio(["beam search", "greedy"], value="beam search", label="Decoding")
+                    beam = gr.Slider(1, 10, value=self.service.default_beam(), step=1, label="Beam width")
                 button = gr.Button("Caption", variant="primary", elem_id="caption-button")
-                examples = example_images()
-                shown = gr.Gallery(value=[(p, Path(p).stem.replace("_", " ")) for p in examples], columns=6,
-                                   height=150, allow_preview=False, interactive=False, elem_id="caption-examples",
-                                   label="Example photos (shipped with scikit-image and Gradio): click one to add it",
-                                   visible=bool(examples))
-            with gr.Column(scale=2):
-                shaded = gr.HTML(label="Caption", elem_id="caption-output")
-                timing = gr.Markdown(label="Time taken", elem_id="caption-timing")
-                maps = gr.Gallery(label=("Where it looked for each word (xN: its most-watched cell got N times an "
-                                         "even share; no heat: it looked everywhere alike)"), columns=1,
-                                  height="auto", elem_id="caption-attention", format="jpeg",
-                                  visible=self.service.attends())
-                gallery = gr.Gallery(label="Photos", columns=4, height="auto", elem_id="caption-gallery",
-                                     format="jpeg")  # WebP encoding cost more than the thumbnails were worth
-                table = gr.Dataframe(headers=["image", "caption", "mean probability", "error"],
-                                     label="All captions", interactive=False, wrap=True)
-                downloads = gr.File(label="Download (CSV, JSON)", file_count="multiple", interactive=False)
+            with gr.Column(scale=3, elem_id="caption-results"):
+                shaded = gr.HTML(elem_id="caption-output", min_height=0)
+                timing = gr.Markdown(elem_id="caption-timing")
+                photos = gr.HTML(elem_id="caption-photos", min_height=0)
+                gallery = gr.Gallery(visible=False, format="jpeg")  # the API's photos (the page shows them above)
+                with gr.Accordion("Where it looked, word by word", open=False, visible=False,
+                                  elem_id="caption-looked") as looked:
+                    maps = gr.Gallery(show_label=False, columns=3, height="auto", object_fit="contain",
+                                      elem_id="caption-attention", format="jpeg", allow_preview=False, buttons=[])
+                with gr.Accordion("All captions: table and downloads", open=False, visible=False,
+                                  elem_id="caption-all") as everything:
+                    table = gr.Dataframe(headers=["image", "caption", "mean probability", "error"],
+                                         label="All captions", interactive=False, wrap=True)
+                    downloads = gr.File(label="Download (CSV, JSON)", file_count="multiple", interactive=False)
                 as_json = gr.JSON(label="Results", visible=False)
-        files.change(self.preview, [files], [chosen], api_name=False, show_progress="hidden")
-        capture.upload(self.add_captured, [files], [files, chosen], api_name=False)
-        shown.select(self.pick_example, [files], [files, chosen], api_name=False)
-        button.click(self.caption, [files, decoding, beam], [shaded, gallery, maps, table, downloads, as_json, timing],
-                     api_name="caption", concurrency_limit=16, concurrency_id="caption")
+                self.correction_form(as_json)
+                api = gr.Button(visible=False)  # the /caption endpoint, apart from the page's own button
+        outputs = [shaded, photos, maps, looked, table, downloads, everything, as_json, timing]
+        reset = [files, shaded, photos, maps, looked, table, downloads, everything, as_json, timing]
+        scroll = static("caption_scroll.js")
+        files.upload(self.check_added, [files], reset, api_name=False, show_progress="hidden")
+        capture.upload(self.add_captured, [files], reset, api_name=False)
+        button.click(self.caption_on_page, [files, decoding, beam], outputs, api_name=False, concurrency_limit=16,
+                     concurrency_id="caption", js=static("caption_click.js")).then(None, js=scroll)
+        shown.select(self.pick_example, None, reset, api_name=False, show_progress="hidden", js=static(
+            "caption_click.js")).success(self.caption_on_page, [files, decoding, beam], outputs, api_name=False,
+                                         concurrency_id="caption").then(None, js=scroll)
+        api.click(self.caption, [files, decoding, beam], [shaded, gallery, maps, table, downloads, as_json, timing],
+                  api_name="caption", concurrency_limit=16, concurrency_id="caption")

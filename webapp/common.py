@@ -9,7 +9,6 @@ from functools import cache
 from pathlib import Path
 
 import gradio as gr
-from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
 STATIC = Path(__file__).resolve().parent / "static"
@@ -19,23 +18,17 @@ NOT_TRAINED = ("**Not trained yet.** This tab's model has not been shipped in `c
 
 @dataclass(frozen=True)
 class Places:
-    """The models: ``checkpoints/`` (or $CAPTIONER_CHECKPOINTS); data the side tabs show:
-    $CAPTIONER_DATA (default ``data/``), else what the app downloads into the cache."""
+    """The models: ``checkpoints/`` (or $CAPTIONER_CHECKPOINTS); the data the side tabs
+    show: the few real files shipped in ``demos/samples`` (or $CAPTIONER_SAMPLES), so that
+    nothing is downloaded while the app runs."""
 
     checkpoints: Path
-    data: Path
-    cache: Path
+    samples: Path
 
     @classmethod
     def from_environment(cls) -> Places:
         return cls(Path(os.environ.get("CAPTIONER_CHECKPOINTS", ROOT / "checkpoints")),
-                   Path(os.environ.get("CAPTIONER_DATA", ROOT / "data")),
-                   Path(os.environ.get("CAPTIONER_CACHE", Path.home() / ".cache" / "captioner")))
-
-    def find(self, *relative: str) -> Path | None:
-        """The first of data/ and the cache that holds ``relative``."""
-        return next((root.joinpath(*relative) for root in (self.data, self.cache)
-                     if root.joinpath(*relative).exists()), None)
+                   Path(os.environ.get("CAPTIONER_SAMPLES", ROOT / "demos" / "samples")))
 
 
 @cache
@@ -55,12 +48,6 @@ def event_value(evt: gr.EventData, name: str, default):
         return getattr(evt, name)
     except (AttributeError, TypeError):  # not sent, or nothing sent at all
         return default
-
-
-def thumbnail(image: Image.Image, size: int = 256) -> Image.Image:
-    thumb = image.copy()
-    thumb.thumbnail((size, size))
-    return thumb
 
 
 def not_trained(available: bool) -> bool:

@@ -40,17 +40,19 @@ class DigitsTab:
         gr.Markdown("Draw a digit (0-9) with the mouse or a finger, or upload a picture of one. It is prepared the "
                     "way MNIST was made: cropped, scaled into 20x20 and centred by mass in 28x28. An LSTM then reads "
                     "it row by row.")
-        with gr.Row():
+        with gr.Row(equal_height=False):
             with gr.Column():
                 canvas = gr.HTML(static("digit.html"), js_on_load=static("digit.js"), elem_id="digit-canvas",
                                  css_template=static("digit.css"))
-                # a plain file: Gradio's Image input would decode the upload itself, before our safe loader
-                upload = gr.File(label="...or upload a picture of a digit", file_types=["image"],
-                                 elem_id="digit-upload")
-                button = gr.Button("Classify the upload", elem_id="digit-button")
             with gr.Column():
-                label = gr.Label(num_top_classes=10, label="Class probabilities", elem_id="digit-label")
-                seen = gr.Image(label="What the model saw (28x28)", interactive=False, height=180)
+                label = gr.Label(num_top_classes=3, label="What the LSTM reads", elem_id="digit-label")
+                seen = gr.Image(label="What the model saw (28x28)", interactive=False, height=180,
+                                elem_id="digit-seen")
+        with gr.Accordion("Or upload a picture of a digit", open=False):
+            # a plain file: Gradio's Image input would decode the upload itself, before our safe loader
+            upload = gr.File(label="A picture of a digit", file_types=["image"], elem_id="digit-upload")
+            button = gr.Button("Classify the upload", elem_id="digit-button")
         button.click(self.classify_digit, [upload], [label, seen], api_name="classify_digit")
         canvas.submit(self.on_drawn, None, [label, seen], api_name=False, show_progress="hidden",
-                      trigger_mode="always_last")
+                      trigger_mode="always_last").then(None, js=static("digit_scroll.js"))
+        canvas.clear(lambda: (None, None), None, [label, seen], api_name=False, queue=False, show_progress="hidden")

@@ -23,6 +23,9 @@ class FramesTab:
             result = self.service.predict(clip)
         except InputError as err:
             raise user_error(err) from err
+        except (OSError, ValueError, RuntimeError) as err:  # the shipped digits missing or unreadable
+            raise gr.Error("The MNIST test digits this tab needs were not found next to the app "
+                           f"(demos/samples/MNIST): {err}", print_exception=False) from err
         strip = lambda a: np.concatenate(list(a), axis=1)  # noqa: E731
         rows = [strip(result["inputs"]), strip(result["truth"]), strip(result["predicted"])]
         width = max(r.shape[1] for r in rows)

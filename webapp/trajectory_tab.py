@@ -68,7 +68,8 @@ class TrajectoryTab:
     def from_recording(self, name: str, cut: float):
         recordings = self.recording_labels()
         if name not in recordings:
-            raise gr.Error("No recorded trajectory was found; see the README to download them.",
+            raise gr.Error("Choose one of the recordings first." if recordings else
+                           "No recorded trajectories were found next to the app (demos/samples).",
                            print_exception=False)
         seq = recordings[name]
         config = self.service.config()
@@ -85,23 +86,24 @@ class TrajectoryTab:
         gr.Markdown(f"Draw a stroke with the mouse or a finger. The model ({config.past} past points in, attention "
                     f"and a bidirectional LSTM) continues it with the next {config.future} points, beside the "
                     "constant-velocity guess.")
-        with gr.Row():
+        labels = list(self.recording_labels())
+        with gr.Row(equal_height=False):
             with gr.Column():
                 canvas = gr.HTML(static("stroke.html"), js_on_load=static("stroke.js"), elem_id="stroke-canvas-box",
                                  css_template=static("stroke.css"))
-                points = gr.Textbox(label="Points (JSON, oldest first)", lines=2, max_lines=4,
-                                    elem_id="stroke-points")
-                button = gr.Button("Predict from these points", elem_id="stroke-button")
-                with gr.Accordion("Real recorded pen trajectories", open=False):
-                    recorded = gr.Dropdown(choices=[], label="Recording (held out from training)",
-                                           elem_id="recording")
+                with gr.Accordion("Real recorded pen trajectories", open=True, elem_id="recordings"):
+                    recorded = gr.Dropdown(choices=labels, value=labels[0] if labels else None,
+                                           label="Recording (held out from training)", elem_id="recording",
+                                           info=None if labels else "No recordings were found next to the app.")
                     cut = gr.Slider(0, 100, value=50, step=1, label="Where to cut it (%)")
-                    show = gr.Button("Predict from the recording")
+                    show = gr.Button("Predict from the recording", elem_id="recording-button")
             with gr.Column():
                 picture = gr.Image(label="Prediction", interactive=False, elem_id="stroke-picture")
-                result = gr.JSON(label="Points", elem_id="stroke-result")
+                with gr.Accordion("The points (JSON)", open=False, elem_id="stroke-points-box"):
+                    points = gr.Textbox(label="Points in (oldest first)", lines=2, max_lines=4,
+                                        elem_id="stroke-points")
+                    button = gr.Button("Predict from these points", elem_id="stroke-button")
+                    result = gr.JSON(label="Points out: the model's and constant velocity's", elem_id="stroke-result")
         canvas.submit(self.on_stroke, None, [points, picture, result], api_name=False)
         button.click(self.predict_trajectory, [points], [picture, result], api_name="predict_trajectory")
         show.click(self.from_recording, [recorded, cut], [points, picture, result], api_name=False)
-        gr.on([recorded.focus], lambda: gr.Dropdown(choices=list(self.recording_labels())), None, recorded,
-              api_name=False, queue=False)

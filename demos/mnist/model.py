@@ -35,7 +35,7 @@ def load_mnist(root: str | Path, train: bool, download: bool = True,
     Missing files are downloaded there first (``downloads.download_mnist``: MD5-checked,
     resumable, with mirrors) unless ``download`` is False. The one MNIST loader: the
     training scripts, the evaluations and the app's next-frame tab all read through it."""
-    from torchvision.datasets import MNIST
+    from torchvision.datasets.mnist import read_image_file, read_label_file
 
     root = Path(root)
     raw = root / "MNIST" / "raw"
@@ -46,8 +46,9 @@ def load_mnist(root: str | Path, train: bool, download: bool = True,
         from captioner.downloads import download_mnist
 
         download_mnist(root, progress=progress)
-    ds = MNIST(str(root), train=train, download=False)
-    return ds.data.float() / 255.0, ds.targets.clone()
+    # torchvision's own idx readers, on the one split asked for (its MNIST class wants all four files)
+    return (read_image_file(str(raw / f"{name}-images-idx3-ubyte")).float() / 255.0,
+            read_label_file(str(raw / f"{name}-labels-idx1-ubyte")))
 
 
 def split_train_val(images: torch.Tensor, labels: torch.Tensor, n_val: int = 5000, seed: int = 1234):

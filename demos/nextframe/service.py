@@ -13,7 +13,8 @@ from captioner.service import InputError, Lazy, ModelService, read_upload, whole
 
 
 class FrameService(ModelService):
-    """``mnist_root``: the folder holding (or to receive) ``MNIST/raw``."""
+    """``mnist_root``: the folder holding ``MNIST/raw`` (the test digits are enough; the app
+    passes the few it ships in ``demos/samples``). Nothing is downloaded here."""
 
     def __init__(self, checkpoint: str | os.PathLike | None = None, mnist_root: str | os.PathLike = "data"):
         from demos.nextframe.model import DEFAULT_CHECKPOINT, NextFramePredictor
@@ -23,10 +24,10 @@ class FrameService(ModelService):
         self.digits = Lazy(self._load_digits)
 
     def _load_digits(self) -> torch.Tensor:
-        """MNIST test digits: read, or downloaded once into ``mnist_root``."""
+        """MNIST test digits, read from ``mnist_root`` (FileNotFoundError when they are not there)."""
         from demos.mnist.model import load_mnist
 
-        return load_mnist(self.mnist_root, train=False, progress=False)[0]
+        return load_mnist(self.mnist_root, train=False, download=False)[0]
 
     def predict(self, seed) -> dict:
         """A Moving MNIST clip from the test digits for ``seed``: the input frames, the true

@@ -15,7 +15,9 @@ MAX_COORDINATE = 1e6
 
 
 class TrajectoryService(ModelService):
-    """``recordings``: a UCI Character Trajectories .mat whose held-out letters can be shown."""
+    """``recordings``: a UCI Character Trajectories .mat whose held-out letters can be shown,
+    or the JSON of them that ships in ``demos/samples`` (``{"recordings": [{"index",
+    "letter", "points"}]}``)."""
 
     def __init__(self, checkpoint: str | os.PathLike | None = None, recordings: str | os.PathLike | None = None):
         from demos.trajectory.model import DEFAULT_CHECKPOINT, TrajectoryPredictor
@@ -64,7 +66,17 @@ class TrajectoryService(ModelService):
 
         if self.recordings_path is None or not self.recordings_path.is_file():
             return []
+        if self.recordings_path.suffix == ".json":
+            return read_recordings_json(self.recordings_path)
         return held_out_recordings(self.recordings_path)
+
+
+def read_recordings_json(path: Path) -> list[tuple[int, str, np.ndarray]]:
+    """Recordings saved as JSON (what ``held_out_recordings`` returns): (index, letter, points)."""
+    import json
+
+    return [(int(r["index"]), str(r.get("letter", "")), np.asarray(r["points"], dtype=np.float64))
+            for r in json.loads(path.read_text(encoding="utf-8"))["recordings"]]
 
 
 def _from_json(text: str):

@@ -21,4 +21,4 @@ canvas.addEventListener('pointerup', () => {
   drawing = false;
   trigger('submit', {image: canvas.toDataURL('image/png')});
 });
-element.querySelector('.digit-clear').addEventListener('click', () => clear());
+element.querySelector('.digit-clear').addEventListener('click', () => { clear(); trigger('clear'); });

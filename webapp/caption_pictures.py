@@ -1,0 +1,93 @@
+"""The caption tab's pictures: the photo with the detector's boxes, large enough to read,
+and one picture per word of where the model looked (the whole photo, uncropped, with the
+word's heat map over the grid and the boxes it attended glowing)."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from captioner.attention_maps import focus, heat
+
+BOX_COLOURS = [(220, 38, 38), (37, 99, 235), (22, 163, 74), (217, 119, 6), (147, 51, 234), (8, 145, 178)]
+GLOW = (250, 204, 21)
+SAYS_SOMETHING = 1.5  # a word's surest cell (or box) at 1.5x an even share: its attention points somewhere
+
+
+@cache
+def font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError):  # a Pillow without FreeType: the small bitmap font
+        return ImageFont.load_default()
+
+
+def scaled(image: Image.Image, longest: int) -> Image.Image:
+    """The whole photo (never cropped) with its longer side ``longest`` pixels."""
+    image = image.convert("RGB")
+    ratio = longest / max(image.size)
+    return image.resize((max(1, round(image.width * ratio)), max(1, round(image.height * ratio))),
+                        Image.Resampling.BILINEAR if ratio < 1 else Image.Resampling.BICUBIC)
+
+
+def label(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, colour, size: int, bounds) -> None:
+    """A filled tag with ``text`` at the box corner ``xy``, kept inside the picture."""
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font(size))
+    w, h = right - left + 8, bottom - top + 6
+    x = min(max(0, xy[0]), bounds[0] - w)
+    y = xy[1] - h if xy[1] - h >= 0 else min(xy[1], bounds[1] - h)
+    draw.rectangle([x, y, x + w, y + h], fill=colour)
+    draw.text((x + 4 - left, y + 3 - top), text, fill=(255, 255, 255), font=font(size))
+
+
+def boxed_photo(picture: Image.Image, boxes: list[dict] | None, longest: int = 800) -> Image.Image:
+    """The photo at about ``longest`` pixels with each detected box drawn whole and
+    labelled with its category and score (``boxes``: the results' 0..1 coordinates)."""
+    out = scaled(picture, longest)
+    draw = ImageDraw.Draw(out)
+    line, size = max(2, longest // 250), max(12, longest // 30)
+    for k, b in enumerate(sorted(boxes or [], key=lambda b: -b["score"])):
+        colour = BOX_COLOURS[k % len(BOX_COLOURS)]
+        x0, y0, x1, y1 = (v * s for v, s in zip(b["box"], (out.width, out.height) * 2))
+        draw.rectangle([x0, y0, x1, y1], outline=colour, width=line)
+        label(draw, (x0, y0), f"{b['category']} {b['score']:.0%}", colour, size, out.size)
+    return out
+
+
+def says_something(result: dict) -> bool:
+    """Whether any word's attention points somewhere (over the grid's cells or the boxes),
+    rather than spreading evenly, as a model whose attention collapsed does."""
+    cells = any(focus(w) >= SAYS_SOMETHING for w in result.get("attention") or [])
+    boxes = result.get("attention_boxes") or []
+    cells_and_boxes = int(np.prod(result.get("attention_grid") or [0])) + len(result.get("boxes") or [])
+    even = 1.0 / max(1, cells_and_boxes)
+    return cells or any(max(w, default=0.0) >= SAYS_SOMETHING * even for w in boxes)
+
+
+def word_pictures(picture: Image.Image, result: dict, longest: int = 360) -> list[tuple[Image.Image, str]]:
+    """One (picture, "n. word") per word: the whole photo, the word's heat map over the
+    grid and, where the result has ``attention_boxes``, the boxes it attended glowing
+    (outline and tint in proportion to the word's weight on each box)."""
+    base = scaled(picture, longest)
+    grid = tuple(result["attention_grid"])
+    boxes = result.get("boxes") or []
+    shown = []
+    for k, (word, weights) in enumerate(zip(result["words"], result["attention"])):
+        tile = Image.alpha_composite(base.convert("RGBA"), heat(weights, grid, base.size))
+        on_boxes = (result.get("attention_boxes") or [None] * len(result["words"]))[k]
+        if on_boxes:
+            glow = Image.new("RGBA", base.size, (0, 0, 0, 0))
+            draw = ImageDraw.Draw(glow)
+            top = max(on_boxes)
+            for b, w in zip(boxes, on_boxes):
+                strength = w / top if top > 0 else 0.0
+                if strength < 0.2:
+                    continue
+                xy = [v * s for v, s in zip(b["box"], base.size * 2)]
+                draw.rectangle(xy, fill=GLOW + (int(70 * strength),), outline=GLOW + (int(255 * strength),),
+                               width=max(2, round(5 * strength)))
+            tile = Image.alpha_composite(tile, glow)
+        shown.append((tile.convert("RGB"), f"{k + 1}. {word}"))
+    return shown
