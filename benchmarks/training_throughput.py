@@ -28,7 +28,7 @@ from benchmarks.common import SHARED, load_model, require, write_results
 from captioner.datasets import read_dataset
 from captioner.devices import synchronize
 from captioner.features import FeatureCache
-from captioner.training import caption_loss
+from captioner.losses import caption_loss
 
 EPOCH_CAPTIONS = 30780  # training captions of the shipped model (Flickr8k + COCO train split)
 

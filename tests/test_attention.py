@@ -63,7 +63,7 @@ def test_heat_maps_show_focus_on_a_fixed_scale_and_even_attention_as_no_heat():
 
 
 def test_the_doubly_stochastic_penalty_is_part_of_the_loss(tiny_attender):
-    from captioner.training import caption_loss
+    from captioner.losses import caption_loss
 
     model = tiny_attender[0]
     feats, grid = torch.randn(2, 1280), torch.randn(2, 49, 1280)

@@ -4,10 +4,10 @@ baseline."""
 
 import torch
 
+from captioner.batches import TextTable, named_objects
 from captioner.concepts import ConceptDetector, ConceptNoise, concept_labels, concept_vocabulary, fit_concept_detector
-from captioner.objects import object_mention_scores
+from captioner.metrics import object_mention_scores
 from captioner.retrieval import ConceptRetrieval
-from captioner.training import TextTable, named_objects
 from captioner.vocabulary import Vocabulary, fix_article, with_article
 
 
@@ -83,8 +83,8 @@ def test_text_table_copies_named_objects_and_keeps_slots_with_their_words():
 def test_text_rows_get_detector_summaries_from_real_photos_of_the_same_label():
     """A text row's detector inputs are what the detector gave a real photo whose captions
     name (or do not name) the same categories: its misses and false alarms included."""
-    from captioner.detector import coco_categories
-    from captioner.training import DetectorNoise, category_labels
+    from captioner.batches import DetectorNoise, category_labels
+    from captioner.wordlists import coco_categories
 
     real_labels = category_labels([["a pizza on a plate"], ["a pizza"], ["a pizza slice"], ["two zebras in a field"],
                                    ["zebras"], ["a zebra"]])

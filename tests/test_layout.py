@@ -48,7 +48,7 @@ def test_no_module_imports_a_scripts_insides():
 
 def test_demos_use_only_the_librarys_shared_parts_and_not_each_other():
     shared = {"captioner.checkpoint", "captioner.lstm", "captioner.images", "captioner.devices", "captioner.service",
-              "captioner.runtools", "captioner.loop", "captioner.downloads", "captioner.training"}
+              "captioner.runtools", "captioner.loop", "captioner.downloads"}
     for path in python_files("demos"):
         if path.name in ("onnx.py", "onnx_export.py"):  # the one exporter, for the demos that have an ONNX form
             continue

@@ -26,32 +26,24 @@ import json
 import logging
 import math
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
+from captioner.batches import CaptionTable, TextTable, epoch_plan, mixed_batch, object_swaps, text_rows_for
 from captioner.checkpoint import read_safetensors
-from captioner.concepts import ConceptNoise, concept_labels, concept_vocabulary, detect, fit_concept_detector
-from captioner.datasets import (
-    DATASETS,
-    TEXT_SOURCES,
-    CaptionRecord,
-    captions_by_image,
-    own_fractions,
-    read_dataset,
-    read_text_sources,
-    split_records,
-    unique_images,
-)
+from captioner.concept_training import fit_detectors
+from captioner.concepts import concept_vocabulary
+from captioner.datasets import DATASETS, TEXT_SOURCES, captions_by_image
 from captioner.decoder import DECODERS
-from captioner.detector import SUMMARY_DIM, DetectionCache
-from captioner.detector import summary as detector_summary
-from captioner.encoders import ENCODERS, build_encoder
-from captioner.features import FeatureCache
-from captioner.loop import Loop
-from captioner.model import Captioner, CaptionerConfig, DecodingConfig
+from captioner.decoding import DecodingConfig
+from captioner.detector import SUMMARY_DIM
+from captioner.encoders import ENCODERS
+from captioner.loop import Loop, epoch_order
+from captioner.losses import SelfCritical, caption_loss
+from captioner.model import Captioner
+from captioner.network import CaptionerConfig
 from captioner.objects import slot_tokens
 from captioner.runtools import (
     Timer,
@@ -64,22 +56,16 @@ from captioner.runtools import (
     seed_everything,
     warmup_cosine,
 )
-from captioner.training import (
-    CaptionTable,
-    DetectorNoise,
-    PhotoInputs,
-    SelfCritical,
-    TextTable,
-    caption_loss,
-    category_labels,
-    epoch_order,
-    epoch_plan,
-    mixed_batch,
-    object_swaps,
-    scores_on,
-    text_rows_for,
-    validate,
+from captioner.training_data import (
+    Data,
+    Photos,
+    extract_features,
+    load_concept_photos,
+    load_records,
+    load_text_captions,
+    unpaired_photos,
 )
+from captioner.validation import scores_on, validate
 from captioner.vocabulary import Vocabulary, tokenize
 
 log = logging.getLogger("train_captioner")
@@ -171,66 +157,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-# ------------------------------------------------------------------------------ data
-
-def load_records(args) -> dict[str, list[CaptionRecord]]:
-    repeats = {kind: int(n) for kind, n in (item.split(":") for item in args.repeat)}
-    fractions = own_fractions(args.dataset_split)
-    splits = {"train": [], "val": [], "test": []}
-    for kind, root in zip(args.dataset, args.data_root):
-        found = read_dataset(kind, root, args.coco_split)  # the reader reports skipped captions
-        for name, part in split_records(found.records, *fractions.get(kind, (args.val_fraction, args.test_fraction)),
-                                        given=found.splits).items():
-            splits[name] += part * (repeats.get(kind, 1) if name == "train" else 1)
-    if not splits["train"] and not splits["val"]:
-        raise UserError("the datasets hold no captions with images")
-    if args.dry_run:
-        train_images = unique_images(splits["train"])[:16]
-        val_images = set(unique_images(splits["val"])[:8])
-        splits = {"train": [r for r in splits["train"] if r.image in set(train_images)],
-                  "val": [r for r in splits["val"] if r.image in val_images], "test": []}
-    if not splits["train"] or not splits["val"]:
-        raise UserError("too few images to carve a validation split; lower --val-fraction or add data")
-    return splits
-
-
-def parse_source(item: str, kinds: tuple[str, ...], flag: str) -> tuple[str, Path]:
-    kind, _, root = item.partition(":")
-    if kind not in kinds or not root:
-        raise UserError(f"{flag} takes KIND:ROOT with KIND one of {', '.join(kinds)}, not {item!r}")
-    return kind, Path(root)
-
-
-def load_text_captions(args) -> dict[str, list[str]]:
-    """Captions of photos that are not here, keyed by source and photo name."""
-    try:
-        return read_text_sources(args.text_captions, 16 if args.dry_run else None)
-    except ValueError as err:
-        raise UserError(f"--text-captions: {err}") from err
-
-
-def load_concept_photos(args) -> dict[str, list[CaptionRecord]]:
-    records: list[CaptionRecord] = []
-    for item in args.concept_photos:
-        kind, root = parse_source(item, DATASETS, "--concept-photos")
-        records += read_dataset(kind, root, args.coco_split).records
-    splits = split_records(records, args.concept_val_fraction, 0.0)
-    if args.dry_run:
-        for name in ("train", "val"):
-            keep = set(unique_images(splits[name])[:6])
-            splits[name] = [r for r in splits[name] if r.image in keep]
-    return splits
-
-
-def unpaired_photos(args) -> list[Path]:
-    photos = []
-    for folder in args.unpaired_photos:
-        if not folder.is_dir():
-            raise UserError(f"--unpaired-photos: no folder at {folder}")
-        photos += sorted(p for p in folder.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))
-    return photos[:12] if args.dry_run else photos
-
-
 def extend_from(model: Captioner, old: Captioner) -> None:
     """Start ``model`` from ``old``'s weights: every tensor of the same name and shape,
     and the embedding and output rows of the words both vocabularies hold."""
@@ -290,81 +216,6 @@ def build_model(args, encoder, train_captions: list[str], refs_feats, held_out_f
     return model
 
 
-def fit_concepts(model: Captioner, args, train_grids, train_flipped, labels, weights, val_grids,
-                 coco_photo: torch.Tensor):
-    """The concept detectors (on all training photos), the concepts the decoder trains on
-    for each training photo (from detectors that never saw it: two folds), and the noise
-    of text rows (the scores of the fold detectors on the photos they did not see: the last
-    ``concept_photos`` photos are COCO's)."""
-    detector = fit_concept_detector(train_grids, labels, train_flipped, weights, epochs=args.concept_epochs,
-                                    seed=args.seed)
-    model.network.concepts.load_state_dict(detector.state_dict())
-    fold = torch.arange(len(train_grids)) % 2 == 0
-    concepts, flipped = torch.zeros(len(labels), labels.shape[1]), torch.zeros(len(labels), labels.shape[1])
-    for part in (fold, ~fold):
-        rest = ~part
-        d = fit_concept_detector(train_grids[rest], labels[rest], train_flipped[rest], weights[rest],
-                                 epochs=args.concept_epochs, seed=args.seed + 1)
-        concepts[part], flipped[part] = detect(d, train_grids[part]), detect(d, train_flipped[part])
-    val_scores = detect(detector, val_grids)
-    # how the detectors score photos they never saw, per kind of photo: Flickr's (for Flickr30k's
-    # text) and COCO's (for COCO's text), from the two folds, so the validation photos stay unused
-    noise = {"": ConceptNoise(concepts, labels)}
-    if bool(coco_photo.any()) and not bool(coco_photo.all()):
-        noise["flickr"] = ConceptNoise(concepts[~coco_photo], labels[~coco_photo])
-        noise["coco"] = ConceptNoise(concepts[coco_photo], labels[coco_photo])
-    return concepts, flipped, noise, val_scores
-
-
-def average_precision(scores: torch.Tensor, labels: torch.Tensor) -> float:
-    """Mean over concepts (with at least one positive) of the average precision."""
-    aps = []
-    for c in range(labels.shape[1]):
-        y = labels[:, c][scores[:, c].argsort(descending=True)]
-        if y.sum() == 0:
-            continue
-        precision = y.cumsum(0) / torch.arange(1, len(y) + 1)
-        aps.append(float((precision * y).sum() / y.sum()))
-    return sum(aps) / max(1, len(aps))
-
-
-# ------------------------------------------------------------------------------ main
-
-@dataclass
-class Data:
-    """The captions and photos of a run: photo captions split by image, more COCO photos for
-    the concept detectors and familiarity, captions without photos, photos without captions."""
-
-    splits: dict[str, list[CaptionRecord]]
-    concept_splits: dict[str, list[CaptionRecord]]
-    text: dict[str, list[str]]
-    unpaired: list[Path]
-
-    def __post_init__(self):
-        self.train_images, self.val_images = unique_images(self.splits["train"]), unique_images(self.splits["val"])
-        self.concept_train = unique_images(self.concept_splits["train"])
-        self.concept_val = unique_images(self.concept_splits["val"])
-        self.train_captions = [r.caption for r in self.splits["train"] + self.concept_splits["train"]]
-        self.text_captions = [c for captions in self.text.values() for c in captions]
-
-
-@dataclass
-class Photos:
-    """What the frozen encoder and the detector give each photo, read from the caches."""
-
-    pooled: Callable
-    grids: Callable
-    train_feats: torch.Tensor
-    train_flipped: torch.Tensor
-    val_feats: torch.Tensor
-    train_grid: torch.Tensor | None
-    train_grid_flipped: torch.Tensor | None
-    val_grid: torch.Tensor | None
-    train_boxes: list | None
-    val_boxes: list | None
-    encoder: object
-
-
 def settings(argv: list[str] | None) -> argparse.Namespace:
     """The flags, with what a dry run changes and the combinations that cannot work refused."""
     args = parse_args(argv)
@@ -377,39 +228,14 @@ def settings(argv: list[str] | None) -> argparse.Namespace:
 
 
 def load_data(args) -> Data:
-    return Data(load_records(args), load_concept_photos(args), load_text_captions(args), unpaired_photos(args))
-
-
-def extract_features(args, data: Data, dist, timer: Timer) -> Photos:
-    """Every photo's feature (and grid) through the frozen encoder, once into the cache (rank
-    0 extracts, the others read), and the detector's boxes of the photo rows."""
-    encoder = build_encoder(args.encoder, args.encoder_weights, device=dist.device)
-    pooled_cache = FeatureCache(args.cache_dir, encoder)
-    grid_cache = FeatureCache(args.cache_dir, encoder, grid=True, pooled_too=pooled_cache)
-    needs_grid = args.decoder == "attention" or args.concepts > 0
-    every = data.train_images + data.val_images + data.concept_train + data.concept_val + data.unpaired
-    if dist.main:
-        (grid_cache if needs_grid else pooled_cache).get(every, num_workers=args.workers)
-    dist.barrier()
-
-    def pooled(paths):
-        return pooled_cache.get(paths, progress=False)
-
-    def grids(paths):
-        return grid_cache.get(paths, progress=False) if needs_grid else (None, None)
-
-    train_feats, train_flipped = pooled(data.train_images)
-    train_grid, train_grid_flipped = grids(data.train_images)
-    photos = Photos(pooled, grids, train_feats, train_flipped, pooled(data.val_images)[0], train_grid,
-                    train_grid_flipped, grids(data.val_images)[0], None, None, encoder)
-    log.info("features ready after %.0fs: %d train and %d validation images", timer(), len(data.train_images),
-             len(data.val_images))
-    if args.detector:  # every rank detects what rank 0 cached
-        boxes_cache = DetectionCache(args.cache_dir)
-        photos.train_boxes, photos.val_boxes = boxes_cache.get(data.train_images), boxes_cache.get(data.val_images)
-        log.info("detections ready after %.0fs", timer())
-    seed_everything(args.seed + dist.rank)  # extracting draws random numbers (DataLoader seeds); reading does not
-    return photos
+    """The captions and photos the flags name (a dry run's few)."""
+    return Data(load_records(list(zip(args.dataset, args.data_root)), coco_split=args.coco_split,
+                             val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                             dataset_split=args.dataset_split, repeat=args.repeat, dry_run=args.dry_run),
+                load_concept_photos(args.concept_photos, coco_split=args.coco_split,
+                                    val_fraction=args.concept_val_fraction, dry_run=args.dry_run),
+                load_text_captions(args.text_captions, args.dry_run),
+                unpaired_photos(args.unpaired_photos, args.dry_run))
 
 
 def make_model(args, data: Data, photos: Photos) -> Captioner:
@@ -429,53 +255,6 @@ def make_model(args, data: Data, photos: Photos) -> Captioner:
         model.decoding = DecodingConfig(args.beam_size, args.length_alpha)
         return model
     return build_model(args, photos.encoder, captions, refs_feats, held_out_feats, text_world, concept_words)
-
-
-def fit_detectors(args, model: Captioner, data: Data, photos: Photos):
-    """What the frozen detectors give every training photo (objects, the COCO detector's
-    summary), the concept detectors fitted, and how text rows draw both (the noise tables).
-    Returns (photo inputs, concept noise, detector noise, report)."""
-    photo_inputs = photo_detections(model, photos.train_feats, photos.train_flipped)
-    noise = boxes_noise = None
-    is_coco = torch.tensor(["coco" in str(p) for p in data.train_images])
-    if photos.train_boxes is not None:
-        photo_inputs.boxes = detector_summary(photos.train_boxes)
-        labels = category_labels([captions_by_image(data.splits["train"])[p] for p in data.train_images])
-        boxes_noise = {"coco": DetectorNoise(photo_inputs.boxes[is_coco], labels[is_coco]),
-                       "flickr": DetectorNoise(photo_inputs.boxes[~is_coco], labels[~is_coco])}
-        boxes_noise[""] = boxes_noise["coco"]
-    report = {}
-    if model.config.concepts:
-        noise, report = concept_inputs(args, model, data, photos, photo_inputs, is_coco)
-    return photo_inputs, noise, boxes_noise, report
-
-
-def concept_inputs(args, model: Captioner, data: Data, photos: Photos, photo_inputs: PhotoInputs, is_coco):
-    """Fit the concept detectors on the training photos (COCO's weighted), give each training
-    photo the concepts of the fold that did not see it; the noise tables and a report."""
-    concept_words = model.concept_words
-    concept_grid, concept_grid_flipped = photos.grids(data.concept_train)
-    by_image = {**captions_by_image(data.splits["train"]), **captions_by_image(data.concept_splits["train"])}
-    labels = concept_labels([by_image[p] for p in data.train_images + data.concept_train], concept_words)
-    coco_photo = torch.cat([is_coco, torch.ones(len(data.concept_train), dtype=torch.bool)])
-    weights = torch.where(coco_photo, args.concept_photo_weight, 1.0)
-    held = data.val_images + data.concept_val
-    held_by_image = {**captions_by_image(data.splits["val"]), **captions_by_image(data.concept_splits["val"])}
-    val_labels = concept_labels([held_by_image[p] for p in held], concept_words)
-    held_grid = (torch.cat([photos.val_grid, photos.grids(data.concept_val)[0]]) if data.concept_val
-                 else photos.val_grid)
-    concepts, flipped, noise, held_scores = fit_concepts(
-        model, args, torch.cat([photos.train_grid, concept_grid]),
-        torch.cat([photos.train_grid_flipped, concept_grid_flipped]), labels, weights, held_grid, coco_photo)
-    n = len(data.train_images)
-    photo_inputs.concepts, photo_inputs.flipped_concepts = concepts[:n], flipped[:n]
-    report = {"concept_words": concept_words, "concept_map_validation": average_precision(held_scores, val_labels),
-              "concept_noise": {source: table.summary(concept_words, ["man", "woman", "people", "person", "kitchen",
-                                                                      "table", "street", "snow", "plate", "dog"])
-                                for source, table in noise.items()}}
-    log.info("concept detectors: mean average precision %.3f on %d validation photos",
-             report["concept_map_validation"], len(held))
-    return noise, report
 
 
 class Trainer:
@@ -638,26 +417,17 @@ def main(argv: list[str] | None = None) -> int:
     seed_everything(args.seed + dist.rank)
     timer = Timer()
     data = load_data(args)
-    photos = extract_features(args, data, dist, timer)
+    photos = extract_features(data, dist, timer, encoder_name=args.encoder, encoder_weights=args.encoder_weights,
+                              cache_dir=args.cache_dir, needs_grid=args.decoder == "attention" or args.concepts > 0,
+                              workers=args.workers, detector=args.detector, seed=args.seed)
     model = make_model(args, data, photos)
-    inputs = fit_detectors(args, model, data, photos)
+    inputs = fit_detectors(model, data, photos, concept_epochs=args.concept_epochs,
+                           concept_photo_weight=args.concept_photo_weight, seed=args.seed)
     run = Trainer(args, model, data, photos, inputs, dist)
     train(args, run, timer)
     dist.barrier()
     close_distributed(dist)
     return 0
-
-
-def photo_detections(model: Captioner, feats: torch.Tensor, flipped: torch.Tensor) -> PhotoInputs:
-    """The frozen object detector's output on every training photo and its mirror image."""
-    empty = torch.zeros(len(feats), max(1, model.config.object_slots))
-    if model.network.objects is None:
-        return PhotoInputs(empty.long(), empty, empty.long(), empty)
-    with torch.no_grad():
-        a = [model.network.objects(feats[i:i + 1024].float()) for i in range(0, len(feats), 1024)]
-        b = [model.network.objects(flipped[i:i + 1024].float()) for i in range(0, len(feats), 1024)]
-    cat = lambda ds, f: torch.cat([getattr(d, f) for d in ds])  # noqa: E731
-    return PhotoInputs(cat(a, "words"), cat(a, "probs"), cat(b, "words"), cat(b, "probs"))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,5 @@
-"""What every caption training script shares: caption tables (photos, and captions of
-photos that are not here), the batches they make, the losses (cross-entropy with teacher
-forcing, the attention penalty, self-critical training) and validation.
+"""Caption training's batches: caption tables (photos, and captions of photos that are not
+here) and the batches they make.
 
 A batch mixes two kinds of rows:
 
@@ -28,20 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch.nn.utils.rnn import pad_sequence
 
-from captioner import search
-from captioner.cider import CiderD
 from captioner.concepts import ConceptNoise, concept_labels
 from captioner.datasets import CaptionRecord
-from captioner.decoder import packed_order, packed_targets
-from captioner.detector import summary as detector_summary
 from captioner.loop import epoch_order
-from captioner.metrics import caption_scores
-from captioner.model import Captioner
-from captioner.objects import Detections, mentioned_categories, substitute_slots
+from captioner.objects import Detections, substitute_slots
 from captioner.vocabulary import Vocabulary, tokenize
+from captioner.wordlists import mentioned_categories
 
 
 def encode_caption(vocab: Vocabulary, tokens: Sequence[str]) -> torch.Tensor:
@@ -108,116 +101,6 @@ def object_swaps(batch: int, slots: int, words: int, chance: float, generator: t
         return None
     swap = torch.randint(0, words, (batch, slots), generator=generator)
     return torch.where(torch.rand(batch, slots, generator=generator) < chance, swap, torch.full_like(swap, -1))
-
-
-def caption_loss(trainer, feats, caps, lengths, label_smoothing: float = 0.0, attention_reg: float = 0.0,
-                 grid: torch.Tensor | None = None, swap: torch.Tensor | None = None,
-                 objects_only: torch.Tensor | None = None, detections: Detections | None = None,
-                 concepts: torch.Tensor | None = None, boxes: torch.Tensor | None = None):
-    """Cross-entropy of the teacher-forced words, plus (attention) the doubly stochastic
-    penalty that asks every grid cell to be looked at about once over the caption (photo
-    rows only: a text row has no grid to look at). ``trainer``: the caption network, or its
-    DistributedDataParallel wrapper."""
-    logits, weights = trainer(feats, caps, lengths, grid=grid, swap=swap, objects_only=objects_only,
-                              detections=detections, concepts=concepts, boxes=boxes)
-    loss = F.cross_entropy(logits, packed_targets(caps, lengths), label_smoothing=label_smoothing)
-    if weights is not None and attention_reg:
-        penalty = (1.0 - weights.sum(1)) ** 2
-        if objects_only is not None:
-            penalty = penalty[~objects_only]
-        if len(penalty):
-            loss = loss + attention_reg * penalty.mean()
-    return loss
-
-
-class SelfCritical:
-    """Self-critical sequence training: sample captions, reward each with its CIDEr-D
-    against the image's references, and push up the log-probability of the captions that
-    beat the mean of the other samples of the same image (Rennie et al. 2017; the
-    mean-of-others baseline of Luo 2020). Runs without dropout, so that the captions
-    sampled are those of the policy whose gradient is taken."""
-
-    def __init__(self, model: Captioner, trainer, refs: list[list[list[str]]], features: torch.Tensor,
-                 samples: int, max_words: int, grid: torch.Tensor | None = None):
-        self.model, self.trainer, self.features, self.grid = model, trainer, features, grid
-        self.samples, self.max_words = samples, max_words
-        self.cider = CiderD(refs)
-        self.refs = refs
-        self._prepared: dict[int, list] = {}
-        self.reward_sum, self.reward_count = 0.0, 0
-
-    def rewards(self, images: list[int], ids: torch.Tensor, objects: list[list[str]]) -> torch.Tensor:
-        out = []
-        for k, seq in enumerate(ids.tolist()):
-            image = images[k // self.samples]
-            if image not in self._prepared:
-                self._prepared[image] = self.cider.prepare_refs(self.refs[image])
-            words = self.model.words_of(seq, objects[k // self.samples])
-            out.append(self.cider.score(words, self._prepared[image]))
-        return torch.tensor(out)
-
-    def loss(self, images: torch.Tensor) -> torch.Tensor:
-        network, n = self.model.network, self.samples
-        network.eval()  # no dropout: sample from and differentiate the same policy
-        feats = self.features[images.to(self.features.device)].float()
-        grid = None if self.grid is None else self.grid[images.to(self.grid.device)].float()
-        with torch.no_grad():
-            ctx, _ = network.context(feats, grid)
-        ids, lengths = search.sample(network.decoder, ctx, n, self.max_words)
-        lengths = lengths.cpu()
-        objects = self.model.detected_object_words(feats)
-        reward = self.rewards(images.tolist(), ids, objects).to(feats.device).view(-1, n)
-        advantage = (reward - (reward.sum(1, keepdim=True) - reward) / (n - 1)).view(-1)
-        logits, _ = self.trainer(feats.repeat_interleave(n, 0), ids, lengths,
-                                 grid=None if grid is None else grid.repeat_interleave(n, 0))
-        token_logp = -F.cross_entropy(logits, packed_targets(ids, lengths), reduction="none")
-        owner, _ = packed_order(lengths - 1)  # each packed token's caption
-        seq_logp = torch.zeros(len(ids), device=token_logp.device).index_add(0, owner.to(token_logp.device),
-                                                                              token_logp)
-        self.reward_sum += float(reward.sum())
-        self.reward_count += reward.numel()
-        return -(advantage * seq_logp).mean()
-
-    def mean_reward(self) -> float:
-        """The mean CIDEr-D reward of the captions sampled since the last call."""
-        mean = self.reward_sum / max(1, self.reward_count)
-        self.reward_sum, self.reward_count = 0.0, 0
-        return mean
-
-
-# ------------------------------------------------------------------------ evaluation
-
-@torch.no_grad()
-def validate(model: Captioner, table: CaptionTable, features, refs: dict[str, list[str]], beam_size: int,
-             grid: torch.Tensor | None = None, batch_size: int = 256, boxes: list | None = None) -> dict[str, float]:
-    """Validation loss (teacher forcing), and the scores of beam-search captions: BLEU-4
-    and CIDEr as the test report computes them (``metrics.caption_scores``), and the
-    object-mention F1. ``boxes``: each photo's COCO detections (models with the detector)."""
-    model.network.eval()
-    total, count = 0.0, 0
-    no_flip = torch.zeros(len(table), dtype=torch.bool)
-    for start in range(0, len(table), batch_size):
-        rows = torch.arange(start, min(start + batch_size, len(table)))
-        feats, caps, lengths, grids = table.batch(rows, no_flip[rows], features, features, grid, grid)
-        summaries = None
-        if boxes is not None and model.config.detector:
-            summaries = detector_summary([boxes[i] for i in table.image[rows].tolist()]).to(feats.device)
-        logits, _ = model.network(feats, caps, lengths, grid=grids, boxes=summaries)
-        targets = packed_targets(caps, lengths)
-        total += F.cross_entropy(logits, targets, reduction="sum").item()
-        count += len(targets)
-    results = []
-    for start in range(0, len(features), batch_size):
-        part = slice(start, start + batch_size)
-        results += model.caption_features(features[part].float(), beam_size=beam_size,
-                                          grid=None if grid is None else grid[part].float(),
-                                          boxes=None if boxes is None else boxes[part])
-    predictions = {image: r.caption for image, r in zip(refs, results)}
-    scores = caption_scores(refs, predictions, meteor=False)
-    return {"val_loss": total / count, "val_bleu4": scores["BLEU-4"], "val_cider": scores["CIDEr"],
-            "val_object_f1": scores["object_f1"]}
-
-
 
 
 # ------------------------------------------------------------- captions without photos
@@ -327,7 +210,7 @@ class TextTable:
 
 def category_labels(captions_per_photo: Sequence[Sequence[str]]) -> torch.Tensor:
     """(photos, 80) bool: the COCO categories any of a photo's captions names."""
-    from captioner.detector import coco_categories
+    from captioner.wordlists import coco_categories
 
     column = {c: i for i, c in enumerate(coco_categories())}
     labels = torch.zeros(len(captions_per_photo), 80, dtype=torch.bool)
@@ -432,17 +315,3 @@ def text_rows_for(step: int, epoch: int, per_step: int, n: int, seed: int, rank:
     (a different random share of them every epoch), wrapping around."""
     order = epoch_order(n, 1_000 + epoch, seed, rank, world)
     return order[(torch.arange(per_step) + step * per_step) % len(order)]
-
-
-def scores_on(model: Captioner, features: torch.Tensor, grid: torch.Tensor | None, refs: dict[str, list[str]],
-              beam_size: int | None = None, batch_size: int = 256, boxes: list | None = None) -> dict[str, float]:
-    """Caption scores (BLEU, ROUGE-L, CIDEr, object mentions, CHAIR) of the model's
-    captions of these photos, in the order of ``refs``."""
-    results = []
-    for start in range(0, len(features), batch_size):
-        part = slice(start, start + batch_size)
-        results += model.caption_features(features[part].float(), beam_size=beam_size,
-                                          grid=None if grid is None else grid[part].float(),
-                                          boxes=None if boxes is None else boxes[part])
-    return caption_scores(refs, {image: r.caption for image, r in zip(refs, results)}, meteor=False)
-
