@@ -74,3 +74,55 @@ def test_one_version_number():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     assert "version" not in project and "version" in project["dynamic"]
     assert captioner.__version__.count(".") == 2
+
+
+def package_graph() -> dict[str, set[str]]:
+    """The caption library's import graph, read from its source (every import, at the top
+    of a file or inside a function): module -> the captioner modules it imports."""
+    graph = {}
+    for path in python_files("captioner"):
+        module = "captioner." + ".".join(path.relative_to(ROOT / "captioner").with_suffix("").parts)
+        module = module.removesuffix(".__init__")
+        used = set()
+        for name in imports(path):
+            while name.startswith("captioner.") and name not in used:
+                if (ROOT / Path(*name.split("."))).with_suffix(".py").is_file():
+                    used.add(name)
+                    break
+                name = name.rsplit(".", 1)[0]
+        graph[module] = used - {module}
+    return graph
+
+
+def test_the_caption_library_has_no_import_circle():
+    graph = package_graph()
+    state: dict[str, int] = {}
+
+    def visit(module: str, trail: list[str]) -> None:
+        state[module] = 1
+        for used in sorted(graph.get(module, ())):
+            if state.get(used) == 1:
+                raise AssertionError("import circle: " + " -> ".join(trail[trail.index(used):] + [module, used]))
+            if used not in state:
+                visit(used, trail + [module] if used != module else trail)
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [])
+
+
+def test_the_shared_loop_loads_none_of_the_caption_stack():
+    """Demos train with ``captioner.loop``: it must not pull in the model, training or detector."""
+    assert package_graph()["captioner.loop"] <= {"captioner.checkpoint", "captioner.runtools"}
+    import subprocess
+    import sys
+
+    loaded = subprocess.run([sys.executable, "-c", "import sys, captioner.loop; print(' '.join(sys.modules))"],
+                            cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    assert not {"captioner.model", "captioner.batches", "captioner.detector", "captioner.network"} & set(loaded)
+
+
+def test_no_source_file_is_over_450_lines():
+    for path in [ROOT / "app.py", *python_files("captioner", "training", "webapp", "demos", "benchmarks")]:
+        assert len(path.read_text().splitlines()) <= 450, path.relative_to(ROOT)

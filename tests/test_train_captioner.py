@@ -169,8 +169,8 @@ def test_dry_run_with_the_coco_detector_and_val2017_photos(tmp_path, data_args):
     """The eyes path: COCO val2017 photos (their own split) beside Flickr8k, the detector's
     boxes for the photo rows, detector inputs drawn for the text rows; the model it writes
     needs the boxes, and captions with them."""
-    from captioner.detector import DetectionCache
-    from captioner.features import boxes_for, features_for
+    from captioner.detector import DetectionCache, boxes_for
+    from captioner.features import features_for
     from training import train_captioner
 
     out = tmp_path / "eyes"
