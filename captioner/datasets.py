@@ -138,8 +138,9 @@ def read_dataset(kind: str, root: str | Path, coco_split: str = "train2017") -> 
     raise ValueError(f"unknown dataset {kind!r}; use {', '.join(DATASETS)}")
 
 
-# coco_val2017: photos the COCO detector never trained on (it trained on train2017, which holds the others)
-PAIRED = {"coco_paired": "val2014", "coco_val2017": "val2017", "coco_train2014": "train2014"}
+# coco_val2017: photos the COCO detector never trained on (it trained on train2017, which holds the others);
+# coco_extra: 830 more COCO photos (none of them in val2017), most of them the detector's training photos
+PAIRED = {"coco_paired": "val2014", "coco_val2017": "val2017", "coco_train2014": "train2014", "coco_extra": "extra"}
 DATASETS = ("coco", "coco-karpathy", "flickr8k", *PAIRED)
 TEXT_SOURCES = ("coco", "flickr")
 

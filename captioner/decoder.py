@@ -223,7 +223,9 @@ class ShowTellDecoder(CaptionDecoder):
 class AttentionDecoder(CaptionDecoder):
     """Show, Attend and Tell with soft attention over the encoder's grid.
 
-    ``ctx["grid"]`` (B, L, D): the grid's cells projected to ``D`` (``model.CaptionNetwork``);
+    ``ctx["grid"]`` (B, L, D): the grid's cells projected to ``D`` (``network.CaptionNetwork``),
+    and with regions the detector's boxes after them (``ctx["grid_mask"]`` (B, L) False for
+    a box a photo does not have: Up-Down's attention over cells and objects, Anderson et al. 2018);
     ``ctx["image"]`` (B, embed_dim): the pooled image (and objects), which sets the initial
     state. One layer: the LSTM step is ``lstm.LSTMCell``."""
 
@@ -250,7 +252,10 @@ class AttentionDecoder(CaptionDecoder):
 
     def _attend(self, h: torch.Tensor, ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
         keys = ctx["grid_keys"]
-        weights = self.score(torch.tanh(keys + self.hidden_key(h)[:, None, :])).squeeze(-1).softmax(-1)
+        scores = self.score(torch.tanh(keys + self.hidden_key(h)[:, None, :])).squeeze(-1)
+        if "grid_mask" in ctx:  # regions: the detector's boxes after the cells, absent ones masked
+            scores = scores.masked_fill(~ctx["grid_mask"], float("-inf"))
+        weights = scores.softmax(-1)
         context = torch.bmm(weights[:, None, :], ctx["grid"]).squeeze(1)
         return weights, torch.sigmoid(self.gate(h)) * context
 

@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 import torch
 
 from captioner import search
+from captioner.attention_targets import category_of_words
 from captioner.decoder import Context
 from captioner.detector import PERSON, category_scores
 from captioner.network import CaptionNetwork
 from captioner.objects import Detections
+from captioner.regions import Regions
 from captioner.rules import CaptionRules
 from captioner.search import Decoded
 from captioner.vocabulary import Vocabulary
@@ -51,6 +53,9 @@ class DecodingConfig:
     ground_detector: bool = False  # grounding reads the COCO detector alone (not the concept detectors too)
     ground_weight: float = 0.0  # a word naming a COCO category gets + ground_weight * log p, p the concept
     #                             detectors' surest word for that category (0: off; see ``grounding``)
+    back_objects: float | None = None  # a word naming a COCO object needs something to back it: a detected box
+    #                                    (score >= 0.5) or a concept or ImageNet object at least this sure of it
+    #                                    (``unbacked``; None: off)
 
 
 
@@ -108,13 +113,17 @@ class WordTables:
     category_tokens: torch.Tensor | None = None
     object_tokens: torch.Tensor | None = None
     object_category: torch.Tensor | None = None
+    word_coco: torch.Tensor | None = None  # (vocab,) the COCO category (0..79) each word names (-1: none)
+    object_coco: torch.Tensor | None = None  # (object words,) likewise for the object words
+    concept_coco: torch.Tensor | None = None  # (concepts,) likewise for the concept words
 
     @classmethod
     def of(cls, vocab: Vocabulary, object_words: Sequence[str], concept_words: Sequence[str],
            detector: bool) -> WordTables:
         categories = category_indices(vocab, concept_words)
         tables = cls(CaptionRules(vocab.words, vocab.end_id), categories,
-                     category_tokens(vocab) if detector else None)
+                     category_tokens(vocab) if detector else None, word_coco=category_of_words(vocab.words),
+                     object_coco=category_of_words(object_words), concept_coco=category_of_words(concept_words))
         if object_words:
             tables.object_tokens = torch.tensor([vocab.index.get(w, -1) for w in object_words], dtype=torch.long)
         if object_words and categories is not None:
@@ -159,6 +168,34 @@ def grounding(tables: WordTables, concepts: torch.Tensor, decoding: DecodingConf
     return bias
 
 
+def unbacked(tables: WordTables, decoding: DecodingConfig, boxes: torch.Tensor | None,
+             concepts: torch.Tensor | None, detections: Detections | None) -> torch.Tensor:
+    """(B, vocab) True for each word (object slots included) that names a COCO object nothing
+    backs: no box of it at 0.5 or more, and no concept or ImageNet object word of it at
+    ``back_objects`` or more (``CHAIR``'s invented objects, refused while searching)."""
+    rows = len(boxes) if boxes is not None else len(concepts)
+    device = (boxes if boxes is not None else concepts).device
+    backed = torch.zeros(rows, 81, device=device)  # 1: backed; column 80: "names no object"
+    backed[:, 80] = 1.0
+    if boxes is not None:
+        backed[:, :80] = (category_scores(boxes) >= 0.5).float()
+    sure = decoding.back_objects
+    if concepts is not None and len(tables.concept_coco):
+        column = tables.concept_coco.to(device).clamp_min(-1) % 81  # -1 -> 80
+        backed.scatter_reduce_(1, column[None].expand(rows, -1), (concepts >= sure).float(), "amax")
+    if detections is not None and tables.object_coco is not None and len(tables.object_coco):
+        column = tables.object_coco.to(device)[detections.words] % 81
+        backed.scatter_reduce_(1, column, (detections.probs >= sure).float(), "amax")
+    backed = backed > 0
+    words = tables.word_coco.to(device) % 81
+    banned = ~backed[:, words]  # (B, vocab)
+    if detections is not None and tables.object_coco is not None and len(tables.object_coco):
+        slots = tables.object_coco.to(device)[detections.words] % 81  # (B, K)
+        first = banned.shape[1] - slots.shape[1]
+        banned[:, first:] = ~backed.gather(1, slots)
+    return banned
+
+
 def required_words(tables: WordTables, first_slot: int, detections: Detections | None, boxes: torch.Tensor | None,
                    decoding: DecodingConfig) -> torch.Tensor | None:
     """(B, S) the words of which each caption must hold one (-1: none; None: no image
@@ -182,8 +219,8 @@ def required_words(tables: WordTables, first_slot: int, detections: Detections |
 
 def decode(network: CaptionNetwork, tables: WordTables, features: torch.Tensor, decoding: DecodingConfig,
            grid: torch.Tensor | None = None, familiarity: torch.Tensor | None = None,
-           text_world: torch.Tensor | None = None, boxes: torch.Tensor | None = None
-           ) -> tuple[list[Decoded], Detections | None, Context]:
+           text_world: torch.Tensor | None = None, boxes: torch.Tensor | None = None,
+           regions: Regions | None = None) -> tuple[list[Decoded], Detections | None, Context]:
     """Decode a batch of photos' captions: (decoded ids, the classifier's objects, the context)."""
     objects_only = None
     if decoding.objects_only_below is not None and familiarity is not None and network.objects is not None:
@@ -192,11 +229,15 @@ def decode(network: CaptionNetwork, tables: WordTables, features: torch.Tensor, 
         by_world = text_world >= decoding.text_world_above
         objects_only = by_world if objects_only is None else objects_only | by_world
     ctx, detections = network.context(features, grid, decoding.min_object_prob, objects_only=objects_only,
-                                      boxes=boxes)
+                                      boxes=boxes, regions=regions)
     if "concepts" in ctx and tables.categories is not None:
         bias = grounding(tables, ctx["concepts"], decoding, ctx.get("boxes"), detections)
         if bias is not None:
             ctx["word_bias"] = bias
+    if decoding.back_objects is not None:
+        banned = unbacked(tables, decoding, ctx.get("boxes"), ctx.get("concepts"), detections)
+        bias = ctx.get("word_bias", torch.zeros(banned.shape, device=banned.device))
+        ctx["word_bias"] = bias.masked_fill(banned, float("-inf"))
     required = required_words(tables, network.decoder.first_slot, detections, ctx.get("boxes"), decoding)
     decoder = network.inference_decoder
     constraints = None

@@ -42,6 +42,7 @@ from captioner.detector import PERSON, Boxes, category_scores, summary
 from captioner.encoders import ImageEncoder, build_encoder
 from captioner.familiarity import Familiarity
 from captioner.network import CaptionerConfig, CaptionNetwork
+from captioner.regions import Regions
 from captioner.results import CaptionResult, Writer, add_boxes
 from captioner.vocabulary import Vocabulary
 
@@ -140,8 +141,10 @@ class Captioner(nn.Module):
         if self.config.detector and boxes is None:
             raise ValueError("this captioner needs the COCO detector's boxes of each photo")
         summaries = summary(list(boxes)).to(self.device) if self.config.detector else None
+        regions = Regions.of(boxes, self.config.regions) if self.config.regions else None
         decoded, detections, ctx = decode(self.network, self.tables, features, decoding,
-                                          grid if self.network.needs_grid else None, familiar, text_world, summaries)
+                                          grid if self.network.needs_grid else None, familiar, text_world, summaries,
+                                          regions)
         grid_size = None
         if grid is not None and self.network.attends:
             side = int(round(grid.shape[1] ** 0.5))

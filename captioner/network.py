@@ -23,6 +23,7 @@ from captioner.concepts import ConceptDetector
 from captioner.decoder import DECODERS, Context
 from captioner.familiarity import Familiarity
 from captioner.objects import Detections, ObjectDetector
+from captioner.regions import GEOMETRY, Regions, pooled
 from captioner.vocabulary import Vocabulary
 
 
@@ -47,6 +48,8 @@ class CaptionerConfig:
     familiarity_worlds: int = 0    # 1: each reference photo says whether its world is known from text only
     concepts: int = 0              # visual concepts learned from captions (concepts.py; 0: none)
     detector: int = 0              # the COCO detector's summary of a photo (detector.summary; 0: no detector)
+    regions: int = 0               # attention: the most detector boxes a word may look at besides the cells
+    #                                (regions.py; 0: the cells alone)
     dropout: float = field(default=0.5, metadata={"weights": False})
 
 
@@ -90,6 +93,9 @@ class CaptionNetwork(nn.Module):
         if config.decoder == "attention":
             self.grid_projection = FeatureProjection(config.feature_dim, config.grid_dim, config.dropout)
             kwargs = {"grid_dim": config.grid_dim, "attention_dim": config.attention_dim}
+            if config.regions:  # a box's entry: its pooled feature (grid_projection) + its category + its place
+                self.region_category = nn.Embedding(80, config.grid_dim)
+                self.region_geometry = nn.Linear(GEOMETRY, config.grid_dim)
         elif config.decoder not in DECODERS:
             raise CheckpointError(f"unknown decoder {config.decoder!r}; choose one of {', '.join(DECODERS)}")
         self.decoder = DECODERS[config.decoder](
@@ -137,7 +143,8 @@ class CaptionNetwork(nn.Module):
     def context(self, features: torch.Tensor, grid: torch.Tensor | None = None, min_object_prob: float = 0.0,
                 swap: torch.Tensor | None = None, objects_only: torch.Tensor | None = None,
                 detections: Detections | None = None, concepts: torch.Tensor | None = None,
-                boxes: torch.Tensor | None = None) -> tuple[Context, Detections | None]:
+                boxes: torch.Tensor | None = None, regions: Regions | None = None
+                ) -> tuple[Context, Detections | None]:
         """The decoder's per-image context from pooled features (B, D) and, for attention,
         the grid (B, L, D). ``swap`` (B, K): object words whose vectors the copy scores see
         instead of the detected ones', where they are >= 0 (a training augmentation: the
@@ -148,7 +155,8 @@ class CaptionNetwork(nn.Module):
         ``detections`` and ``concepts`` (B, C): given instead of detected (training on
         captions without photos gives them; ``concepts.ConceptNoise``). ``boxes`` (B, 240): the
         COCO detector's summary of each photo (``detector.summary``; a text row's is drawn
-        as the detector would give it, ``training.DetectorNoise``)."""
+        as the detector would give it, ``batches.DetectorNoise``). ``regions``: the boxes the
+        attention looks at besides the cells (``regions.Regions``; with ``config.regions``)."""
         features = features.float()
         image = self.projection(features)
         keep = None if objects_only is None else (~objects_only).to(image.dtype)
@@ -169,10 +177,24 @@ class CaptionNetwork(nn.Module):
             image = image + self.detector_projection(boxes)
         ctx["image"] = image
         if self.attends:
-            ctx["grid"] = self.grid_projection(self._require(grid, "the attention decoder").float())
+            grid = self._require(grid, "the attention decoder").float()
+            ctx["grid"] = self.grid_projection(grid)
+            if self.config.regions:
+                self._add_regions(ctx, grid, regions)
             if keep is not None:
                 ctx["grid"] = ctx["grid"] * keep[:, None, None]
         return ctx, detections
+
+    def _add_regions(self, ctx: Context, grid: torch.Tensor, regions: Regions | None) -> None:
+        """The detector's boxes after the cells in ``ctx["grid"]``; ``ctx["grid_mask"]`` says
+        which entries a photo has (a photo without boxes, or a caption without a photo,
+        looks at the cells alone)."""
+        regions = (Regions.none(len(grid), self.config.regions) if regions is None else regions).to(grid.device)
+        boxes = (self.grid_projection(pooled(grid, regions)) + self.region_category(regions.categories)
+                 + self.region_geometry(regions.geometry()))
+        ctx["grid"] = torch.cat([ctx["grid"], boxes], 1)
+        cells = torch.ones(grid.shape[:2], dtype=torch.bool, device=grid.device)
+        ctx["grid_mask"] = torch.cat([cells, regions.mask], 1)
 
     def _object_context(self, ctx: Context, detections: Detections, min_object_prob: float,
                         swap: torch.Tensor | None) -> torch.Tensor:
@@ -196,8 +218,9 @@ class CaptionNetwork(nn.Module):
     def forward(self, features: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor,
                 grid: torch.Tensor | None = None, swap: torch.Tensor | None = None,
                 objects_only: torch.Tensor | None = None, detections: Detections | None = None,
-                concepts: torch.Tensor | None = None, boxes: torch.Tensor | None = None):
+                concepts: torch.Tensor | None = None, boxes: torch.Tensor | None = None,
+                regions: Regions | None = None):
         """Teacher forcing: (packed logits, attention weights or None)."""
         ctx, _ = self.context(features, grid, swap=swap, objects_only=objects_only, detections=detections,
-                              concepts=concepts, boxes=boxes)
+                              concepts=concepts, boxes=boxes, regions=regions)
         return self.decoder(captions, lengths, ctx)

@@ -35,6 +35,7 @@ class CaptionResult:
     attention: list[list[float]] | None = None         # per word, weights over the grid (row-major)
     grid: tuple[int, int] | None = None
     boxes: list[dict] | None = None                     # the COCO detector's boxes (detector.Boxes.to_list)
+    attention_boxes: list[list[float]] | None = None   # per word, weights over ``boxes`` (regions; cells + boxes = 1)
 
     def to_dict(self) -> dict:
         out = {"caption": self.caption, "words": self.words, "probabilities": self.probabilities,
@@ -43,6 +44,8 @@ class CaptionResult:
             out.update(attention=self.attention, attention_grid=list(self.grid))
         if self.boxes is not None:
             out["boxes"] = self.boxes
+        if self.attention_boxes is not None:
+            out["attention_boxes"] = self.attention_boxes
         return out
 
 
@@ -91,8 +94,13 @@ class Writer:
             probs += [round(decoded.probabilities[n], 6)] * len(phrase)
             if attention is not None:
                 attention += [[round(a, 5) for a in decoded.attention[n]]] * len(phrase)
+        boxes = None
+        if attention is not None and grid is not None and len(attention[0] if attention else []) > grid[0] * grid[1]:
+            cells = grid[0] * grid[1]  # a decoder with regions: the boxes' weights follow the cells'
+            attention, boxes = [a[:cells] for a in attention], [a[cells:] for a in attention]
         return CaptionResult(" ".join(words), words, probs, decoded.score, objects,
-                             None if familiarity is None else round(familiarity, 4), attention, grid)
+                             None if familiarity is None else round(familiarity, 4), attention, grid,
+                             attention_boxes=boxes)
 
     def phrase(self, token: int, objects: Sequence[str], before: list[str]) -> list[str]:
         """The word(s) of one token: a slot is its object's word, with the article before
@@ -120,6 +128,9 @@ def add_boxes(result: CaptionResult, photo: Boxes, person_ok: bool, rules: bool)
     """The detector's objects in the result; a caption that breaks a rule (none should
     get through the search) becomes the detector's objects alone (say less, never nonsense)."""
     result.boxes = photo.to_list(DETECTED)
+    if result.attention_boxes is not None:  # one weight per box shown (the decoder saw the first ``regions``)
+        n = len(result.boxes)
+        result.attention_boxes = [(a + [0.0] * n)[:n] for a in result.attention_boxes]
     counts = photo.counts(DETECTED)
     best = {}
     for b in result.boxes:

@@ -45,6 +45,7 @@ from captioner.datasets import (
 from captioner.detector import boxes_for
 from captioner.devices import resolve_device
 from captioner.features import FeatureCache, features_for
+from captioner.grounding_metrics import grounding_scores
 from captioner.metrics import best_constant_caption, caption_scores, java_available
 from captioner.model import DEFAULT_CHECKPOINT, Captioner
 from captioner.results import UNFAMILIAR
@@ -181,16 +182,17 @@ def main(argv: list[str] | None = None) -> int:
     refs = {i: references[p] for i, p in zip(ids, images)}
     systems = {"model": {i: r.caption for i, r in zip(ids, results)}}
     notes = {}
+    full = {"model": results}  # the systems whose whole results (attention, boxes) are known
     for path in args.compare:
         other = Captioner.from_checkpoint(path, encoder=model.require_encoder(), device=model.device)
         other_feats, other_grid = features_for(other, images, args.cache_dir)
         other_boxes = boxes_for(other, images, args.cache_dir)
-        captions = [r.caption for first in range(0, len(images), 256)
-                    for r in other.caption_features(other_feats[first:first + 256].float(),
-                                                    grid=None if other_grid is None else other_grid[first:first + 256],
-                                                    boxes=None if other_boxes is None else
-                                                    other_boxes[first:first + 256])]
-        systems[f"compare:{path.name}"] = dict(zip(ids, captions))
+        full[f"compare:{path.name}"] = [
+            r for first in range(0, len(images), 256)
+            for r in other.caption_features(other_feats[first:first + 256].float(),
+                                            grid=None if other_grid is None else other_grid[first:first + 256],
+                                            boxes=None if other_boxes is None else other_boxes[first:first + 256])]
+        systems[f"compare:{path.name}"] = dict(zip(ids, (r.caption for r in full[f"compare:{path.name}"])))
         notes[f"compare:{path.name}"] = f"{path}, its own default decoding, float32 weights"
     if not args.no_baselines:
         candidates = [c for caps in references.values() for c in caps]
@@ -207,13 +209,14 @@ def main(argv: list[str] | None = None) -> int:
             notes["concept_retrieval"] = ("the caption learned from (photos' and text-only) whose concept and object "
                                           "words best match the photo's")
     scores = {name: caption_scores(refs, preds) for name, preds in systems.items()}
+    grounding = {name: grounding_scores([r.to_dict() for r in rs], [refs[i] for i in ids]) for name, rs in full.items()}
 
     beam = args.beam_size or model.decoding.beam_size
     report = {
         "checkpoint": str(args.checkpoint), "images": len(images), "captions": len(records),
         "split": args.split, "beam_size": beam, "encoder": model.config.encoder,
         "skipped_captions_missing_image": dataset.skipped, "java": java_available(),
-        "scores": scores, "baselines": notes, "seconds": round(time.perf_counter() - start, 1),
+        "scores": scores, "grounding": grounding, "baselines": notes, "seconds": round(time.perf_counter() - start, 1),
         "predictions": [{"image": i, **{name: preds[i] for name, preds in systems.items() if name != "constant"},
                          "objects": r.objects, "familiarity": r.familiarity, "references": refs[i]}
                         for i, r in zip(ids, results)],
@@ -231,6 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'':12s}" + "".join(f"{short.get(m, m):>9s}" for m in metrics))
     for name, s in scores.items():
         print(f"{name:12s}" + "".join(f"{s[m]:9.4f}" for m in metrics))
+    for name, g in grounding.items():
+        print(f"{name}: where it looked: {g['flat']} of {g['with_attention']} captions flat, pointing game "
+              f"{g['pointing_game']:.3f} (chance {g['pointing_chance']:.3f}, {g['pointed_words']} words), in-box ratio "
+              f"median {g['in_box_ratio_median']:.2f}; {g['unbacked']} of {g['captions']} captions name an object "
+              "no one backs")
     if "constant" in notes:
         print(f"constant caption: {notes['constant']!r}")
     if familiar:
