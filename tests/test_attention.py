@@ -202,10 +202,14 @@ def test_the_app_shows_where_an_attention_model_looked(attention_server, tiny_at
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.goto(attention_server, wait_until="networkidle")
         page.locator("#caption-files input[type=file]").set_input_files(photos)
-        page.wait_for_function("document.querySelectorAll('#caption-preview img').length >= 2", timeout=20_000)
+        page.wait_for_timeout(500)
         page.locator("#caption-button").click()
-        page.wait_for_function("document.querySelectorAll('#caption-attention img').length >= 2", timeout=90_000)
+        page.wait_for_function("document.querySelectorAll('#caption-output .caption').length >= 2", timeout=90_000)
+        looked = page.locator("#caption-looked")
+        looked.wait_for(state="visible", timeout=10_000)  # folded until asked for
+        looked.get_by_text("Where it looked, word by word").click()
+        page.wait_for_function("document.querySelectorAll('#caption-attention img').length >= 2", timeout=20_000)
         page.screenshot(path=str(SHOTS / "attention.png"), full_page=True)
-        assert page.locator("#caption-attention").is_visible()
-        assert page.locator("#caption-attention img").count() == 2  # one strip of maps per photo
+        lengths = [len(t.split()) for t in page.locator("#caption-output .caption").all_inner_texts()]
+        assert page.locator("#caption-attention img").count() in lengths  # one photo's words, one picture each
         browser.close()

@@ -50,7 +50,7 @@ def test_every_relative_link_and_picture_resolves(page):
 
 def test_the_readme_shows_the_caption_tab():
     pictures = [t for is_image, t in LINK.findall((ROOT / "README.md").read_text()) if is_image]
-    assert "docs/images/caption-tab.png" in pictures
+    assert "docs/images/caption-tab.png" in pictures and "docs/images/caption-tab-phone.png" in pictures
 
 
 def test_the_space_front_matter_is_valid():

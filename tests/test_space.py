@@ -72,7 +72,8 @@ def test_the_uploaded_files_start_as_a_space_and_caption_a_photo(tmp_path):
         picture, summary = client.predict(3, api_name="/predict_frames")  # no download, no ../shared
         assert picture and summary["mse_per_frame"] > 0
         config = urllib.request.urlopen(f"http://127.0.0.1:{port}/config", timeout=10).read().decode()
-        assert config.count("pen trajectory #") >= 40 and config.count("webapp/examples/") >= 4
+        examples = list((space / "webapp" / "examples").glob("*.jpg"))
+        assert config.count("pen trajectory #") >= 40 and len(examples) >= 4 and all(p.name in config for p in examples)
         assert not any(home.iterdir()) or all(p.name in (".cache", ".config") for p in home.iterdir())
     finally:
         proc.terminate()

@@ -66,10 +66,12 @@ def says_something(result: dict) -> bool:
     return cells or any(max(w, default=0.0) >= SAYS_SOMETHING * even for w in boxes)
 
 
-def word_pictures(picture: Image.Image, result: dict, longest: int = 360) -> list[tuple[Image.Image, str]]:
-    """One (picture, "n. word") per word: the whole photo, the word's heat map over the
-    grid and, where the result has ``attention_boxes``, the boxes it attended glowing
-    (outline and tint in proportion to the word's weight on each box)."""
+def word_pictures(picture: Image.Image, result: dict, name: str = "",
+                  longest: int = 360) -> list[tuple[Image.Image, str]]:
+    """One (picture, "n. word") per word (the first also naming the photo): the whole
+    photo, the word's heat map over the grid and, where the result has
+    ``attention_boxes``, the boxes it attended glowing (outline and tint in proportion to
+    the word's weight on each box)."""
     base = scaled(picture, longest)
     grid = tuple(result["attention_grid"])
     boxes = result.get("boxes") or []
@@ -89,5 +91,5 @@ def word_pictures(picture: Image.Image, result: dict, longest: int = 360) -> lis
                 draw.rectangle(xy, fill=GLOW + (int(70 * strength),), outline=GLOW + (int(255 * strength),),
                                width=max(2, round(5 * strength)))
             tile = Image.alpha_composite(tile, glow)
-        shown.append((tile.convert("RGB"), f"{k + 1}. {word}"))
+        shown.append((tile.convert("RGB"), f"{k + 1}. {word}" + (f" ({name})" if name and k == 0 else "")))
     return shown

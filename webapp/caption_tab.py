@@ -77,7 +77,7 @@ def pictures(paths: list[str], results: list[dict]) -> tuple[list, list]:
             pass
         boxed.append((boxed_photo(picture, r.get("boxes"), longest), r["caption"]))
         if not looked and "attention" in r and says_something(r):
-            looked = word_pictures(picture, r)
+            looked = word_pictures(picture, r, r["image"])
     return boxed, looked
 
 
