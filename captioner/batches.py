@@ -31,8 +31,10 @@ from torch.nn.utils.rnn import pad_sequence
 
 from captioner.concepts import ConceptNoise, concept_labels
 from captioner.datasets import CaptionRecord
+from captioner.detector import Boxes
 from captioner.loop import epoch_order
 from captioner.objects import Detections, substitute_slots
+from captioner.regions import Regions
 from captioner.vocabulary import Vocabulary, tokenize
 from captioner.wordlists import mentioned_categories
 
@@ -271,6 +273,19 @@ class PhotoInputs:
     concepts: torch.Tensor | None = None
     flipped_concepts: torch.Tensor | None = None
     boxes: torch.Tensor | None = None  # (photos, 240) the COCO detector's summary (the same for the mirror image)
+    regions: Regions | None = None  # the boxes an attention with regions looks at (regions.py), and
+    flipped_regions: Regions | None = None  # the mirror image's
+
+    def add_regions(self, photos: Sequence[Boxes], most: int) -> None:
+        """The regions of every training photo (``photos``: the detector's boxes) and of its mirror image."""
+        self.regions = Regions.of(photos, most)
+        self.flipped_regions = Regions.of([b.mirrored() for b in photos], most)
+
+    def regions_of(self, index: torch.Tensor, flip: torch.Tensor) -> Regions:
+        mine, mirrored = self.regions.select(index), self.flipped_regions.select(index)
+        pick = lambda a, b: torch.where(flip.view(-1, *[1] * (a.dim() - 1)), b, a)  # noqa: E731
+        return Regions(*(pick(getattr(mine, f), getattr(mirrored, f)) for f in ("boxes", "categories", "scores",
+                                                                              "mask")))
 
     def select(self, index: torch.Tensor, flip: torch.Tensor):
         """(detections, concepts or None, detector summaries or None) of these photos."""

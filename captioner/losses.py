@@ -7,25 +7,35 @@ import torch
 import torch.nn.functional as F
 
 from captioner import search
+from captioner.attention_targets import attention_loss
 from captioner.cider import CiderD
 from captioner.decoder import packed_order, packed_targets
 from captioner.model import Captioner
 from captioner.objects import Detections
+from captioner.regions import Regions
 
 
 def caption_loss(trainer, feats, caps, lengths, label_smoothing: float = 0.0, attention_reg: float = 0.0,
                  grid: torch.Tensor | None = None, swap: torch.Tensor | None = None,
                  objects_only: torch.Tensor | None = None, detections: Detections | None = None,
-                 concepts: torch.Tensor | None = None, boxes: torch.Tensor | None = None):
+                 concepts: torch.Tensor | None = None, boxes: torch.Tensor | None = None,
+                 regions: Regions | None = None, targets: torch.Tensor | None = None, ground_weight: float = 0.0):
     """Cross-entropy of the teacher-forced words, plus (attention) the doubly stochastic
     penalty that asks every grid cell to be looked at about once over the caption (photo
-    rows only: a text row has no grid to look at). ``trainer``: the caption network, or its
+    rows only: a text row has no grid to look at), plus ``ground_weight`` times the
+    attention supervision loss towards ``targets`` (``attention_targets``: the boxes of the
+    objects the words name). ``trainer``: the caption network, or its
     DistributedDataParallel wrapper."""
     logits, weights = trainer(feats, caps, lengths, grid=grid, swap=swap, objects_only=objects_only,
-                              detections=detections, concepts=concepts, boxes=boxes)
+                              detections=detections, concepts=concepts, boxes=boxes, regions=regions)
     loss = F.cross_entropy(logits, packed_targets(caps, lengths), label_smoothing=label_smoothing)
+    cells = None if grid is None else grid.shape[1]
+    if weights is not None and ground_weight and targets is not None:
+        if objects_only is not None:  # a row learned without its photo has nothing to look at
+            targets = targets & ~objects_only[:, None, None]
+        loss = loss + ground_weight * attention_loss(weights, targets, cells)
     if weights is not None and attention_reg:
-        penalty = (1.0 - weights.sum(1)) ** 2
+        penalty = (1.0 - weights[..., :cells].sum(1)) ** 2  # the cells (a photo's boxes differ in number)
         if objects_only is not None:
             penalty = penalty[~objects_only]
         if len(penalty):

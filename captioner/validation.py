@@ -59,3 +59,10 @@ def scores_on(model: Captioner, features: torch.Tensor, grid: torch.Tensor | Non
     captions of these photos, in the order of ``refs``."""
     results = caption_photos(model, features, grid, beam_size, batch_size, boxes)
     return caption_scores(refs, {image: r.caption for image, r in zip(refs, results)}, meteor=False)
+
+
+def coco_metrics(scores: dict) -> dict:
+    """The COCO validation photos' scores as the training loop's metrics."""
+    return {"val_coco_bleu4": scores["BLEU-4"], "val_coco_cider": scores["CIDEr"],
+            "val_coco_object_f1": scores["object_f1"], "val_coco_chair_s": scores["CHAIR_s"],
+            "val_coco_person_in_people_free": scores["person_in_people_free"]}

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from captioner.attention_targets import attention_targets, category_of_words
 from captioner.batches import CaptionTable, TextTable, epoch_plan, mixed_batch, object_swaps, text_rows_for
 from captioner.checkpoint import read_safetensors
 from captioner.concept_training import fit_detectors
@@ -45,6 +46,7 @@ from captioner.losses import SelfCritical, caption_loss
 from captioner.model import Captioner
 from captioner.network import CaptionerConfig
 from captioner.objects import slot_tokens
+from captioner.regions import Regions
 from captioner.runtools import (
     Timer,
     UserError,
@@ -65,7 +67,7 @@ from captioner.training_data import (
     load_text_captions,
     unpaired_photos,
 )
-from captioner.validation import scores_on, validate
+from captioner.validation import coco_metrics, scores_on, validate
 from captioner.vocabulary import Vocabulary, tokenize
 
 log = logging.getLogger("train_captioner")
@@ -100,6 +102,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-layers", type=int, default=1)
     p.add_argument("--attention-reg", type=float, default=1.0,
                    help="attention: weight of the doubly stochastic penalty sum_i (1 - sum_t alpha_ti)^2")
+    p.add_argument("--regions", type=int, default=None,
+                   help="attention: look at up to this many of the detector's boxes besides the cells (regions.py; "
+                        "default: --init's, else 0)")
+    p.add_argument("--ground-attention", type=float, default=0.0,
+                   help="weight of the loss that pulls a word's attention into the boxes of the object it names")
     p.add_argument("--object-slots", type=int, default=5,
                    help="objects of the encoder's ImageNet classifier the decoder may copy (0: none)")
     p.add_argument("--object-swap", type=float, default=0.25,
@@ -196,14 +203,15 @@ def build_model(args, encoder, train_captions: list[str], refs_feats, held_out_f
     config = CaptionerConfig(encoder=args.encoder, embed_dim=args.embed_dim, hidden_dim=args.hidden_dim,
                              num_layers=args.num_layers, decoder=args.decoder, dropout=args.dropout,
                              object_slots=args.object_slots, concepts=len(concept_words),
-                             detector=SUMMARY_DIM if args.detector else 0)
+                             detector=SUMMARY_DIM if args.detector else 0, regions=args.regions or 0)
     old = None
     if args.init is not None:
         old = Captioner.from_checkpoint(args.init, load_encoder=False)
         if old.config.encoder != args.encoder:
             raise UserError(f"{args.init} was trained on {old.config.encoder} features, not {args.encoder}")
         config = replace(old.config, concepts=len(concept_words), dropout=args.dropout,
-                         detector=SUMMARY_DIM if args.detector else old.config.detector)
+                         detector=SUMMARY_DIM if args.detector else old.config.detector,
+                         regions=old.config.regions if args.regions is None else args.regions)
     if config.object_slots and encoder.classifier is None:
         raise UserError(f"{args.encoder} has no ImageNet classifier to find objects with; use --object-slots 0")
     decoding = DecodingConfig(args.beam_size, args.length_alpha, objects_only_below=args.objects_only_below,
@@ -265,6 +273,9 @@ class Trainer:
         self.args, self.model, self.data, self.photos, self.dist = args, model, data, photos, dist
         self.photo_inputs, self.noise, self.boxes_noise, self.report = inputs
         vocab, config, device = model.vocab, model.config, dist.device
+        if config.regions:
+            self.photo_inputs.add_regions(photos.train_boxes, config.regions)
+        self.word_coco, self.object_coco = category_of_words(vocab.words), category_of_words(model.object_words)
         self.train_table = CaptionTable(data.splits["train"], data.train_images, vocab, args.max_caption_words,
                                         model.detected_object_words(photos.train_feats),
                                         model.detected_object_words(photos.train_flipped))
@@ -336,15 +347,21 @@ class Trainer:
             text_rows = text_rows_for(step, epoch, self.text_per_step, len(self.text_table), args.seed,
                                       self.dist.rank, self.dist.world)
             text_part = self.text_table.batch(text_rows, self.noise, g, self.boxes_noise)
+        regions = self.photo_inputs.regions_of(self.train_table.image[rows], flips) if config.regions else None
         feats, caps, lengths, grids_, only, det, concepts, boxes = mixed_batch(
             (feats, caps, grids_, det, concepts, boxes), text_part, device)
         n = len(caps)
+        targets = None
+        if regions is not None:  # text rows have no boxes to look at
+            regions = Regions.cat([regions, Regions.none(n - len(regions), config.regions)]).to(device)
+            targets = attention_targets(caps, regions, self.word_coco, grids_.shape[1],
+                                        self.object_coco.to(device)[det.words], self.model.network.decoder.first_slot)
         swap = object_swaps(n, config.object_slots, config.object_words, args.object_swap, g)
         dropped = (torch.rand(n, generator=g) < args.objects_only).to(device) if config.object_slots else None
         only = only | dropped if dropped is not None else None
         loss = caption_loss(self.trainer, feats, caps, lengths, args.label_smoothing, args.attention_reg, grids_,
                             None if swap is None else swap.to(device), only, det if config.object_slots else None,
-                            concepts, boxes)
+                            concepts, boxes, regions, targets, args.ground_attention)
         return optimizer_step(self.optimizer, loss, self.model.network.parameters(), args.grad_clip)
 
     def validate(self) -> dict:
@@ -373,12 +390,6 @@ class Trainer:
                            beam_size=self.args.beam_size,
                            boxes=None if p.val_boxes is None else [p.val_boxes[i] for i in coco])
         return coco_metrics(scores)
-
-
-def coco_metrics(scores: dict) -> dict:
-    return {"val_coco_bleu4": scores["BLEU-4"], "val_coco_cider": scores["CIDEr"],
-            "val_coco_object_f1": scores["object_f1"], "val_coco_chair_s": scores["CHAIR_s"],
-            "val_coco_person_in_people_free": scores["person_in_people_free"]}
 
 
 def provenance(args) -> dict:
