@@ -82,3 +82,48 @@ def test_a_box_the_word_attended_counts_in_the_map():
               "attention_grid": [7, 7], "boxes": box, "attention_boxes": [[0.0], [0.9]]}
     g = grounding_scores([result])
     assert g["flat"] == 0 and g["pointing_game"] == 1.0 and g["in_box_ratio_median"] > 3
+
+
+def tiny_region_captioner(**decoding):
+    from captioner.decoding import DecodingConfig
+    from captioner.model import Captioner
+    from captioner.network import CaptionerConfig
+    from captioner.objects import slot_tokens
+    from captioner.vocabulary import Vocabulary
+
+    vocab = Vocabulary.build(["a dog on a rug", "a cat and a dog", "a pizza on a table"], min_count=1,
+                             extra=slot_tokens(2))
+    config = CaptionerConfig(feature_dim=16, vocab_size=len(vocab), embed_dim=16, hidden_dim=16, decoder="attention",
+                             grid_dim=16, attention_dim=16, detector=240, regions=3, dropout=0.0)
+    torch.manual_seed(0)
+    return Captioner(config, vocab, decoding=DecodingConfig(beam_size=2, max_length=6, **decoding))
+
+
+def test_a_decoder_with_regions_weighs_cells_and_the_boxes_a_result_shows():
+    """Each word's cell and box weights sum to 1; a box the photo lacks gets none; the
+    boxes' weights line up with ``boxes`` (the shown ones, score >= 0.5)."""
+    model = tiny_region_captioner()
+    photos = [boxes((0, 0, .5, .5, DOG, .9), (.5, .5, 1, 1, CAT, .6), (0, 0, 1, 1, CAT, .3)), Boxes.empty()]
+    results = model.caption_features(torch.randn(2, 16), grid=torch.randn(2, 49, 16), boxes=photos)
+    first, second = (r.to_dict() for r in results)
+    assert len(first["boxes"]) == 2 and all(len(a) == 2 for a in first["attention_boxes"])
+    for r in (first, second):
+        for cells, seen in zip(r["attention"], r["attention_boxes"]):
+            assert len(cells) == 49 and sum(cells) + sum(seen) == pytest.approx(1.0, abs=1e-3)
+    assert second["attention_boxes"] == [[] for _ in second["words"]]
+
+
+def test_an_object_word_nothing_backs_is_never_written():
+    """With ``back_objects``, a word naming a COCO object needs a box (or a concept or an
+    ImageNet object) of it: the same network never writes "pizza" or "dog" without one."""
+    model = tiny_region_captioner(back_objects=0.5)
+    with torch.no_grad():  # a network that loves "pizza" and "dog"
+        for word in ("pizza", "dog"):
+            model.network.decoder.out.bias[model.vocab.index[word]] += 20.0
+    feats, grid = torch.randn(2, 16), torch.randn(2, 49, 16)
+    photos = [boxes((0, 0, .5, .5, DOG, .9)), Boxes.empty()]
+    backed, bare = model.caption_features(feats, grid=grid, boxes=photos)
+    assert "dog" in backed.words and "pizza" not in backed.words
+    assert not {"dog", "pizza"} & set(bare.words)
+    model.decoding.back_objects = None
+    assert "pizza" in model.caption_features(feats, grid=grid, boxes=photos)[1].words

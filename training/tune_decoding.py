@@ -12,12 +12,16 @@ BLEU-4 + CIDEr / 10 + object F1 / 10 - CHAIR_s / 10 wins (averaged over the data
 given: ``coco_paired`` photos are split as the training run split them, by its
 ``--concept-val-fraction``). ``--text-world-above`` tries when to describe a photo from its
 objects and concepts alone (the share of its nearest reference photos that are of the text
-world). ``--write`` saves the checkpoint again with that setting as its default.
+world); ``--back-objects`` when an object word needs a box, a concept or an ImageNet object to
+back it. Each row also reports where the captions looked (``grounding_metrics``: flat
+captions, pointing game, captions naming an object nothing backs). ``--write`` saves the
+checkpoint again with that setting as its default.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from dataclasses import replace
@@ -28,6 +32,7 @@ from captioner.datasets import DATASETS, captions_by_image, own_fractions, read_
 from captioner.detector import boxes_for
 from captioner.devices import resolve_device
 from captioner.features import features_for
+from captioner.grounding_metrics import grounding_scores
 from captioner.metrics import caption_scores
 from captioner.model import Captioner
 from captioner.runtools import UserError, cli, device_flag
@@ -53,10 +58,10 @@ def main(argv: list[str] | None = None) -> int:
                         "at least this sure ('none': never)")
     p.add_argument("--min-object-probs", type=float, nargs="+", default=[0.0],
                    help="try never copying objects the classifier is less sure of than this")
-    p.add_argument("--objects-only-below", default="0.01",
-                   help="photos less familiar than this are described from their objects alone ('none': never). "
-                        "Set, not tuned: the validation photos are the training photos' kind, and about 1%% of them "
-                        "fall below 0.01")
+    p.add_argument("--objects-only-below", default="keep",
+                   help="photos less familiar than this are described from their objects alone ('none': never; "
+                        "'keep': the checkpoint's). Set, not tuned: the validation photos are the training photos' "
+                        "kind, and about 1%% of them fall below any sensible threshold")
     p.add_argument("--text-world-above", nargs="+", default=["keep"],
                    help="try describing photos from their objects and concepts alone when at least this share of "
                         "their nearest reference photos is of the text world ('none': never; 'keep': the "
@@ -79,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ground-weights", type=float, nargs="+", default=None,
                    help="try tying COCO category words to the concept detectors: + weight * log p (default: the "
                         "checkpoint's)")
+    p.add_argument("--back-objects", nargs="+", default=["keep"],
+                   help="try naming a COCO object only when a box, a concept or an ImageNet object at least this sure "
+                        "backs it ('none': always; 'keep': the checkpoint's)")
     p.add_argument("--block-ngrams", type=int, nargs="+", default=None,
                    help="try forbidding repeated n-grams of these lengths (0: none; default: the checkpoint's)")
     p.add_argument("--cache-dir", type=Path, default=Path("data/features"))
@@ -103,84 +111,73 @@ def main(argv: list[str] | None = None) -> int:
         features, grid = features_for(model, images, args.cache_dir, progress=False)
         boxes = boxes_for(model, images, args.cache_dir)
         sets.append((kind, images, {str(p): caps for p, caps in refs_by_image.items()}, features, grid, boxes))
-    worlds = [model.decoding.text_world_above if w == "keep" else None if w == "none" else float(w)
-              for w in args.text_world_above]
-    persons = [model.decoding.person_below if w == "keep" else None if w == "none" else float(w)
-               for w in args.person_below]
-    person_scores = [model.decoding.person_score if w == "keep" else None if w == "none" else float(w)
-                     for w in args.person_scores]
-    rules = model.decoding.rules if args.rules == "keep" else args.rules == "on"
-    ground_sources = {"keep": [model.decoding.ground_detector], "on": [True], "off": [False],
-                      "both": [False, True]}[args.ground_detector]
-    detected = [model.decoding.require_detected if w == "keep" else None if w == "none" else float(w)
-                for w in args.require_detected]
-    grounds = args.ground_weights or [model.decoding.ground_weight]
-    blocks = args.block_ngrams if args.block_ngrams is not None else [model.decoding.block_ngram]
-    requires = [None if r == "none" else float(r) for r in args.require_object_probs]
-    minimums = args.min_object_probs
-    only_below = None if args.objects_only_below == "none" else float(args.objects_only_below)
+    keep = model.decoding
+
+    def choices(values: list[str], current):
+        return [current if v == "keep" else None if v == "none" else float(v) for v in values]
+
+    axes = {  # DecodingConfig field -> the values tried
+        "beam_size": args.beams, "length_alpha": args.alphas,
+        "require_object_prob": [None if r == "none" else float(r) for r in args.require_object_probs],
+        "min_object_prob": args.min_object_probs,
+        "text_world_above": choices(args.text_world_above, keep.text_world_above),
+        "person_below": choices(args.person_below, keep.person_below),
+        "ground_weight": args.ground_weights or [keep.ground_weight],
+        "block_ngram": args.block_ngrams if args.block_ngrams is not None else [keep.block_ngram],
+        "person_score": choices(args.person_scores, keep.person_score),
+        "require_detected": choices(args.require_detected, keep.require_detected),
+        "ground_detector": {"keep": [keep.ground_detector], "on": [True], "off": [False],
+                            "both": [False, True]}[args.ground_detector],
+        "back_objects": choices(args.back_objects, keep.back_objects),
+    }
+    fixed = {"rules": keep.rules if args.rules == "keep" else args.rules == "on",
+             "objects_only_below": choices([args.objects_only_below], keep.objects_only_below)[0]}
     if model.network.objects is None:
-        requires, minimums, only_below = [None], [0.0], None
+        axes.update(require_object_prob=[None], min_object_prob=[0.0])
+        fixed["objects_only_below"] = None
+    settings = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+    settings = [s for s in settings if s["beam_size"] > 1 or s["length_alpha"] == args.alphas[0]]  # greedy: one alpha
     rows = []
-    settings = [(beam, alpha, require, minimum, world, person, ground, block, person_score, sure, source)
-                for beam in args.beams for alpha in (args.alphas if beam > 1 else [1.0]) for require in requires
-                for minimum in minimums for world in worlds for person in persons for ground in grounds
-                for block in blocks for person_score in person_scores for sure in detected for source in ground_sources]
-    for beam, alpha, require, minimum, world, person, ground, block, person_score, sure, source in settings:
-        model.decoding = replace(model.decoding, require_object_prob=require, min_object_prob=minimum,
-                                 objects_only_below=only_below, text_world_above=world, person_below=person,
-                                 ground_weight=ground, block_ngram=block, person_score=person_score, rules=rules,
-                                 require_detected=sure, ground_detector=source)
-        row = {"ground_detector": source, "beam": beam, "alpha": alpha, "require_object_prob": require,
-               "min_object_prob": minimum,
-               "text_world_above": world, "person_below": person, "ground_weight": ground, "block_ngram": block,
-               "person_score": person_score, "require_detected": sure, "rules": rules, "datasets": {}}
+    for setting in settings:
+        model.decoding = replace(keep, **setting, **fixed)
+        row = {**setting, **fixed, "datasets": {}}
         for kind, images, refs, features, grid, boxes in sets:
-            results = model.caption_features(features.float(), beam_size=beam, length_alpha=alpha, grid=grid,
-                                             boxes=boxes)
+            results = model.caption_features(features.float(), grid=grid, boxes=boxes)
             scores = caption_scores(refs, {str(p): r.caption for p, r in zip(images, results)}, meteor=False)
+            looked = grounding_scores([r.to_dict() for r in results], [refs[str(p)] for p in images])
             row["datasets"][kind] = {"images": len(images), "bleu4": scores["BLEU-4"], "cider": scores["CIDEr"],
                                      "object_f1": scores["object_f1"], "object_precision": scores["object_precision"],
                                      "CHAIR_s": scores["CHAIR_s"], "degenerate": scores["degenerate"],
                                      "person_in_people_free": scores["person_in_people_free"],
-                                     "words": sum(len(r.words) for r in results) / len(results)}
+                                     "words": sum(len(r.words) for r in results) / len(results),
+                                     "flat": looked["flat"], "pointing_game": looked["pointing_game"],
+                                     "unbacked": looked["unbacked"]}
         for key in ("bleu4", "cider", "object_f1", "CHAIR_s"):
             row[key] = sum(d[key] for d in row["datasets"].values()) / len(sets)
         rows.append(row)
-        print(f"beam {beam} alpha {alpha:4.2f} require {require} min {minimum} text world {world} person {person} "
-              f"ground {ground} block {block} person score {person_score} require detected {sure}: "
+        print(", ".join(f"{k} {v}" for k, v in setting.items()) + ": "
               + "; ".join(f"{kind} BLEU-4 {d['bleu4']:.4f} CIDEr {d['cider']:.4f} object F1 {d['object_f1']:.4f} "
                           f"CHAIR_s {d['CHAIR_s']:.3f} person/people-free {d['person_in_people_free']:.2f} "
-                          f"degenerate {d['degenerate']}"
+                          f"degenerate {d['degenerate']} unbacked {d['unbacked']} pointing {d['pointing_game']:.3f} "
+                          f"flat {d['flat']}"
                           for kind, d in row["datasets"].items()))
     images = [p for _, photos, *_ in sets for p in photos]
     best = max(rows, key=score)
+    chosen = {k: best[k] for k in axes}
     print(f"best on {len(images)} validation images by BLEU-4 + CIDEr / 10 + object F1 / 10 - CHAIR_s / 10: "
-          f"beam {best['beam']}, "
-          f"alpha {best['alpha']}, require_object_prob {best['require_object_prob']}, "
-          f"min_object_prob {best['min_object_prob']}, text_world_above {best['text_world_above']}, "
-          f"person_below {best['person_below']}, ground_weight {best['ground_weight']}, "
-          f"block_ngram {best['block_ngram']}, person_score {best['person_score']}, "
-          f"require_detected {best['require_detected']}")
+          + ", ".join(f"{k} {v}" for k, v in chosen.items()))
     if args.json_out:
         criterion = "BLEU-4 + CIDEr / 10 + object F1 / 10 - CHAIR_s / 10"
         atomic_write_text(args.json_out, json.dumps({"checkpoint": str(args.checkpoint), "images": len(images),
                                                      "criterion": criterion, "best": best, "settings": rows}, indent=2))
     if args.write:
-        model.decoding = replace(model.decoding, beam_size=best["beam"], length_alpha=best["alpha"],
-                                 require_object_prob=best["require_object_prob"],
-                                 min_object_prob=best["min_object_prob"], objects_only_below=only_below,
-                                 text_world_above=best["text_world_above"], person_below=best["person_below"],
-                                 ground_weight=best["ground_weight"], block_ngram=best["block_ngram"],
-                                 person_score=best["person_score"], rules=rules,
-                                 require_detected=best["require_detected"], ground_detector=best["ground_detector"])
+        model.decoding = replace(keep, **chosen, **fixed)
         tensors, meta = read_safetensors(args.checkpoint)
         kept = ("format", "kind", "config", "vocabulary", "decoding", "object_words", "concept_words", "provenance")
         stored = next((t.dtype for t in tensors.values() if t.is_floating_point()), None)  # fp16 stays fp16
         model.save(args.checkpoint, dtype=stored,
                    metadata={k: v for k, v in meta.items() if k not in kept})
-        print(f"wrote beam {best['beam']}, alpha {best['alpha']}, require_object_prob "
-              f"{best['require_object_prob']} into {args.checkpoint}")
+        print(f"wrote {chosen} into {args.checkpoint}")
     return 0
 
 
