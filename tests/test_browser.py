@@ -104,6 +104,10 @@ def test_upload_a_photo_and_read_its_caption_in_the_first_screen(page, tmp_path)
     assert page.locator("#caption-output .w").count() == len(caption_words(page))  # each word's confidence
     assert "caption in" in page.locator("#caption-timing").inner_text()
     assert page.locator("#caption-all").is_visible()  # the table and downloads, folded
+    page.locator("#caption-files button[aria-label=Clear]").click()  # the photo taken away: its caption too
+    page.wait_for_function("document.querySelectorAll('#caption-output .caption, #caption-photos img').length == 0",
+                           timeout=10_000)
+    assert not page.locator("#caption-all").is_visible()
 
 
 def test_on_a_phone_the_caption_comes_into_view_and_every_tab_is_in_sight(phone, tmp_path):

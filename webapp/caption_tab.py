@@ -131,7 +131,8 @@ class CaptionTab:
 
     def check_added(self, files):
         """Photos just added: each is read by the safe loader now, and a file that is not a
-        photo is taken out at once, with one sentence in the caption area."""
+        photo is taken out at once, with one sentence in the caption area. When all are
+        photos nothing changes (a caption already asked for is left alone)."""
         kept, refused = [], []
         for path in paths_of(files):
             try:
@@ -139,8 +140,9 @@ class CaptionTab:
                 kept.append(path)
             except ImageError as err:
                 refused.append(f"{Path(path).name} was left out: {err}")
-        message = output.message_html(" ".join(refused)) if refused else ""
-        return (kept or None), message, *self.hidden()
+        if not refused:
+            return (gr.skip(),) * 10
+        return (kept or None), output.message_html(" ".join(refused)), *self.hidden()
 
     def add_captured(self, files, evt: gr.EventData):
         """A photo from the webcam or the clipboard, sent by the page as a data URL: decoded
@@ -196,7 +198,8 @@ class CaptionTab:
                 with gr.Accordion("All captions: table and downloads", open=False, visible=False,
                                   elem_id="caption-all") as everything:
                     table = gr.Dataframe(headers=["image", "caption", "mean probability", "error"],
-                                         label="All captions", interactive=False, wrap=True)
+                                         label="All captions", interactive=False, wrap=True,
+                                         column_widths=["24%", "46%", "15%", "15%"])
                     downloads = gr.File(label="Download (CSV, JSON)", file_count="multiple", interactive=False)
                 as_json = gr.JSON(label="Results", visible=False)
                 self.correction_form(as_json)
@@ -205,6 +208,7 @@ class CaptionTab:
         reset = [files, shaded, photos, maps, looked, table, downloads, everything, as_json, timing]
         scroll = static("caption_scroll.js")
         files.upload(self.check_added, [files], reset, api_name=False, show_progress="hidden")
+        files.clear(lambda: ("", *self.hidden()), None, reset[1:], api_name=False, show_progress="hidden")
         capture.upload(self.add_captured, [files], reset, api_name=False)
         button.click(self.caption_on_page, [files, decoding, beam], outputs, api_name=False, concurrency_limit=16,
                      concurrency_id="caption", js=static("caption_click.js")).then(None, js=scroll)
