@@ -264,3 +264,66 @@ def test_predict_the_next_frames_of_a_clip(page):
     model, copy = (float(re.search(rf"(?<!_){key}\W+([0-9.]+)", text).group(1))
                    for key in ("mse_per_frame", "copy_last_frame_mse_per_frame"))
     assert 0 < model < copy  # the ConvLSTM beats copying the last frame on this clip
+
+
+@pytest.fixture(scope="module")
+def bare_app(tmp_path_factory):
+    """``python app.py`` from a copy of only the files the README's Space upload sends (no
+    ``../shared``, no ``data/``, no CAPTIONER_ settings, an empty home folder)."""
+    import os
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from huggingface_hub.utils import filter_repo_objects
+
+    from tests.conftest import free_port
+    from tests.test_space import upload_patterns
+
+    if not (ROOT / ".git").exists():
+        pytest.skip("needs a git checkout to know the tracked files")
+    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    tree, home = tmp_path_factory.mktemp("bare"), tmp_path_factory.mktemp("home")
+    for path in filter_repo_objects(tracked, allow_patterns=upload_patterns()):
+        if (ROOT / path).is_file():
+            (tree / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / path, tree / path)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CAPTIONER_", "PYTHONPATH"))}
+    env.update(HOME=str(home), GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=tree, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        start = time.time()
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() - start > 90:
+                    pytest.fail("the app did not start from the bare tree")
+                time.sleep(0.2)
+        yield {"url": url}
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)
+
+
+def test_the_demos_work_from_the_shipped_files_alone(browser, bare_app):
+    shipped("nextframe.safetensors")
+    shipped("trajectory.safetensors")
+    page = open_app(browser, bare_app, PHONE)
+    page.get_by_role("tab", name="Frames").click()
+    page.locator("#frames-button").click()
+    page.locator("#frames-picture img").wait_for(timeout=60_000)
+    page.get_by_role("tab", name="Strokes").click()
+    assert "pen trajectory #" in page.locator("#recording input").input_value()
+    page.locator("#recording-button").click()
+    page.locator("#stroke-picture img").wait_for(timeout=30_000)
+    page.get_by_role("tab", name="Caption").click()
+    assert page.locator("#caption-examples img").count() >= 4
+    assert page.get_by_text("Error", exact=True).count() == 0
+    page.screenshot(path=str(SHOTS / "bare_tree.png"), full_page=True)
+    page.context.close()
