@@ -43,7 +43,7 @@ def shoot(browser, url: str, photo: Path, out: Path, screen: dict) -> str:
     page.locator("#caption-button").click()
     caption = page.locator("#caption-output .caption")
     caption.wait_for(timeout=120_000)
-    page.locator("#caption-photos img").first.wait_for(timeout=30_000)
+    page.locator("#caption-output img").first.wait_for(timeout=30_000)
     page.wait_for_timeout(1000)
     box, height = caption.bounding_box(), screen["viewport"]["height"]
     if not 0 <= box["y"] <= box["y"] + box["height"] <= height:

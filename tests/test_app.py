@@ -247,7 +247,7 @@ def test_a_file_that_is_not_a_photo_is_taken_out_when_added_and_captured_ones_pa
     kept, message, *_ = tabs.caption.check_added([good, str(bad)])
     assert kept == [good] and "page.jpg was left out" in message and "HTML" in message
     unchanged = tabs.caption.check_added([good])  # all photos: nothing changes
-    assert len(unchanged) == 10 and all(u == gr.skip() for u in unchanged)
+    assert len(unchanged) == 9 and all(u == gr.skip() for u in unchanged)
     buffer = io.BytesIO()
     Image.new("RGB", (40, 30), (200, 0, 0)).save(buffer, format="PNG")
     url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
@@ -264,14 +264,14 @@ def test_a_file_that_is_not_a_photo_is_taken_out_when_added_and_captured_ones_pa
 
 def test_the_page_says_a_mistake_once_in_the_caption_area(tabs, tmp_path):
     shipped("captioner.safetensors")
-    html, photos, *rest = tabs.caption.caption_on_page(None)
-    assert "Choose a photo first." in html and photos == "" and rest[-1] == ""
+    html, *rest = tabs.caption.caption_on_page(None)
+    assert "Choose a photo first." in html and rest[0] is None and rest[-1] == ""
     bad = tmp_path / "x.jpg"
     bad.write_bytes(b"")
     html, *_ = tabs.caption.caption_on_page([str(bad)], "greedy", 1)
     assert "x.jpg" in html and "empty" in html
-    html, photos, *_ = tabs.caption.caption_on_page([str(example_photo(tmp_path, "coffee"))], "greedy", 1)
-    assert "class='caption'" in html and photos.count("<img") == 1
+    html, *_ = tabs.caption.caption_on_page([str(example_photo(tmp_path, "coffee"))], "greedy", 1)
+    assert "class='caption'" in html and html.count("<img") == 1  # the photo, whole, under its caption
 
 
 def test_the_shipped_examples_are_everyday_scenes_it_describes_as_familiar(tabs):

@@ -96,8 +96,8 @@ def test_upload_a_photo_and_read_its_caption_in_the_first_screen(page, tmp_path)
     page.screenshot(path=str(SHOTS / "caption.png"))
     assert "man" in caption_words(page)
     assert in_viewport(page, caption)
-    assert page.locator("#caption-photos img").count() == 1  # the photo, whole, with the detector's boxes
-    assert page.locator("#caption-photos img").bounding_box()["width"] >= 600
+    assert page.locator("#caption-output img").count() == 1  # the photo, whole, with the detector's boxes
+    assert page.locator("#caption-output img").bounding_box()["width"] >= 600
     details = page.locator("#caption-output details.more")
     assert details.count() == 1 and not page.locator("#caption-output .w").first.is_visible()  # folded away
     details.locator("summary").click()
@@ -105,7 +105,7 @@ def test_upload_a_photo_and_read_its_caption_in_the_first_screen(page, tmp_path)
     assert "caption in" in page.locator("#caption-timing").inner_text()
     assert page.locator("#caption-all").is_visible()  # the table and downloads, folded
     page.locator("#caption-files button[aria-label=Clear]").click()  # the photo taken away: its caption too
-    page.wait_for_function("document.querySelectorAll('#caption-output .caption, #caption-photos img').length == 0",
+    page.wait_for_function("document.querySelectorAll('#caption-output .caption, #caption-output img').length == 0",
                            timeout=10_000)
     assert not page.locator("#caption-all").is_visible()
 
@@ -181,7 +181,7 @@ def test_photos_from_a_file_the_clipboard_and_the_webcam_are_captioned_together(
     page.screenshot(path=str(SHOTS / "caption_sources.png"), full_page=True)
     text = page.locator("#caption-output").inner_text()
     assert "chelsea.jpg" in text and "pasted-" in text and "webcam-" in text
-    assert page.locator("#caption-photos img").count() == 3
+    assert page.locator("#caption-output img").count() == 3
     page.locator("#caption-all").click()
     assert page.locator("#caption-all table").first.is_visible()
 

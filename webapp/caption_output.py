@@ -21,34 +21,32 @@ from captioner.results import UNFAMILIAR
 from captioner.vocabulary import with_article
 
 
-def shaded_html(results: list[dict]) -> str:
+def shaded_html(results: list[dict], photos: list[Image.Image] | None = None) -> str:
     """Each photo's caption as a plain sentence (the file name above it when there are
-    several), what its familiarity means in words, and the details folded away: each
-    word's confidence, what was detected and recognised, the familiarity score."""
-    many = len(results) > 1
+    several), what its familiarity means in words, the details folded away (each word's
+    confidence, what was detected and recognised, the familiarity score) and, on the page,
+    the photo itself: ``photos`` holds one picture per photo that was read, in order."""
+    many, pictures = len(results) > 1, iter(photos or [])
     blocks = []
     for r in results:
         name = f"<div class='name'>{html.escape(r['image'])}</div>" if many or "error" in r else ""
         if "error" in r:
             blocks.append(f"<div class='cap'>{name}<div class='err'>{html.escape(r['error'])}</div></div>")
             continue
+        picture = next(pictures, None)
         blocks.append(f"<div class='cap'>{name}<div class='caption'>{html.escape(sentence(r['caption']))}</div>"
-                      f"{familiarity_line(r)}{details(r)}</div>")
+                      f"{familiarity_line(r)}{details(r)}{figure_html(picture, r['caption']) if picture else ''}</div>")
     return "<div class='captions'>" + "".join(blocks) + "</div>"
 
 
-def photos_html(photos: list[tuple[Image.Image, str]]) -> str:
-    """The photos with the detector's boxes as they are, whole and never cropped (JPEG
-    data URLs: the page shows a few, each at most about 800 px)."""
-    figures = []
-    for picture, caption in photos:
-        buffer = io.BytesIO()
-        picture.convert("RGB").save(buffer, format="JPEG", quality=85)
-        data = base64.b64encode(buffer.getvalue()).decode("ascii")
-        figures.append(f"<figure><img src='data:image/jpeg;base64,{data}' width='{picture.width}' "
-                       f"height='{picture.height}' alt='{html.escape(caption, quote=True)}'></figure>")
-    many = " many" if len(photos) > 1 else ""
-    return f"<div class='photos{many}'>" + "".join(figures) + "</div>" if photos else ""
+def figure_html(picture: Image.Image, caption: str) -> str:
+    """A photo with the detector's boxes as it is, whole and never cropped (a JPEG data
+    URL: the page shows each at most about 800 px)."""
+    buffer = io.BytesIO()
+    picture.convert("RGB").save(buffer, format="JPEG", quality=85)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return (f"<figure><img src='data:image/jpeg;base64,{data}' width='{picture.width}' height='{picture.height}' "
+            f"alt='{html.escape(caption, quote=True)}'></figure>")
 
 
 def message_html(text: str) -> str:

@@ -117,17 +117,17 @@ class CaptionTab:
         result, and a mistake (nothing chosen, no photo among the files, a bad beam width)
         said once, in the caption area, instead of as an error on every output."""
         try:
-            html, boxed, looked, table, downloads, results, timing = self.caption(files, decoding, beam_width)
+            _, boxed, looked, table, downloads, results, timing = self.caption(files, decoding, beam_width)
         except gr.Error as err:
             message = "Choose a photo first." if not paths_of(files) else err.message
             return output.message_html(message), *self.hidden()
-        return (html, output.photos_html(boxed), looked, gr.Accordion(visible=bool(looked)), table, downloads,
-                gr.Accordion(visible=True), results, timing)
+        return (output.shaded_html(results, [picture for picture, _ in boxed]), looked,
+                gr.Accordion(visible=bool(looked)), table, downloads, gr.Accordion(visible=True), results, timing)
 
     @staticmethod
     def hidden() -> tuple:
         """Every output but the caption area, emptied (and the folded sections hidden)."""
-        return "", None, gr.Accordion(visible=False), None, None, gr.Accordion(visible=False), None, ""
+        return None, gr.Accordion(visible=False), None, None, gr.Accordion(visible=False), None, ""
 
     def check_added(self, files):
         """Photos just added: each is read by the safe loader now, and a file that is not a
@@ -141,7 +141,7 @@ class CaptionTab:
             except ImageError as err:
                 refused.append(f"{Path(path).name} was left out: {err}")
         if not refused:
-            return (gr.skip(),) * 10
+            return (gr.skip(),) * 9
         return (kept or None), output.message_html(" ".join(refused)), *self.hidden()
 
     def add_captured(self, files, evt: gr.EventData):
@@ -189,8 +189,7 @@ class CaptionTab:
             with gr.Column(scale=3, elem_id="caption-results"):
                 shaded = gr.HTML(elem_id="caption-output", min_height=0)
                 timing = gr.Markdown(elem_id="caption-timing")
-                photos = gr.HTML(elem_id="caption-photos", min_height=0)
-                gallery = gr.Gallery(visible=False, format="jpeg")  # the API's photos (the page shows them above)
+                gallery = gr.Gallery(visible=False, format="jpeg")  # the API's photos (the page's are in the HTML)
                 with gr.Accordion("Where it looked, word by word", open=False, visible=False,
                                   elem_id="caption-looked") as looked:
                     maps = gr.Gallery(show_label=False, columns=3, height="auto", object_fit="contain",
@@ -204,8 +203,8 @@ class CaptionTab:
                 as_json = gr.JSON(label="Results", visible=False)
                 self.correction_form(as_json)
                 api = gr.Button(visible=False)  # the /caption endpoint, apart from the page's own button
-        outputs = [shaded, photos, maps, looked, table, downloads, everything, as_json, timing]
-        reset = [files, shaded, photos, maps, looked, table, downloads, everything, as_json, timing]
+        outputs = [shaded, maps, looked, table, downloads, everything, as_json, timing]
+        reset = [files, shaded, maps, looked, table, downloads, everything, as_json, timing]
         scroll = static("caption_scroll.js")
         files.upload(self.check_added, [files], reset, api_name=False, show_progress="hidden")
         files.clear(lambda: ("", *self.hidden()), None, reset[1:], api_name=False, show_progress="hidden")
