@@ -20,6 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import gradio as gr  # noqa: E402
 
 from captioner.devices import DEVICE_CHOICES, PRECISIONS, DeviceError  # noqa: E402
+from captioner.feedback import CorrectionService, sync_to_hub  # noqa: E402
 from captioner.images import MAX_BYTES  # noqa: E402
 from captioner.service import CaptionService  # noqa: E402
 from demos.mnist.service import DigitService  # noqa: E402
@@ -38,6 +39,7 @@ class Services:
     digits: DigitService
     trajectories: TrajectoryService
     frames: FrameService
+    corrections: CorrectionService | None = None  # the caption tab's Save and /correct (feedback.py)
 
 
 def make_services(places: Places | None = None, device: str | None = None, precision: str | None = None) -> Services:
@@ -55,10 +57,13 @@ def make_services(places: Places | None = None, device: str | None = None, preci
         captions.run_batch = spaces.GPU(captions.run_batch)
     except ImportError:
         pass
+    corrections = CorrectionService(captions)  # to $CAPTIONER_FEEDBACK_DIR; pushed to $CAPTIONER_FEEDBACK_REPO if set
+    corrections.hub = sync_to_hub(corrections.store.folder)
     return Services(captions, DigitService(places.checkpoints / "mnist.safetensors"),
                     TrajectoryService(places.checkpoints / "trajectory.safetensors",
                                       recordings=places.samples / "char_trajectories_held_out.json"),
-                    FrameService(places.checkpoints / "nextframe.safetensors", mnist_root=places.samples))
+                    FrameService(places.checkpoints / "nextframe.safetensors", mnist_root=places.samples),
+                    corrections)
 
 
 def build_app(services: Services | None = None) -> gr.Blocks:
@@ -66,7 +71,8 @@ def build_app(services: Services | None = None) -> gr.Blocks:
     with gr.Blocks(title="LSTM Captioner", delete_cache=(3600, 3600)) as demo:
         gr.Markdown("# LSTM Captioner\nA photo in, a sentence out: a CNN sees, an LSTM writes. The other tabs "
                     "show three more LSTMs at work.", elem_id="intro")
-        for title, tab_id, tab in (("Caption", "caption", CaptionTab(services.captions)),
+        caption_tab = CaptionTab(services.captions, corrections=services.corrections)
+        for title, tab_id, tab in (("Caption", "caption", caption_tab),
                                    ("Digits", "digits", DigitsTab(services.digits)),
                                    ("Strokes", "trajectory", TrajectoryTab(services.trajectories)),
                                    ("Frames", "frames", FramesTab(services.frames))):
@@ -84,7 +90,8 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, block
         threading.Thread(target=services.captions.model.get, daemon=True, name="warm-up").start()
     demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
                 max_file_size=MAX_BYTES, show_error=False, css=static("app.css"), footer_links=["api"],
-                blocked_paths=[str(ROOT / name) for name in ("checkpoints", "runs", "data", ".git", "tests")])
+                blocked_paths=[str(ROOT / name) for name in ("checkpoints", "runs", "data", ".git", "tests")]
+                + ([str(services.corrections.store.folder)] if services.corrections else []))
     return demo
 
 

@@ -1,4 +1,6 @@
-"""Command line: ``captioner caption IMAGE [IMAGE ...]`` (or ``python -m captioner ...``).
+"""Command line: ``captioner caption IMAGE [IMAGE ...]`` (or ``python -m captioner ...``), and
+``captioner corrections list | remove ID | export --coco FILE`` for the corrections people
+saved in the app (``feedback.py``).
 
 Photos are decoded and preprocessed by a loader (on worker processes with pinned memory
 when a GPU runs the model, so the GPU is not left waiting) and captioned ``--batch-size``
@@ -49,8 +51,11 @@ def main(argv: list[str] | None = None) -> int:
                      help="attention models: write one PNG per photo with the map of each word into this folder")
     cap.add_argument("--encoder-weights", default=None,
                      help="a local weights file for the checkpoint's encoder (ResNets without internet)")
+    corrections_parser(commands)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "corrections":
+        return corrections(args)
 
     if args.beam_size is not None and args.beam_size < 1:
         parser.error("--beam-size must be at least 1")
@@ -77,6 +82,40 @@ def main(argv: list[str] | None = None) -> int:
     workers = args.workers if args.workers is not None else (min(8, max(1, (os.cpu_count() or 2) - 1)) if gpu else 0)
     return caption_files(model, args.images, args.beam_size, batch_size, args.json, workers=workers,
                          attention_dir=args.attention_dir)
+
+
+def corrections_parser(commands) -> None:
+    fix = commands.add_parser("corrections", help="the corrections people saved in the app: list, remove, export")
+    fix.add_argument("--folder", type=Path, default=None,
+                     help="the feedback folder (default $CAPTIONER_FEEDBACK_DIR, else the app's default)")
+    what = fix.add_subparsers(dest="action", required=True)
+    what.add_parser("list", help="one line per correction: id, photo, the person's caption, the model's")
+    what.add_parser("remove", help="delete one correction (and its photo, when no other names it)").add_argument("id")
+    export = what.add_parser("export", help="write the corrections as a COCO captions json")
+    export.add_argument("--coco", type=Path, required=True, metavar="FILE")
+
+
+def corrections(args) -> int:
+    from captioner.feedback import CorrectionError, FeedbackStore
+
+    store = FeedbackStore(args.folder)
+    try:
+        if args.action == "list":
+            found = store.list()
+            for c in found:
+                print(f"{c.id}  {c.photo}  {json.dumps(c.caption)}  (model: {json.dumps(c.model_caption)})")
+            orphans = store.orphans()
+            print(f"{len(found)} corrections in {store.folder}"
+                  + (f"; {len(orphans)} photos no record names (an interrupted save)" if orphans else ""))
+        elif args.action == "remove":
+            c = store.remove(args.id)
+            print(f"removed {c.id} ({json.dumps(c.caption)})")
+        else:
+            print(f"wrote {store.export_coco(args.coco)} captions to {args.coco}; photos in {store.photos}")
+    except (CorrectionError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
 
 
 class _Photos(Dataset):

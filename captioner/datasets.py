@@ -125,7 +125,8 @@ def read_dataset(kind: str, root: str | Path, coco_split: str = "train2017") -> 
     ``flickr8k``: ``root/captions.txt`` and ``root/Images/``;
     ``coco``: ``root/annotations/captions_<split>.json`` and ``root/<split>/`` (COCO's
     official caption files); ``coco-karpathy``: ``root/dataset_coco.json`` and the images at
-    ``root/<filepath>/<filename>`` (``read_karpathy``)."""
+    ``root/<filepath>/<filename>`` (``read_karpathy``); ``corrections``: a feedback folder as
+    the app writes it (``feedback.read_corrections``)."""
     root = Path(root)
     if kind == "flickr8k":
         return read_flickr8k(root / "captions.txt", root / "Images")
@@ -133,6 +134,10 @@ def read_dataset(kind: str, root: str | Path, coco_split: str = "train2017") -> 
         return read_karpathy(root / "dataset_coco.json", root)
     if kind == "coco":
         return read_coco(root / "annotations" / f"captions_{coco_split}.json", root / coco_split)
+    if kind == "corrections":  # the corrections people saved in the app (feedback.py)
+        from captioner.feedback import read_corrections
+
+        return CaptionSet([CaptionRecord(photo, caption) for photo, caption in read_corrections(root)])
     if kind in PAIRED:  # the local copies of COCO photos with their captions (../shared/data/coco_captions)
         return read_coco(root / "annotations" / f"captions_{PAIRED[kind]}_paired.json", root / PAIRED[kind])
     raise ValueError(f"unknown dataset {kind!r}; use {', '.join(DATASETS)}")
@@ -141,7 +146,7 @@ def read_dataset(kind: str, root: str | Path, coco_split: str = "train2017") -> 
 # coco_val2017: photos the COCO detector never trained on (it trained on train2017, which holds the others);
 # coco_extra: 830 more COCO photos (none of them in val2017), most of them the detector's training photos
 PAIRED = {"coco_paired": "val2014", "coco_val2017": "val2017", "coco_train2014": "train2014", "coco_extra": "extra"}
-DATASETS = ("coco", "coco-karpathy", "flickr8k", *PAIRED)
+DATASETS = ("coco", "coco-karpathy", "flickr8k", *PAIRED, "corrections")
 TEXT_SOURCES = ("coco", "flickr")
 
 

@@ -15,11 +15,13 @@ from pathlib import Path
 import gradio as gr
 from gradio.data_classes import FileData, GradioRootModel, ListFiles
 
+from captioner.feedback import CorrectionService
 from captioner.images import ImageError, load_data_url, load_image
 from captioner.service import CaptionService, InputError
 from webapp import caption_output as output
 from webapp.caption_pictures import boxed_photo, says_something, word_pictures
 from webapp.common import ROOT, event_value, not_trained, static, user_error
+from webapp.correction_form import CorrectionForm
 
 CAPTURES = Path(tempfile.gettempdir()) / "captioner-captures"  # webcam shots and pasted photos
 EXAMPLES = ROOT / "webapp" / "examples"  # everyday COCO photos, with their credits in CREDITS.md
@@ -82,8 +84,10 @@ def pictures(paths: list[str], results: list[dict]) -> tuple[list, list]:
 
 
 class CaptionTab:
-    def __init__(self, service: CaptionService, downloads: Path | None = None):
+    def __init__(self, service: CaptionService, downloads: Path | None = None,
+                 corrections: CorrectionService | None = None):
         self.service = service
+        self.corrections = corrections or CorrectionService(service)
         self.downloads = output.Downloads(downloads or Path(tempfile.gettempdir()) / "captioner-downloads")
 
     def caption(self, files, decoding: str = "beam search", beam_width: float | None = None):
@@ -165,9 +169,10 @@ class CaptionTab:
             raise gr.Error("That example is not there.", print_exception=False)
         return [examples[evt.index]], "", *self.hidden()
 
-    def correction_form(self, results: gr.JSON) -> None:
-        """The place, under the caption, for a form to correct it (an editable caption, a
-        consent box, Save), given the results of the last caption. None yet."""
+    def correction_form(self, files, results: gr.JSON, decoding, beam) -> None:
+        """Under the captions: a form to correct each (an editable caption, a consent box,
+        Save), and the ``/correct`` endpoint (``correction_form.py``)."""
+        CorrectionForm(self.corrections).build(files, results, decoding, beam)
 
     def build(self) -> None:
         if not_trained(self.service.available):
@@ -201,7 +206,7 @@ class CaptionTab:
                                          column_widths=["24%", "46%", "15%", "15%"])
                     downloads = gr.File(label="Download (CSV, JSON)", file_count="multiple", interactive=False)
                 as_json = gr.JSON(label="Results", visible=False)
-                self.correction_form(as_json)
+                self.correction_form(files, as_json, decoding, beam)
                 api = gr.Button(visible=False)  # the /caption endpoint, apart from the page's own button
         outputs = [shaded, maps, looked, table, downloads, everything, as_json, timing]
         reset = [files, shaded, maps, looked, table, downloads, everything, as_json, timing]

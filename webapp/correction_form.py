@@ -1,0 +1,102 @@
+"""Correcting a caption: under each caption the page shows it as an editable text box, a
+consent box and Save; the ``/correct`` API endpoint takes (photo, caption, consent). Both
+call ``feedback.CorrectionService``, which checks everything and stores nothing it
+refuses: the page says why in the form, a client gets a ``gr.Error``."""
+
+from __future__ import annotations
+
+import html
+import os
+from functools import partial
+from pathlib import Path
+
+import gradio as gr
+
+from captioner.feedback import MAX_CAPTION, Correction, CorrectionError, CorrectionService
+from captioner.service import InputError
+
+CONSENT = "Store this photo and my caption to improve the captioner"
+
+
+def client_of(request: gr.Request | None) -> str:
+    """Who is asking, for the rate limit: the address the connection came from (on a
+    Hugging Face Space, behind its proxy, the first address of X-Forwarded-For)."""
+    if request is None:
+        return "local"
+    forwarded = (request.headers or {}).get("x-forwarded-for", "") if os.environ.get("SPACE_ID") else ""
+    if forwarded:
+        return forwarded.split(",")[0].strip()[:64]
+    return getattr(request.client, "host", None) or "unknown"
+
+
+def stored_message(correction: Correction) -> str:
+    return (f"Stored as correction {correction.id}: your caption \u201c{correction.caption}\u201d and the photo "
+            f"(re-encoded, without its EXIF data), beside the model's caption. Thank you.")
+
+
+def path_of(file) -> str | None:
+    if file is None:
+        return None
+    return file if isinstance(file, str) else getattr(file, "path", None) or getattr(file, "name", None)
+
+
+class CorrectionForm:
+    def __init__(self, corrections: CorrectionService):
+        self.corrections = corrections
+
+    def correct(self, photo, caption: str, consent: bool, request: gr.Request = None) -> tuple[str, dict]:
+        """Store a correction: the photo, the person's caption, their consent (must be
+        true). Returns a sentence saying what was stored and the record (its ``id``,
+        ``photo``, ``caption``, ``model_caption``, ``checkpoint``, ``decoding``,
+        ``created``). A refusal raises ``gr.Error`` with the reason and stores nothing."""
+        try:
+            correction = self.corrections.correct(path_of(photo), caption, consent, client_of(request))
+        except (CorrectionError, InputError) as err:
+            raise gr.Error(str(err), print_exception=False) from err
+        return stored_message(correction), correction.__dict__
+
+    def save_on_page(self, index: int, name: str, files, caption: str, consent: bool, decoding: str,
+                     beam_width, request: gr.Request = None) -> str:
+        """Save under the ``index``-th caption (of the photo called ``name``), decoded as the
+        page asked; the answer, stored or refused, is said in the form."""
+        from webapp.caption_tab import paths_of
+
+        paths = paths_of(files)
+        if index >= len(paths) or Path(paths[index]).name != name:
+            return note("The photos changed since this caption was written; caption them again first.", False)
+        beam = 1 if str(decoding).lower().startswith("greedy") else beam_width
+        try:
+            correction = self.corrections.correct(paths[index], caption, consent, client_of(request), beam)
+        except (CorrectionError, InputError) as err:
+            return note(str(err), False)
+        return note(stored_message(correction), True)
+
+    def build(self, files: gr.File, results: gr.JSON, decoding: gr.Radio, beam: gr.Slider) -> None:
+        """The forms, one under each caption of ``results`` (redrawn whenever they change),
+        and the hidden ``/correct`` endpoint."""
+
+        @gr.render(inputs=[results], triggers=[results.change])
+        def forms(items):
+            good = [(i, r) for i, r in enumerate(items or []) if isinstance(r, dict) and r.get("caption")]
+            for i, r in good:
+                with gr.Group(elem_classes=["correction"]):
+                    label = "Wrong? Correct the caption" + (f" of {r['image']}" if len(items) > 1 else "")
+                    text = gr.Textbox(value=r["caption"], label=label, max_lines=3, max_length=MAX_CAPTION,
+                                      elem_classes=["correction-caption"])
+                    consent = gr.Checkbox(value=False, label=CONSENT, elem_classes=["correction-consent"])
+                    save = gr.Button("Save", size="sm", elem_classes=["correction-save"])
+                    said = gr.HTML(elem_classes=["correction-said"], min_height=0)
+                save.click(partial(self.save_on_page, i, r["image"]), [files, text, consent, decoding, beam], said,
+                           api_name=False, concurrency_id="correct", concurrency_limit=16)
+
+        photo = gr.File(visible=False, file_count="single")
+        caption, consent = gr.Textbox(visible=False), gr.Checkbox(visible=False)
+        message, record = gr.Markdown(visible=False), gr.JSON(visible=False)
+        api = gr.Button(visible=False)
+        api.click(self.correct, [photo, caption, consent], [message, record], api_name="correct",
+                  concurrency_id="correct", concurrency_limit=16)
+
+
+def note(text: str, stored: bool) -> str:
+    colour = "#166534" if stored else "#b91c1c"
+    return f"<div class='correction-note' style='color: {colour}'>{html.escape(text)}</div>"
