@@ -12,6 +12,14 @@ from demos.nextframe.service import FrameService
 from webapp.common import not_trained, user_error
 
 
+def in_words(summary: dict) -> str:
+    """The summary as a sentence: how far off the model is, beside copying the last frame."""
+    model, copy = summary["mse_per_frame"], summary["copy_last_frame_mse_per_frame"]
+    return (f"Its frames are off by {model:g} a frame (squared error), against {copy:g} for copying the last frame "
+            f"it saw: {'better' if model < copy else 'no better'} than standing still. "
+            f"Predicted in {summary['seconds']:.2f} s.")
+
+
 class FramesTab:
     def __init__(self, service: FrameService):
         self.service = service
@@ -50,6 +58,11 @@ class FramesTab:
         with gr.Row():
             clip = gr.Number(value=0, precision=0, label="Clip number", minimum=0, elem_id="clip-number")
             button = gr.Button("Predict", variant="primary", elem_id="frames-button")
-        picture = gr.Image(label="Input / truth / prediction", interactive=False, elem_id="frames-picture")
-        summary = gr.JSON(label="Error (squared error summed over each frame's pixels)", elem_id="frames-summary")
-        button.click(self.predict_frames, [clip], [picture, summary], api_name="predict_frames")
+        picture = gr.Image(label="Input / truth / prediction", show_label=False, interactive=False,
+                           elem_id="frames-picture")
+        said = gr.Markdown(elem_id="frames-said")
+        with gr.Accordion("The numbers (squared error summed over each frame's pixels)", open=False):
+            summary = gr.JSON(show_label=False, elem_id="frames-summary")
+        button.click(self.predict_frames, [clip], [picture, summary], api_name="predict_frames").success(
+            in_words, summary, said, api_name=False, queue=False)
+
