@@ -193,6 +193,8 @@ class CaptionTab:
                 button = gr.Button("Caption", variant="primary", elem_id="caption-button")
             with gr.Column(scale=3, elem_id="caption-results"):
                 shaded = gr.HTML(elem_id="caption-output", min_height=0)
+                as_json = gr.JSON(label="Results", visible=False)
+                self.correction_form(files, as_json, decoding, beam)  # under the captions
                 timing = gr.Markdown(elem_id="caption-timing")
                 gallery = gr.Gallery(visible=False, format="jpeg")  # the API's photos (the page's are in the HTML)
                 with gr.Accordion("Where it looked, word by word", open=False, visible=False,
@@ -205,8 +207,6 @@ class CaptionTab:
                                          label="All captions", interactive=False, wrap=True,
                                          column_widths=["24%", "46%", "15%", "15%"])
                     downloads = gr.File(label="Download (CSV, JSON)", file_count="multiple", interactive=False)
-                as_json = gr.JSON(label="Results", visible=False)
-                self.correction_form(files, as_json, decoding, beam)
                 api = gr.Button(visible=False)  # the /caption endpoint, apart from the page's own button
         outputs = [shaded, maps, looked, table, downloads, everything, as_json, timing]
         reset = [files, shaded, maps, looked, table, downloads, everything, as_json, timing]

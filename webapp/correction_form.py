@@ -82,16 +82,17 @@ class CorrectionForm:
                 with gr.Group(elem_classes=["correction"]):
                     label = "Wrong? Correct the caption" + (f" of {r['image']}" if len(items) > 1 else "")
                     text = gr.Textbox(value=r["caption"], label=label, max_lines=3, max_length=MAX_CAPTION,
-                                      elem_classes=["correction-caption"])
-                    consent = gr.Checkbox(value=False, label=CONSENT, elem_classes=["correction-consent"])
+                                      interactive=True, elem_classes=["correction-caption"])
+                    consent = gr.Checkbox(value=False, label=CONSENT, interactive=True,
+                                          elem_classes=["correction-consent"])
                     save = gr.Button("Save", size="sm", elem_classes=["correction-save"])
                     said = gr.HTML(elem_classes=["correction-said"], min_height=0)
                 save.click(partial(self.save_on_page, i, r["image"]), [files, text, consent, decoding, beam], said,
                            api_name=False, concurrency_id="correct", concurrency_limit=16)
 
-        photo = gr.File(visible=False, file_count="single")
-        caption, consent = gr.Textbox(visible=False), gr.Checkbox(visible=False)
-        message, record = gr.Markdown(visible=False), gr.JSON(visible=False)
+        photo = gr.File(visible=False, file_count="single", label="photo")
+        caption, consent = gr.Textbox(visible=False, label="caption"), gr.Checkbox(visible=False, label="consent")
+        message, record = gr.Markdown(visible=False, label="message"), gr.JSON(visible=False, label="record")
         api = gr.Button(visible=False)
         api.click(self.correct, [photo, caption, consent], [message, record], api_name="correct",
                   concurrency_id="correct", concurrency_limit=16)
