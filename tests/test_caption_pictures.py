@@ -46,3 +46,15 @@ def test_each_word_gets_the_whole_photo_and_an_attended_box_glows():
     assert abs(second[40, 5] - plain[40, 5]).sum() > 20  # "dog" looked at the dog's box: it glows
     assert abs(first[40, 5] - plain[40, 5]).sum() < 20  # "a" looked elsewhere (bottom right)
     assert abs(first[160, 340] - plain[160, 340]).sum() > 20
+
+
+def test_neighbouring_boxes_labels_do_not_cover_each_other():
+    from PIL import ImageDraw
+
+    from webapp.caption_pictures import label, overlaps
+
+    picture = Image.new("RGB", (800, 400))
+    draw, taken = ImageDraw.Draw(picture), []
+    for box in ([500, 200, 620, 350], [420, 210, 540, 340], [380, 220, 450, 330]):  # side by side, tops close
+        label(draw, box, "horse 88%", (220, 38, 38), 26, picture.size, taken)
+    assert len(taken) == 3 and not any(overlaps(a, b) for i, a in enumerate(taken) for b in taken[i + 1:])

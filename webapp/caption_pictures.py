@@ -32,27 +32,40 @@ def scaled(image: Image.Image, longest: int) -> Image.Image:
                         Image.Resampling.BILINEAR if ratio < 1 else Image.Resampling.BICUBIC)
 
 
-def label(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, colour, size: int, bounds) -> None:
-    """A filled tag with ``text`` at the box corner ``xy``, kept inside the picture."""
+def overlaps(a, b) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def label(draw: ImageDraw.ImageDraw, box, text: str, colour, size: int, bounds, taken: list) -> None:
+    """A filled tag with ``text`` at a corner of ``box`` (above it, inside its top, below
+    it, inside its bottom: the first that is inside the picture and clear of the tags in
+    ``taken``), so that neighbouring boxes' labels stay readable."""
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font(size))
     w, h = right - left + 8, bottom - top + 6
-    x = min(max(0, xy[0]), bounds[0] - w)
-    y = xy[1] - h if xy[1] - h >= 0 else min(xy[1], bounds[1] - h)
-    draw.rectangle([x, y, x + w, y + h], fill=colour)
-    draw.text((x + 4 - left, y + 3 - top), text, fill=(255, 255, 255), font=font(size))
+    x0, y0, x1, y1 = box
+    x = min(max(0, x0), bounds[0] - w)
+    spots = [(x, y) for y in (y0 - h, y0, y1, y1 - h) if 0 <= y <= bounds[1] - h]
+    rect = next((r for r in ((x, y, x + w, y + h) for x, y in spots) if not any(overlaps(r, t) for t in taken)),
+                (x, min(max(0, y0 - h), bounds[1] - h), x + w, min(max(0, y0 - h), bounds[1] - h) + h))
+    taken.append(rect)
+    draw.rectangle(rect, fill=colour)
+    draw.text((rect[0] + 4 - left, rect[1] + 3 - top), text, fill=(255, 255, 255), font=font(size))
 
 
 def boxed_photo(picture: Image.Image, boxes: list[dict] | None, longest: int = 800) -> Image.Image:
     """The photo at about ``longest`` pixels with each detected box drawn whole and
-    labelled with its category and score (``boxes``: the results' 0..1 coordinates)."""
+    labelled with its category and score (``boxes``: the results' 0..1 coordinates); the
+    boxes first, then their labels over them, surest first."""
     out = scaled(picture, longest)
     draw = ImageDraw.Draw(out)
     line, size = max(2, longest // 250), max(12, longest // 30)
-    for k, b in enumerate(sorted(boxes or [], key=lambda b: -b["score"])):
-        colour = BOX_COLOURS[k % len(BOX_COLOURS)]
-        x0, y0, x1, y1 = (v * s for v, s in zip(b["box"], (out.width, out.height) * 2))
-        draw.rectangle([x0, y0, x1, y1], outline=colour, width=line)
-        label(draw, (x0, y0), f"{b['category']} {b['score']:.0%}", colour, size, out.size)
+    shown = [(BOX_COLOURS[k % len(BOX_COLOURS)], [v * s for v, s in zip(b["box"], out.size * 2)], b)
+             for k, b in enumerate(sorted(boxes or [], key=lambda b: -b["score"]))]
+    for colour, xy, _ in shown:
+        draw.rectangle(xy, outline=colour, width=line)
+    taken = []
+    for colour, xy, b in shown:
+        label(draw, xy, f"{b['category']} {b['score']:.0%}", colour, size, out.size, taken)
     return out
 
 
