@@ -1,6 +1,7 @@
 import contextlib
 import os
 import random
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,8 @@ ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("CAPTIONER_SHARED_DATA", ROOT.parent / "shared" / "data"))
 # the app reads the data its side tabs show from $CAPTIONER_DATA: here, the local copies
 os.environ.setdefault("CAPTIONER_DATA", str(SHARED_DATA))
+# corrections saved by the tests' apps go to a folder of their own, never the clone's data/feedback
+os.environ.setdefault("CAPTIONER_FEEDBACK_DIR", tempfile.mkdtemp(prefix="captioner-test-feedback-"))
 
 
 def shared(*parts: str) -> Path:

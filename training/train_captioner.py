@@ -41,6 +41,15 @@ from captioner.decoder import DECODERS
 from captioner.decoding import DecodingConfig
 from captioner.detector import SUMMARY_DIM
 from captioner.encoders import ENCODERS
+from captioner.finetune import (
+    CORRECTIONS,
+    corrections_settings,
+    extend_from,
+    frozen_inputs,
+    gate,
+    replay_sample,
+    start_from,
+)
 from captioner.loop import Loop, epoch_order
 from captioner.losses import SelfCritical, caption_loss
 from captioner.model import Captioner
@@ -87,6 +96,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="the decoder sees the COCO object detector's boxes (detector.py), text rows as the "
                         "detector gives photos like theirs")
     p.add_argument("--data-root", action="append", type=Path, required=True)
+    p.add_argument("--replay-photos", type=int, default=0,
+                   help="--dataset corrections: replay this many training photos of each dataset (0: all)")
     p.add_argument("--coco-split", default="train2017", help="COCO images folder and captions_<split>.json")
     p.add_argument("--encoder", default="efficientnet_lite0", choices=ENCODERS)
     p.add_argument("--encoder-weights", default=None, help="local weights file for a ResNet encoder")
@@ -164,34 +175,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def extend_from(model: Captioner, old: Captioner) -> None:
-    """Start ``model`` from ``old``'s weights: every tensor of the same name and shape,
-    and the embedding and output rows of the words both vocabularies hold."""
-    new_state, old_state = model.network.state_dict(), old.network.state_dict()
-    rows = [(i, old.vocab.index[w]) for i, w in enumerate(model.vocab.words) if w in old.vocab.index]
-    new_rows, old_rows = (torch.tensor(x) for x in zip(*rows))
-    copied = 0
-    with torch.no_grad():
-        for name, tensor in new_state.items():
-            if name.startswith(("familiarity.", "concepts.")) or name not in old_state:
-                continue  # both are fitted afresh
-            source = old_state[name].to(tensor.dtype)
-            if name in ("decoder.embed.weight", "decoder.out.weight", "decoder.out.bias"):
-                tensor[new_rows] = source[old_rows]
-                copied += 1
-            elif name == "concept_projection.weight":  # columns by concept word
-                known = [(i, old.concept_words.index(w)) for i, w in enumerate(model.concept_words)
-                         if w in old.concept_words]
-                for i, j in known:
-                    tensor[:, i] = source[:, j]
-                copied += 1
-            elif source.shape == tensor.shape:
-                tensor.copy_(source)
-                copied += 1
-    log.info("started from %d tensors of the --init model; %d of %d words known to it", copied, len(rows),
-             len(model.vocab))
-
-
 def build_model(args, encoder, train_captions: list[str], refs_feats, held_out_feats, text_world,
                 concept_words) -> Captioner:
     out = args.out
@@ -227,6 +210,9 @@ def build_model(args, encoder, train_captions: list[str], refs_feats, held_out_f
 def settings(argv: list[str] | None) -> argparse.Namespace:
     """The flags, with what a dry run changes and the combinations that cannot work refused."""
     args = parse_args(argv)
+    args.finetune = False
+    if CORRECTIONS in args.dataset:  # fine-tune --init (default the shipped model), replaying its data
+        corrections_settings(args, sys.argv[1:] if argv is None else argv)
     if args.dry_run:
         args.batch_size, args.save_every, args.warmup_steps, args.concept_epochs = 8, 2, 1, 1
     args.epochs = args.epochs or (1 if args.dry_run else 20)
@@ -237,9 +223,10 @@ def settings(argv: list[str] | None) -> argparse.Namespace:
 
 def load_data(args) -> Data:
     """The captions and photos the flags name (a dry run's few)."""
-    return Data(load_records(list(zip(args.dataset, args.data_root)), coco_split=args.coco_split,
-                             val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-                             dataset_split=args.dataset_split, repeat=args.repeat, dry_run=args.dry_run),
+    splits = load_records(list(zip(args.dataset, args.data_root)), coco_split=args.coco_split,
+                          val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+                          dataset_split=args.dataset_split, repeat=args.repeat, dry_run=args.dry_run)
+    return Data(replay_sample(splits, args) if args.finetune else splits,
                 load_concept_photos(args.concept_photos, coco_split=args.coco_split,
                                     val_fraction=args.concept_val_fraction, dry_run=args.dry_run),
                 load_text_captions(args.text_captions, args.dry_run),
@@ -258,6 +245,8 @@ def make_model(args, data: Data, photos: Photos) -> Captioner:
                                 torch.ones(len(data.concept_train) + len(data.unpaired))])
     captions = data.train_captions + data.text_captions
     concept_words = concept_vocabulary(captions, args.concepts) if args.concepts else []
+    if args.finetune:
+        return start_from(args.init, [root for kind, root in zip(args.dataset, args.data_root) if kind == CORRECTIONS])
     if args.init is not None and args.objective == "scst":
         model = Captioner.from_checkpoint(args.init, load_encoder=False)
         model.decoding = DecodingConfig(args.beam_size, args.length_alpha)
@@ -432,10 +421,16 @@ def main(argv: list[str] | None = None) -> int:
                               cache_dir=args.cache_dir, needs_grid=args.decoder == "attention" or args.concepts > 0,
                               workers=args.workers, detector=args.detector, seed=args.seed)
     model = make_model(args, data, photos)
-    inputs = fit_detectors(model, data, photos, concept_epochs=args.concept_epochs,
-                           concept_photo_weight=args.concept_photo_weight, seed=args.seed)
+    inputs = frozen_inputs(model, photos) if args.finetune else fit_detectors(
+        model, data, photos, concept_epochs=args.concept_epochs, concept_photo_weight=args.concept_photo_weight,
+        seed=args.seed)
     run = Trainer(args, model, data, photos, inputs, dist)
     train(args, run, timer)
+    if args.finetune and dist.main:
+        verdict = gate(args, model, data, photos)
+        print(json.dumps({"gate": "passed" if verdict.passed else "refused", "reasons": verdict.reasons,
+                          "validation_cider": {"shipped": verdict.shipped, "fine_tuned": verdict.candidate},
+                          "ship": str(args.out / "captioner.safetensors") if verdict.passed else None}))
     dist.barrier()
     close_distributed(dist)
     return 0
