@@ -13,8 +13,6 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("CAPTIONER_SHARED_DATA", ROOT.parent / "shared" / "data"))
-# the app reads the data its side tabs show from $CAPTIONER_DATA: here, the local copies
-os.environ.setdefault("CAPTIONER_DATA", str(SHARED_DATA))
 # corrections saved by the tests' apps go to a folder of their own, never the clone's data/feedback
 os.environ.setdefault("CAPTIONER_FEEDBACK_DIR", tempfile.mkdtemp(prefix="captioner-test-feedback-"))
 
@@ -144,8 +142,7 @@ def running_app(log_path: Path, **env_extra):
     import urllib.request
 
     port = free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1",
-           "CAPTIONER_DATA": os.environ["CAPTIONER_DATA"], **env_extra}
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", **env_extra}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env,

@@ -50,7 +50,7 @@ def test_the_side_tabs_work_from_the_shipped_files_alone(tmp_path, monkeypatch):
 
     shipped("nextframe.safetensors")
     shipped("trajectory.safetensors")
-    for name in ("CAPTIONER_DATA", "CAPTIONER_SHARED_DATA", "CAPTIONER_SAMPLES"):
+    for name in ("CAPTIONER_SHARED_DATA", "CAPTIONER_SAMPLES"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
     services = app.make_services()
