@@ -15,7 +15,8 @@ import threading
 from dataclasses import dataclass
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+if not os.environ.get("CAPTIONER_FEEDBACK_REPO"):  # the one thing that talks to the Hub: pushing corrections
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import gradio as gr  # noqa: E402
 
