@@ -133,19 +133,21 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def running_app(log_path: Path, **env_extra):
-    """``python app.py`` on a free loopback port, as a user would start it (with
-    ``env_extra`` in its environment): yields its URL, start-up time and process."""
+def running_app(log_path: Path, cwd: Path = ROOT, bare: bool = False, **env_extra):
+    """``python app.py`` in ``cwd`` on a free loopback port, as a user would start it (with
+    ``env_extra`` in its environment; ``bare``: none of our CAPTIONER_ settings and no
+    PYTHONPATH, as on a fresh machine): yields its URL, start-up time and process."""
     import subprocess
     import sys
     import time
     import urllib.request
 
     port = free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", **env_extra}
+    env = {k: v for k, v in os.environ.items() if not bare or not k.startswith(("CAPTIONER_", "PYTHONPATH"))}
+    env.update({"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", **env_extra})
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, env=env,
+        proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=cwd, env=env,
                                 stdout=log, stderr=subprocess.STDOUT)
         base = f"http://127.0.0.1:{port}"
         start = time.time()

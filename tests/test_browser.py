@@ -230,9 +230,7 @@ def test_draw_a_stroke_and_see_a_prediction(page):
     page.locator("#stroke-picture img").wait_for(timeout=30_000)
     page.screenshot(path=str(SHOTS / "stroke.png"), full_page=True)
     assert not page.locator("#stroke-result").is_visible()  # the raw points are folded away
-    page.get_by_text("The points (JSON)").click()
-    page.wait_for_function("() => { const e = document.querySelector('#stroke-result');"
-                           " return e && e.textContent.includes('constant_velocity'); }", timeout=30_000)
+    unfold_points(page, "constant_velocity")
     points = json.loads(page.locator("#stroke-points textarea").input_value())
     assert len(points) >= 20
     assert page.locator("#stroke-picture img").count() == 1
@@ -246,9 +244,14 @@ def test_a_real_recording_is_listed_and_continued(page):
     assert "pen trajectory #" in recording.input_value()
     page.locator("#recording-button").click()
     page.locator("#stroke-picture img").wait_for(timeout=30_000)
+    unfold_points(page, "truth")
+
+
+def unfold_points(page, expected: str) -> None:
+    """Open the folded raw points and wait for ``expected`` among them."""
     page.get_by_text("The points (JSON)").click()
-    page.wait_for_function("() => { const e = document.querySelector('#stroke-result');"
-                           " return e && e.textContent.includes('truth'); }", timeout=30_000)
+    page.wait_for_function("text => { const e = document.querySelector('#stroke-result');"
+                           " return e && e.textContent.includes(text); }", arg=expected, timeout=30_000)
 
 
 def test_predict_the_next_frames_of_a_clip(page):
@@ -273,45 +276,13 @@ def test_predict_the_next_frames_of_a_clip(page):
 def bare_app(tmp_path_factory):
     """``python app.py`` from a copy of only the files the README's Space upload sends (no
     ``../shared``, no ``data/``, no CAPTIONER_ settings, an empty home folder)."""
-    import os
-    import subprocess
-    import sys
-    import time
-    import urllib.request
+    from tests.conftest import running_app
+    from tests.test_space import copy_space_files
 
-    from huggingface_hub.utils import filter_repo_objects
-
-    from tests.conftest import free_port
-    from tests.test_space import upload_patterns
-
-    if not (ROOT / ".git").exists():
-        pytest.skip("needs a git checkout to know the tracked files")
-    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     tree, home = tmp_path_factory.mktemp("bare"), tmp_path_factory.mktemp("home")
-    for path in filter_repo_objects(tracked, allow_patterns=upload_patterns()):
-        if (ROOT / path).is_file():
-            (tree / path).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / path, tree / path)
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CAPTIONER_", "PYTHONPATH"))}
-    env.update(HOME=str(home), GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=tree, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        start = time.time()
-        while True:
-            try:
-                urllib.request.urlopen(url, timeout=2)
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() - start > 90:
-                    pytest.fail("the app did not start from the bare tree")
-                time.sleep(0.2)
-        yield {"url": url}
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+    copy_space_files(tree)
+    with running_app(tree / "app.log", cwd=tree, bare=True, HOME=str(home)) as app:
+        yield app
 
 
 def test_the_demos_work_from_the_shipped_files_alone(browser, bare_app):

@@ -23,23 +23,31 @@ def upload_patterns() -> list[str]:
     return [words[i + 1] for i, w in enumerate(words) if w == "--include"]
 
 
-def test_the_uploaded_files_start_as_a_space_and_caption_a_photo(tmp_path):
-    from gradio_client import Client, handle_file
+def copy_space_files(space) -> list[str]:
+    """Copy into ``space`` the tracked files the README's upload sends (skips the test
+    outside a git checkout); returns their paths."""
     from huggingface_hub.utils import filter_repo_objects
 
-    shipped("captioner.safetensors")
     if shutil.which("git") is None or not (ROOT / ".git").exists():
         pytest.skip("needs a git checkout to know the tracked files")
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     sent = list(filter_repo_objects(tracked, allow_patterns=upload_patterns()))
+    for path in sent:
+        (space / path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / path, space / path)
+    return sent
+
+
+def test_the_uploaded_files_start_as_a_space_and_caption_a_photo(tmp_path):
+    from gradio_client import Client, handle_file
+
+    shipped("captioner.safetensors")
+    space = tmp_path / "space"
+    sent = copy_space_files(space)
     assert "checkpoints/captioner.safetensors" in sent and not any(p.startswith("tests/") for p in sent)
     for needed in ("webapp/examples/CREDITS.md", "demos/samples/MNIST/raw/t10k-images-idx3-ubyte",
                    "demos/samples/char_trajectories_held_out.json"):  # the tabs' own data travels with them
         assert needed in sent
-    space = tmp_path / "space"
-    for path in sent:
-        (space / path).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / path, space / path)
     for path in sorted(space.rglob("*"), reverse=True):  # a read-only checkout
         path.chmod(path.stat().st_mode & ~(stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
     space.chmod(0o555)
