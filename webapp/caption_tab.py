@@ -186,7 +186,8 @@ class CaptionTab:
                                   css_template=static("capture.css"))
                 shown = gr.Gallery(value=[(p, None) for p in examples], columns=3, rows=2, height=320,
                                    allow_preview=False, interactive=False, elem_id="caption-examples",
-                                   label="Or try an example", object_fit="cover", buttons=[], visible=bool(examples))
+                                   label="Or try an example (COCO, CC BY / BY-SA)", object_fit="cover", buttons=[],
+                                   visible=bool(examples))
                 with gr.Accordion("Advanced", open=False, elem_id="caption-advanced"):
                     decoding = gr.Radio(["beam search", "greedy"], value="beam search", label="Decoding")
                     beam = gr.Slider(1, 10, value=self.service.default_beam(), step=1, label="Beam width")
