@@ -115,6 +115,9 @@ def test_on_a_phone_the_caption_comes_into_view_and_every_tab_is_in_sight(phone,
     for name in ("Caption", "Digits", "Strokes", "Frames"):  # none hidden behind a menu
         assert phone.get_by_role("tab", name=name).is_visible()
     assert not phone.locator("#photo-capture .paste-hint").is_visible()  # no keyboard-only hint on a touch screen
+    examples = phone.locator("#caption-examples img")
+    assert all(in_viewport(phone, examples.nth(i)) for i in range(examples.count()))  # no sideways scroll either
+    assert in_viewport(phone, phone.locator("#caption-button"))
     phone.locator("#caption-files input[type=file]").set_input_files(str(a_photo(tmp_path, "coffee")))
     phone.wait_for_timeout(500)
     phone.locator("#caption-button").click()
