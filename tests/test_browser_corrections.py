@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import shipped
-from tests.test_browser import SHOTS, a_photo, browser, page, phone  # noqa: F401 (fixtures)
+from tests.test_browser import SHOTS, a_photo, browser, in_viewport, page, phone  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.browser
 FOLDER = Path(os.environ["CAPTIONER_FEEDBACK_DIR"])  # where the tests' app stores corrections (conftest)
@@ -38,6 +38,8 @@ def test_correct_a_caption_in_the_browser_and_find_it_stored(screen, request, tm
     note = tab.locator(".correction-note").first
     note.wait_for(timeout=30_000)
     assert "tick the box" in note.inner_text()
+    tab.wait_for_timeout(800)  # the note is scrolled into view
+    assert in_viewport(tab, note)
     assert (set((FOLDER / "records").glob("*.json")) if (FOLDER / "records").is_dir() else set()) == before
     tab.locator(".correction-consent input[type=checkbox]").first.check()
     save.click()

@@ -16,6 +16,10 @@ from captioner.feedback import MAX_CAPTION, Correction, CorrectionError, Correct
 from captioner.service import InputError
 
 CONSENT = "Store this photo and my caption to improve the captioner"
+SHOW_NOTE = """() => { let form = document.activeElement;
+  while (form && !(form.querySelector && form.querySelector('.correction-note'))) form = form.parentElement;
+  const note = form && form.querySelector('.correction-note');
+  if (note) note.scrollIntoView({block: 'center'}); }"""  # what Save just said, in view
 
 
 def client_of(request: gr.Request | None) -> str:
@@ -88,7 +92,7 @@ class CorrectionForm:
                     save = gr.Button("Save", size="sm", elem_classes=["correction-save"])
                     said = gr.HTML(elem_classes=["correction-said"], min_height=0)
                 save.click(partial(self.save_on_page, i, r["image"]), [files, text, consent, decoding, beam], said,
-                           api_name=False, concurrency_id="correct", concurrency_limit=16)
+                           api_name=False, concurrency_id="correct", concurrency_limit=16).then(None, js=SHOW_NOTE)
 
         photo = gr.File(visible=False, file_count="single", label="photo")
         caption, consent = gr.Textbox(visible=False, label="caption"), gr.Checkbox(visible=False, label="consent")
