@@ -82,9 +82,9 @@ def says_something(result: dict) -> bool:
 def word_pictures(picture: Image.Image, result: dict, name: str = "",
                   longest: int = 360) -> list[tuple[Image.Image, str]]:
     """One (picture, "n. word") per word (the first also naming the photo): the whole
-    photo, the word's heat map over the grid and, where the result has
-    ``attention_boxes``, the boxes it attended glowing (outline and tint in proportion to
-    the word's weight on each box)."""
+    photo with the word written on it, the word's heat map over the grid and, where the
+    result has ``attention_boxes``, the boxes it attended glowing (outline and tint in
+    proportion to the word's weight on each box)."""
     base = scaled(picture, longest)
     grid = tuple(result["attention_grid"])
     boxes = result.get("boxes") or []
@@ -104,5 +104,7 @@ def word_pictures(picture: Image.Image, result: dict, name: str = "",
                 draw.rectangle(xy, fill=GLOW + (int(70 * strength),), outline=GLOW + (int(255 * strength),),
                                width=max(2, round(5 * strength)))
             tile = Image.alpha_composite(tile, glow)
-        shown.append((tile.convert("RGB"), f"{k + 1}. {word}" + (f" ({name})" if name and k == 0 else "")))
+        tile = tile.convert("RGB")
+        label(ImageDraw.Draw(tile), (0, 0, *tile.size), word, (30, 30, 30), max(14, longest // 14), tile.size, [])
+        shown.append((tile, f"{k + 1}. {word}" + (f" ({name})" if name and k == 0 else "")))
     return shown
