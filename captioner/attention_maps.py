@@ -1,6 +1,8 @@
 """Pictures of where an attention captioner looked: the photo once per word, with the
-word's attention weights over the encoder's grid laid over it as a heat map (the grid
-upsampled smoothly to the photo's size, as in Show, Attend and Tell's figures)."""
+word's attention laid over it as a heat map: its weights over the encoder's grid, and
+(a decoder with regions) over the detector's boxes, as one map of the whole photo
+(``grounding_metrics.word_maps``, the map the pointing game scores), upsampled smoothly
+to the photo's size as in Show, Attend and Tell's figures."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from captioner.grounding_metrics import word_maps
 from captioner.results import CaptionResult
 
 # a dark-blue -> red -> yellow ramp, so that weak attention stays see-through
@@ -25,14 +28,19 @@ def focus(weights: list[float]) -> float:
 
 
 def heat(weights: list[float], grid: tuple[int, int], size: tuple[int, int]) -> Image.Image:
-    """An RGBA heat map of ``size`` from one word's weights over a ``grid`` (row-major).
-
-    The scale is fixed, not stretched to each word's maximum: a cell at the uniform weight
-    (1 / cells) or below is clear, a cell at ``FULL_FOCUS`` times it is full heat. So
-    attention that is spread evenly shows as no heat at all, instead of as a map that looks
-    focused everywhere."""
+    """An RGBA heat map of ``size`` from one word's weights over a ``grid`` (row-major)."""
     w = np.asarray(weights, dtype=np.float32).reshape(grid)
-    level = np.clip((w * w.size - 1.0) / (FULL_FOCUS - 1.0), 0.0, 1.0)
+    return heat_of(w * w.size, size)
+
+
+def heat_of(density: np.ndarray, size: tuple[int, int]) -> Image.Image:
+    """An RGBA heat map of ``size`` from a word's attention as a density over the photo
+    (1.0: the uniform map's).
+
+    The scale is fixed, not stretched to each word's maximum: a point at the uniform density
+    or below is clear, a point at ``FULL_FOCUS`` times it is full heat. So attention that is
+    spread evenly shows as no heat at all, instead of as a map that looks focused everywhere."""
+    level = np.clip((np.asarray(density, dtype=np.float32) - 1.0) / (FULL_FOCUS - 1.0), 0.0, 1.0)
     smooth = np.asarray(Image.fromarray((level * 255).astype(np.uint8)).resize(size, Image.Resampling.BICUBIC),
                         dtype=np.float32) / 255.0
     position = smooth * (len(_RAMP) - 1)
@@ -48,9 +56,9 @@ def attention_panels(image: Image.Image, result: CaptionResult, size: int = 160)
     if result.attention is None or result.grid is None:
         raise ValueError("this caption carries no attention weights (it is not from an attention model)")
     base = image.convert("RGB").resize((size, size), Image.Resampling.BILINEAR).convert("RGBA")
-    return [(Image.alpha_composite(base, heat(w, tuple(result.grid), (size, size))).convert("RGB"),
-             f"{word} ({p:.2f}, x{focus(w):.1f})")
-            for word, p, w in zip(result.words, result.probabilities, result.attention)]
+    return [(Image.alpha_composite(base, heat_of(m, (size, size))).convert("RGB"),
+             f"{word} ({p:.2f}, x{m.max():.1f})")
+            for word, p, m in zip(result.words, result.probabilities, word_maps(result.to_dict()))]
 
 
 def draw_boxes(image: Image.Image, boxes: list[dict] | None, width: int = 2) -> Image.Image:
