@@ -34,7 +34,8 @@ def test_even_attention_says_nothing_and_is_not_shown():
     assert says_something(result([[0.7, 0.1, 0.1, 0.1], [0.25] * 4]))
     # over cells and boxes (summing to 1): a word that put most of its weight on one box
     assert says_something(result([[0.05] * 4, [0.05] * 4], [[0.7, 0.1], [0.4, 0.4]]))
-    assert not says_something(result([[1 / 6] * 4, [1 / 6] * 4], [[1 / 6, 1 / 6], [1 / 6, 1 / 6]]))
+    assert not says_something(result(even, [[0.0, 0.0], [0.0, 0.0]]))
+    assert not says_something({"words": ["a"], "probabilities": [0.5]})  # no attention at all
 
 
 def test_each_word_gets_the_whole_photo_and_an_attended_box_glows():

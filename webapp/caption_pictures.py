@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from functools import cache
 
-import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from captioner.attention_maps import focus, heat
+from captioner.attention_maps import heat_of
+from captioner.grounding_metrics import word_maps
 
 BOX_COLOURS = [(220, 38, 38), (37, 99, 235), (22, 163, 74), (217, 119, 6), (147, 51, 234), (8, 145, 178)]
 GLOW = (250, 204, 21)
-SAYS_SOMETHING = 1.5  # a word's surest cell (or box) at 1.5x an even share: its attention points somewhere
+SAYS_SOMETHING = 1.5  # a word's map 1.5x the even map somewhere: its attention points somewhere
 
 
 @cache
@@ -70,27 +70,26 @@ def boxed_photo(picture: Image.Image, boxes: list[dict] | None, longest: int = 8
 
 
 def says_something(result: dict) -> bool:
-    """Whether any word's attention points somewhere (over the grid's cells or the boxes),
-    rather than spreading evenly, as a model whose attention collapsed does."""
-    cells = any(focus(w) >= SAYS_SOMETHING for w in result.get("attention") or [])
-    boxes = result.get("attention_boxes") or []
-    cells_and_boxes = int(np.prod(result.get("attention_grid") or [0])) + len(result.get("boxes") or [])
-    even = 1.0 / max(1, cells_and_boxes)
-    return cells or any(max(w, default=0.0) >= SAYS_SOMETHING * even for w in boxes)
+    """Whether any word's attention points somewhere: its map over the photo (the grid's
+    cells and, with regions, the boxes: ``grounding_metrics.word_maps``) is somewhere
+    ``SAYS_SOMETHING`` times the even map, not spread evenly as a model whose attention
+    collapsed spreads it."""
+    maps = word_maps(result) or []
+    return any(float(m.max()) >= SAYS_SOMETHING for m in maps)
 
 
 def word_pictures(picture: Image.Image, result: dict, name: str = "",
                   longest: int = 360) -> list[tuple[Image.Image, str]]:
     """One (picture, "n. word") per word (the first also naming the photo): the whole
-    photo with the word written on it, the word's heat map over the grid and, where the
-    result has ``attention_boxes``, the boxes it attended glowing (outline and tint in
-    proportion to the word's weight on each box)."""
+    photo with the word written on it, its heat map (``word_maps``: the grid's cells and
+    the boxes it attended, the map the pointing game scores) and, where the result has
+    ``attention_boxes``, the boxes it attended glowing (outline and tint in proportion to
+    the word's weight on each box)."""
     base = scaled(picture, longest)
-    grid = tuple(result["attention_grid"])
     boxes = result.get("boxes") or []
     shown = []
-    for k, (word, weights) in enumerate(zip(result["words"], result["attention"])):
-        tile = Image.alpha_composite(base.convert("RGBA"), heat(weights, grid, base.size))
+    for k, (word, density) in enumerate(zip(result["words"], word_maps(result))):
+        tile = Image.alpha_composite(base.convert("RGBA"), heat_of(density, base.size))
         on_boxes = (result.get("attention_boxes") or [None] * len(result["words"]))[k]
         if on_boxes:
             glow = Image.new("RGBA", base.size, (0, 0, 0, 0))
