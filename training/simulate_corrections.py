@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     for n, image_id in enumerate(chosen, 1):
         correction = service.correct(str(args.coco_root / "train2014" / names[image_id]), captions[image_id][0], True)
         images.append({"id": image_id, "file_name": Path(correction.photo).name, "coco_file_name": names[image_id]})
-        annotations += [{"id": len(annotations) + 1, "image_id": image_id, "caption": c} for c in captions[image_id]]
+        annotations += [{"id": len(annotations) + k, "image_id": image_id, "caption": c}
+                        for k, c in enumerate(captions[image_id], 1)]
         if n % 50 == 0:
             print(f"{n} corrections stored", file=sys.stderr)
     atomic_write_text(args.out / "all_captions.json", json.dumps({"images": images, "annotations": annotations}))
