@@ -47,7 +47,7 @@ log = logging.getLogger(__name__)
 MAX_CAPTION = 200
 LONGEST_SIDE = 1024
 FORMAT = "captioner-correction/1"
-ID = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$")
+ID = re.compile(r"^[0-9]{8}T[0-9]{6}([0-9]{6})?Z-[0-9a-f]{8}$")  # UTC time (to the microsecond) and 8 random hex
 
 
 class CorrectionError(ValueError):
@@ -142,7 +142,7 @@ class FeedbackStore:
             raise CorrectionError(f"The photo cannot be stored: {err}") from err
         name = f"photos/{hashlib.sha256(data).hexdigest()[:16]}.jpg"
         now = datetime.now(timezone.utc)
-        correction = Correction(f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}", name, caption, str(model_caption),
+        correction = Correction(f"{now:%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(4)}", name, caption, str(model_caption),
                                 checkpoint, dict(decoding), now.isoformat(timespec="seconds"))
         record = json.dumps(asdict(correction), indent=1, ensure_ascii=False).encode("utf-8")
         path = self.folder / name
@@ -183,7 +183,7 @@ class FeedbackStore:
     def remove(self, correction_id: str) -> Correction:
         """Delete one correction, and its photo when no other correction names it."""
         if not ID.match(correction_id or ""):
-            raise CorrectionError(f"{correction_id!r} is not a correction id (like 20260101T120000Z-0a1b2c3d).")
+            raise CorrectionError(f"{correction_id!r} is not a correction id (like 20260101T120000123456Z-0a1b2c3d).")
         path = self.records / f"{correction_id}.json"
         if not path.is_file():
             raise CorrectionError(f"There is no correction {correction_id} in {self.folder}.")
