@@ -124,6 +124,23 @@ def shipped(name: str) -> Path:
     return path
 
 
+def all_at_once(n: int, call) -> list:
+    """``call(i)`` for i in 0..n-1 from n threads released together; their answers in order
+    (any exception is raised here, after all have finished)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    barrier = threading.Barrier(n)
+
+    def one(i):
+        barrier.wait()
+        return call(i)
+
+    with ThreadPoolExecutor(n) as pool:
+        futures = [pool.submit(one, i) for i in range(n)]
+    return [f.result() for f in futures]
+
+
 def free_port() -> int:
     import socket
 

@@ -4,13 +4,12 @@ stored, a photo's GPS gone, and the folder the app wrote read back for training.
 
 import io
 import os
-import threading
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from tests.conftest import shipped
+from tests.conftest import all_at_once, shipped
 
 FOLDER = Path(os.environ["CAPTIONER_FEEDBACK_DIR"])  # the tests' apps store here (conftest)
 
@@ -51,20 +50,7 @@ def test_corrections_one_by_one_and_sixteen_at_once_are_all_stored(client, tmp_p
         assert record["model_caption"] and record["checkpoint"].startswith("captioner.safetensors:")
         assert record["decoding"]["beam_size"] >= 1
     paths = [photo(tmp_path, f"many{i}", (10, i * 15, 10)) for i in range(16)]
-    answers, errors = [None] * 16, []
-
-    def one(i):
-        try:
-            answers[i] = correct(client, paths[i], f"coffee number {i} on a saucer")
-        except Exception as err:  # noqa: BLE001 (collected and checked below)
-            errors.append(err)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    answers = all_at_once(16, lambda i: correct(client, paths[i], f"coffee number {i} on a saucer"))
     new = records() - before
     assert len(new) == 19 and {f"{record['id']}.json" for _, record in answers} <= new
 

@@ -8,14 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
 from PIL import Image
 
 from captioner.feedback import CorrectionError, FeedbackStore, RateLimit, clean_caption, read_corrections, sync_to_hub
-from tests.conftest import ROOT
+from tests.conftest import ROOT, all_at_once
 
 
 def a_photo(colour=(200, 30, 30), size=(64, 48), **save) -> bytes:
@@ -99,21 +98,8 @@ def test_a_big_photo_is_stored_at_most_1024_pixels_on_its_longer_side(tmp_path):
 
 
 def test_sixteen_concurrent_saves_are_all_stored(tmp_path):
-    store, barrier, done, errors = FeedbackStore(tmp_path), threading.Barrier(16), [], []
-
-    def one(i):
-        barrier.wait()
-        try:
-            done.append(save(store, photo=a_photo((i * 15, 100, 200 - i * 10)), caption=f"photo number {i}"))
-        except Exception as err:  # noqa: BLE001 (collected and checked below)
-            errors.append(err)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    store = FeedbackStore(tmp_path)
+    all_at_once(16, lambda i: save(store, photo=a_photo((i * 15, 100, 200 - i * 10)), caption=f"photo number {i}"))
     listed = store.list()
     assert sorted(c.caption for c in listed) == sorted(f"photo number {i}" for i in range(16))
     assert len({c.id for c in listed}) == 16 and len({c.photo for c in listed}) == 16
