@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from captioner.detector import Boxes
 from captioner.objects import Detections
-from captioner.rules import describe_objects, problems
+from captioner.rules import describe_objects, problems, trimmed
 from captioner.search import Decoded
 from captioner.vocabulary import Vocabulary, fix_article
 
@@ -126,7 +126,8 @@ class Writer:
 
 def add_boxes(result: CaptionResult, photo: Boxes, person_ok: bool, rules: bool) -> None:
     """The detector's objects in the result; a caption that breaks a rule (none should
-    get through the search) becomes the detector's objects alone (say less, never nonsense)."""
+    get through the search, but one cut at the longest length can) becomes the detector's objects alone, or
+    with none its longest beginning that breaks no rule (``rules.trimmed``): say less, never nonsense."""
     result.boxes = photo.to_list(DETECTED)
     if result.attention_boxes is not None:  # one weight per box shown (the decoder saw the first ``regions``)
         n = len(result.boxes)
@@ -138,8 +139,8 @@ def add_boxes(result: CaptionResult, photo: Boxes, person_ok: bool, rules: bool)
     result.objects += [{"word": c, "probability": p, "kind": "detected", "count": counts.get(c, 1)}
                        for c, p in best.items()]
     if rules and (not result.words or problems(result.words, person_ok)):
-        words = describe_objects(counts, person_ok) or (["a", "photo"] if not result.words else None)
-        if words is not None:
+        words = describe_objects(counts, person_ok) or trimmed(result.words, person_ok) or ["a", "photo"]
+        if words:
             log.info("caption %r broke a rule; said %r instead", result.caption, " ".join(words))
             result.caption, result.words = " ".join(words), words
             result.probabilities, result.attention = [0.0] * len(words), None

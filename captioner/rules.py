@@ -94,6 +94,17 @@ def problems(words: Sequence[str], person_ok: bool = True) -> list[str]:
     return found
 
 
+def trimmed(words: Sequence[str], person_ok: bool = True) -> list[str]:
+    """The longest beginning of a caption that breaks no rule and does not end on a function
+    word ([] if none): what is left of a caption the search cut at its longest ("... is
+    jumping over a" -> "... is jumping")."""
+    for n in range(len(words), 0, -1):
+        head = list(words[:n])
+        if head[-1] not in FUNCTION_WORDS and not problems(head, person_ok):
+            return head
+    return []
+
+
 def degenerate(words: Sequence[str]) -> bool:
     """A caption no user should read: a word pair repeated, a word twice in a row, a modifier
     without its noun (the person rule aside, which needs the photo)."""

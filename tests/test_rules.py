@@ -151,3 +151,11 @@ def test_a_slot_counts_as_the_word_it_is_written_as():
     logp = rules.mask(torch.zeros(1, len(words)), seqs[:, :1], torch.tensor([False]), slots)[0]
     banned = {words[i] for i in range(len(words)) if logp[i] == float("-inf")}
     assert {"man", "<obj2>"} <= banned and "<obj1>" not in banned  # the groom slot is a person
+
+
+def test_a_caption_cut_at_its_longest_is_trimmed_to_what_breaks_no_rule():
+    from captioner.rules import trimmed
+
+    words = "a dog of a brown and white photo is jumping over a".split()
+    assert problems(words) and trimmed(words) == "a dog of a brown and white photo is jumping".split()
+    assert trimmed(["a", "young"]) == []
