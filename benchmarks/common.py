@@ -210,7 +210,7 @@ def load_model(name: str) -> tuple[Captioner, torch.nn.Module, str]:
     # CNN lacks (object slots, concepts, familiarity)
     config = replace(base, encoder=name, feature_dim=encoder.feature_dim, vocab_size=len(vocab), object_slots=0,
                      object_words=0, concepts=0, familiarity_dim=0, familiarity_references=0,
-                     familiarity_calibration=0, familiarity_worlds=0, detector=0)
+                     familiarity_calibration=0, familiarity_worlds=0, detector=0, regions=0)
     model = Captioner(config, vocab, encoder).eval()
     if shipped is None:
         return model, plain, "random weights, random decoder"

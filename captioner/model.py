@@ -141,7 +141,7 @@ class Captioner(nn.Module):
         if self.config.detector and boxes is None:
             raise ValueError("this captioner needs the COCO detector's boxes of each photo")
         summaries = summary(list(boxes)).to(self.device) if self.config.detector else None
-        regions = Regions.of(boxes, self.config.regions) if self.config.regions else None
+        regions = Regions.of(boxes, self.config.regions) if self.config.regions and boxes is not None else None
         decoded, detections, ctx = decode(self.network, self.tables, features, decoding,
                                           grid if self.network.needs_grid else None, familiar, text_world, summaries,
                                           regions)
