@@ -26,7 +26,7 @@ from statistics import median
 import numpy as np
 
 from captioner.vocabulary import tokenize
-from captioner.wordlists import coco_synonyms, mentioned_categories
+from captioner.wordlists import mentioned_categories, named_objects
 
 RESOLUTION = 56  # the map's side: 8 points a cell of a 7x7 grid
 FLAT = 1.05
@@ -59,24 +59,6 @@ def word_maps(result: dict, side: int = RESOLUTION) -> list[np.ndarray] | None:
 def _inside(box: Sequence[float], ys: np.ndarray) -> np.ndarray:
     x0, y0, x1, y1 = box
     return ((ys[:, None] >= y0) & (ys[:, None] <= y1) & (ys[None, :] >= x0) & (ys[None, :] <= x1)).astype(float)
-
-
-def named_objects(words: Sequence[str]) -> list[tuple[int, str]]:
-    """(position of the naming word, category) for each COCO object a caption's words name
-    (the last word of a phrase: "hot dog" -> the position of "dog")."""
-    table = coco_synonyms()
-    longest = max(len(p) for p in table)
-    found, i = [], 0
-    while i < len(words):
-        for n in range(min(longest, len(words) - i), 0, -1):
-            category = table.get(tuple(words[i:i + n]))
-            if category is not None:
-                found.append((i + n - 1, category))
-                i += n
-                break
-        else:
-            i += 1
-    return found
 
 
 def grounding_scores(results: Sequence[dict], references: Sequence[Sequence[str]] | None = None,

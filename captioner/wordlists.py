@@ -56,21 +56,27 @@ def coco_synonyms() -> dict[tuple[str, ...], str]:
     return table
 
 
-def mentioned_categories(tokens: Sequence[str]) -> set[str]:
-    """The COCO categories a tokenised caption names (longest phrase first)."""
+def named_objects(tokens: Sequence[str]) -> list[tuple[int, str]]:
+    """(position of the naming word, category) for each COCO object a tokenised caption names,
+    longest phrase first (the last word of a phrase: "hot dog" -> the position of "dog")."""
     table = coco_synonyms()
     longest = max(len(p) for p in table)
-    found, i = set(), 0
+    found, i = [], 0
     while i < len(tokens):
         for n in range(min(longest, len(tokens) - i), 0, -1):
             category = table.get(tuple(tokens[i:i + n]))
             if category is not None:
-                found.add(category)
+                found.append((i + n - 1, category))
                 i += n
                 break
         else:
             i += 1
     return found
+
+
+def mentioned_categories(tokens: Sequence[str]) -> set[str]:
+    """The COCO categories a tokenised caption names (longest phrase first)."""
+    return {category for _, category in named_objects(tokens)}
 
 
 @cache

@@ -7,9 +7,9 @@ import torch
 
 from captioner.attention_targets import attention_loss, attention_targets, category_of_words, cells_in_boxes
 from captioner.detector import Boxes
-from captioner.grounding_metrics import grounding_scores, named_objects
+from captioner.grounding_metrics import grounding_scores
 from captioner.regions import Regions, pooled
-from captioner.wordlists import coco_categories
+from captioner.wordlists import coco_categories, named_objects
 
 DOG, CAT = coco_categories().index("dog"), coco_categories().index("cat")
 
