@@ -57,12 +57,20 @@ def machine() -> dict:
         "cpu_numerics": cpu_info(),  # the flags that decide bf16, and what auto chose here
         "cpu": model, "cores": cores, "mhz": mhz, "torch_threads": torch.get_num_threads(),
         "avx512_bf16": "avx512_bf16" in flags, "amx_bf16": "amx_bf16" in flags,
-        "python": platform.python_version(), "torch": torch.__version__,
+        "python": platform.python_version(), "torch": torch.__version__, "onnxruntime": _onnxruntime_version(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         # AVX-512 BF16: one 512-bit VDPBF16PS (32 bf16 products + 32 adds) per cycle per core,
         # on the cores torch uses
         "bf16_peak_gflops_theoretical": round(used * (mhz or 0) * 1e6 * 64 / 1e9, 1) if mhz else None,
     }
+
+
+def _onnxruntime_version() -> str | None:
+    try:
+        import onnxruntime
+    except ImportError:
+        return None
+    return onnxruntime.__version__
 
 
 def percentiles(samples: list[float]) -> dict:

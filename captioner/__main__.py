@@ -141,6 +141,31 @@ def _batch(items):
     return [(i, err) for i, _, err in items], good or None
 
 
+def ahead(batches, depth: int = 2):
+    """The batches of ``batches``, each read on a second thread while the model captions the one
+    before (JPEG decoding and resizing release the GIL): the photos of a folder are decoded beside
+    the model instead of between its runs."""
+    import queue
+    import threading
+
+    ready: queue.Queue = queue.Queue(depth)
+    end = object()
+
+    def read() -> None:
+        try:
+            for batch in batches:
+                ready.put(batch)
+        except BaseException as err:  # noqa: BLE001 - handed to the reader below
+            ready.put(err)
+        ready.put(end)
+
+    threading.Thread(target=read, daemon=True, name="photos-ahead").start()
+    while (batch := ready.get()) is not end:
+        if isinstance(batch, BaseException):
+            raise batch
+        yield batch
+
+
 def caption_files(model: Captioner, paths: list[Path], beam_size: int | None, batch_size: int,
                   as_json: bool, out=None, err=None, workers: int = 0, attention_dir: Path | None = None) -> int:
     out, err = out or sys.stdout, err or sys.stderr
@@ -149,7 +174,7 @@ def caption_files(model: Captioner, paths: list[Path], beam_size: int | None, ba
     loader = DataLoader(_Photos(list(paths), encoder.preprocess, bool(model.config.detector)),
                         batch_size=batch_size, num_workers=workers, collate_fn=_batch,
                         persistent_workers=False, prefetch_factor=4 if workers else None)
-    for items, batch in loader:
+    for items, batch in ahead(loader):
         results = iter(model.caption_prepared(batch, beam_size) if batch is not None else [])
         for i, error in items:
             path = paths[i]

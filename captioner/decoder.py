@@ -65,6 +65,16 @@ def packed_targets(captions: torch.Tensor, lengths: torch.Tensor) -> torch.Tenso
     return pack_padded_sequence(captions[:, 1:], lengths.cpu() - 1, batch_first=True, enforce_sorted=False).data
 
 
+def stacked(*linears: nn.Linear) -> nn.Linear:
+    """One linear map computing several that read the same input, outputs side by side."""
+    out = nn.Linear(linears[0].in_features, sum(m.out_features for m in linears))
+    with torch.no_grad():
+        out.weight.copy_(torch.cat([m.weight for m in linears]))
+        out.bias.copy_(torch.cat([m.bias if m.bias is not None else m.weight.new_zeros(m.out_features)
+                                  for m in linears]))
+    return out
+
+
 class ObjectSlots(nn.Module):
     """Input embeddings and output scores of the object slots (see the module docstring)."""
 
@@ -79,12 +89,19 @@ class ObjectSlots(nn.Module):
         """(B, K, object_dim) vectors and (B, K) probabilities of the detected words."""
         return {"objects": self.project(word_vectors), "objects_logp": probs.clamp_min(1e-12).log()}
 
-    def scores(self, hidden: torch.Tensor, ctx: Context) -> torch.Tensor:
-        """(M, hidden) -> (M, K) added to the slots' logits."""
+    def prepare(self, ctx: Context) -> Context:
+        """``slot_bias``: how sure the classifier is of each slot's object, ``a * log p_k`` (-inf
+        for objects left out by the caller), once per caption rather than once per word."""
         logp = ctx["objects_logp"]
-        fit = (self.query(hidden)[:, None, :] * ctx.get("objects_key", ctx["objects"])).sum(-1)
-        scores = fit + self.confidence[0] * logp.clamp_min(-30.0) + self.confidence[1]
-        return scores.masked_fill(logp == float("-inf"), float("-inf"))  # objects left out by the caller
+        confidence = self.confidence[0] * logp.clamp_min(-30.0)
+        return {"slot_bias": confidence.masked_fill(logp == float("-inf"), float("-inf"))}
+
+    def scores(self, hidden: torch.Tensor, ctx: Context, query: torch.Tensor | None = None) -> torch.Tensor:
+        """(M, hidden) -> (M, K) added to the slots' logits (``query``: ``self.query(hidden)``
+        when the caller computed it already)."""
+        query = self.query(hidden) if query is None else query
+        fit = (query[:, None, :] * ctx.get("objects_key", ctx["objects"])).sum(-1)
+        return fit + ctx["slot_bias"] + self.confidence[1]
 
 
 class CaptionDecoder(nn.Module):
@@ -114,30 +131,65 @@ class CaptionDecoder(nn.Module):
         e = self.embed(tokens)
         if self.slots is None:
             return e
-        k = tokens - self.first_slot
-        is_slot = (k >= 0).unsqueeze(-1)
         objects = ctx["objects"]
+        k = tokens - self.first_slot
         index = k.clamp(0, self.slots.slots - 1)
-        if tokens.dim() == 1:
-            index = index[:, None]
+        if tokens.dim() == 1:  # a step: one token per row
+            picked = objects[torch.arange(len(tokens), device=tokens.device), index]
+            return torch.where((k >= 0)[:, None], e + picked, e)
         picked = torch.gather(objects, 1, index[..., None].expand(*index.shape, objects.shape[-1]))
-        return e + torch.where(is_slot, picked.view(e.shape), torch.zeros_like(e))
+        return e + torch.where((k >= 0).unsqueeze(-1), picked, torch.zeros_like(e))
 
     def logits(self, hidden: torch.Tensor, ctx: Context) -> torch.Tensor:
-        """(M, hidden) -> (M, vocab) unnormalised scores; ``ctx`` row m belongs to row m."""
-        logits = self.out(hidden)
+        """(M, hidden) -> (M, vocab) unnormalised scores; ``ctx`` row m belongs to row m (prepared)."""
+        fused = getattr(self, "output_maps", None)  # inference: the output layer and the slots' query in one product
+        if fused is not None:
+            both = fused(hidden)
+            logits, query = both[:, :self.out.out_features], both[:, self.out.out_features:]
+        else:
+            logits, query = self.out(hidden), None
         if self.slots is None:
             return logits
-        return torch.cat([logits[:, :self.first_slot], logits[:, self.first_slot:] + self.slots.scores(hidden, ctx)],
-                         dim=1)
+        if fused is not None:  # a fresh tensor of its own: the slots' scores can go in place
+            logits[:, self.first_slot:] += self.slots.scores(hidden, ctx, query)
+            return logits
+        slots = logits[:, self.first_slot:] + self.slots.scores(hidden, ctx, query)
+        return torch.cat([logits[:, :self.first_slot], slots], dim=1)
+
+    @staticmethod
+    def _output_rows(ctx: Context, rows: torch.Tensor) -> Context:
+        """What ``logits`` reads of the context, for each of ``rows`` (teacher forcing)."""
+        return select({k: ctx[k] for k in ("objects", "objects_key", "slot_bias") if k in ctx}, rows)
 
     def log_probs(self, hidden: torch.Tensor, ctx: Context) -> torch.Tensor:
-        logits = self.logits(hidden, ctx)
-        logits[:, self.never_emitted] = float("-inf")
-        if "word_bias" in ctx:  # what the detectors say of words naming objects (CaptionNetwork.grounding)
-            logits = logits + ctx["word_bias"]
+        """Next-word log-probabilities; ``ctx["step_bias"]`` (``prepare``) holds what the detectors
+        say of words naming objects (``decoding.grounding``) and -inf for words never written."""
+        logits = self.logits(hidden, ctx) + ctx["step_bias"]
         # a non-finite model (NaN weights or features) must not crash the search: NaN is impossible
         return logits.log_softmax(-1).nan_to_num(nan=float("-inf"), neginf=float("-inf"))
+
+    def prepare(self, ctx: Context) -> Context:
+        """The context with what every step would otherwise recompute (once per caption):
+        ``step_bias`` (B, vocab), the words' fixed additions (``word_bias``, and -inf for
+        ``never_emitted``), and the slots' ``slot_bias``."""
+        if "step_bias" in ctx:
+            return ctx
+        first = next(iter(ctx.values()))
+        bias = ctx.get("word_bias")
+        bias = (first.new_zeros(len(first), self.out.out_features, dtype=torch.float) if bias is None
+                else bias.clone())
+        bias[:, self.never_emitted] = float("-inf")
+        ctx = {**ctx, "step_bias": bias}
+        if self.slots is not None and "objects_logp" in ctx:
+            ctx.update(self.slots.prepare(ctx))
+        return ctx
+
+    def fuse_for_inference(self) -> None:
+        """Products that read the same input, stacked into one matrix each (an inference
+        copy only: ``network.CaptionNetwork.use_int8``). Each output row is computed exactly
+        as before (int8 scales are per output row); a step reads its weights in fewer calls."""
+        if self.slots is not None:
+            self.output_maps = stacked(self.out, self.slots.query)
 
     def forward(self, captions: torch.Tensor, lengths: torch.Tensor, ctx: Context):
         """Teacher forcing. ``captions`` (B, T) hold ``<start> w1 .. wn <end>`` padded,
@@ -148,10 +200,6 @@ class CaptionDecoder(nn.Module):
 
     def init_state(self, ctx: Context) -> State:
         raise NotImplementedError
-
-    def prepare(self, ctx: Context) -> Context:
-        """The context with what every step would otherwise recompute (once per caption)."""
-        return ctx
 
     def step(self, tokens: torch.Tensor, state: State, ctx: Context) -> tuple[torch.Tensor, State,
                                                                               torch.Tensor | None]:
@@ -175,12 +223,13 @@ class ShowTellDecoder(CaptionDecoder):
                             dropout=dropout if num_layers > 1 else 0.0)
 
     def forward(self, captions: torch.Tensor, lengths: torch.Tensor, ctx: Context):
+        ctx = self.prepare(ctx)
         state = self._first_input(ctx, fused=True)
         words = self.dropout(self.embed_tokens(captions[:, :-1], ctx))
         packed = pack_padded_sequence(words, lengths.cpu() - 1, batch_first=True, enforce_sorted=False)
         hidden, _ = self.lstm(packed, state)  # nn.LSTM permutes the state to the packed order itself
         owner, _ = packed_order(lengths - 1)
-        return self.logits(self.dropout(hidden.data), select(ctx, owner.to(captions.device))), None
+        return self.logits(self.dropout(hidden.data), self._output_rows(ctx, owner.to(captions.device))), None
 
     def init_state(self, ctx: Context) -> State:
         """Feed the image as the first input; its output is not used."""
@@ -247,22 +296,37 @@ class AttentionDecoder(CaptionDecoder):
         return torch.tanh(self.init_h(image))[None], torch.tanh(self.init_c(image))[None]
 
     def prepare(self, ctx: Context) -> Context:
-        """The grid's attention keys W_a a_i, once per caption rather than once per word."""
-        return ctx if "grid_keys" in ctx else {**ctx, "grid_keys": self.grid_key(ctx["grid"])}
+        """The grid's attention keys W_a a_i and which entries a photo lacks, once per caption
+        rather than once per word (and the shared ``CaptionDecoder.prepare``)."""
+        if "grid_keys" in ctx:
+            return ctx
+        ctx = {**super().prepare(ctx), "grid_keys": self.grid_key(ctx["grid"])}
+        if "grid_mask" in ctx:  # regions: the detector's boxes after the cells, absent ones never attended
+            ctx["grid_blocked"] = ~ctx["grid_mask"]
+        return ctx
 
-    def _attend(self, h: torch.Tensor, ctx: Context) -> tuple[torch.Tensor, torch.Tensor]:
-        keys = ctx["grid_keys"]
-        scores = self.score(torch.tanh(keys + self.hidden_key(h)[:, None, :])).squeeze(-1)
-        if "grid_mask" in ctx:  # regions: the detector's boxes after the cells, absent ones masked
-            scores = scores.masked_fill(~ctx["grid_mask"], float("-inf"))
-        weights = scores.softmax(-1)
-        context = torch.bmm(weights[:, None, :], ctx["grid"]).squeeze(1)
-        return weights, torch.sigmoid(self.gate(h)) * context
+    def fuse_for_inference(self) -> None:
+        super().fuse_for_inference()
+        self.hidden_maps = stacked(self.hidden_key, self.gate, self.cell.hidden_map)
+
+    def _from_hidden(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """W_h h (the attention's query), W_b h (the gate) and the LSTM's W_h* h + b_h*."""
+        fused = getattr(self, "hidden_maps", None)
+        if fused is None:
+            return self.hidden_key(h), self.gate(h), self.cell.hidden_map(h)
+        return fused(h).split([self.hidden_key.out_features, self.gate.out_features,
+                               self.cell.hidden_map.out_features], 1)
 
     def _step(self, x: torch.Tensor, state: State, ctx: Context):
+        """One LSTM step with attention, over a prepared ``ctx``: (h, state, attention weights)."""
         h, c = state[0][0], state[1][0]
-        weights, context = self._attend(h, ctx)
-        h, c = self.cell(torch.cat([x, context], 1), (h, c))
+        key, gate, hidden = self._from_hidden(h)
+        scores = self.score(torch.tanh(ctx["grid_keys"] + key[:, None, :])).squeeze(-1)
+        if "grid_blocked" in ctx:
+            scores = scores.masked_fill(ctx["grid_blocked"], float("-inf"))
+        weights = scores.softmax(-1)
+        context = torch.sigmoid(gate) * torch.bmm(weights[:, None, :], ctx["grid"]).squeeze(1)
+        h, c = lstm_gates(self.cell.input_map(torch.cat([x, context], 1)) + hidden, c)
         return h, (h[None], c[None]), weights
 
     def step(self, tokens, state, ctx):
@@ -284,7 +348,7 @@ class AttentionDecoder(CaptionDecoder):
             h, state, w = self._step(words[order[:size], t], state, step_ctx)
             hidden.append(h)
             weights[order[:size], t] = w
-        return self.logits(self.dropout(torch.cat(hidden)), select(ctx, owner)), weights
+        return self.logits(self.dropout(torch.cat(hidden)), self._output_rows(ctx, owner)), weights
 
 
 DECODERS = {"show_tell": ShowTellDecoder, "attention": AttentionDecoder}

@@ -176,30 +176,23 @@ def measure_bf16(repeats: int = 5) -> dict[str, float]:
     for name, dtype in (("fp32_ms", torch.float32), ("bf16_ms", torch.bfloat16)):
         net = __import__("copy").deepcopy(layers).to(dtype).to(memory_format=torch.channels_last)
         inp = x.to(dtype)
-        times = []
         with torch.inference_mode():
-            for k in range(repeats + 2):
-                start = time.perf_counter()
-                net(inp)
-                if k >= 2:
-                    times.append((time.perf_counter() - start) * 1000)
-        out[name] = sorted(times)[len(times) // 2]
+            out[name] = time_ms(lambda: net(inp), repeats)  # noqa: B023 - called at once
     return out
 
 
-def _measured_bf16_faster() -> bool:
-    """The cached measurement for this machine (made now if there is none)."""
-    flags = cpu_flags()
-    key = _machine_key(flags)
+def measured(what: str, measure) -> dict[str, float]:
+    """``measure()``'s figures for this machine, made once and cached (``_cache_file``, keyed by
+    the CPU's model, flags and torch version, and ``what``)."""
+    key = _machine_key(cpu_flags()) + ("" if what == "bf16" else f"|{what}")
     path = _cache_file()
     try:
         table = json.loads(path.read_text())
     except (OSError, ValueError):
         table = {}
     if key not in table:
-        table[key] = measure_bf16()
-        log.info("bf16 against float32 on this CPU: %.1f ms against %.1f ms (cached in %s)",
-                 table[key]["bf16_ms"], table[key]["fp32_ms"], path)
+        table[key] = measure()
+        log.info("measured on this CPU (%s): %s (cached in %s)", what, table[key], path)
         try:
             from captioner.checkpoint import atomic_write_text
 
@@ -207,8 +200,39 @@ def _measured_bf16_faster() -> bool:
             atomic_write_text(path, json.dumps(table, indent=1))
         except OSError:  # a read-only home: measure again next time
             pass
-    m = table[key]
+    return table[key]
+
+
+def _measured_bf16_faster() -> bool:
+    """The cached measurement for this machine (made now if there is none)."""
+    m = measured("bf16", measure_bf16)
     return m["bf16_ms"] * 1.1 <= m["fp32_ms"]
+
+
+RUNTIMES = ("auto", "torchscript", "eager")
+
+
+def time_ms(run, repeats: int = 7) -> float:
+    """The median milliseconds of ``repeats`` calls of ``run()`` after two warm-ups."""
+    times = []
+    for k in range(repeats + 2):
+        start = time.perf_counter()
+        run()
+        if k >= 2:
+            times.append((time.perf_counter() - start) * 1000)
+    return sorted(times)[len(times) // 2]
+
+
+def choose_runtime(name: str, dtype: torch.dtype, eager, scripted, example: torch.Tensor) -> str:
+    """``torchscript`` when the traced and frozen encoder (``scripted``) is at least 5% faster
+    than ``eager`` on ``example`` on this CPU, else ``eager``: measured once per machine,
+    encoder and precision, and cached like the precision (``measured``)."""
+    def measure() -> dict[str, float]:
+        with torch.inference_mode():
+            return {"eager_ms": time_ms(lambda: eager(example)), "torchscript_ms": time_ms(lambda: scripted(example))}
+
+    m = measured(f"runtime {name} {str(dtype).removeprefix('torch.')}", measure)
+    return "torchscript" if m["torchscript_ms"] <= 0.95 * m["eager_ms"] else "eager"
 
 
 def choose_precision(device: torch.device | str = "cpu", requested: str = "auto") -> torch.dtype:

@@ -37,7 +37,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from captioner.devices import choose_precision
+from captioner.devices import RUNTIMES, choose_precision, choose_runtime
 
 log = logging.getLogger(__name__)
 
@@ -86,15 +86,48 @@ class Preprocessing:
 def fold_batchnorm(backbone: nn.Module) -> tuple[nn.Module, bool]:
     """Fold each BatchNorm that directly follows a convolution into that convolution's
     weights and bias (in float32, before any bf16 conversion): the same function, one
-    pass over the activations less per BatchNorm (ResNet-152 has 155). Needs a model that
-    torch.fx can trace (torchvision's ResNets can); any other comes back unchanged."""
+    pass over the activations less per BatchNorm (ResNet-152 has 155). torch.fx finds the
+    pairs in a model it can trace (torchvision's ResNets); in one it cannot (timm's
+    EfficientNets) a BatchNorm registered right after a convolution is folded into it
+    (timm's ``BatchNormAct2d`` keeps its activation), and the result is kept only if it
+    computes what the original did on a random input."""
     from torch.fx.experimental.optimization import fuse
 
     try:
         return fuse(backbone.float().eval()), True
     except Exception as err:  # noqa: BLE001 - tracing fails in many ways; folding is optional
-        log.debug("BatchNorm not folded (%s): %s", type(backbone).__name__, err)
+        log.debug("torch.fx cannot trace %s (%s): folding by registration order", type(backbone).__name__, err)
+    import copy
+
+    folded = copy.deepcopy(backbone).float().eval()
+    if not _fold_in_order(folded):
         return backbone, False
+    with torch.no_grad():
+        x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+        before, after = backbone.float().eval()(x), folded(x)
+    if not torch.allclose(before, after, rtol=1e-3, atol=1e-3 * float(before.abs().max())):
+        log.warning("BatchNorm not folded in %s: the folded network computes something else", type(backbone).__name__)
+        return backbone, False
+    return folded, True
+
+
+def _fold_in_order(module: nn.Module) -> bool:
+    """Fold, in place, every BatchNorm registered directly after a Conv2d in the same parent."""
+    folded = False
+    names = list(module._modules)
+    for a, b in zip(names, names[1:]):
+        conv, bn = module._modules[a], module._modules[b]
+        if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats:
+            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+            conv.weight = nn.Parameter(conv.weight * scale[:, None, None, None], requires_grad=False)
+            conv.bias = nn.Parameter((bias - bn.running_mean) * scale + bn.bias, requires_grad=False)
+            # timm's BatchNormAct2d applies its dropout and activation after the normalisation
+            module._modules[b] = nn.Sequential(getattr(bn, "drop", nn.Identity()), getattr(bn, "act", nn.Identity()))
+            folded = True
+    for child in module.children():
+        folded = _fold_in_order(child) or folded
+    return folded
 
 
 class ImageEncoder(nn.Module):
@@ -103,7 +136,7 @@ class ImageEncoder(nn.Module):
 
     def __init__(self, name: str, backbone: nn.Module, classifier: nn.Linear | None,
                  feature_dim: int, preprocess: Preprocessing, weights_id: str, optimize: bool = True,
-                 device: torch.device | str = "cpu", precision: str = "auto"):
+                 device: torch.device | str = "cpu", precision: str = "auto", runtime: str = "auto"):
         super().__init__()
         self.name = name
         self.backbone = backbone
@@ -114,17 +147,43 @@ class ImageEncoder(nn.Module):
         self.requires_grad_(False)
         self.eval()
         self.batchnorm_folded = False
+        self.runtime = "eager"
         device = torch.device(device)
         if not optimize:  # the plain float32 eager model, as the textbook runs it (benchmarks)
             self.to(device)
             return
         self.backbone, self.batchnorm_folded = fold_batchnorm(self.backbone)
+        self.backbone.requires_grad_(False)
         # Frozen weights are stored in bf16 once where the device has native bf16 dot products:
         # autocast would convert every weight again on every forward, and this halves memory.
         self.to(device)
         if choose_precision(device, precision) == torch.bfloat16:
             self.backbone.to(torch.bfloat16)
         self.backbone.to(memory_format=torch.channels_last)
+        if device.type == "cpu":
+            self._use_runtime(runtime)
+
+    def _use_runtime(self, requested: str) -> None:
+        """TorchScript (traced and frozen: oneDNN folds and fuses the layers) or eager PyTorch,
+        whichever is faster for this encoder on this CPU (``devices.choose_runtime``:
+        measured once per machine and cached), unless ``requested`` names one."""
+        if requested not in RUNTIMES:
+            raise ValueError(f"--runtime {requested!r}: choose one of {', '.join(RUNTIMES)}")
+        if requested == "eager":
+            return
+        example = torch.zeros(1, 3, self.preprocess.size, self.preprocess.size, dtype=self.dtype
+                              ).contiguous(memory_format=torch.channels_last)
+        import warnings
+
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch marks TorchScript as deprecated in favour of torch.export
+            scripted = torch.jit.freeze(torch.jit.trace(self.backbone, example))
+        if requested == "auto":
+            requested = choose_runtime(self.name, self.dtype, self.backbone, scripted, example)
+        if requested != "torchscript":
+            return
+        self.__dict__["scripted"] = scripted  # not a submodule: the weights are the backbone's
+        self.runtime = "torchscript"
 
     @property
     def device(self) -> torch.device:
@@ -135,6 +194,8 @@ class ImageEncoder(nn.Module):
         text = f"{self.name}|{self.weights_id}|{self.preprocess.fingerprint()}|{self.dtype}"
         if self.batchnorm_folded:
             text += "|bn-folded"
+        if self.runtime != "eager":
+            text += f"|{self.runtime}"
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def train(self, mode: bool = True) -> ImageEncoder:  # frozen: always in eval mode
@@ -158,7 +219,7 @@ class ImageEncoder(nn.Module):
             # On a GPU every new batch size costs cuDNN a first call per layer (hundreds of ms for
             # the whole CNN); padding to a power of two keeps the sizes few.
             batch = torch.cat([batch, batch.new_zeros(((1 << size.bit_length()) - size, *batch.shape[1:]))])
-        maps = self.backbone(batch)[:size]
+        maps = self.__dict__.get("scripted", self.backbone)(batch)[:size]
         pooled = maps.mean((2, 3)).float()
         if not grid:
             return pooled
@@ -214,7 +275,7 @@ def _load_torchvision_weights(name: str, weights: str) -> tuple[dict, str]:
 
 
 def _build_resnet(name: str, weights: str, optimize: bool, device: torch.device,
-                  precision: str = "auto") -> ImageEncoder:
+                  precision: str = "auto", runtime: str = "auto") -> ImageEncoder:
     import torchvision
 
     arch, _, dim = _RESNETS[name]
@@ -229,7 +290,7 @@ def _build_resnet(name: str, weights: str, optimize: bool, device: torch.device,
             raise EncoderWeightsError(f"those weights do not fit {name}: {err}") from err
     grid = nn.Sequential(*(getattr(model, n) for n in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2",
                                                       "layer3", "layer4")))  # all but the pooling and fc
-    return ImageEncoder(name, grid, model.fc, dim, Preprocessing(), weights_id, optimize, device, precision)
+    return ImageEncoder(name, grid, model.fc, dim, Preprocessing(), weights_id, optimize, device, precision, runtime)
 
 
 # ---------------------------------------------------------------------- EfficientNet-Lite0
@@ -245,7 +306,7 @@ def _efficientnet_lite0_file() -> Path:
 
 
 def _build_efficientnet_lite0(weights: str, optimize: bool, device: torch.device,
-                              precision: str = "auto") -> ImageEncoder:
+                              precision: str = "auto", runtime: str = "auto") -> ImageEncoder:
     import timm
 
     backbone = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0, global_pool="")
@@ -263,7 +324,7 @@ def _build_efficientnet_lite0(weights: str, optimize: bool, device: torch.device
     # TensorFlow's Lite models were trained on inputs scaled to [-1, 1].
     preprocess = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resample="bicubic")
     return ImageEncoder("efficientnet_lite0", backbone, classifier, 1280, preprocess, weights_id, optimize, device,
-                        precision)
+                        precision, runtime)
 
 
 def _lite0_to_timm(source: dict, target: dict) -> dict:
@@ -289,19 +350,21 @@ ENCODERS = ("resnet152", "resnet50", "resnet18", "efficientnet_lite0")
 
 
 def build_encoder(name: str, weights: str | os.PathLike | None = None, optimize: bool = True,
-                  device: torch.device | str = "cpu", precision: str = "auto") -> ImageEncoder:
+                  device: torch.device | str = "cpu", precision: str = "auto", runtime: str = "auto") -> ImageEncoder:
     """An encoder by name. ``weights``: ``None``/``"imagenet"`` for the ImageNet weights
     (downloaded or packaged), a path to a local weights file, or ``"random"`` (tests).
     ``optimize=False`` keeps the plain float32 eager model (for the benchmarks' textbook
     pipeline): no BatchNorm folding, no bf16, no channels_last. ``device``: where it runs
     (``devices.resolve_device`` turns ``auto`` into one). ``precision``: ``auto`` (bf16 where
-    that is faster on this machine: ``devices.choose_precision``), ``fp32`` or ``bf16``."""
+    that is faster on this machine: ``devices.choose_precision``), ``fp32`` or ``bf16``.
+    ``runtime`` (CPU): ``auto`` (TorchScript where that is faster here: ``devices.choose_runtime``),
+    ``torchscript`` or ``eager``."""
     weights = "imagenet" if weights is None else str(weights)
     device = torch.device(device)
     if name in _RESNETS:
-        encoder = _build_resnet(name, weights, optimize, device, precision)
+        encoder = _build_resnet(name, weights, optimize, device, precision, runtime)
     elif name == "efficientnet_lite0":
-        encoder = _build_efficientnet_lite0(weights, optimize, device, precision)
+        encoder = _build_efficientnet_lite0(weights, optimize, device, precision, runtime)
     else:
         raise ValueError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
     log.info("built encoder %s (%s)", name, encoder.weights_id)

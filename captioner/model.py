@@ -170,19 +170,31 @@ class Captioner(nn.Module):
         """Captions of RGB PIL images, all in one batch."""
         if not images:
             return []
-        batch = self.require_encoder().preprocess.batch(list(images))
-        boxes = self.require_detector().detect(list(images)) if self.config.detector else None
-        return self.caption_tensors(batch, beam_size, max_length, boxes=boxes)
+        preprocess = self.require_encoder().preprocess
+        return self._caption_batch(lambda: preprocess.batch(list(images)), list(images), beam_size, max_length)
 
     def caption_tensors(self, batch: torch.Tensor, beam_size: int | None = None,
                         max_length: int | None = None, boxes: Sequence[Boxes] | None = None) -> list[CaptionResult]:
         """Captions of images already preprocessed by ``encoder.preprocess`` (B, 3, H, W),
         with their COCO detections (``boxes``; models with the detector need them)."""
+        pooled, grid = self._encode(batch)
+        return self.caption_features(pooled, beam_size, max_length, grid=grid, boxes=boxes)
+
+    def _encode(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         encoder = self.require_encoder()
         if self.network.needs_grid:
-            pooled, grid = encoder.encode(batch, grid=True)
-            return self.caption_features(pooled, beam_size, max_length, grid=grid, boxes=boxes)
-        return self.caption_features(encoder.encode(batch), beam_size, max_length, boxes=boxes)
+            return encoder.encode(batch, grid=True)
+        return encoder.encode(batch), None
+
+    def _caption_batch(self, batch, photos: list, beam_size: int | None, max_length: int | None
+                       ) -> list[CaptionResult]:
+        """Encode ``batch()`` while the detector (models with one) finds the boxes of ``photos``
+        (PIL images or ``CocoDetector.prepare``'s pairs) beside it, then decode."""
+        detector = self.require_detector()
+        if detector is None:
+            return self.caption_tensors(batch(), beam_size, max_length)
+        boxes, (pooled, grid) = detector.detect_beside(photos, lambda: self._encode(batch()))
+        return self.caption_features(pooled, beam_size, max_length, grid=grid, boxes=boxes)
 
     def prepare(self, image: Image.Image) -> tuple[torch.Tensor, tuple | None]:
         """One photo made ready for ``caption_prepared``: the encoder's input and (models with
@@ -195,11 +207,8 @@ class Captioner(nn.Module):
         """Captions of photos made ready by ``prepare``, in one batch."""
         if not items:
             return []
-        batch = torch.stack([tensor for tensor, _ in items])
-        boxes = None
-        if self.config.detector:
-            boxes = self.require_detector().detect_prepared([d[0] for _, d in items], [d[1] for _, d in items])
-        return self.caption_tensors(batch, beam_size, max_length, boxes=boxes)
+        return self._caption_batch(lambda: torch.stack([tensor for tensor, _ in items]), [d for _, d in items],
+                                   beam_size, max_length)
 
     def require_detector(self):
         """The COCO detector, loaded on first use (None for a model without one)."""

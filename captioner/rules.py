@@ -129,8 +129,15 @@ class CaptionRules:
         self.function = mask(FUNCTION_WORDS)
         self.end_id = end_id
 
+        # what a pending determiner bans next (``_ban_dangling``), by kind: 0 nothing, 1 a breaker,
+        # 2 a breaker but an article (right after "of"), 3 a breaker or a modifier (three modifiers already)
+        self.dangling = torch.stack([torch.zeros_like(self.breaker), self.breaker, self.breaker & ~self.article,
+                                     self.breaker | self.modifier]).float()
+        self.positions = torch.arange(64)
+
     def to(self, device: torch.device) -> CaptionRules:
-        for name in ("person", "determiner", "modifier", "breaker", "function", "opener", "article"):
+        for name in ("person", "determiner", "modifier", "breaker", "function", "opener", "article", "dangling",
+                     "positions"):
             setattr(self, name, getattr(self, name).to(device))
         return self
 
@@ -140,43 +147,59 @@ class CaptionRules:
         rows' words so far ``seqs`` (rows, t) and whether each row's photo has a person.
         ``slot_words`` (rows, K): the word id each object slot (the vocabulary's last K
         tokens) is written as for the row's photo (-1: a word the vocabulary lacks), so that
-        "a <obj1> player in a baseball uniform" counts as "a baseball" twice.
-
-        Written without data-dependent shapes (every banned word is counted into one (rows, V)
-        table by ``scatter_add``): a step costs a handful of small kernels and never waits."""
+        "a <obj1> player in a baseball uniform" counts as "a baseball" twice. (The searches
+        call ``person_ban`` once per caption and ``add_bans`` at each step.)"""
         if self.person.device != logp.device:
             self.to(logp.device)
-        rows, vocab = logp.shape
-        k = 0 if slot_words is None else slot_words.shape[1]
-        first_slot = vocab - k
-        ban = torch.zeros(rows, vocab, device=logp.device)
+        ban = torch.zeros_like(logp)
         if person_ok is not None:
-            ban += (~person_ok[:, None] & self.person[None, :]).float()
-        if slot_words is not None:  # a slot is its word: a person word, a repeat, like the word itself
-            if person_ok is not None:
-                ban[:, first_slot:] += (self._slot_is(self.person, slot_words) & ~person_ok[:, None]).float()
-            index = (seqs - first_slot).clamp(0, k - 1)
-            written = slot_words.gather(1, index)
-            seqs = torch.where((seqs >= first_slot) & (written >= 0), written, seqs)
-        t = seqs.shape[1]
-        if t:
-            self._ban_dangling(ban, seqs)
-            self._ban_repeats(ban, seqs, slot_words, first_slot)
+            ban += self.person_ban(person_ok, slot_words, logp.shape[1])
+        self.add_bans(ban, seqs, slot_words)
         return logp.masked_fill(ban > 0, float("-inf"))
+
+    def person_ban(self, person_ok: torch.Tensor, slot_words: torch.Tensor | None, vocab: int) -> torch.Tensor:
+        """(images, V) 1.0 for each word (and slot) naming or describing a person, in the rows
+        of photos where the detector finds none (``person_ok`` False); fixed for a caption."""
+        if self.person.device != person_ok.device:
+            self.to(person_ok.device)
+        ban = (~person_ok[:, None] & self.person[None, :]).float()
+        if slot_words is not None:  # a slot is its word: a person word like the word itself
+            first_slot = vocab - slot_words.shape[1]
+            ban[:, first_slot:] += (self._slot_is(self.person, slot_words) & ~person_ok[:, None]).float()
+        return ban
+
+    def add_bans(self, ban: torch.Tensor, seqs: torch.Tensor, slot_words: torch.Tensor | None = None) -> None:
+        """Count into ``ban`` (rows, V) every next word that would leave a modifier without its
+        noun or repeat a word pair, given the rows' words so far ``seqs`` (rows, t).
+
+        Written without data-dependent shapes (every banned word is counted into one table by
+        ``scatter_add``): a step costs a handful of small kernels and never waits."""
+        if not seqs.shape[1]:
+            return
+        if self.person.device != ban.device:
+            self.to(ban.device)
+        first_slot = ban.shape[1] - (0 if slot_words is None else slot_words.shape[1])
+        if slot_words is not None:  # each slot as the word it is written as
+            written = slot_words.gather(1, (seqs - first_slot).clamp(0, slot_words.shape[1] - 1))
+            seqs = torch.where((seqs >= first_slot) & (written >= 0), written, seqs)
+        self._ban_dangling(ban, seqs)
+        self._ban_repeats(ban, seqs, slot_words, first_slot)
 
     def _ban_dangling(self, ban: torch.Tensor, seqs: torch.Tensor) -> None:
         """A determiner followed only by modifiers so far ("a little blonde"): a breaker (or the
         end) may not come next, nor a modifier already in the run, nor a fourth modifier."""
         t = seqs.shape[1]
-        position = torch.arange(t, device=seqs.device)
+        if len(self.positions) < t:
+            self.positions = torch.arange(2 * t, device=seqs.device)
+        position = self.positions[:t]
         last_other = torch.where(self.modifier[seqs], -1, position).amax(1)  # the last word that is no modifier
         anchor = seqs.gather(1, last_other.clamp_min(0)[:, None]).squeeze(1)
         pending = (last_other >= 0) & self.determiner[anchor]
-        right_after_of = pending & self.opener[anchor] & (last_other == t - 1)  # "of a", "of the": fine
-        ban += (pending[:, None] & self.breaker[None, :] & ~(right_after_of[:, None] & self.article[None, :])).float()
-        ban += ((pending & (t - 1 - last_other >= 3))[:, None] & self.modifier[None, :]).float()
-        in_run = (position[None, :] > last_other[:, None]) & pending[:, None]
-        ban.scatter_add_(1, seqs, in_run.float())
+        run = (t - 1) - last_other  # modifiers since the determiner
+        after_of = (run == 0) & self.opener[anchor]  # "of a", "of the": fine
+        kind = pending * (1 + after_of.long() + 2 * (run >= 3).long())
+        ban += self.dangling[kind]
+        ban.scatter_add_(1, seqs, ((position[None, :] > last_other[:, None]) & pending[:, None]).float())
 
     def _ban_repeats(self, ban: torch.Tensor, seqs: torch.Tensor, slot_words: torch.Tensor | None,
                      first_slot: int) -> None:

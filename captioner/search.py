@@ -63,35 +63,78 @@ class Constraints:
         return self.rules.mask(logp, seqs, person_ok, slot_words)
 
 
+class Bans:
+    """Every word a search may not write next, as one (rows, V) table per step: the caption
+    rules (``Constraints``) and ``block_repeats``. What is fixed for a caption (the person
+    rule, each slot's word) goes into the context once (``context``), so it follows the
+    rows wherever the search moves them."""
+
+    def __init__(self, constraints: Constraints | None, block_ngram: int, first_slot: int | None):
+        self.constraints, self.block_ngram, self.first_slot = constraints, block_ngram, first_slot
+
+    @property
+    def active(self) -> bool:
+        return self.constraints is not None or self.block_ngram >= 2
+
+    def context(self, ctx: Context, vocab: int) -> Context:
+        c = self.constraints
+        if c is None:
+            return ctx
+        device = next(iter(ctx.values())).device
+        ctx = dict(ctx)
+        slot_words = None if c.slot_words is None else c.slot_words.to(device)
+        if c.person_ok is not None:
+            ctx["search_person_ban"] = c.rules.person_ban(c.person_ok.to(device), slot_words, vocab)
+        if slot_words is not None and c.degenerate:
+            ctx["search_slot_words"] = slot_words
+        return ctx
+
+    def apply(self, logp: torch.Tensor, seqs: torch.Tensor, ctx: Context) -> torch.Tensor:
+        """``logp`` (rows, V) of rows whose words so far are ``seqs``, ``ctx`` row for row."""
+        if not self.active:
+            return logp
+        person = ctx.get("search_person_ban")
+        ban = torch.zeros_like(logp) if person is None else person.clone()
+        if self.block_ngram >= 2:
+            repeat_bans(ban, seqs, self.block_ngram, self.first_slot)
+        if self.constraints is not None and self.constraints.degenerate:
+            self.constraints.rules.add_bans(ban, seqs, ctx.get("search_slot_words"))
+        return logp.masked_fill(ban > 0, float("-inf"))
+
+
 def _rows(ctx: Context) -> int:
     return len(next(iter(ctx.values())))
 
 
-def block_repeats(logp: torch.Tensor, seqs: torch.Tensor, n: int, first_slot: int | None = None) -> torch.Tensor:
-    """``logp`` (rows, V) with -inf for every word that would repeat an n-gram the row's
-    words ``seqs`` (rows, t) already hold ("a cup of coffee and a cup of coffee" cannot
-    happen with n = 3), repeat the word just written ("young young"), or name an object
-    slot (ids from ``first_slot`` on) a second time ("a microwave and a microwave"). ``n``
-    0: unchanged. No loop over rows: the rows whose last n - 1 words occur earlier ban the
-    word that followed them there."""
+def repeat_bans(ban: torch.Tensor, seqs: torch.Tensor, n: int, first_slot: int | None = None) -> None:
+    """Count into ``ban`` (rows, V) every word that would repeat an n-gram the row's words
+    ``seqs`` (rows, t) already hold ("a cup of coffee and a cup of coffee" cannot happen
+    with n = 3), repeat the word just written ("young young"), or name an object slot (ids
+    from ``first_slot`` on) a second time ("a microwave and a microwave"). No loop over
+    rows and no data-dependent shapes: the rows whose last n - 1 words occur earlier ban
+    the word that followed them there."""
     t = seqs.shape[1]
     if n < 2 or t == 0:
+        return
+    ban.scatter_add_(1, seqs[:, -1:], torch.ones_like(seqs[:, -1:], dtype=ban.dtype))
+    if first_slot is not None:
+        ban.scatter_add_(1, seqs, (seqs >= first_slot).to(ban.dtype))
+    windows = t - n  # earlier places of the last n - 1 words whose next word is known
+    if windows < 1:
+        return
+    match = seqs[:, :windows] == seqs[:, t - n + 1:t - n + 2]
+    for k in range(1, n - 1):
+        match &= seqs[:, k:windows + k] == seqs[:, t - n + 1 + k:t - n + 2 + k]
+    ban.scatter_add_(1, seqs[:, n - 1:n - 1 + windows], match.to(ban.dtype))
+
+
+def block_repeats(logp: torch.Tensor, seqs: torch.Tensor, n: int, first_slot: int | None = None) -> torch.Tensor:
+    """``logp`` (rows, V) with -inf for every word ``repeat_bans`` bans; ``n`` 0: unchanged."""
+    if n < 2 or seqs.shape[1] == 0:
         return logp
-    inf = torch.tensor(float("-inf"), device=logp.device)
-    logp = logp.scatter(1, seqs[:, -1:], inf.expand(len(seqs), 1))
-    if first_slot is not None and bool((seqs >= first_slot).any()):
-        rows, at = (seqs >= first_slot).nonzero(as_tuple=True)
-        logp = logp.index_put((rows, seqs[rows, at]), inf)
-    if t < n - 1:
-        return logp
-    last = seqs[:, t - n + 1:]  # (rows, n - 1)
-    match = torch.ones(len(seqs), t - n + 1, dtype=torch.bool, device=seqs.device)
-    for k in range(n - 1):
-        match &= seqs[:, k:t - n + 1 + k] == last[:, k:k + 1]
-    rows, at = match[:, :-1].nonzero(as_tuple=True) if t - n + 1 > 1 else (None, None)
-    if rows is None or not len(rows):
-        return logp
-    return logp.index_put((rows, seqs[rows, at + n - 1]), inf)
+    ban = torch.zeros_like(logp)
+    repeat_bans(ban, seqs, n, first_slot)
+    return logp.masked_fill(ban > 0, float("-inf"))
 
 
 @torch.inference_mode()
@@ -104,25 +147,21 @@ def greedy(decoder: CaptionDecoder, ctx: Context, max_length: int = 20, block_ng
     ctx = decoder.prepare(ctx)
     state = decoder.init_state(ctx)
     device = state[0].device
+    bans = Bans(constraints, block_ngram, decoder.first_slot)
+    ctx = bans.context(ctx, decoder.out.out_features)
     tokens = torch.full((batch,), decoder.start_id, dtype=torch.long, device=device)
-    ids, logps, weights = [], [], []
-    ended = torch.zeros(batch, dtype=torch.bool, device=device)
+    seqs = tokens.new_zeros(batch, 0)
+    logps, weights = [], []
     for _ in range(max_length):
         logp, state, attention = decoder.step(tokens, state, ctx)
-        if block_ngram and ids:
-            logp = block_repeats(logp, torch.stack(ids, 1), block_ngram, decoder.first_slot)
-        if constraints is not None:
-            seqs = torch.stack(ids, 1) if ids else tokens.new_zeros(batch, 0)
-            logp = constraints.apply(logp, seqs, torch.arange(batch, device=device))
-        best_logp, tokens = logp.max(-1)
-        ids.append(tokens)
+        best_logp, tokens = bans.apply(logp, seqs, ctx).max(-1)
+        seqs = torch.cat([seqs, tokens[:, None]], 1)
         logps.append(best_logp)
         if attention is not None:
             weights.append(attention)
-        ended |= tokens == decoder.end_id
-        if bool(ended.all()):
+        if bool((seqs == decoder.end_id).any(1).all()):
             break
-    ids_t, logps_t = torch.stack(ids, 1).tolist(), torch.stack(logps, 1).tolist()
+    ids_t, logps_t = seqs.tolist(), torch.stack(logps, 1).tolist()
     attn = torch.stack(weights, 1).tolist() if weights else [None] * batch
     return [finish(seq, lps, decoder.end_id, 1.0, a) for seq, lps, a in zip(ids_t, logps_t, attn)]
 
@@ -174,15 +213,19 @@ class _Beams:
     tokens: torch.Tensor        # (rows,) the last word
 
 
-def _candidates(logp: torch.Tensor, beams: _Beams, must_include: torch.Tensor, n: int):
+def _candidates(logp: torch.Tensor, beams: _Beams, required: torch.Tensor | None, n: int):
     """Each row offers its best ``n`` words to its own beam (the required words aside, while
     it waits for one), and each required word to the beam of captions that hold one. Written
     without data-dependent shapes: on a GPU every such shape waits for the device.
-    ``must_include`` (images, S): each image's required words (any one of them will do; -1:
-    none). Returns flat (score, word, row, beam) of every candidate."""
+    ``required`` (rows, S): each row's image's required words (any one of them will do; -1:
+    none; None: no image has any). Returns flat (score, word, row, beam) of every candidate."""
     group = beams.group
-    required = must_include[group // 2]  # (rows, S)
-    waiting = (group % 2 == 0)[:, None] & (required >= 0)
+    if required is None:
+        cand_logp, cand_word = logp.topk(min(n, logp.shape[1]), dim=1)
+        k = cand_word.shape[1]
+        rows = torch.arange(len(group), device=logp.device).repeat_interleave(k)
+        return (beams.score[:, None] + cand_logp).flatten(), cand_word.flatten(), rows, group.repeat_interleave(k)
+    waiting = ((group & 1) == 0)[:, None] & (required >= 0)
     extra_word = required.clamp_min(0)
     extra_logp = logp.gather(1, extra_word)
     ranked = logp.scatter(1, extra_word, torch.where(waiting, float("-inf"), extra_logp))
@@ -232,6 +275,10 @@ def beam_search(decoder: CaptionDecoder, ctx: Context, beam_size: int = 3, max_l
     batch = state[0].shape[1]
     must = (torch.full((batch,), -1, dtype=torch.long) if must_include is None else must_include).to(device)
     must = must[:, None] if must.dim() == 1 else must
+    bans = Bans(constraints, block_ngram, decoder.first_slot)
+    ctx = bans.context(ctx, decoder.out.out_features)
+    if bool((must >= 0).any()):  # the required words follow the rows, like the rest of the context
+        ctx["search_required"] = must
     beams = _Beams(group=torch.arange(batch, device=device) * 2 + (must < 0).all(1).long(),
                    score=torch.zeros(batch, device=device), seqs=torch.empty(batch, 0, dtype=torch.long, device=device),
                    logps=torch.empty(batch, 0, device=device), attention=None,
@@ -241,25 +288,22 @@ def beam_search(decoder: CaptionDecoder, ctx: Context, beam_size: int = 3, max_l
     n_finished = torch.zeros(2 * batch, dtype=torch.long, device=device)
     for t in range(max_length):
         logp, state, attention = decoder.step(beams.tokens, state, ctx)
-        if block_ngram:
-            logp = block_repeats(logp, beams.seqs, block_ngram, decoder.first_slot)
-        if constraints is not None:
-            logp = constraints.apply(logp, beams.seqs, beams.group // 2)
+        logp = bans.apply(logp, beams.seqs, ctx)
         if attention is not None:
             beams.attention = (attention[:, None] if beams.attention is None
                                else torch.cat([beams.attention, attention[:, None]], 1))
-        score, word, row, group = _candidates(logp, beams, must, beam_size)
+        score, word, row, group = _candidates(logp, beams, ctx.get("search_required"), beam_size)
         keep = _best_per_beam(score, group, beam_size - n_finished)
-        score, word, row, group = score[keep], word[keep], row[keep], group[keep]
-        ends = (word == decoder.end_id) | (t == max_length - 1)
+        ends = (word[keep] == decoder.end_id) | (t == max_length - 1)
         if bool(ends.any()):
-            _collect(finished, n_finished, beams, logp, row[ends], word[ends], group[ends], decoder.end_id,
+            done = keep[ends]
+            _collect(finished, n_finished, beams, logp, row[done], word[done], group[done], decoder.end_id,
                      length_alpha)
-        live = ~ends
-        row, word = row[live], word[live]
-        if not len(row):
+            keep = keep[~ends]
+        if not len(keep):
             break
-        beams = _Beams(group[live], score[live], torch.cat([beams.seqs[row], word[:, None]], 1),
+        row, word = row[keep], word[keep]
+        beams = _Beams(group[keep], score[keep], torch.cat([beams.seqs[row], word[:, None]], 1),
                        torch.cat([beams.logps[row], logp[row, word][:, None]], 1),
                        None if beams.attention is None else beams.attention[row], word)
         state = tuple(s[:, row] for s in state)

@@ -43,6 +43,7 @@ def test_teacher_forcing_matches_step_by_step_decoding():
     logits, _ = dec(caps, torch.tensor([4]), ctx)
     logits[:, [0, 1, 3]] = float("-inf")  # inference never emits <pad>, <start> or <unk>
     logits = logits.log_softmax(-1)
+    ctx = dec.prepare(ctx)  # what every search does first: the per-caption tables
     state = dec.init_state(ctx)
     for t in range(3):
         logp, state, _ = dec.step(caps[:, t], state, ctx)
@@ -78,7 +79,7 @@ def brute_force_best(model, feature, max_length, alpha, must_include=None):
     optionally among those that contain the token ``must_include``."""
     dec = model.network.decoder
     best = (float("-inf"), None)
-    ctx, _ = model.network.context(feature[None])
+    ctx = dec.prepare(model.network.context(feature[None])[0])
     frontier = [([], 0.0, dec.init_state(ctx))]
     for t in range(max_length):
         new = []
@@ -168,7 +169,7 @@ def test_teacher_forcing_keeps_each_image_with_its_caption():
 def test_lean_inference_step_is_the_lstm_step():
     torch.manual_seed(0)
     dec = ShowTellDecoder(vocab_size=30, embed_dim=12, hidden_dim=16, num_layers=2, dropout=0.0).eval()
-    ctx, tokens = {"image": torch.randn(5, 12)}, torch.randint(4, 30, (5,))
+    ctx, tokens = dec.prepare({"image": torch.randn(5, 12)}), torch.randint(4, 30, (5,))
     dec.train()  # the training path runs nn.LSTM itself
     state_ref = dec.init_state(ctx)
     dec.eval()
