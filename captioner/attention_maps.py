@@ -7,6 +7,7 @@ to the photo's size as in Show, Attend and Tell's figures."""
 from __future__ import annotations
 
 import os
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -41,14 +42,21 @@ def heat_of(density: np.ndarray, size: tuple[int, int]) -> Image.Image:
     or below is clear, a point at ``FULL_FOCUS`` times it is full heat. So attention that is
     spread evenly shows as no heat at all, instead of as a map that looks focused everywhere."""
     level = np.clip((np.asarray(density, dtype=np.float32) - 1.0) / (FULL_FOCUS - 1.0), 0.0, 1.0)
-    smooth = np.asarray(Image.fromarray((level * 255).astype(np.uint8)).resize(size, Image.Resampling.BICUBIC),
-                        dtype=np.float32) / 255.0
+    smooth = Image.fromarray((level * 255).astype(np.uint8)).resize(size, Image.Resampling.BICUBIC)
+    return Image.fromarray(_heat_table()[np.asarray(smooth)], "RGBA")
+
+
+@cache
+def _heat_table() -> np.ndarray:
+    """(256, 4) uint8: the RGBA of each level of the smoothed map (the ramp, and alpha 210 x
+    level), computed once: a map is then one table lookup per pixel."""
+    smooth = np.arange(256, dtype=np.float32) / 255.0
     position = smooth * (len(_RAMP) - 1)
     low = np.clip(position.astype(int), 0, len(_RAMP) - 2)
     frac = (position - low)[..., None]
     rgb = _RAMP[low] * (1 - frac) + _RAMP[low + 1] * frac
     alpha = (210 * smooth)[..., None]
-    return Image.fromarray(np.concatenate([rgb, alpha], -1).astype(np.uint8), "RGBA")
+    return np.concatenate([rgb, alpha], -1).astype(np.uint8)
 
 
 def attention_panels(image: Image.Image, result: CaptionResult, size: int = 160) -> list[tuple[Image.Image, str]]:

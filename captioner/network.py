@@ -133,10 +133,6 @@ class CaptionNetwork(nn.Module):
         with warnings.catch_warnings():  # torch marks its eager quantization API as moving to torchao
             warnings.simplefilter("ignore")
             fast = quantize_dynamic(fast, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8)
-        if isinstance(getattr(self.decoder, "score", None), nn.Linear):
-            # the attention's 512 -> 1 score reads every cell of every row at each step: quantizing those
-            # activations costs 7x the float product (70 against 9 us a step at 6 rows) and saves no bytes
-            fast.score = copy.deepcopy(self.decoder.score).cpu().eval()
         self.__dict__["_int8_decoder"] = fast  # not a submodule: checkpoints keep the float weights
 
 

@@ -62,6 +62,23 @@ def test_heat_maps_show_focus_on_a_fixed_scale_and_even_attention_as_no_heat():
     assert alpha[35, 55] > 150 and alpha[5, 5] == 0  # hot where it looked, clear far from it
 
 
+def test_a_heat_map_is_the_ramp_of_each_level_looked_up_from_one_table():
+    """The table holds, for each of the 256 levels of the smoothed map, exactly the colour and
+    alpha the ramp's formula gives (the map is drawn by one lookup per pixel)."""
+    from captioner.attention_maps import _RAMP, _heat_table, heat_of
+
+    smooth = np.arange(256, dtype=np.float32) / 255.0
+    position = smooth * (len(_RAMP) - 1)
+    low = np.clip(position.astype(int), 0, len(_RAMP) - 2)
+    frac = (position - low)[:, None]
+    expected = np.concatenate([_RAMP[low] * (1 - frac) + _RAMP[low + 1] * frac, (210 * smooth)[:, None]], -1)
+    np.testing.assert_array_equal(_heat_table(), expected.astype(np.uint8))
+    density = np.zeros((7, 7), dtype=np.float32)
+    density[3, 3] = 10.0
+    picture = np.asarray(heat_of(density, (70, 70)))
+    assert picture.shape == (70, 70, 4) and picture[35, 35, 3] >= 200 and picture[0, 0, 3] == 0
+
+
 def test_the_doubly_stochastic_penalty_is_part_of_the_loss(tiny_attender):
     from captioner.losses import caption_loss
 

@@ -64,3 +64,27 @@ def test_training_throughput_textbook_against_cached(results):
     training_throughput.main(["--encoders", "efficientnet_lite0", "--batch-size", "4", "--textbook-steps", "1",
                               "--cached-steps", "2"])
     assert any(p.name.startswith("training_throughput") for p in results.iterdir())
+
+
+def test_profile_caption_breaks_a_caption_into_its_stages(results):
+    from benchmarks import profile_caption
+
+    shipped("captioner.safetensors")
+    shared("coco_mini")
+    profile_caption.main(["--images", "4", "--batch", "2"])
+    report = json.loads((results / "profile_caption.json").read_text())
+    stages = report["default"]["one_photo_p50_ms"]
+    assert {"encoder", "detector_network", "decoding_total", "end_to_end"} <= set(stages)
+    assert report["default"]["decoding_parts_mean"]["step: network"]["calls_per_photo"] >= 1
+
+
+def test_versus_release_times_two_trees_side_by_side(results):
+    from benchmarks import versus_release
+
+    shipped("captioner.safetensors")
+    shared("coco_mini")
+    shared("coco_captions", "val2017")
+    versus_release.main(["--against", str(versus_release.ROOT), "--images", "4", "--folder", "22", "--rounds", "1"])
+    report = json.loads((results / "versus_release.json").read_text())
+    assert set(report["releases"]) == {"previous", "this"}
+    assert report["same_captions"] == "8 of 8 (default and greedy)"  # the same tree twice: the same captions

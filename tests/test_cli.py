@@ -100,3 +100,19 @@ def test_shipped_model_captions_hundreds_of_real_photos(tmp_path):
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
     assert len(lines) == 300 and all(len(line["words"]) >= 3 for line in lines)
     assert sum("dog" in line["words"] for line in lines) > 30  # Flickr8k is full of dogs
+
+
+def test_batches_read_ahead_arrive_in_order_and_a_reading_error_reaches_the_caller():
+    from captioner.__main__ import ahead
+
+    assert list(ahead(iter(range(7)))) == list(range(7))
+
+    def broken():
+        yield 1
+        raise OSError("the disk went away")
+
+    got = []
+    with pytest.raises(OSError, match="went away"):
+        for batch in ahead(broken()):
+            got.append(batch)
+    assert got == [1]

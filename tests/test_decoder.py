@@ -181,3 +181,43 @@ def test_lean_inference_step_is_the_lstm_step():
     logp, (h, c), _ = dec.step(tokens, state, ctx)
     for a, b in ((logp, logp_ref), (h, h_ref), (c, c_ref)):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_the_int8_step_reads_stacked_matrices_and_writes_the_same_captions_as_separate_ones():
+    """``use_int8`` stacks the products that read the same input (the output layer with the
+    slots' query; the attention's query, its gate and the LSTM's hidden map): each output
+    row has its own int8 scale, so every number is the one separate products give."""
+    import copy
+    import warnings
+
+    from torch import nn
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    from captioner.network import CaptionNetwork
+    from captioner.objects import Detections
+
+    torch.manual_seed(3)
+    vocab = Vocabulary(["<pad>", "<start>", "<end>", "<unk>", *WORDS, "<obj1>", "<obj2>"])
+    config = CaptionerConfig(feature_dim=32, vocab_size=len(vocab), embed_dim=16, hidden_dim=24, dropout=0.0,
+                             decoder="attention", grid_dim=16, attention_dim=16, object_slots=2, object_words=4)
+    net = CaptionNetwork(config, vocab).eval()
+    features, grid = torch.randn(5, 32), torch.randn(5, 9, 32)
+    detections = Detections(torch.randint(0, 4, (5, 2)), torch.rand(5, 2))
+    ctx, _ = net.context(features, grid, detections=detections)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        separate = quantize_dynamic(copy.deepcopy(net.decoder), {nn.Linear: per_channel_dynamic_qconfig},
+                                    dtype=torch.qint8)
+    net.use_int8()
+    stacked = net.inference_decoder
+    assert hasattr(stacked, "output_maps") and hasattr(stacked, "hidden_maps") and not hasattr(separate, "hidden_maps")
+    tokens = torch.tensor([1, 5, 7, len(vocab) - 1, len(vocab) - 2])  # words and both slots
+    for dec in (separate, stacked):
+        prepared = dec.prepare(ctx)
+        state = dec.init_state(prepared)
+        dec.outputs = [dec.step(tokens, state, prepared)]
+        dec.outputs.append(dec.step(dec.outputs[0][0].argmax(1), dec.outputs[0][1], prepared))
+    for (a_logp, a_state, a_w), (b_logp, b_state, b_w) in zip(separate.outputs, stacked.outputs):
+        torch.testing.assert_close(a_logp, b_logp, atol=1e-5, rtol=0)
+        torch.testing.assert_close(a_state[0], b_state[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(a_w, b_w, atol=1e-6, rtol=0)

@@ -128,3 +128,53 @@ def test_boxes_are_drawn_where_the_detector_put_them():
     assert tuple(pixels[70, 50]) == (220, 38, 38)  # the left edge, at x = 0.25 * 200
     assert tuple(pixels[95, 100]) == (255, 255, 255)  # outside the box
     assert tuple(pixels[70, 100]) == (255, 255, 255)  # inside: only the outline
+
+
+def reference_decode(output, ratio, width, height, min_score=0.1, iou=0.45, most=50):
+    """The decoding as YOLOX writes it: every anchor decoded, then NMS per category."""
+    from captioner.detector import _grid
+
+    cells, strides = _grid(SIZE)
+    centre = (output[:, :2] + cells) * strides
+    size = np.exp(output[:, 2:4].clip(max=10)) * strides
+    scores = output[:, 4:5] * output[:, 5:]
+    anchor, category = np.nonzero(scores >= min_score)
+    score = scores[anchor, category]
+    xyxy = np.concatenate([centre[anchor] - size[anchor] / 2, centre[anchor] + size[anchor] / 2], 1) / ratio
+    xyxy = (xyxy / np.array([width, height, width, height], dtype=np.float32)).clip(0, 1)
+    kept = []
+    for c in np.unique(category):
+        mine = np.nonzero(category == c)[0]
+        kept += [mine[k] for k in nms(xyxy[mine], score[mine], iou)]
+    kept = np.array(sorted(kept, key=lambda k: -score[k])[:most], dtype=np.int64)
+    return xyxy[kept], category[kept], score[kept]
+
+
+def test_decoding_only_the_anchors_that_can_score_gives_every_box():
+    detector = shipped_detector()
+    photos = [Image.open(p).convert("RGB") for p in sorted(shared("coco_mini", "train2017").glob("*.jpg"))[:12]]
+    for photo in photos:
+        array, frame = detector.prepare(photo)
+        raw = detector.session.run(None, {detector.input: array[None]})[0][0]
+        boxes, categories, scores = reference_decode(raw, *frame)
+        found = decode(raw, *frame)
+        assert len(found) and np.array_equal(found.categories, categories)
+        np.testing.assert_array_equal(found.scores, scores)
+        np.testing.assert_array_equal(found.boxes, boxes)
+
+
+def test_the_detector_beside_other_work_finds_the_same_boxes_and_gives_the_threads_back():
+    detector = shipped_detector()
+    photos = [Image.open(p).convert("RGB") for p in sorted(shared("coco_mini", "train2017").glob("*.jpg"))[:5]]
+    alone = detector.detect(photos)
+    threads = torch.get_num_threads()
+    seen = []
+    boxes, out = detector.detect_beside(photos[:3] + [detector.prepare(p) for p in photos[3:]],
+                                        lambda: seen.append(torch.get_num_threads()) or "encoded")
+    assert out == "encoded" and seen == [max(1, threads - 1)] and torch.get_num_threads() == threads
+    for a, b in zip(alone, boxes):
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        np.testing.assert_array_equal(a.categories, b.categories)
+    with pytest.raises(ZeroDivisionError):  # the work's error reaches the caller, and the threads come back
+        detector.detect_beside(photos[:2], lambda: 1 / 0)
+    assert torch.get_num_threads() == threads

@@ -139,3 +139,44 @@ def test_resnet_rejects_weights_of_another_architecture(tmp_path):
 def test_unknown_encoder_name():
     with pytest.raises(ValueError, match="resnet152"):
         build_encoder("vgg16")
+
+
+def test_batchnorm_folds_into_timms_convolutions_and_computes_the_same():
+    from captioner.encoders import fold_batchnorm
+
+    torch.manual_seed(0)
+    plain = build_encoder("efficientnet_lite0", weights="random", optimize=False).backbone.eval()
+    for m in plain.modules():  # BatchNorm statistics that are not the identity
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    folded, ok = fold_batchnorm(plain)
+    assert ok and not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), plain(x), atol=1e-4, rtol=1e-4)
+
+
+def test_the_runtime_is_measured_once_and_either_can_be_asked_for(tmp_path, monkeypatch):
+    from captioner import devices
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    calls = []
+    monkeypatch.setattr(devices, "time_ms", lambda run, repeats=7: calls.append(1) or (1.0 if len(calls) % 2 else 2.0))
+    first = build_encoder("resnet18", weights="random", precision="fp32")
+    assert first.runtime == "eager" and len(calls) == 2  # eager measured 1.0 ms, TorchScript 2.0 ms
+    again = build_encoder("resnet18", weights="random", precision="fp32")
+    assert again.runtime == "eager" and len(calls) == 2  # cached per machine, encoder and precision
+    torch.manual_seed(1)
+    scripted = build_encoder("resnet18", weights="random", precision="fp32", runtime="torchscript")
+    torch.manual_seed(1)
+    eager = build_encoder("resnet18", weights="random", precision="fp32", runtime="eager")
+    assert scripted.runtime == "torchscript" and eager.runtime == "eager"
+    assert scripted.fingerprint() != eager.fingerprint()  # cached features never mix the two
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 224, 224)
+    (a, grid_a), (b, grid_b) = scripted.encode(x, grid=True), eager.encode(x, grid=True)
+    torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(grid_a, grid_b, atol=1e-3, rtol=1e-3)
+    with pytest.raises(ValueError, match="--runtime"):
+        build_encoder("resnet18", weights="random", runtime="jit")

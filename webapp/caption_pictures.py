@@ -86,10 +86,11 @@ def word_pictures(picture: Image.Image, result: dict, name: str = "",
     ``attention_boxes``, the boxes it attended glowing (outline and tint in proportion to
     the word's weight on each box)."""
     base = scaled(picture, longest)
+    under = base.convert("RGBA")  # once: every word's heat goes over the same photo
     boxes = result.get("boxes") or []
     shown = []
     for k, (word, density) in enumerate(zip(result["words"], word_maps(result))):
-        tile = Image.alpha_composite(base.convert("RGBA"), heat_of(density, base.size))
+        tile = Image.alpha_composite(under, heat_of(density, base.size))
         on_boxes = (result.get("attention_boxes") or [None] * len(result["words"]))[k]
         if on_boxes:
             glow = Image.new("RGBA", base.size, (0, 0, 0, 0))
