@@ -41,6 +41,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from benchmarks.common import SHARED, load_model, machine, percentiles, require, run_threads, write_results
 from captioner.devices import PRECISIONS
 from captioner.images import load_image
+from captioner.inputs import PhotoInputs
 from captioner.model import DEFAULT_CHECKPOINT, Captioner
 
 STAGES = ("textbook", "fast_decode", "bf16_channels_last", "early_stop", "ours")
@@ -57,7 +58,7 @@ def python_loop_greedy(model: Captioner, feature: torch.Tensor, grid: torch.Tens
             from captioner.detector import summary
 
             boxes = summary(model.require_detector().detect([image]))
-        ctx, detections = model.network.context(feature, grid if model.network.needs_grid else None, boxes=boxes)
+        ctx, detections = model.network.context(PhotoInputs(feature, grid if model.network.needs_grid else None, boxes))
         ctx = dec.prepare(ctx)
         state = dec.init_state(ctx)
         token = torch.tensor([model.vocab.start_id])

@@ -28,6 +28,7 @@ from benchmarks.common import SHARED, load_model, require, write_results
 from captioner.datasets import read_dataset
 from captioner.devices import synchronize
 from captioner.features import FeatureCache
+from captioner.inputs import PhotoInputs
 from captioner.losses import caption_loss
 
 EPOCH_CAPTIONS = 30780  # training captions of the shipped model (Flickr8k + COCO train split)
@@ -46,7 +47,7 @@ def decoder_step(model, optimizer, features, caps, lengths, grid=None) -> None:
     grid = grid if model.network.needs_grid else None  # attention and concept detectors read the grid
     # a model with the COCO detector trains on cached summaries of its boxes: one (B, 240) row each, timed as zeros
     boxes = torch.zeros(len(features), model.config.detector, device=device) if model.config.detector else None
-    loss = caption_loss(model.network, features, caps.to(device), lengths, grid=grid, boxes=boxes)
+    loss = caption_loss(model.network, PhotoInputs(features, grid, boxes), caps.to(device), lengths)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()

@@ -15,19 +15,9 @@ alone sees it too).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
 from captioner.regions import Regions
-from captioner.wordlists import coco_categories, coco_synonyms
-
-
-def category_of_words(words: Sequence[str]) -> torch.Tensor:
-    """(len(words),) the COCO category index each word (or object phrase) names, -1 for none."""
-    column = {c: i for i, c in enumerate(coco_categories())}
-    named = coco_synonyms()
-    return torch.tensor([column.get(named.get(tuple(w.split()), ""), -1) for w in words], dtype=torch.long)
 
 
 def cells_in_boxes(boxes: torch.Tensor, side: int) -> torch.Tensor:

@@ -32,6 +32,7 @@ from torch.nn.utils.rnn import pad_sequence
 from captioner.concepts import ConceptNoise, concept_labels
 from captioner.datasets import CaptionRecord
 from captioner.detector import Boxes
+from captioner.inputs import PhotoInputs
 from captioner.loop import epoch_order
 from captioner.objects import Detections, substitute_slots
 from captioner.regions import Regions
@@ -262,7 +263,7 @@ def _rate(event: torch.Tensor, given: torch.Tensor) -> float:
 
 
 @dataclass
-class PhotoInputs:
+class PhotoDetections:
     """What the frozen detectors give every training photo and its mirror image, computed
     once: object detections and (with concept detectors) concept probabilities."""
 
@@ -298,11 +299,11 @@ class PhotoInputs:
         return det, concepts, None if self.boxes is None else self.boxes[index]
 
 
-def mixed_batch(photo_part, text_part, device: torch.device):
-    """One batch of photo rows then text rows: (features, captions, lengths, grid,
-    objects_only, detections, concepts, detector summaries). ``photo_part``: (features,
-    caption ids, grid or None, detections, concepts or None, summaries or None);
-    ``text_part``: (caption ids, detections, concepts or None, summaries or None) or None."""
+def mixed_batch(photo_part, text_part, device: torch.device) -> tuple[PhotoInputs, torch.Tensor, torch.Tensor]:
+    """One batch of photo rows then text rows: (their ``PhotoInputs``, captions, lengths), the
+    text rows marked ``objects_only``. ``photo_part``: (features, caption ids, grid or None,
+    detections, concepts or None, summaries or None); ``text_part``: (caption ids, detections,
+    concepts or None, summaries or None) or None."""
     feats, caps, grid, det, concepts, boxes = photo_part  # features and grid may already be on the device
     only = torch.zeros(len(caps), dtype=torch.bool)
     if text_part is not None:
@@ -319,10 +320,8 @@ def mixed_batch(photo_part, text_part, device: torch.device):
         if concepts is not None:
             concepts = torch.cat([concepts, text_concepts])
     lengths = torch.tensor([len(c) for c in caps])
-    det = Detections(det.words.to(device), det.probs.to(device))
-    return (feats.to(device), pad_sequence(caps, batch_first=True).to(device), lengths,
-            None if grid is None else grid.to(device), only.to(device), det,
-            None if concepts is None else concepts.to(device), None if boxes is None else boxes.to(device))
+    inputs = PhotoInputs(feats, grid, boxes, detections=det, concepts=concepts, objects_only=only).to(device)
+    return inputs, pad_sequence(caps, batch_first=True).to(device), lengths
 
 
 def text_rows_for(step: int, epoch: int, per_step: int, n: int, seed: int, rank: int, world: int) -> torch.Tensor:

@@ -9,7 +9,7 @@ import logging
 
 import torch
 
-from captioner.batches import DetectorNoise, PhotoInputs, category_labels
+from captioner.batches import DetectorNoise, PhotoDetections, category_labels
 from captioner.concepts import ConceptNoise, concept_labels, detect, fit_concept_detector
 from captioner.datasets import captions_by_image
 from captioner.detector import summary as detector_summary
@@ -77,7 +77,7 @@ def fit_detectors(model: Captioner, data: Data, photos: Photos, *, concept_epoch
     return photo_inputs, noise, boxes_noise, report
 
 
-def concept_inputs(model: Captioner, data: Data, photos: Photos, photo_inputs: PhotoInputs, is_coco, *,
+def concept_inputs(model: Captioner, data: Data, photos: Photos, photo_inputs: PhotoDetections, is_coco, *,
                    epochs: int, photo_weight: float, seed: int):
     """Fit the concept detectors on the training photos (COCO's weighted ``photo_weight``),
     give each training photo the concepts of the fold that did not see it; the noise tables

@@ -12,21 +12,19 @@ over a ``CaptionNetwork`` and the ``WordTables`` of its vocabulary; the search i
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from captioner import search
-from captioner.attention_targets import category_of_words
-from captioner.decoder import Context
 from captioner.detector import PERSON, category_scores
+from captioner.inputs import PhotoInputs
 from captioner.network import CaptionNetwork
 from captioner.objects import Detections
-from captioner.regions import Regions
 from captioner.rules import CaptionRules
 from captioner.search import Decoded
 from captioner.vocabulary import Vocabulary
-from captioner.wordlists import coco_categories, coco_synonyms
+from captioner.wordlists import category_of_words, coco_categories, coco_synonyms
 
 
 @dataclass
@@ -59,34 +57,6 @@ class DecodingConfig:
 
 
 
-@dataclass
-class CategoryIndex:
-    """Which caption words name which COCO category, and which concepts do: ``word_category``
-    (vocab,) the category of each word (-1: none), ``concepts`` each category's concept
-    indices, ``person`` the person category's index (-1: no person concept)."""
-
-    word_category: torch.Tensor
-    concepts: list[torch.Tensor]
-    person: int
-    names: list[str] = field(default_factory=list)  # each category's COCO name
-
-
-def category_indices(vocab: Vocabulary, concept_words: Sequence[str]) -> CategoryIndex | None:
-    """The COCO categories (``objects.coco_synonyms``) that both the vocabulary and the
-    concepts name; None when no concept names one."""
-    category_of = {p[0]: c for p, c in coco_synonyms().items() if len(p) == 1}
-    by_category: dict[str, list[int]] = {}
-    for i, w in enumerate(concept_words):
-        if w in category_of:
-            by_category.setdefault(category_of[w], []).append(i)
-    if not by_category:
-        return None
-    order = {c: k for k, c in enumerate(by_category)}
-    word_category = torch.tensor([order.get(category_of.get(w, ""), -1) for w in vocab.words])
-    return CategoryIndex(word_category, [torch.tensor(v) for v in by_category.values()], order.get("person", -1),
-                         list(by_category))
-
-
 def category_tokens(vocab: Vocabulary) -> torch.Tensor:
     """(80, S) for each COCO category the vocabulary's single words that name it ("giraffe",
     "giraffes"; ``objects.coco_synonyms``), padded with -1."""
@@ -103,82 +73,92 @@ def category_tokens(vocab: Vocabulary) -> torch.Tensor:
 
 @dataclass
 class WordTables:
-    """What decoding needs to know of a captioner's words: the COCO categories of the
-    vocabulary and the concepts (``categories``), each category's words (``category_tokens``,
-    models with the detector), each object word's vocabulary id and grounding category
-    (``object_tokens``, ``object_category``; -1: none), and the rules over the vocabulary."""
+    """What decoding needs to know of a captioner's words, every category in COCO's one
+    numbering (0..79, ``wordlists.coco_categories``; -1: none): the category each word, object
+    word and concept names (``word_coco``, ``object_coco``, ``concept_coco``), which categories
+    the concepts name (``grounded``: grounding ties only those words to what the detectors
+    see), each category's words (``category_tokens``, models with the detector), each object
+    word's vocabulary id (``object_tokens``), and the rules over the vocabulary."""
 
     rules: CaptionRules
-    categories: CategoryIndex | None = None
+    word_coco: torch.Tensor
+    object_coco: torch.Tensor
+    concept_coco: torch.Tensor
+    grounding_coco: torch.Tensor  # (concepts,) ``concept_coco`` of the concepts that are a category's single word
+    grounded: torch.Tensor  # (80,) bool: the categories such a concept names
     category_tokens: torch.Tensor | None = None
     object_tokens: torch.Tensor | None = None
-    object_category: torch.Tensor | None = None
-    word_coco: torch.Tensor | None = None  # (vocab,) the COCO category (0..79) each word names (-1: none)
-    object_coco: torch.Tensor | None = None  # (object words,) likewise for the object words
-    concept_coco: torch.Tensor | None = None  # (concepts,) likewise for the concept words
 
     @classmethod
     def of(cls, vocab: Vocabulary, object_words: Sequence[str], concept_words: Sequence[str],
            detector: bool) -> WordTables:
-        categories = category_indices(vocab, concept_words)
-        tables = cls(CaptionRules(vocab.words, vocab.end_id), categories,
-                     category_tokens(vocab) if detector else None, word_coco=category_of_words(vocab.words),
-                     object_coco=category_of_words(object_words), concept_coco=category_of_words(concept_words))
+        concept_coco = category_of_words(concept_words)
+        # a concept grounds its category when it is the category's single-word name ("dog", not "hot dog")
+        single = torch.tensor([len(w.split()) == 1 for w in concept_words], dtype=torch.bool)
+        grounding_coco = torch.where(single, concept_coco, -1) if len(concept_words) else concept_coco
+        grounded = torch.zeros(80, dtype=torch.bool)
+        grounded[grounding_coco[grounding_coco >= 0]] = True
+        tables = cls(CaptionRules(vocab.words, vocab.end_id), category_of_words(vocab.words),
+                     category_of_words(object_words), concept_coco, grounding_coco, grounded,
+                     category_tokens(vocab) if detector else None)
         if object_words:
             tables.object_tokens = torch.tensor([vocab.index.get(w, -1) for w in object_words], dtype=torch.long)
-        if object_words and categories is not None:
-            order = {c: k for k, c in enumerate(categories.names)}
-            named = coco_synonyms()
-            tables.object_category = torch.tensor(
-                [order.get(named.get(tuple(w.split()), ""), -1) for w in object_words], dtype=torch.long)
         return tables
 
 
+def _per_category(scores: torch.Tensor, coco: torch.Tensor) -> torch.Tensor:
+    """(B, 80): the highest of ``scores`` (B, N) per COCO category ``coco`` (N,) (0 where none)."""
+    column = (coco.to(scores.device) % 81)[None].expand(len(scores), -1)  # -1 -> 80, dropped below
+    return scores.new_zeros(len(scores), 81).scatter_reduce(1, column, scores, "amax")[:, :80]
+
+
 def grounding(tables: WordTables, concepts: torch.Tensor, decoding: DecodingConfig,
-              boxes: torch.Tensor | None = None, detections: Detections | None = None) -> torch.Tensor | None:
+              summary: torch.Tensor | None = None, detections: Detections | None = None) -> torch.Tensor | None:
     """(B, vocab) additions to the words' scores that tie the words naming a COCO
     category to what the detectors see: ``ground_weight * log p`` (p: the surest concept
     of the word's category, or the COCO detector's score), and -inf for person words when
     the surest person concept is below ``person_below`` (the previous release's ban). An
     object slot whose word names a category ("dog" from the ImageNet classifier) is
     grounded like the word itself (models with the COCO detector). None when nothing is asked for."""
-    index = tables.categories
     if not decoding.ground_weight and decoding.person_below is None:
         return None
-    groups = torch.stack([concepts[:, c].amax(1) for c in index.concepts], 1)  # (B, categories)
-    if boxes is not None:  # the detector's evidence too: the surer of the two, or the detector's alone
-        column = {name: i for i, name in enumerate(coco_categories())}
-        detected = category_scores(boxes)[:, [column[n] for n in index.names]].to(groups.dtype)
+    if not bool(tables.grounded.any()):
+        return None
+    device = concepts.device
+    grounded = tables.grounded.to(device)
+    groups = _per_category(concepts, tables.grounding_coco)  # (B, 80): the surest concept of each category
+    if summary is not None:  # the detector's evidence too: the surer of the two, or the detector's alone
+        detected = category_scores(summary).to(groups.dtype)
         groups = detected.clamp_min(0.02) if decoding.ground_detector else torch.maximum(groups, detected)
-    word_category = index.word_category.to(concepts.device)
-    has = word_category >= 0
-    bias = concepts.new_zeros(len(concepts), len(word_category))
+    word_coco = tables.word_coco.to(device)
+    has = (word_coco >= 0) & grounded[word_coco.clamp_min(0)]
+    bias = concepts.new_zeros(len(concepts), len(word_coco))
     if decoding.ground_weight:
-        picked = groups[:, word_category.clamp_min(0)].clamp_min(1e-6).log()
+        picked = groups[:, word_coco.clamp_min(0)].clamp_min(1e-6).log()
         bias = torch.where(has[None, :], decoding.ground_weight * picked, bias)
-        if detections is not None and boxes is not None and tables.object_category is not None:
-            slot_category = tables.object_category.to(concepts.device)[detections.words]  # (B, K)
-            slot = groups.gather(1, slot_category.clamp_min(0)).clamp_min(1e-6).log()
-            first = bias.shape[1] - slot_category.shape[1]
-            bias[:, first:] = torch.where(slot_category >= 0, decoding.ground_weight * slot, 0.0)
-    if decoding.person_below is not None and index.person >= 0:
-        unlikely = groups[:, index.person] < decoding.person_below
-        person_words = word_category == index.person
-        bias = bias.masked_fill(unlikely[:, None] & person_words[None, :], float("-inf"))
+        if detections is not None and summary is not None and len(tables.object_coco):
+            slot_coco = tables.object_coco.to(device)[detections.words]  # (B, K)
+            slot = groups.gather(1, slot_coco.clamp_min(0)).clamp_min(1e-6).log()
+            first = bias.shape[1] - slot_coco.shape[1]
+            slot_grounded = (slot_coco >= 0) & grounded[slot_coco.clamp_min(0)]
+            bias[:, first:] = torch.where(slot_grounded, decoding.ground_weight * slot, 0.0)
+    if decoding.person_below is not None and bool(grounded[PERSON]):
+        unlikely = groups[:, PERSON] < decoding.person_below
+        bias = bias.masked_fill(unlikely[:, None] & (word_coco == PERSON)[None, :], float("-inf"))
     return bias
 
 
-def unbacked(tables: WordTables, decoding: DecodingConfig, boxes: torch.Tensor | None,
+def unbacked(tables: WordTables, decoding: DecodingConfig, summary: torch.Tensor | None,
              concepts: torch.Tensor | None, detections: Detections | None) -> torch.Tensor:
     """(B, vocab) True for each word (object slots included) that names a COCO object nothing
     backs: no box of it at 0.5 or more, and no concept or ImageNet object word of it at
     ``back_objects`` or more (``CHAIR``'s invented objects, refused while searching)."""
-    rows = len(boxes) if boxes is not None else len(concepts)
-    device = (boxes if boxes is not None else concepts).device
+    rows = len(summary) if summary is not None else len(concepts)
+    device = (summary if summary is not None else concepts).device
     backed = torch.zeros(rows, 81, device=device)  # 1: backed; column 80: "names no object"
     backed[:, 80] = 1.0
-    if boxes is not None:
-        backed[:, :80] = (category_scores(boxes) >= 0.5).float()
+    if summary is not None:
+        backed[:, :80] = (category_scores(summary) >= 0.5).float()
     sure = decoding.back_objects
     if concepts is not None and len(tables.concept_coco):
         column = tables.concept_coco.to(device).clamp_min(-1) % 81  # -1 -> 80
@@ -196,8 +176,8 @@ def unbacked(tables: WordTables, decoding: DecodingConfig, boxes: torch.Tensor |
     return banned
 
 
-def required_words(tables: WordTables, first_slot: int, detections: Detections | None, boxes: torch.Tensor | None,
-                   decoding: DecodingConfig) -> torch.Tensor | None:
+def required_words(tables: WordTables, first_slot: int, detections: Detections | None,
+                   summary: torch.Tensor | None, decoding: DecodingConfig) -> torch.Tensor | None:
     """(B, S) the words of which each caption must hold one (-1: none; None: no image
     has any): the top object's slot when the classifier is sure of it, and every word
     naming the detector's surest category (no person) when the detector is."""
@@ -205,11 +185,11 @@ def required_words(tables: WordTables, first_slot: int, detections: Detections |
     if detections is not None and decoding.require_object_prob is not None:
         sure = detections.probs[:, 0] >= decoding.require_object_prob
         parts.append(torch.where(sure, first_slot, -1)[:, None])
-    if boxes is not None and decoding.require_detected is not None and tables.category_tokens is not None:
-        scores = category_scores(boxes).clone()
+    if summary is not None and decoding.require_detected is not None and tables.category_tokens is not None:
+        scores = category_scores(summary).clone()
         scores[:, PERSON] = 0.0
         best, category = scores.max(1)
-        words = tables.category_tokens.to(boxes.device)[category]
+        words = tables.category_tokens.to(summary.device)[category]
         parts.append(words.masked_fill((best < decoding.require_detected)[:, None], -1))
     if not parts:
         return None
@@ -217,34 +197,44 @@ def required_words(tables: WordTables, first_slot: int, detections: Detections |
     return required if bool((required >= 0).any()) else None
 
 
-def decode(network: CaptionNetwork, tables: WordTables, features: torch.Tensor, decoding: DecodingConfig,
-           grid: torch.Tensor | None = None, familiarity: torch.Tensor | None = None,
-           text_world: torch.Tensor | None = None, boxes: torch.Tensor | None = None,
-           regions: Regions | None = None) -> tuple[list[Decoded], Detections | None, Context]:
-    """Decode a batch of photos' captions: (decoded ids, the classifier's objects, the context)."""
+@dataclass
+class DecodedBatch:
+    """What decoding a batch gives: each photo's decoded ids, the classifier's objects, the
+    concepts' probabilities, and whether each photo may name a person (None: all may)."""
+
+    captions: list[Decoded]
+    detections: Detections | None
+    concepts: torch.Tensor | None
+    person_ok: torch.Tensor | None
+
+
+def decode(network: CaptionNetwork, tables: WordTables, inputs: PhotoInputs, decoding: DecodingConfig
+           ) -> DecodedBatch:
+    """Decode a batch of photos' captions, the decoding policy in one place: which photos are
+    described from their objects alone (familiarity), grounding, backing, the required words
+    and the rules, then greedy or beam search."""
     objects_only = None
-    if decoding.objects_only_below is not None and familiarity is not None and network.objects is not None:
-        objects_only = familiarity < decoding.objects_only_below
-    if decoding.text_world_above is not None and text_world is not None and network.objects is not None:
-        by_world = text_world >= decoding.text_world_above
+    if decoding.objects_only_below is not None and inputs.familiarity is not None and network.objects is not None:
+        objects_only = inputs.familiarity < decoding.objects_only_below
+    if decoding.text_world_above is not None and inputs.text_world is not None and network.objects is not None:
+        by_world = inputs.text_world >= decoding.text_world_above
         objects_only = by_world if objects_only is None else objects_only | by_world
-    ctx, detections = network.context(features, grid, decoding.min_object_prob, objects_only=objects_only,
-                                      boxes=boxes, regions=regions)
-    if "concepts" in ctx and tables.categories is not None:
-        bias = grounding(tables, ctx["concepts"], decoding, ctx.get("boxes"), detections)
+    ctx, detections = network.context(inputs.with_(objects_only=objects_only), decoding.min_object_prob)
+    summary = ctx.get("detector_summary")
+    if "concepts" in ctx:
+        bias = grounding(tables, ctx["concepts"], decoding, summary, detections)
         if bias is not None:
             ctx["word_bias"] = bias
     if decoding.back_objects is not None:
-        banned = unbacked(tables, decoding, ctx.get("boxes"), ctx.get("concepts"), detections)
+        banned = unbacked(tables, decoding, summary, ctx.get("concepts"), detections)
         bias = ctx.get("word_bias", torch.zeros(banned.shape, device=banned.device))
         ctx["word_bias"] = bias.masked_fill(banned, float("-inf"))
-    required = required_words(tables, network.decoder.first_slot, detections, ctx.get("boxes"), decoding)
+    required = required_words(tables, network.decoder.first_slot, detections, summary, decoding)
     decoder = network.inference_decoder
-    constraints = None
+    constraints = person_ok = None
+    if decoding.person_score is not None and summary is not None:
+        person_ok = category_scores(summary)[:, PERSON] >= decoding.person_score
     if decoding.rules or decoding.person_score is not None:
-        person_ok = None
-        if decoding.person_score is not None and "boxes" in ctx:
-            person_ok = category_scores(ctx["boxes"])[:, PERSON] >= decoding.person_score
         slot_words = None
         if detections is not None and tables.object_tokens is not None:
             slot_words = tables.object_tokens.to(detections.words.device)[detections.words]
@@ -255,4 +245,4 @@ def decode(network: CaptionNetwork, tables: WordTables, features: torch.Tensor, 
         decoded = search.beam_search(decoder, ctx, decoding.beam_size, decoding.max_length,
                                      decoding.length_alpha, must_include=required,
                                      block_ngram=decoding.block_ngram, constraints=constraints)
-    return decoded, detections, ctx
+    return DecodedBatch(decoded, detections, ctx.get("concepts"), person_ok)

@@ -10,26 +10,23 @@ from captioner import search
 from captioner.attention_targets import attention_loss
 from captioner.cider import CiderD
 from captioner.decoder import packed_order, packed_targets
+from captioner.inputs import PhotoInputs
 from captioner.model import Captioner
-from captioner.objects import Detections
-from captioner.regions import Regions
 
 
-def caption_loss(trainer, feats, caps, lengths, label_smoothing: float = 0.0, attention_reg: float = 0.0,
-                 grid: torch.Tensor | None = None, swap: torch.Tensor | None = None,
-                 objects_only: torch.Tensor | None = None, detections: Detections | None = None,
-                 concepts: torch.Tensor | None = None, boxes: torch.Tensor | None = None,
-                 regions: Regions | None = None, targets: torch.Tensor | None = None, ground_weight: float = 0.0):
+def caption_loss(trainer, inputs: PhotoInputs, caps: torch.Tensor, lengths: torch.Tensor, *,
+                 label_smoothing: float = 0.0, attention_reg: float = 0.0, targets: torch.Tensor | None = None,
+                 ground_weight: float = 0.0):
     """Cross-entropy of the teacher-forced words, plus (attention) the doubly stochastic
     penalty that asks every grid cell to be looked at about once over the caption (photo
     rows only: a text row has no grid to look at), plus ``ground_weight`` times the
     attention supervision loss towards ``targets`` (``attention_targets``: the boxes of the
     objects the words name). ``trainer``: the caption network, or its
     DistributedDataParallel wrapper."""
-    logits, weights = trainer(feats, caps, lengths, grid=grid, swap=swap, objects_only=objects_only,
-                              detections=detections, concepts=concepts, boxes=boxes, regions=regions)
+    logits, weights = trainer(inputs, caps, lengths)
     loss = F.cross_entropy(logits, packed_targets(caps, lengths), label_smoothing=label_smoothing)
-    cells = None if grid is None else grid.shape[1]
+    cells = None if inputs.grid is None else inputs.grid.shape[1]
+    objects_only = inputs.objects_only
     if weights is not None and ground_weight and targets is not None:
         if objects_only is not None:  # a row learned without its photo has nothing to look at
             targets = targets & ~objects_only[:, None, None]
@@ -75,14 +72,14 @@ class SelfCritical:
         feats = self.features[images.to(self.features.device)].float()
         grid = None if self.grid is None else self.grid[images.to(self.grid.device)].float()
         with torch.no_grad():
-            ctx, _ = network.context(feats, grid)
+            ctx, _ = network.context(PhotoInputs(feats, grid))
         ids, lengths = search.sample(network.decoder, ctx, n, self.max_words)
         lengths = lengths.cpu()
         objects = self.model.detected_object_words(feats)
         reward = self.rewards(images.tolist(), ids, objects).to(feats.device).view(-1, n)
         advantage = (reward - (reward.sum(1, keepdim=True) - reward) / (n - 1)).view(-1)
-        logits, _ = self.trainer(feats.repeat_interleave(n, 0), ids, lengths,
-                                 grid=None if grid is None else grid.repeat_interleave(n, 0))
+        logits, _ = self.trainer(PhotoInputs(feats.repeat_interleave(n, 0),
+                                             None if grid is None else grid.repeat_interleave(n, 0)), ids, lengths)
         token_logp = -F.cross_entropy(logits, packed_targets(ids, lengths), reduction="none")
         owner, _ = packed_order(lengths - 1)  # each packed token's caption
         seq_logp = torch.zeros(len(ids), device=token_logp.device).index_add(0, owner.to(token_logp.device),

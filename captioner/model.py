@@ -38,11 +38,11 @@ from captioner.checkpoint import (
     save_model,
 )
 from captioner.decoding import DecodingConfig, WordTables, decode
-from captioner.detector import PERSON, Boxes, category_scores, summary
+from captioner.detector import Boxes
 from captioner.encoders import ImageEncoder, build_encoder
 from captioner.familiarity import Familiarity
+from captioner.inputs import PhotoInputs
 from captioner.network import CaptionerConfig, CaptionNetwork
-from captioner.regions import Regions
 from captioner.results import CaptionResult, Writer, add_boxes
 from captioner.vocabulary import Vocabulary
 
@@ -121,6 +121,20 @@ class Captioner(nn.Module):
 
     # ------------------------------------------------------------------ inference
 
+    def inputs_of(self, features: torch.Tensor, grid: torch.Tensor | None = None,
+                  boxes: Sequence[Boxes] | None = None) -> PhotoInputs:
+        """The bundle the network reads of these photos (``inputs.PhotoInputs``), built once:
+        the encoder's outputs, the detector's summary and regions, the familiarity."""
+        if self.config.detector and boxes is None:
+            raise ValueError("this captioner needs the COCO detector's boxes of each photo")
+        features = features.to(self.device)
+        grid = None if grid is None or not self.network.needs_grid else grid.to(self.device)
+        inputs = PhotoInputs.of(features, grid, boxes if self.config.detector or self.config.regions else None,
+                                self.config.regions)
+        if self.network.familiarity is not None:
+            inputs.familiarity, inputs.text_world = self.network.familiarity.score(features)
+        return inputs
+
     @torch.inference_mode()
     def caption_features(self, features: torch.Tensor, beam_size: int | None = None,
                          max_length: int | None = None, length_alpha: float | None = None,
@@ -133,32 +147,21 @@ class Captioner(nn.Module):
         d = self.decoding
         decoding = replace(d, beam_size=beam_size or d.beam_size, max_length=max_length or d.max_length,
                            length_alpha=d.length_alpha if length_alpha is None else length_alpha)
-        features = features.to(self.device)
-        grid = None if grid is None else grid.to(self.device)
-        familiar = text_world = None
-        if self.network.familiarity is not None:
-            familiar, text_world = self.network.familiarity.score(features)
-        if self.config.detector and boxes is None:
-            raise ValueError("this captioner needs the COCO detector's boxes of each photo")
-        summaries = summary(list(boxes)).to(self.device) if self.config.detector else None
-        regions = Regions.of(boxes, self.config.regions) if self.config.regions and boxes is not None else None
-        decoded, detections, ctx = decode(self.network, self.tables, features, decoding,
-                                          grid if self.network.needs_grid else None, familiar, text_world, summaries,
-                                          regions)
+        inputs = self.inputs_of(features, grid, boxes)
+        out = decode(self.network, self.tables, inputs, decoding)
         grid_size = None
-        if grid is not None and self.network.attends:
-            side = int(round(grid.shape[1] ** 0.5))
-            grid_size = (side, grid.shape[1] // side)
-        results = self.writer.results(decoded, detections, ctx["concepts"].tolist() if "concepts" in ctx else None,
+        if inputs.grid is not None and self.network.attends:
+            side = int(round(inputs.grid.shape[1] ** 0.5))
+            grid_size = (side, inputs.grid.shape[1] // side)
+        familiar = inputs.familiarity
+        results = self.writer.results(out.captions, out.detections,
+                                      out.concepts.tolist() if out.concepts is not None else None,
                                       familiar.tolist() if familiar is not None else None, grid_size)
         if boxes is not None:
-            person_ok = [True] * len(results)
-            if decoding.person_score is not None and summaries is not None:
-                person_ok = (category_scores(summaries)[:, PERSON] >= decoding.person_score).tolist()
+            person_ok = [True] * len(results) if out.person_ok is None else out.person_ok.tolist()
             for result, photo, ok in zip(results, boxes, person_ok):
                 add_boxes(result, photo, ok, decoding.rules or decoding.person_score is not None)
         return results
-
 
     @property
     def device(self) -> torch.device:

@@ -22,6 +22,7 @@ from captioner.checkpoint import CheckpointError
 from captioner.concepts import ConceptDetector
 from captioner.decoder import DECODERS, Context
 from captioner.familiarity import Familiarity
+from captioner.inputs import PhotoInputs
 from captioner.objects import Detections, ObjectDetector
 from captioner.regions import GEOMETRY, Regions, pooled
 from captioner.vocabulary import Vocabulary
@@ -141,47 +142,46 @@ class CaptionNetwork(nn.Module):
         """Whether captioning needs the encoder's grid (attention, or concept detectors)."""
         return self.attends or self.concepts is not None
 
-    def context(self, features: torch.Tensor, grid: torch.Tensor | None = None, min_object_prob: float = 0.0,
-                swap: torch.Tensor | None = None, objects_only: torch.Tensor | None = None,
-                detections: Detections | None = None, concepts: torch.Tensor | None = None,
-                boxes: torch.Tensor | None = None, regions: Regions | None = None
-                ) -> tuple[Context, Detections | None]:
-        """The decoder's per-image context from pooled features (B, D) and, for attention,
-        the grid (B, L, D). ``swap`` (B, K): object words whose vectors the copy scores see
-        instead of the detected ones', where they are >= 0 (a training augmentation: the
-        decoder learns to copy an object whatever it is; see ``train_captioner``).
-        ``objects_only`` (B,) bool: images described from their objects alone, without the
-        projected features or the grid (trained as a dropout; at inference, the photos too
-        unlike the training photos for those to mean anything, see ``DecodingConfig``).
-        ``detections`` and ``concepts`` (B, C): given instead of detected (training on
-        captions without photos gives them; ``concepts.ConceptNoise``). ``boxes`` (B, 240): the
-        COCO detector's summary of each photo (``detector.summary``; a text row's is drawn
-        as the detector would give it, ``batches.DetectorNoise``). ``regions``: the boxes the
-        attention looks at besides the cells (``regions.Regions``; with ``config.regions``)."""
-        features = features.float()
+    def context(self, inputs: PhotoInputs, min_object_prob: float = 0.0) -> tuple[Context, Detections | None]:
+        """The decoder's per-image context from a batch of photos' inputs (``inputs.PhotoInputs``):
+        the pooled features (B, D) and, for attention, the grid (B, L, D). ``inputs.swap`` (B, K):
+        object words whose vectors the copy scores see instead of the detected ones', where
+        they are >= 0 (a training augmentation: the decoder learns to copy an object whatever
+        it is; see ``train_captioner``). ``inputs.objects_only`` (B,) bool: images described
+        from their objects alone, without the projected features or the grid (trained as a
+        dropout; at inference, the photos too unlike the training photos for those to mean
+        anything, see ``DecodingConfig``). ``inputs.detections`` and ``inputs.concepts``
+        (B, C): given instead of detected (training on captions without photos gives them;
+        ``concepts.ConceptNoise``). ``inputs.summary`` (B, 240): the COCO detector's summary of
+        each photo (``detector.summary``; a text row's is drawn as the detector would give it,
+        ``batches.DetectorNoise``). ``inputs.regions``: the boxes the attention looks at besides
+        the cells (``regions.Regions``; with ``config.regions``)."""
+        features = inputs.features.float()
         image = self.projection(features)
-        keep = None if objects_only is None else (~objects_only).to(image.dtype)
+        keep = None if inputs.objects_only is None else (~inputs.objects_only).to(image.dtype)
         if keep is not None:
             image = image * keep[:, None]
         ctx: Context = {}
+        detections = inputs.detections
         if self.objects is not None:
             detections = self.objects(features) if detections is None else detections
-            image = image + self._object_context(ctx, detections, min_object_prob, swap)
+            image = image + self._object_context(ctx, detections, min_object_prob, inputs.swap)
         if self.concepts is not None:
+            concepts = inputs.concepts
             if concepts is None:
-                concepts = self.concepts(self._require(grid, "the concept detectors"))
+                concepts = self.concepts(self._require(inputs.grid, "the concept detectors"))
             ctx["concepts"] = concepts
             image = image + self.concept_projection(concepts)
         if self.detector_projection is not None:
-            boxes = self._require(boxes, "models with the COCO detector").float()
-            ctx["boxes"] = boxes
-            image = image + self.detector_projection(boxes)
+            summary = self._require(inputs.summary, "models with the COCO detector").float()
+            ctx["detector_summary"] = summary
+            image = image + self.detector_projection(summary)
         ctx["image"] = image
         if self.attends:
-            grid = self._require(grid, "the attention decoder").float()
+            grid = self._require(inputs.grid, "the attention decoder").float()
             ctx["grid"] = self.grid_projection(grid)
             if self.config.regions:
-                self._add_regions(ctx, grid, regions)
+                self._add_regions(ctx, grid, inputs.regions)
             if keep is not None:
                 ctx["grid"] = ctx["grid"] * keep[:, None, None]
         return ctx, detections
@@ -216,12 +216,7 @@ class CaptionNetwork(nn.Module):
                              else f"{who} need the detector's boxes")
         return grid
 
-    def forward(self, features: torch.Tensor, captions: torch.Tensor, lengths: torch.Tensor,
-                grid: torch.Tensor | None = None, swap: torch.Tensor | None = None,
-                objects_only: torch.Tensor | None = None, detections: Detections | None = None,
-                concepts: torch.Tensor | None = None, boxes: torch.Tensor | None = None,
-                regions: Regions | None = None):
+    def forward(self, inputs: PhotoInputs, captions: torch.Tensor, lengths: torch.Tensor):
         """Teacher forcing: (packed logits, attention weights or None)."""
-        ctx, _ = self.context(features, grid, swap=swap, objects_only=objects_only, detections=detections,
-                              concepts=concepts, boxes=boxes, regions=regions)
+        ctx, _ = self.context(inputs)
         return self.decoder(captions, lengths, ctx)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from captioner.batches import PhotoInputs
+from captioner.batches import PhotoDetections
 from captioner.datasets import (
     DATASETS,
     CaptionRecord,
@@ -166,13 +166,13 @@ def extract_features(data: Data, dist, timer: Timer, *, encoder_name: str, encod
     return photos
 
 
-def photo_detections(model: Captioner, feats: torch.Tensor, flipped: torch.Tensor) -> PhotoInputs:
+def photo_detections(model: Captioner, feats: torch.Tensor, flipped: torch.Tensor) -> PhotoDetections:
     """The frozen object detector's output on every training photo and its mirror image."""
     empty = torch.zeros(len(feats), max(1, model.config.object_slots))
     if model.network.objects is None:
-        return PhotoInputs(empty.long(), empty, empty.long(), empty)
+        return PhotoDetections(empty.long(), empty, empty.long(), empty)
     with torch.no_grad():
         a = [model.network.objects(feats[i:i + 1024].float()) for i in range(0, len(feats), 1024)]
         b = [model.network.objects(flipped[i:i + 1024].float()) for i in range(0, len(feats), 1024)]
     cat = lambda ds, f: torch.cat([getattr(d, f) for d in ds])  # noqa: E731
-    return PhotoInputs(cat(a, "words"), cat(a, "probs"), cat(b, "words"), cat(b, "probs"))
+    return PhotoDetections(cat(a, "words"), cat(a, "probs"), cat(b, "words"), cat(b, "probs"))

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from captioner.batches import CaptionTable
 from captioner.decoder import packed_targets
 from captioner.detector import summary as detector_summary
+from captioner.inputs import PhotoInputs
 from captioner.metrics import caption_scores
 from captioner.model import Captioner
 
@@ -42,7 +43,7 @@ def validate(model: Captioner, table: CaptionTable, features, refs: dict[str, li
         summaries = None
         if boxes is not None and model.config.detector:
             summaries = detector_summary([boxes[i] for i in table.image[rows].tolist()]).to(feats.device)
-        logits, _ = model.network(feats, caps, lengths, grid=grids, boxes=summaries)
+        logits, _ = model.network(PhotoInputs(feats, grids, summaries), caps, lengths)
         targets = packed_targets(caps, lengths)
         total += F.cross_entropy(logits, targets, reduction="sum").item()
         count += len(targets)

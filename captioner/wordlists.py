@@ -86,3 +86,13 @@ def person_words() -> frozenset[str]:
     for line in rows(DATA / "person_words.txt"):
         words.update(w.strip() for w in line.split(",") if w.strip())
     return frozenset(words)
+
+
+def category_of_words(words: Sequence[str]):
+    """(len(words),) torch.long: the COCO category (0..79, ``coco_categories``' numbering, the one
+    every module uses) each word or object phrase names; -1 for none."""
+    import torch
+
+    column = {c: i for i, c in enumerate(coco_categories())}
+    named = coco_synonyms()
+    return torch.tensor([column.get(named.get(tuple(w.split()), ""), -1) for w in words], dtype=torch.long)

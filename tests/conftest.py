@@ -71,6 +71,7 @@ def memorising_captioner(lite0, **config):
     from captioner.batches import CaptionTable
     from captioner.decoding import DecodingConfig
     from captioner.images import load_image
+    from captioner.inputs import PhotoInputs
     from captioner.losses import caption_loss
     from captioner.model import Captioner
     from captioner.network import CaptionerConfig
@@ -98,7 +99,8 @@ def memorising_captioner(lite0, **config):
     optimizer = torch.optim.Adam(model.network.parameters(), lr=1e-2)
     model.network.train()
     for _ in range(150):
-        loss = caption_loss(model.network, feats, padded, lengths, attention_reg=1.0 if attends else 0.0, grid=grids)
+        loss = caption_loss(model.network, PhotoInputs(feats, grids), padded, lengths,
+                            attention_reg=1.0 if attends else 0.0)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -80,16 +80,18 @@ def test_a_heat_map_is_the_ramp_of_each_level_looked_up_from_one_table():
 
 
 def test_the_doubly_stochastic_penalty_is_part_of_the_loss(tiny_attender):
+    from captioner.inputs import PhotoInputs
     from captioner.losses import caption_loss
 
     model = tiny_attender[0]
     feats, grid = torch.randn(2, 1280), torch.randn(2, 49, 1280)
     caps, lengths = torch.tensor([[1, 4, 5, 2], [1, 6, 2, 0]]), torch.tensor([4, 3])
-    plain = caption_loss(model.network, feats, caps, lengths, grid=grid)
-    _, weights = model.network(feats, caps, lengths, grid=grid)
+    inputs = PhotoInputs(feats, grid)
+    plain = caption_loss(model.network, inputs, caps, lengths)
+    _, weights = model.network(inputs, caps, lengths)
     penalty = ((1.0 - weights.sum(1)) ** 2).mean()
     assert float(penalty.detach()) > 0
-    torch.testing.assert_close(caption_loss(model.network, feats, caps, lengths, attention_reg=2.0, grid=grid),
+    torch.testing.assert_close(caption_loss(model.network, inputs, caps, lengths, attention_reg=2.0),
                                plain + 2.0 * penalty)
 
 

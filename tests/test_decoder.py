@@ -5,6 +5,7 @@ import torch
 from captioner import search
 from captioner.decoder import ShowTellDecoder, packed_targets
 from captioner.decoding import DecodingConfig
+from captioner.inputs import PhotoInputs
 from captioner.model import Captioner
 from captioner.network import CaptionerConfig
 from captioner.vocabulary import Vocabulary
@@ -54,7 +55,7 @@ def test_beam_width_one_is_exactly_greedy():
     model = random_captioner()
     features = torch.randn(16, 32)
     greedy = model.caption_features(features, beam_size=1)
-    ctx, _ = model.network.context(features)
+    ctx, _ = model.network.context(PhotoInputs(features))
     beam1 = [model.writer.result(d, [], None, None) for d in search.beam_search(model.network.decoder, ctx, 1, 12)]
     assert [g.words for g in greedy] == [b.words for b in beam1]
     for g, b in zip(greedy, beam1):
@@ -79,7 +80,7 @@ def brute_force_best(model, feature, max_length, alpha, must_include=None):
     optionally among those that contain the token ``must_include``."""
     dec = model.network.decoder
     best = (float("-inf"), None)
-    ctx = dec.prepare(model.network.context(feature[None])[0])
+    ctx = dec.prepare(model.network.context(PhotoInputs(feature[None]))[0])
     frontier = [([], 0.0, dec.init_state(ctx))]
     for t in range(max_length):
         new = []
@@ -100,7 +101,7 @@ def brute_force_best(model, feature, max_length, alpha, must_include=None):
 def test_wide_beam_finds_the_exhaustive_best_and_beats_greedy_on_average():
     model = random_captioner(seed=2, vocab_words=["a", "b", "c"])
     features = torch.randn(6, 32)
-    ctx, _ = model.network.context(features)
+    ctx, _ = model.network.context(PhotoInputs(features))
     wide = search.beam_search(model.network.decoder, ctx, beam_size=200, max_length=4)
     greedy = search.greedy(model.network.decoder, ctx, max_length=4)
     for i in range(6):
@@ -113,7 +114,7 @@ def test_wide_beam_finds_the_exhaustive_best_and_beats_greedy_on_average():
 def test_constrained_beam_search_finds_the_best_caption_that_holds_the_required_word():
     model = random_captioner(seed=5, vocab_words=["a", "b", "c"])
     features = torch.randn(6, 32)
-    ctx, _ = model.network.context(features)
+    ctx, _ = model.network.context(PhotoInputs(features))
     c = model.vocab.index["c"]
     required = torch.tensor([c, -1, c, c, -1, c])
     wide = search.beam_search(model.network.decoder, ctx, beam_size=200, max_length=4, must_include=required)
@@ -203,7 +204,7 @@ def test_the_int8_step_reads_stacked_matrices_and_writes_the_same_captions_as_se
     net = CaptionNetwork(config, vocab).eval()
     features, grid = torch.randn(5, 32), torch.randn(5, 9, 32)
     detections = Detections(torch.randint(0, 4, (5, 2)), torch.rand(5, 2))
-    ctx, _ = net.context(features, grid, detections=detections)
+    ctx, _ = net.context(PhotoInputs(features, grid, detections=detections))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         separate = quantize_dynamic(copy.deepcopy(net.decoder), {nn.Linear: per_channel_dynamic_qconfig},

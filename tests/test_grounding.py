@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from captioner.attention_targets import attention_loss, attention_targets, category_of_words, cells_in_boxes
+from captioner.attention_targets import attention_loss, attention_targets, cells_in_boxes
 from captioner.detector import Boxes
 from captioner.grounding_metrics import grounding_scores
 from captioner.regions import Regions, pooled
-from captioner.wordlists import coco_categories, named_objects
+from captioner.wordlists import category_of_words, coco_categories, named_objects
 
 DOG, CAT = coco_categories().index("dog"), coco_categories().index("cat")
 

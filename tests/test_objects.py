@@ -6,6 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
+from captioner.inputs import PhotoInputs
 from captioner.objects import ObjectDetector, object_vocabulary, substitute_slots
 from captioner.wordlists import imagenet_words, mentioned_categories
 from tests.conftest import flickr_sample, shipped
@@ -132,8 +133,8 @@ def test_shipped_captioner_names_the_cat_the_coffee_and_the_tripod(wild):
 def test_photos_described_from_their_objects_alone_ignore_everything_else_of_the_features(tiny_captioner):
     model, _, features, _ = tiny_captioner
     network = model.network
-    ctx, detections = network.context(features[:2])
-    only, same = network.context(features[:2], objects_only=torch.tensor([True, False]))
+    ctx, detections = network.context(PhotoInputs(features[:2]))
+    only, same = network.context(PhotoInputs(features[:2], objects_only=torch.tensor([True, False])))
     summary = (detections.probs[..., None] * ctx["objects"]).sum(1)
     torch.testing.assert_close(only["image"][0], summary[0])  # the objects' words, nothing else
     torch.testing.assert_close(only["image"][1], ctx["image"][1])

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from captioner.attention_targets import attention_targets, category_of_words
+from captioner.attention_targets import attention_targets
 from captioner.batches import CaptionTable, TextTable, epoch_plan, mixed_batch, object_swaps, text_rows_for
 from captioner.checkpoint import read_safetensors
 from captioner.concept_training import fit_detectors
@@ -78,6 +78,7 @@ from captioner.training_data import (
 )
 from captioner.validation import coco_metrics, scores_on, validate
 from captioner.vocabulary import Vocabulary, tokenize
+from captioner.wordlists import category_of_words
 
 log = logging.getLogger("train_captioner")
 
@@ -337,20 +338,21 @@ class Trainer:
                                       self.dist.rank, self.dist.world)
             text_part = self.text_table.batch(text_rows, self.noise, g, self.boxes_noise)
         regions = self.photo_inputs.regions_of(self.train_table.image[rows], flips) if config.regions else None
-        feats, caps, lengths, grids_, only, det, concepts, boxes = mixed_batch(
-            (feats, caps, grids_, det, concepts, boxes), text_part, device)
+        inputs, caps, lengths = mixed_batch((feats, caps, grids_, det, concepts, boxes), text_part, device)
         n = len(caps)
         targets = None
         if regions is not None:  # text rows have no boxes to look at
             regions = Regions.cat([regions, Regions.none(n - len(regions), config.regions)]).to(device)
-            targets = attention_targets(caps, regions, self.word_coco, grids_.shape[1],
-                                        self.object_coco.to(device)[det.words], self.model.network.decoder.first_slot)
+            targets = attention_targets(caps, regions, self.word_coco, inputs.grid.shape[1],
+                                        self.object_coco.to(device)[inputs.detections.words],
+                                        self.model.network.decoder.first_slot)
         swap = object_swaps(n, config.object_slots, config.object_words, args.object_swap, g)
         dropped = (torch.rand(n, generator=g) < args.objects_only).to(device) if config.object_slots else None
-        only = only | dropped if dropped is not None else None
-        loss = caption_loss(self.trainer, feats, caps, lengths, args.label_smoothing, args.attention_reg, grids_,
-                            None if swap is None else swap.to(device), only, det if config.object_slots else None,
-                            concepts, boxes, regions, targets, args.ground_attention)
+        inputs = inputs.with_(regions=regions, swap=None if swap is None else swap.to(device),
+                              objects_only=inputs.objects_only | dropped if dropped is not None else None,
+                              detections=inputs.detections if config.object_slots else None)
+        loss = caption_loss(self.trainer, inputs, caps, lengths, label_smoothing=args.label_smoothing,
+                            attention_reg=args.attention_reg, targets=targets, ground_weight=args.ground_attention)
         return optimizer_step(self.optimizer, loss, self.model.network.parameters(), args.grad_clip)
 
     def validate(self) -> dict:
