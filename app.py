@@ -21,7 +21,8 @@ if not os.environ.get("CAPTIONER_FEEDBACK_REPO"):  # the one thing that talks to
 import gradio as gr  # noqa: E402
 
 from captioner.devices import DEVICE_CHOICES, PRECISIONS, DeviceError  # noqa: E402
-from captioner.feedback import CorrectionService, sync_to_hub  # noqa: E402
+from captioner.feedback import CorrectionService  # noqa: E402
+from captioner.feedback_hub import sync_to_hub  # noqa: E402
 from captioner.images import MAX_BYTES  # noqa: E402
 from captioner.service import CaptionService  # noqa: E402
 from demos.mnist.service import DigitService  # noqa: E402
@@ -59,7 +60,7 @@ def make_services(places: Places | None = None, device: str | None = None, preci
     except ImportError:
         pass
     corrections = CorrectionService(captions)  # to $CAPTIONER_FEEDBACK_DIR; pushed to $CAPTIONER_FEEDBACK_REPO if set
-    corrections.hub = sync_to_hub(corrections.store.folder)
+    corrections.hub = sync_to_hub(corrections.store.folder, corrections.repo)
     return Services(captions, DigitService(places.checkpoints / "mnist.safetensors"),
                     TrajectoryService(places.checkpoints / "trajectory.safetensors",
                                       recordings=places.samples / "char_trajectories_held_out.json"),

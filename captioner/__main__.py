@@ -1,6 +1,7 @@
 """Command line: ``captioner caption IMAGE [IMAGE ...]`` (or ``python -m captioner ...``), and
-``captioner corrections list | remove ID | export --coco FILE`` for the corrections people
-saved in the app (``feedback.py``).
+``captioner corrections list | remove ID | squash | export --coco FILE`` for the corrections
+people saved in the app (``feedback.py``; ``remove`` and ``squash`` reach the dataset
+repository the app pushes to, ``feedback_hub.py``).
 
 Photos are decoded and preprocessed by a loader (on worker processes with pinned memory
 when a GPU runs the model, so the GPU is not left waiting) and captioned ``--batch-size``
@@ -88,17 +89,27 @@ def corrections_parser(commands) -> None:
     fix = commands.add_parser("corrections", help="the corrections people saved in the app: list, remove, export")
     fix.add_argument("--folder", type=Path, default=None,
                      help="the feedback folder (default $CAPTIONER_FEEDBACK_DIR, else the app's default)")
+    fix.add_argument("--repo", default=None,
+                     help="the Hugging Face dataset repository the folder is pushed to (default "
+                          "$CAPTIONER_FEEDBACK_REPO): remove deletes from it too, squash rewrites its history")
     what = fix.add_subparsers(dest="action", required=True)
     what.add_parser("list", help="one line per correction: id, photo, the person's caption, the model's")
-    what.add_parser("remove", help="delete one correction (and its photo, when no other names it)").add_argument("id")
+    remove = what.add_parser("remove", help="delete one correction (and its photo, when no other names it), here "
+                                            "and in the dataset repository")
+    remove.add_argument("id")
+    remove.add_argument("--local-only", action="store_true", help="leave the dataset repository as it is")
+    what.add_parser("squash", help="rewrite the dataset repository's history into one commit, so that removed "
+                                   "corrections are gone from its history too (irreversible)")
     export = what.add_parser("export", help="write the corrections as a COCO captions json")
     export.add_argument("--coco", type=Path, required=True, metavar="FILE")
 
 
 def corrections(args) -> int:
     from captioner.feedback import CorrectionError, FeedbackStore
+    from captioner.feedback_hub import feedback_repo
 
     store = FeedbackStore(args.folder)
+    repo = args.repo or feedback_repo()
     try:
         if args.action == "list":
             found = store.list()
@@ -108,14 +119,40 @@ def corrections(args) -> int:
             print(f"{len(found)} corrections in {store.folder}"
                   + (f"; {len(orphans)} photos no record names (an interrupted save)" if orphans else ""))
         elif args.action == "remove":
-            c = store.remove(args.id)
-            print(f"removed {c.id} ({json.dumps(c.caption)})")
+            print(remove_correction(store, args.id, None if args.local_only else repo))
+        elif args.action == "squash":
+            if not repo:
+                raise CorrectionError("Name the dataset repository to squash: --repo USER/NAME or "
+                                      "$CAPTIONER_FEEDBACK_REPO.")
+            from captioner.feedback_hub import squash_history
+
+            squash_history(repo)
+            print(f"squashed the history of the Hugging Face dataset {repo} into one commit: removed corrections "
+                  "are gone from it")
         else:
             print(f"wrote {store.export_coco(args.coco)} captions to {args.coco}; photos in {store.photos}")
     except (CorrectionError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def remove_correction(store, correction_id: str, repo: str | None) -> str:
+    """Remove a correction from the dataset repository (first: if the Hub cannot be reached,
+    nothing is removed), then from the folder; what was done, in words."""
+    from captioner.feedback_hub import remove_from_hub
+
+    correction, files = store.files_of(correction_id)
+    there = remove_from_hub(repo, files, f"correction {correction.id}") if repo else []
+    store.remove(correction_id)
+    said = f"removed {correction.id} ({json.dumps(correction.caption)}) from this folder" + (
+        "" if correction.photo in files else " (its photo stays: another correction names it)")
+    if not repo:
+        return said + "; no dataset repository is named (--repo or $CAPTIONER_FEEDBACK_REPO)"
+    if not there:
+        return said + f"; the Hugging Face dataset {repo} did not hold it (it was never pushed)"
+    return (said + f" and from the Hugging Face dataset {repo} ({', '.join(there)}); the repository's git "
+            "history still holds them until it is squashed: captioner corrections squash")
 
 
 class _Photos(Dataset):

@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 class CaptionRecord:
     image: Path
     caption: str
+    dataset: str = ""  # the kind it was read as (training_data.load_records sets it): two kinds may share a folder
 
 
 @dataclass

@@ -12,18 +12,27 @@ corrections --data-root DIR`` reads the folder as it is. Layout::
 
 Nothing is lost or torn: every file is written to a temporary file in its folder and
 renamed into place (``checkpoint.atomic_write``), the photo before its record, so a crash
-mid-save leaves at most a photo no record names (ignored, and listed by ``orphans``),
-never half a record; each record has a file of its own, so concurrent saves never touch
-the same file. A photo is named by its content: the same photo saved twice is stored once.
+mid-save leaves at most a photo no record names (ignored, listed by ``orphans``, deleted
+when a running store first counts the folder once it is an hour old), never half a
+record; each record has a file of its own, so concurrent saves never touch the same file.
+A photo is named by its content: the same photo saved twice is stored once. Pushing the
+folder to a Hugging Face dataset repository, and removing from it: ``feedback_hub.py``.
 
 A caption is refused (``CorrectionError``, one sentence for the person) when it is empty,
 longer than ``MAX_CAPTION`` characters, holds markup (``<``, ``>``) or control or
 invisible format characters; a photo when ``images.load_image`` refuses it; a save when
-the folder would pass its size cap.
+the folder would pass its size cap, or when the folder cannot be written (a full disk,
+no permission, a file where the folder should be: then nothing of that save is left).
+
+A record is read only if it is what the app writes: its id is its file's name and its
+photo is ``photos/<16 hex>.jpg``, a plain file inside the folder; any other (a tampered
+record in a downloaded dataset repository, say) is skipped with a warning, so that
+neither ``remove`` nor training ever touches a path outside ``photos/``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -39,7 +48,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from captioner.checkpoint import CHECKPOINTS, atomic_write_bytes, atomic_write_text
+from captioner.checkpoint import CHECKPOINTS, atomic_write_bytes, atomic_write_text, file_sha256
 from captioner.images import ImageError, load_image
 
 log = logging.getLogger(__name__)
@@ -48,6 +57,8 @@ MAX_CAPTION = 200
 LONGEST_SIDE = 1024
 FORMAT = "captioner-correction/1"
 ID = re.compile(r"^[0-9]{8}T[0-9]{6}([0-9]{6})?Z-[0-9a-f]{8}$")  # UTC time (to the microsecond) and 8 random hex
+PHOTO = re.compile(r"^photos/[0-9a-f]{16}\.jpg$")  # a photo as the store names it: relative, inside photos/
+ORPHAN_AGE = 3600  # seconds: a photo no record names, older than this, is what a crashed save left
 
 
 class CorrectionError(ValueError):
@@ -107,16 +118,49 @@ class Correction:
     format: str = FORMAT
 
 
+def unwritable(err: OSError) -> CorrectionError:
+    """A save the disk refused (full, read-only, no permission, a file where a folder should
+    be), as one sentence for the person."""
+    return CorrectionError(f"Nothing was stored: the feedback folder cannot be written just now "
+                           f"({err.strerror or err}); please try again later.")
+
+
+def read_record(path: Path) -> Correction:
+    """One record, checked to be what the store writes; ``ValueError`` saying why not."""
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    try:
+        correction = Correction(**data)
+    except TypeError as err:
+        raise ValueError(str(err)) from err
+    if not isinstance(correction.id, str) or correction.id != path.stem or not ID.match(correction.id):
+        raise ValueError(f"its id {correction.id!r} is not its file's name")
+    if not isinstance(correction.photo, str) or not PHOTO.match(correction.photo):
+        raise ValueError(f"its photo {correction.photo!r} is not photos/<16 hex digits>.jpg")
+    if not isinstance(correction.caption, str):
+        raise ValueError("its caption is not text")
+    return correction
+
+
 class FeedbackStore:
     """The feedback folder. ``max_bytes``: the size cap (``$CAPTIONER_FEEDBACK_MAX_MB``,
-    default 1024 MB); saves that would pass it are refused."""
+    default 1024 MB); saves that would pass it are refused.
+
+    The cap is checked and the files written under one lock, so concurrent saves cannot pass
+    it together. The folder's size is counted from the disk, and counted again whenever the
+    folders changed behind this store's back (their modification times or file counts
+    differ from those after its own last write: ``captioner corrections remove`` in another
+    process, say)."""
 
     def __init__(self, folder: str | os.PathLike | None = None, max_bytes: int | None = None):
         self.folder = Path(folder) if folder is not None else default_folder()
         self.max_bytes = max_bytes if max_bytes is not None else \
             int(float(os.environ.get("CAPTIONER_FEEDBACK_MAX_MB", 1024)) * 1024 * 1024)
         self._lock = threading.Lock()
-        self._size: int | None = None  # bytes in the folder, counted once, then kept up to date
+        self._size: int | None = None  # bytes in the folder when the folders looked like ``_seen``
+        self._seen: tuple | None = None
+        self._pruned = False
 
     @property
     def photos(self) -> Path:
@@ -126,12 +170,29 @@ class FeedbackStore:
     def records(self) -> Path:
         return self.folder / "records"
 
+    def _stamp(self) -> tuple:
+        """The folders' modification times and how many files each holds: a file added,
+        renamed or removed changes them (the count, where the clock's tick is coarser than
+        the change)."""
+        return tuple((p.stat().st_mtime_ns, len(os.listdir(p))) if p.is_dir() else None
+                     for p in (self.folder, self.photos, self.records))
+
+    def _used(self) -> int:
+        """Bytes in the folder (call with the lock held); the photos a crashed save left
+        behind are deleted first, once."""
+        if not self._pruned:
+            self._pruned = True
+            self.prune_orphans()
+        stamp = self._stamp()
+        if self._size is None or stamp != self._seen:
+            self._size = sum(p.stat().st_size for p in self.folder.rglob("*") if p.is_file()) \
+                if self.folder.is_dir() else 0
+            self._seen = stamp
+        return self._size
+
     def size(self) -> int:
         with self._lock:
-            if self._size is None:
-                self._size = sum(p.stat().st_size for p in self.folder.rglob("*") if p.is_file()) \
-                    if self.folder.is_dir() else 0
-            return self._size
+            return self._used()
 
     def save(self, photo, caption: str, *, model_caption: str, checkpoint: str, decoding: dict) -> Correction:
         """Store one correction (the caller has the person's consent); returns its record."""
@@ -145,30 +206,47 @@ class FeedbackStore:
         correction = Correction(f"{now:%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(4)}", name, caption, str(model_caption),
                                 checkpoint, dict(decoding), now.isoformat(timespec="seconds"))
         record = json.dumps(asdict(correction), indent=1, ensure_ascii=False).encode("utf-8")
-        path = self.folder / name
-        new_bytes = len(record) + (0 if path.is_file() else len(data))
-        if self.size() + new_bytes > self.max_bytes:
-            raise CorrectionError("The feedback folder is full; corrections are not being accepted now.")
-        if not path.is_file():  # named by its content: the same photo is stored once
-            atomic_write_bytes(path, data)
-        atomic_write_bytes(self.records / f"{correction.id}.json", record)  # last: a record's photo is always there
-        with self._lock:
-            self._size = (self._size or 0) + new_bytes
+        try:
+            with self._lock:
+                self._write(self.folder / name, data, self.records / f"{correction.id}.json", record)
+        except OSError as err:
+            log.warning("correction %s not stored: %s", correction.id, err)
+            raise unwritable(err) from err
         log.info("stored correction %s (%s)", correction.id, name)
         return correction
 
+    def _write(self, photo: Path, data: bytes, record: Path, text: bytes) -> None:
+        """The photo (unless stored already: it is named by its content), then its record;
+        a failure leaves neither behind. Call with the lock held."""
+        fresh = not photo.is_file()
+        new_bytes = len(text) + (len(data) if fresh else 0)
+        if self._used() + new_bytes > self.max_bytes:
+            raise CorrectionError("The feedback folder is full; corrections are not being accepted now.")
+        try:
+            if fresh:
+                atomic_write_bytes(photo, data)
+            atomic_write_bytes(record, text)  # last: a record's photo is always there
+        except BaseException:
+            for written in (record, photo) if fresh else (record,):
+                with contextlib.suppress(OSError):
+                    written.unlink(missing_ok=True)
+            self._size = None
+            raise
+        self._size += new_bytes
+        self._seen = self._stamp()
+
     def list(self) -> list[Correction]:
-        """Every complete correction, oldest first (records whose photo is missing are skipped
-        and logged)."""
+        """Every complete correction, oldest first (records that are not what the store writes,
+        or whose photo is missing, are skipped and logged)."""
         found = []
         for path in sorted(self.records.glob("*.json")) if self.records.is_dir() else []:
             try:
-                data = json.loads(path.read_text(encoding="utf-8"))
-                correction = Correction(**data)
-            except (ValueError, TypeError) as err:
-                log.warning("%s is not a correction record (%s); skipped", path, err)
+                correction = read_record(path)
+            except (OSError, ValueError) as err:
+                log.warning("%s is not a correction record of this folder (%s); skipped", path, err)
                 continue
-            if not (self.folder / correction.photo).is_file():
+            photo = self.folder / correction.photo
+            if not photo.is_file() or photo.is_symlink():
                 log.warning("%s names %s, which is not there; skipped", path.name, correction.photo)
                 continue
             found.append(correction)
@@ -180,18 +258,41 @@ class FeedbackStore:
         return sorted(p for p in self.photos.glob("*.jpg") if f"photos/{p.name}" not in named) \
             if self.photos.is_dir() else []
 
-    def remove(self, correction_id: str) -> Correction:
-        """Delete one correction, and its photo when no other correction names it."""
+    def prune_orphans(self, older_than: float = ORPHAN_AGE) -> list[Path]:
+        """Delete the photos no record names that are older than ``older_than`` seconds (a
+        crashed save's; a save in flight is seconds old); returns them."""
+        now, gone = time.time(), []
+        for path in self.orphans():
+            with contextlib.suppress(OSError):
+                if now - path.stat().st_mtime > older_than:
+                    path.unlink()
+                    gone.append(path)
+        if gone:
+            log.warning("deleted %d photos no correction names (left by interrupted saves)", len(gone))
+        return gone
+
+    def files_of(self, correction_id: str) -> tuple[Correction, list[str]]:
+        """A correction and the files (relative to the folder) its removal deletes: its record,
+        and its photo when no other correction names it."""
         if not ID.match(correction_id or ""):
             raise CorrectionError(f"{correction_id!r} is not a correction id (like 20260101T120000123456Z-0a1b2c3d).")
         path = self.records / f"{correction_id}.json"
         if not path.is_file():
             raise CorrectionError(f"There is no correction {correction_id} in {self.folder}.")
-        correction = Correction(**json.loads(path.read_text(encoding="utf-8")))
-        path.unlink()
-        if not any(c.photo == correction.photo for c in self.list()):
-            (self.folder / correction.photo).unlink(missing_ok=True)
+        try:
+            correction = read_record(path)
+        except (OSError, ValueError) as err:
+            raise CorrectionError(f"{path} is not a correction record of this folder ({err}); nothing was "
+                                  "removed.") from err
+        shared = any(c.photo == correction.photo and c.id != correction.id for c in self.list())
+        return correction, [f"records/{correction.id}.json"] + ([] if shared else [correction.photo])
+
+    def remove(self, correction_id: str) -> Correction:
+        """Delete one correction, and its photo when no other correction names it."""
+        correction, files = self.files_of(correction_id)
         with self._lock:
+            for name in files:
+                (self.folder / name).unlink(missing_ok=True)
             self._size = None
         return correction
 
@@ -257,41 +358,23 @@ class RateLimit:
                 self._events[client].pop()
 
 
-def sync_to_hub(folder: Path, repo: str | None = None, every_minutes: float = 10):
-    """Push the folder to a Hugging Face dataset repo (``$CAPTIONER_FEEDBACK_REPO``) every
-    few minutes with huggingface_hub's ``CommitScheduler`` (complete photos and records
-    only: temporary files are never pushed). Returns the scheduler, or None when no repo
-    is set or the Hub cannot be reached (logged; corrections are still stored locally)."""
-    repo = repo or os.environ.get("CAPTIONER_FEEDBACK_REPO")
-    if not repo:
-        return None
-    try:
-        from huggingface_hub import CommitScheduler
-
-        return CommitScheduler(repo_id=repo, repo_type="dataset", folder_path=folder, every=every_minutes,
-                               private=True, allow_patterns=["photos/*.jpg", "records/*.json"])
-    except Exception as err:  # offline, no token, no such repo: keep storing locally
-        log.warning("corrections are not pushed to %s: %s", repo, err)
-        return None
-
-
 def checkpoint_name(path: str | os.PathLike) -> str:
     """A checkpoint as a record names it: its file name and the first 12 hex digits of its sha256."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return f"{Path(path).name}:{digest.hexdigest()[:12]}"
+    return f"{Path(path).name}:{file_sha256(path)[:12]}"
 
 
 class CorrectionService:
     """What ``/correct`` and the caption tab's Save call: consent, the caption and the rate
     limit checked first, then the photo captioned by the app's own model (so the record
     says truthfully what the model wrote, with which checkpoint and decoding), then stored.
-    ``captions``: the app's ``service.CaptionService``."""
+    ``captions``: the app's ``service.CaptionService``; ``repo``: the Hugging Face dataset
+    repository the folder is pushed to (default ``$CAPTIONER_FEEDBACK_REPO``; None: none),
+    which the consent box names."""
 
-    def __init__(self, captions, store: FeedbackStore | None = None, limit: RateLimit | None = None):
+    def __init__(self, captions, store: FeedbackStore | None = None, limit: RateLimit | None = None,
+                 repo: str | None = None):
         self.captions, self.store, self.limit = captions, store or FeedbackStore(), limit or RateLimit()
+        self.repo = repo if repo is not None else os.environ.get("CAPTIONER_FEEDBACK_REPO") or None
         self._checkpoint: str | None = None
 
     def correct(self, photo, caption, consent, client: str = "local", beam_size: int | None = None) -> Correction:

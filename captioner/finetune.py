@@ -8,99 +8,228 @@ whether the result may be shipped.
   its object words, its concept detectors and its familiarity as they are; only the
   network's weights move. Words of the corrections it does not know are counted and
   reported (they are learned as ``<unk>``).
-- **Replay**: the checkpoint's own photo datasets (its metadata names them, with their
-  splits), their training photos beside the corrections (``--repeat corrections:N``
-  weights the corrections), so that it forgets nothing; the same validation photos.
-- **The gate** (``judge``): the new model is written as the one to ship
-  (``RUN/captioner.safetensors``) only if its CIDEr on each validation set (COCO's and
-  Flickr8k's validation photos) is not worse than the starting model's by more than
-  ``TOLERANCE``; ``RUN/gate.json`` holds both models' scores and the reason either way.
+- **Replay** (``plan_finetune``): the release's own photo datasets (its metadata names
+  them), their training photos beside the corrections (``--repeat corrections:N`` weights
+  the corrections), so that it forgets nothing. The release's datasets are always split
+  as the release split them, whichever ``--dataset`` is named, and a fine-tune that
+  would train or validate on a photo the release holds out for testing is refused
+  (``refuse_test_photos``). ``--replay-photos N``: N training photos of each dataset,
+  drawn at random with the seed (``replay_sample``).
+- **Two kinds of validation photos** (``gate_split``): by a hash of each photo's name,
+  half choose the best checkpoint during training, the other half are the gate's alone.
+- **The gate** (``judge``, ``gate``): the new model and the shipped one (``--baseline``,
+  default ``checkpoints/captioner.safetensors``, whatever ``--init`` was), both with int8
+  decoder matrices as the app serves them, caption the gate photos of each replayed
+  dataset; each photo's CIDEr difference goes into a paired bootstrap (``RESAMPLES``
+  resamples of the photos, seeded). The model is written as the one to ship
+  (``RUN/captioner.safetensors``) only if on every dataset the bootstrap's 5th percentile
+  of the mean difference is at least ``-TOLERANCE``: on a few hundred photos one caption
+  moves a mean by 0.02, so a difference the interval cannot tell from noise is no
+  evidence either way, and the gate asks for evidence that nothing got worse.
+  ``RUN/gate.json`` holds the baseline's sha256, the precision, the photos per dataset,
+  both models' CIDEr, the interval and the reason either way.
+- ``check_out``: an ``--out`` holding an earlier run (its ``best.safetensors`` would be
+  judged and shipped) or the model judged against (a refusal deletes
+  ``RUN/captioner.safetensors``) is refused before anything runs.
 - ``extend_from``: starting a model of another vocabulary from an old one (``--init``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import random
 import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from captioner.checkpoint import atomic_write, atomic_write_text, read_metadata
+from captioner.checkpoint import CHECKPOINTS, atomic_write, atomic_write_text, file_sha256, read_metadata
 from captioner.concepts import detect
-from captioner.datasets import captions_by_image
+from captioner.datasets import captions_by_image, own_fractions, read_dataset, split_of
 from captioner.detector import summary as detector_summary
 from captioner.feedback import read_corrections
+from captioner.metrics import cider_per_photo
 from captioner.model import DEFAULT_CHECKPOINT, Captioner
 from captioner.runtools import UserError
-from captioner.training_data import Data, Photos, photo_detections
-from captioner.validation import scores_on
+from captioner.training_data import Photos, photo_detections
+from captioner.validation import caption_photos
 from captioner.vocabulary import tokenize
 
 log = logging.getLogger(__name__)
 
 CORRECTIONS = "corrections"
-TOLERANCE = 0.005  # CIDEr a validation set may lose before the gate refuses
+TOLERANCE = 0.005  # CIDEr the bootstrap's lower bound may sit below zero before the gate refuses
+RESAMPLES = 1000
+PERCENTILES = (5.0, 95.0)  # the interval of the mean difference the gate reports; it judges the lower end
+GATE_SHARE = 0.5  # of the validation photos, those the gate judges on (the others choose the best checkpoint)
+DEFAULTS = {"lr": 1e-4, "epochs": 2, "select_by": "val_mixed", "warmup_steps": 20}  # for flags not given
 
 
-def corrections_settings(args, argv: list[str]) -> None:
-    """``--dataset corrections``: start from ``--init`` (default the shipped checkpoint) and
-    replay its own photo datasets (from its metadata, where they are on this machine; other
-    ``--dataset``s given replace them), each with its own split; the corrections train only
-    (split 0:0), ``--repeat corrections:10`` unless given. Fine-tuning defaults: ``--lr
-    1e-4``, 2 epochs, ``--select-by val_mixed``, no warm-up beyond 20 steps."""
-    args.init = args.init or DEFAULT_CHECKPOINT
-    if not Path(args.init).is_file():
-        raise UserError(f"--dataset corrections fine-tunes a trained captioner, and there is none at {args.init}")
-    meta = read_metadata(args.init)
-    trained = json.loads(meta.get("provenance", "{}")).get("training_data", {})
-    config = json.loads(meta["config"])
-    pairs = [(k, r) for k, r in zip(args.dataset, args.data_root) if k != CORRECTIONS]
-    folders = [r for k, r in zip(args.dataset, args.data_root) if k == CORRECTIONS]
+# ------------------------------------------------------------------------------ the plan
+
+@dataclass
+class Plan:
+    """What a fine-tune trains from, on, and is judged against."""
+
+    init: Path
+    baseline: Path
+    dataset: list[str]
+    data_root: list[Path]
+    dataset_split: list[str]
+    repeat: list[str]
+    coco_split: str
+    encoder: str
+    decoder: str
+    concepts: int
+    detector: bool
+    regions: int
+
+
+def training_data_of(checkpoint: Path) -> dict:
+    """What a checkpoint was trained on, as its provenance records it (``datasets``,
+    ``dataset_split``, ``val_fraction``, ``test_fraction``, ``repeat``, ``coco_split``)."""
+    return json.loads(read_metadata(checkpoint).get("provenance", "{}")).get("training_data", {})
+
+
+def release_splits(trained: dict) -> dict[str, tuple[float, float]]:
+    """Each of the release's photo datasets' (validation, test) fractions, as it was split."""
+    own = own_fractions(trained.get("dataset_split", []))
+    default = (trained.get("val_fraction", 0.07), trained.get("test_fraction", 0.13))
+    return {kind: own.get(kind, default) for kind, _ in trained.get("datasets", []) if kind != CORRECTIONS}
+
+
+def _needs(config: dict) -> tuple[bool, bool]:
+    return config.get("decoder") == "attention" or config.get("concepts", 0) > 0, bool(config.get("detector", 0))
+
+
+def plan_finetune(*, init: Path | None, baseline: Path | None, datasets: list[tuple[str, Path]],
+                  dataset_split: list[str], repeat: list[str], coco_split: str) -> Plan:
+    """``--dataset corrections``: start from ``init`` (default the shipped checkpoint), judge
+    against ``baseline`` (default the shipped checkpoint); replay the release's photo
+    datasets (from its metadata, where they are on this machine; other ``datasets`` given
+    replace them), each split as the release split it (a ``dataset_split`` of a release's
+    dataset may hold out more for testing, never less); the corrections train only (split
+    0:0), ``corrections:10`` unless ``repeat`` names them."""
+    init, baseline = Path(init or DEFAULT_CHECKPOINT), Path(baseline or DEFAULT_CHECKPOINT)
+    for flag, path in (("--init", init), ("--baseline", baseline)):
+        if not path.is_file():
+            raise UserError(f"--dataset corrections needs a trained captioner for {flag}, and there is none at {path}")
+    config, judged = (json.loads(read_metadata(p)["config"]) for p in (init, baseline))
+    if judged["encoder"] != config["encoder"] or any(b and not i for b, i in zip(_needs(judged), _needs(config))):
+        raise UserError(f"the baseline {baseline} needs features ({judged['encoder']}, grid or detector boxes) that "
+                        f"{init} does not; judge against a model of the same kind")
+    trained = training_data_of(init)
+    release = release_splits(trained)
+    given = own_fractions(dataset_split)
+    for kind, (val, test) in given.items():
+        if kind in release and test < release[kind][1]:
+            raise UserError(f"--dataset-split {kind}:{val}:{test} would train or validate on photos the released model "
+                            f"holds out for testing; keep {kind}'s test fraction at least {release[kind][1]}")
+    pairs = [(k, Path(r)) for k, r in datasets if k != CORRECTIONS]
+    folders = [Path(r) for k, r in datasets if k == CORRECTIONS]
+    replayed_repeat = []
     if not pairs:
         pairs = [(k, Path(r)) for k, r in trained.get("datasets", []) if k != CORRECTIONS and Path(r).exists()]
-        args.dataset_split = list(trained.get("dataset_split", [])) + args.dataset_split
-        args.repeat = [r for r in trained.get("repeat", []) if not r.startswith(f"{CORRECTIONS}:")] + args.repeat
-        args.val_fraction = trained.get("val_fraction", args.val_fraction)
-        args.test_fraction = trained.get("test_fraction", args.test_fraction)
-        args.coco_split = trained.get("coco_split", args.coco_split)
+        replayed_repeat = [r for r in trained.get("repeat", []) if not r.startswith(f"{CORRECTIONS}:")]
     if not pairs:
-        raise UserError(f"{args.init} names no training data found on this machine to replay beside the "
+        raise UserError(f"{init} names no training data found on this machine to replay beside the "
                         "corrections; name it with --dataset KIND --data-root ROOT")
-    args.dataset = [CORRECTIONS] * len(folders) + [k for k, _ in pairs]  # first: a dry run's few photos are theirs
-    args.data_root = folders + [Path(r) for _, r in pairs]
-    args.dataset_split.append(f"{CORRECTIONS}:0:0")
-    if not any(r.startswith(f"{CORRECTIONS}:") for r in args.repeat):
-        args.repeat.append(f"{CORRECTIONS}:10")
-    given = {a.split("=")[0] for a in argv if a.startswith("--")}
-    for flag, value in (("--lr", 1e-4), ("--epochs", 2), ("--select-by", "val_mixed"), ("--warmup-steps", 20)):
-        if flag not in given and not (args.dry_run and flag == "--epochs"):
-            setattr(args, flag[2:].replace("-", "_"), value)
-    args.encoder, args.decoder = config["encoder"], config["decoder"]
-    args.concepts, args.detector = config.get("concepts", 0), bool(config.get("detector", 0))
-    args.regions, args.text_captions, args.concept_photos, args.unpaired_photos = config.get("regions", 0), [], [], []
-    args.objective, args.finetune = "xe", True
+    repeat = replayed_repeat + list(repeat)
+    if not any(r.startswith(f"{CORRECTIONS}:") for r in repeat):
+        repeat.append(f"{CORRECTIONS}:10")
+    splits = [f"{k}:{v:g}:{t:g}" for k, (v, t) in release.items() if k not in given] + list(dataset_split)
+    return Plan(init, baseline, [CORRECTIONS] * len(folders) + [k for k, _ in pairs],  # first: a dry run's photos
+                folders + [r for _, r in pairs], splits + [f"{CORRECTIONS}:0:0"], repeat,
+                trained.get("coco_split", coco_split) if "coco" in release else coco_split,
+                config["encoder"], config["decoder"], config.get("concepts", 0), bool(config.get("detector", 0)),
+                config.get("regions", 0))
 
 
-def replay_sample(splits: dict, args) -> dict:
-    """``--replay-photos N``: the training captions of the corrections, and of the first N
-    training photos (by name) of each replayed dataset; validation and test as they are."""
-    if not args.replay_photos:
+def check_out(out: Path, *, resume: bool, keep: list[Path | None]) -> None:
+    """Refuse an ``--out`` a fine-tune must not write to: the shipped models' folder, or one
+    holding a model in ``keep`` (``--init``, ``--baseline``: the gate deletes
+    ``RUN/captioner.safetensors`` when it refuses), or one holding an earlier run that is not
+    being resumed (its ``best.safetensors`` would be judged and shipped)."""
+    out = Path(out).resolve()
+    ship = out / "captioner.safetensors"
+    for path in [DEFAULT_CHECKPOINT, *keep]:
+        if out == CHECKPOINTS.resolve() or (path is not None and Path(path).resolve() == ship):
+            raise UserError(f"--out {out} holds the shipped model or the one this fine-tune starts from or is judged "
+                            "against, which a refused fine-tune would delete; choose a new folder")
+    stale = [name for name in ("best.safetensors", "last.safetensors", "captioner.safetensors", "gate.json")
+             if (out / name).exists()]
+    if stale and not resume:
+        raise UserError(f"--out {out} already holds an earlier run ({', '.join(stale)}) whose model the gate could "
+                        "judge and ship; choose a new folder, or --resume that run")
+
+
+def held_out_photos(trained: dict) -> dict[str, set[str]]:
+    """The file names of the photos the release held out for testing, by dataset (those of
+    its datasets that are on this machine)."""
+    fractions, found = release_splits(trained), {}
+    for kind, root in trained.get("datasets", []):
+        if kind == CORRECTIONS or not Path(root).exists():
+            continue
+        data = read_dataset(kind, root, trained.get("coco_split", "train2017"))
+        found[kind] = {p.name for p in data.images
+                       if (data.splits[p] if data.splits else split_of(p, *fractions[kind])) == "test"}
+    return found
+
+
+def refuse_test_photos(splits: dict, held_out: dict[str, set[str]]) -> None:
+    """``UserError`` when a photo the release held out for testing would train, choose or
+    judge the fine-tune (under any dataset's name: the split follows the file name)."""
+    for part in ("train", "val", "gate"):
+        for r in splits.get(part, []):
+            for kind, names in held_out.items():
+                if r.dataset != CORRECTIONS and r.image.name in names:
+                    raise UserError(f"{r.image} is one of the photos the released model holds out for testing "
+                                    f"({kind}); a fine-tune never trains or validates on them, so split "
+                                    f"{r.dataset} as the release did")
+
+
+def replay_sample(splits: dict, photos: int, seed: int) -> dict:
+    """``--replay-photos N``: the training captions of the corrections, and of N training
+    photos of each replayed dataset (by dataset, not by folder: two may share one), drawn at
+    random with ``seed``; validation and test as they are."""
+    if not photos:
         return splits
-    roots = [Path(r).resolve() for k, r in zip(args.dataset, args.data_root) if k != CORRECTIONS]
-    keep = set()
-    for root in roots:
-        mine = sorted({r.image for r in splits["train"] if r.image.resolve().is_relative_to(root)})
-        keep.update(mine[:args.replay_photos])
-    corrections = [Path(r).resolve() for k, r in zip(args.dataset, args.data_root) if k == CORRECTIONS]
-    train = [r for r in splits["train"] if r.image in keep or any(r.image.resolve().is_relative_to(c)
-                                                                  for c in corrections)]
+    by_kind: dict[str, dict] = {}
+    for r in splits["train"]:
+        if r.dataset != CORRECTIONS:
+            by_kind.setdefault(r.dataset, {})[r.image] = None
+    rng, keep = random.Random(seed), set()
+    for kind in sorted(by_kind):
+        images = sorted(by_kind[kind])
+        keep.update(rng.sample(images, min(photos, len(images))))
+    train = [r for r in splits["train"] if r.dataset == CORRECTIONS or r.image in keep]
     log.info("replaying %d training photos (%d captions with the corrections)", len(keep), len(train))
     return {**splits, "train": train}
 
+
+def in_gate_part(image: Path, share: float = GATE_SHARE) -> bool:
+    """Whether a validation photo is the gate's: from a hash of its name, salted so that it
+    does not follow the train/validation/test split's own hash."""
+    return int(hashlib.sha1(b"gate:" + image.name.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < share
+
+
+def gate_split(splits: dict) -> dict:
+    """The validation photos in two: ``val`` chooses the best checkpoint while training,
+    ``gate`` is judged on by the gate alone."""
+    val = [r for r in splits["val"] if not in_gate_part(r.image)]
+    gate = [r for r in splits["val"] if in_gate_part(r.image)]
+    if not val or not gate:
+        raise UserError(f"{len({r.image for r in splits['val']})} validation photos are too few to split between "
+                        "choosing the checkpoint and the gate; give the datasets more validation photos")
+    return {**splits, "val": val, "gate": gate}
+
+
+# ------------------------------------------------------------------------------ the start
 
 def start_from(path: Path, folders: list[Path]) -> Captioner:
     """The checkpoint to fine-tune, as it is; the words of the corrections (in ``folders``)
@@ -139,64 +268,92 @@ def frozen_inputs(model: Captioner, photos: Photos):
 @dataclass
 class Verdict:
     passed: bool
-    shipped: dict[str, float]
+    baseline: dict[str, float]   # mean CIDEr on each dataset's gate photos
     candidate: dict[str, float]
+    photos: dict[str, int] = field(default_factory=dict)
+    interval: dict[str, tuple[float, float]] = field(default_factory=dict)  # of the mean difference
     reasons: list[str] = field(default_factory=list)
     tolerance: float = TOLERANCE
 
 
-def judge(shipped: Captioner, candidate: Captioner, sets: dict[str, tuple], tolerance: float = TOLERANCE,
-          beam_size: int | None = None) -> Verdict:
-    """Both models' CIDEr on each validation set (name -> (features, grid, boxes, refs));
-    the candidate passes if no set is worse than the shipped model's by more than ``tolerance``."""
-    old, new, reasons = {}, {}, []
+def bootstrap(differences, resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """The ``PERCENTILES`` of the mean of ``differences`` over ``resamples`` resamples (with
+    replacement, seeded) of its items."""
+    d = np.asarray(differences, dtype=np.float64)
+    means = d[np.random.default_rng(seed).integers(0, len(d), size=(resamples, len(d)))].mean(axis=1)
+    low, high = np.percentile(means, PERCENTILES)
+    return float(low), float(high)
+
+
+def per_photo_cider(model: Captioner, feats, grid, boxes, refs: dict[str, list[str]],
+                    beam_size: int | None = None) -> dict[str, float]:
+    results = caption_photos(model, feats, grid, beam_size, boxes=boxes)
+    return cider_per_photo(refs, {image: r.caption for image, r in zip(refs, results)})
+
+
+def judge(baseline: Captioner, candidate: Captioner, sets: dict[str, tuple], tolerance: float = TOLERANCE,
+          beam_size: int | None = None, resamples: int = RESAMPLES, seed: int = 0) -> Verdict:
+    """Both models' CIDEr, photo by photo, on each set (name -> (features, grid, boxes,
+    refs)); the candidate passes if on no set the paired bootstrap's lower bound of the
+    mean difference (candidate - baseline) is below ``-tolerance``."""
+    verdict = Verdict(True, {}, {}, tolerance=tolerance)
     for name, (feats, grid, boxes, refs) in sets.items():
-        old[name] = scores_on(shipped, feats, grid, refs, beam_size=beam_size, boxes=boxes)["CIDEr"]
-        new[name] = scores_on(candidate, feats, grid, refs, beam_size=beam_size, boxes=boxes)["CIDEr"]
-        if new[name] < old[name] - tolerance:
-            reasons.append(f"{name}: CIDEr {new[name]:.3f} against the shipped model's {old[name]:.3f}, worse by "
-                           f"{old[name] - new[name]:.3f} (more than {tolerance})")
-    return Verdict(not reasons, old, new, reasons, tolerance)
+        old = per_photo_cider(baseline, feats, grid, boxes, refs, beam_size)
+        new = per_photo_cider(candidate, feats, grid, boxes, refs, beam_size)
+        low, high = bootstrap([new[i] - old[i] for i in refs], resamples, seed)
+        verdict.baseline[name], verdict.candidate[name] = float(np.mean(list(old.values()))), \
+            float(np.mean(list(new.values())))
+        verdict.photos[name], verdict.interval[name] = len(refs), (low, high)
+        if low < -tolerance:
+            verdict.reasons.append(
+                f"{name}: CIDEr {verdict.candidate[name]:.3f} against the baseline's {verdict.baseline[name]:.3f}"
+                f" on {len(refs)} photos; the {PERCENTILES[0]:g}th percentile of the difference is {low:+.3f}, "
+                f"below -{tolerance}")
+    verdict.passed = not verdict.reasons
+    return verdict
 
 
-def validation_sets(data: Data, photos: Photos, datasets: list[tuple[str, Path]]) -> dict[str, tuple]:
-    """The validation photos of each replayed dataset: name -> (features, grid, boxes, refs)."""
+def gate_sets(records: list, photos: Photos) -> dict[str, tuple]:
+    """The gate photos of each replayed dataset, keyed by dataset (never by folder: two
+    datasets may share one): name -> (features, grid, boxes, refs)."""
+    refs, by_kind = captions_by_image(records), {}
+    for r in records:
+        if r.dataset != CORRECTIONS:
+            by_kind.setdefault(r.dataset, {})[r.image] = None
     sets = {}
-    refs = captions_by_image(data.splits["val"])
-    for kind, root in datasets:
-        root = Path(root).resolve()
-        index = [i for i, p in enumerate(data.val_images) if Path(p).resolve().is_relative_to(root)]
-        if not index:
-            continue
-        keep = torch.tensor(index)
-        grid = None if photos.val_grid is None else photos.val_grid[keep.to(photos.val_grid.device)]
-        boxes = None if photos.val_boxes is None else [photos.val_boxes[i] for i in index]
-        sets[kind] = (photos.val_feats[keep.to(photos.val_feats.device)], grid, boxes,
-                      {str(data.val_images[i]): refs[data.val_images[i]] for i in index})
+    for kind, images in by_kind.items():
+        images = list(images)
+        grid = photos.grids(images)[0]
+        sets[kind] = (photos.pooled(images)[0].cpu(), None if grid is None else grid.cpu(),
+                      photos.boxes(images) if photos.boxes else None, {str(p): refs[p] for p in images})
     return sets
 
 
-def gate(args, model: Captioner, data: Data, photos: Photos) -> Verdict:
+def gate(model: Captioner, *, out: Path, init: Path, baseline: Path, sets: dict[str, tuple],
+         tolerance: float = TOLERANCE, seed: int = 0) -> Verdict:
     """After fine-tuning: the best model (or, stopped early, the model as it is) against the
-    one it started from on every validation set; ``RUN/captioner.safetensors`` is written
-    only when it passes; ``RUN/gate.json`` and ``RUN/MODEL_CARD.md`` either way."""
-    out, best = Path(args.out), Path(args.out) / "best.safetensors"
+    baseline on the gate photos, both served as the app serves them (int8 decoder
+    matrices); ``RUN/captioner.safetensors`` is written only when it passes;
+    ``RUN/gate.json`` and ``RUN/MODEL_CARD.md`` either way."""
+    out, best = Path(out), Path(out) / "best.safetensors"
     if not best.is_file():  # stopped by --max-steps before any validation
         model.save(best, dtype=torch.float16)
-    candidate = Captioner.from_checkpoint(best, load_encoder=False)
-    shipped = Captioner.from_checkpoint(args.init, load_encoder=False)
-    replayed = [(k, r) for k, r in zip(args.dataset, args.data_root) if k != CORRECTIONS]
-    verdict = judge(shipped, candidate, validation_sets(data, photos, replayed), beam_size=args.beam_size)
-    if not verdict.shipped:
-        verdict.passed, verdict.reasons = False, ["no validation photos of the replayed datasets to judge it on"]
+    candidate = Captioner.from_checkpoint(best, load_encoder=False, int8=True)
+    judged = Captioner.from_checkpoint(baseline, load_encoder=False, int8=True)
+    verdict = judge(judged, candidate, sets, tolerance, resamples=RESAMPLES, seed=seed)
+    if not verdict.baseline:
+        verdict.passed, verdict.reasons = False, ["no gate photos of the replayed datasets to judge it on"]
     ship = out / "captioner.safetensors"
     if verdict.passed:
         atomic_write(ship, lambda tmp: shutil.copyfile(best, tmp))
     else:
         ship.unlink(missing_ok=True)
-    report = {"passed": verdict.passed, "tolerance": verdict.tolerance, "reasons": verdict.reasons,
-              "validation_cider": {"shipped": verdict.shipped, "candidate": verdict.candidate},
-              "started_from": str(args.init), "candidate": str(best),
+    report = {"passed": verdict.passed, "reasons": verdict.reasons, "tolerance": verdict.tolerance,
+              "precision": "int8", "baseline": {"path": str(baseline), "sha256": file_sha256(baseline)},
+              "candidate": {"path": str(best), "sha256": file_sha256(best)}, "started_from": str(init),
+              "photos": verdict.photos, "cider": {"baseline": verdict.baseline, "candidate": verdict.candidate},
+              "bootstrap": {"resamples": RESAMPLES, "seed": seed, "percentiles": list(PERCENTILES),
+                            "interval": {k: list(v) for k, v in verdict.interval.items()}},
               "corrections": candidate.provenance.get("corrections", {})}
     atomic_write_text(out / "gate.json", json.dumps(report, indent=1))
     atomic_write_text(out / "MODEL_CARD.md", model_card(report))
@@ -204,17 +361,22 @@ def gate(args, model: Captioner, data: Data, photos: Photos) -> Verdict:
 
 
 def model_card(report: dict) -> str:
-    c = report["corrections"]
-    rows = "\n".join(f"| {name} | {report['validation_cider']['shipped'][name]:.3f} | {cider:.3f} |"
-                     for name, cider in report["validation_cider"]["candidate"].items())
-    verdict = ("**Shipped** (`captioner.safetensors`): no validation set worse by more than "
-               f"{report['tolerance']} CIDEr." if report["passed"] else
-               "**Not shipped**: " + "; ".join(report["reasons"]))
+    c, cider, interval = report["corrections"], report["cider"], report["bootstrap"]["interval"]
+    rows = "\n".join(f"| {name} | {report['photos'][name]} | {cider['baseline'][name]:.3f} | {value:.3f} | "
+                     f"{interval[name][0]:+.3f} to {interval[name][1]:+.3f} |"
+                     for name, value in cider["candidate"].items())
+    verdict = (f"**Shipped** (`captioner.safetensors`): on no dataset is the lower end of the interval below "
+               f"-{report['tolerance']}." if report["passed"] else "**Not shipped**: " + "; ".join(report["reasons"]))
     return (f"# Fine-tuned captioner\n\nStarted from `{report['started_from']}`; learned from "
             f"**{c.get('corrections', 0)} corrections** of {c.get('photos', 0)} photos saved by people in the app "
             f"({c.get('unknown_words', 0)} of their words unknown to its vocabulary), replaying its own training "
-            f"data beside them.\n\n| validation set | CIDEr, started from | CIDEr, fine-tuned |\n| --- | --- | --- |\n"
-            f"{rows}\n\n{verdict}\n")
+            f"data beside them. Judged against `{report['baseline']['path']}` (sha256 "
+            f"`{report['baseline']['sha256'][:12]}`), both with int8 decoder matrices as the app serves them, on "
+            f"validation photos that did not choose the checkpoint; the interval is the paired bootstrap's "
+            f"({report['bootstrap']['resamples']} resamples) {report['bootstrap']['percentiles'][0]:g}th to "
+            f"{report['bootstrap']['percentiles'][1]:g}th percentile of the mean CIDEr difference.\n\n"
+            f"| dataset | gate photos | CIDEr, baseline | CIDEr, fine-tuned | difference, interval |\n"
+            f"| --- | --- | --- | --- | --- |\n{rows}\n\n{verdict}\n")
 
 
 def extend_from(model: Captioner, old: Captioner) -> None:

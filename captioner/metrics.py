@@ -45,16 +45,7 @@ def caption_scores(references: dict[str, list[str]], predictions: dict[str, str]
 
 
     ids = sorted(predictions)
-    gts = {i: [{"caption": c} for c in references[i]] for i in ids}
-    res = {i: [{"caption": predictions[i] or "."}] for i in ids}
-    if java_available():
-        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
-
-        tokenizer = PTBTokenizer()
-        gts, res = tokenizer.tokenize(gts), tokenizer.tokenize(res)
-    else:
-        gts = {i: [" ".join(tokenize(c["caption"])) for c in v] for i, v in gts.items()}
-        res = {i: [" ".join(tokenize(c["caption"]))] for i, c in ((i, v[0]) for i, v in res.items())}
+    gts, res = _tokenized(references, predictions)
     scores: dict[str, float] = {}
     with contextlib.redirect_stdout(io.StringIO()):  # the scorers print progress
         bleu, _ = Bleu(4).compute_score(gts, res)
@@ -71,6 +62,33 @@ def caption_scores(references: dict[str, list[str]], predictions: dict[str, str]
         scores["CIDEr"] = float(Cider().compute_score(gts, res)[0])
     scores.update(object_mention_scores({i: references[i] for i in ids}, predictions))
     return scores
+
+
+def _tokenized(references: dict[str, list[str]], predictions: dict[str, str]) -> tuple[dict, dict]:
+    """References and predictions as pycocoevalcap's scorers take them: PTB-tokenized
+    (our own tokenizer without Java), keyed by id, in sorted order."""
+    ids = sorted(predictions)
+    gts = {i: [{"caption": c} for c in references[i]] for i in ids}
+    res = {i: [{"caption": predictions[i] or "."}] for i in ids}
+    if java_available():
+        from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+        tokenizer = PTBTokenizer()
+        return tokenizer.tokenize(gts), tokenizer.tokenize(res)
+    return ({i: [" ".join(tokenize(c["caption"])) for c in v] for i, v in gts.items()},
+            {i: [" ".join(tokenize(v[0]["caption"]))] for i, v in res.items()})
+
+
+def cider_per_photo(references: dict[str, list[str]], predictions: dict[str, str]) -> dict[str, float]:
+    """Each photo's CIDEr, as ``caption_scores`` computes the corpus CIDEr (their mean is
+    it): the document frequencies come from the references alone, so two models' captions
+    of the same photos are scored on one scale, photo by photo (the gate's paired bootstrap)."""
+    from pycocoevalcap.cider.cider import Cider
+
+    gts, res = _tokenized(references, predictions)
+    with contextlib.redirect_stdout(io.StringIO()):
+        _, each = Cider().compute_score(gts, res)
+    return {i: float(c) for i, c in zip(gts, each)}
 
 
 def object_mention_scores(references: dict[str, list[str]], predictions: dict[str, str],

@@ -5,9 +5,10 @@ each photo, read once from the caches."""
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -34,16 +35,17 @@ log = logging.getLogger(__name__)
 def load_records(datasets: Sequence[tuple[str, Path]], *, coco_split: str, val_fraction: float,
                  test_fraction: float, dataset_split: Sequence[str] = (), repeat: Sequence[str] = (),
                  dry_run: bool = False) -> dict[str, list[CaptionRecord]]:
-    """The photo captions of ``datasets`` ((kind, root) pairs), split by image into train,
-    val and test: each dataset by its own fractions (``dataset_split``, KIND:VAL:TEST) or
-    by ``val_fraction`` and ``test_fraction``; the training captions of a dataset named in
-    ``repeat`` (KIND:N) N times."""
+    """The photo captions of ``datasets`` ((kind, root) pairs), each record knowing its kind,
+    split by image into train, val and test: each dataset by its own fractions
+    (``dataset_split``, KIND:VAL:TEST) or by ``val_fraction`` and ``test_fraction``; the
+    training captions of a dataset named in ``repeat`` (KIND:N) N times."""
     repeats = {kind: int(n) for kind, n in (item.split(":") for item in repeat)}
     fractions = own_fractions(dataset_split)
     splits = {"train": [], "val": [], "test": []}
     for kind, root in datasets:
         found = read_dataset(kind, root, coco_split)  # the reader reports skipped captions
-        for name, part in split_records(found.records, *fractions.get(kind, (val_fraction, test_fraction)),
+        records = [replace(r, dataset=kind) for r in found.records]
+        for name, part in split_records(records, *fractions.get(kind, (val_fraction, test_fraction)),
                                         given=found.splits).items():
             splits[name] += part * (repeats.get(kind, 1) if name == "train" else 1)
     if not splits["train"] and not splits["val"]:
@@ -100,8 +102,9 @@ def unpaired_photos(folders: Sequence[Path], dry_run: bool = False) -> list[Path
 
 @dataclass
 class Data:
-    """The captions and photos of a run: photo captions split by image, more COCO photos for
-    the concept detectors and familiarity, captions without photos, photos without captions."""
+    """The captions and photos of a run: photo captions split by image (train, val, test, and
+    for a fine-tune, gate), more COCO photos for the concept detectors and familiarity,
+    captions without photos, photos without captions."""
 
     splits: dict[str, list[CaptionRecord]]
     concept_splits: dict[str, list[CaptionRecord]]
@@ -110,6 +113,7 @@ class Data:
 
     def __post_init__(self):
         self.train_images, self.val_images = unique_images(self.splits["train"]), unique_images(self.splits["val"])
+        self.gate_images = unique_images(self.splits.get("gate", []))  # a fine-tune's gate photos (finetune.py)
         self.concept_train = unique_images(self.concept_splits["train"])
         self.concept_val = unique_images(self.concept_splits["val"])
         self.train_captions = [r.caption for r in self.splits["train"] + self.concept_splits["train"]]
@@ -131,6 +135,7 @@ class Photos:
     train_boxes: list | None
     val_boxes: list | None
     encoder: object
+    boxes: Callable | None = None  # paths -> the detector's boxes of each (with the detector)
 
 
 def extract_features(data: Data, dist, timer: Timer, *, encoder_name: str, encoder_weights: str | None,
@@ -141,7 +146,8 @@ def extract_features(data: Data, dist, timer: Timer, *, encoder_name: str, encod
     encoder = build_encoder(encoder_name, encoder_weights, device=dist.device)
     pooled_cache = FeatureCache(cache_dir, encoder)
     grid_cache = FeatureCache(cache_dir, encoder, grid=True, pooled_too=pooled_cache)
-    every = data.train_images + data.val_images + data.concept_train + data.concept_val + data.unpaired
+    every = data.train_images + data.val_images + data.gate_images + data.concept_train + data.concept_val + \
+        data.unpaired
     if dist.main:
         (grid_cache if needs_grid else pooled_cache).get(every, num_workers=workers)
     dist.barrier()
@@ -161,6 +167,7 @@ def extract_features(data: Data, dist, timer: Timer, *, encoder_name: str, encod
     if detector:  # every rank detects what rank 0 cached
         boxes_cache = DetectionCache(cache_dir)
         photos.train_boxes, photos.val_boxes = boxes_cache.get(data.train_images), boxes_cache.get(data.val_images)
+        photos.boxes = functools.partial(boxes_cache.get, progress=False)
         log.info("detections ready after %.0fs", timer())
     seed_everything(seed + dist.rank)  # extracting draws random numbers (DataLoader seeds); reading does not
     return photos

@@ -208,7 +208,7 @@ def attention_server(tiny_attender, tmp_path_factory):
 
 @pytest.mark.browser
 def test_the_app_shows_where_an_attention_model_looked(attention_server, tiny_attender, tmp_path):
-    from tests.test_browser import CHROMIUM, SHOTS
+    from tests.test_browser import CHROMIUM, SHOTS, expect
 
     playwright = pytest.importorskip("playwright.sync_api")
     if not os.path.exists(CHROMIUM):
@@ -223,12 +223,19 @@ def test_the_app_shows_where_an_attention_model_looked(attention_server, tiny_at
         page.locator("#caption-files input[type=file]").set_input_files(photos)
         page.wait_for_timeout(500)
         page.locator("#caption-button").click()
-        page.wait_for_function("document.querySelectorAll('#caption-output .caption').length >= 2", timeout=90_000)
+        captions = page.locator("#caption-output .caption")
+        expect(captions).to_have_count(2, timeout=90_000)
         looked = page.locator("#caption-looked")
-        looked.wait_for(state="visible", timeout=10_000)  # folded until asked for
+        expect(looked).to_be_visible()  # shown, and folded until asked for
+        expect(page.locator("#caption-attention img").first).to_be_hidden()
         looked.get_by_text("Where it looked, word by word").click()
-        page.wait_for_function("document.querySelectorAll('#caption-attention img').length >= 2", timeout=20_000)
+        labels = page.locator("#caption-attention .caption-label")
+        expect(labels.first).to_be_visible()
         page.screenshot(path=str(SHOTS / "attention.png"), full_page=True)
-        lengths = [len(t.split()) for t in page.locator("#caption-output .caption").all_inner_texts()]
-        assert page.locator("#caption-attention img").count() in lengths  # one photo's words, one picture each
+        # one picture per word of one photo's caption, in order: "1. a (photo.jpg)", "2. man", ...
+        words = [label.split(" (")[0].split(". ", 1) for label in labels.all_inner_texts()]
+        expect(page.locator("#caption-attention img")).to_have_count(len(words))
+        assert [int(n) for n, _ in words] == list(range(1, len(words) + 1))
+        written = [t.strip().rstrip(".").lower() for t in captions.all_inner_texts()]  # shown as sentences
+        assert " ".join(w for _, w in words).lower() in written
         browser.close()

@@ -1,5 +1,10 @@
 """A real browser (Chromium through Playwright) against the running app, on a laptop's
-screen (1280x900) and a phone's (390x844). Screenshots are kept in artifacts/browser/."""
+screen (1280x900) and a phone's (390x844). Screenshots are kept in artifacts/browser/.
+
+Every check of what the page shows goes through Playwright's ``expect``, which waits (up to
+its timeout) for the page to get there: ``is_visible()``, ``count()`` and ``inner_text()``
+read the page as it is at that instant, and on a busy machine the page is often a moment
+behind the click before it."""
 
 import json
 import math
@@ -15,6 +20,15 @@ pytestmark = pytest.mark.browser
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = ROOT / "artifacts" / "browser"
 LAPTOP, PHONE = {"width": 1280, "height": 900}, {"width": 390, "height": 844}
+WAIT = 20_000  # ms: how long a check waits for the page to show what it expects
+
+
+def expect(locator):
+    """Playwright's ``expect``, waiting up to ``WAIT`` unless told otherwise."""
+    from playwright.sync_api import expect as playwright_expect
+
+    playwright_expect.set_options(timeout=WAIT)
+    return playwright_expect(locator)
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +74,19 @@ def in_viewport(page, locator) -> bool:
         and box["x"] + box["width"] <= size["width"]
 
 
+def expect_in_viewport(page, locator, timeout: int = WAIT) -> None:
+    """Wait until the whole of ``locator``'s box is on the screen (a scroll may still be under
+    way), as ``expect`` waits; fail if it is not within ``timeout`` ms."""
+    import time
+
+    deadline = time.monotonic() + timeout / 1000
+    while not in_viewport(page, locator):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{locator} is not wholly on the screen: {locator.bounding_box()}, "
+                                 f"screen {page.viewport_size}")
+        page.wait_for_timeout(100)
+
+
 def a_photo(tmp_path, name="camera"):
     import skimage.data
     from PIL import Image
@@ -76,12 +103,13 @@ def caption_words(page) -> list[str]:
 def test_before_any_input_the_examples_are_in_the_first_screen_and_no_output_shows(page):
     shipped("captioner.safetensors")
     examples = page.locator("#caption-examples img")
-    assert examples.count() >= 4
-    assert all(in_viewport(page, examples.nth(i)) for i in range(examples.count()))
-    assert in_viewport(page, page.locator("#caption-button"))
-    assert page.locator("#caption-output .caption").count() == 0
+    expect(examples.nth(3)).to_be_visible(timeout=WAIT)
+    for i in range(examples.count()):
+        expect_in_viewport(page, examples.nth(i))
+    expect_in_viewport(page, page.locator("#caption-button"))
+    expect(page.locator("#caption-output .caption")).to_have_count(0)
     for hidden in ("#caption-all", "#caption-looked", "#caption-advanced input[type=range]"):
-        assert not page.locator(hidden).first.is_visible()
+        expect(page.locator(hidden).first).to_be_hidden()
     page.screenshot(path=str(SHOTS / "caption_start.png"))
 
 
@@ -92,38 +120,39 @@ def test_upload_a_photo_and_read_its_caption_in_the_first_screen(page, tmp_path)
     page.locator("#caption-button").click()
     caption = page.locator("#caption-output .caption")
     caption.wait_for(timeout=60_000)
-    page.wait_for_timeout(300)
+    expect_in_viewport(page, caption)
     page.screenshot(path=str(SHOTS / "caption.png"))
     assert "man" in caption_words(page)
-    assert in_viewport(page, caption)
-    assert page.locator("#caption-output img").count() == 1  # the photo, whole, with the detector's boxes
+    expect(page.locator("#caption-output img")).to_have_count(1)  # the photo, whole, with the detector's boxes
     assert page.locator("#caption-output img").bounding_box()["width"] >= 600
     details = page.locator("#caption-output details.more")
-    assert details.count() == 1 and not page.locator("#caption-output .w").first.is_visible()  # folded away
+    expect(details).to_have_count(1)
+    expect(page.locator("#caption-output .w").first).to_be_hidden()  # folded away
     details.locator("summary").click()
-    assert page.locator("#caption-output .w").count() == len(caption_words(page))  # each word's confidence
-    assert "caption in" in page.locator("#caption-timing").inner_text()
-    assert page.locator("#caption-all").is_visible()  # the table and downloads, folded
+    expect(page.locator("#caption-output .w")).to_have_count(len(caption_words(page)))  # each word's confidence
+    expect(page.locator("#caption-timing")).to_contain_text("caption in")
+    expect(page.locator("#caption-all")).to_be_visible()  # the table and downloads, folded
     page.locator("#caption-files button[aria-label=Clear]").click()  # the photo taken away: its caption too
-    page.wait_for_function("document.querySelectorAll('#caption-output .caption, #caption-output img').length == 0",
-                           timeout=10_000)
-    assert not page.locator("#caption-all").is_visible()
+    expect(page.locator("#caption-output .caption, #caption-output img")).to_have_count(0, timeout=10_000)
+    expect(page.locator("#caption-all")).to_be_hidden()
 
 
 def test_on_a_phone_the_caption_comes_into_view_and_every_tab_is_in_sight(phone, tmp_path):
     shipped("captioner.safetensors")
     for name in ("Caption", "Digits", "Strokes", "Frames"):  # none hidden behind a menu
-        assert phone.get_by_role("tab", name=name).is_visible()
-    assert not phone.locator("#photo-capture .paste-hint").is_visible()  # no keyboard-only hint on a touch screen
+        expect(phone.get_by_role("tab", name=name)).to_be_visible(timeout=WAIT)
+    expect(phone.locator("#photo-capture .paste-hint")).to_be_hidden()  # no keyboard-only hint on a touch screen
     examples = phone.locator("#caption-examples img")
-    assert all(in_viewport(phone, examples.nth(i)) for i in range(examples.count()))  # no sideways scroll either
-    assert in_viewport(phone, phone.locator("#caption-button"))
+    expect(examples.nth(3)).to_be_visible(timeout=WAIT)
+    for i in range(examples.count()):  # no sideways scroll either
+        expect_in_viewport(phone, examples.nth(i))
+    expect_in_viewport(phone, phone.locator("#caption-button"))
     phone.locator("#caption-files input[type=file]").set_input_files(str(a_photo(tmp_path, "coffee")))
     phone.wait_for_timeout(500)
     phone.locator("#caption-button").click()
     caption = phone.locator("#caption-output .caption")
     caption.wait_for(timeout=60_000)
-    assert in_viewport(phone, caption)
+    expect_in_viewport(phone, caption)
     phone.screenshot(path=str(SHOTS / "caption_phone.png"))
 
 
@@ -133,30 +162,30 @@ def test_clicking_an_example_captions_that_photo_alone(page, tmp_path):
     page.wait_for_timeout(500)
     page.locator("#caption-examples img").first.click()
     page.locator("#caption-output .caption").wait_for(timeout=60_000)
-    assert page.locator("#caption-output .caption").count() == 1
-    assert "camera.jpg" not in page.locator("#caption-files").inner_text()
-    assert in_viewport(page, page.locator("#caption-output .caption"))
-    assert not page.locator("#caption-output .unfamiliar").count()  # an everyday scene, like its training photos
+    expect(page.locator("#caption-output .caption")).to_have_count(1)
+    expect(page.locator("#caption-files")).not_to_contain_text("camera.jpg")
+    expect_in_viewport(page, page.locator("#caption-output .caption"))
+    expect(page.locator("#caption-output .unfamiliar")).to_have_count(0)  # an everyday scene, like its training photos
 
 
 def test_a_file_that_is_not_a_photo_is_refused_when_added_and_an_empty_click_says_so_once(page, tmp_path):
     shipped("captioner.safetensors")
     page.locator("#caption-button").click()
     note = page.locator("#caption-output .note")
-    note.wait_for(timeout=20_000)
-    assert note.inner_text() == "Choose a photo first."
+    expect(note).to_have_text("Choose a photo first.", timeout=WAIT)
     bad = tmp_path / "notes.jpg"
     bad.write_text("not a photo")
     page.locator("#caption-files input[type=file]").set_input_files([str(a_photo(tmp_path)), str(bad)])
     page.wait_for_function("() => { const n = document.querySelector('#caption-output .note');"
                            " return n && n.textContent.includes('notes.jpg'); }", timeout=20_000)
-    assert "left out" in note.inner_text() and in_viewport(page, note)
-    files = page.locator("#caption-files").inner_text()
-    assert "camera" in files and "notes" not in files  # taken out at once
-    assert page.get_by_text("Error", exact=True).count() == 0  # no red badges
+    expect(note).to_contain_text("left out")
+    expect_in_viewport(page, note)
+    expect(page.locator("#caption-files")).to_contain_text("camera")
+    expect(page.locator("#caption-files")).not_to_contain_text("notes")  # taken out at once
+    expect(page.get_by_text("Error", exact=True)).to_have_count(0)  # no red badges
     page.locator("#caption-button").click()
     page.locator("#caption-output .caption").wait_for(timeout=60_000)
-    assert page.locator("#caption-output .caption").count() == 1
+    expect(page.locator("#caption-output .caption")).to_have_count(1)
 
 
 PASTE_A_PHOTO = """async () => {
@@ -182,11 +211,11 @@ def test_photos_from_a_file_the_clipboard_and_the_webcam_are_captioned_together(
     page.locator("#caption-button").click()
     page.wait_for_function("document.querySelectorAll('#caption-output .caption').length >= 3", timeout=90_000)
     page.screenshot(path=str(SHOTS / "caption_sources.png"), full_page=True)
-    text = page.locator("#caption-output").inner_text()
-    assert "chelsea.jpg" in text and "pasted-" in text and "webcam-" in text
-    assert page.locator("#caption-output img").count() == 3
+    for name in ("chelsea.jpg", "pasted-", "webcam-"):
+        expect(page.locator("#caption-output")).to_contain_text(name)
+    expect(page.locator("#caption-output img")).to_have_count(3)
     page.locator("#caption-all").click()
-    assert page.locator("#caption-all table").first.is_visible()
+    expect(page.locator("#caption-all table").first).to_be_visible(timeout=WAIT)
 
 
 def _draw(page, box, path, steps=12, delay=20):
@@ -210,12 +239,9 @@ def test_draw_a_digit_read_the_answer_in_view_and_clear_it(screen, request):
     w, h = box["width"], box["height"]
     _draw(page, box, [(0.30 * w, 0.22 * h), (0.70 * w, 0.22 * h), (0.45 * w, 0.80 * h)])  # a 7
     answer = page.locator("#digit-label h2, #digit-label .output-class").first
-    page.wait_for_function("() => { const e = document.querySelector('#digit-label h2, #digit-label .output-class');"
-                           " return e && e.textContent.trim().length > 0; }", timeout=30_000)
-    page.wait_for_timeout(300)
+    expect(answer).to_have_text("7", timeout=30_000)
+    expect_in_viewport(page, answer)
     page.screenshot(path=str(SHOTS / f"digit_{screen}.png"))
-    assert answer.inner_text().strip() == "7"
-    assert in_viewport(page, answer)
     page.locator("#digit-canvas .digit-clear").click()
     page.wait_for_function("() => { const e = document.querySelector('#digit-label h2, #digit-label .output-class');"
                            " return !e || e.textContent.trim() === ''; }", timeout=10_000)
@@ -232,19 +258,18 @@ def test_draw_a_stroke_and_see_a_prediction(page):
     _draw(page, box, arc, steps=2, delay=25)
     page.locator("#stroke-picture img").wait_for(timeout=30_000)
     page.screenshot(path=str(SHOTS / "stroke.png"), full_page=True)
-    assert not page.locator("#stroke-result").is_visible()  # the raw points are folded away
+    expect(page.locator("#stroke-result")).to_be_hidden()  # the raw points are folded away
     unfold_points(page, "constant_velocity")
     points = json.loads(page.locator("#stroke-points textarea").input_value())
     assert len(points) >= 20
-    assert page.locator("#stroke-picture img").count() == 1
+    expect(page.locator("#stroke-picture img")).to_have_count(1)
 
 
 def test_a_real_recording_is_listed_and_continued(page):
     shipped("trajectory.safetensors")
     page.get_by_role("tab", name="Strokes").click()
     recording = page.locator("#recording input")
-    recording.wait_for(timeout=20_000)
-    assert "pen trajectory #" in recording.input_value()
+    expect(recording).to_have_value(re.compile("pen trajectory #"), timeout=WAIT)
     page.locator("#recording-button").click()
     page.locator("#stroke-picture img").wait_for(timeout=30_000)
     unfold_points(page, "truth")
@@ -296,11 +321,11 @@ def test_the_demos_work_from_the_shipped_files_alone(browser, bare_app):
     page.locator("#frames-button").click()
     page.locator("#frames-picture img").wait_for(timeout=120_000)  # the first use loads the model (slow when busy)
     page.get_by_role("tab", name="Strokes").click()
-    assert "pen trajectory #" in page.locator("#recording input").input_value()
+    expect(page.locator("#recording input")).to_have_value(re.compile("pen trajectory #"), timeout=WAIT)
     page.locator("#recording-button").click()
     page.locator("#stroke-picture img").wait_for(timeout=30_000)
     page.get_by_role("tab", name="Caption").click()
-    assert page.locator("#caption-examples img").count() >= 4
-    assert page.get_by_text("Error", exact=True).count() == 0
+    expect(page.locator("#caption-examples img").nth(3)).to_be_visible(timeout=WAIT)
+    expect(page.get_by_text("Error", exact=True)).to_have_count(0)
     page.screenshot(path=str(SHOTS / "bare_tree.png"), full_page=True)
     page.context.close()

@@ -1,7 +1,7 @@
 """Correcting a caption as a person would, in a real browser (Chromium through Playwright)
 on a laptop's screen and a phone's: the caption under the photo is an editable box; Save
 without the consent box stores nothing and says why; with it, the correction is stored and
-its id shown. Screenshots in artifacts/browser/."""
+its id shown; the consent box says where the photo goes. Screenshots in artifacts/browser/."""
 
 import json
 import os
@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import shipped
-from tests.test_browser import SHOTS, a_photo, browser, in_viewport, page, phone  # noqa: F401 (fixtures)
+from tests.test_browser import SHOTS, a_photo, browser, expect, expect_in_viewport, page, phone  # noqa: F401
+from webapp.correction_form import consent_label
 
 pytestmark = pytest.mark.browser
 FOLDER = Path(os.environ["CAPTIONER_FEEDBACK_DIR"])  # where the tests' app stores corrections (conftest)
@@ -28,7 +29,9 @@ def test_correct_a_caption_in_the_browser_and_find_it_stored(screen, request, tm
     box = tab.locator(".correction-caption textarea").first
     box.wait_for(timeout=30_000)
     written = tab.locator("#caption-output .caption").first.inner_text().lower()
+    expect(box).not_to_have_value("")
     assert box.input_value().lower() in written  # the model's caption, ready to edit
+    expect(tab.locator(".correction-consent").first).to_contain_text(consent_label(None))  # where the photo goes
     box.scroll_into_view_if_needed()
     tab.screenshot(path=str(SHOTS / f"correction_{screen}.png"))
     box.fill("a cup of coffee on a saucer with a spoon")
@@ -36,15 +39,12 @@ def test_correct_a_caption_in_the_browser_and_find_it_stored(screen, request, tm
     save = tab.locator(".correction-save").first
     save.click()
     note = tab.locator(".correction-note").first
-    note.wait_for(timeout=30_000)
-    assert "tick the box" in note.inner_text()
-    tab.wait_for_timeout(800)  # the note is scrolled into view
-    assert in_viewport(tab, note)
+    expect(note).to_contain_text("tick the box", timeout=30_000)
+    expect_in_viewport(tab, note)  # the note is scrolled into view
     assert (set((FOLDER / "records").glob("*.json")) if (FOLDER / "records").is_dir() else set()) == before
     tab.locator(".correction-consent input[type=checkbox]").first.check()
     save.click()
-    tab.wait_for_function("() => { const n = document.querySelector('.correction-note');"
-                           " return n && n.textContent.includes('Stored as correction'); }", timeout=30_000)
+    expect(note).to_contain_text("Stored as correction", timeout=30_000)
     tab.screenshot(path=str(SHOTS / f"correction_{screen}_stored.png"))
     said = note.inner_text()
     correction_id = re.search(r"correction (\S+):", said).group(1)

@@ -125,3 +125,21 @@ def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
         atomic_write(path, fail)
     assert path.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+
+def test_atomic_write_gives_the_usual_mode_without_ever_changing_the_umask(tmp_path, monkeypatch):
+    """Setting the umask to read it would, for that instant, let every other thread create
+    files and folders with that mask (a concurrent save's records/ world-writable)."""
+    import os
+
+    mask = os.umask(0o027)  # this test's own umask, set before the watch begins
+    try:
+        def changed(_):
+            raise AssertionError("atomic_write changed the process's umask")
+
+        monkeypatch.setattr(os, "umask", changed)
+        atomic_write_bytes(tmp_path / "a.bin", b"data")
+        assert (tmp_path / "a.bin").stat().st_mode & 0o777 == 0o640
+    finally:
+        monkeypatch.undo()
+        os.umask(mask)

@@ -1,6 +1,8 @@
 """The corrections people save: every refusal stores nothing, photos lose their EXIF,
-concurrent saves and a kill -9 mid-save lose no record, the folder reads back for
-training, the command line lists, removes and exports, and the gate refuses a worse model."""
+concurrent saves and a kill -9 mid-save lose no record, the size cap holds under
+concurrent saves and follows removals made elsewhere, a disk that refuses a write leaves
+nothing behind, a tampered record is never followed outside the folder, the folder reads
+back for training, and the command line lists, removes (here and from the Hub) and exports."""
 
 import io
 import json
@@ -13,7 +15,8 @@ import time
 import pytest
 from PIL import Image
 
-from captioner.feedback import CorrectionError, FeedbackStore, RateLimit, clean_caption, read_corrections, sync_to_hub
+from captioner.feedback import CorrectionError, FeedbackStore, RateLimit, clean_caption, read_corrections
+from captioner.feedback_hub import sync_to_hub
 from tests.conftest import ROOT, all_at_once
 
 
@@ -141,24 +144,46 @@ def test_kill_9_mid_save_leaves_no_torn_or_lost_record(tmp_path):
     assert len(store.orphans()) <= 1  # at most the photo of the save that was killed
 
 
-def test_a_crash_between_the_photo_and_its_record_leaves_an_orphan_photo_not_a_record(tmp_path, monkeypatch):
+def test_a_failed_record_write_says_so_in_one_sentence_and_leaves_no_photo_behind(tmp_path, monkeypatch):
+    import errno
+
     import captioner.feedback as feedback
 
     store = FeedbackStore(tmp_path)
     real = feedback.atomic_write_bytes
 
-    def crash_on_records(path, data):
+    def full_on_records(path, data):
         if "records" in str(path):
-            raise OSError("disk gone")
+            raise OSError(errno.ENOSPC, "No space left on device")
         real(path, data)
 
-    monkeypatch.setattr(feedback, "atomic_write_bytes", crash_on_records)
-    with pytest.raises(OSError):
+    monkeypatch.setattr(feedback, "atomic_write_bytes", full_on_records)
+    with pytest.raises(CorrectionError, match=r"^Nothing was stored: .*No space left on device.*\.$"):
         save(store)
+    assert stored_files(tmp_path) == [] and store.orphans() == [] and store.size() == 0
     monkeypatch.setattr(feedback, "atomic_write_bytes", real)
-    assert store.list() == [] and len(store.orphans()) == 1
     save(store)
     assert len(store.list()) == 1 and store.orphans() == []
+    assert store.size() == sum((tmp_path / f).stat().st_size for f in stored_files(tmp_path))
+
+
+def test_a_feedback_folder_that_is_a_file_refuses_in_one_sentence_and_stores_nothing(tmp_path):
+    blocked = tmp_path / "feedback"
+    blocked.write_text("not a folder")
+    with pytest.raises(CorrectionError, match=r"^Nothing was stored: the feedback folder cannot be written"):
+        save(FeedbackStore(blocked))
+    assert blocked.read_text() == "not a folder" and sorted(p.name for p in tmp_path.iterdir()) == ["feedback"]
+
+
+def test_a_photo_a_crashed_save_left_is_counted_and_deleted_once_it_is_old(tmp_path):
+    store = FeedbackStore(tmp_path)
+    kept = save(store, photo=a_photo((5, 5, 5)))
+    (tmp_path / "photos").joinpath("0123456789abcdef.jpg").write_bytes(a_photo((9, 9, 9)))  # a crash's, an hour ago
+    os.utime(tmp_path / "photos" / "0123456789abcdef.jpg", (time.time() - 7200, time.time() - 7200))
+    (tmp_path / "photos").joinpath("fedcba9876543210.jpg").write_bytes(a_photo((8, 8, 8)))  # a save in flight
+    running = FeedbackStore(tmp_path)  # a running app counts the folder first
+    assert running.size() == sum((tmp_path / f).stat().st_size for f in stored_files(tmp_path))
+    assert stored_files(tmp_path) == sorted([kept.photo, "photos/fedcba9876543210.jpg", f"records/{kept.id}.json"])
 
 
 def test_a_folder_over_its_size_cap_refuses_and_stores_nothing(tmp_path):
@@ -169,6 +194,58 @@ def test_a_folder_over_its_size_cap_refuses_and_stores_nothing(tmp_path):
     with pytest.raises(CorrectionError, match="full"):
         save(store, photo=a_photo((250, 250, 3), size=(200, 200)))
     assert stored_files(tmp_path) == before
+
+
+def test_sixteen_saves_at_once_never_pass_the_size_cap(tmp_path, monkeypatch):
+    import captioner.feedback as feedback
+
+    real = feedback.atomic_write_bytes
+    monkeypatch.setattr(feedback, "atomic_write_bytes", lambda path, data: (time.sleep(0.02), real(path, data)))
+    photos = [a_photo((i * 15, 90, 200 - i * 10), size=(96, 96)) for i in range(16)]
+    one = FeedbackStore(tmp_path / "one")
+    save(one, photo=photos[0])
+    cap = 5 * one.size() + 100  # room for five
+    store = FeedbackStore(tmp_path / "many", max_bytes=cap)
+
+    def attempt(i):
+        try:
+            return save(store, photo=photos[i], caption=f"photo number {i}")
+        except CorrectionError:
+            return None
+
+    stored = [c for c in all_at_once(16, attempt) if c is not None]
+    on_disk = sum(p.stat().st_size for p in (tmp_path / "many").rglob("*") if p.is_file())
+    assert on_disk <= cap and 4 <= len(stored) <= 5 and len(store.list()) == len(stored)
+    assert store.size() == on_disk
+
+
+def test_a_removal_by_another_process_frees_its_bytes_for_the_running_store(tmp_path):
+    running = FeedbackStore(tmp_path)
+    kept, gone = save(running, photo=a_photo((1, 1, 1))), save(running, photo=a_photo((250, 1, 1), size=(300, 300)))
+    elsewhere = FeedbackStore(tmp_path)  # captioner corrections remove, in its own process
+    elsewhere.remove(gone.id)
+    assert running.size() == sum((tmp_path / f).stat().st_size for f in stored_files(tmp_path))
+    assert [c.id for c in running.list()] == [kept.id]
+
+
+@pytest.mark.parametrize("photo", ["../outside.txt", "ABSOLUTE", "photos/../../outside.txt",
+                                   "photos/0123456789abcdef.png", "records/x.json", 42])
+def test_a_tampered_record_is_never_followed_outside_the_photos_folder(tmp_path, caplog, photo):
+    folder = tmp_path / "feedback"
+    store = FeedbackStore(folder)
+    kept = save(store)
+    outside = tmp_path / "outside.txt"
+    outside.write_text("precious")
+    photo = str(outside) if photo == "ABSOLUTE" else photo
+    record = json.loads((folder / "records" / f"{kept.id}.json").read_text())
+    tampered = "20260101T120000123456Z-0a1b2c3d"
+    (folder / "records" / f"{tampered}.json").write_text(json.dumps({**record, "id": tampered, "photo": photo}))
+    assert [c.id for c in store.list()] == [kept.id] and "skipped" in caplog.text
+    assert read_corrections(folder) == [(folder / kept.photo, "a red square on a table")]  # what training reads
+    with pytest.raises(CorrectionError, match="not a correction record of this folder"):
+        store.remove(tampered)
+    assert outside.read_text() == "precious" and (folder / "records" / f"{tampered}.json").is_file()
+    assert (folder / kept.photo).is_file()
 
 
 def test_the_rate_limit_counts_each_client_apart():
@@ -229,3 +306,65 @@ def test_pushing_to_the_hub_is_off_without_a_repo_and_never_stops_local_storage(
     assert sync_to_hub(tmp_path, repo="someone/corrections") is None
     assert "not pushed" in caplog.text
     save(FeedbackStore(tmp_path))
+
+
+class FakeHub:
+    """huggingface_hub's HfApi as far as the corrections use it, holding a repository's files
+    (these machines cannot reach the Hub)."""
+
+    def __init__(self, files=(), down: bool = False):
+        self.files, self.down, self.commits, self.squashed = set(files), down, [], []
+
+    def list_repo_files(self, repo_id, repo_type=None):
+        if self.down:
+            raise ConnectionError("the Hub cannot be reached")
+        assert repo_type == "dataset"
+        return sorted(self.files)
+
+    def create_commit(self, repo_id, repo_type, operations, commit_message):
+        self.commits.append((repo_id, repo_type, [(type(o).__name__, o.path_in_repo) for o in operations]))
+        self.files -= {o.path_in_repo for o in operations}
+
+    def super_squash_history(self, repo_id, repo_type, commit_message=None):
+        self.squashed.append((repo_id, repo_type))
+
+
+def test_remove_deletes_a_correction_from_the_dataset_repository_too_and_says_its_history_keeps_it(
+        tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    from captioner.__main__ import main
+
+    store = FeedbackStore(tmp_path)
+    first, again = save(store, caption="a red square"), save(store, caption="a red block")  # one photo, two records
+    other = save(store, photo=a_photo((1, 200, 1)), caption="a green square")
+    hub = FakeHub(stored_files(tmp_path))
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda *a, **k: hub)
+    monkeypatch.setenv("CAPTIONER_FEEDBACK_REPO", "someone/corrections")
+    cli = ["corrections", "--folder", str(tmp_path)]
+    assert main([*cli, "remove", first.id]) == 0
+    assert hub.commits[-1] == ("someone/corrections", "dataset",
+                               [("CommitOperationDelete", f"records/{first.id}.json")])
+    assert "its photo stays" in capsys.readouterr().out  # the other correction still names it
+    assert main([*cli, "remove", other.id]) == 0
+    said = capsys.readouterr().out
+    assert [p for _, p in hub.commits[-1][2]] == [f"records/{other.id}.json", other.photo]
+    assert "someone/corrections" in said and "git history still holds them until it is squashed" in said
+    assert hub.files == {f"records/{again.id}.json", again.photo} and stored_files(tmp_path) == sorted(hub.files)
+    assert main([*cli, "squash"]) == 0 and hub.squashed == [("someone/corrections", "dataset")]
+    assert "squashed the history" in capsys.readouterr().out
+
+
+def test_when_the_hub_cannot_be_reached_remove_removes_nothing_unless_told_local_only(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+
+    from captioner.__main__ import main
+
+    store = FeedbackStore(tmp_path)
+    kept = save(store)
+    monkeypatch.setattr(huggingface_hub, "HfApi", lambda *a, **k: FakeHub(down=True))
+    cli = ["corrections", "--folder", str(tmp_path), "--repo", "someone/corrections"]
+    assert main([*cli, "remove", kept.id]) == 2
+    assert "someone/corrections could not be changed" in capsys.readouterr().err
+    assert [c.id for c in store.list()] == [kept.id]
+    assert main([*cli, "remove", "--local-only", kept.id]) == 0 and store.list() == []

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from captioner import finetune
 from captioner.attention_targets import attention_targets
 from captioner.batches import CaptionTable, TextTable, epoch_plan, mixed_batch, object_swaps, text_rows_for
 from captioner.checkpoint import read_safetensors
@@ -41,15 +42,7 @@ from captioner.decoder import DECODERS
 from captioner.decoding import DecodingConfig
 from captioner.detector import SUMMARY_DIM
 from captioner.encoders import ENCODERS
-from captioner.finetune import (
-    CORRECTIONS,
-    corrections_settings,
-    extend_from,
-    frozen_inputs,
-    gate,
-    replay_sample,
-    start_from,
-)
+from captioner.finetune import CORRECTIONS, extend_from
 from captioner.loop import Loop, epoch_order
 from captioner.losses import SelfCritical, caption_loss
 from captioner.model import Captioner
@@ -67,15 +60,8 @@ from captioner.runtools import (
     seed_everything,
     warmup_cosine,
 )
-from captioner.training_data import (
-    Data,
-    Photos,
-    extract_features,
-    load_concept_photos,
-    load_records,
-    load_text_captions,
-    unpaired_photos,
-)
+from captioner.training_data import (Data, Photos, extract_features, load_concept_photos, load_records,
+                                     load_text_captions, unpaired_photos)
 from captioner.validation import coco_metrics, scores_on, validate
 from captioner.vocabulary import Vocabulary, tokenize
 from captioner.wordlists import category_of_words
@@ -141,6 +127,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="xe: cross-entropy with teacher forcing; scst: self-critical training with a CIDEr-D "
                         "reward (Rennie et al. 2017), starting from --init")
     p.add_argument("--init", type=Path, default=None, help="start from this model (its config and vocabulary)")
+    p.add_argument("--baseline", type=Path, default=None,
+                   help="--dataset corrections: the gate judges against this model (default the shipped one)")
+    p.add_argument("--gate-tolerance", type=float, default=finetune.TOLERANCE,
+                   help="--dataset corrections: the CIDEr the gate's bootstrap lower bound may fall below zero")
     p.add_argument("--samples", type=int, default=5, help="scst: captions sampled per image")
     p.add_argument("--select-by", choices=["val_bleu4", "val_cider", "val_mixed"], default="val_bleu4",
                    help="the validation metric that picks the best model (val_mixed: the mean of the CIDEr on "
@@ -211,9 +201,17 @@ def build_model(args, encoder, train_captions: list[str], refs_feats, held_out_f
 def settings(argv: list[str] | None) -> argparse.Namespace:
     """The flags, with what a dry run changes and the combinations that cannot work refused."""
     args = parse_args(argv)
-    args.finetune = False
-    if CORRECTIONS in args.dataset:  # fine-tune --init (default the shipped model), replaying its data
-        corrections_settings(args, sys.argv[1:] if argv is None else argv)
+    args.finetune = CORRECTIONS in args.dataset
+    if args.finetune:  # fine-tune --init (default the shipped model), replaying its data; judged against --baseline
+        finetune.check_out(args.out, resume=args.resume, keep=[args.init, args.baseline])
+        plan = finetune.plan_finetune(init=args.init, baseline=args.baseline, datasets=list(zip(
+            args.dataset, args.data_root)), dataset_split=args.dataset_split, repeat=args.repeat,
+            coco_split=args.coco_split)
+        vars(args).update(vars(plan), text_captions=[], concept_photos=[], unpaired_photos=[], objective="xe")
+        given = {a.split("=")[0] for a in (sys.argv[1:] if argv is None else argv) if a.startswith("--")}
+        for name, value in finetune.DEFAULTS.items():
+            if f"--{name.replace('_', '-')}" not in given and not (args.dry_run and name == "epochs"):
+                setattr(args, name, value)
     if args.dry_run:
         args.batch_size, args.save_every, args.warmup_steps, args.concept_epochs = 8, 2, 1, 1
     args.epochs = args.epochs or (1 if args.dry_run else 20)
@@ -227,7 +225,10 @@ def load_data(args) -> Data:
     splits = load_records(list(zip(args.dataset, args.data_root)), coco_split=args.coco_split,
                           val_fraction=args.val_fraction, test_fraction=args.test_fraction,
                           dataset_split=args.dataset_split, repeat=args.repeat, dry_run=args.dry_run)
-    return Data(replay_sample(splits, args) if args.finetune else splits,
+    if args.finetune:  # never a photo the release held out; half the validation photos are the gate's
+        finetune.refuse_test_photos(splits, finetune.held_out_photos(finetune.training_data_of(args.init)))
+        splits = finetune.gate_split(finetune.replay_sample(splits, args.replay_photos, args.seed))
+    return Data(splits,
                 load_concept_photos(args.concept_photos, coco_split=args.coco_split,
                                     val_fraction=args.concept_val_fraction, dry_run=args.dry_run),
                 load_text_captions(args.text_captions, args.dry_run),
@@ -247,7 +248,7 @@ def make_model(args, data: Data, photos: Photos) -> Captioner:
     captions = data.train_captions + data.text_captions
     concept_words = concept_vocabulary(captions, args.concepts) if args.concepts else []
     if args.finetune:
-        return start_from(args.init, [root for kind, root in zip(args.dataset, args.data_root) if kind == CORRECTIONS])
+        return finetune.start_from(args.init, [r for k, r in zip(args.dataset, args.data_root) if k == CORRECTIONS])
     if args.init is not None and args.objective == "scst":
         model = Captioner.from_checkpoint(args.init, load_encoder=False)
         model.decoding = DecodingConfig(args.beam_size, args.length_alpha)
@@ -423,16 +424,17 @@ def main(argv: list[str] | None = None) -> int:
                               cache_dir=args.cache_dir, needs_grid=args.decoder == "attention" or args.concepts > 0,
                               workers=args.workers, detector=args.detector, seed=args.seed)
     model = make_model(args, data, photos)
-    inputs = frozen_inputs(model, photos) if args.finetune else fit_detectors(
+    inputs = finetune.frozen_inputs(model, photos) if args.finetune else fit_detectors(
         model, data, photos, concept_epochs=args.concept_epochs, concept_photo_weight=args.concept_photo_weight,
         seed=args.seed)
     run = Trainer(args, model, data, photos, inputs, dist)
     train(args, run, timer)
     if args.finetune and dist.main:
-        verdict = gate(args, model, data, photos)
+        verdict = finetune.gate(model, out=args.out, init=args.init, baseline=args.baseline, seed=args.seed,
+                                sets=finetune.gate_sets(data.splits["gate"], photos), tolerance=args.gate_tolerance)
         print(json.dumps({"gate": "passed" if verdict.passed else "refused", "reasons": verdict.reasons,
-                          "validation_cider": {"shipped": verdict.shipped, "fine_tuned": verdict.candidate},
-                          "ship": str(args.out / "captioner.safetensors") if verdict.passed else None}))
+                          "ship": str(args.out / "captioner.safetensors") if verdict.passed else None,
+                          "report": str(args.out / "gate.json")}))
     dist.barrier()
     close_distributed(dist)
     return 0

@@ -12,25 +12,51 @@ from pathlib import Path
 
 import gradio as gr
 
-from captioner.feedback import MAX_CAPTION, Correction, CorrectionError, CorrectionService
+from captioner.feedback import MAX_CAPTION, Correction, CorrectionError, CorrectionService, unwritable
 from captioner.service import InputError
 
-CONSENT = "Store this photo and my caption to improve the captioner"
 SHOW_NOTE = """() => { let form = document.activeElement;
   while (form && !(form.querySelector && form.querySelector('.correction-note'))) form = form.parentElement;
   const note = form && form.querySelector('.correction-note');
   if (note) note.scrollIntoView({block: 'center'}); }"""  # what Save just said, in view
 
 
+def consent_label(repo: str | None) -> str:
+    """The consent box, saying where the photo and caption go: this app's server, and where
+    ``$CAPTIONER_FEEDBACK_REPO`` is set, a Hugging Face dataset repository whose history
+    keeps them after a removal (until squashed)."""
+    if not repo:
+        return "Store this photo and my caption on this app's server to improve the captioner"
+    return (f"Store this photo and my caption to improve the captioner, on this app's server and in the Hugging "
+            f"Face dataset repository {repo} (its history keeps a copy even after they are removed)")
+
+
+def trusted_hops() -> int:
+    """How many proxies in front of the app append to X-Forwarded-For and are trusted:
+    ``$CAPTIONER_TRUSTED_HOPS``, else 1 on a Hugging Face Space (``$SPACE_ID``), else 0."""
+    try:
+        return max(0, int(os.environ.get("CAPTIONER_TRUSTED_HOPS", "1" if os.environ.get("SPACE_ID") else "0")))
+    except ValueError:
+        return 1 if os.environ.get("SPACE_ID") else 0
+
+
 def client_of(request: gr.Request | None) -> str:
-    """Who is asking, for the rate limit: the address the connection came from (on a
-    Hugging Face Space, behind its proxy, the first address of X-Forwarded-For)."""
+    """Who is asking, for the rate limit. A proxy appends the address it saw to
+    X-Forwarded-For, after whatever the client sent, so only the last ``trusted_hops()``
+    addresses were written by proxies we trust: the client is the one the outermost
+    trusted proxy added (on a Space, the last). With no trusted proxy: the connection's
+    address (uvicorn already takes it from the header of a proxy on the loopback address)."""
     if request is None:
         return "local"
-    forwarded = (request.headers or {}).get("x-forwarded-for", "") if os.environ.get("SPACE_ID") else ""
-    if forwarded:
-        return forwarded.split(",")[0].strip()[:64]
-    return getattr(request.client, "host", None) or "unknown"
+    socket = getattr(request.client, "host", None) or "unknown"
+    hops = trusted_hops()
+    headers = request.headers or {}
+    values = headers.getlist("x-forwarded-for") if hasattr(headers, "getlist") else \
+        [headers.get("x-forwarded-for", "")]
+    forwarded = [a.strip() for value in values for a in str(value).split(",") if a.strip()]
+    if not hops or not forwarded:
+        return socket
+    return forwarded[-min(hops, len(forwarded))][:64]
 
 
 def stored_message(correction: Correction) -> str:
@@ -57,6 +83,8 @@ class CorrectionForm:
             correction = self.corrections.correct(path_of(photo), caption, consent, client_of(request))
         except (CorrectionError, InputError) as err:
             raise gr.Error(str(err), print_exception=False) from err
+        except OSError as err:  # the store says why in its own words; this is what it did not foresee
+            raise gr.Error(unwritable(err).args[0], print_exception=False) from err
         return stored_message(correction), correction.__dict__
 
     def save_on_page(self, index: int, name: str, files, caption: str, consent: bool, decoding: str,
@@ -73,6 +101,8 @@ class CorrectionForm:
             correction = self.corrections.correct(paths[index], caption, consent, client_of(request), beam)
         except (CorrectionError, InputError) as err:
             return note(str(err), False)
+        except OSError as err:
+            return note(unwritable(err).args[0], False)
         return note(stored_message(correction), True)
 
     def build(self, files: gr.File, results: gr.JSON, decoding: gr.Radio, beam: gr.Slider) -> None:
@@ -87,7 +117,7 @@ class CorrectionForm:
                     label = "Wrong? Correct the caption" + (f" of {r['image']}" if len(items) > 1 else "")
                     text = gr.Textbox(value=r["caption"], label=label, max_lines=3, max_length=MAX_CAPTION,
                                       interactive=True, elem_classes=["correction-caption"])
-                    consent = gr.Checkbox(value=False, label=CONSENT, interactive=True,
+                    consent = gr.Checkbox(value=False, label=consent_label(self.corrections.repo), interactive=True,
                                           elem_classes=["correction-consent"])
                     save = gr.Button("Save", size="sm", elem_classes=["correction-save"])
                     said = gr.HTML(elem_classes=["correction-said"], min_height=0)
