@@ -60,8 +60,15 @@ from captioner.runtools import (
     seed_everything,
     warmup_cosine,
 )
-from captioner.training_data import (Data, Photos, extract_features, load_concept_photos, load_records,
-                                     load_text_captions, unpaired_photos)
+from captioner.training_data import (
+    Data,
+    Photos,
+    extract_features,
+    load_concept_photos,
+    load_records,
+    load_text_captions,
+    unpaired_photos,
+)
 from captioner.validation import coco_metrics, scores_on, validate
 from captioner.vocabulary import Vocabulary, tokenize
 from captioner.wordlists import category_of_words
