@@ -20,14 +20,14 @@ if not os.environ.get("CAPTIONER_FEEDBACK_REPO"):  # the one thing that talks to
 
 import gradio as gr  # noqa: E402
 
-from captioner.devices import DEVICE_CHOICES, PRECISIONS, DeviceError  # noqa: E402
 from captioner.feedback import CorrectionService  # noqa: E402
 from captioner.feedback_hub import sync_to_hub  # noqa: E402
-from captioner.images import MAX_BYTES  # noqa: E402
 from captioner.service import CaptionService  # noqa: E402
 from demos.mnist.service import DigitService  # noqa: E402
 from demos.nextframe.service import FrameService  # noqa: E402
 from demos.trajectory.service import TrajectoryService  # noqa: E402
+from lstmkit.devices import DEVICE_CHOICES, PRECISIONS, DeviceError  # noqa: E402
+from lstmkit.images import MAX_BYTES  # noqa: E402
 from webapp.caption_tab import CaptionTab  # noqa: E402
 from webapp.common import ROOT, Places, static  # noqa: E402
 from webapp.digits_tab import DigitsTab  # noqa: E402

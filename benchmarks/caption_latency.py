@@ -39,10 +39,10 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import SHARED, load_model, machine, percentiles, require, run_threads, write_results
-from captioner.devices import PRECISIONS
-from captioner.images import load_image
 from captioner.inputs import PhotoInputs
 from captioner.model import DEFAULT_CHECKPOINT, Captioner
+from lstmkit.devices import PRECISIONS
+from lstmkit.images import load_image
 
 STAGES = ("textbook", "fast_decode", "bf16_channels_last", "early_stop", "ours")
 
@@ -167,8 +167,8 @@ def encoder_throughput(encoder, batch: int, repeats: int) -> float:
 def device_rows(photos: list[Path], checkpoint: Path = DEFAULT_CHECKPOINT) -> dict:
     """The shipped captioner on the CPU and on the GPU of this machine: one photo at a time
     through the app's predictor (file to caption), and batches of 64 photos."""
-    from captioner.devices import synchronize
     from captioner.service import CaptionService
+    from lstmkit.devices import synchronize
 
     rows = {}
     for device in ("cpu", "cuda"):

@@ -49,7 +49,7 @@ def machine() -> dict:
                 flags = set(value.split())
     except OSError:
         pass
-    from captioner.devices import cpu_info
+    from lstmkit.devices import cpu_info
 
     cores = os.cpu_count() or 1
     used = min(cores, torch.get_num_threads())
@@ -93,7 +93,7 @@ def run_threads(target, args_list: list[tuple]) -> float:
 def write_results(name: str, results: dict, path: Path | None = None, name_suffix: str = "") -> Path:
     """``benchmarks/results/<name><name_suffix>.json``, with the machine described (its GPU
     too, where there is one)."""
-    from captioner.checkpoint import atomic_write_text
+    from lstmkit.checkpoint import atomic_write_text
 
     path = path or RESULTS / f"{name}{name_suffix}.json"
     results = {"benchmark": name, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": machine(), **results}

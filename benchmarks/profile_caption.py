@@ -24,8 +24,8 @@ import torch
 from benchmarks.common import SHARED, require, write_results
 from captioner import search
 from captioner.detector import decode as decode_boxes
-from captioner.images import load_image
 from captioner.model import DEFAULT_CHECKPOINT, Captioner
+from lstmkit.images import load_image
 
 
 class Clock:

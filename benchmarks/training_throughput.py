@@ -25,11 +25,11 @@ from PIL import Image
 from torch.nn.utils.rnn import pad_sequence
 
 from benchmarks.common import SHARED, load_model, require, write_results
-from captioner.datasets import read_dataset
-from captioner.devices import synchronize
-from captioner.features import FeatureCache
 from captioner.inputs import PhotoInputs
-from captioner.losses import caption_loss
+from captioner.train.datasets import read_dataset
+from captioner.train.features import FeatureCache
+from captioner.train.losses import caption_loss
+from lstmkit.devices import synchronize
 
 EPOCH_CAPTIONS = 30780  # training captions of the shipped model (Flickr8k + COCO train split)
 

@@ -37,7 +37,7 @@ from benchmarks.common import ROOT, SHARED, require, write_results
 WORKER = r"""
 import json, sys, time
 import torch
-from captioner.images import load_image
+from lstmkit.images import load_image
 from captioner.model import Captioner
 paths = json.loads(sys.argv[1])
 model = Captioner.from_checkpoint("checkpoints/captioner.safetensors", int8=True)

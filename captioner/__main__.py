@@ -20,13 +20,13 @@ from pathlib import Path
 
 from torch.utils.data import DataLoader, Dataset
 
-from captioner.checkpoint import CheckpointError
 from captioner.detector import CocoDetector
-from captioner.devices import DEVICE_CHOICES, PRECISIONS, DeviceError, resolve_device
 from captioner.encoders import EncoderWeightsError, Preprocessing
-from captioner.images import ImageError, load_image
 from captioner.model import DEFAULT_CHECKPOINT, Captioner
 from captioner.results import UNFAMILIAR
+from lstmkit.checkpoint import CheckpointError
+from lstmkit.devices import DEVICE_CHOICES, PRECISIONS, DeviceError, resolve_device
+from lstmkit.images import ImageError, load_image
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,8 +204,10 @@ def ahead(batches, depth: int = 2):
 
 
 def caption_files(model: Captioner, paths: list[Path], beam_size: int | None, batch_size: int,
-                  as_json: bool, out=None, err=None, workers: int = 0, attention_dir: Path | None = None) -> int:
-    out, err = out or sys.stdout, err or sys.stderr
+                  as_json: bool, out=None, workers: int = 0, attention_dir: Path | None = None) -> int:
+    """Caption photo files in batches: one line each on ``out`` (JSON or text); a photo that
+    cannot be read is a line of its own (JSON) or a line on standard error."""
+    out, err = out or sys.stdout, sys.stderr
     failures = 0
     encoder = model.require_encoder()
     loader = DataLoader(_Photos(list(paths), encoder.preprocess, bool(model.config.detector)),

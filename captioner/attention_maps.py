@@ -110,7 +110,7 @@ def attention_strip(image: Image.Image, result: CaptionResult, size: int = 160, 
 
 def save_attention_maps(image: Image.Image, result: CaptionResult, path: str | os.PathLike) -> Path:
     """The strip as a PNG, written atomically."""
-    from captioner.checkpoint import atomic_write
+    from lstmkit.checkpoint import atomic_write
 
     path = Path(path)
     sheet = attention_strip(image, result)

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -94,12 +95,23 @@ def _batches(n: int, size: int, generator: torch.Generator) -> Iterable[torch.Te
         yield order[start:start + size]
 
 
+@dataclass(frozen=True)
+class ConceptFit:
+    """How concept detectors are fitted (``fit_concept_detector``)."""
+
+    epochs: int = 12
+    lr: float = 3e-3
+    batch_size: int = 256
+    weight_decay: float = 1e-4
+    seed: int = 0
+
+
 def fit_concept_detector(grids: torch.Tensor, labels: torch.Tensor, flipped: torch.Tensor | None = None,
-                         weights: torch.Tensor | None = None, epochs: int = 12, lr: float = 3e-3,
-                         batch_size: int = 256, weight_decay: float = 1e-4, seed: int = 0) -> ConceptDetector:
+                         weights: torch.Tensor | None = None, fit: ConceptFit = ConceptFit()) -> ConceptDetector:
     """Train detectors on grids (N, L, D) (fp16 is fine) with labels (N, C); ``flipped``:
     the mirrored photos' grids (half of the batches use them); ``weights`` (N,): each
     photo's weight in the loss."""
+    epochs, lr, batch_size, weight_decay, seed = fit.epochs, fit.lr, fit.batch_size, fit.weight_decay, fit.seed
     g = torch.Generator().manual_seed(seed)
     detector = ConceptDetector(grids.shape[-1], labels.shape[1])
     sample = grids[torch.randperm(len(grids), generator=g)[:2000]].float().flatten(0, 1)

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from captioner.lstm import LSTMCell, lstm_gates
+from lstmkit.lstm import LSTMCell, lstm_gates
 
 State = tuple[torch.Tensor, ...]   # (h, c), each (layers, rows, hidden)
 Context = dict[str, torch.Tensor]  # per-row tensors, rows in dim 0

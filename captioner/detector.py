@@ -34,9 +34,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from captioner.checkpoint import CHECKPOINTS, CheckpointError
-from captioner.images import image_key, load_image
 from captioner.wordlists import coco_categories
+from lstmkit.checkpoint import CHECKPOINTS, CheckpointError
+from lstmkit.images import image_key, load_image
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -306,7 +306,7 @@ class DetectionCache:
     def _save(self) -> None:
         import json
 
-        from captioner.checkpoint import atomic_write_text
+        from lstmkit.checkpoint import atomic_write_text
 
         self.file.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.file, json.dumps(self.table))

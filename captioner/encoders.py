@@ -37,7 +37,8 @@ import torch
 from PIL import Image
 from torch import nn
 
-from captioner.devices import RUNTIMES, choose_precision, choose_runtime
+from lstmkit.devices import RUNTIMES, choose_precision, choose_runtime
+from lstmkit.runtools import UserError
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.
              "lanczos": Image.Resampling.LANCZOS}
 
 
-class EncoderWeightsError(RuntimeError):
+class EncoderWeightsError(UserError, RuntimeError):
     """The encoder's weights could neither be downloaded nor read from a local file."""
 
 

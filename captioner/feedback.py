@@ -48,8 +48,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from captioner.checkpoint import CHECKPOINTS, atomic_write_bytes, atomic_write_text, file_sha256
-from captioner.images import ImageError, load_image
+from lstmkit.checkpoint import CHECKPOINTS, atomic_write_bytes, atomic_write_text, file_sha256
+from lstmkit.images import ImageError, load_image
 
 log = logging.getLogger(__name__)
 

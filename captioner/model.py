@@ -28,15 +28,6 @@ import torch
 from PIL import Image
 from torch import nn
 
-from captioner.checkpoint import (
-    CHECKPOINTS,
-    CheckpointError,
-    config_from_dict,
-    load_model,
-    load_state_strict,
-    read_metadata,
-    save_model,
-)
 from captioner.decoding import DecodingConfig, WordTables, decode
 from captioner.detector import Boxes
 from captioner.encoders import ImageEncoder, build_encoder
@@ -45,6 +36,15 @@ from captioner.inputs import PhotoInputs
 from captioner.network import CaptionerConfig, CaptionNetwork
 from captioner.results import CaptionResult, Writer, add_boxes
 from captioner.vocabulary import Vocabulary
+from lstmkit.checkpoint import (
+    CHECKPOINTS,
+    CheckpointError,
+    config_from_dict,
+    load_model,
+    load_state_strict,
+    read_metadata,
+    save_model,
+)
 
 log = logging.getLogger(__name__)
 

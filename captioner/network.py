@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from captioner.checkpoint import CheckpointError
 from captioner.concepts import ConceptDetector
 from captioner.decoder import DECODERS, Context
 from captioner.familiarity import Familiarity
@@ -26,6 +25,7 @@ from captioner.inputs import PhotoInputs
 from captioner.objects import Detections, ObjectDetector
 from captioner.regions import GEOMETRY, Regions, pooled
 from captioner.vocabulary import Vocabulary
+from lstmkit.checkpoint import CheckpointError
 
 
 @dataclass

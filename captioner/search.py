@@ -297,7 +297,7 @@ def beam_search(decoder: CaptionDecoder, ctx: Context, beam_size: int = 3, max_l
         ends = (word[keep] == decoder.end_id) | (t == max_length - 1)
         if bool(ends.any()):
             done = keep[ends]
-            _collect(finished, n_finished, beams, logp, row[done], word[done], group[done], decoder.end_id,
+            _collect(finished, n_finished, beams, logp, (row[done], word[done], group[done]), decoder.end_id,
                      length_alpha)
             keep = keep[~ends]
         if not len(keep):
@@ -315,8 +315,10 @@ def beam_search(decoder: CaptionDecoder, ctx: Context, beam_size: int = 3, max_l
 
 
 def _collect(finished: list[list[Decoded]], n_finished: torch.Tensor, beams: _Beams, logp: torch.Tensor,
-             rows: torch.Tensor, words: torch.Tensor, groups: torch.Tensor, end_id: int, alpha: float) -> None:
-    """Move the captions that end now into ``finished`` (fetched from the device in one go)."""
+             ending: tuple[torch.Tensor, torch.Tensor, torch.Tensor], end_id: int, alpha: float) -> None:
+    """Move the captions that end now (``ending``: their rows, last words and beams) into
+    ``finished`` (fetched from the device in one go)."""
+    rows, words, groups = ending
     ids_all = torch.cat([beams.seqs[rows], words[:, None]], 1).tolist()
     lps_all = torch.cat([beams.logps[rows], logp[rows, words][:, None]], 1).tolist()
     attn_all = beams.attention[rows].tolist() if beams.attention is not None else [None] * len(ids_all)

@@ -126,7 +126,7 @@ class Vocabulary:
         return cls(data["words"])
 
     def save(self, path: str | Path) -> None:
-        from captioner.checkpoint import atomic_write_text
+        from lstmkit.checkpoint import atomic_write_text
 
         atomic_write_text(path, self.to_json())
 

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from captioner.checkpoint import atomic_write
-from captioner.runtools import UserError
+from lstmkit.checkpoint import atomic_write
+from lstmkit.runtools import UserError
 
 OPSET = 15
 

@@ -11,8 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from captioner.runtools import cli
 from demos.onnx import build, export
+from lstmkit.runtools import cli
 
 
 @cli

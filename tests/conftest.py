@@ -43,7 +43,7 @@ def lite0():
     return build_encoder("efficientnet_lite0")
 
 
-from captioner.datasets import CaptionRecord  # noqa: E402
+from captioner.train.datasets import CaptionRecord  # noqa: E402
 
 
 def flickr_sample(n_images: int, captions_per_image: int = 1):
@@ -68,15 +68,15 @@ def memorising_captioner(lite0, **config):
     features, grids (or None) and the memorised captions."""
     import torch
 
-    from captioner.batches import CaptionTable
     from captioner.decoding import DecodingConfig
-    from captioner.images import load_image
     from captioner.inputs import PhotoInputs
-    from captioner.losses import caption_loss
     from captioner.model import Captioner
     from captioner.network import CaptionerConfig
     from captioner.objects import slot_tokens
+    from captioner.train.batches import CaptionTable
+    from captioner.train.losses import caption_loss
     from captioner.vocabulary import Vocabulary
+    from lstmkit.images import load_image
 
     sample = flickr_sample(12)
     captions = [caps[0] for _, caps in sample]

@@ -81,7 +81,7 @@ def test_a_heat_map_is_the_ramp_of_each_level_looked_up_from_one_table():
 
 def test_the_doubly_stochastic_penalty_is_part_of_the_loss(tiny_attender):
     from captioner.inputs import PhotoInputs
-    from captioner.losses import caption_loss
+    from captioner.train.losses import caption_loss
 
     model = tiny_attender[0]
     feats, grid = torch.randn(2, 1280), torch.randn(2, 49, 1280)

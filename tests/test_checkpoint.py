@@ -7,9 +7,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from captioner.checkpoint import CheckpointError, atomic_write_bytes
 from captioner.model import Captioner
 from captioner.vocabulary import Vocabulary
+from lstmkit.checkpoint import CheckpointError, atomic_write_bytes
 from tests.test_decoder import random_captioner
 
 
@@ -115,7 +115,7 @@ def test_atomic_write_leaves_the_old_file_when_writing_fails(tmp_path):
     class Boom(Exception):
         pass
 
-    from captioner.checkpoint import atomic_write
+    from lstmkit.checkpoint import atomic_write
 
     def fail(tmp):
         open(tmp, "wb").write(b"half")

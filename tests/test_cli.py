@@ -22,7 +22,7 @@ def checkpoint(tiny_captioner, tmp_path_factory):
 
 def test_tiny_model_learned_its_captions(tiny_captioner):
     model, sample, features, captions = tiny_captioner
-    results = model.caption([__import__("captioner.images").images.load_image(p) for p, _ in sample], beam_size=3)
+    results = model.caption([__import__("lstmkit.images").images.load_image(p) for p, _ in sample], beam_size=3)
     exact = sum(r.words == tokenize(c) for r, c in zip(results, captions))
     assert exact >= 10, [r.caption for r in results]
 
@@ -86,8 +86,8 @@ def test_bad_checkpoint_is_one_clear_sentence(tmp_path, capsys):
 
 def test_shipped_model_captions_hundreds_of_real_photos(tmp_path):
     """The default model, batched, on 300 real held-out photos: every one gets a caption."""
-    from captioner.datasets import read_dataset, split_records
     from captioner.model import DEFAULT_CHECKPOINT
+    from captioner.train.datasets import read_dataset, split_records
     from tests.conftest import shared
 
     if not DEFAULT_CHECKPOINT.is_file():

@@ -4,10 +4,17 @@ baseline."""
 
 import torch
 
-from captioner.batches import TextTable, named_objects
-from captioner.concepts import ConceptDetector, ConceptNoise, concept_labels, concept_vocabulary, fit_concept_detector
-from captioner.metrics import object_mention_scores
-from captioner.retrieval import ConceptRetrieval
+from captioner.concepts import (
+    ConceptDetector,
+    ConceptFit,
+    ConceptNoise,
+    concept_labels,
+    concept_vocabulary,
+    fit_concept_detector,
+)
+from captioner.train.batches import TextTable, named_objects
+from captioner.train.metrics import object_mention_scores
+from captioner.train.retrieval import ConceptRetrieval
 from captioner.vocabulary import Vocabulary, fix_article, with_article
 
 
@@ -28,7 +35,7 @@ def test_mil_detectors_find_the_cell_that_shows_the_word():
     labels = (torch.rand(400, 1, generator=g) < 0.5).float()
     where = torch.randint(0, 49, (400,), generator=g)
     grids[torch.arange(400), where] += 3 * pattern * labels[:, 0, None]
-    detector = fit_concept_detector(grids[:300], labels[:300], epochs=30, lr=1e-2, batch_size=64)
+    detector = fit_concept_detector(grids[:300], labels[:300], fit=ConceptFit(epochs=30, lr=1e-2, batch_size=64))
     with torch.no_grad():
         p = detector(grids[300:])[:, 0]
     positive, negative = p[labels[300:, 0] > 0], p[labels[300:, 0] == 0]
@@ -83,7 +90,7 @@ def test_text_table_copies_named_objects_and_keeps_slots_with_their_words():
 def test_text_rows_get_detector_summaries_from_real_photos_of_the_same_label():
     """A text row's detector inputs are what the detector gave a real photo whose captions
     name (or do not name) the same categories: its misses and false alarms included."""
-    from captioner.batches import DetectorNoise, category_labels
+    from captioner.train.batches import DetectorNoise, category_labels
     from captioner.wordlists import coco_categories
 
     real_labels = category_labels([["a pizza on a plate"], ["a pizza"], ["a pizza slice"], ["two zebras in a field"],

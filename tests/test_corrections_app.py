@@ -88,7 +88,7 @@ def test_a_photo_with_gps_in_its_exif_is_stored_without_it(client, tmp_path):
 
 
 def test_the_training_reader_reads_the_folder_the_app_wrote(client, tmp_path):
-    from captioner.datasets import read_dataset
+    from captioner.train.datasets import read_dataset
 
     _, record = correct(client, photo(tmp_path, "for-training", (200, 200, 0)), "a yellow corner on a coffee cup")
     found = read_dataset("corrections", FOLDER).records

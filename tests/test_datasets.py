@@ -5,7 +5,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from captioner.datasets import CaptionRecord, read_coco, read_dataset, read_flickr8k, split_records
+from captioner.train.datasets import CaptionRecord, read_coco, read_dataset, read_flickr8k, split_records
 from tests.conftest import shared
 
 

@@ -4,15 +4,15 @@ machine: GPUs are simulated where the test needs one)."""
 import pytest
 import torch
 
-from captioner.devices import DeviceError, resolve_device
+from lstmkit.devices import DeviceError, resolve_device
 
 
 def test_auto_takes_cuda_then_mps_then_the_cpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr("captioner.devices._mps_available", lambda: False)
+    monkeypatch.setattr("lstmkit.devices._mps_available", lambda: False)
     assert resolve_device("auto") == torch.device("cpu")
     assert resolve_device(None) == torch.device("cpu")
-    monkeypatch.setattr("captioner.devices._mps_available", lambda: True)
+    monkeypatch.setattr("lstmkit.devices._mps_available", lambda: True)
     assert resolve_device("auto") == torch.device("mps")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
@@ -28,7 +28,7 @@ def test_auto_takes_cuda_then_mps_then_the_cpu(monkeypatch):
 ])
 def test_a_device_that_is_not_there_is_one_clear_sentence(monkeypatch, spec, words):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr("captioner.devices._mps_available", lambda: False)
+    monkeypatch.setattr("lstmkit.devices._mps_available", lambda: False)
     with pytest.raises(DeviceError) as err:
         resolve_device(spec)
     message = str(err.value)
@@ -45,7 +45,7 @@ def test_a_gpu_index_beyond_the_machine_says_how_many_there_are(monkeypatch):
 
 
 def test_more_torchrun_processes_than_gpus_is_refused_before_any_process_group(monkeypatch):
-    from captioner.runtools import UserError, init_distributed
+    from lstmkit.runtools import UserError, init_distributed
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
@@ -56,15 +56,15 @@ def test_more_torchrun_processes_than_gpus_is_refused_before_any_process_group(m
     monkeypatch.setattr(torch.distributed, "init_process_group", lambda *a, **k: pytest.fail("joined a group"))
     with pytest.raises(UserError, match="started 2 processes on this machine, which has 1 GPU: use --nproc_per_node 1"):
         init_distributed("auto")
-    monkeypatch.setattr("captioner.devices._mps_available", lambda: True)
+    monkeypatch.setattr("lstmkit.devices._mps_available", lambda: True)
     with pytest.raises(UserError, match="MPS"):
         init_distributed("mps")
 
 
 def test_training_stops_at_the_first_non_finite_loss_naming_the_step(tmp_path):
-    from captioner.loop import Loop
-    from captioner.runtools import UserError, optimizer_step
     from demos.mnist.model import MnistConfig, RowLSTMClassifier
+    from lstmkit.loop import Loop
+    from lstmkit.runtools import UserError, optimizer_step
 
     model = RowLSTMClassifier(MnistConfig(8, 1, 0.0))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -105,7 +105,7 @@ def test_decoding_non_finite_scores_gives_empty_captions_not_an_error():
 
 def test_feature_cache_refuses_non_finite_and_keeps_float32_where_fp16_overflows(tmp_path, caplog):
     from captioner.encoders import build_encoder
-    from captioner.features import FeatureCache, NonFiniteFeatures
+    from captioner.train.features import FeatureCache, NonFiniteFeatures
     from tests.conftest import flickr_sample
 
     photos = [p for p, _ in flickr_sample(3)]

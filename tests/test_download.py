@@ -9,7 +9,7 @@ import zipfile
 
 import pytest
 
-from captioner import downloads as download
+from lstmkit import downloads as download
 from training import download as download_cli
 
 
@@ -124,7 +124,7 @@ def test_coco_layout_is_what_the_trainer_reads(tmp_path):
     try:
         root = tmp_path / "coco"
         download_cli.main(["coco", "--root", str(root), "--splits", "train", "--base-url", server.url])
-        from captioner.datasets import read_dataset
+        from captioner.train.datasets import read_dataset
 
         records = read_dataset("coco", root, "train2017").records
         assert [(r.image.name, r.caption) for r in records] == [("000000000007.jpg", "A red square.")]
@@ -157,7 +157,7 @@ def test_karpathy_split_lands_beside_the_2014_images(tmp_path, monkeypatch):
         root = tmp_path / "coco2014"
         assert download_cli.main(["coco", "--root", str(root), "--year", "2014", "--splits", "val", "--karpathy",
                                   "--base-url", server.url]) == 0
-        from captioner.datasets import read_dataset
+        from captioner.train.datasets import read_dataset
 
         found = read_dataset("coco-karpathy", root)
         assert [(r.image.name, r.caption) for r in found.records] == [("COCO_val2014_000000000042.jpg",

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from captioner.encoders import EncoderWeightsError, Preprocessing, build_encoder, imagenet_categories
-from captioner.images import load_image
+from lstmkit.images import load_image
 from tests.conftest import flickr_sample, shared
 
 DOG_CLASSES = range(151, 269)  # ImageNet's 118 dog breeds
@@ -68,7 +68,7 @@ def test_preprocessing_squashes_the_whole_image_and_accepts_any_mode():
 def test_encode_is_frozen_bf16_channels_last_and_close_to_fp32(lite0):
     import copy
 
-    from captioner.devices import choose_precision
+    from lstmkit.devices import choose_precision
 
     photos = [p for p, _ in flickr_sample(4)]
     batch = lite0.preprocess.batch([load_image(p) for p in photos])
@@ -158,7 +158,7 @@ def test_batchnorm_folds_into_timms_convolutions_and_computes_the_same():
 
 
 def test_the_runtime_is_measured_once_and_either_can_be_asked_for(tmp_path, monkeypatch):
-    from captioner import devices
+    from lstmkit import devices
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     calls = []

@@ -77,9 +77,9 @@ def test_no_degenerate_caption_and_no_person_without_one_on_the_validation_photo
     """The shipped model on every COCO val2017 validation photo of its own split (photos the
     detector never trained on): not one caption repeats a word pair or leaves a modifier
     without its noun, and none names or describes a person where the detector finds none."""
-    from captioner.datasets import captions_by_image, read_dataset, split_records
     from captioner.detector import PERSON as PERSON_CATEGORY
     from captioner.detector import summary
+    from captioner.train.datasets import captions_by_image, read_dataset, split_records
 
     root = shared("coco_captions")
     if not (root / "val2017").is_dir():
@@ -104,8 +104,8 @@ def test_the_shipped_model_looks_at_what_it_names(shipped_model):
     whose every word looks everywhere alike, and the word naming an object looks at that
     object's box far more often than chance (the previous release: a third of its captions
     flat, pointing game 0.32 against a chance of 0.29)."""
-    from captioner.datasets import captions_by_image, read_dataset, split_records
     from captioner.grounding_metrics import grounding_scores
+    from captioner.train.datasets import captions_by_image, read_dataset, split_records
 
     root = shared("coco_captions")
     if not (root / "val2017").is_dir():

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from captioner.encoders import Preprocessing, build_encoder
-from captioner.features import FeatureCache
-from captioner.images import ImageError, load_image
+from captioner.train.features import FeatureCache
+from lstmkit.images import ImageError, load_image
 from tests.conftest import flickr_sample
 
 

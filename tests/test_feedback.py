@@ -261,7 +261,7 @@ def test_the_rate_limit_counts_each_client_apart():
 
 def test_the_training_reader_and_the_command_line(tmp_path, capsys):
     from captioner.__main__ import main
-    from captioner.datasets import read_dataset
+    from captioner.train.datasets import read_dataset
 
     store = FeedbackStore(tmp_path)
     kept = save(store, photo=a_photo((10, 10, 10)), caption="a black square")
@@ -280,7 +280,7 @@ def test_the_training_reader_and_the_command_line(tmp_path, capsys):
     coco = json.loads((tmp_path / "c.json").read_text())
     assert coco["annotations"][0]["caption"] == "a black square"
     assert (tmp_path / "photos" / coco["images"][0]["file_name"]).is_file()
-    from captioner.datasets import read_coco
+    from captioner.train.datasets import read_coco
 
     assert [r.caption for r in read_coco(tmp_path / "c.json", tmp_path / "photos").records] == ["a black square"]
 

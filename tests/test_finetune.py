@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from captioner.datasets import CaptionRecord, split_of
-from captioner.finetune import (
+from captioner.train.datasets import CaptionRecord, split_of
+from captioner.train.finetune import (
     CORRECTIONS,
     TOLERANCE,
     bootstrap,
@@ -25,7 +25,7 @@ from captioner.finetune import (
     refuse_test_photos,
     replay_sample,
 )
-from captioner.runtools import UserError
+from lstmkit.runtools import UserError
 
 
 def noised(model, scale: float):
@@ -131,7 +131,7 @@ def flickr_like(root: Path, n: int = 60) -> list[str]:
 
 
 def test_a_photo_the_release_held_out_for_testing_is_refused_under_any_name(tmp_path):
-    from captioner.training_data import load_records
+    from captioner.train.training_data import load_records
 
     names = flickr_like(tmp_path / "flickr")
     trained = {"datasets": [["flickr8k", str(tmp_path / "flickr")]], "val_fraction": 0.2, "test_fraction": 0.3}
@@ -190,7 +190,7 @@ def test_the_gate_judges_each_dataset_on_its_own_photos_and_never_on_those_that_
 # ------------------------------------------------------------------ where a run may write
 
 def test_an_out_folder_holding_the_shipped_model_or_an_earlier_run_is_refused(tmp_path, capsys):
-    from captioner.checkpoint import CHECKPOINTS
+    from lstmkit.checkpoint import CHECKPOINTS
     from training import train_captioner
 
     shipped = sorted(p.name for p in CHECKPOINTS.iterdir())

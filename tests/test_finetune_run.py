@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from captioner.checkpoint import file_sha256
-from captioner.datasets import split_of
 from captioner.feedback import FeedbackStore
-from captioner.finetune import in_gate_part
+from captioner.train.datasets import split_of
+from captioner.train.finetune import in_gate_part
+from lstmkit.checkpoint import file_sha256
 from tests.conftest import shared
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 40, 220), "yellow": (230, 210, 40)}

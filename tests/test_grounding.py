@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from captioner.attention_targets import attention_loss, attention_targets, cells_in_boxes
 from captioner.detector import Boxes
 from captioner.grounding_metrics import grounding_scores
 from captioner.regions import Regions, pooled
+from captioner.train.attention_targets import attention_loss, attention_targets, cells_in_boxes
 from captioner.wordlists import category_of_words, coco_categories, named_objects
 
 DOG, CAT = coco_categories().index("dog"), coco_categories().index("cat")

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from benchmarks.common import PHOTO, encode, png_bomb
-from captioner.images import ImageError, load_image
+from lstmkit.images import ImageError, load_image
 
 
 @pytest.mark.parametrize("data, message", [

@@ -1,6 +1,6 @@
-"""The house: the arrows point one way (app -> webapp -> library; demos -> the library's
-shared parts; scripts -> library), nothing imports a script's insides, and the app's
-modules stay small."""
+"""The house: the arrows point one way (app -> webapp -> captioner -> lstmkit; demos ->
+lstmkit; scripts -> library; inference never -> captioner.train), nothing imports a
+script's insides, no import circle, and every file and parameter list stays small."""
 
 import ast
 from pathlib import Path
@@ -46,19 +46,63 @@ def test_no_module_imports_a_scripts_insides():
                 assert names <= {"main"}, f"{path.name} imports {names} from the script {node.module}"
 
 
-def test_demos_use_only_the_librarys_shared_parts_and_not_each_other():
-    shared = {"captioner.checkpoint", "captioner.lstm", "captioner.images", "captioner.devices", "captioner.service",
-              "captioner.runtools", "captioner.loop", "captioner.downloads"}
+def test_demos_use_only_the_shared_base_and_not_each_other():
     for path in python_files("demos"):
         if path.name in ("onnx.py", "onnx_export.py"):  # the one exporter, for the demos that have an ONNX form
             continue
         own = f"demos.{path.relative_to(ROOT / 'demos').parts[0]}" if path.parent != ROOT / "demos" else "demos"
         for module in imports(path):
             top = ".".join(module.split(".")[:2])
-            if module.startswith("captioner"):
-                assert top in shared or module in shared, f"{path.relative_to(ROOT)} uses {module}"
-            elif module.startswith("demos.") and top not in (own, "demos.mnist", "demos.onnx_export"):
+            assert not module.startswith("captioner"), f"{path.relative_to(ROOT)} uses the captioner: {module}"
+            if module.startswith("demos.") and top not in (own, "demos.mnist", "demos.onnx_export", "demos.onnx"):
                 raise AssertionError(f"{path.relative_to(ROOT)} uses another demo: {module}")
+
+
+def test_the_shared_base_imports_nothing_of_the_captioner_the_demos_or_the_app():
+    for path in python_files("lstmkit"):
+        outside = {m for m in imports(path)
+                   if m.split(".")[0] in ("captioner", "demos", "training", "benchmarks", "webapp", "app")}
+        assert not outside, f"{path.relative_to(ROOT)} imports {outside}"
+
+
+def test_inference_never_imports_a_training_module():
+    """Only ``captioner/train/`` (and the scripts) import ``captioner.train``."""
+    for path in python_files("captioner", "webapp") + [ROOT / "app.py"]:
+        if "train" in path.relative_to(ROOT).parts[1:-1]:
+            continue
+        used = {m for m in imports(path) if m.startswith("captioner.train") or m == "captioner.train"}
+        assert not used, f"{path.relative_to(ROOT)} imports {used}"
+
+
+def loaded_by(statement: str) -> set[str]:
+    import subprocess
+    import sys
+
+    return set(subprocess.run([sys.executable, "-c", f"import sys; {statement}; print(' '.join(sys.modules))"],
+                              cwd=ROOT, capture_output=True, text=True, check=True).stdout.split())
+
+
+def test_the_front_door_loads_no_training_and_a_demo_loads_no_caption_module():
+    captioning = loaded_by("from captioner import Captioner; Captioner.from_checkpoint")
+    assert "captioner.model" in captioning and not {m for m in captioning if m.startswith("captioner.train")}
+    demos = loaded_by("import demos.mnist.train, demos.nextframe.train, demos.trajectory.train, demos.mnist.service")
+    assert "lstmkit.loop" in demos and not {m for m in demos if m.startswith("captioner")}
+
+
+def test_no_library_function_takes_more_than_8_parameters():
+    """A photo's inputs travel as one value (``captioner.inputs.PhotoInputs``), settings as
+    dataclasses; constructors (``__init__`` and class methods) may take more."""
+    for path in python_files("captioner", "lstmkit"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if not isinstance(node, ast.FunctionDef) or node.name == "__init__":
+                continue
+            if any(isinstance(d, ast.Name) and d.id == "classmethod" for d in node.decorator_list):
+                continue
+            a = node.args
+            names = [x.arg for x in a.posonlyargs + a.args + a.kwonlyargs if x.arg not in ("self", "cls")]
+            count = len(names) + bool(a.vararg) + bool(a.kwarg)
+            assert count <= 8, f"{path.relative_to(ROOT)}: {node.name} takes {count} parameters"
 
 
 def test_no_app_module_is_over_300_lines():
@@ -77,15 +121,15 @@ def test_one_version_number():
 
 
 def package_graph() -> dict[str, set[str]]:
-    """The caption library's import graph, read from its source (every import, at the top
-    of a file or inside a function): module -> the captioner modules it imports."""
+    """The library's import graph (the captioner and the shared base), read from its source
+    (every import, at the top of a file or inside a function): module -> the modules it imports."""
     graph = {}
-    for path in python_files("captioner"):
-        module = "captioner." + ".".join(path.relative_to(ROOT / "captioner").with_suffix("").parts)
+    for path in python_files("captioner", "lstmkit"):
+        module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
         module = module.removesuffix(".__init__")
         used = set()
         for name in imports(path):
-            while name.startswith("captioner.") and name not in used:
+            while name.startswith(("captioner.", "lstmkit.")) and name not in used:
                 if (ROOT / Path(*name.split("."))).with_suffix(".py").is_file():
                     used.add(name)
                     break
@@ -112,17 +156,6 @@ def test_the_caption_library_has_no_import_circle():
             visit(module, [])
 
 
-def test_the_shared_loop_loads_none_of_the_caption_stack():
-    """Demos train with ``captioner.loop``: it must not pull in the model, training or detector."""
-    assert package_graph()["captioner.loop"] <= {"captioner.checkpoint", "captioner.runtools"}
-    import subprocess
-    import sys
-
-    loaded = subprocess.run([sys.executable, "-c", "import sys, captioner.loop; print(' '.join(sys.modules))"],
-                            cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    assert not {"captioner.model", "captioner.batches", "captioner.detector", "captioner.network"} & set(loaded)
-
-
 def test_no_source_file_is_over_450_lines():
-    for path in [ROOT / "app.py", *python_files("captioner", "training", "webapp", "demos", "benchmarks")]:
+    for path in [ROOT / "app.py", *python_files("captioner", "lstmkit", "training", "webapp", "demos", "benchmarks")]:
         assert len(path.read_text().splitlines()) <= 450, path.relative_to(ROOT)

@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from captioner.lstm import LSTM, ConvLSTMCell, LSTMCell
+from lstmkit.lstm import LSTM, ConvLSTMCell, LSTMCell
 
 
 def _grads(module):

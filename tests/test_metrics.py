@@ -6,8 +6,8 @@ import io
 
 import pytest
 
-from captioner.cider import CiderD
-from captioner.metrics import best_constant_caption, caption_scores, consensus_caption, object_mention_scores
+from captioner.train.cider import CiderD
+from captioner.train.metrics import best_constant_caption, caption_scores, consensus_caption, object_mention_scores
 from captioner.vocabulary import tokenize
 from captioner.wordlists import mentioned_categories
 

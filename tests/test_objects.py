@@ -102,8 +102,8 @@ def test_familiarity_tells_photos_like_the_training_photos_from_telescope_and_mi
     names, features = wild
     familiarity = dict(zip(names, model.network.familiarity(features).tolist()))
     assert familiarity["hubble_deep_field"] < UNFAMILIAR and familiarity["immunohistochemistry"] < UNFAMILIAR
-    from captioner.datasets import read_dataset, split_records
-    from captioner.images import load_image
+    from captioner.train.datasets import read_dataset, split_records
+    from lstmkit.images import load_image
 
     lite0 = model.require_encoder()
     held_out = split_records(read_dataset("flickr8k", flickr_sample(1)[0][0].parent.parent).records)["test"]

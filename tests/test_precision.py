@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from captioner import devices
-from captioner.devices import choose_precision, cpu_info
+from lstmkit import devices
+from lstmkit.devices import choose_precision, cpu_info
 from tests.conftest import flickr_sample
 
 
@@ -68,7 +68,7 @@ def test_captions_agree_in_both_precisions(lite0):
     """Forced bf16 against forced float32 on real photos: features within bf16 rounding,
     and the captions of a trained model the same on most photos (the tolerance we set)."""
     from captioner.encoders import build_encoder
-    from captioner.images import load_image
+    from lstmkit.images import load_image
     from tests.conftest import memorising_captioner
 
     photos = [p for p, _ in flickr_sample(12)]

@@ -6,9 +6,9 @@ from __future__ import annotations
 import torch
 
 from captioner.decoder import CaptionDecoder
-from captioner.metrics import object_mention_scores
 from captioner.rules import CaptionRules, degenerate, describe_objects, problems
 from captioner.search import Constraints, beam_search, greedy
+from captioner.train.metrics import object_mention_scores
 from captioner.wordlists import person_words
 
 # what the previous release wrote about held-out COCO photos (issue 26)

@@ -6,8 +6,8 @@ import time
 import numpy as np
 import pytest
 
-from captioner.service import InputError, Lazy, MicroBatcher
 from demos.trajectory.service import TrajectoryService
+from lstmkit.service import InputError, Lazy, MicroBatcher
 
 
 def test_micro_batcher_runs_concurrent_requests_together_and_hands_back_each_share():

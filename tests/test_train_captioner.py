@@ -170,7 +170,7 @@ def test_dry_run_with_the_coco_detector_and_val2017_photos(tmp_path, data_args):
     boxes for the photo rows, detector inputs drawn for the text rows; the model it writes
     needs the boxes, and captions with them."""
     from captioner.detector import DetectionCache, boxes_for
-    from captioner.features import features_for
+    from captioner.train.features import features_for
     from training import train_captioner
 
     out = tmp_path / "eyes"
@@ -198,7 +198,7 @@ def test_dry_run_with_the_coco_detector_and_val2017_photos(tmp_path, data_args):
 def karpathy_file(root, photos: int = 24) -> None:
     """A tiny ``dataset_coco.json`` in Karpathy's format over real COCO val2017 photos with
     their captions: 16 train (half of them restval), 4 val, 4 test."""
-    from captioner.datasets import read_dataset
+    from captioner.train.datasets import read_dataset
 
     coco = shared("coco_captions")
     (root / "val2017").symlink_to(coco / "val2017", target_is_directory=True)
@@ -217,7 +217,7 @@ def karpathy_file(root, photos: int = 24) -> None:
 def test_coco_karpathy_split_trains_end_to_end(tmp_path, data_args):
     """``--dataset coco-karpathy --data-root DIR`` reads ``DIR/dataset_coco.json`` and keeps
     its split (restval trains); a dry run and two real steps write a model the captioner loads."""
-    from captioner.datasets import read_dataset, split_records
+    from captioner.train.datasets import read_dataset, split_records
     from training import train_captioner
 
     root = tmp_path / "karpathy"

@@ -18,7 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from captioner.downloads import (
+from lstmkit.downloads import (
     COCO_URL,
     MNIST_MIRRORS,
     download_coco,
@@ -26,7 +26,7 @@ from captioner.downloads import (
     download_mnist,
     download_trajectories,
 )
-from captioner.runtools import UserError, cli
+from lstmkit.runtools import UserError, cli
 
 
 @cli

@@ -31,7 +31,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from captioner.datasets import (
+from captioner.detector import boxes_for
+from captioner.grounding_metrics import grounding_scores
+from captioner.model import DEFAULT_CHECKPOINT, Captioner
+from captioner.results import UNFAMILIAR
+from captioner.rules import degenerate
+from captioner.train.datasets import (
     DATASETS,
     captions_by_image,
     own_fractions,
@@ -42,17 +47,12 @@ from captioner.datasets import (
     split_of,
     text_source,
 )
-from captioner.detector import boxes_for
-from captioner.devices import resolve_device
-from captioner.features import FeatureCache, features_for
-from captioner.grounding_metrics import grounding_scores
-from captioner.metrics import best_constant_caption, caption_scores, java_available
-from captioner.model import DEFAULT_CHECKPOINT, Captioner
-from captioner.results import UNFAMILIAR
-from captioner.retrieval import ConceptRetrieval, nearest_consensus
-from captioner.rules import degenerate
-from captioner.runtools import UserError, cli, evaluation_flags, write_report
+from captioner.train.features import FeatureCache, features_for
+from captioner.train.metrics import best_constant_caption, caption_scores, java_available
+from captioner.train.retrieval import ConceptRetrieval, nearest_consensus
 from captioner.vocabulary import tokenize
+from lstmkit.devices import resolve_device
+from lstmkit.runtools import UserError, cli, evaluation_flags, write_report
 
 log = logging.getLogger("evaluate_captioner")
 

@@ -21,11 +21,11 @@ import json
 import sys
 from pathlib import Path
 
-from captioner.checkpoint import atomic_write_text
 from captioner.feedback import CorrectionService, FeedbackStore, RateLimit
 from captioner.model import DEFAULT_CHECKPOINT
-from captioner.runtools import UserError, cli
 from captioner.service import CaptionService
+from lstmkit.checkpoint import atomic_write_text
+from lstmkit.runtools import UserError, cli
 
 
 @cli

@@ -31,25 +31,37 @@ from pathlib import Path
 
 import torch
 
-from captioner import finetune
-from captioner.attention_targets import attention_targets
-from captioner.batches import CaptionTable, TextTable, epoch_plan, mixed_batch, object_swaps, text_rows_for
-from captioner.checkpoint import read_safetensors
-from captioner.concept_training import fit_detectors
 from captioner.concepts import concept_vocabulary
-from captioner.datasets import DATASETS, TEXT_SOURCES, captions_by_image
 from captioner.decoder import DECODERS
 from captioner.decoding import DecodingConfig
 from captioner.detector import SUMMARY_DIM
 from captioner.encoders import ENCODERS
-from captioner.finetune import CORRECTIONS, extend_from
-from captioner.loop import Loop, epoch_order
-from captioner.losses import SelfCritical, caption_loss
 from captioner.model import Captioner
 from captioner.network import CaptionerConfig
 from captioner.objects import slot_tokens
 from captioner.regions import Regions
-from captioner.runtools import (
+from captioner.train import finetune
+from captioner.train.attention_targets import attention_targets
+from captioner.train.batches import CaptionTable, TextTable, epoch_plan, mixed_batch, object_swaps, text_rows_for
+from captioner.train.concept_training import fit_detectors
+from captioner.train.datasets import DATASETS, TEXT_SOURCES, captions_by_image
+from captioner.train.losses import SelfCritical, caption_loss
+from captioner.train.training_data import (
+    Data,
+    Extraction,
+    Photos,
+    extract_features,
+    load_concept_photos,
+    load_records,
+    load_text_captions,
+    unpaired_photos,
+)
+from captioner.train.validation import coco_metrics, scores_on, validate
+from captioner.vocabulary import Vocabulary, tokenize
+from captioner.wordlists import category_of_words
+from lstmkit.checkpoint import read_safetensors
+from lstmkit.loop import Loop, epoch_order
+from lstmkit.runtools import (
     Timer,
     UserError,
     cli,
@@ -60,18 +72,6 @@ from captioner.runtools import (
     seed_everything,
     warmup_cosine,
 )
-from captioner.training_data import (
-    Data,
-    Photos,
-    extract_features,
-    load_concept_photos,
-    load_records,
-    load_text_captions,
-    unpaired_photos,
-)
-from captioner.validation import coco_metrics, scores_on, validate
-from captioner.vocabulary import Vocabulary, tokenize
-from captioner.wordlists import category_of_words
 
 log = logging.getLogger("train_captioner")
 
@@ -201,14 +201,14 @@ def build_model(args, encoder, train_captions: list[str], refs_feats, held_out_f
                           held_out_features=held_out_feats, familiarity_dim=args.familiarity_dim,
                           text_world=text_world, concept_words=concept_words)
     if old is not None:
-        extend_from(model, old)
+        finetune.extend_from(model, old)
     return model
 
 
 def settings(argv: list[str] | None) -> argparse.Namespace:
     """The flags, with what a dry run changes and the combinations that cannot work refused."""
     args = parse_args(argv)
-    args.finetune = CORRECTIONS in args.dataset
+    args.finetune = finetune.CORRECTIONS in args.dataset
     if args.finetune:  # fine-tune --init (default the shipped model), replaying its data; judged against --baseline
         finetune.check_out(args.out, resume=args.resume, keep=[args.init, args.baseline])
         plan = finetune.plan_finetune(init=args.init, baseline=args.baseline, datasets=list(zip(
@@ -255,7 +255,8 @@ def make_model(args, data: Data, photos: Photos) -> Captioner:
     captions = data.train_captions + data.text_captions
     concept_words = concept_vocabulary(captions, args.concepts) if args.concepts else []
     if args.finetune:
-        return finetune.start_from(args.init, [r for k, r in zip(args.dataset, args.data_root) if k == CORRECTIONS])
+        corrections = [r for k, r in zip(args.dataset, args.data_root) if k == finetune.CORRECTIONS]
+        return finetune.start_from(args.init, corrections)
     if args.init is not None and args.objective == "scst":
         model = Captioner.from_checkpoint(args.init, load_encoder=False)
         model.decoding = DecodingConfig(args.beam_size, args.length_alpha)
@@ -422,14 +423,13 @@ def train(args, run: Trainer, timer: Timer) -> None:
 def main(argv: list[str] | None = None) -> int:
     """The recipe: load the data, extract features, build the model, fit the detectors, train
     (validating every epoch), save."""
-    args = settings(argv)
+    args, timer = settings(argv), Timer()
     dist = init_distributed(args.device)
     seed_everything(args.seed + dist.rank)
-    timer = Timer()
     data = load_data(args)
-    photos = extract_features(data, dist, timer, encoder_name=args.encoder, encoder_weights=args.encoder_weights,
-                              cache_dir=args.cache_dir, needs_grid=args.decoder == "attention" or args.concepts > 0,
-                              workers=args.workers, detector=args.detector, seed=args.seed)
+    photos = extract_features(data, dist, timer, Extraction(
+        args.encoder, args.encoder_weights, args.cache_dir, args.decoder == "attention" or args.concepts > 0,
+        args.workers, args.detector, args.seed))
     model = make_model(args, data, photos)
     inputs = finetune.frozen_inputs(model, photos) if args.finetune else fit_detectors(
         model, data, photos, concept_epochs=args.concept_epochs, concept_photo_weight=args.concept_photo_weight,
@@ -443,8 +443,7 @@ def main(argv: list[str] | None = None) -> int:
                           "ship": str(args.out / "captioner.safetensors") if verdict.passed else None,
                           "report": str(args.out / "gate.json")}))
     dist.barrier()
-    close_distributed(dist)
-    return 0
+    return close_distributed(dist) or 0
 
 
 if __name__ == "__main__":

@@ -27,15 +27,15 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from captioner.checkpoint import atomic_write_text, read_safetensors
-from captioner.datasets import DATASETS, captions_by_image, own_fractions, read_dataset, split_records
 from captioner.detector import boxes_for
-from captioner.devices import resolve_device
-from captioner.features import features_for
 from captioner.grounding_metrics import grounding_scores
-from captioner.metrics import caption_scores
 from captioner.model import Captioner
-from captioner.runtools import UserError, cli, device_flag
+from captioner.train.datasets import DATASETS, captions_by_image, own_fractions, read_dataset, split_records
+from captioner.train.features import features_for
+from captioner.train.metrics import caption_scores
+from lstmkit.checkpoint import atomic_write_text, read_safetensors
+from lstmkit.devices import resolve_device
+from lstmkit.runtools import UserError, cli, device_flag
 
 
 def score(row: dict) -> float:

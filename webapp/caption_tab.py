@@ -16,11 +16,12 @@ import gradio as gr
 from gradio.data_classes import FileData, GradioRootModel, ListFiles
 
 from captioner.feedback import CorrectionService
-from captioner.images import ImageError, load_data_url, load_image
-from captioner.service import CaptionService, InputError
+from captioner.service import CaptionService
+from lstmkit.images import ImageError, load_data_url, load_image
+from lstmkit.service import InputError
 from webapp import caption_output as output
 from webapp.caption_pictures import boxed_photo, says_something, word_pictures
-from webapp.common import ROOT, event_value, not_trained, static, user_error
+from webapp.common import ROOT, beam_of, event_value, not_trained, paths_of, static, user_error
 from webapp.correction_form import CorrectionForm
 
 CAPTURES = Path(tempfile.gettempdir()) / "captioner-captures"  # webcam shots and pasted photos
@@ -30,14 +31,6 @@ LARGE = 4  # up to this many photos are shown at about 800 px; more, at half tha
 
 class OneOrMoreFiles(GradioRootModel):
     root: list[FileData] | FileData
-
-
-def paths_of(files) -> list[str]:
-    """Server paths of what the photo input holds: one file or many (the API takes either)."""
-    if files is None:
-        return []
-    items = files if isinstance(files, (list, tuple)) else [files]
-    return [f if isinstance(f, str) else getattr(f, "path", None) or getattr(f, "name", str(f)) for f in items]
 
 
 def example_images() -> list[str]:
@@ -100,7 +93,7 @@ class CaptionTab:
         paths = paths_of(files)
         if not paths:
             raise gr.Error("Please choose at least one photo.", print_exception=False)
-        beam = 1 if str(decoding).lower().startswith("greedy") else beam_width
+        beam = beam_of(decoding, beam_width)
         try:
             results = self.service.caption_paths(paths, beam, keep_images=True)
         except InputError as err:

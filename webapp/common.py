@@ -55,3 +55,16 @@ def not_trained(available: bool) -> bool:
     if not available:
         gr.Markdown(NOT_TRAINED)
     return not available
+
+
+def paths_of(files) -> list[str]:
+    """Server paths of what the photo input holds: one file or many (the API takes either)."""
+    if files is None:
+        return []
+    items = files if isinstance(files, (list, tuple)) else [files]
+    return [f if isinstance(f, str) else getattr(f, "path", None) or getattr(f, "name", str(f)) for f in items]
+
+
+def beam_of(decoding: str, beam_width: float | None) -> float | None:
+    """The beam width the caption controls ask for: greedy decoding is a beam of one."""
+    return 1 if str(decoding).lower().startswith("greedy") else beam_width

@@ -13,7 +13,8 @@ from pathlib import Path
 import gradio as gr
 
 from captioner.feedback import MAX_CAPTION, Correction, CorrectionError, CorrectionService, unwritable
-from captioner.service import InputError
+from lstmkit.service import InputError
+from webapp.common import beam_of, paths_of
 
 SHOW_NOTE = """() => { let form = document.activeElement;
   while (form && !(form.querySelector && form.querySelector('.correction-note'))) form = form.parentElement;
@@ -91,12 +92,10 @@ class CorrectionForm:
                      beam_width, request: gr.Request = None) -> str:
         """Save under the ``index``-th caption (of the photo called ``name``), decoded as the
         page asked; the answer, stored or refused, is said in the form."""
-        from webapp.caption_tab import paths_of
-
         paths = paths_of(files)
         if index >= len(paths) or Path(paths[index]).name != name:
             return note("The photos changed since this caption was written; caption them again first.", False)
-        beam = 1 if str(decoding).lower().startswith("greedy") else beam_width
+        beam = beam_of(decoding, beam_width)
         try:
             correction = self.corrections.correct(paths[index], caption, consent, client_of(request), beam)
         except (CorrectionError, InputError) as err:

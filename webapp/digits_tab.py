@@ -7,9 +7,9 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from captioner.images import ImageError, load_data_url
-from captioner.service import InputError
 from demos.mnist.service import DigitService
+from lstmkit.images import ImageError, load_data_url
+from lstmkit.service import InputError
 from webapp.common import event_value, not_trained, static, user_error
 
 

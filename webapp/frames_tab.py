@@ -7,8 +7,8 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
-from captioner.service import InputError
 from demos.nextframe.service import FrameService
+from lstmkit.service import InputError
 from webapp.common import not_trained, user_error
 
 

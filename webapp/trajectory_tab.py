@@ -9,8 +9,8 @@ import gradio as gr
 import numpy as np
 from PIL import Image, ImageDraw
 
-from captioner.service import InputError
 from demos.trajectory.service import TrajectoryService
+from lstmkit.service import InputError
 from webapp.common import event_value, not_trained, static, user_error
 
 

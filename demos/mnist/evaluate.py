@@ -14,10 +14,10 @@ import time
 
 import torch
 
-from captioner.devices import resolve_device
-from captioner.runtools import cli, evaluation_flags, write_report
 from demos.mnist.data import mnist_flags, read_mnist
 from demos.mnist.model import DEFAULT_CHECKPOINT, RowLSTMClassifier, accuracy
+from lstmkit.devices import resolve_device
+from lstmkit.runtools import cli, evaluation_flags, write_report
 
 
 @cli

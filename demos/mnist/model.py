@@ -20,8 +20,8 @@ import torch
 from PIL import Image, ImageFilter
 from torch import nn
 
-from captioner.checkpoint import CHECKPOINTS, Saveable
-from captioner.lstm import LSTM
+from lstmkit.checkpoint import CHECKPOINTS, Saveable
+from lstmkit.lstm import LSTM
 
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 DEFAULT_CHECKPOINT = CHECKPOINTS / "mnist.safetensors"
@@ -43,7 +43,7 @@ def load_mnist(root: str | Path, train: bool, download: bool = True,
     if not (raw / f"{name}-images-idx3-ubyte").exists() or not (raw / f"{name}-labels-idx1-ubyte").exists():
         if not download:
             raise FileNotFoundError(f"no MNIST {name} files in {raw} (downloading was turned off)")
-        from captioner.downloads import download_mnist
+        from lstmkit.downloads import download_mnist
 
         download_mnist(root, progress=progress)
     # torchvision's own idx readers, on the one split asked for (its MNIST class wants all four files)

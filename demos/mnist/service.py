@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from captioner.service import InputError, Lazy, ModelService, read_upload, whole_number  # noqa: F401
+from lstmkit.service import InputError, Lazy, ModelService, read_upload, whole_number  # noqa: F401
 
 
 class DigitService(ModelService):

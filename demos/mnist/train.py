@@ -19,9 +19,11 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from captioner.devices import resolve_device
-from captioner.loop import Loop, epoch_order
-from captioner.runtools import (
+from demos.mnist.data import mnist_flags, read_mnist
+from demos.mnist.model import MnistConfig, RowLSTMClassifier, accuracy, split_train_val
+from lstmkit.devices import resolve_device
+from lstmkit.loop import Loop, epoch_order
+from lstmkit.runtools import (
     Timer,
     cli,
     optimizer_step,
@@ -29,8 +31,6 @@ from captioner.runtools import (
     seed_everything,
     warmup_cosine,
 )
-from demos.mnist.data import mnist_flags, read_mnist
-from demos.mnist.model import MnistConfig, RowLSTMClassifier, accuracy, split_train_val
 
 
 def augment(x: torch.Tensor, degrees: float = 10.0, scale: float = 0.1, shift_px: float = 2.0) -> torch.Tensor:

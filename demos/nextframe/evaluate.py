@@ -15,8 +15,6 @@ import time
 
 import torch
 
-from captioner.devices import resolve_device
-from captioner.runtools import cli, evaluation_flags, write_report
 from demos.mnist.data import mnist_flags, read_mnist
 from demos.nextframe.model import (
     DEFAULT_CHECKPOINT,
@@ -27,6 +25,8 @@ from demos.nextframe.model import (
     frame_mse,
     ssim,
 )
+from lstmkit.devices import resolve_device
+from lstmkit.runtools import cli, evaluation_flags, write_report
 
 
 @cli

@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from captioner.checkpoint import CHECKPOINTS, Saveable
-from captioner.lstm import ConvLSTMCell
+from lstmkit.checkpoint import CHECKPOINTS, Saveable
+from lstmkit.lstm import ConvLSTMCell
 
 TEST_SEED = 2024  # the held-out Moving MNIST clips: made from the MNIST test digits with this seed
 DEFAULT_CHECKPOINT = CHECKPOINTS / "nextframe.safetensors"

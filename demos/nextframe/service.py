@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from captioner.service import InputError, Lazy, ModelService, read_upload, whole_number  # noqa: F401
+from lstmkit.service import InputError, Lazy, ModelService, read_upload, whole_number  # noqa: F401
 
 
 class FrameService(ModelService):

@@ -19,9 +19,12 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from captioner.devices import choose_precision, resolve_device
-from captioner.loop import Loop
-from captioner.runtools import (
+from demos.mnist.data import mnist_flags, read_mnist
+from demos.mnist.model import split_train_val
+from demos.nextframe.model import MovingMNIST, NextFrameConfig, NextFramePredictor, copy_last_frame, frame_mse, ssim
+from lstmkit.devices import choose_precision, resolve_device
+from lstmkit.loop import Loop
+from lstmkit.runtools import (
     Timer,
     cli,
     optimizer_step,
@@ -29,9 +32,6 @@ from captioner.runtools import (
     seed_everything,
     warmup_cosine,
 )
-from demos.mnist.data import mnist_flags, read_mnist
-from demos.mnist.model import split_train_val
-from demos.nextframe.model import MovingMNIST, NextFrameConfig, NextFramePredictor, copy_last_frame, frame_mse, ssim
 
 
 @cli

@@ -16,8 +16,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from captioner.devices import resolve_device
-from captioner.runtools import UserError, cli, evaluation_flags, write_report
 from demos.trajectory.model import (
     DEFAULT_CHECKPOINT,
     TrajectoryPredictor,
@@ -28,6 +26,8 @@ from demos.trajectory.model import (
     split_sequences,
     windows_report,
 )
+from lstmkit.devices import resolve_device
+from lstmkit.runtools import UserError, cli, evaluation_flags, write_report
 
 
 @cli

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from captioner.checkpoint import CHECKPOINTS, Saveable
+from lstmkit.checkpoint import CHECKPOINTS, Saveable
 
 DEFAULT_CHECKPOINT = CHECKPOINTS / "trajectory.safetensors"
 DEFAULT_ONNX = CHECKPOINTS / "trajectory.onnx"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from captioner.service import InputError, Lazy, ModelService, read_upload, whole_number  # noqa: F401
+from lstmkit.service import InputError, Lazy, ModelService, read_upload, whole_number  # noqa: F401
 
 MAX_POINTS = 10_000
 MAX_COORDINATE = 1e6

@@ -27,10 +27,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from captioner.checkpoint import atomic_write_text
-from captioner.devices import resolve_device
-from captioner.loop import Loop, epoch_order
-from captioner.runtools import Timer, UserError, cli, optimizer_step, run_flags, seed_everything, warmup_cosine
 from demos.trajectory.model import (
     TrajectoryConfig,
     TrajectoryPredictor,
@@ -42,6 +38,10 @@ from demos.trajectory.model import (
     split_sequences,
     windows_report,
 )
+from lstmkit.checkpoint import atomic_write_text
+from lstmkit.devices import resolve_device
+from lstmkit.loop import Loop, epoch_order
+from lstmkit.runtools import Timer, UserError, cli, optimizer_step, run_flags, seed_everything, warmup_cosine
 
 BLEND_DECAYS = (0.25, 0.5, 1.0, 2.0, 4.0)
 

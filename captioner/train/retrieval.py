@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
-from captioner.metrics import consensus_caption
+from captioner.train.metrics import consensus_caption
 from captioner.vocabulary import tokenize
 
 

@@ -23,8 +23,8 @@ import shutil
 from collections import Counter
 from collections.abc import Sequence
 
-from captioner.cider import ngrams
 from captioner.rules import degenerate
+from captioner.train.cider import ngrams
 from captioner.vocabulary import tokenize
 from captioner.wordlists import mentioned_categories, person_words
 

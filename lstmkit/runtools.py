@@ -25,17 +25,16 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 
 class UserError(Exception):
-    """A mistake in the command line or the data: reported in one sentence, exit status 2."""
+    """A mistake in the command line or the data: reported in one sentence, exit status 2
+    (a library's own such errors subclass it: the captioner's encoder weights, its features)."""
 
 
 def cli(main: Callable[[list[str] | None], int | None]) -> Callable[[list[str] | None], int]:
     """Run ``main``; known user errors end in one clear sentence and a non-zero exit."""
-    from captioner.checkpoint import CheckpointError
-    from captioner.devices import DeviceError
-    from captioner.downloads import DownloadError
-    from captioner.encoders import EncoderWeightsError
-    from captioner.features import NonFiniteFeatures
-    from captioner.images import ImageError
+    from lstmkit.checkpoint import CheckpointError
+    from lstmkit.devices import DeviceError
+    from lstmkit.downloads import DownloadError
+    from lstmkit.images import ImageError
 
     @functools.wraps(main)
     def wrapper(argv: list[str] | None = None) -> int:
@@ -43,8 +42,7 @@ def cli(main: Callable[[list[str] | None], int | None]) -> Callable[[list[str] |
                             datefmt="%H:%M:%S")
         try:
             return main(argv) or 0
-        except (UserError, CheckpointError, EncoderWeightsError, ImageError, FileNotFoundError,
-                DownloadError, DeviceError, NonFiniteFeatures) as err:
+        except (UserError, CheckpointError, ImageError, FileNotFoundError, DownloadError, DeviceError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         except KeyboardInterrupt:
@@ -86,7 +84,7 @@ def write_report(args: argparse.Namespace, report: dict) -> None:
     """The report as JSON in ``--json-out`` (atomically), when one was given."""
     import json
 
-    from captioner.checkpoint import atomic_write_text
+    from lstmkit.checkpoint import atomic_write_text
 
     if args.json_out:
         atomic_write_text(args.json_out, json.dumps(report, indent=2))
@@ -94,7 +92,7 @@ def write_report(args: argparse.Namespace, report: dict) -> None:
 
 def device_flag(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """``--device``, for every training and evaluation script."""
-    from captioner.devices import DEVICE_CHOICES
+    from lstmkit.devices import DEVICE_CHOICES
 
     parser.add_argument("--device", default="auto",
                         help=f"{DEVICE_CHOICES} (default auto: a GPU if there is one; torchrun: one GPU per process)")
@@ -141,7 +139,7 @@ class Dist:
 def init_distributed(device: str = "auto") -> Dist:
     """This process's device (``--device``), and the process group when started by
     ``torchrun``: one GPU per process with nccl, or CPU processes with gloo."""
-    from captioner.devices import resolve_device
+    from lstmkit.devices import resolve_device
 
     chosen = resolve_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -175,7 +173,7 @@ def close_distributed(dist: Dist) -> None:
 
 def write_metrics(path: Path, rows: list[dict]) -> None:
     """The whole history as CSV, rewritten atomically after every epoch."""
-    from captioner.checkpoint import atomic_write
+    from lstmkit.checkpoint import atomic_write
 
     if not rows:
         return
@@ -197,7 +195,7 @@ def plot_curves(path: Path, rows: list[dict], left: list[str], right: list[str] 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from captioner.checkpoint import atomic_write
+    from lstmkit.checkpoint import atomic_write
 
     epochs = [r["epoch"] for r in rows]
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)

@@ -48,17 +48,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from captioner.checkpoint import CHECKPOINTS, atomic_write, atomic_write_text, file_sha256, read_metadata
 from captioner.concepts import detect
-from captioner.datasets import captions_by_image, own_fractions, read_dataset, split_of
 from captioner.detector import summary as detector_summary
 from captioner.feedback import read_corrections
-from captioner.metrics import cider_per_photo
 from captioner.model import DEFAULT_CHECKPOINT, Captioner
-from captioner.runtools import UserError
-from captioner.training_data import Photos, photo_detections
-from captioner.validation import caption_photos
+from captioner.train.datasets import captions_by_image, own_fractions, read_dataset, split_of
+from captioner.train.metrics import cider_per_photo
+from captioner.train.training_data import Photos, photo_detections
+from captioner.train.validation import caption_photos
 from captioner.vocabulary import tokenize
+from lstmkit.checkpoint import CHECKPOINTS, atomic_write, atomic_write_text, file_sha256, read_metadata
+from lstmkit.runtools import UserError
 
 log = logging.getLogger(__name__)
 

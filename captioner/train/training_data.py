@@ -13,8 +13,11 @@ from pathlib import Path
 
 import torch
 
-from captioner.batches import PhotoDetections
-from captioner.datasets import (
+from captioner.detector import DetectionCache
+from captioner.encoders import build_encoder
+from captioner.model import Captioner
+from captioner.train.batches import PhotoDetections
+from captioner.train.datasets import (
     DATASETS,
     CaptionRecord,
     own_fractions,
@@ -23,11 +26,8 @@ from captioner.datasets import (
     split_records,
     unique_images,
 )
-from captioner.detector import DetectionCache
-from captioner.encoders import build_encoder
-from captioner.features import FeatureCache
-from captioner.model import Captioner
-from captioner.runtools import Timer, UserError, seed_everything
+from captioner.train.features import FeatureCache
+from lstmkit.runtools import Timer, UserError, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -138,11 +138,26 @@ class Photos:
     boxes: Callable | None = None  # paths -> the detector's boxes of each (with the detector)
 
 
-def extract_features(data: Data, dist, timer: Timer, *, encoder_name: str, encoder_weights: str | None,
-                     cache_dir: Path, needs_grid: bool, workers: int, detector: bool, seed: int) -> Photos:
+@dataclass(frozen=True)
+class Extraction:
+    """What ``extract_features`` computes, and where it keeps it."""
+
+    encoder_name: str
+    encoder_weights: str | None
+    cache_dir: Path
+    needs_grid: bool
+    workers: int
+    detector: bool
+    seed: int
+
+
+def extract_features(data: Data, dist, timer: Timer, extraction: Extraction) -> Photos:
     """Every photo's feature (and grid, if ``needs_grid``) through the frozen encoder, once
     into the cache (rank 0 extracts, the others read), and (``detector``) the detector's
     boxes of the photo rows. Reseeds every generator with ``seed`` + rank after."""
+    x = extraction
+    encoder_name, encoder_weights, cache_dir = x.encoder_name, x.encoder_weights, x.cache_dir
+    needs_grid, workers, detector, seed = x.needs_grid, x.workers, x.detector, x.seed
     encoder = build_encoder(encoder_name, encoder_weights, device=dist.device)
     pooled_cache = FeatureCache(cache_dir, encoder)
     grid_cache = FeatureCache(cache_dir, encoder, grid=True, pooled_too=pooled_cache)

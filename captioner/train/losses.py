@@ -7,11 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from captioner import search
-from captioner.attention_targets import attention_loss
-from captioner.cider import CiderD
 from captioner.decoder import packed_order, packed_targets
 from captioner.inputs import PhotoInputs
 from captioner.model import Captioner
+from captioner.train.attention_targets import attention_loss
+from captioner.train.cider import CiderD
 
 
 def caption_loss(trainer, inputs: PhotoInputs, caps: torch.Tensor, lengths: torch.Tensor, *,

@@ -96,19 +96,6 @@ def _cuda(spec: str, device: torch.device) -> torch.device:
     return torch.device("cuda", index)
 
 
-def fast_bf16(device: torch.device | str = "cpu") -> bool:
-    """Whether bf16 matrix products are native (fast) on this device."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        except (AttributeError, RuntimeError):
-            return False
-    return False
-
-
 def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (for honest timings)."""
     if device.type == "cuda":
@@ -194,7 +181,7 @@ def measured(what: str, measure) -> dict[str, float]:
         table[key] = measure()
         log.info("measured on this CPU (%s): %s (cached in %s)", what, table[key], path)
         try:
-            from captioner.checkpoint import atomic_write_text
+            from lstmkit.checkpoint import atomic_write_text
 
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path, json.dumps(table, indent=1))

@@ -7,12 +7,12 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from captioner.batches import CaptionTable
 from captioner.decoder import packed_targets
 from captioner.detector import summary as detector_summary
 from captioner.inputs import PhotoInputs
-from captioner.metrics import caption_scores
 from captioner.model import Captioner
+from captioner.train.batches import CaptionTable
+from captioner.train.metrics import caption_scores
 
 
 def caption_photos(model: Captioner, features: torch.Tensor, grid: torch.Tensor | None, beam_size: int | None,

@@ -6,33 +6,34 @@ the noise tables (``concepts.ConceptNoise``, ``batches.DetectorNoise``)."""
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import torch
 
-from captioner.batches import DetectorNoise, PhotoDetections, category_labels
-from captioner.concepts import ConceptNoise, concept_labels, detect, fit_concept_detector
-from captioner.datasets import captions_by_image
+from captioner.concepts import ConceptFit, ConceptNoise, concept_labels, detect, fit_concept_detector
 from captioner.detector import summary as detector_summary
 from captioner.model import Captioner
-from captioner.training_data import Data, Photos, photo_detections
+from captioner.train.batches import DetectorNoise, PhotoDetections, category_labels
+from captioner.train.datasets import captions_by_image
+from captioner.train.training_data import Data, Photos, photo_detections
 
 log = logging.getLogger(__name__)
 
 
 def fit_concepts(model: Captioner, train_grids, train_flipped, labels, weights, val_grids, coco_photo: torch.Tensor,
-                 *, epochs: int, seed: int):
+                 fit: ConceptFit):
     """The concept detectors (on all training photos), the concepts the decoder trains on
     for each training photo (from detectors that never saw it: two folds), and the noise
     of text rows (the scores of the fold detectors on the photos they did not see: the last
     ``concept_photos`` photos are COCO's)."""
-    detector = fit_concept_detector(train_grids, labels, train_flipped, weights, epochs=epochs, seed=seed)
+    detector = fit_concept_detector(train_grids, labels, train_flipped, weights, fit)
     model.network.concepts.load_state_dict(detector.state_dict())
     fold = torch.arange(len(train_grids)) % 2 == 0
     concepts, flipped = torch.zeros(len(labels), labels.shape[1]), torch.zeros(len(labels), labels.shape[1])
     for part in (fold, ~fold):
         rest = ~part
         d = fit_concept_detector(train_grids[rest], labels[rest], train_flipped[rest], weights[rest],
-                                 epochs=epochs, seed=seed + 1)
+                                 replace(fit, seed=fit.seed + 1))
         concepts[part], flipped[part] = detect(d, train_grids[part]), detect(d, train_flipped[part])
     val_scores = detect(detector, val_grids)
     # how the detectors score photos they never saw, per kind of photo: Flickr's (for Flickr30k's
@@ -96,7 +97,7 @@ def concept_inputs(model: Captioner, data: Data, photos: Photos, photo_inputs: P
     concepts, flipped, noise, held_scores = fit_concepts(
         model, torch.cat([photos.train_grid, concept_grid]),
         torch.cat([photos.train_grid_flipped, concept_grid_flipped]), labels, weights, held_grid, coco_photo,
-        epochs=epochs, seed=seed)
+        ConceptFit(epochs=epochs, seed=seed))
     n = len(data.train_images)
     photo_inputs.concepts, photo_inputs.flipped_concepts = concepts[:n], flipped[:n]
     report = {"concept_words": concept_words, "concept_map_validation": average_precision(held_scores, val_labels),

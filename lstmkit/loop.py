@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from captioner.checkpoint import load_training_state, read_metadata, save_training_state, weight_settings
-from captioner.runtools import Dist, NonFiniteLoss, Timer, UserError, plot_curves, write_metrics
+from lstmkit.checkpoint import load_training_state, read_metadata, save_training_state, weight_settings
+from lstmkit.runtools import Dist, NonFiniteLoss, Timer, UserError, plot_curves, write_metrics
 
 log = logging.getLogger("training")
 

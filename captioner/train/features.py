@@ -36,9 +36,10 @@ from safetensors.torch import save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from captioner.checkpoint import atomic_write, atomic_write_text
 from captioner.encoders import ImageEncoder
-from captioner.images import ImageError, image_key, load_image
+from lstmkit.checkpoint import atomic_write, atomic_write_text
+from lstmkit.images import ImageError, image_key, load_image
+from lstmkit.runtools import UserError
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def _collate(items):
     return items
 
 
-class NonFiniteFeatures(ValueError):
+class NonFiniteFeatures(UserError, ValueError):
     """The encoder produced NaN or infinite features."""
 
 

@@ -30,14 +30,14 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from captioner.concepts import ConceptNoise, concept_labels
-from captioner.datasets import CaptionRecord
 from captioner.detector import Boxes
 from captioner.inputs import PhotoInputs
-from captioner.loop import epoch_order
 from captioner.objects import Detections, substitute_slots
 from captioner.regions import Regions
+from captioner.train.datasets import CaptionRecord
 from captioner.vocabulary import Vocabulary, tokenize
 from captioner.wordlists import mentioned_categories
+from lstmkit.loop import epoch_order
 
 
 def encode_caption(vocab: Vocabulary, tokens: Sequence[str]) -> torch.Tensor:
