@@ -73,10 +73,11 @@ def fine_tune(colours, out: Path, lr: float) -> tuple[int, dict]:
 
 
 def test_a_fine_tune_that_damages_the_model_is_refused_and_ships_nothing(colours, tmp_path):
-    status, gate = fine_tune(colours, tmp_path / "damaged", lr=1.0)
+    status, gate = fine_tune(colours, tmp_path / "damaged", lr=5.0)
     assert status == 0 and not gate["passed"] and not (tmp_path / "damaged" / "captioner.safetensors").exists()
     assert gate["cider"]["baseline"]["flickr8k"] > 1.0  # the start names the colours of photos it never saw
-    assert gate["bootstrap"]["interval"]["flickr8k"][1] < -gate["tolerance"]  # worse, beyond doubt
+    assert gate["cider"]["candidate"]["flickr8k"] < gate["cider"]["baseline"]["flickr8k"] - 0.5  # much worse
+    assert gate["bootstrap"]["interval"]["flickr8k"][0] < -gate["tolerance"]  # which the gate's bound sees
     assert gate["reasons"][0].startswith("flickr8k: CIDEr") and "Not shipped" in \
         (tmp_path / "damaged" / "MODEL_CARD.md").read_text()
 
