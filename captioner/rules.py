@@ -1,5 +1,5 @@
 """What no caption may be, by construction: a person where the detector sees none, a word
-pair said twice, a modifier with no noun ("a little blonde haired is").
+pair said twice, a modifier with no noun ("a little blonde haired is"), one object by two names.
 
 The old person ban took "man" and "people" away when the concept detectors doubted a
 person, and the decoder said the same with the words left ("a group of young asian young
@@ -14,6 +14,9 @@ asian little blonde"). Here the rules are on the caption, not on a few words:
 - **no dangling modifier**: a determiner ("a", "two", "the") followed only by modifiers
   (colours, sizes, ages, hair, "and") must reach a noun before a verb, a preposition or the
   end ("a little blonde haired is", "a black and white").
+- **one object, one name**: an object the caption has named is not named again by another of
+  its category's words ("a kitchen with a television and a tv", "a couch and a sofa");
+  people aside ("a man and a woman" are two).
 
 Beam search applies them while it searches (``mask``: every continuation that would break
 one is not a candidate, so the beam takes the next), and checks every finished caption
@@ -28,7 +31,7 @@ from collections.abc import Sequence
 
 import torch
 
-from captioner.wordlists import person_words
+from captioner.wordlists import category_of_words, named_objects, person_words
 
 DETERMINERS = frozenset("a an the two three four five six several many some few each another one".split())
 # "of" opens a noun phrase too ("a group of different are": no noun), and an article may follow it
@@ -80,6 +83,7 @@ def problems(words: Sequence[str], person_ok: bool = True) -> list[str]:
         elif (a, b) in pairs and not (a in FUNCTION_WORDS and b in FUNCTION_WORDS):
             found.append(f"repeats {a + ' ' + b!r}")
         pairs.add((a, b))
+    found += second_names(words)
     pending, after_of = 0, False
     for i, w in enumerate(list(words) + ["<end>"]):
         if pending and (w in BREAKERS or w == "<end>") and not (after_of and pending == 1 and w in ARTICLES):
@@ -91,6 +95,17 @@ def problems(words: Sequence[str], person_ok: bool = True) -> list[str]:
             pending += 1
         else:
             pending = 0
+    return found
+
+
+def second_names(words: Sequence[str]) -> list[str]:
+    """An object named again by another of its category's words ("a television and a tv"),
+    people aside (a man and a woman are two people, not one named twice)."""
+    names: dict[str, str] = {}
+    found = []
+    for position, category in named_objects(list(words)):
+        if category != "person" and names.setdefault(category, words[position]) != words[position]:
+            found.append(f"names one {category} twice ({names[category]}, {words[position]})")
     return found
 
 
@@ -128,6 +143,9 @@ class CaptionRules:
         self.breaker[end_id] = True
         self.function = mask(FUNCTION_WORDS)
         self.end_id = end_id
+        # the COCO object each word names, people aside (80: none): one object, one name
+        category = category_of_words(words)
+        self.category = torch.where((category < 0) | (category == 0), 80, category)
 
         # what a pending determiner bans next (``_ban_dangling``), by kind: 0 nothing, 1 a breaker,
         # 2 a breaker but an article (right after "of"), 3 a breaker or a modifier (three modifiers already)
@@ -137,7 +155,7 @@ class CaptionRules:
 
     def to(self, device: torch.device) -> CaptionRules:
         for name in ("person", "determiner", "modifier", "breaker", "function", "opener", "article", "dangling",
-                     "positions"):
+                     "positions", "category"):
             setattr(self, name, getattr(self, name).to(device))
         return self
 
@@ -184,6 +202,7 @@ class CaptionRules:
             seqs = torch.where((seqs >= first_slot) & (written >= 0), written, seqs)
         self._ban_dangling(ban, seqs)
         self._ban_repeats(ban, seqs, slot_words, first_slot)
+        self._ban_second_names(ban, seqs, slot_words, first_slot)
 
     def _ban_dangling(self, ban: torch.Tensor, seqs: torch.Tensor) -> None:
         """A determiner followed only by modifiers so far ("a little blonde"): a breaker (or the
@@ -216,6 +235,18 @@ class CaptionRules:
             # (rows, t-1, K): the slots written as a banned follower
             hits = (slot_words[:, None, :] == follow[:, :, None]) & repeat[:, :, None]
             ban[:, first_slot:] += hits.any(1).float()
+
+    def _ban_second_names(self, ban: torch.Tensor, seqs: torch.Tensor, slot_words: torch.Tensor | None,
+                          first_slot: int) -> None:
+        """Another name of an object the caption has named already ("a television and a tv",
+        "a couch next to a sofa"; people aside), and the slots written as one."""
+        named = torch.zeros(len(seqs), 81, device=seqs.device).scatter_(1, self.category[seqs], 1.0)
+        named[:, 80] = 0.0
+        used = torch.zeros_like(ban).scatter_(1, seqs, 1.0)
+        second = named[:, self.category] * (1.0 - used)
+        ban += second
+        if slot_words is not None:
+            ban[:, first_slot:] += second.gather(1, slot_words.clamp_min(0)) * (slot_words >= 0)
 
     def _slot_is(self, table: torch.Tensor, slot_words: torch.Tensor) -> torch.Tensor:
         """(rows, K): whether each slot's word is in ``table`` (a (V,) bool mask)."""

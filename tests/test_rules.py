@@ -159,3 +159,22 @@ def test_a_caption_cut_at_its_longest_is_trimmed_to_what_breaks_no_rule():
     words = "a dog of a brown and white photo is jumping over a".split()
     assert problems(words) and trimmed(words) == "a dog of a brown and white photo is jumping".split()
     assert trimmed(["a", "young"]) == []
+
+
+def test_one_object_has_one_name_but_two_people_are_two():
+    assert problems("a kitchen with a television and a tv".split()) == ["names one tv twice (television, tv)"]
+    assert problems("a couch next to a sofa in a living room".split())
+    assert problems("a man and a woman sitting on a couch".split()) == []
+    assert problems("a dog chasing another dog".split()) == []  # the same word: two dogs, not one named twice
+    assert "boarder" in person_words()  # a snowboarder or a skateboarder, cut short
+
+
+def test_the_search_never_names_a_named_object_again_by_another_word():
+    words = ["<pad>", "<start>", "<end>", "<unk>", "a", "kitchen", "with", "television", "and", "tv", "dog",
+             "televisions", "<obj1>"]
+    rules = CaptionRules(words, 2)
+    seqs = torch.tensor([[4, 5, 6, 4, 7, 8, 4]])  # "a kitchen with a television and a"
+    slots = torch.tensor([[words.index("tv")]])  # the slot is written "tv" for this photo
+    banned = rules.mask(torch.zeros(1, len(words)), seqs, None, slots)[0].isinf()
+    assert banned[words.index("tv")] and banned[words.index("televisions")] and banned[words.index("<obj1>")]
+    assert not banned[words.index("dog")]  # another object is fine ("a kitchen" again is a repeated pair)
