@@ -4,7 +4,20 @@ Each word's attention is a map of the whole photo: a grid cell's weight spread e
 over the cell (the encoder squashes the whole photo onto the grid), and, for a decoder
 that attends over the detector's boxes too, a box's weight spread evenly over the box.
 Per caption and word (``CaptionResult.to_dict``: ``attention``, ``attention_grid``,
-``attention_boxes``, ``boxes``):
+``attention_boxes``, ``boxes``), first the honest figures, which read the attention's own
+entries and no box's area:
+
+- **flat over the entries**: a caption whose every word gives no entry (a cell, or a box the
+  photo has) more than 1.5x an even share (1 / the entries): attention spread evenly over 49
+  cells and 3 boxes is flat here, though the map below paints each box's weight over its
+  area and makes a small box the hottest spot;
+- **the cells alone**: for a word naming a COCO object the detector boxed, whether its most
+  attended cell has its centre in a box of that object (chance: the share of the cells whose
+  centres those boxes hold), and the cells' mass in those boxes over their share. The cells
+  carry no category label, so this is not circular the way the map is (the decoder attends
+  over the detector's labelled boxes and is scored against the same boxes);
+
+then the figures of the whole map:
 
 - **flat**: a caption whose every word looks everywhere alike (the map's hottest point
   below 1.05x a uniform map's);
@@ -30,6 +43,7 @@ from captioner.wordlists import mentioned_categories, named_objects
 
 RESOLUTION = 56  # the map's side: 8 points a cell of a 7x7 grid
 FLAT = 1.05
+EVEN = 1.5  # flat over the entries: no entry above 1.5x an even share
 
 
 def word_maps(result: dict, side: int = RESOLUTION) -> list[np.ndarray] | None:
@@ -96,9 +110,53 @@ def grounding_scores(results: Sequence[dict], references: Sequence[Sequence[str]
             chance.append(share)
             ratios.append(float((m * region).sum() / m.sum() / share))
     n = len(results)
-    return {"captions": n, "with_attention": with_attention, "flat": flat,
+    return {**entry_scores(results), "captions": n, "with_attention": with_attention, "flat": flat,
             "flat_rate": flat / with_attention if with_attention else 0.0,
             "pointed_words": len(hits), "pointing_game": float(np.mean(hits)) if hits else 0.0,
             "pointing_chance": float(np.mean(chance)) if chance else 0.0,
             "in_box_ratio_median": median(ratios) if ratios else 0.0,
             "unbacked": unbacked, "unbacked_rate": unbacked / n if n else 0.0}
+
+
+def _cells_in(box: Sequence[float], gh: int, gw: int) -> np.ndarray:
+    """(gh * gw,) whether each cell's centre lies in ``box`` (0..1 of the photo), row-major."""
+    ys, xs = (np.arange(gh) + 0.5) / gh, (np.arange(gw) + 0.5) / gw
+    x0, y0, x1, y1 = box
+    return ((ys[:, None] >= y0) & (ys[:, None] <= y1) & (xs[None, :] >= x0) & (xs[None, :] <= x1)).ravel()
+
+
+def entry_scores(results: Sequence[dict]) -> dict:
+    """The honest figures (see the module's docstring): captions flat over the entries, and
+    the pointing game and in-box ratio of the grid cells alone."""
+    flat = with_attention = 0
+    hits, chance, ratios = [], [], []
+    for r in results:
+        cells = r.get("attention")
+        if not cells:
+            continue
+        with_attention += 1
+        gh, gw = r["attention_grid"]
+        boxes = r.get("boxes") or []
+        on_boxes = r.get("attention_boxes") or [[] for _ in cells]
+        entries = [np.concatenate([np.asarray(c, dtype=np.float64), np.asarray(b[:len(boxes)], dtype=np.float64)])
+                   for c, b in zip(cells, on_boxes)]
+        flat += all(e.max() <= EVEN / len(e) for e in entries)
+        for position, category in named_objects(r["words"]):
+            if position >= len(cells):
+                continue
+            inside = np.zeros(gh * gw, dtype=bool)
+            for b in boxes:
+                if b["category"] == category:
+                    inside |= _cells_in(b["box"], gh, gw)
+            share = inside.mean()
+            if share == 0 or share == 1:
+                continue
+            weights = np.asarray(cells[position], dtype=np.float64)
+            hits.append(float(inside[int(weights.argmax())]))
+            chance.append(float(share))
+            if weights.sum() > 0:
+                ratios.append(float(weights[inside].sum() / weights.sum() / share))
+    return {"flat_entries": flat, "cells_pointed_words": len(hits),
+            "cells_pointing_game": float(np.mean(hits)) if hits else 0.0,
+            "cells_pointing_chance": float(np.mean(chance)) if chance else 0.0,
+            "cells_in_box_ratio_median": median(ratios) if ratios else 0.0}

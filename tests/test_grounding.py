@@ -84,6 +84,27 @@ def test_a_box_the_word_attended_counts_in_the_map():
     assert g["flat"] == 0 and g["pointing_game"] == 1.0 and g["in_box_ratio_median"] > 3
 
 
+def test_attention_spread_evenly_over_cells_and_boxes_is_flat_and_the_cells_alone_point_honestly():
+    """Even weights over 49 cells and 3 boxes: the map paints a small box's weight over its small
+    area and calls it the hottest spot, pointing 1.0; over the entries the caption is flat, and
+    the cells alone point where their own weights do."""
+    boxes = [{"category": "dog", "score": .9, "box": [0.0, 0.0, 0.15, 0.15]},
+             {"category": "cat", "score": .8, "box": [0.5, 0.5, 1.0, 1.0]},
+             {"category": "cup", "score": .7, "box": [0.3, 0.0, 0.6, 0.3]}]
+    even = {"caption": "a dog", "words": ["a", "dog"], "attention": [[1 / 52] * 49] * 2, "attention_grid": [7, 7],
+            "boxes": boxes, "attention_boxes": [[1 / 52] * 3] * 2}
+    g = grounding_scores([even])
+    assert g["flat"] == 0 and g["pointing_game"] == 1.0  # the map is fooled
+    assert g["flat_entries"] == 1  # no entry above 1.5x an even share
+    peaked = [0.0] * 49
+    peaked[0] = 0.9  # the top-left cell: its centre (1/14, 1/14) lies in the dog's box
+    looks = {**even, "attention": [[1 / 52] * 49, peaked], "attention_boxes": [[1 / 52] * 3, [0.05, 0.05, 0.0]]}
+    away = {**looks, "attention": [[1 / 52] * 49, peaked[::-1]]}  # the bottom-right cell: not the dog
+    h = grounding_scores([looks, away])
+    assert h["flat_entries"] == 0 and h["cells_pointed_words"] == 2 and h["cells_pointing_game"] == 0.5
+    assert h["cells_pointing_chance"] == pytest.approx(1 / 49)
+
+
 def tiny_region_captioner(**decoding):
     from captioner.decoding import DecodingConfig
     from captioner.model import Captioner

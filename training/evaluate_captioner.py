@@ -235,7 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, s in scores.items():
         print(f"{name:12s}" + "".join(f"{s[m]:9.4f}" for m in metrics))
     for name, g in grounding.items():
-        print(f"{name}: where it looked: {g['flat']} of {g['with_attention']} captions flat, pointing game "
+        print(f"{name}: where it looked (entries, cells alone): {g['flat_entries']} of {g['with_attention']} captions "
+              f"flat over the entries, the cells alone point at the named object {g['cells_pointing_game']:.3f} "
+              f"(chance {g['cells_pointing_chance']:.3f}, {g['cells_pointed_words']} words), cells' in-box ratio "
+              f"median {g['cells_in_box_ratio_median']:.2f}")
+        print(f"{name}: where it looked (the map: cells and boxes painted over their areas): {g['flat']} of "
+              f"{g['with_attention']} captions flat, pointing game "
               f"{g['pointing_game']:.3f} (chance {g['pointing_chance']:.3f}, {g['pointed_words']} words), in-box ratio "
               f"median {g['in_box_ratio_median']:.2f}; {g['unbacked']} of {g['captions']} captions name an object "
               "no one backs")
