@@ -18,15 +18,15 @@ import os
 import sys
 from pathlib import Path
 
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
-from captioner.detector import CocoDetector
-from captioner.encoders import EncoderWeightsError, Preprocessing
+from captioner.encoders import EncoderWeightsError
 from captioner.model import DEFAULT_CHECKPOINT, Captioner
+from captioner.photo_files import PhotoFiles
 from captioner.results import UNFAMILIAR
 from lstmkit.checkpoint import CheckpointError
 from lstmkit.devices import DEVICE_CHOICES, PRECISIONS, DeviceError, resolve_device
-from lstmkit.images import ImageError, load_image
+from lstmkit.images import load_image
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,23 +155,6 @@ def remove_correction(store, correction_id: str, repo: str | None) -> str:
             "history still holds them until it is squashed: captioner corrections squash")
 
 
-class _Photos(Dataset):
-    """Each photo decoded by the safe loader and preprocessed, or the reason it could not be."""
-
-    def __init__(self, paths: list[Path], preprocess: Preprocessing, detect: bool):
-        self.paths, self.preprocess, self.detect = paths, preprocess, detect
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        try:
-            image = load_image(self.paths[i], draft_size=self.preprocess.size)
-        except ImageError as err:
-            return i, None, str(err)
-        return i, (self.preprocess(image), CocoDetector.prepare(image) if self.detect else None), None
-
-
 def _batch(items):
     """(index, error) of each photo and the prepared good ones (``Captioner.prepare``)."""
     good = [x for _, x, _ in items if x is not None]
@@ -210,7 +193,7 @@ def caption_files(model: Captioner, paths: list[Path], beam_size: int | None, ba
     out, err = out or sys.stdout, sys.stderr
     failures = 0
     encoder = model.require_encoder()
-    loader = DataLoader(_Photos(list(paths), encoder.preprocess, bool(model.config.detector)),
+    loader = DataLoader(PhotoFiles(list(paths), encoder.preprocess, bool(model.config.detector)),
                         batch_size=batch_size, num_workers=workers, collate_fn=_batch,
                         persistent_workers=False, prefetch_factor=4 if workers else None)
     for items, batch in ahead(loader):

@@ -33,31 +33,16 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from captioner.encoders import ImageEncoder
+from captioner.photo_files import PhotoFiles
 from lstmkit.checkpoint import atomic_write, atomic_write_text
-from lstmkit.images import ImageError, image_key, load_image
+from lstmkit.images import ImageError, image_key
 from lstmkit.runtools import UserError
 
 log = logging.getLogger(__name__)
-
-
-class _Images(Dataset):
-    def __init__(self, paths: Sequence[Path], encoder: ImageEncoder):
-        self.paths, self.preprocess = list(paths), encoder.preprocess
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        try:
-            image = load_image(self.paths[i], draft_size=self.preprocess.size)
-        except ImageError as err:
-            return i, None, str(err)
-        x = self.preprocess(image)
-        return i, x, ""
 
 
 def _collate(items):
@@ -116,7 +101,7 @@ class FeatureCache:
         atomic_write_text(self.dir / "encoder.json", json.dumps({
             "encoder": self.encoder.name, "weights": self.encoder.weights_id,
             "preprocess": self.encoder.preprocess.fingerprint(), "grid": self.grid}))
-        loader = DataLoader(_Images(paths, self.encoder), batch_size=batch_size, num_workers=num_workers,
+        loader = DataLoader(PhotoFiles(paths, self.encoder.preprocess), batch_size=batch_size, num_workers=num_workers,
                             collate_fn=_collate, persistent_workers=False)
         pending_keys, pending_feats, pending_flips, errors = [], [], [], []
         pending_pooled, pending_pooled_flips = [], []
@@ -124,7 +109,7 @@ class FeatureCache:
             self.pooled_too._load_shards()
         bar = tqdm(total=len(paths), desc=f"features {self.encoder.name}", unit="img", disable=not progress)
         for items in loader:
-            good = [(i, x) for i, x, err in items if x is not None]
+            good = [(i, x[0]) for i, x, err in items if x is not None]
             errors += [f"{paths[i]}: {err}" for i, x, err in items if x is None]
             if good:
                 batch = torch.stack([x for _, x in good])
