@@ -314,7 +314,7 @@ def test_other_endpoints_through_gradio_client(client, tmp_path):
 
 
 @pytest.mark.parametrize("path", ["checkpoints/mnist.safetensors", "README.md", "app.py", "/etc/passwd",
-                                  "../shared/data/README.md", "captioner/images.py"])
+                                  "../shared/data/README.md", "lstmkit/images.py"])
 def test_gradio_serves_none_of_our_files(server, path):
     import urllib.error
 

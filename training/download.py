@@ -9,7 +9,7 @@ COCO: the official caption annotations and image archives from images.cocodatase
 unpacked into ``root/annotations/captions_<split><year>.json`` and ``root/<split><year>/``.
 MNIST: the four idx files, checked against the MD5 sums torchvision publishes, unpacked
 into ``root/MNIST/raw/``. Run the command again after an interruption and it continues
-where it stopped. See ``captioner/downloads.py``.
+where it stopped. See ``lstmkit/downloads.py``.
 """
 
 from __future__ import annotations
