@@ -143,3 +143,16 @@ def test_atomic_write_gives_the_usual_mode_without_ever_changing_the_umask(tmp_p
     finally:
         monkeypatch.undo()
         os.umask(mask)
+
+
+def test_a_safetensors_checkpoint_gets_the_usual_mode_too(tmp_path):
+    """safetensors replaces the file it writes to: the mode is set after the writer has run."""
+    import os
+
+    from safetensors.torch import save_file
+
+    from lstmkit.checkpoint import atomic_write, current_umask
+
+    atomic_write(tmp_path / "w.safetensors", lambda tmp: save_file({"w": torch.zeros(2)}, tmp))
+    assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == 0o666 & ~current_umask()
+    assert os.access(tmp_path / "w.safetensors", os.R_OK)
