@@ -54,14 +54,6 @@ class Constraints:
     degenerate: bool = True
     slot_words: torch.Tensor | None = None  # (images, K) the word each object slot is written as (-1: none)
 
-    def apply(self, logp: torch.Tensor, seqs: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
-        """``logp`` of rows whose words so far are ``seqs`` and whose images are ``image``."""
-        person_ok = None if self.person_ok is None else self.person_ok.to(image.device)[image]
-        slot_words = None if self.slot_words is None else self.slot_words.to(image.device)[image]
-        if not self.degenerate:
-            seqs = seqs[:, :0]
-        return self.rules.mask(logp, seqs, person_ok, slot_words)
-
 
 class Bans:
     """Every word a search may not write next, as one (rows, V) table per step: the caption
