@@ -37,7 +37,10 @@ from benchmarks.common import ROOT, SHARED, require, write_results
 WORKER = r"""
 import json, sys, time
 import torch
-from lstmkit.images import load_image
+try:
+    from lstmkit.images import load_image
+except ImportError:  # releases before the move to lstmkit (issue 39)
+    from captioner.images import load_image
 from captioner.model import Captioner
 paths = json.loads(sys.argv[1])
 model = Captioner.from_checkpoint("checkpoints/captioner.safetensors", int8=True)
