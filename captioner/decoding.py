@@ -208,11 +208,24 @@ class DecodedBatch:
     person_ok: torch.Tensor | None
 
 
-def decode(network: CaptionNetwork, tables: WordTables, inputs: PhotoInputs, decoding: DecodingConfig
-           ) -> DecodedBatch:
-    """Decode a batch of photos' captions, the decoding policy in one place: which photos are
-    described from their objects alone (familiarity), grounding, backing, the required words
-    and the rules, then greedy or beam search."""
+@dataclass
+class Policy:
+    """What the decoding policy fixes for a batch before any word is searched: the
+    network's context with the grounding and backing biases in it, the classifier's
+    objects, the words each caption must hold (None: none), the rules (None: none) and
+    whether each photo may name a person (None: all may)."""
+
+    ctx: dict
+    detections: Detections | None
+    required: torch.Tensor | None
+    constraints: search.Constraints | None
+    person_ok: torch.Tensor | None
+
+
+def policy(network: CaptionNetwork, tables: WordTables, inputs: PhotoInputs, decoding: DecodingConfig) -> Policy:
+    """The decoding policy in one place, for the search (``decode``) and for self-critical
+    training's samples alike: which photos are described from their objects alone
+    (familiarity), grounding, backing, the required words and the rules."""
     objects_only = None
     if decoding.objects_only_below is not None and inputs.familiarity is not None and network.objects is not None:
         objects_only = inputs.familiarity < decoding.objects_only_below
@@ -230,7 +243,6 @@ def decode(network: CaptionNetwork, tables: WordTables, inputs: PhotoInputs, dec
         bias = ctx.get("word_bias", torch.zeros(banned.shape, device=banned.device))
         ctx["word_bias"] = bias.masked_fill(banned, float("-inf"))
     required = required_words(tables, network.decoder.first_slot, detections, summary, decoding)
-    decoder = network.inference_decoder
     constraints = person_ok = None
     if decoding.person_score is not None and summary is not None:
         person_ok = category_scores(summary)[:, PERSON] >= decoding.person_score
@@ -239,10 +251,19 @@ def decode(network: CaptionNetwork, tables: WordTables, inputs: PhotoInputs, dec
         if detections is not None and tables.object_tokens is not None:
             slot_words = tables.object_tokens.to(detections.words.device)[detections.words]
         constraints = search.Constraints(tables.rules, person_ok, decoding.rules, slot_words)
+    return Policy(ctx, detections, required, constraints, person_ok)
+
+
+def decode(network: CaptionNetwork, tables: WordTables, inputs: PhotoInputs, decoding: DecodingConfig
+           ) -> DecodedBatch:
+    """Decode a batch of photos' captions: the decoding policy (``policy``), then greedy or
+    beam search."""
+    fixed = policy(network, tables, inputs, decoding)
+    decoder, ctx, required, constraints = network.inference_decoder, fixed.ctx, fixed.required, fixed.constraints
     if decoding.beam_size == 1 and required is None:
         decoded = search.greedy(decoder, ctx, decoding.max_length, decoding.block_ngram, constraints)
     else:
         decoded = search.beam_search(decoder, ctx, decoding.beam_size, decoding.max_length,
                                      decoding.length_alpha, must_include=required,
                                      block_ngram=decoding.block_ngram, constraints=constraints)
-    return DecodedBatch(decoded, detections, ctx.get("concepts"), person_ok)
+    return DecodedBatch(decoded, fixed.detections, ctx.get("concepts"), fixed.person_ok)

@@ -49,6 +49,19 @@ class PhotoInputs:
     def with_(self, **changes) -> PhotoInputs:
         return replace(self, **changes)
 
+    def rows(self, index: torch.Tensor) -> PhotoInputs:
+        """These rows of every part (``index`` may repeat rows: self-critical training's samples)."""
+        def pick(value):
+            if value is None:
+                return None
+            if isinstance(value, Detections):
+                return Detections(value.words[index.to(value.words.device)], value.probs[index.to(value.probs.device)])
+            if isinstance(value, Regions):
+                return value.select(index.to(value.boxes.device))
+            return value[index.to(value.device)]
+
+        return replace(self, **{f.name: pick(getattr(self, f.name)) for f in fields(self)})
+
     def to(self, device: torch.device | str) -> PhotoInputs:
         def move(value):
             if value is None:

@@ -160,24 +160,33 @@ def greedy(decoder: CaptionDecoder, ctx: Context, max_length: int = 20, block_ng
 
 @torch.no_grad()
 def sample(decoder: CaptionDecoder, ctx: Context, n: int = 5, max_length: int = 16,
-           temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+           temperature: float = 1.0, block_ngram: int = 0, constraints: Constraints | None = None
+           ) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` captions per image drawn from the model's distribution, for self-critical
-    training. Returns token ids (B * n, T) as ``<start> w1 .. wk <end>`` padded with
-    ``<pad>`` (0), image-major, and their lengths (captions cut at ``max_length`` words
-    get no ``<end>``)."""
+    training, under the same bans the searches apply (``block_ngram``, ``constraints``:
+    the caption rules), so that what is sampled is what decoding could write. Returns token
+    ids (B * n, T) as ``<start> w1 .. wk <end>`` padded with ``<pad>`` (0), image-major,
+    and their lengths (captions cut at ``max_length`` words get no ``<end>``)."""
     batch = _rows(ctx)
     ctx = decoder.prepare(ctx)
+    bans = Bans(constraints, block_ngram, decoder.first_slot)
+    ctx = bans.context(ctx, decoder.out.out_features)
     ctx = select(ctx, torch.arange(batch, device=next(iter(ctx.values())).device).repeat_interleave(n))
     rows = batch * n
     state = decoder.init_state(ctx)
     device = state[0].device
     tokens = torch.full((rows,), decoder.start_id, dtype=torch.long, device=device)
     out = [tokens]
+    seqs = tokens.new_zeros(rows, 0)
     alive = torch.ones(rows, dtype=torch.bool, device=device)
     lengths = torch.ones(rows, dtype=torch.long, device=device)
     for _ in range(max_length):
         logp, state, _ = decoder.step(tokens, state, ctx)
+        logp = bans.apply(logp, seqs, ctx)
+        stuck = torch.isinf(logp).all(-1)  # every word banned (a finished row's nonsense): anything, then <pad>
+        logp = logp.masked_fill(stuck[:, None], 0.0)
         tokens = torch.multinomial((logp / temperature).softmax(-1), 1).squeeze(1)
+        seqs = torch.cat([seqs, tokens[:, None]], 1)
         tokens = torch.where(alive, tokens, torch.zeros_like(tokens))
         out.append(tokens)
         lengths += alive.long()

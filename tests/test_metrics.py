@@ -86,3 +86,16 @@ def test_object_mention_scores_count_objects_named_by_two_references():
     assert (s["objects_correct"], s["objects_named"], s["objects_true"]) == (2, 5, 3)
     assert s["object_precision"] == pytest.approx(2 / 5) and s["object_recall"] == pytest.approx(2 / 3)
     assert s["object_f1"] == pytest.approx(2 * 0.4 * (2 / 3) / (0.4 + 2 / 3))
+
+
+def test_the_reward_counts_the_end_of_the_sentence():
+    """Self-critical training's reward: a caption that ends scores more than the same words
+    cut short, and "... in a a" trailing off scores less than the sentence that ends."""
+    from captioner.train.losses import SentenceReward
+
+    refs = [[tokenize(c) for c in REFS[k]] for k in sorted(REFS)]
+    reward = SentenceReward([refs[0] + refs[0], *refs[1:]])  # a photo repeated in the data keeps its references once
+    assert len(reward.refs[0]) == len(refs[0])
+    words = refs[0][0]
+    assert reward(0, words, ended=True) > reward(0, words, ended=False) > 0
+    assert reward(0, words[:-2], ended=True) > reward(0, words[:-2] + ["in", "a", "a"], ended=False)

@@ -235,3 +235,27 @@ def test_coco_karpathy_split_trains_end_to_end(tmp_path, data_args):
     assert int(rows[-1]["step"]) == 2
     model = Captioner.from_checkpoint(tmp_path / "two" / "best.safetensors", load_encoder=False)
     assert model.provenance["training_data"]["datasets"][0][0] == "coco-karpathy"
+
+
+def test_self_critical_training_of_the_shipped_model_keeps_its_decoding(tmp_path, data_args):
+    """Self-critical training of the whole shipped captioner (detector, regions, concepts,
+    object slots): its samples drawn under its own decoding policy, the cross-entropy
+    kept beside the reward, and the model it writes decoding as the one it started from."""
+    from training import train_captioner
+
+    shipped = ROOT / "checkpoints" / "captioner.safetensors"
+    coco = shared("coco_captions")
+    out = tmp_path / "scst"
+    args = [*data_args[:4], "--dataset", "coco_val2017", "--data-root", str(coco),
+            "--dataset-split", "coco_val2017:0.15:0.25", "--cache-dir", data_args[9], "--decoder", "attention",
+            "--detector", "--objective", "scst", "--init", str(shipped), "--samples", "3", "--xe-weight", "0.1",
+            "--lr", "5e-5", "--out", str(out), "--dry-run"]
+    assert train_captioner.main(args) == 0
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert len(rows) == 1 and 0 < float(rows[0]["train_reward"]) < 10 and float(rows[0]["val_cider"]) > 0
+    before = Captioner.from_checkpoint(shipped, load_encoder=False)
+    after = Captioner.from_checkpoint(out / "best.safetensors", load_encoder=False)
+    assert after.decoding == before.decoding and after.config == before.config
+    moved = [k for k, v in before.network.state_dict().items()
+             if not torch.equal(v.float(), after.network.state_dict()[k].float())]
+    assert moved and all(not k.startswith("concepts.") for k in moved)  # the concept detectors stay frozen

@@ -36,6 +36,7 @@ from captioner.decoder import DECODERS
 from captioner.decoding import DecodingConfig
 from captioner.detector import SUMMARY_DIM
 from captioner.encoders import ENCODERS
+from captioner.inputs import PhotoInputs
 from captioner.model import Captioner
 from captioner.network import CaptionerConfig
 from captioner.objects import slot_tokens
@@ -139,6 +140,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gate-tolerance", type=float, default=finetune.TOLERANCE,
                    help="--dataset corrections: the CIDEr the gate's bootstrap lower bound may fall below zero")
     p.add_argument("--samples", type=int, default=5, help="scst: captions sampled per image")
+    p.add_argument("--xe-weight", type=float, default=0.0,
+                   help="scst: plus this weight times the cross-entropy of a batch of the training captions "
+                        "(keeps the language of the references while the reward pulls)")
     p.add_argument("--select-by", choices=["val_bleu4", "val_cider", "val_mixed"], default="val_bleu4",
                    help="the validation metric that picks the best model (val_mixed: the mean of the CIDEr on "
                         "the validation photos and on the --concept-photos validation photos)")
@@ -258,9 +262,7 @@ def make_model(args, data: Data, photos: Photos) -> Captioner:
         corrections = [r for k, r in zip(args.dataset, args.data_root) if k == finetune.CORRECTIONS]
         return finetune.start_from(args.init, corrections)
     if args.init is not None and args.objective == "scst":
-        model = Captioner.from_checkpoint(args.init, load_encoder=False)
-        model.decoding = DecodingConfig(args.beam_size, args.length_alpha)
-        return model
+        return Captioner.from_checkpoint(args.init, load_encoder=False)  # its decoding policy too: samples follow it
     return build_model(args, photos.encoder, captions, refs_feats, held_out_feats, text_world, concept_words)
 
 
@@ -307,8 +309,8 @@ class Trainer:
             self.trainer = torch.nn.parallel.DistributedDataParallel(
                 model.network, device_ids=[device.index] if device.type == "cuda" else None)
         model.provenance["training_data"] = provenance(args)
-        self.scst = (SelfCritical(model, self.trainer, self.train_refs, photos.train_feats, args.samples,
-                                  args.max_caption_words, photos.train_grid) if args.objective == "scst" else None)
+        self.scst = (SelfCritical(model, self.trainer, self.train_refs, self.photo_rows, args.samples,
+                                  args.max_caption_words) if args.objective == "scst" else None)
 
     def _to_device(self, device) -> None:
         """fp16 features live on the training device (all of COCO's fit a GPU: 2 x 83k x 2048 x 2 bytes)."""
@@ -326,15 +328,38 @@ class Trainer:
         return epoch_plan(len(self.train_table), epoch, self.args.seed, self.args.flip_prob, self.dist.rank,
                           self.dist.world)
 
+    def photo_rows(self, images: torch.Tensor) -> PhotoInputs:
+        """The ``PhotoInputs`` of these training photos (not mirrored), as the photo rows of
+        a cross-entropy batch give them: for self-critical training's samples."""
+        p, device = self.photos, self.dist.device
+        flips = torch.zeros(len(images), dtype=torch.bool)
+        det, concepts, boxes = self.photo_inputs.select(images, flips)
+        regions = self.photo_inputs.regions_of(images, flips) if self.model.config.regions else None
+        on = images.to(p.train_feats.device)
+        return PhotoInputs(p.train_feats[on].float(), None if p.train_grid is None else p.train_grid[on].float(),
+                           boxes, regions, detections=det if self.model.config.object_slots else None,
+                           concepts=concepts).to(device)
+
     def step(self, epoch: int, step: int) -> float:
-        args, p, config, device = self.args, self.photos, self.model.config, self.dist.device
+        args = self.args
         if self.scst is not None:
             batch = slice(step * args.batch_size, (step + 1) * args.batch_size)
             images = epoch_order(len(self.train_refs), epoch, args.seed, self.dist.rank, self.dist.world)
-            return optimizer_step(self.optimizer, self.scst.loss(images[batch]), self.model.network.parameters(),
-                                  args.grad_clip)
+            loss = self.scst.loss(images[batch])
+            if args.xe_weight:
+                loss = loss + args.xe_weight * self.xe_loss(epoch, step)
+            return optimizer_step(self.optimizer, loss, self.model.network.parameters(), args.grad_clip)
+        return optimizer_step(self.optimizer, self.xe_loss(epoch, step), self.model.network.parameters(),
+                              args.grad_clip)
+
+    def xe_loss(self, epoch: int, step: int) -> torch.Tensor:
+        """Cross-entropy (with the attention losses) of step ``step``'s batch of this epoch's
+        caption rows, photo rows and text rows mixed."""
+        args, p, config, device = self.args, self.photos, self.model.config, self.dist.device
         rows, flips = self.plan(epoch)
         part = slice(step * self.photo_per_step, (step + 1) * self.photo_per_step)
+        if part.start >= len(rows):  # self-critical epochs are shorter than the caption rows: wrap around
+            part = slice(part.start % len(rows), part.start % len(rows) + self.photo_per_step)
         rows, flips = rows[part], flips[part]
         feats, grids_ = self.train_table.inputs(rows, flips, p.train_feats, p.train_flipped, p.train_grid,
                                                 p.train_grid_flipped)
@@ -360,9 +385,8 @@ class Trainer:
         inputs = inputs.with_(regions=regions, swap=None if swap is None else swap.to(device),
                               objects_only=inputs.objects_only | dropped if dropped is not None else None,
                               detections=inputs.detections if config.object_slots else None)
-        loss = caption_loss(self.trainer, inputs, caps, lengths, label_smoothing=args.label_smoothing,
+        return caption_loss(self.trainer, inputs, caps, lengths, label_smoothing=args.label_smoothing,
                             attention_reg=args.attention_reg, targets=targets, ground_weight=args.ground_attention)
-        return optimizer_step(self.optimizer, loss, self.model.network.parameters(), args.grad_clip)
 
     def validate(self) -> dict:
         args, p, model = self.args, self.photos, self.model
@@ -431,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         args.encoder, args.encoder_weights, args.cache_dir, args.decoder == "attention" or args.concepts > 0,
         args.workers, args.detector, args.seed))
     model = make_model(args, data, photos)
-    inputs = finetune.frozen_inputs(model, photos) if args.finetune else fit_detectors(
+    inputs = finetune.frozen_inputs(model, photos) if args.finetune or args.objective == "scst" else fit_detectors(
         model, data, photos, concept_epochs=args.concept_epochs, concept_photo_weight=args.concept_photo_weight,
         seed=args.seed)
     run = Trainer(args, model, data, photos, inputs, dist)

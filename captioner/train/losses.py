@@ -3,11 +3,14 @@ and self-critical training."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
 from captioner import search
 from captioner.decoder import packed_order, packed_targets
+from captioner.decoding import policy
 from captioner.inputs import PhotoInputs
 from captioner.model import Captioner
 from captioner.train.attention_targets import attention_loss
@@ -40,46 +43,74 @@ def caption_loss(trainer, inputs: PhotoInputs, caps: torch.Tensor, lengths: torc
     return loss
 
 
-class SelfCritical:
-    """Self-critical sequence training: sample captions, reward each with its CIDEr-D
-    against the image's references, and push up the log-probability of the captions that
-    beat the mean of the other samples of the same image (Rennie et al. 2017; the
-    mean-of-others baseline of Luo 2020). Runs without dropout, so that the captions
-    sampled are those of the policy whose gradient is taken."""
+END = "</s>"  # the end of a sentence, as a word of the reward: a caption cut short misses every n-gram ending in it
 
-    def __init__(self, model: Captioner, trainer, refs: list[list[list[str]]], features: torch.Tensor,
-                 samples: int, max_words: int, grid: torch.Tensor | None = None):
-        self.model, self.trainer, self.features, self.grid = model, trainer, features, grid
-        self.samples, self.max_words = samples, max_words
-        self.cider = CiderD(refs)
-        self.refs = refs
+
+class SentenceReward:
+    """CIDEr-D of a caption against its photo's references with the end of the sentence
+    counted as a word (``END``, appended to every reference and to each caption that
+    ended), so that a caption cut short, or one that trails off into "in a a", loses the
+    n-grams that end a sentence. ``refs``: each photo's tokenised references (repeats
+    dropped: a photo repeated in the training data keeps its five)."""
+
+    def __init__(self, refs: list[list[list[str]]]):
+        self.refs = [[list(r) + [END] for r in dict.fromkeys(map(tuple, caps))] for caps in refs]
+        self.cider = CiderD(self.refs)
         self._prepared: dict[int, list] = {}
+
+    def __call__(self, image: int, words: list[str], ended: bool) -> float:
+        if image not in self._prepared:
+            self._prepared[image] = self.cider.prepare_refs(self.refs[image])
+        return self.cider.score(list(words) + [END] if ended else list(words), self._prepared[image])
+
+
+class SelfCritical:
+    """Self-critical sequence training (Rennie et al. 2017) of the whole captioner: sample
+    ``samples`` captions of each photo under the decoding policy the app uses
+    (``decoding.policy``: grounding, backing and the caption rules, so that what is
+    rewarded is what decoding could write), reward each with its CIDEr-D against the
+    photo's references with the end of the sentence counted as a word (a caption cut
+    short, or one that trails off into "in a a", scores low), and push up the
+    log-probability of the captions that beat the mean of the other samples of the same
+    photo (the baseline of Luo 2020). Runs without dropout, so that the captions sampled
+    are those of the policy whose gradient is taken.
+
+    ``refs``: each training photo's tokenised references; ``inputs_of(images)``: the
+    ``PhotoInputs`` of those training photos, as cross-entropy training gives them."""
+
+    def __init__(self, model: Captioner, trainer, refs: list[list[list[str]]],
+                 inputs_of: Callable[[torch.Tensor], PhotoInputs], samples: int, max_words: int):
+        if samples < 2:
+            raise ValueError("self-critical training needs at least 2 samples per photo (the baseline is the others)")
+        self.model, self.trainer, self.inputs_of = model, trainer, inputs_of
+        self.samples, self.max_words = samples, max_words
+        self.reward = SentenceReward(refs)
         self.reward_sum, self.reward_count = 0.0, 0
 
     def rewards(self, images: list[int], ids: torch.Tensor, objects: list[list[str]]) -> torch.Tensor:
+        end = self.model.vocab.end_id
         out = []
         for k, seq in enumerate(ids.tolist()):
-            image = images[k // self.samples]
-            if image not in self._prepared:
-                self._prepared[image] = self.cider.prepare_refs(self.refs[image])
-            words = self.model.words_of(seq, objects[k // self.samples])
-            out.append(self.cider.score(words, self._prepared[image]))
+            image = k // self.samples
+            out.append(self.reward(images[image], self.model.words_of(seq, objects[image]), end in seq))
         return torch.tensor(out)
 
     def loss(self, images: torch.Tensor) -> torch.Tensor:
-        network, n = self.model.network, self.samples
+        network, n, model = self.model.network, self.samples, self.model
         network.eval()  # no dropout: sample from and differentiate the same policy
-        feats = self.features[images.to(self.features.device)].float()
-        grid = None if self.grid is None else self.grid[images.to(self.grid.device)].float()
+        inputs = self.inputs_of(images)
+        decoding = model.decoding
         with torch.no_grad():
-            ctx, _ = network.context(PhotoInputs(feats, grid))
-        ids, lengths = search.sample(network.decoder, ctx, n, self.max_words)
+            fixed = policy(network, model.tables, inputs, decoding)
+            ids, lengths = search.sample(network.decoder, fixed.ctx, n, min(self.max_words, decoding.max_length),
+                                         block_ngram=decoding.block_ngram, constraints=fixed.constraints)
         lengths = lengths.cpu()
-        objects = self.model.detected_object_words(feats)
-        reward = self.rewards(images.tolist(), ids, objects).to(feats.device).view(-1, n)
+        objects = ([[model.object_words[w] for w in row] for row in fixed.detections.words.tolist()]
+                   if fixed.detections is not None else [[] for _ in range(len(images))])
+        reward = self.rewards(images.tolist(), ids, objects).to(inputs.features.device).view(-1, n)
         advantage = (reward - (reward.sum(1, keepdim=True) - reward) / (n - 1)).view(-1)
-        logits, _ = self.trainer(PhotoInputs(feats.repeat_interleave(n, 0),
-                                             None if grid is None else grid.repeat_interleave(n, 0)), ids, lengths)
+        every = torch.arange(len(images)).repeat_interleave(n)
+        logits, _ = self.trainer(inputs.rows(every), ids, lengths)
         token_logp = -F.cross_entropy(logits, packed_targets(ids, lengths), reduction="none")
         owner, _ = packed_order(lengths - 1)  # each packed token's caption
         seq_logp = torch.zeros(len(ids), device=token_logp.device).index_add(0, owner.to(token_logp.device),
