@@ -57,7 +57,7 @@ from captioner.train.training_data import (
     load_text_captions,
     unpaired_photos,
 )
-from captioner.train.validation import coco_metrics, scores_on, validate
+from captioner.train.validation import coco_metrics, coco_part_scores, scores_on, validate
 from captioner.vocabulary import Vocabulary, tokenize
 from captioner.wordlists import category_of_words
 from lstmkit.checkpoint import read_safetensors
@@ -293,7 +293,7 @@ class Trainer:
         with_slot = sum(bool((ids >= model.network.decoder.first_slot).any()) for ids in self.train_table.ids)
         log.info("%d of %d training captions name a detected object (as a slot); %d captions without photos",
                  with_slot, len(self.train_table), len(self.text_table) if self.text_table else 0)
-        self._to_device(device)
+        photos.to(device, grids=model.config.decoder == "attention")
         self.train_refs = [[tokenize(c) for c in caps] for caps in captions_by_image(data.splits["train"]).values()]
         self.text_per_step = int(round(args.batch_size * args.text_share)) if self.text_table is not None else 0
         self.photo_per_step = args.batch_size - self.text_per_step
@@ -312,33 +312,16 @@ class Trainer:
         self.scst = (SelfCritical(model, self.trainer, self.train_refs, self.photo_rows, args.samples,
                                   args.max_caption_words) if args.objective == "scst" else None)
 
-    def _to_device(self, device) -> None:
-        """fp16 features live on the training device (all of COCO's fit a GPU: 2 x 83k x 2048 x 2 bytes)."""
-        p = self.photos
-        p.train_feats, p.train_flipped, p.val_feats = (t.to(device) for t in (p.train_feats, p.train_flipped,
-                                                                               p.val_feats))
-        if p.train_grid is not None:
-            p.train_grid, p.train_grid_flipped, p.val_grid = (t.to(device) for t in (p.train_grid,
-                                                                                     p.train_grid_flipped, p.val_grid))
-        if self.model.config.decoder != "attention":  # the grids served the concept detectors only
-            p.train_grid = p.train_grid_flipped = p.val_grid = None
-
     @functools.lru_cache(maxsize=1)  # noqa: B019 (one Trainer per run)
     def plan(self, epoch: int):
         return epoch_plan(len(self.train_table), epoch, self.args.seed, self.args.flip_prob, self.dist.rank,
                           self.dist.world)
 
     def photo_rows(self, images: torch.Tensor) -> PhotoInputs:
-        """The ``PhotoInputs`` of these training photos (not mirrored), as the photo rows of
-        a cross-entropy batch give them: for self-critical training's samples."""
-        p, device = self.photos, self.dist.device
-        flips = torch.zeros(len(images), dtype=torch.bool)
-        det, concepts, boxes = self.photo_inputs.select(images, flips)
-        regions = self.photo_inputs.regions_of(images, flips) if self.model.config.regions else None
-        on = images.to(p.train_feats.device)
-        return PhotoInputs(p.train_feats[on].float(), None if p.train_grid is None else p.train_grid[on].float(),
-                           boxes, regions, detections=det if self.model.config.object_slots else None,
-                           concepts=concepts).to(device)
+        """These training photos' ``PhotoInputs`` (self-critical training's samples)."""
+        return self.photo_inputs.photo_rows(images, self.photos.train_feats, self.photos.train_grid,
+                                            bool(self.model.config.regions),
+                                            bool(self.model.config.object_slots)).to(self.dist.device)
 
     def step(self, epoch: int, step: int) -> float:
         args = self.args
@@ -394,7 +377,8 @@ class Trainer:
                            boxes=p.val_boxes)
         coco = [i for i, path in enumerate(self.data.val_images) if "coco" in str(path)]
         if coco and len(coco) < len(self.data.val_images):  # COCO's validation photos among the photo rows
-            metrics.update(self._coco_scores(coco))
+            metrics.update(coco_part_scores(self.model, p, self.data.val_images, coco, self.val_refs,
+                                            self.args.beam_size))
             metrics["val_mixed"] = (metrics["val_cider"] + metrics["val_coco_cider"]) / 2
         if self.coco_val is not None:  # the validation part of --concept-photos
             scores = scores_on(self.model, *self.coco_val, beam_size=self.args.beam_size)
@@ -404,16 +388,6 @@ class Trainer:
             metrics["train_reward"] = self.scst.mean_reward()
         metrics.setdefault("val_mixed", metrics["val_cider"])  # no COCO validation photos: Flickr's alone
         return metrics
-
-    def _coco_scores(self, coco: list[int]) -> dict:
-        p, images = self.photos, self.data.val_images
-        keep = torch.tensor(coco)
-        refs = {str(images[i]): self.val_refs[str(images[i])] for i in coco}
-        scores = scores_on(self.model, p.val_feats[keep.to(p.val_feats.device)],
-                           None if p.val_grid is None else p.val_grid[keep.to(p.val_grid.device)], refs,
-                           beam_size=self.args.beam_size,
-                           boxes=None if p.val_boxes is None else [p.val_boxes[i] for i in coco])
-        return coco_metrics(scores)
 
 
 def provenance(args) -> dict:

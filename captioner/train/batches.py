@@ -288,6 +288,18 @@ class PhotoDetections:
         return Regions(*(pick(getattr(mine, f), getattr(mirrored, f)) for f in ("boxes", "categories", "scores",
                                                                               "mask")))
 
+    def photo_rows(self, index: torch.Tensor, features: torch.Tensor, grid: torch.Tensor | None, regions: bool,
+                   slots: bool) -> PhotoInputs:
+        """The ``PhotoInputs`` of these training photos, not mirrored (``features``, ``grid``:
+        every training photo's), as the photo rows of a cross-entropy batch give them; the
+        regions and the object slots only where the model has them."""
+        flip = torch.zeros(len(index), dtype=torch.bool)
+        det, concepts, boxes = self.select(index, flip)
+        on = index.to(features.device)
+        return PhotoInputs(features[on].float(), None if grid is None else grid[on].float(), boxes,
+                           self.regions_of(index, flip) if regions else None, detections=det if slots else None,
+                           concepts=concepts)
+
     def select(self, index: torch.Tensor, flip: torch.Tensor):
         """(detections, concepts or None, detector summaries or None) of these photos."""
         f = flip[:, None]

@@ -67,3 +67,15 @@ def coco_metrics(scores: dict) -> dict:
     return {"val_coco_bleu4": scores["BLEU-4"], "val_coco_cider": scores["CIDEr"],
             "val_coco_object_f1": scores["object_f1"], "val_coco_chair_s": scores["CHAIR_s"],
             "val_coco_person_in_people_free": scores["person_in_people_free"]}
+
+
+def coco_part_scores(model: Captioner, photos, images: list, coco: list[int], refs: dict[str, list[str]],
+                     beam_size: int) -> dict:
+    """``coco_metrics`` of the COCO photos among the validation photos (``coco``: their
+    places in ``images``; ``photos``: ``training_data.Photos``), read apart from the rest."""
+    keep = torch.tensor(coco)
+    scores = scores_on(model, photos.val_feats[keep.to(photos.val_feats.device)],
+                       None if photos.val_grid is None else photos.val_grid[keep.to(photos.val_grid.device)],
+                       {str(images[i]): refs[str(images[i])] for i in coco}, beam_size=beam_size,
+                       boxes=None if photos.val_boxes is None else [photos.val_boxes[i] for i in coco])
+    return coco_metrics(scores)
