@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 import pytest
 import torch
@@ -246,6 +247,9 @@ def test_self_critical_training_of_the_shipped_model_keeps_its_decoding(tmp_path
     shipped = ROOT / "checkpoints" / "captioner.safetensors"
     coco = shared("coco_captions")
     out = tmp_path / "scst"
+    policy = Captioner.from_checkpoint(shipped, load_encoder=False)  # a decoding policy other than the init's
+    policy.decoding = replace(policy.decoding, beam_size=2, person_score=0.6)
+    policy.save(tmp_path / "policy.safetensors", dtype=torch.float16)
     args = [*data_args[:4], "--dataset", "coco_val2017", "--data-root", str(coco),
             "--dataset-split", "coco_val2017:0.15:0.25", "--cache-dir", data_args[9], "--decoder", "attention",
             "--detector", "--objective", "scst", "--init", str(shipped), "--samples", "3", "--xe-weight", "0.1",
@@ -253,6 +257,9 @@ def test_self_critical_training_of_the_shipped_model_keeps_its_decoding(tmp_path
     assert train_captioner.main(args) == 0
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert len(rows) == 1 and 0 < float(rows[0]["train_reward"]) < 10 and float(rows[0]["val_cider"]) > 0
+    assert train_captioner.main([*args[:-2], str(tmp_path / "other"), "--dry-run", "--decoding-from",
+                                 str(tmp_path / "policy.safetensors")]) == 0
+    assert Captioner.read_settings(tmp_path / "other" / "best.safetensors")[1] == policy.decoding
     before = Captioner.from_checkpoint(shipped, load_encoder=False)
     after = Captioner.from_checkpoint(out / "best.safetensors", load_encoder=False)
     assert after.decoding == before.decoding and after.config == before.config

@@ -140,12 +140,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gate-tolerance", type=float, default=finetune.TOLERANCE,
                    help="--dataset corrections: the CIDEr the gate's bootstrap lower bound may fall below zero")
     p.add_argument("--samples", type=int, default=5, help="scst: captions sampled per image")
-    p.add_argument("--xe-weight", type=float, default=0.0,
-                   help="scst: plus this weight times the cross-entropy of a batch of the training captions "
-                        "(keeps the language of the references while the reward pulls)")
+    p.add_argument("--xe-weight", type=float, default=0.0, help="scst: plus this weight times the cross-entropy "
+                   "of a batch of training captions (keeps the references' language while the reward pulls)")
+    p.add_argument("--decoding-from", type=Path, default=None, help="validate (and, scst, sample) under this "
+                   "model's decoding policy: its rules, backing, grounding (default: --init's for scst, else plain)")
     p.add_argument("--select-by", choices=["val_bleu4", "val_cider", "val_mixed"], default="val_bleu4",
-                   help="the validation metric that picks the best model (val_mixed: the mean of the CIDEr on "
-                        "the validation photos and on the --concept-photos validation photos)")
+                   help="the validation metric that picks the best model (val_mixed: mean CIDEr of all and of COCO's)")
     everyday = p.add_argument_group("everyday scenes: captions without photos, concepts learned from captions")
     everyday.add_argument("--text-captions", action="append", default=[], metavar="KIND:PATH[:MAX_PHOTOS]",
                           help=f"captions of photos that are not here (KIND {' or '.join(TEXT_SOURCES)}); at most "
@@ -429,6 +429,8 @@ def main(argv: list[str] | None = None) -> int:
         args.encoder, args.encoder_weights, args.cache_dir, args.decoder == "attention" or args.concepts > 0,
         args.workers, args.detector, args.seed))
     model = make_model(args, data, photos)
+    if args.decoding_from is not None:
+        model.decoding = Captioner.read_settings(args.decoding_from)[1]
     inputs = finetune.frozen_inputs(model, photos) if args.finetune or args.objective == "scst" else fit_detectors(
         model, data, photos, concept_epochs=args.concept_epochs, concept_photo_weight=args.concept_photo_weight,
         seed=args.seed)
