@@ -10,6 +10,7 @@ knows which network it drives.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -158,15 +159,24 @@ def greedy(decoder: CaptionDecoder, ctx: Context, max_length: int = 20, block_ng
     return [finish(seq, lps, decoder.end_id, 1.0, a) for seq, lps, a in zip(ids_t, logps_t, attn)]
 
 
+class Samples(NamedTuple):
+    """``sample``'s captions: token ids (B * n, T + 1) as ``<start> w1 .. wk <end>`` padded
+    with ``<pad>`` (0), image-major; their lengths (``<start>`` included; captions cut at
+    ``max_length`` words get no ``<end>``); and ``banned`` (B * n, T, vocab), the words each
+    step could not write (the bans and the -inf of ``step_bias``): the distribution sampled
+    from is the decoder's over the other words, renormalised."""
+
+    ids: torch.Tensor
+    lengths: torch.Tensor
+    banned: torch.Tensor
+
+
 @torch.no_grad()
 def sample(decoder: CaptionDecoder, ctx: Context, n: int = 5, max_length: int = 16,
-           temperature: float = 1.0, block_ngram: int = 0, constraints: Constraints | None = None
-           ) -> tuple[torch.Tensor, torch.Tensor]:
+           temperature: float = 1.0, block_ngram: int = 0, constraints: Constraints | None = None) -> Samples:
     """``n`` captions per image drawn from the model's distribution, for self-critical
     training, under the same bans the searches apply (``block_ngram``, ``constraints``:
-    the caption rules), so that what is sampled is what decoding could write. Returns token
-    ids (B * n, T) as ``<start> w1 .. wk <end>`` padded with ``<pad>`` (0), image-major,
-    and their lengths (captions cut at ``max_length`` words get no ``<end>``)."""
+    the caption rules), so that what is sampled is what decoding could write."""
     batch = _rows(ctx)
     ctx = decoder.prepare(ctx)
     bans = Bans(constraints, block_ngram, decoder.first_slot)
@@ -180,10 +190,12 @@ def sample(decoder: CaptionDecoder, ctx: Context, n: int = 5, max_length: int = 
     seqs = tokens.new_zeros(rows, 0)
     alive = torch.ones(rows, dtype=torch.bool, device=device)
     lengths = torch.ones(rows, dtype=torch.long, device=device)
+    banned = []
     for _ in range(max_length):
         logp, state, _ = decoder.step(tokens, state, ctx)
         logp = bans.apply(logp, seqs, ctx)
         stuck = torch.isinf(logp).all(-1)  # every word banned (a finished row's nonsense): anything, then <pad>
+        banned.append(torch.isinf(logp) & ~stuck[:, None])
         logp = logp.masked_fill(stuck[:, None], 0.0)
         tokens = torch.multinomial((logp / temperature).softmax(-1), 1).squeeze(1)
         seqs = torch.cat([seqs, tokens[:, None]], 1)
@@ -193,7 +205,7 @@ def sample(decoder: CaptionDecoder, ctx: Context, n: int = 5, max_length: int = 
         alive &= tokens != decoder.end_id
         if not bool(alive.any()):
             break
-    return torch.stack(out, 1), lengths
+    return Samples(torch.stack(out, 1), lengths, torch.stack(banned, 1))
 
 
 # ------------------------------------------------------------------------ beam search

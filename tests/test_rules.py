@@ -193,13 +193,13 @@ def test_self_critical_samples_keep_the_rules_decoding_keeps():
                                    "cat": {"is": 5}, "man": {"is": 5}})
     ctx = {"image": torch.zeros(2, 1)}
     torch.manual_seed(0)
-    free, _ = sample(decoder, ctx, n=100, max_length=12)
+    free = sample(decoder, ctx, n=100, max_length=12).ids
     texts = [caption([i for i in row[1:] if i not in (0, 2)]) for row in free.tolist()]
     assert any(problems(t.split(), person_ok=False) for t in texts)
     rules = CaptionRules(WORDS, end_id=2)
-    ids, lengths = sample(decoder, ctx, n=100, max_length=12, block_ngram=3,
-                          constraints=Constraints(rules, torch.tensor([False, True])))
-    assert ids.shape[0] == 200 and bool((ids[:, 0] == 1).all())
+    ids, lengths, banned = sample(decoder, ctx, n=100, max_length=12, block_ngram=3,
+                                  constraints=Constraints(rules, torch.tensor([False, True])))
+    assert ids.shape[0] == 200 and bool((ids[:, 0] == 1).all()) and banned.shape == (200, ids.shape[1] - 1, len(WORDS))
     for k, (row, length) in enumerate(zip(ids.tolist(), lengths.tolist())):
         words = row[1:length]
         ended = words[-1:] == [2]
@@ -208,3 +208,43 @@ def test_self_critical_samples_keep_the_rules_decoding_keeps():
             assert problems(text.split(), person_ok=k >= 100) == [], text
         assert not (set(text.split()) & person_words()) or k >= 100, text
         assert all(i == 0 for i in row[length:]), row
+
+
+def test_the_policy_gradient_is_taken_on_the_distribution_sampled_from():
+    """Self-critical training differentiates the distribution its captions were drawn from
+    (the decoder's, the banned words removed): a banned word gets no gradient, so captions
+    with a negative advantage cannot push it up unseen; on the bare distribution they do."""
+    from torch.nn.utils.rnn import pack_padded_sequence
+
+    from captioner.decoder import packed_order, packed_targets
+    from captioner.search import sample
+    from captioner.train.losses import sampled_logits
+
+    decoder = TableDecoder(WORDS, {"<start>": {"a": 5}, "a": {"young": 5, "cat": 3, "man": 4},
+                                   "young": {"asian": 5}, "asian": {"young": 5, "blonde": 4, "is": 1},
+                                   "blonde": {"haired": 5}, "haired": {"is": 5}, "is": {"sitting": 5},
+                                   "sitting": {"on": 5}, "on": {"a": 5, "laptop": 1}, "laptop": {"<end>": 5},
+                                   "cat": {"is": 5}, "man": {"is": 5}})
+    torch.manual_seed(0)
+    drawn = sample(decoder, {"image": torch.zeros(1, 1)}, n=20, max_length=12, block_ngram=3,
+                   constraints=Constraints(CaptionRules(WORDS, end_id=2), torch.tensor([False])))
+    lengths = drawn.lengths
+    steps = lengths - 1
+    logits = pack_padded_sequence(decoder.table[drawn.ids[:, :-1]].clone(), steps, batch_first=True,
+                                  enforce_sorted=False).data.requires_grad_()  # teacher-forced, packed
+    owner, _ = packed_order(steps)
+    targets = packed_targets(drawn.ids, lengths)[:, None]
+    young, man = WORDS.index("young"), WORDS.index("man")
+    after_a = (pack_padded_sequence(drawn.ids[:, :-1], steps, batch_first=True, enforce_sorted=False).data
+               == WORDS.index("a"))
+    assert bool(after_a.any())
+    grads = {}
+    for name, bare in (("policy", False), ("bare", True)):
+        shown = logits if bare else sampled_logits(logits, drawn, lengths, None, torch.zeros(20, dtype=torch.long),
+                                                   owner)
+        logp = shown.log_softmax(-1).gather(1, targets)
+        assert bool(torch.isfinite(logp).all())
+        grads[name] = torch.autograd.grad(-logp.sum(), logits)[0]
+    # after "a", "young" (a person word) and "man" are banned: no gradient on the policy, some on the bare one
+    assert float(grads["policy"][after_a][:, [young, man]].abs().max()) == 0.0
+    assert float(grads["bare"][after_a][:, [young, man]].abs().max()) > 0.1

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from torch.nn.utils.rnn import pack_padded_sequence
 
 from captioner import search
 from captioner.decoder import packed_order, packed_targets
@@ -44,6 +45,20 @@ def caption_loss(trainer, inputs: PhotoInputs, caps: torch.Tensor, lengths: torc
 
 
 END = "</s>"  # the end of a sentence, as a word of the reward: a caption cut short misses every n-gram ending in it
+
+
+def sampled_logits(logits: torch.Tensor, drawn: search.Samples, lengths: torch.Tensor,
+                   word_bias: torch.Tensor | None, every: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
+    """The teacher-forced ``logits`` (packed) of sampled captions as the distribution they
+    were drawn from: plus the photo's ``word_bias`` (grounding), the words each step could
+    not write at -inf. The policy gradient must be that distribution's: taken on the bare
+    network, every caption with a negative advantage pushes up the banned words (they are
+    never drawn to be pushed down again) until the network puts its mass on them and the
+    captions drawn around them are ones it finds all but impossible."""
+    banned = pack_padded_sequence(drawn.banned, (lengths - 1).cpu(), batch_first=True, enforce_sorted=False).data
+    if word_bias is not None:
+        logits = logits + word_bias.nan_to_num(neginf=0.0)[every.to(word_bias.device)[owner.to(word_bias.device)]]
+    return logits.masked_fill(banned.to(logits.device), float("-inf"))
 
 
 class SentenceReward:
@@ -102,17 +117,18 @@ class SelfCritical:
         decoding = model.decoding
         with torch.no_grad():
             fixed = policy(network, model.tables, inputs, decoding)
-            ids, lengths = search.sample(network.decoder, fixed.ctx, n, min(self.max_words, decoding.max_length),
-                                         block_ngram=decoding.block_ngram, constraints=fixed.constraints)
-        lengths = lengths.cpu()
+            drawn = search.sample(network.decoder, fixed.ctx, n, min(self.max_words, decoding.max_length),
+                                  block_ngram=decoding.block_ngram, constraints=fixed.constraints)
+        ids, lengths = drawn.ids, drawn.lengths.cpu()
         objects = ([[model.object_words[w] for w in row] for row in fixed.detections.words.tolist()]
                    if fixed.detections is not None else [[] for _ in range(len(images))])
         reward = self.rewards(images.tolist(), ids, objects).to(inputs.features.device).view(-1, n)
         advantage = (reward - (reward.sum(1, keepdim=True) - reward) / (n - 1)).view(-1)
         every = torch.arange(len(images)).repeat_interleave(n)
         logits, _ = self.trainer(inputs.rows(every), ids, lengths)
-        token_logp = -F.cross_entropy(logits, packed_targets(ids, lengths), reduction="none")
         owner, _ = packed_order(lengths - 1)  # each packed token's caption
+        token_logp = -F.cross_entropy(sampled_logits(logits, drawn, lengths, fixed.ctx.get("word_bias"), every, owner),
+                                      packed_targets(ids, lengths), reduction="none")
         seq_logp = torch.zeros(len(ids), device=token_logp.device).index_add(0, owner.to(token_logp.device),
                                                                               token_logp)
         self.reward_sum += float(reward.sum())
