@@ -79,17 +79,22 @@ WORDS = ["<pad>", "<start>", "<end>", "<unk>", "a", "young", "asian", "blonde", 
          "laptop", "sitting", "man"]
 
 
+def drifting_decoder() -> TableDecoder:
+    """Left alone, it writes "a young asian young asian ..." then "blonde haired is": degenerate, a person."""
+    return TableDecoder(WORDS, {"<start>": {"a": 5}, "a": {"young": 5, "cat": 3, "man": 4},
+                                "young": {"asian": 5}, "asian": {"young": 5, "blonde": 4, "is": 1},
+                                "blonde": {"haired": 5}, "haired": {"is": 5}, "is": {"sitting": 5},
+                                "sitting": {"on": 5}, "on": {"a": 5, "laptop": 1}, "laptop": {"<end>": 5},
+                                "cat": {"is": 5}, "man": {"is": 5}})
+
+
 def caption(ids: list[int]) -> str:
     return " ".join(WORDS[i] for i in ids)
 
 
 def test_beam_search_drops_what_breaks_a_rule_and_takes_the_next():
     # left alone, it writes "a young asian young asian ..." then "blonde haired is": degenerate, a person
-    decoder = TableDecoder(WORDS, {"<start>": {"a": 5}, "a": {"young": 5, "cat": 3, "man": 4},
-                                   "young": {"asian": 5}, "asian": {"young": 5, "blonde": 4, "is": 1},
-                                   "blonde": {"haired": 5}, "haired": {"is": 5}, "is": {"sitting": 5},
-                                   "sitting": {"on": 5}, "on": {"a": 5, "laptop": 1}, "laptop": {"<end>": 5},
-                                   "cat": {"is": 5}, "man": {"is": 5}})
+    decoder = drifting_decoder()
     ctx = {"image": torch.zeros(1, 1)}
     free = caption(beam_search(decoder, ctx, beam_size=3, max_length=12)[0].ids)
     assert degenerate(free.split()) and "young asian young asian" in free
@@ -186,11 +191,7 @@ def test_self_critical_samples_keep_the_rules_decoding_keeps():
     same decoder samples both."""
     from captioner.search import sample
 
-    decoder = TableDecoder(WORDS, {"<start>": {"a": 5}, "a": {"young": 5, "cat": 3, "man": 4},
-                                   "young": {"asian": 5}, "asian": {"young": 5, "blonde": 4, "is": 1},
-                                   "blonde": {"haired": 5}, "haired": {"is": 5}, "is": {"sitting": 5},
-                                   "sitting": {"on": 5}, "on": {"a": 5, "laptop": 1}, "laptop": {"<end>": 5},
-                                   "cat": {"is": 5}, "man": {"is": 5}})
+    decoder = drifting_decoder()
     ctx = {"image": torch.zeros(2, 1)}
     torch.manual_seed(0)
     free = sample(decoder, ctx, n=100, max_length=12).ids
@@ -220,11 +221,7 @@ def test_the_policy_gradient_is_taken_on_the_distribution_sampled_from():
     from captioner.search import sample
     from captioner.train.losses import sampled_logits
 
-    decoder = TableDecoder(WORDS, {"<start>": {"a": 5}, "a": {"young": 5, "cat": 3, "man": 4},
-                                   "young": {"asian": 5}, "asian": {"young": 5, "blonde": 4, "is": 1},
-                                   "blonde": {"haired": 5}, "haired": {"is": 5}, "is": {"sitting": 5},
-                                   "sitting": {"on": 5}, "on": {"a": 5, "laptop": 1}, "laptop": {"<end>": 5},
-                                   "cat": {"is": 5}, "man": {"is": 5}})
+    decoder = drifting_decoder()
     torch.manual_seed(0)
     drawn = sample(decoder, {"image": torch.zeros(1, 1)}, n=20, max_length=12, block_ngram=3,
                    constraints=Constraints(CaptionRules(WORDS, end_id=2), torch.tensor([False])))
