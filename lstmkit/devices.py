@@ -130,7 +130,8 @@ def cpu_info() -> dict:
             "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "native_bf16": None if flags is None else bool(set(BF16_FLAGS) & flags),
-            "precision_auto": "bf16" if choose_precision("cpu") == torch.bfloat16 else "fp32"}
+            "precision_auto": "bf16" if choose_precision("cpu") == torch.bfloat16 else "fp32",
+            "encoder_runtimes": runtimes_chosen()}
 
 
 def _cache_file() -> Path:
@@ -254,12 +255,31 @@ def choose_runtime(name: str, dtype: torch.dtype, eager, candidates: dict, examp
         return times
 
     m = measured(f"runtime {name} {str(dtype).removeprefix('torch.')} {'+'.join(sorted(candidates))}", measure)
+    return _fastest(m, list(candidates))
 
+
+def _fastest(m: dict[str, float], candidates: list[str]) -> str:
     def score(runtime: str) -> float:
         return m[f"{runtime}_ms"] + m[f"{runtime}_batch8_ms"] / 8
 
     best = min(candidates, key=score, default=None)
     return best if best is not None and score(best) <= 0.95 * score("eager") else "eager"
+
+
+def runtimes_chosen() -> dict[str, str]:
+    """What ``choose_runtime`` chose on this machine so far ("efficientnet_lite0 bfloat16" ->
+    "onednn"), from the cache: what a benchmark records beside its numbers."""
+    prefix = _machine_key(cpu_flags()) + "|runtime "
+    try:
+        table = json.loads(_cache_file().read_text())
+    except (OSError, ValueError):
+        return {}
+    chosen = {}
+    for key, m in table.items():
+        if key.startswith(prefix) and len(key[len(prefix):].split(" ")) == 3:
+            name, dtype, candidates = key[len(prefix):].split(" ")
+            chosen[f"{name} {dtype}"] = _fastest(m, candidates.split("+"))
+    return chosen
 
 
 def choose_precision(device: torch.device | str = "cpu", requested: str = "auto") -> torch.dtype:

@@ -181,6 +181,7 @@ def test_the_runtime_is_measured_once_and_any_can_be_asked_for(tmp_path, monkeyp
     assert first.runtime == "eager" and len(calls) == 6
     again = build_encoder("resnet18", weights="random", precision="fp32")
     assert again.runtime == "eager" and len(calls) == 6  # cached per machine, encoder and precision
+    assert devices.runtimes_chosen() == {"resnet18 float32": "eager"}  # what benchmarks record
     built = {}
     for runtime in ("torchscript", "eager", "onednn"):
         torch.manual_seed(1)

@@ -184,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     notes = {}
     full = {"model": results}  # the systems whose whole results (attention, boxes) are known
     for path in args.compare:
-        other = Captioner.from_checkpoint(path, encoder=model.require_encoder(), device=model.device)
+        same_eyes = Captioner.read_config(path).encoder == model.config.encoder  # else it builds its own encoder
+        other = Captioner.from_checkpoint(path, encoder=model.require_encoder() if same_eyes else None,
+                                          device=model.device)
         other_feats, other_grid = features_for(other, images, args.cache_dir)
         other_boxes = boxes_for(other, images, args.cache_dir)
         full[f"compare:{path.name}"] = [

@@ -3,10 +3,9 @@
     python -m training.train_captioner --dataset flickr8k --data-root ../shared/data/flickr8k \\
         --dataset coco --data-root ../shared/data/coco_mini --encoder efficientnet_lite0 --out runs/lite0
 
-The encoder is frozen, so every image's feature (and its mirror image's) is extracted once
-into the feature cache; epochs then run on (feature, caption) batches only. Each epoch
-ends with the validation loss and BLEU-4 (beam search, nltk) on a validation split carved
-deterministically from the training data; the best model is kept.
+The encoder is frozen: every image's feature (and its mirror image's) is extracted once into
+the feature cache, and epochs run on (feature, caption) batches. Each epoch ends with the
+validation scores on a split carved deterministically from the data; the best model is kept.
 
 Files in ``--out``: ``best.safetensors`` (the model, loadable by
 ``Captioner.from_checkpoint``), ``last.safetensors`` (everything ``--resume`` needs:
@@ -94,7 +93,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--replay-photos", type=int, default=0,
                    help="--dataset corrections: replay this many training photos of each dataset (0: all)")
     p.add_argument("--coco-split", default="train2017", help="COCO images folder and captions_<split>.json")
-    p.add_argument("--encoder", default="efficientnet_lite0", choices=ENCODERS)
+    p.add_argument("--encoder", default=None, choices=ENCODERS, help="default: --init's, else efficientnet_lite0")
     p.add_argument("--encoder-weights", default=None, help="local weights file for a ResNet encoder")
     run_flags(p, out=None, epochs=None, batch_size=128, lr=1e-3, warmup_steps=200, save_every=500)
     p.add_argument("--cache-dir", type=Path, default=Path("data/features"))
@@ -226,8 +225,10 @@ def settings(argv: list[str] | None) -> argparse.Namespace:
     if args.dry_run:
         args.batch_size, args.save_every, args.warmup_steps, args.concept_epochs = 8, 2, 1, 1
     args.epochs = args.epochs or (1 if args.dry_run else 20)
-    if args.objective == "scst" and (args.init is None or args.text_captions or args.concepts):
-        raise UserError("--objective scst starts from a trained model (--init) and trains on photos only")
+    init_encoder = Captioner.read_config(args.init).encoder if args.init is not None else None
+    args.encoder = args.encoder or init_encoder or "efficientnet_lite0"
+    if args.objective == "scst" and (init_encoder != args.encoder or args.text_captions or args.concepts):
+        raise UserError("--objective scst starts from a trained model (--init), on its encoder, and on photos only")
     return args
 
 
@@ -419,8 +420,7 @@ def train(args, run: Trainer, timer: Timer) -> None:
 
 @cli
 def main(argv: list[str] | None = None) -> int:
-    """The recipe: load the data, extract features, build the model, fit the detectors, train
-    (validating every epoch), save."""
+    """The recipe: data, features, the model, its detectors, training (validated every epoch), save."""
     args, timer = settings(argv), Timer()
     dist = init_distributed(args.device)
     seed_everything(args.seed + dist.rank)
