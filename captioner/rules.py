@@ -14,9 +14,11 @@ asian little blonde"). Here the rules are on the caption, not on a few words:
 - **no dangling modifier**: a determiner ("a", "two", "the") followed only by modifiers
   (colours, sizes, ages, hair, "and") must reach a noun before a verb, a preposition or the
   end ("a little blonde haired is", "a black and white").
-- **one object, one name**: an object the caption has named is not named again by another of
-  its category's words ("a kitchen with a television and a tv", "a couch and a sofa");
-  people aside ("a man and a woman" are two).
+- **one object, one name**: an object the caption has named is not named again, by another of
+  its category's words ("a kitchen with a television and a tv", "a couch and a sofa") or by
+  the same word ("a bathroom with a microwave and microwave", "a keyboard mouse") unless
+  right after "another" or "other" ("a dog chasing another dog"); people aside ("a man and a
+  woman" are two).
 
 Beam search applies them while it searches (``mask``: every continuation that would break
 one is not a candidate, so the beam takes the next), and checks every finished caption
@@ -37,6 +39,7 @@ DETERMINERS = frozenset("a an the two three four five six several many some few 
 # "of" opens a noun phrase too ("a group of different are": no noun), and an article may follow it
 OPENERS = frozenset({"of"})
 ARTICLES = frozenset({"a", "an", "the"})
+SECOND_OF_A_KIND = frozenset({"another", "other"})  # "a dog chasing another dog": the same word, a second one
 COLOURS = frozenset("white black brown red blue green yellow orange pink purple gray grey silver golden gold tan "
                     "dark light colorful colored bright striped spotted".split())
 MODIFIERS = COLOURS | frozenset(
@@ -99,13 +102,18 @@ def problems(words: Sequence[str], person_ok: bool = True) -> list[str]:
 
 
 def second_names(words: Sequence[str]) -> list[str]:
-    """An object named again by another of its category's words ("a television and a tv"),
-    people aside (a man and a woman are two people, not one named twice)."""
+    """An object named again, by another of its category's words ("a television and a tv") or
+    by the same one ("a microwave and microwave"; "another dog" is a second dog), people
+    aside (a man and a woman are two people, not one named twice)."""
     names: dict[str, str] = {}
     found = []
     for position, category in named_objects(list(words)):
-        if category != "person" and names.setdefault(category, words[position]) != words[position]:
+        if category == "person":
+            continue
+        again = position > 0 and words[position - 1] in SECOND_OF_A_KIND and names.get(category) == words[position]
+        if category in names and not again:
             found.append(f"names one {category} twice ({names[category]}, {words[position]})")
+        names.setdefault(category, words[position])
     return found
 
 
@@ -142,6 +150,7 @@ class CaptionRules:
         self.breaker = mask(BREAKERS)
         self.breaker[end_id] = True
         self.function = mask(FUNCTION_WORDS)
+        self.second_of_a_kind = mask(SECOND_OF_A_KIND).float()
         self.end_id = end_id
         # the COCO object each word names, people aside (80: none): one object, one name
         category = category_of_words(words)
@@ -155,7 +164,7 @@ class CaptionRules:
 
     def to(self, device: torch.device) -> CaptionRules:
         for name in ("person", "determiner", "modifier", "breaker", "function", "opener", "article", "dangling",
-                     "positions", "category"):
+                     "positions", "category", "second_of_a_kind"):
             setattr(self, name, getattr(self, name).to(device))
         return self
 
@@ -238,12 +247,13 @@ class CaptionRules:
 
     def _ban_second_names(self, ban: torch.Tensor, seqs: torch.Tensor, slot_words: torch.Tensor | None,
                           first_slot: int) -> None:
-        """Another name of an object the caption has named already ("a television and a tv",
-        "a couch next to a sofa"; people aside), and the slots written as one."""
+        """Any name of an object the caption has named already ("a television and a tv", "a
+        couch next to a sofa", "a microwave and microwave"; people aside; the same word right
+        after "another": "a dog chasing another dog"), and the slots written as one."""
         named = torch.zeros(len(seqs), 81, device=seqs.device).scatter_(1, self.category[seqs], 1.0)
         named[:, 80] = 0.0
         used = torch.zeros_like(ban).scatter_(1, seqs, 1.0)
-        second = named[:, self.category] * (1.0 - used)
+        second = named[:, self.category] * (1.0 - used * self.second_of_a_kind[seqs[:, -1]][:, None])
         ban += second
         if slot_words is not None:
             ban[:, first_slot:] += second.gather(1, slot_words.clamp_min(0)) * (slot_words >= 0)

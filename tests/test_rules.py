@@ -170,7 +170,10 @@ def test_one_object_has_one_name_but_two_people_are_two():
     assert problems("a kitchen with a television and a tv".split()) == ["names one tv twice (television, tv)"]
     assert problems("a couch next to a sofa in a living room".split())
     assert problems("a man and a woman sitting on a couch".split()) == []
-    assert problems("a dog chasing another dog".split()) == []  # the same word: two dogs, not one named twice
+    assert problems("a dog chasing another dog".split()) == []  # "another": two dogs, not one named twice
+    assert problems("a bathroom with a microwave and microwave".split()) == [
+        "names one microwave twice (microwave, microwave)"]
+    assert problems("a mouse sitting on top of a keyboard mouse".split())
     assert "boarder" in person_words()  # a snowboarder or a skateboarder, cut short
 
 
@@ -183,6 +186,17 @@ def test_the_search_never_names_a_named_object_again_by_another_word():
     banned = rules.mask(torch.zeros(1, len(words)), seqs, None, slots)[0].isinf()
     assert banned[words.index("tv")] and banned[words.index("televisions")] and banned[words.index("<obj1>")]
     assert not banned[words.index("dog")]  # another object is fine ("a kitchen" again is a repeated pair)
+
+
+def test_the_search_names_an_object_again_only_as_another_one():
+    words = ["<pad>", "<start>", "<end>", "<unk>", "a", "dog", "and", "another", "cat"]
+    rules = CaptionRules(words, 2)
+    def banned(seq):
+        return rules.mask(torch.zeros(1, len(words)), torch.tensor([seq]), None)[0].isinf()
+
+    and_a, another = banned([4, 5, 6, 4]), banned([4, 5, 6, 7])  # "a dog and a", "a dog and another"
+    assert and_a[words.index("dog")] and not another[words.index("dog")]
+    assert not and_a[words.index("cat")]
 
 
 def test_self_critical_samples_keep_the_rules_decoding_keeps():
