@@ -70,10 +70,14 @@ class FusedConv(nn.Module):
         y[:, :, :, left + iw:] = 0
         return y
 
+    def __getstate__(self) -> dict:  # copies and pickles leave the packed weights behind (oneDNN's own tensors)
+        return {**self.__dict__, "packed": {}}
+
     def pack(self, shape: torch.Size) -> torch.Tensor:
         """The weights in oneDNN's layout for inputs of ``shape`` on this many threads (the
-        layout oneDNN picks depends on both: used with another thread count it is slower)."""
-        key = (tuple(shape), torch.get_num_threads())
+        layout oneDNN picks depends on both: used with another thread count it is slower),
+        packed again when the weights themselves change (``.to(dtype)``)."""
+        key = (tuple(shape), torch.get_num_threads(), self.weight.dtype, self.weight.data_ptr())
         if key not in self.packed:
             self.packed[key] = torch._C._nn.mkldnn_reorder_conv2d_weight(
                 self.weight.detach().to_mkldnn(), self.padding, self.stride, self.dilation, self.groups, list(shape))

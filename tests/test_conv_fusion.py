@@ -66,3 +66,17 @@ def test_a_single_photos_packed_weights_follow_the_thread_count():
     torch.testing.assert_close(one, want, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(two, want, atol=1e-4, rtol=1e-4)
     assert {key[1] for key in fused.conv_stem.packed} == {1, 2}  # packed once per thread count
+
+
+def test_a_fused_encoder_can_be_copied_and_follows_its_weights_to_another_dtype():
+    import copy
+
+    from captioner.encoders import build_encoder
+
+    encoder = build_encoder("resnet18", weights="random", precision="fp32", runtime="onednn")
+    x = torch.randn(1, 3, 224, 224)
+    first = encoder.encode(x)  # packs the weights for one photo
+    clone = copy.deepcopy(encoder)
+    torch.testing.assert_close(clone.encode(x), first)
+    clone.backbone.to(torch.bfloat16)
+    torch.testing.assert_close(clone.encode(x), first, atol=0.05 * float(first.abs().max()), rtol=0.05)

@@ -381,15 +381,17 @@ def model_card(report: dict) -> str:
 
 def extend_from(model: Captioner, old: Captioner) -> None:
     """Start ``model`` from ``old``'s weights: every tensor of the same name and shape,
-    and the embedding and output rows of the words both vocabularies hold."""
+    and the embedding and output rows of the words both vocabularies hold. Never what belongs
+    to the encoder or is fitted to its features: the copy of its ImageNet classifier (``objects.``,
+    another encoder's on a warm start), familiarity and the concept detectors."""
     new_state, old_state = model.network.state_dict(), old.network.state_dict()
     rows = [(i, old.vocab.index[w]) for i, w in enumerate(model.vocab.words) if w in old.vocab.index]
     new_rows, old_rows = (torch.tensor(x) for x in zip(*rows))
     copied = 0
     with torch.no_grad():
         for name, tensor in new_state.items():
-            if name.startswith(("familiarity.", "concepts.")) or name not in old_state:
-                continue  # both are fitted afresh
+            if name.startswith(("familiarity.", "concepts.", "objects.")) or name not in old_state:
+                continue  # the encoder's own, or fitted afresh
             source = old_state[name].to(tensor.dtype)
             if name in ("decoder.embed.weight", "decoder.out.weight", "decoder.out.bias"):
                 tensor[new_rows] = source[old_rows]
