@@ -163,7 +163,8 @@ def test_a_model_warm_starts_on_another_encoder_only_of_its_feature_size(tmp_pat
     model = Captioner.from_checkpoint(lite2 / "best.safetensors")
     assert model.config.encoder == "efficientnet_lite2" and model.require_encoder().preprocess.size == 260
     # the objects are read with Lite2's own ImageNet classifier, not a copy of Lite0's
-    assert torch.equal(model.network.objects.weight, model.require_encoder().classifier.weight.float())
+    torch.testing.assert_close(model.network.objects.weight, model.require_encoder().classifier.weight.float(),
+                               atol=1e-3, rtol=1e-3)  # as the checkpoint stores it (fp16)
 
 
 def test_dry_run_with_captions_without_photos_concepts_and_the_text_world(tmp_path, data_args):
