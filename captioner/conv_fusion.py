@@ -40,7 +40,7 @@ def available() -> bool:
 
 class FusedConv(nn.Module):
     """``act(conv(x))`` (or ``act(conv(x) + other)``) in one oneDNN call; timm's ``Conv2dSame``
-    (TensorFlow's asymmetric "same" padding) pads first, filling only the border."""
+    (TensorFlow's asymmetric "same" padding) pads first, as timm does."""
 
     def __init__(self, conv: nn.Conv2d, act: tuple[str, list[float]], add: bool = False):
         super().__init__()
@@ -57,18 +57,7 @@ class FusedConv(nn.Module):
         (ih, iw), (kh, kw) = x.shape[-2:], self.weight.shape[-2:]
         ph = max((-(-ih // self.stride[0]) - 1) * self.stride[0] + (kh - 1) * self.dilation[0] + 1 - ih, 0)
         pw = max((-(-iw // self.stride[1]) - 1) * self.stride[1] + (kw - 1) * self.dilation[1] + 1 - iw, 0)
-        if not (ph or pw):
-            return x
-        top, left = ph // 2, pw // 2
-        y = torch.empty(x.shape[0], x.shape[1], ih + ph, iw + pw, dtype=x.dtype, device=x.device,
-                        memory_format=torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
-                        else torch.contiguous_format)
-        y[:, :, top:top + ih, left:left + iw] = x
-        y[:, :, :top] = 0
-        y[:, :, top + ih:] = 0
-        y[:, :, :, :left] = 0
-        y[:, :, :, left + iw:] = 0
-        return y
+        return F.pad(x, [pw // 2, pw - pw // 2, ph // 2, ph - ph // 2]) if ph or pw else x
 
     def __getstate__(self) -> dict:  # copies and pickles leave the packed weights behind (oneDNN's own tensors)
         return {**self.__dict__, "packed": {}}

@@ -179,25 +179,33 @@ class ImageEncoder(nn.Module):
         size = self.preprocess.size
         example = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(
             device=self.device, dtype=self.dtype).contiguous(memory_format=torch.channels_last)
-        candidates = {}
-        if requested in ("auto", "onednn"):
-            fused = self._fused(example)
-            if fused is not None:
-                candidates["onednn"] = fused
-            elif requested == "onednn":
-                raise ValueError("--runtime onednn: this PyTorch or this encoder has no fused oneDNN convolutions")
-        if requested in ("auto", "torchscript"):
-            import warnings
+        built: dict[str, nn.Module | None] = {}
 
-            with torch.inference_mode(), warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # torch marks TorchScript as deprecated in favour of torch.export
-                candidates["torchscript"] = torch.jit.freeze(torch.jit.trace(self.backbone, example))
-        if requested == "auto":
-            requested = choose_runtime(self.name, self.dtype, self.backbone, candidates, example)
+        def build(runtime: str) -> nn.Module | None:  # each candidate built once, and only when needed
+            if runtime not in built:
+                built[runtime] = self._fused(example) if runtime == "onednn" else self._traced(example)
+            return built[runtime]
+
+        asked = requested
+        if requested == "auto":  # cached per machine: later starts build only the one chosen
+            requested = choose_runtime(self.name, self.dtype, self.backbone,
+                                       {r: lambda r=r: build(r) for r in ("onednn", "torchscript")}, example)
         if requested == "eager":
             return
-        self.__dict__["fast"] = candidates[requested]  # not a submodule: the weights are the backbone's
+        fast = build(requested)
+        if fast is None:
+            if asked == "onednn":
+                raise ValueError("--runtime onednn: this PyTorch or this encoder has no fused oneDNN convolutions")
+            return
+        self.__dict__["fast"] = fast  # not a submodule: the weights are the backbone's
         self.runtime = requested
+
+    def _traced(self, example: torch.Tensor) -> nn.Module:
+        import warnings
+
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch marks TorchScript as deprecated in favour of torch.export
+            return torch.jit.freeze(torch.jit.trace(self.backbone, example))
 
     def _fused(self, example: torch.Tensor) -> nn.Module | None:
         """The backbone with its convolutions fused (``conv_fusion``), if it computes what the

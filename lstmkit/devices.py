@@ -239,28 +239,31 @@ def time_ms(run, repeats: int = 7) -> float:
 
 
 def choose_runtime(name: str, dtype: torch.dtype, eager, candidates: dict, example: torch.Tensor) -> str:
-    """The fastest of ``candidates`` (runtime name -> the encoder run that way) on this CPU, if
-    it is at least 5% faster than ``eager``, else ``eager``. Each is timed on ``example`` (one
-    photo) and on a batch of 8 of it, scored by the sum of the milliseconds per photo (an
-    upload and a folder); measured once per machine, encoder, precision and set of
-    candidates, and cached like the precision (``measured``)."""
+    """The fastest of ``candidates`` (runtime name -> a function that builds the encoder run
+    that way, or None where it cannot be) on this CPU, if it is at least 5% faster than
+    ``eager``, else ``eager``. Each is timed on ``example`` (one photo) and on a batch of 8 of
+    it, scored by the sum of the milliseconds per photo (an upload and a folder); measured once
+    per machine, encoder, precision and set of candidates, and cached like the precision
+    (``measured``): a start with the answer cached builds none of them."""
     batch = example.repeat(8, 1, 1, 1).contiguous(memory_format=torch.channels_last)
 
-    def measure() -> dict[str, float]:
-        times = {}
+    def measure() -> dict[str, float | None]:
+        times: dict[str, float | None] = {}
         with torch.inference_mode():
-            for runtime, run in {"eager": eager, **candidates}.items():
-                times[f"{runtime}_ms"] = time_ms(lambda run=run: run(example))
-                times[f"{runtime}_batch8_ms"] = time_ms(lambda run=run: run(batch))
+            for runtime, build in {"eager": lambda: eager, **candidates}.items():
+                run = build()
+                times[f"{runtime}_ms"] = None if run is None else time_ms(lambda run=run: run(example))
+                times[f"{runtime}_batch8_ms"] = None if run is None else time_ms(lambda run=run: run(batch))
         return times
 
     m = measured(f"runtime {name} {str(dtype).removeprefix('torch.')} {'+'.join(sorted(candidates))}", measure)
     return _fastest(m, list(candidates))
 
 
-def _fastest(m: dict[str, float], candidates: list[str]) -> str:
+def _fastest(m: dict[str, float | None], candidates: list[str]) -> str:
     def score(runtime: str) -> float:
-        return m[f"{runtime}_ms"] + m[f"{runtime}_batch8_ms"] / 8
+        one, eight = m.get(f"{runtime}_ms"), m.get(f"{runtime}_batch8_ms")
+        return float("inf") if one is None or eight is None else one + eight / 8
 
     best = min(candidates, key=score, default=None)
     return best if best is not None and score(best) <= 0.95 * score("eager") else "eager"
