@@ -306,7 +306,10 @@ def beam_search(decoder: CaptionDecoder, ctx: Context, beam_size: int = 3, max_l
             beams.attention = (attention[:, None] if beams.attention is None
                                else torch.cat([beams.attention, attention[:, None]], 1))
         score, word, row, group = _candidates(logp, beams, ctx.get("search_required"), beam_size)
-        keep = _best_per_beam(score, group, beam_size - n_finished)
+        room = beam_size - n_finished
+        # once an image's captions that hold the word fill their beam, the others can no longer win
+        room[0::2].masked_fill_(n_finished[1::2] >= beam_size, 0)
+        keep = _best_per_beam(score, group, room)
         ends = (word[keep] == decoder.end_id) | (t == max_length - 1)
         if bool(ends.any()):
             done = keep[ends]
