@@ -130,6 +130,20 @@ def _single(tmp_path, data_args):
     return out
 
 
+def test_self_critical_training_samples_a_dataset_s_photos_as_often_as_asked():
+    from pathlib import Path
+
+    from captioner.train.datasets import CaptionRecord
+    from training.train_captioner import sampled_photos
+
+    flickr, coco, other = Path("f/1.jpg"), Path("c/2.jpg"), Path("c/3.jpg")
+    records = [CaptionRecord(flickr, "a dog", "flickr8k"), CaptionRecord(flickr, "a brown dog", "flickr8k"),
+               CaptionRecord(coco, "a cup", "coco_val2017"), CaptionRecord(other, "a cat", "coco_extra")]
+    images = [flickr, coco, other]
+    assert sampled_photos(images, records, []).tolist() == [0, 1, 2]  # each once, as before
+    assert sampled_photos(images, records, ["coco_val2017:3", "coco_extra:2"]).tolist() == [0, 1, 1, 1, 2, 2]
+
+
 def test_self_critical_training_starts_from_a_model_and_runs(tmp_path, data_args):
     from training import train_captioner
 

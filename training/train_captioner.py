@@ -86,6 +86,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeat", action="append", default=[], metavar="KIND:N",
                    help="train on this dataset's training captions N times an epoch (a small dataset of the "
                         "photos the app should describe best, beside a large one)")
+    p.add_argument("--sample-repeat", action="append", default=[], metavar="KIND:N",
+                   help="--objective scst: sample this dataset's training photos N times an epoch (default once)")
     p.add_argument("--detector", action="store_true",
                    help="the decoder sees the COCO object detector's boxes (detector.py), text rows as the "
                         "detector gives photos like theirs")
@@ -267,6 +269,15 @@ def make_model(args, data: Data, photos: Photos) -> Captioner:
     return build_model(args, photos.encoder, captions, refs_feats, held_out_feats, text_world, concept_words)
 
 
+def sampled_photos(images: list, records, sample_repeat: list[str]) -> torch.Tensor:
+    """Self-critical training's photos for an epoch, as indices into ``images`` (its training
+    photos, in order): each once, or N times for a dataset named in ``sample_repeat`` (KIND:N)."""
+    repeats = {kind: int(n) for kind, n in (item.split(":") for item in sample_repeat)}
+    kind = {r.image: r.dataset for r in records}
+    return torch.tensor([i for i, image in enumerate(images) for _ in range(repeats.get(kind[image], 1))],
+                        dtype=torch.long)
+
+
 class Trainer:
     """One run's tables, optimizer and schedule, and the two things the loop calls: a
     training step (photo rows and text rows mixed) and validation."""
@@ -295,10 +306,12 @@ class Trainer:
         log.info("%d of %d training captions name a detected object (as a slot); %d captions without photos",
                  with_slot, len(self.train_table), len(self.text_table) if self.text_table else 0)
         photos.to(device, grids=model.config.decoder == "attention")
-        self.train_refs = [[tokenize(c) for c in caps] for caps in captions_by_image(data.splits["train"]).values()]
+        by_image = captions_by_image(data.splits["train"])
+        self.train_refs = [[tokenize(c) for c in caps] for caps in by_image.values()]
+        self.scst_photos = sampled_photos(list(by_image), data.splits["train"], args.sample_repeat)
         self.text_per_step = int(round(args.batch_size * args.text_share)) if self.text_table is not None else 0
         self.photo_per_step = args.batch_size - self.text_per_step
-        units = len(self.train_refs) if args.objective == "scst" else len(self.train_table)  # images or captions
+        units = len(self.scst_photos) if args.objective == "scst" else len(self.train_table)  # photos or captions
         per_step = self.photo_per_step if args.objective == "xe" else args.batch_size
         self.steps_per_epoch = math.ceil((units // dist.world) / per_step)
         model.network.to(device)
@@ -328,7 +341,8 @@ class Trainer:
         args = self.args
         if self.scst is not None:
             batch = slice(step * args.batch_size, (step + 1) * args.batch_size)
-            images = epoch_order(len(self.train_refs), epoch, args.seed, self.dist.rank, self.dist.world)
+            images = self.scst_photos[epoch_order(len(self.scst_photos), epoch, args.seed, self.dist.rank,
+                                                  self.dist.world)]
             loss = self.scst.loss(images[batch])
             if args.xe_weight:
                 loss = loss + args.xe_weight * self.xe_loss(epoch, step)
@@ -395,7 +409,8 @@ def provenance(args) -> dict:
     """Where the training data was, as the model's metadata records it."""
     return {"datasets": [[kind, str(root.resolve())] for kind, root in zip(args.dataset, args.data_root)],
             "coco_split": args.coco_split, "val_fraction": args.val_fraction, "test_fraction": args.test_fraction,
-            "dataset_split": args.dataset_split, "repeat": args.repeat, "text_captions": args.text_captions,
+            "dataset_split": args.dataset_split, "repeat": args.repeat, "sample_repeat": args.sample_repeat,
+            "text_captions": args.text_captions,
             "concept_photos": args.concept_photos, "concept_val_fraction": args.concept_val_fraction,
             "unpaired_photos": [str(p.resolve()) for p in args.unpaired_photos]}
 
