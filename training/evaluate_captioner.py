@@ -186,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in args.compare:
         same_eyes = Captioner.read_config(path).encoder == model.config.encoder  # else it builds its own encoder
         other = Captioner.from_checkpoint(path, encoder=model.require_encoder() if same_eyes else None,
-                                          device=model.device)
+                                          int8=not args.float32, device=model.device)  # like with like
         other_feats, other_grid = features_for(other, images, args.cache_dir)
         other_boxes = boxes_for(other, images, args.cache_dir)
         full[f"compare:{path.name}"] = [
@@ -195,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
                                             grid=None if other_grid is None else other_grid[first:first + 256],
                                             boxes=None if other_boxes is None else other_boxes[first:first + 256])]
         systems[f"compare:{path.name}"] = dict(zip(ids, (r.caption for r in full[f"compare:{path.name}"])))
-        notes[f"compare:{path.name}"] = f"{path}, its own default decoding, float32 weights"
+        notes[f"compare:{path.name}"] = (f"{path}, its own default decoding, "
+                                         f"{'float32 weights' if args.float32 else 'int8 decoder matrices'}")
     if not args.no_baselines:
         candidates = [c for caps in references.values() for c in caps]
         if sources:
