@@ -134,7 +134,7 @@ def test_self_critical_training_samples_a_dataset_s_photos_as_often_as_asked():
     from pathlib import Path
 
     from captioner.train.datasets import CaptionRecord
-    from training.train_captioner import sampled_photos
+    from captioner.train.training_data import sampled_photos
 
     flickr, coco, other = Path("f/1.jpg"), Path("c/2.jpg"), Path("c/3.jpg")
     records = [CaptionRecord(flickr, "a dog", "flickr8k"), CaptionRecord(flickr, "a brown dog", "flickr8k"),

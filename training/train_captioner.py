@@ -54,6 +54,8 @@ from captioner.train.training_data import (
     load_concept_photos,
     load_records,
     load_text_captions,
+    provenance,
+    sampled_photos,
     unpaired_photos,
 )
 from captioner.train.validation import coco_metrics, coco_part_scores, scores_on, validate
@@ -269,15 +271,6 @@ def make_model(args, data: Data, photos: Photos) -> Captioner:
     return build_model(args, photos.encoder, captions, refs_feats, held_out_feats, text_world, concept_words)
 
 
-def sampled_photos(images: list, records, sample_repeat: list[str]) -> torch.Tensor:
-    """Self-critical training's photos for an epoch, as indices into ``images`` (its training
-    photos, in order): each once, or N times for a dataset named in ``sample_repeat`` (KIND:N)."""
-    repeats = {kind: int(n) for kind, n in (item.split(":") for item in sample_repeat)}
-    kind = {r.image: r.dataset for r in records}
-    return torch.tensor([i for i, image in enumerate(images) for _ in range(repeats.get(kind[image], 1))],
-                        dtype=torch.long)
-
-
 class Trainer:
     """One run's tables, optimizer and schedule, and the two things the loop calls: a
     training step (photo rows and text rows mixed) and validation."""
@@ -403,16 +396,6 @@ class Trainer:
             metrics["train_reward"] = self.scst.mean_reward()
         metrics.setdefault("val_mixed", metrics["val_cider"])  # no COCO validation photos: Flickr's alone
         return metrics
-
-
-def provenance(args) -> dict:
-    """Where the training data was, as the model's metadata records it."""
-    return {"datasets": [[kind, str(root.resolve())] for kind, root in zip(args.dataset, args.data_root)],
-            "coco_split": args.coco_split, "val_fraction": args.val_fraction, "test_fraction": args.test_fraction,
-            "dataset_split": args.dataset_split, "repeat": args.repeat, "sample_repeat": args.sample_repeat,
-            "text_captions": args.text_captions,
-            "concept_photos": args.concept_photos, "concept_val_fraction": args.concept_val_fraction,
-            "unpaired_photos": [str(p.resolve()) for p in args.unpaired_photos]}
 
 
 def train(args, run: Trainer, timer: Timer) -> None:

@@ -32,6 +32,26 @@ from lstmkit.runtools import Timer, UserError, seed_everything
 log = logging.getLogger(__name__)
 
 
+def sampled_photos(images: list, records, sample_repeat: list[str]) -> torch.Tensor:
+    """Self-critical training's photos for an epoch, as indices into ``images`` (its training
+    photos, in order): each once, or N times for a dataset named in ``sample_repeat`` (KIND:N)."""
+    repeats = {kind: int(n) for kind, n in (item.split(":") for item in sample_repeat)}
+    kind = {r.image: r.dataset for r in records}
+    return torch.tensor([i for i, image in enumerate(images) for _ in range(repeats.get(kind[image], 1))],
+                        dtype=torch.long)
+
+
+def provenance(args) -> dict:
+    """Where the training data was, as the model's metadata records it (``args``: the
+    training command's)."""
+    return {"datasets": [[kind, str(root.resolve())] for kind, root in zip(args.dataset, args.data_root)],
+            "coco_split": args.coco_split, "val_fraction": args.val_fraction, "test_fraction": args.test_fraction,
+            "dataset_split": args.dataset_split, "repeat": args.repeat, "sample_repeat": args.sample_repeat,
+            "text_captions": args.text_captions,
+            "concept_photos": args.concept_photos, "concept_val_fraction": args.concept_val_fraction,
+            "unpaired_photos": [str(p.resolve()) for p in args.unpaired_photos]}
+
+
 def load_records(datasets: Sequence[tuple[str, Path]], *, coco_split: str, val_fraction: float,
                  test_fraction: float, dataset_split: Sequence[str] = (), repeat: Sequence[str] = (),
                  dry_run: bool = False) -> dict[str, list[CaptionRecord]]:
