@@ -32,10 +32,15 @@ from lstmkit.runtools import Timer, UserError, seed_everything
 log = logging.getLogger(__name__)
 
 
-def sampled_photos(images: list, records, sample_repeat: list[str]) -> torch.Tensor:
+def repeats_of(items: Sequence[str]) -> dict[str, int]:
+    """``--repeat`` and ``--sample-repeat``'s KIND:N items as {kind: N}."""
+    return {kind: int(n) for kind, n in (item.split(":") for item in items)}
+
+
+def sampled_photos(images: list, records, sample_repeat: Sequence[str]) -> torch.Tensor:
     """Self-critical training's photos for an epoch, as indices into ``images`` (its training
     photos, in order): each once, or N times for a dataset named in ``sample_repeat`` (KIND:N)."""
-    repeats = {kind: int(n) for kind, n in (item.split(":") for item in sample_repeat)}
+    repeats = repeats_of(sample_repeat)
     kind = {r.image: r.dataset for r in records}
     return torch.tensor([i for i, image in enumerate(images) for _ in range(repeats.get(kind[image], 1))],
                         dtype=torch.long)
@@ -59,7 +64,7 @@ def load_records(datasets: Sequence[tuple[str, Path]], *, coco_split: str, val_f
     split by image into train, val and test: each dataset by its own fractions
     (``dataset_split``, KIND:VAL:TEST) or by ``val_fraction`` and ``test_fraction``; the
     training captions of a dataset named in ``repeat`` (KIND:N) N times."""
-    repeats = {kind: int(n) for kind, n in (item.split(":") for item in repeat)}
+    repeats = repeats_of(repeat)
     fractions = own_fractions(dataset_split)
     splits = {"train": [], "val": [], "test": []}
     for kind, root in datasets:
