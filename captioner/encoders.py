@@ -65,13 +65,19 @@ class Preprocessing:
     resample: str = "bilinear"
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        """One RGB PIL image -> a float tensor (3, size, size)."""
+        """One RGB PIL image -> a float tensor (3, size, size). Computed in numpy, not torch: a
+        photo is prepared on the caller's thread, and a torch operation this large would start
+        a second OpenMP thread team beside the model's, after which every idle OpenMP thread
+        of the process spins only briefly and the model's small steps wait for threads to wake
+        (``lstmkit.service.on_model_thread``). The same float32 operations as ``normalize``."""
         if image.mode != "RGB":
             image = image.convert("RGB")
         if image.size != (self.size, self.size):
             image = image.resize((self.size, self.size), _RESAMPLE[self.resample], reducing_gap=3.0)
-        x = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)
-        return self.normalize(x)
+        x = np.asarray(image, dtype=np.uint8).transpose(2, 0, 1).astype(np.float32)
+        mean = np.array(self.mean, dtype=np.float32).reshape(3, 1, 1) * np.float32(255.0)
+        std = np.array(self.std, dtype=np.float32).reshape(3, 1, 1) * np.float32(255.0)
+        return torch.from_numpy(np.ascontiguousarray((x - mean) / std))
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 (..., 3, H, W) -> normalised float32."""

@@ -1,6 +1,8 @@
 """The captioner behind the web app (``lstmkit.service``'s shape): the model loaded once,
 photos of concurrent requests captioned together (``MicroBatcher``), untrusted paths read by
-the safe loader, answers as plain data."""
+the safe loader, answers as plain data. The model loads and runs on the process's model
+thread (``lstmkit.service.on_model_thread``); photos are decoded and prepared, in numpy, on
+the callers' threads."""
 
 from __future__ import annotations
 
@@ -67,10 +69,10 @@ class CaptionService(ModelService):
         return self.model.get().caption_prepared(items, beam_size=beam)
 
     def _run(self, images: list, beam: int) -> list:
-        """Caption prepared photos (``Captioner.prepare``) in one model run."""
+        """Caption prepared photos (``Captioner.prepare``) in one model run, on the model thread."""
         self.model.get()  # loaded before the lock, so the first run waits for the load only
         with self._lock:
-            return self.run_batch(images, beam)
+            return self.run(self.run_batch, images, beam)
 
     def caption_paths(self, paths: Sequence[str], beam_size: int | None = None,
                       keep_images: bool = False) -> list[dict]:

@@ -16,7 +16,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -51,15 +51,50 @@ class Lazy(Generic[T]):
         return self._value is not None
 
 
+_model_thread: ThreadPoolExecutor | None = None
+_model_thread_ident: int | None = None
+_model_thread_lock = threading.Lock()
+
+
+def on_model_thread(fn: Callable[..., T], *args, **kwargs) -> T:
+    """``fn(*args, **kwargs)`` run on the process's one model thread; its result, or its
+    exception raised here. Every model of the app loads and computes on this thread.
+
+    Why one thread: PyTorch's OpenMP (GNU libgomp) gives every thread that runs a parallel
+    operation its own team of worker threads, and once the process holds more of them than
+    there are cores, each idle worker spins about 100 times instead of some 300,000 before
+    it sleeps. A decoder step is hundreds of small operations, each waiting for workers to
+    wake: with the model on a batching thread and a photo's preprocessing on the server's,
+    one caption took 91 ms instead of 59 on 2 cores (benchmarks.md, issue 38). Callers still
+    decode and resize photos on their own threads, in numpy."""
+    global _model_thread, _model_thread_ident
+    if threading.get_ident() == _model_thread_ident:
+        return fn(*args, **kwargs)
+    with _model_thread_lock:
+        if _model_thread is None:
+            def name() -> None:
+                global _model_thread_ident
+                _model_thread_ident = threading.get_ident()
+
+            _model_thread = ThreadPoolExecutor(1, thread_name_prefix="models", initializer=name)
+    return _model_thread.submit(fn, *args, **kwargs).result()
+
+
 class ModelService(Generic[T]):
     """One model behind the app: ``model_class.from_checkpoint(checkpoint)`` (or ``load``)
-    runs on first use, once."""
+    runs on first use, once, on the model thread (``on_model_thread``), where ``run``
+    computes too."""
 
     def __init__(self, checkpoint: str | os.PathLike, model_class: type, load: Callable[[Path], T] | None = None):
         self.checkpoint = Path(checkpoint)
         self.model_class = model_class
         load = load or model_class.from_checkpoint
-        self.model: Lazy[T] = Lazy(lambda: load(self.checkpoint))
+        self.model: Lazy[T] = Lazy(lambda: on_model_thread(load, self.checkpoint))
+
+    @staticmethod
+    def run(fn: Callable[..., T], *args, **kwargs) -> T:
+        """``fn(*args, **kwargs)`` on the model thread (``on_model_thread``)."""
+        return on_model_thread(fn, *args, **kwargs)
 
     @property
     def available(self) -> bool:

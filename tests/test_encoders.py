@@ -77,6 +77,21 @@ def test_preprocessing_squashes_the_whole_image_and_accepts_any_mode():
     assert x[:, :, -1].mean() > x[:, :, 0].mean() + 1
 
 
+def test_preprocessing_in_numpy_gives_torchs_numbers_to_the_bit():
+    """A photo is prepared in numpy on the caller's thread (no second OpenMP team beside the
+    model's); the numbers must be those of ``normalize``, torch's, so no caption changes."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    for pre in (Preprocessing(size=29), Preprocessing(size=29, mean=(0.5,) * 3, std=(0.5,) * 3, resample="bicubic")):
+        x = pre(image)
+        resized = image.resize((29, 29), {"bilinear": Image.Resampling.BILINEAR,
+                                          "bicubic": Image.Resampling.BICUBIC}[pre.resample], reducing_gap=3.0)
+        expected = pre.normalize(torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1))
+        assert x.dtype == torch.float32 and x.is_contiguous() and torch.equal(x, expected)
+
+
 def test_encode_is_frozen_bf16_channels_last_and_close_to_fp32(lite0):
     import copy
 

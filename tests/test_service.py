@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from demos.trajectory.service import TrajectoryService
-from lstmkit.service import InputError, Lazy, MicroBatcher
+from lstmkit.service import InputError, Lazy, MicroBatcher, on_model_thread
 
 
 def test_micro_batcher_runs_concurrent_requests_together_and_hands_back_each_share():
@@ -46,6 +46,64 @@ def test_micro_batcher_groups_by_key_and_reports_errors_to_their_callers():
         batcher.submit([1], key="bad")
     assert batcher.submit([], key="good") == []
     assert batcher.submit([5], key="good") == [10]  # the worker survived the error
+
+
+def test_every_model_runs_on_one_thread_whoever_calls_and_its_errors_reach_the_caller():
+    """One OpenMP team in the process: a second thread running torch's parallel operations
+    makes every idle OpenMP worker spin briefly, and a caption took 1.5x as long."""
+    seen = []
+
+    def where():
+        seen.append(threading.get_ident())
+        return on_model_thread(threading.get_ident)  # a call from the model thread runs in place
+
+    threads = [threading.Thread(target=lambda: seen.append(on_model_thread(where))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(seen) == 8 and len(set(seen)) == 1 and seen[0] != threading.get_ident()
+
+    def fails():
+        raise InputError("not a photo")
+
+    with pytest.raises(InputError, match="not a photo"):
+        on_model_thread(fails)
+    assert on_model_thread(lambda x, y=0: x + y, 2, y=3) == 5  # the thread survived the error
+
+
+def test_the_captioner_loads_and_captions_on_the_model_thread_and_photos_are_prepared_by_callers():
+    from captioner.service import CaptionService
+    from conftest import ROOT, shipped
+
+    where = {"load": [], "run": [], "prepare": []}
+
+    class Recorded(CaptionService):
+        def _load(self, path):
+            where["load"].append(threading.get_ident())
+            model = super()._load(path)
+            prepare = model.prepare
+            model.prepare = lambda image: where["prepare"].append(threading.get_ident()) or prepare(image)
+            return model
+
+        def _caption_batch(self, items, beam):
+            where["run"].append(threading.get_ident())
+            return super()._caption_batch(items, beam)
+
+    photo = str(sorted((ROOT / "webapp" / "examples").glob("*.jpg"))[0])
+    for batching in (True, False):
+        service = Recorded(shipped("captioner.safetensors"), batching=batching)
+        answers = []
+        threads = [threading.Thread(target=lambda: answers.append(service.caption_paths([photo])[0]))
+                   for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        model_thread = on_model_thread(threading.get_ident)
+        assert len(answers) == 3 and all(a["caption"] and "error" not in a for a in answers)
+        assert set(where["load"]) == set(where["run"]) == {model_thread}, batching
+        assert len(where["prepare"]) == 3 * (1 + (not batching)) and model_thread not in where["prepare"]
 
 
 def test_lazy_builds_once_across_threads():

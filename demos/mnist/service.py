@@ -29,7 +29,7 @@ class DigitService(ModelService):
             x = preprocess_drawing(drawing)
         except ValueError as err:
             raise InputError(str(err)) from err
-        probs = self.model.get().predict(x[None])[0]
+        probs = self.run(self.model.get().predict, x[None])[0]
         return {str(d): float(p) for d, p in enumerate(probs)}, x.numpy()
 
 

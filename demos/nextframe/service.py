@@ -32,10 +32,12 @@ class FrameService(ModelService):
     def predict(self, seed) -> dict:
         """A Moving MNIST clip from the test digits for ``seed``: the input frames, the true
         next frames, the model's predicted frames, and the error of each."""
+        seed = whole_number(seed, 0, 2 ** 31 - 1, "clip number")
+        return self.run(self._predict, seed, self.model.get())
+
+    def _predict(self, seed: int, model) -> dict:
         from demos.nextframe.model import MovingMNIST, copy_last_frame, frame_mse
 
-        seed = whole_number(seed, 0, 2 ** 31 - 1, "clip number")
-        model = self.model.get()
         config = model.config
         clip = MovingMNIST(self.digits.get(), frames=config.clip_frames, size=config.size, seed=7).batch([seed])
         inputs, truth = config.split(clip)

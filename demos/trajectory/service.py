@@ -53,7 +53,7 @@ class TrajectoryService(ModelService):
         # work relative to the last point, so large coordinates keep float32 precision
         origin = past[-1]
         relative = (past - origin).astype(np.float32)
-        future = model.predict(relative).astype(np.float64) + origin
+        future = self.run(model.predict, relative).astype(np.float64) + origin
         cv = constant_velocity(past[None], model.config.future)[0]
         return {"input": past.tolist(), "model": future.tolist(), "constant_velocity": cv.tolist()}
 
