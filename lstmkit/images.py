@@ -11,6 +11,7 @@ and JPEGs much larger than the model needs (decoded at a reduced scale when aske
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import warnings
@@ -170,8 +171,19 @@ def load_data_url(url: object, max_bytes: int = MAX_BYTES, **kwargs) -> Image.Im
 
 
 def image_key(path: str | os.PathLike) -> str:
-    """A photo's identity on disk (path, size, modification time): the key of the feature
-    and detection caches, which changes whenever the file does."""
+    """A photo's identity: a hash of its bytes, the key of the feature and detection caches.
+    It changes whenever the photo does, and survives a copy of the dataset to a new place or
+    with new modification times (keyed by path and time, every copy meant extracting every
+    photo's features again). Each file is read once per process while its path, size and
+    modification time stay the same."""
     path = Path(path).resolve()
     stat = path.stat()
-    return f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    return _content_key(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=None)
+def _content_key(path: str, size: int, mtime_ns: int) -> str:
+    import hashlib
+
+    with open(path, "rb") as f:
+        return f"sha256:{hashlib.file_digest(f, 'sha256').hexdigest()[:32]}|{size}"

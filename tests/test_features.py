@@ -90,3 +90,27 @@ def test_compute_dtype_is_part_of_the_cache_key(tmp_path, small_encoder):
     as_bf16 = copy.deepcopy(small_encoder)
     as_bf16.backbone.to(torch.bfloat16)
     assert FeatureCache(tmp_path, as_fp32).dir != FeatureCache(tmp_path, as_bf16).dir
+
+
+def test_a_copied_dataset_keeps_its_features_and_shards_of_other_photos_stay_on_disk(tmp_path, small_encoder):
+    import shutil
+
+    from PIL import Image
+
+    first, second = tmp_path / "a.png", tmp_path / "b.png"
+    Image.new("RGB", (40, 40), (255, 0, 0)).save(first)
+    Image.new("RGB", (40, 40), (0, 255, 0)).save(second)
+    cache = tmp_path / "cache"
+    red, _ = FeatureCache(cache, small_encoder).get([first], num_workers=0, progress=False)
+    FeatureCache(cache, small_encoder).get([second], num_workers=0, progress=False)
+    shards = sorted(FeatureCache(cache, small_encoder).dir.glob("shard-*.safetensors"))
+    assert len(shards) == 2
+    moved = tmp_path / "copy" / "a.png"  # the dataset copied elsewhere, with a new modification time
+    moved.parent.mkdir()
+    shutil.copy(first, moved)
+    os.utime(moved, ns=(5, 5))
+    again = FeatureCache(cache, small_encoder)
+    same, _ = again.get([moved], num_workers=0, progress=False)
+    assert torch.equal(same, red)
+    assert len(list(again.dir.glob("shard-*.safetensors"))) == 2  # nothing extracted again
+    assert len(again._features) == 1  # the other photo's shard was never read into memory

@@ -125,3 +125,24 @@ def test_large_jpeg_is_decoded_at_a_reduced_scale_when_asked():
 def test_pil_images_and_file_objects_are_accepted():
     assert load_image(PHOTO.convert("L")).mode == "RGB"
     assert load_image(io.BytesIO(encode(PHOTO, "PNG"))).size == (80, 60)
+
+
+def test_a_photo_keeps_its_cache_key_when_copied_and_loses_it_when_changed(tmp_path):
+    """The feature and detection caches key a photo by its bytes: a dataset copied to a new
+    place (new paths, new modification times) keeps its features; an edited photo does not."""
+    import os
+    import shutil
+
+    from lstmkit.images import image_key
+
+    first = tmp_path / "a" / "photo.jpg"
+    first.parent.mkdir()
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(first)
+    copy = tmp_path / "b" / "other-name.jpg"
+    copy.parent.mkdir()
+    shutil.copy(first, copy)
+    os.utime(copy, ns=(1, 1))
+    assert image_key(first) == image_key(copy)
+    Image.new("RGB", (8, 8), (10, 200, 10)).save(first)
+    os.utime(first, ns=(2, 2))
+    assert image_key(first) != image_key(copy)

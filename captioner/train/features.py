@@ -67,7 +67,9 @@ class FeatureCache:
         self._features: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._loaded: set[str] = set()
 
-    def _load_shards(self) -> None:
+    def _load_shards(self, wanted: set[str]) -> None:
+        """Into memory: the shards holding any of the ``wanted`` keys. A shard of photos no
+        longer asked for (a dataset since edited or dropped) stays on disk, out of memory."""
         if not self.dir.is_dir():
             return
         for shard in sorted(self.dir.glob("shard-*.safetensors")):
@@ -75,6 +77,8 @@ class FeatureCache:
                 continue
             with safe_open(str(shard), "pt") as f:
                 keys = json.loads(f.metadata()["keys"])
+                if wanted.isdisjoint(keys):
+                    continue
                 features, flipped = f.get_tensor("features"), f.get_tensor("flipped")
             for row, key in enumerate(keys):
                 self._features[key] = (features[row], flipped[row])
@@ -87,7 +91,7 @@ class FeatureCache:
         Unreadable images raise ``ImageError``."""
         paths = [Path(p) for p in paths]
         keys = [image_key(p) for p in paths]
-        self._load_shards()
+        self._load_shards(set(keys))
         missing = list(dict.fromkeys(p for p, k in zip(paths, keys) if k not in self._features))
         if missing:
             self._extract(missing, batch_size, num_workers, shard_size, progress)
@@ -106,7 +110,7 @@ class FeatureCache:
         pending_keys, pending_feats, pending_flips, errors = [], [], [], []
         pending_pooled, pending_pooled_flips = [], []
         if self.pooled_too is not None:
-            self.pooled_too._load_shards()
+            self.pooled_too._load_shards({image_key(p) for p in paths})
         bar = tqdm(total=len(paths), desc=f"features {self.encoder.name}", unit="img", disable=not progress)
         for items in loader:
             good = [(i, x[0]) for i, x, err in items if x is not None]
