@@ -181,7 +181,7 @@ def image_key(path: str | os.PathLike) -> str:
     return _content_key(str(path), stat.st_size, stat.st_mtime_ns)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _content_key(path: str, size: int, mtime_ns: int) -> str:
     import hashlib
 

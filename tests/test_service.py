@@ -74,7 +74,7 @@ def test_every_model_runs_on_one_thread_whoever_calls_and_its_errors_reach_the_c
 
 def test_the_captioner_loads_and_captions_on_the_model_thread_and_photos_are_prepared_by_callers():
     from captioner.service import CaptionService
-    from conftest import ROOT, shipped
+    from tests.conftest import ROOT, shipped
 
     where = {"load": [], "run": [], "prepare": []}
 
