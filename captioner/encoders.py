@@ -65,10 +65,8 @@ class Preprocessing:
     resample: str = "bilinear"
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        """One RGB PIL image -> a float tensor (3, size, size). Computed in numpy, not torch: a
-        photo is prepared on the caller's thread, and a torch operation this large would start
-        a second OpenMP thread team beside the model's, after which every idle OpenMP thread
-        of the process spins only briefly and the model's small steps wait for threads to wake
+        """One RGB PIL image -> a float tensor (3, size, size), in numpy: callers prepare photos on
+        their own threads, where torch would start a second OpenMP team beside the model's
         (``lstmkit.service.on_model_thread``). The same float32 operations as ``normalize``."""
         if image.mode != "RGB":
             image = image.convert("RGB")
