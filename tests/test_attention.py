@@ -65,7 +65,7 @@ def test_heat_maps_show_focus_on_a_fixed_scale_and_even_attention_as_no_heat():
 def test_a_heat_map_is_the_ramp_of_each_level_looked_up_from_one_table():
     """The table holds, for each of the 256 levels of the smoothed map, exactly the colour and
     alpha the ramp's formula gives (the map is drawn by one lookup per pixel)."""
-    from captioner.attention_maps import _RAMP, _heat_table, heat_of
+    from captioner.attention_maps import _RAMP, FULL_FOCUS, _heat_table, heat_of
 
     smooth = np.arange(256, dtype=np.float32) / 255.0
     position = smooth * (len(_RAMP) - 1)
@@ -77,6 +77,11 @@ def test_a_heat_map_is_the_ramp_of_each_level_looked_up_from_one_table():
     density[3, 3] = 10.0
     picture = np.asarray(heat_of(density, (70, 70)))
     assert picture.shape == (70, 70, 4) and picture[35, 35, 3] >= 200 and picture[0, 0, 3] == 0
+    from PIL import Image  # every pixel is the table's row for its level of the smoothed map
+
+    level = np.clip((density - 1.0) / (FULL_FOCUS - 1.0), 0.0, 1.0)
+    smoothed = np.asarray(Image.fromarray((level * 255).astype(np.uint8)).resize((70, 70), Image.Resampling.BICUBIC))
+    np.testing.assert_array_equal(picture, _heat_table()[smoothed])
 
 
 def test_the_doubly_stochastic_penalty_is_part_of_the_loss(tiny_attender):
