@@ -67,7 +67,7 @@ class Preprocessing:
     def __call__(self, image: Image.Image) -> torch.Tensor:
         """One RGB PIL image -> a float tensor (3, size, size), in numpy: callers prepare photos on
         their own threads, where torch would start a second OpenMP team beside the model's
-        (``lstmkit.service.on_model_thread``). The same float32 operations as ``normalize``."""
+        (``lstmkit.service.on_model_thread``). The same float32 numbers torch's arithmetic gives."""
         if image.mode != "RGB":
             image = image.convert("RGB")
         if image.size != (self.size, self.size):
@@ -76,12 +76,6 @@ class Preprocessing:
         mean = np.array(self.mean, dtype=np.float32).reshape(3, 1, 1) * np.float32(255.0)
         std = np.array(self.std, dtype=np.float32).reshape(3, 1, 1) * np.float32(255.0)
         return torch.from_numpy(np.ascontiguousarray((x - mean) / std))
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 (..., 3, H, W) -> normalised float32."""
-        mean = torch.tensor(self.mean).view(3, 1, 1) * 255.0
-        std = torch.tensor(self.std).view(3, 1, 1) * 255.0
-        return (x.float() - mean) / std
 
     def batch(self, images: list[Image.Image]) -> torch.Tensor:
         return torch.stack([self(im) for im in images])

@@ -7,7 +7,6 @@ the callers' threads."""
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -29,7 +28,6 @@ class CaptionService(ModelService):
         self.precision = precision
         super().__init__(checkpoint or DEFAULT_CHECKPOINT, Captioner, self._load)
         self.max_images = max_images
-        self._lock = threading.Lock()  # one model run at a time
         self.batcher = MicroBatcher(self._run) if batching else None
         self.run_batch = self._caption_batch
 
@@ -70,9 +68,7 @@ class CaptionService(ModelService):
 
     def _run(self, images: list, beam: int) -> list:
         """Caption prepared photos (``Captioner.prepare``) in one model run, on the model thread."""
-        self.model.get()  # loaded before the lock, so the first run waits for the load only
-        with self._lock:
-            return self.run(self.run_batch, images, beam)
+        return self.run(self.run_batch, images, beam)  # one thread: one model run at a time
 
     def caption_paths(self, paths: Sequence[str], beam_size: int | None = None,
                       keep_images: bool = False) -> list[dict]:

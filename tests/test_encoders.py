@@ -79,7 +79,7 @@ def test_preprocessing_squashes_the_whole_image_and_accepts_any_mode():
 
 def test_preprocessing_in_numpy_gives_torchs_numbers_to_the_bit():
     """A photo is prepared in numpy on the caller's thread (no second OpenMP team beside the
-    model's); the numbers must be those of ``normalize``, torch's, so no caption changes."""
+    model's); the numbers must be torch's, to the bit, so no caption changes."""
     import numpy as np
 
     rng = np.random.default_rng(0)
@@ -88,7 +88,9 @@ def test_preprocessing_in_numpy_gives_torchs_numbers_to_the_bit():
         x = pre(image)
         resized = image.resize((29, 29), {"bilinear": Image.Resampling.BILINEAR,
                                           "bicubic": Image.Resampling.BICUBIC}[pre.resample], reducing_gap=3.0)
-        expected = pre.normalize(torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1))
+        pixels = torch.from_numpy(np.asarray(resized).copy()).permute(2, 0, 1).float()
+        mean, std = (torch.tensor(v).view(3, 1, 1) * 255.0 for v in (pre.mean, pre.std))
+        expected = (pixels - mean) / std
         assert x.dtype == torch.float32 and x.is_contiguous() and torch.equal(x, expected)
 
 
