@@ -218,6 +218,9 @@ def test_caption_through_gradio_client(client, tmp_path):
         [handle_file(str(example_photo(tmp_path, "camera"))), handle_file(str(example_photo(tmp_path, "coffee")))],
         "beam search", 3, api_name="/caption")
     assert "man" in results[0]["words"] and len(results) == 2
+    assert [m["caption"] for m in maps] == [f"{n}. {w}" + (" (camera.jpg)" if n == 1 else "")
+                                            for n, w in enumerate(results[0]["words"], 1)]  # where it looked
+    assert all(os.path.isfile(m["image"]) for m in maps)
     assert all(len(r["words"]) == len(r["probabilities"]) for r in results)
     assert all({"objects", "familiarity"} <= set(r) for r in results)
 
@@ -272,6 +275,28 @@ def test_the_page_says_a_mistake_once_in_the_caption_area(tabs, tmp_path):
     assert "x.jpg" in html and "empty" in html
     html, *_ = tabs.caption.caption_on_page([str(example_photo(tmp_path, "coffee"))], "greedy", 1)
     assert "class='caption'" in html and html.count("<img") == 1  # the photo, whole, under its caption
+
+
+def test_the_page_draws_where_it_looked_only_when_the_section_is_opened(tabs, tmp_path):
+    """The Caption button shows the section "Where it looked, word by word" folded and
+    empty (drawing its pictures cost 25-30 ms of a 150 ms caption); opening it draws them
+    from the photos and the results as JSON the page holds: the pictures ``/caption``
+    gives, one per word."""
+    from webapp.caption_tab import looked_at
+
+    shipped("captioner.safetensors")
+    files = [str(example_photo(tmp_path, "coffee")), str(example_photo(tmp_path))]
+    _, maps, looked, *_, results, _ = tabs.caption.caption_on_page(files, "greedy", 1)
+    assert looked.visible and looked.open is False and maps is None  # shown, folded, not drawn
+    assert looked_at(results) == 0  # the coffee's attention points somewhere: its words are the section's
+    on_page = tabs.caption.looked_on_page(files, json.loads(json.dumps(results)))
+    _, _, from_api, *_ = tabs.caption.caption(files, "greedy", 1)
+    assert [label for _, label in on_page] == [label for _, label in from_api] == [
+        f"{n}. {w}" + (" (coffee.jpg)" if n == 1 else "") for n, w in enumerate(results[0]["words"], 1)]
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for (a, _), (b, _) in zip(on_page, from_api))
+    assert tabs.caption.looked_on_page(files[1:], results) == []  # its photo gone: no pictures, not another's
+    assert tabs.caption.looked_on_page(files[::-1], results)[0][1] == on_page[0][1]  # found by its name
+    assert tabs.caption.looked_on_page(None, None) == []
 
 
 def test_the_shipped_examples_are_everyday_scenes_it_describes_as_familiar(tabs):

@@ -232,7 +232,8 @@ def test_the_app_shows_where_an_attention_model_looked(attention_server, tiny_at
         expect(captions).to_have_count(2, timeout=90_000)
         looked = page.locator("#caption-looked")
         expect(looked).to_be_visible()  # shown, and folded until asked for
-        expect(page.locator("#caption-attention img").first).to_be_hidden()
+        pictures = page.locator("#caption-attention img")
+        expect(pictures).to_have_count(0)  # not drawn with the caption: drawn when the section is opened
         looked.get_by_text("Where it looked, word by word").click()
         labels = page.locator("#caption-attention .caption-label")
         expect(labels.first).to_be_visible()
@@ -243,4 +244,10 @@ def test_the_app_shows_where_an_attention_model_looked(attention_server, tiny_at
         assert [int(n) for n, _ in words] == list(range(1, len(words) + 1))
         written = [t.strip().rstrip(".").lower() for t in captions.all_inner_texts()]  # shown as sentences
         assert " ".join(w for _, w in words).lower() in written
+        # a new caption folds the section and empties it: opened again, it draws that caption's pictures
+        page.locator("#caption-button").click()
+        expect(pictures).to_have_count(0, timeout=90_000)
+        expect(labels).to_have_count(0)
+        looked.get_by_text("Where it looked, word by word").click()
+        expect(pictures).to_have_count(len(words))
         browser.close()

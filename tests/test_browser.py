@@ -132,9 +132,16 @@ def test_upload_a_photo_and_read_its_caption_in_the_first_screen(page, tmp_path)
     expect(page.locator("#caption-output .w")).to_have_count(len(caption_words(page)))  # each word's confidence
     expect(page.locator("#caption-timing")).to_contain_text("caption in")
     expect(page.locator("#caption-all")).to_be_visible()  # the table and downloads, folded
+    looked, pictures = page.locator("#caption-looked"), page.locator("#caption-attention img")
+    expect(looked).to_be_visible()  # where it looked, folded, and not drawn until it is opened
+    expect(pictures).to_have_count(0)
+    looked.get_by_text("Where it looked, word by word").click()
+    expect(pictures).to_have_count(len(caption_words(page)))  # one picture per word
     page.locator("#caption-files button[aria-label=Clear]").click()  # the photo taken away: its caption too
     expect(page.locator("#caption-output .caption, #caption-output img")).to_have_count(0, timeout=10_000)
     expect(page.locator("#caption-all")).to_be_hidden()
+    expect(looked).to_be_hidden()
+    expect(pictures).to_have_count(0)
 
 
 def test_on_a_phone_the_caption_comes_into_view_and_every_tab_is_in_sight(phone, tmp_path):

@@ -56,13 +56,17 @@ def photo_input(**kwargs) -> gr.File:
     return files
 
 
-def pictures(paths: list[str], results: list[dict]) -> tuple[list, list]:
+def longest_side(count: int) -> int:
+    """How large the page shows ``count`` photos: about 800 px, or half that for many."""
+    return 800 if count <= LARGE else 400
+
+
+def pictures(paths: list[str], results: list[dict]) -> tuple[list, dict]:
     """The photos with the detector's boxes (read again, larger than the model's copy, so
-    labels can be read) and, for the first photo whose attention points somewhere, one
-    picture per word of where it looked."""
-    longest = 800 if len(paths) <= LARGE else 400
-    boxed, looked = [], []
-    for path, r in zip(paths, results):
+    labels can be read), and the photos so read, by their place in ``results``."""
+    longest = longest_side(len(paths))
+    boxed, photos = [], {}
+    for k, (path, r) in enumerate(zip(paths, results)):
         if "picture" not in r:
             continue
         picture = r.pop("picture")
@@ -70,10 +74,40 @@ def pictures(paths: list[str], results: list[dict]) -> tuple[list, list]:
             picture = load_image(path, draft_size=longest)
         except ImageError:  # read a moment ago; keep the model's copy
             pass
+        photos[k] = picture
         boxed.append((boxed_photo(picture, r.get("boxes"), longest), r["caption"]))
-        if not looked and "attention" in r and says_something(r):
-            looked = word_pictures(picture, r, r["image"])
-    return boxed, looked
+    return boxed, photos
+
+
+def looked_at(results: list[dict]) -> int | None:
+    """The place of the first photo whose attention points somewhere (the one the section
+    "Where it looked, word by word" shows), found from the results alone: the page knows
+    whether to show the section without drawing its pictures."""
+    return next((k for k, r in enumerate(results) if "error" not in r and says_something(r)), None)
+
+
+def word_by_word(paths: list[str], results: list[dict], photos: dict | None = None) -> list:
+    """One picture per word of where the first photo whose attention points somewhere
+    looked (``looked_at``): over ``photos[k]`` when the caller read it already (the
+    ``/caption`` API), otherwise over the photo read again by the safe loader, at the size
+    the caption showed it (the page, when the section is opened). The photos may have
+    changed since the caption: the file is found by the name its result holds, and a photo
+    no longer there gets no pictures rather than another photo's."""
+    k = looked_at(results)
+    if k is None:
+        return []
+    result, name = results[k], results[k]["image"]
+    picture = (photos or {}).get(k)
+    if picture is None:
+        path = paths[k] if k < len(paths) and Path(paths[k]).name == name else next(
+            (p for p in paths if Path(p).name == name), None)
+        if path is None:
+            return []
+        try:
+            picture = load_image(path, draft_size=longest_side(len(results)))
+        except ImageError:
+            return []
+    return word_pictures(picture, result, name)
 
 
 class CaptionTab:
@@ -83,12 +117,10 @@ class CaptionTab:
         self.corrections = corrections or CorrectionService(service)
         self.downloads = output.Downloads(downloads or Path(tempfile.gettempdir()) / "captioner-downloads")
 
-    def caption(self, files, decoding: str = "beam search", beam_width: float | None = None):
-        """Caption one or many images (a list of files, or one file). Returns the captions
-        with what was recognised and how familiar each photo is as HTML, the photos with the
-        detector's boxes, the first photo's word-by-word attention pictures (when its
-        attention points somewhere), a table, CSV and JSON downloads, the results as JSON,
-        and how long it took. Beam search without a width uses the model's own default."""
+    def captioned(self, files, decoding: str, beam_width: float | None) -> tuple[list, list, dict, str]:
+        """Caption one or many images (a list of files, or one file): the results, the
+        photos with the detector's boxes, the photos as read for them (``pictures``) and
+        how long it took. Beam search without a width uses the model's own default."""
         start = time.perf_counter()
         paths = paths_of(files)
         if not paths:
@@ -101,25 +133,44 @@ class CaptionTab:
         seconds = time.perf_counter() - start
         if all("error" in r for r in results):
             raise gr.Error(" ".join(f"{r['image']}: {r['error']}" for r in results)[:1000], print_exception=False)
-        boxed, looked = pictures(paths, results)
+        boxed, photos = pictures(paths, results)
         good = sum("error" not in r for r in results)
         timing = f"{good} caption{'s' if good != 1 else ''} in {seconds:.2f} s" + (
             f" ({len(results) - good} file{'s' if len(results) - good != 1 else ''} could not be read)"
             if good < len(results) else "")
-        return (output.shaded_html(results), boxed, looked, output.table(results), self.downloads.write(results),
-                results, timing)
+        return results, boxed, photos, timing
+
+    def caption(self, files, decoding: str = "beam search", beam_width: float | None = None):
+        """The ``/caption`` endpoint: the captions with what was recognised and how familiar
+        each photo is as HTML, the photos with the detector's boxes, the first photo's
+        word-by-word attention pictures (when its attention points somewhere), a table, CSV
+        and JSON downloads, the results as JSON, and how long it took."""
+        results, boxed, photos, timing = self.captioned(files, decoding, beam_width)
+        return (output.shaded_html(results), boxed, word_by_word(paths_of(files), results, photos),
+                output.table(results), self.downloads.write(results), results, timing)
 
     def caption_on_page(self, files, decoding: str = "beam search", beam_width: float | None = None):
-        """The Caption button: ``caption``, with every section shown once there is a
+        """The Caption button: ``captioned``, with every section shown once there is a
         result, and a mistake (nothing chosen, no photo among the files, a bad beam width)
-        said once, in the caption area, instead of as an error on every output."""
+        said once, in the caption area, instead of as an error on every output. The
+        word-by-word pictures are left out, and their section folded: drawn with every
+        caption they and Gradio's saving of each cost about 25-30 ms of a 150 ms request,
+        for a section most people never open (``looked_on_page`` draws them when it is)."""
         try:
-            _, boxed, looked, table, downloads, results, timing = self.caption(files, decoding, beam_width)
+            results, boxed, _, timing = self.captioned(files, decoding, beam_width)
         except gr.Error as err:
             message = "Choose a photo first." if not paths_of(files) else err.message
             return output.message_html(message), *self.hidden()
-        return (output.shaded_html(results, [picture for picture, _ in boxed]), looked,
-                gr.Accordion(visible=bool(looked)), table, downloads, gr.Accordion(visible=True), results, timing)
+        return (output.shaded_html(results, [picture for picture, _ in boxed]), None,
+                gr.Accordion(visible=looked_at(results) is not None, open=False), output.table(results),
+                self.downloads.write(results), gr.Accordion(visible=True), results, timing)
+
+    @staticmethod
+    def looked_on_page(files, results) -> list:
+        """The section "Where it looked, word by word", opened: its pictures, drawn now from
+        what the page holds (the photos and the results as JSON). Each new caption empties
+        and folds the section, so opening it again draws that caption's pictures."""
+        return word_by_word(paths_of(files), results or [])
 
     @staticmethod
     def hidden() -> tuple:
@@ -212,6 +263,8 @@ class CaptionTab:
                      concurrency_id="caption", js=static("caption_click.js")).then(None, js=scroll)
         shown.select(self.pick_example, None, reset, api_name=False, show_progress="hidden", js=static(
             "caption_click.js")).success(self.caption_on_page, [files, decoding, beam], outputs, api_name=False,
-                                         concurrency_id="caption").then(None, js=scroll)
+                                         concurrency_limit=16, concurrency_id="caption").then(None, js=scroll)
+        looked.expand(self.looked_on_page, [files, as_json], [maps], api_name=False, show_progress="minimal",
+                      concurrency_limit=16, concurrency_id="caption")  # a limit given: "default" would lower it
         api.click(self.caption, [files, decoding, beam], [shaded, gallery, maps, table, downloads, as_json, timing],
                   api_name="caption", concurrency_limit=16, concurrency_id="caption")
