@@ -99,3 +99,32 @@ def test_the_reward_counts_the_end_of_the_sentence():
     words = refs[0][0]
     assert reward(0, words, ended=True) > reward(0, words, ended=False) > 0
     assert reward(0, words[:-2], ended=True) > reward(0, words[:-2] + ["in", "a", "a"], ended=False)
+
+
+def test_the_reward_weighs_words_by_its_familys_captions(tmp_path):
+    """``--reward-captions``: a word every caption of a family uses ("food") is worth little
+    in that family's photos' rewards beside the specific word ("broccoli"), where before
+    both scored the same; a
+    photo of the other family keeps the weights of its own captions alone."""
+    import json
+
+    from captioner.train.losses import SentenceReward
+    from captioner.train.training_data import reward_corpora
+
+    refs = [[tokenize(c) for c in caps] for caps in (
+        ["a plate of food with broccoli", "a plate of broccoli and food"], REFS["1"], REFS["2"], REFS["4"])]
+    families = ["coco", "flickr", "coco", "flickr"]
+    path = tmp_path / "captions.json"
+    names = [{"id": i, "file_name": f"{i}.jpg"} for i in range(40)]
+    captions = [{"id": i, "image_id": i, "caption": f"some food on a table number {i}"} for i in range(40)]
+    path.write_text(json.dumps({"images": names, "annotations": captions}))
+    corpora = reward_corpora([f"coco:{path}"])
+    assert set(corpora) == {"coco"} and len(corpora["coco"]) == 40
+    assert corpora["coco"][0] == [tokenize("some food on a table number 0")]
+    before, after = SentenceReward(refs), SentenceReward(refs, families, corpora)
+    food, broccoli = tokenize("a plate of food"), tokenize("a plate of broccoli")
+    assert before(0, broccoli, ended=True) == pytest.approx(before(0, food, ended=True))
+    assert after(0, broccoli, ended=True) > 1.05 * after(0, food, ended=True)
+    alone = SentenceReward([refs[1], refs[3]])  # the flickr family's photos, scored over their own captions
+    dog = tokenize("a dog is running on the grass")
+    assert after(1, dog, ended=True) == pytest.approx(alone(0, dog, ended=True))

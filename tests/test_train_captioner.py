@@ -293,7 +293,12 @@ def test_self_critical_training_of_the_shipped_model_keeps_its_decoding(tmp_path
     rows = list(csv.DictReader(open(out / "metrics.csv")))
     assert len(rows) == 1 and 0 < float(rows[0]["train_reward"]) < 10 and float(rows[0]["val_cider"]) > 0
     assert train_captioner.main([*args[:-2], str(tmp_path / "other"), "--dry-run", "--decoding-from",
-                                 str(tmp_path / "policy.safetensors")]) == 0
+                                 str(tmp_path / "policy.safetensors"), "--reward-captions",
+                                 f"coco:{coco / 'annotations' / 'captions_text_only.json'}"]) == 0
+    other = list(csv.DictReader(open(tmp_path / "other" / "metrics.csv")))
+    assert 0 < float(other[0]["train_reward"]) < 10  # rewarded with COCO's word weights
+    assert Captioner.from_checkpoint(tmp_path / "other" / "best.safetensors", load_encoder=False).provenance[
+        "training_data"]["reward_captions"] == [f"coco:{coco / 'annotations' / 'captions_text_only.json'}"]
     assert Captioner.read_settings(tmp_path / "other" / "best.safetensors")[1] == policy.decoding
     before = Captioner.from_checkpoint(shipped, load_encoder=False)
     after = Captioner.from_checkpoint(out / "best.safetensors", load_encoder=False)

@@ -56,6 +56,7 @@ from captioner.train.training_data import (
     load_text_captions,
     provenance,
     sampled_photos,
+    self_critical_reward,
     unpaired_photos,
 )
 from captioner.train.validation import coco_metrics, coco_part_scores, scores_on, validate
@@ -106,14 +107,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--grad-clip", type=float, default=5.0)
     p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--decoder", choices=list(DECODERS), default="show_tell")
-    p.add_argument("--embed-dim", type=int, default=512)
-    p.add_argument("--hidden-dim", type=int, default=512)
-    p.add_argument("--num-layers", type=int, default=1)
+    for flag, default in (("--embed-dim", 512), ("--hidden-dim", 512), ("--num-layers", 1)):
+        p.add_argument(flag, type=int, default=default)
     p.add_argument("--attention-reg", type=float, default=1.0,
                    help="attention: weight of the doubly stochastic penalty sum_i (1 - sum_t alpha_ti)^2")
-    p.add_argument("--regions", type=int, default=None,
-                   help="attention: look at up to this many of the detector's boxes besides the cells (regions.py; "
-                        "default: --init's, else 0)")
+    p.add_argument("--regions", type=int, default=None, help="attention: look at up to this many of the detector's "
+                   "boxes besides the cells (regions.py; default: --init's, else 0)")
     p.add_argument("--ground-attention", type=float, default=0.0,
                    help="weight of the loss that pulls a word's attention into the boxes of the object it names")
     p.add_argument("--object-slots", type=int, default=5,
@@ -143,6 +142,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--gate-tolerance", type=float, default=finetune.TOLERANCE,
                    help="--dataset corrections: the CIDEr the gate's bootstrap lower bound may fall below zero")
     p.add_argument("--samples", type=int, default=5, help="scst: captions sampled per image")
+    p.add_argument("--reward-captions", action="append", default=[], metavar="KIND:PATH[:MAX_PHOTOS]", help="scst: "
+                   "CIDEr-D's word weights from these captions too, each photo by its family's (KIND coco, flickr)")
     p.add_argument("--xe-weight", type=float, default=0.0, help="scst: plus this weight times the cross-entropy "
                    "of a batch of training captions (keeps the references' language while the reward pulls)")
     p.add_argument("--decoding-from", type=Path, default=None, help="validate (and, scst, sample) under this "
@@ -317,7 +318,8 @@ class Trainer:
                 model.network, device_ids=[device.index] if device.type == "cuda" else None)
         model.provenance["training_data"] = provenance(args)
         self.scst = (SelfCritical(model, self.trainer, self.train_refs, self.photo_rows, args.samples,
-                                  args.max_caption_words) if args.objective == "scst" else None)
+                                  args.max_caption_words, self_critical_reward(self.train_refs, list(by_image),
+                                  data, args.reward_captions, args.dry_run)) if args.objective == "scst" else None)
 
     @functools.lru_cache(maxsize=1)  # noqa: B019 (one Trainer per run)
     def plan(self, epoch: int):

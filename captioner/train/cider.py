@@ -1,9 +1,10 @@
 """CIDEr-D (Vedantam et al. 2015), fast enough to be a training reward.
 
-Document frequencies come once from a whole reference corpus (the training captions),
-as self-critical training needs; each candidate is then scored against its own image's
-references: the mean over n = 1..4 of the clipped tf-idf cosine similarity with each
-reference, with a Gaussian penalty on the length difference (sigma 6), times 10.
+Document frequencies come once from a whole reference corpus (the training captions, or
+more: a benchmark's own corpus is far larger than a small training set), as self-critical
+training needs; each candidate is then scored against its own image's references: the
+mean over n = 1..4 of the clipped tf-idf cosine similarity with each reference, with a
+Gaussian penalty on the length difference (sigma 6), times 10.
 It matches pycocoevalcap's ``CiderD`` scorer given the same document frequencies.
 """
 
@@ -27,7 +28,7 @@ def ngram_counts(words: Sequence[str], n_max: int = 4) -> Ngrams:
 
 class CiderD:
     def __init__(self, corpus: Sequence[Sequence[Sequence[str]]], sigma: float = 6.0):
-        """``corpus``: for each image, its tokenised reference captions."""
+        """``corpus``: for each image (a document), its tokenised reference captions."""
         self.sigma = sigma
         df: Counter = Counter()
         for refs in corpus:

@@ -27,6 +27,8 @@ from captioner.train.datasets import (
     unique_images,
 )
 from captioner.train.features import FeatureCache
+from captioner.train.losses import SentenceReward
+from captioner.vocabulary import tokenize
 from lstmkit.runtools import Timer, UserError, seed_everything
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,7 @@ def provenance(args) -> dict:
     return {"datasets": [[kind, str(root.resolve())] for kind, root in zip(args.dataset, args.data_root)],
             "coco_split": args.coco_split, "val_fraction": args.val_fraction, "test_fraction": args.test_fraction,
             "dataset_split": args.dataset_split, "repeat": args.repeat, "sample_repeat": args.sample_repeat,
-            "text_captions": args.text_captions,
+            "text_captions": args.text_captions, "reward_captions": getattr(args, "reward_captions", []),
             "concept_photos": args.concept_photos, "concept_val_fraction": args.concept_val_fraction,
             "unpaired_photos": [str(p.resolve()) for p in args.unpaired_photos]}
 
@@ -98,6 +100,34 @@ def load_text_captions(sources: Sequence[str], dry_run: bool = False) -> dict[st
         return read_text_sources(sources, 16 if dry_run else None)
     except ValueError as err:
         raise UserError(f"--text-captions: {err}") from err
+
+
+def family_of(kind: str) -> str:
+    """A dataset's family, whose captions weigh the reward's words: flickr8k's is flickr,
+    every COCO part's coco (the kinds of ``--reward-captions``)."""
+    return "flickr" if kind.startswith("flickr") else "coco" if kind.startswith("coco") else kind
+
+
+def reward_corpora(sources: Sequence[str], dry_run: bool = False) -> dict[str, list[list[list[str]]]]:
+    """``--reward-captions``: captions of photos that are not here (KIND:PATH[:MAX_PHOTOS]),
+    tokenised and grouped by photo, under their family (the source's kind)."""
+    try:
+        grouped = read_text_sources(sources, 16 if dry_run else None)
+    except ValueError as err:
+        raise UserError(f"--reward-captions: {err}") from err
+    corpora: dict[str, list[list[list[str]]]] = {}
+    for key, captions in grouped.items():
+        corpora.setdefault(key.split(":", 1)[0], []).append([tokenize(c) for c in captions])
+    return corpora
+
+
+def self_critical_reward(refs: list[list[list[str]]], images: list[Path], data: Data, sources: Sequence[str],
+                         dry_run: bool = False) -> SentenceReward:
+    """Self-critical training's reward over its photos (``images``, their tokenised ``refs``):
+    with ``--reward-captions`` (``sources``), each photo's words weighed by its family's
+    captions (``data``'s training captions know each photo's dataset)."""
+    kind = {r.image: r.dataset for r in data.splits["train"]}
+    return SentenceReward(refs, [family_of(kind[i]) for i in images], reward_corpora(sources, dry_run))
 
 
 def load_concept_photos(sources: Sequence[str], *, coco_split: str, val_fraction: float,
