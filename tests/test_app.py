@@ -185,6 +185,20 @@ def test_untrained_tabs_say_so(tmp_path):
         proc.wait(timeout=20)
 
 
+def test_every_caption_event_keeps_the_caption_queues_limit():
+    """Gradio gives a shared queue the lowest limit of the events that join it, so one event
+    left at the default (2) would make every caption, the API's too, wait for two at a time."""
+    import app
+    from tests.conftest import CHECKPOINTS
+
+    if not (CHECKPOINTS / "captioner.safetensors").is_file():
+        pytest.skip("no trained captioner: the caption tab is not built")
+    demo = app.build_app()
+    caption = [fn for fn in demo.fns.values() if fn.concurrency_id == "caption"]
+    assert len(caption) >= 4  # the button, the example click, opening "where it looked", the API
+    assert {fn.concurrency_limit for fn in caption} == {16}
+
+
 # ------------------------------------------------------------- the running server
 
 @pytest.fixture(scope="module")
