@@ -3,6 +3,7 @@ scoring function; object mentions."""
 
 import contextlib
 import io
+import math
 
 import pytest
 
@@ -118,13 +119,36 @@ def test_the_reward_weighs_words_by_its_familys_captions(tmp_path):
     names = [{"id": i, "file_name": f"{i}.jpg"} for i in range(40)]
     captions = [{"id": i, "image_id": i, "caption": f"some food on a table number {i}"} for i in range(40)]
     path.write_text(json.dumps({"images": names, "annotations": captions}))
-    corpora = reward_corpora([f"coco:{path}"])
-    assert set(corpora) == {"coco"} and len(corpora["coco"]) == 40
-    assert corpora["coco"][0] == [tokenize("some food on a table number 0")]
+    by_name = reward_corpora([f"coco:{path}"])
+    assert set(by_name) == {"coco"} and len(by_name["coco"]) == 40
+    assert by_name["coco"]["0.jpg"] == [tokenize("some food on a table number 0")]
+    corpora = {family: list(photos.values()) for family, photos in by_name.items()}
     before, after = SentenceReward(refs), SentenceReward(refs, families, corpora)
     food, broccoli = tokenize("a plate of food"), tokenize("a plate of broccoli")
     assert before(0, broccoli, ended=True) == pytest.approx(before(0, food, ended=True))
     assert after(0, broccoli, ended=True) > 1.05 * after(0, food, ended=True)
-    alone = SentenceReward([refs[1], refs[3]])  # the flickr family's photos, scored over their own captions
-    dog = tokenize("a dog is running on the grass")
-    assert after(1, dog, ended=True) == pytest.approx(alone(0, dog, ended=True))
+    dog = tokenize("a dog is running on the grass")  # the flickr family has no corpus: all photos' weights
+    assert after(1, dog, ended=True) == pytest.approx(before(1, dog, ended=True))
+    flickr = SentenceReward(refs, families, {**corpora, "flickr": [[tokenize("a dog")]]})
+    alone = SentenceReward([refs[1], refs[3], [tokenize("a dog")]])  # its own photos and its corpus
+    assert flickr(1, dog, ended=True) == pytest.approx(alone(0, dog, ended=True))
+    assert flickr(1, dog, ended=True) != pytest.approx(before(1, dog, ended=True))
+
+
+def test_the_rewards_corpus_leaves_out_the_training_photos_and_knows_each_dataset(tmp_path):
+    """A training photo's captions count once in the word weights, even when the corpus
+    holds it too; every COCO part is the coco family, Flickr8k the flickr one."""
+    from captioner.train.datasets import CaptionRecord
+    from captioner.train.training_data import Data, family_of, self_critical_reward
+
+    assert {family_of(k) for k in ("coco", "coco-karpathy", "coco_val2017", "coco_extra", "coco_train2014")} == {"coco"}
+    assert family_of("flickr8k") == "flickr" and family_of("corrections") == "corrections"
+    corpus = tmp_path / "flickr.txt"
+    corpus.write_text("image,caption\nshared.jpg,a dog runs\nother.jpg,a cat sleeps\n")
+    images = [tmp_path / "shared.jpg", tmp_path / "mine.jpg"]
+    records = [CaptionRecord(images[0], "a dog runs", "flickr8k"), CaptionRecord(images[1], "a man walks", "flickr8k")]
+    data = Data({"train": records, "val": [], "test": []}, {"train": [], "val": []}, {}, [])
+    reward = self_critical_reward([[tokenize("a dog runs")], [tokenize("a man walks")]], images, data,
+                                  [f"flickr:{corpus}"])
+    assert reward.scorers[0] is reward.scorers[1]
+    assert math.isclose(reward.scorers[0].log_n, math.log(3))  # the two photos and other.jpg, not shared.jpg again

@@ -150,6 +150,7 @@ def test_self_critical_training_starts_from_a_model_and_runs(tmp_path, data_args
     xe, scst = tmp_path / "xe", tmp_path / "scst"
     assert train_captioner.main([*data_args, "--dry-run", "--out", str(xe)]) == 0
     assert train_captioner.main([*data_args, "--dry-run", "--objective", "scst", "--out", str(scst)]) == 2  # no --init
+    assert train_captioner.main([*data_args, "--dry-run", "--reward-captions", "coco:x.json", "--out", str(scst)]) == 2
     other_eyes = ["--encoder", "resnet18", "--init", str(xe / "best.safetensors")]  # SCST keeps its model's encoder
     assert train_captioner.main([*data_args, "--dry-run", "--objective", "scst", *other_eyes, "--out", str(scst)]) == 2
     assert train_captioner.main([*data_args, "--dry-run", "--objective", "scst", "--samples", "3",

@@ -91,9 +91,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "photos the app should describe best, beside a large one)")
     p.add_argument("--sample-repeat", action="append", default=[], metavar="KIND:N",
                    help="--objective scst: sample this dataset's training photos N times an epoch (default once)")
-    p.add_argument("--detector", action="store_true",
-                   help="the decoder sees the COCO object detector's boxes (detector.py), text rows as the "
-                        "detector gives photos like theirs")
+    p.add_argument("--detector", action="store_true", help="the decoder sees the COCO object detector's boxes "
+                   "(detector.py), text rows as the detector gives photos like theirs")
     p.add_argument("--data-root", action="append", type=Path, required=True)
     p.add_argument("--replay-photos", type=int, default=0,
                    help="--dataset corrections: replay this many training photos of each dataset (0: all)")
@@ -183,8 +182,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def build_model(args, encoder, train_captions: list[str], refs_feats, held_out_feats, text_world,
                 concept_words) -> Captioner:
-    out = args.out
-    vocab = None
+    out, vocab = args.out, None
     if args.resume and (out / "last.safetensors").is_file():  # the vocabulary of the run being resumed
         vocab = Vocabulary.from_json(read_safetensors(out / "last.safetensors")[1]["vocabulary"])
     if vocab is None:
@@ -234,6 +232,8 @@ def settings(argv: list[str] | None) -> argparse.Namespace:
     args.encoder = args.encoder or init_encoder or "efficientnet_lite0"
     if args.objective == "scst" and (init_encoder != args.encoder or args.text_captions or args.concepts):
         raise UserError("--objective scst starts from a trained model (--init), on its encoder, and on photos only")
+    if args.reward_captions and args.objective != "scst":
+        raise UserError("--reward-captions weighs self-critical training's reward: it needs --objective scst")
     return args
 
 

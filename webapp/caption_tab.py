@@ -169,7 +169,8 @@ class CaptionTab:
     def looked_on_page(files, results) -> list:
         """The section "Where it looked, word by word", opened: its pictures, drawn now from
         what the page holds (the photos and the results as JSON). Each new caption empties
-        and folds the section, so opening it again draws that caption's pictures."""
+        and folds the section, so opening it again draws that caption's pictures; removing a
+        photo hides the results, so a photo left under the same name is never drawn instead."""
         return word_by_word(paths_of(files), results or [])
 
     @staticmethod
@@ -257,7 +258,8 @@ class CaptionTab:
         reset = [files, shaded, maps, looked, table, downloads, everything, as_json, timing]
         scroll = static("caption_scroll.js")
         files.upload(self.check_added, [files], reset, api_name=False, show_progress="hidden")
-        files.clear(lambda: ("", *self.hidden()), None, reset[1:], api_name=False, show_progress="hidden")
+        for emptied in (files.clear, files.delete):  # a photo removed: its caption and pictures go with it
+            emptied(lambda: ("", *self.hidden()), None, reset[1:], api_name=False, show_progress="hidden")
         capture.upload(self.add_captured, [files], reset, api_name=False)
         button.click(self.caption_on_page, [files, decoding, beam], outputs, api_name=False, concurrency_limit=16,
                      concurrency_id="caption", js=static("caption_click.js")).then(None, js=scroll)

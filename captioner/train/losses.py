@@ -72,21 +72,19 @@ class SentenceReward:
     With ``corpora`` (family -> more photos' tokenised captions, e.g. COCO's captions of
     photos that are not here), each photo is scored with its own family's frequencies
     (``families``: each photo's, e.g. "coco" or "flickr"): its family's training
-    references plus that family's corpus, the way its benchmark weighs words. Over a few
-    thousand mixed photos a generic word ("food") costs about as much as the specific one
+    references plus that family's corpus, the way its benchmark weighs words; a family
+    without a corpus keeps the frequencies of all the training photos. Over a few thousand
+    mixed photos a generic word ("food") costs about as much as the specific one
     ("broccoli"); over COCO's 33,000 it costs far more."""
 
     def __init__(self, refs: list[list[list[str]]], families: list[str] | None = None,
                  corpora: dict[str, list[list[list[str]]]] | None = None):
         self.refs = [ended(caps) for caps in refs]
-        if not corpora:
-            scorer = CiderD(self.refs)
-            self.scorers = [scorer] * len(self.refs)
-        else:
-            families = families or [""] * len(self.refs)
-            by_family = {f: CiderD([r for r, g in zip(self.refs, families) if g == f]
-                                   + [ended(caps) for caps in corpora.get(f, [])]) for f in dict.fromkeys(families)}
-            self.scorers = [by_family[f] for f in families]
+        corpora, families = corpora or {}, families or [""] * len(self.refs)
+        pooled = CiderD(self.refs)
+        by_family = {f: CiderD([r for r, g in zip(self.refs, families) if g == f] + [ended(c) for c in corpora[f]])
+                     for f in dict.fromkeys(families) if f in corpora}
+        self.scorers = [by_family.get(f, pooled) for f in families]
         self._prepared: dict[int, list] = {}
 
     def __call__(self, image: int, words: list[str], ended: bool) -> float:

@@ -94,30 +94,29 @@ def parse_source(item: str, kinds: tuple[str, ...], flag: str) -> tuple[str, Pat
     return kind, Path(root)
 
 
-def load_text_captions(sources: Sequence[str], dry_run: bool = False) -> dict[str, list[str]]:
+def load_text_captions(sources: Sequence[str], dry_run: bool = False,
+                       flag: str = "--text-captions") -> dict[str, list[str]]:
     """Captions of photos that are not here, keyed by source and photo name."""
     try:
         return read_text_sources(sources, 16 if dry_run else None)
     except ValueError as err:
-        raise UserError(f"--text-captions: {err}") from err
+        raise UserError(f"{flag}: {err}") from err
 
 
 def family_of(kind: str) -> str:
     """A dataset's family, whose captions weigh the reward's words: flickr8k's is flickr,
-    every COCO part's coco (the kinds of ``--reward-captions``)."""
+    every COCO part's coco (the kinds of ``--reward-captions``); any other kind is a family
+    of its own."""
     return "flickr" if kind.startswith("flickr") else "coco" if kind.startswith("coco") else kind
 
 
-def reward_corpora(sources: Sequence[str], dry_run: bool = False) -> dict[str, list[list[list[str]]]]:
+def reward_corpora(sources: Sequence[str], dry_run: bool = False) -> dict[str, dict[str, list[list[str]]]]:
     """``--reward-captions``: captions of photos that are not here (KIND:PATH[:MAX_PHOTOS]),
-    tokenised and grouped by photo, under their family (the source's kind)."""
-    try:
-        grouped = read_text_sources(sources, 16 if dry_run else None)
-    except ValueError as err:
-        raise UserError(f"--reward-captions: {err}") from err
-    corpora: dict[str, list[list[list[str]]]] = {}
-    for key, captions in grouped.items():
-        corpora.setdefault(key.split(":", 1)[0], []).append([tokenize(c) for c in captions])
+    tokenised, by family (the source's kind) and photo name."""
+    corpora: dict[str, dict[str, list[list[str]]]] = {}
+    for key, captions in load_text_captions(sources, dry_run, "--reward-captions").items():
+        family, name = key.split(":", 1)
+        corpora.setdefault(family, {})[name] = [tokenize(c) for c in captions]
     return corpora
 
 
@@ -125,9 +124,13 @@ def self_critical_reward(refs: list[list[list[str]]], images: list[Path], data: 
                          dry_run: bool = False) -> SentenceReward:
     """Self-critical training's reward over its photos (``images``, their tokenised ``refs``):
     with ``--reward-captions`` (``sources``), each photo's words weighed by its family's
-    captions (``data``'s training captions know each photo's dataset)."""
+    captions (``data``'s training captions know each photo's dataset). A corpus photo that
+    is also a training photo (by file name) is left out: its captions count once."""
     kind = {r.image: r.dataset for r in data.splits["train"]}
-    return SentenceReward(refs, [family_of(kind[i]) for i in images], reward_corpora(sources, dry_run))
+    here = {image.name for image in images}
+    corpora = {family: [caps for name, caps in photos.items() if name not in here]
+               for family, photos in reward_corpora(sources, dry_run).items()}
+    return SentenceReward(refs, [family_of(kind[i]) for i in images], corpora)
 
 
 def load_concept_photos(sources: Sequence[str], *, coco_split: str, val_fraction: float,
