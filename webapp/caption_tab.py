@@ -27,6 +27,10 @@ from webapp.correction_form import CorrectionForm
 CAPTURES = Path(tempfile.gettempdir()) / "captioner-captures"  # webcam shots and pasted photos
 EXAMPLES = ROOT / "webapp" / "examples"  # everyday COCO photos, with their credits in CREDITS.md
 LARGE = 4  # up to this many photos are shown at about 800 px; more, at half that
+# Every event that captions or draws for the caption tab joins one queue with one limit. Gradio
+# gives a shared queue the lowest limit of the events that join it, so one event left at the
+# app's default (2) would make every caption, the API's too, wait for two at a time.
+CAPTION_QUEUE = {"concurrency_id": "caption", "concurrency_limit": 16}
 
 
 class OneOrMoreFiles(GradioRootModel):
@@ -261,12 +265,12 @@ class CaptionTab:
         for emptied in (files.clear, files.delete):  # a photo removed: its caption and pictures go with it
             emptied(lambda: ("", *self.hidden()), None, reset[1:], api_name=False, show_progress="hidden")
         capture.upload(self.add_captured, [files], reset, api_name=False)
-        button.click(self.caption_on_page, [files, decoding, beam], outputs, api_name=False, concurrency_limit=16,
-                     concurrency_id="caption", js=static("caption_click.js")).then(None, js=scroll)
+        button.click(self.caption_on_page, [files, decoding, beam], outputs, api_name=False, **CAPTION_QUEUE,
+                     js=static("caption_click.js")).then(None, js=scroll)
         shown.select(self.pick_example, None, reset, api_name=False, show_progress="hidden", js=static(
             "caption_click.js")).success(self.caption_on_page, [files, decoding, beam], outputs, api_name=False,
-                                         concurrency_limit=16, concurrency_id="caption").then(None, js=scroll)
+                                         **CAPTION_QUEUE).then(None, js=scroll)
         looked.expand(self.looked_on_page, [files, as_json], [maps], api_name=False, show_progress="minimal",
-                      concurrency_limit=16, concurrency_id="caption")  # a limit given: "default" would lower it
+                      **CAPTION_QUEUE)
         api.click(self.caption, [files, decoding, beam], [shaded, gallery, maps, table, downloads, as_json, timing],
-                  api_name="caption", concurrency_limit=16, concurrency_id="caption")
+                  api_name="caption", **CAPTION_QUEUE)

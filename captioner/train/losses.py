@@ -81,10 +81,12 @@ class SentenceReward:
                  corpora: dict[str, list[list[list[str]]]] | None = None):
         self.refs = [ended(caps) for caps in refs]
         corpora, families = corpora or {}, families or [""] * len(self.refs)
-        pooled = CiderD(self.refs)
         by_family = {f: CiderD([r for r, g in zip(self.refs, families) if g == f] + [ended(c) for c in corpora[f]])
                      for f in dict.fromkeys(families) if f in corpora}
-        self.scorers = [by_family.get(f, pooled) for f in families]
+        if any(f not in by_family for f in families):  # counted only when some photo needs the pooled weights
+            pooled = CiderD(self.refs)
+            by_family.update({f: pooled for f in families if f not in by_family})
+        self.scorers = [by_family[f] for f in families]
         self._prepared: dict[int, list] = {}
 
     def __call__(self, image: int, words: list[str], ended: bool) -> float:
