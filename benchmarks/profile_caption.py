@@ -56,8 +56,11 @@ def stage(samples: dict, name: str):
     samples[name].append(time.perf_counter() - start)
 
 
-def one_by_one(model: Captioner, paths: list, beam: int | None) -> dict:
+def one_by_one(model: Captioner, paths: list, beam: int | None, clock: Clock) -> dict:
+    """Each stage alone, then the whole caption; ``end_to_end_without_search`` is each whole
+    caption's time less its own search's (``clock``): what a caption costs before any word."""
     encoder, detector = model.require_encoder(), model.require_detector()
+    searched = ("search (beam, all steps)", "search (greedy, all steps)")
     samples: dict[str, list[float]] = collections.defaultdict(list)
     for k, path in enumerate(paths):
         with stage(samples, "load_image"):
@@ -74,8 +77,11 @@ def one_by_one(model: Captioner, paths: list, beam: int | None) -> dict:
             boxes = [decode_boxes(raw, *frame)]
         with stage(samples, "decoding_total"):
             model.caption_features(pooled, beam, grid=grid, boxes=boxes)
+        before = sum(clock.total[name] for name in searched)
         with stage(samples, "end_to_end"):
             model.caption([load_image(path, draft_size=encoder.preprocess.size)], beam)
+        samples["end_to_end_without_search"].append(samples["end_to_end"][-1]
+                                                    - (sum(clock.total[name] for name in searched) - before))
         if k < 3:  # warm-up
             for v in samples.values():
                 v.pop()
@@ -110,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
     for beam, label in ((None, "default"), (1, "greedy")):
         clock.total.clear()
         clock.calls.clear()
-        stages = one_by_one(model, paths, beam)
+        stages = one_by_one(model, paths, beam, clock)
         n = len(paths)
         parts = {k: {"ms_per_photo": round(1000 * v / n / 2, 3), "calls_per_photo": round(clock.calls[k] / n / 2, 1)}
                  for k, v in clock.total.items()}  # decoding runs twice a photo: alone and end to end
@@ -122,6 +128,12 @@ def main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         model.caption(batch, beam)
         times[label] = round(1000 * (time.perf_counter() - start) / len(batch), 3)
+    # what the batch costs before any word: the encoder with the detector beside it, as captioning runs them
+    preprocess = model.require_encoder().preprocess
+    start = time.perf_counter()
+    with torch.inference_mode():
+        model.require_detector().detect_beside(batch, lambda: model._encode(preprocess.batch(batch)))
+    times["eyes_only"] = round(1000 * (time.perf_counter() - start) / len(batch), 3)
     report["batch"] = {"photos": len(batch), "ms_per_photo": times}
     path = write_results("profile_caption", {"photos": len(paths), "checkpoint": str(DEFAULT_CHECKPOINT.name),
                                              "encoder_runtime": model.require_encoder().runtime,
