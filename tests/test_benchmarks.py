@@ -76,6 +76,11 @@ def test_profile_caption_breaks_a_caption_into_its_stages(results):
     stages = report["default"]["one_photo_p50_ms"]
     assert {"encoder", "detector_network", "decoding_total", "end_to_end"} <= set(stages)
     assert report["default"]["decoding_parts_mean"]["step: network"]["calls_per_photo"] >= 1
+    # what a caption costs before its first word: the whole caption less its own search
+    assert 0 < stages["end_to_end_without_search"] < stages["end_to_end"]
+    assert {"default", "greedy", "eyes_only"} <= set(report["batch"]["ms_per_photo"])
+    products = report["step_int8_products_p50_ms"]
+    assert set(products) == {"1_rows", "10_rows"} and all(v["sum"] > 0 for v in products.values())
 
 
 def test_versus_release_times_two_trees_side_by_side(results):
