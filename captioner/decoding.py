@@ -54,6 +54,12 @@ class DecodingConfig:
     back_objects: float | None = None  # a word naming a COCO object needs something to back it: a detected box
     #                                    (score >= 0.5) or a concept or ImageNet object at least this sure of it
     #                                    (``unbacked``; None: off)
+    claims_seen: int = 0  # every (thing, relation, thing) a caption states must occur at least this often in the
+    #                       human captions (claims.py): the beam's best caption whose claims all do, else the best
+    #                       cut before its first unseen claim (beam search only; 0: off)
+    claims_count: bool = False  # ... and says no more of a thing than the detector counts (claims.overcounted)
+    gender_sure: float | None = None  # "a man" stays "a man" only when the concept detectors are this sure of it
+    #                                   (claims.ungendered; else "a person"; None: off)
 
 
 
@@ -206,6 +212,7 @@ class DecodedBatch:
     detections: Detections | None
     concepts: torch.Tensor | None
     person_ok: torch.Tensor | None
+    alternatives: list[list[Decoded]] | None = None  # each photo's finished captions, best first (``claims_seen``)
 
 
 @dataclass
@@ -265,5 +272,17 @@ def decode(network: CaptionNetwork, tables: WordTables, inputs: PhotoInputs, dec
     else:
         decoded = search.beam_search(decoder, ctx, decoding.beam_size, decoding.max_length,
                                      decoding.length_alpha, must_include=required,
-                                     block_ngram=decoding.block_ngram, constraints=constraints)
+                                     block_ngram=decoding.block_ngram, constraints=constraints,
+                                     alternatives=decoding.claims_seen > 0)
+    if decoding.claims_seen > 0 and decoded and isinstance(decoded[0], list):
+        return DecodedBatch([alts[0] for alts in decoded], fixed.detections, ctx.get("concepts"), fixed.person_ok,
+                            alternatives=decoded)
     return DecodedBatch(decoded, fixed.detections, ctx.get("concepts"), fixed.person_ok)
+
+
+def rescore(network: CaptionNetwork, tables: WordTables, inputs: PhotoInputs, decoding: DecodingConfig,
+            seqs: list[list[int]]) -> list[Decoded]:
+    """Each photo's given caption (``seqs``: word ids) as the decoder scores it under the
+    decoding policy: each word's probability and where it looked (``search.force``)."""
+    fixed = policy(network, tables, inputs, decoding)
+    return search.force(network.inference_decoder, fixed.ctx, seqs, decoding.length_alpha)

@@ -28,13 +28,15 @@ import torch
 from PIL import Image
 from torch import nn
 
-from captioner.decoding import DecodingConfig, WordTables, decode
+from captioner.claims import claim_table
+from captioner.decoding import DecodedBatch, DecodingConfig, WordTables, decode, rescore
 from captioner.detector import Boxes
 from captioner.encoders import ImageEncoder, build_encoder
 from captioner.familiarity import Familiarity
 from captioner.inputs import PhotoInputs
 from captioner.network import CaptionerConfig, CaptionNetwork
-from captioner.results import CaptionResult, Writer, add_boxes
+from captioner.results import DETECTED, CaptionResult, Writer, add_boxes
+from captioner.search import Decoded
 from captioner.vocabulary import Vocabulary
 from lstmkit.checkpoint import (
     CHECKPOINTS,
@@ -149,6 +151,7 @@ class Captioner(nn.Module):
                            length_alpha=d.length_alpha if length_alpha is None else length_alpha)
         inputs = self.inputs_of(features, grid, boxes)
         out = decode(self.network, self.tables, inputs, decoding)
+        out.captions = self._truer(out, inputs, boxes, decoding)
         grid_size = None
         if inputs.grid is not None and self.network.attends:
             side = int(round(inputs.grid.shape[1] ** 0.5))
@@ -162,6 +165,30 @@ class Captioner(nn.Module):
             for result, photo, ok in zip(results, boxes, person_ok):
                 add_boxes(result, photo, ok, decoding.rules or decoding.person_score is not None)
         return results
+
+    def _truer(self, out: DecodedBatch, inputs: PhotoInputs, boxes: Sequence[Boxes] | None,
+               decoding: DecodingConfig) -> list[Decoded]:
+        """The captions with what they may not claim taken back (``Writer.truest``: claims
+        no person writes; ``Writer.ungendered``: a gender the concepts are unsure of); a
+        caption changed here is scored again by the decoder (``decoding.rescore``)."""
+        chosen: list[Decoded | list[int]] = list(out.captions)
+        if out.alternatives is not None:
+            counts = None if boxes is None else [b.counts(DETECTED) for b in boxes]
+            chosen = self.writer.truest(out.alternatives, out.detections, out.concepts, claim_table(),
+                                        decoding.claims_seen, counts, decoding.claims_count)
+        if decoding.gender_sure is not None and out.concepts is not None:
+            for b, caption in enumerate(chosen):
+                ids = caption.ids if isinstance(caption, Decoded) else caption
+                neutral = self.writer.ungendered(ids, out.concepts[b], decoding.gender_sure)
+                if neutral is not None:
+                    chosen[b] = neutral
+        redo = [b for b, c in enumerate(chosen) if not isinstance(c, Decoded)]
+        if redo:
+            forced = rescore(self.network, self.tables, inputs.rows(torch.tensor(redo, device=self.device)),
+                             decoding, [chosen[b] for b in redo])
+            for b, decoded in zip(redo, forced):
+                chosen[b] = decoded
+        return chosen
 
     @property
     def device(self) -> torch.device:

@@ -10,11 +10,15 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import torch
+
+from captioner.claims import ClaimTable, choose, parse, place, ungendered
 from captioner.detector import Boxes
 from captioner.objects import Detections
 from captioner.rules import describe_objects, problems, trimmed
 from captioner.search import Decoded
 from captioner.vocabulary import Vocabulary, fix_article
+from captioner.wordlists import mentioned_categories
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +116,57 @@ class Writer:
         fix_article(before, phrase)
         return phrase
 
+    def truest(self, alternatives: Sequence[Sequence[Decoded]], detections: Detections | None,
+               concepts: torch.Tensor | None, table: ClaimTable, least: int,
+               counts: Sequence[dict] | None = None, check_counts: bool = False) -> list[Decoded | list[int]]:
+        """Each photo's caption among its beam's finished ones (best first): the best whose
+        every claim the human captions state at least ``least`` times, else the best cut
+        before its first unseen claim, with the place the concepts are surest of where the
+        cut left none (``claims.choose``, ``claims.place``): a ``Decoded`` where a caption of
+        the beam stands, the word ids to score (``decoding.rescore``) where it was cut.
+        Where no place is sure enough, the detector's other objects (``counts``: each photo's
+        detector counts) say what is with the subject ("a man with a cup"); ``check_counts``:
+        a caption may not say more of a thing than the detector counts."""
+        chosen: list[Decoded | list[int]] = []
+        for b, alts in enumerate(alternatives):
+            names = [] if detections is None else [self.object_words[w] for w in detections.words[b].tolist()]
+            tokens = [self.token_words(decoded.ids, names) for decoded in alts]
+            n, keep = choose(tokens, table, least, counts[b] if counts is not None and check_counts else None)
+            if keep is None:
+                chosen.append(alts[n])
+                continue
+            ids = alts[n].ids[:keep]
+            sure = [] if concepts is None else [(w, p) for w, p in zip(self.concept_words, concepts[b].tolist())]
+            kept = [w for token in tokens[n][:keep] for w in token]
+            where = place(kept, sure, table, least)
+            if not where and counts is not None and not parse(kept).claims:
+                where = company(kept, counts[b])
+            if where and all(w in self.vocab.index for w in where):
+                ids = ids + [self.vocab.index[w] for w in where]
+            chosen.append(ids)
+        return chosen
+
+    def ungendered(self, ids: Sequence[int], concepts: torch.Tensor, sure: float) -> list[int] | None:
+        """``ids`` with each gendered person word the concepts are unsure of made neutral
+        (``claims.ungendered``); None when nothing changes (or a caption with an object slot)."""
+        if any(i >= self.first_slot for i in ids):
+            return None
+        sure_of = dict(zip(self.concept_words, concepts.tolist()))
+        words = ungendered([self.vocab.words[i] for i in ids], sure_of, sure)
+        if words is None or any(w not in self.vocab.index for w in words):
+            return None
+        return [self.vocab.index[w] for w in words]
+
+    def token_words(self, ids: Sequence[int], objects: Sequence[str]) -> list[list[str]]:
+        """Each token's word(s) (an object slot can be two: "tennis racket")."""
+        before: list[str] = []
+        out = []
+        for i in ids:
+            phrase = self.phrase(i, objects, before)
+            before += phrase
+            out.append(phrase)
+        return out
+
     def words_of(self, ids: Sequence[int], objects: Sequence[str]) -> list[str]:
         """The words of a token sequence (``<start> ... <end> <pad>...`` or bare) for an
         image whose detected object words are ``objects``."""
@@ -122,6 +177,14 @@ class Writer:
             if i not in (self.vocab.start_id, self.vocab.pad_id):
                 words += self.phrase(i, objects, words)
         return words
+
+
+def company(words: Sequence[str], counts: dict[str, int]) -> list[str]:
+    """"with" and the detector's objects other than those the caption names (no person: a
+    person the caption does not name is left unsaid), two at most: "a man" -> "with a cup"."""
+    named = mentioned_categories(words)
+    others = describe_objects({c: n for c, n in counts.items() if c not in named}, person_ok=False, most=2)
+    return ["with", *others] if others else []
 
 
 def add_boxes(result: CaptionResult, photo: Boxes, person_ok: bool, rules: bool) -> None:

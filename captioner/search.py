@@ -159,6 +159,32 @@ def greedy(decoder: CaptionDecoder, ctx: Context, max_length: int = 20, block_ng
     return [finish(seq, lps, decoder.end_id, 1.0, a) for seq, lps, a in zip(ids_t, logps_t, attn)]
 
 
+@torch.inference_mode()
+def force(decoder: CaptionDecoder, ctx: Context, seqs: list[list[int]], alpha: float = 1.0) -> list[Decoded]:
+    """Each row's given words, teacher-forced, then ``<end>``: the probability the decoder
+    gives each word and, from an attention decoder, where it looked for it (a caption that
+    decoding changed after the search is scored by the decoder itself, never guessed)."""
+    rows = _rows(ctx)
+    ctx = decoder.prepare(ctx)
+    state = decoder.init_state(ctx)
+    device = state[0].device
+    length = max(len(s) for s in seqs) + 1
+    ids = torch.full((rows, length), decoder.end_id, dtype=torch.long, device=device)
+    for r, seq in enumerate(seqs):
+        ids[r, :len(seq)] = torch.tensor(seq, dtype=torch.long, device=device)
+    tokens = torch.full((rows,), decoder.start_id, dtype=torch.long, device=device)
+    logps, weights = [], []
+    for t in range(length):
+        logp, state, attention = decoder.step(tokens, state, ctx)
+        logps.append(logp.gather(1, ids[:, t:t + 1]).squeeze(1))
+        if attention is not None:
+            weights.append(attention)
+        tokens = ids[:, t]
+    attn = torch.stack(weights, 1).tolist() if weights else [None] * rows
+    return [finish(seq, lps, decoder.end_id, alpha, a)
+            for seq, lps, a in zip(ids.tolist(), torch.stack(logps, 1).tolist(), attn)]
+
+
 class Samples(NamedTuple):
     """``sample``'s captions: token ids (B * n, T + 1) as ``<start> w1 .. wk <end>`` padded
     with ``<pad>`` (0), image-major; their lengths (``<start>`` included; captions cut at
@@ -265,7 +291,8 @@ def _best_per_beam(score: torch.Tensor, group: torch.Tensor, room: torch.Tensor)
 @torch.inference_mode()
 def beam_search(decoder: CaptionDecoder, ctx: Context, beam_size: int = 3, max_length: int = 20,
                 length_alpha: float = 1.0, must_include: torch.Tensor | None = None,
-                block_ngram: int = 0, constraints: Constraints | None = None) -> list[Decoded]:
+                block_ngram: int = 0, constraints: Constraints | None = None,
+                alternatives: bool = False) -> list[Decoded] | list[list[Decoded]]:
     """Beam search over all images at once, optionally constrained.
 
     Among the finished captions the best by ``log p / length ** length_alpha`` wins. With
@@ -279,6 +306,8 @@ def beam_search(decoder: CaptionDecoder, ctx: Context, beam_size: int = 3, max_l
     beam wins; only if it has none, the first beam's. ``block_ngram``: no caption holds an
     n-gram twice (``block_repeats``). ``constraints``: the caption rules; a continuation
     that breaks one is never a candidate, so the beam takes the next best.
+    ``alternatives``: each image's finished captions, best first (the winner's beam's),
+    instead of the best alone.
     """
     if beam_size < 1:
         raise ValueError("beam_size must be at least 1")
@@ -327,6 +356,9 @@ def beam_search(decoder: CaptionDecoder, ctx: Context, beam_size: int = 3, max_l
         # when the rows' images change (beams ended), not at every step
         if len(beams.group) != len(image) or bool((beams.group // 2 != image).any()):
             ctx, image = select(ctx, row), beams.group // 2
+    if alternatives:
+        return [sorted(finished[2 * b + 1] or finished[2 * b], key=lambda d: -d.score) or [_best([])]
+                for b in range(batch)]
     return [_best(finished[2 * b + 1] or finished[2 * b]) for b in range(batch)]
 
 

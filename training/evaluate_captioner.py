@@ -23,6 +23,8 @@ The predictions of all three are written to ``--json-out`` with the scores.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import sys
 import time
@@ -31,6 +33,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from captioner.decoding import DecodingConfig
 from captioner.detector import boxes_for
 from captioner.grounding_metrics import grounding_scores
 from captioner.model import DEFAULT_CHECKPOINT, Captioner
@@ -121,6 +124,22 @@ def concept_retrieval_captions(model: Captioner, results, info: dict, sources: l
     return lookup(concepts, objects)
 
 
+def decoding_with(decoding: DecodingConfig, settings: list[str]) -> DecodingConfig:
+    """``decoding`` with ``KEY=VALUE`` settings (values read as JSON: 2, 0.5, null, true)."""
+    changes = {}
+    fields = {f.name for f in dataclasses.fields(DecodingConfig)}
+    for item in settings:
+        key, _, value = item.partition("=")
+        if key not in fields or not value:
+            raise UserError(f"a decoding setting is KEY=VALUE with KEY one of {', '.join(sorted(fields))}, "
+                            f"not {item!r}")
+        try:
+            changes[key] = json.loads(value)
+        except ValueError as err:
+            raise UserError(f"{item!r}: the value is not a number, null, true or false") from err
+    return dataclasses.replace(decoding, **changes)
+
+
 @cli
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -139,6 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compare", action="append", type=Path, default=[], metavar="CHECKPOINT",
                    help="another captioner scored in the same run (e.g. the one shipped before), each with its own "
                         "default decoding")
+    p.add_argument("--decoding", action="append", default=[], metavar="KEY=VALUE",
+                   help="decode the model with this setting of DecodingConfig instead of its checkpoint's "
+                        "(e.g. claims_seen=2)")
+    p.add_argument("--variant", action="append", default=[], metavar="NAME:KEY=VALUE[,KEY=VALUE]",
+                   help="the model again with other decoding settings, scored in the same run")
     p.add_argument("--val-fraction", type=float, default=None,
                    help="--split: the validation fraction of the split (default: the checkpoint's training data's)")
     p.add_argument("--test-fraction", type=float, default=None, help="--split: likewise, the test fraction")
@@ -155,6 +179,14 @@ def main(argv: list[str] | None = None) -> int:
 
     model = Captioner.from_checkpoint(args.checkpoint, encoder_weights=args.encoder_weights, int8=not args.float32,
                                       device=resolve_device(args.device))
+    shipped = model.decoding
+    model.decoding = decoding_with(shipped, args.decoding)
+    variants = {}
+    for item in args.variant:
+        name, _, settings = item.partition(":")
+        if not name or not settings:
+            raise UserError(f"--variant takes NAME:KEY=VALUE[,KEY=VALUE], not {item!r}")
+        variants[f"variant:{name}"] = decoding_with(shipped, settings.split(","))
     dataset = (read_coco(args.coco_captions, args.images) if args.coco_captions
                else read_flickr8k(args.flickr_captions, args.images))
     sources, info = training_sources(model, args.train_data)
@@ -183,6 +215,15 @@ def main(argv: list[str] | None = None) -> int:
     systems = {"model": {i: r.caption for i, r in zip(ids, results)}}
     notes = {}
     full = {"model": results}  # the systems whose whole results (attention, boxes) are known
+    for name, decoding in variants.items():
+        main_decoding, model.decoding = model.decoding, decoding
+        full[name] = [r for first in range(0, len(images), 256)
+                      for r in model.caption_features(features[first:first + 256].float(),
+                                                      grid=None if grid is None else grid[first:first + 256].float(),
+                                                      boxes=None if boxes is None else boxes[first:first + 256])]
+        model.decoding = main_decoding
+        systems[name] = dict(zip(ids, (r.caption for r in full[name])))
+        notes[name] = f"the model with {decoding}"
     for path in args.compare:
         same_eyes = Captioner.read_config(path).encoder == model.config.encoder  # else it builds its own encoder
         other = Captioner.from_checkpoint(path, encoder=model.require_encoder() if same_eyes else None,

@@ -1,0 +1,126 @@
+"""What a caption claims, the human captions' table of claims, and the choice among a
+beam's captions that keeps only what people say."""
+
+import gzip
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from captioner import search
+from captioner.claims import ClaimTable, choose, claim_table, overcounted, parse, place, ungendered
+from captioner.inputs import PhotoInputs
+from captioner.vocabulary import tokenize
+from tests.test_decoder import random_captioner
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "webapp" / "examples"
+
+
+def claims(text):
+    return [(c.subject, c.relation, c.object) for c in parse(tokenize(text)).claims]
+
+
+def test_a_caption_reads_as_subject_relation_object_triples():
+    assert claims("a man is sitting on a plate") == [("man", "sitting on", "plate")]
+    assert claims("a flag is flying a kite in the air") == [("flag", "flying", "kite"), ("kite", "in", "air")]
+    assert claims("a group of people are standing in front of a frisbee") == [
+        ("people", "standing in front of", "frisbee")]
+    assert claims("a man and a woman are sitting at a groom") == [("man", "sitting at", "groom"),
+                                                                   ("woman", "sitting at", "groom")]
+    assert claims("a kitchen with a stove and a refrigerator") == [("kitchen", "with", "stove"),
+                                                                   ("kitchen", "with", "refrigerator")]
+    assert claims("a dog laying on a bed while a man watches tv")[-1] == ("man", "watches", "tv")
+    assert parse(tokenize("two giraffes")).subjects == ["giraffe"] and not claims("two giraffes")
+
+
+def test_the_table_counts_what_people_say_and_flags_what_they_never_do(tmp_path):
+    table = ClaimTable.of_captions(tokenize(c) for c in ["A man sitting on a bench.", "a man is sitting on a bench",
+                                                        "a dog on a beach"])
+    assert table.counts["man|sitting on|bench"] == 2
+    assert [c.key for c in table.unseen(tokenize("a man is sitting on a plate"))] == ["man|sitting on|plate"]
+    assert not table.unseen(tokenize("a man sitting on a bench"), least=2)
+    assert table.unseen(tokenize("a dog on a beach"), least=2)
+    table.save(tmp_path / "a.tsv.gz")
+    table.save(tmp_path / "b.tsv.gz")
+    assert (tmp_path / "a.tsv.gz").read_bytes() == (tmp_path / "b.tsv.gz").read_bytes()  # byte-reproducible
+    assert ClaimTable.load(tmp_path / "a.tsv.gz").counts == table.counts
+    assert gzip.decompress((tmp_path / "a.tsv.gz").read_bytes()).decode().splitlines()[0] == "2\tman|sitting on|bench"
+
+
+def test_the_shipped_table_knows_benches_from_plates():
+    table = claim_table()
+    assert table.count(parse(tokenize("a man sitting on a bench")).claims[0]) > 100
+    for absurd in ("a man is sitting on a plate", "a flag is flying a kite", "a woman is standing on a sombrero"):
+        assert table.unseen(tokenize(absurd), 2), absurd
+
+
+def words(text):
+    return [[w] for w in text.split()]
+
+
+def test_choose_takes_the_best_caption_whose_claims_people_state_else_cuts_before_the_first_unseen():
+    table = ClaimTable.of_captions(tokenize(c) for c in ["a man sitting on a bench"] * 2)
+    best, other = words("a man is sitting on a plate"), words("a man sitting on a bench")
+    assert choose([best, other], table, 2) == (1, None)
+    assert choose([best], table, 2) == (0, 2)  # "a man"
+    # an object slot is one token of two words: the cut counts tokens, not words
+    assert choose([[["a"], ["tennis", "player"], ["is"], ["sitting"], ["on"], ["a"], ["plate"]]], table, 2) == (0, 2)
+    # the detector counted one person: "a man and a woman" says more than it sees
+    pair = words("a man and a woman sitting on a bench")
+    assert choose([pair, other], table, 1, {"person": 1}) == (1, None)
+    assert choose([pair, other], table, 1, {"person": 2})[0] == 1  # the pair's claims are unseen in this table
+
+
+def test_overcounted_compares_numbers_with_the_detectors_counts():
+    assert overcounted(tokenize("two zebras standing in a field"), {"zebra": 1}) == ["zebra"]
+    assert overcounted(tokenize("a group of people on a beach"), {"person": 1}) == ["person"]
+    assert not overcounted(tokenize("two zebras"), {"zebra": 2})
+    assert not overcounted(tokenize("a man on a beach"), {"person": 1})
+
+
+def test_a_cut_caption_gets_the_place_people_put_its_subject_in():
+    table = ClaimTable.of_captions(tokenize(c) for c in ["a man in a kitchen", "a man in a kitchen",
+                                                        "a man at a kitchen"])
+    assert place(["a", "man"], [("kitchen", 0.9)], table, 2) == ["in", "a", "kitchen"]
+    assert place(["a", "man"], [("kitchen", 0.3)], table, 2) == []  # not sure enough
+    assert place("a man in a kitchen".split(), [("kitchen", 0.9)], table, 2) == []  # it says where already
+    assert place("a man holding a cup".split(), [("kitchen", 0.9)], table, 2) == []  # and what goes on
+
+
+def test_a_gender_the_concepts_are_unsure_of_becomes_neutral():
+    pair = "a man and a woman sitting on a bench".split()
+    assert ungendered(pair, {}, 0.5) == "two people sitting on a bench".split()
+    assert ungendered("a young boy riding a horse".split(), {"boy": 0.8}, 0.5) is None
+    assert ungendered("a woman holding an umbrella".split(), {"man": 0.7, "woman": 0.6}, 0.5) == \
+        "a person holding an umbrella".split()
+
+
+def test_force_gives_the_probabilities_the_search_gave_its_own_caption():
+    model = random_captioner(seed=3)
+    ctx, _ = model.network.context(PhotoInputs(torch.randn(4, 32)))
+    found = search.beam_search(model.network.decoder, ctx, 3, 12)
+    forced = search.force(model.network.decoder, ctx, [d.ids for d in found])
+    for f, d in zip(forced, found):
+        assert f.ids == d.ids
+        torch.testing.assert_close(torch.tensor(f.probabilities), torch.tensor(d.probabilities))
+        assert f.score == pytest.approx(d.score, abs=1e-5)
+
+
+def test_the_shipped_model_takes_back_every_claim_when_no_claim_is_known(monkeypatch):
+    from captioner import model as model_module
+    from captioner.model import Captioner
+
+    captioner = Captioner.from_checkpoint(int8=True)
+    photos = [Image.open(EXAMPLES / n).convert("RGB") for n in ("horses.jpg", "kitchen.jpg", "tennis.jpg")]
+    plain = captioner.caption(photos)
+    monkeypatch.setattr(model_module, "claim_table", lambda: ClaimTable())
+    captioner.decoding = replace(captioner.decoding, claims_seen=1)
+    cut = captioner.caption(photos)
+    for before, after in zip(plain, cut):
+        # what is left says who or what, and at most where it is or what is with it: no action
+        assert all(c.relation in ("in", "on", "at", "near", "by", "with") for c in parse(after.words).claims), after
+        assert len(after.words) == len(after.probabilities) == len(after.attention)
+        assert len(after.words) <= len(before.words) + 3
+    assert any(a.caption != b.caption for a, b in zip(plain, cut))

@@ -1,0 +1,101 @@
+"""The blind panel: sheets that hide which system wrote a caption, and the scores of the
+ratings that come back."""
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from captioner.train.panel import HUMAN, RUBRIC, bootstrap, consensus, normalise, read_ratings, score, sheets
+from training import panel as panel_script
+
+
+def photos(tmp_path, n):
+    paths = []
+    for i in range(n):
+        path = tmp_path / f"photo{i}.jpg"
+        Image.new("RGB", (64, 48), (i * 20 % 256, 90, 160)).save(path)
+        paths.append(path)
+    return paths
+
+
+def test_sheets_hide_the_systems_and_show_a_shared_caption_once(tmp_path):
+    paths = photos(tmp_path, 6)
+    systems = {HUMAN: [f"A dog on the beach {i}." for i in range(6)],
+               "model": [f"a dog on the beach {i}" for i in range(6)],  # the same as the human's, once normalised
+               "other": [f"a cat, {i}!" for i in range(6)]}
+    key = sheets(paths, systems, tmp_path / "panel", judges=2, seed=0)
+    sheet = (tmp_path / "panel" / "sheet-1.md").read_text()
+    assert RUBRIC in sheet and "model" not in sheet and "human" not in sheet
+    assert "- A: " in sheet and "!" not in sheet and "," not in sheet.split(RUBRIC)[1].split("## p000")[1]
+    assert sorted(key) == [f"p{i:03d}" for i in range(6)]
+    assert all(len(letters) == 2 for letters in key.values())  # three systems, two distinct captions
+    assert {tuple(sorted(s)) for letters in key.values() for s in letters.values()} == {(HUMAN, "model"), ("other",)}
+    assert (tmp_path / "panel" / "photos" / "p005.png").is_file()
+    assert "p001" in (tmp_path / "panel" / "sheet-2.md").read_text()  # photos dealt to the judges in turn
+    orders = {tuple(sorted(letters, key=lambda a: letters[a])) for letters in key.values()}
+    assert len(orders) == 2  # shuffled per photo: the human's caption is not always the same letter
+
+
+def test_scores_per_system_with_paired_intervals_and_the_calibration_rule():
+    key = {f"p{i}": {"A": [HUMAN], "B": ["model"], "C": ["new"]} for i in range(20)}
+    lines = []
+    for i in range(20):
+        lines.append({"photo": f"p{i}", "letter": "A", "verdict": "acceptable" if i else "partly", "absurd": False,
+                      "useful": True})
+        lines.append({"photo": f"p{i}", "letter": "B", "verdict": "wrong", "absurd": i % 2 == 0, "useful": False})
+        lines.append({"photo": f"p{i}", "letter": "C", "verdict": "acceptable" if i < 10 else "partly",
+                      "absurd": False, "useful": True})
+    result = score(_ratings(lines), key, against="model")
+    assert result["photos"] == 20
+    assert result["systems"]["new"]["good"] == 0.5 and result["systems"]["model"]["absurd"] == 0.5
+    good, low, high = result["differences"]["new"]["good"]
+    assert good == 0.5 and low < good < high <= 1.0
+    assert result["human_acceptable"] == 0.95 and result["counts"]
+    lines[0]["verdict"] = "wrong"
+    lines[3]["verdict"] = "partly"
+    assert not score(_ratings(lines), key, "model")["counts"]  # 90%: the run is thrown away
+
+
+def _ratings(lines):
+    import tempfile
+    from pathlib import Path
+
+    path = Path(tempfile.mkdtemp()) / "ratings-1.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in lines) + "\nnot a rating\n")
+    return read_ratings([path])
+
+
+def test_bootstrap_interval_holds_the_mean_difference():
+    rng = np.random.default_rng(0)
+    a, b = rng.random(200) < 0.6, rng.random(200) < 0.3
+    mean, low, high = bootstrap(a, b)
+    assert low < mean < high and low > 0
+
+
+def test_the_consensus_reference_is_the_one_most_like_the_others():
+    refs = ["a dog sitting on a sitting", "a dog sits on a couch", "a brown dog on a couch", "a dog on the couch"]
+    assert consensus(refs) != "a dog sitting on a sitting" and "couch" in consensus(refs)
+    assert normalise("A Dog, on the couch!") == "a dog on the couch"
+
+
+def test_the_script_prepares_sheets_from_a_report_and_scores_them(tmp_path):
+    paths = photos(tmp_path, 4)
+    report = {"predictions": [{"image": p.name, "model": f"a thing {i}", "variant:new": f"a thing {i} here",
+                               "objects": [], "references": [f"a person {i}", f"a person {i} here"]}
+                              for i, p in enumerate(paths)]}
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    out = tmp_path / "panel"
+    assert panel_script.main(["prepare", "--predictions", str(tmp_path / "report.json"), "--images", str(tmp_path),
+                              "--system", "model", "--system", "variant:new", "--photos", "4", "--judges", "1",
+                              "--out", str(out)]) == 0
+    key = json.loads((out / "key.json").read_text())
+    rows = [{"photo": p, "letter": letter, "verdict": "acceptable", "absurd": False, "useful": "model" not in s}
+            for p, letters in key["key"].items() for letter, s in letters.items()]
+    (out / "ratings-1.jsonl").write_text("\n".join(json.dumps(r) for r in rows))
+    assert panel_script.main(["score", "--panel", str(out), "--against", "model",
+                              "--json-out", str(out / "score.json")]) == 0
+    result = json.loads((out / "score.json").read_text())
+    assert result["systems"]["variant:new"]["good"] == 1.0 and result["systems"]["model"]["good"] == 0.0
+    assert panel_script.main(["prepare", "--predictions", str(tmp_path / "report.json"), "--images", str(tmp_path),
+                              "--system", "nope", "--out", str(out)]) == 2
