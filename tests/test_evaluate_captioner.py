@@ -35,3 +35,23 @@ def test_a_compared_model_is_decoded_as_the_model_is(tmp_path, monkeypatch):
     assert report["images"] == 6
     assert report["scores"]["model"] == report["scores"]["compare:captioner.safetensors"]
     assert "int8" in report["baselines"]["compare:captioner.safetensors"]
+
+
+def test_a_variant_is_the_model_with_other_decoding_settings_scored_in_the_same_run(tmp_path):
+    mini = shared("coco_mini")
+    full = json.loads((mini / "annotations" / "captions_train2017.json").read_text())
+    keep = {i["id"] for i in full["images"][:3]}
+    small = {**full, "images": [i for i in full["images"] if i["id"] in keep],
+             "annotations": [a for a in full["annotations"] if a["image_id"] in keep]}
+    captions = tmp_path / "captions.json"
+    captions.write_text(json.dumps(small))
+    out = tmp_path / "report.json"
+    common = ["--images", str(mini / "train2017"), "--coco-captions", str(captions), "--no-baselines",
+              "--cache-dir", str(tmp_path / "cache")]
+    assert evaluate_captioner.main([*common, "--variant", "same:beam_size=5", "--variant", "greedy:beam_size=1",
+                                    "--json-out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["scores"]["variant:same"] == report["scores"]["model"]
+    assert [p["variant:greedy"] for p in report["predictions"]] != [p["model"] for p in report["predictions"]]
+    assert evaluate_captioner.main([*common, "--variant", "bad:beam_width=3"]) == 2
+    assert evaluate_captioner.main([*common, "--decoding", "claims_seen=two"]) == 2

@@ -21,7 +21,9 @@ import random
 import sys
 from pathlib import Path
 
-from captioner.train.panel import HUMAN, LEAST_HUMAN_ACCEPTABLE, consensus, read_ratings, score, sheets
+from captioner.claims import claim_table
+from captioner.train.panel import HUMAN, LEAST_HUMAN_ACCEPTABLE, agreement, consensus, read_ratings, score, sheets
+from captioner.vocabulary import tokenize
 from lstmkit.checkpoint import atomic_write_text
 from lstmkit.runtools import UserError, cli
 
@@ -59,6 +61,18 @@ def score_panel(args: argparse.Namespace) -> None:
         good, absurd = d["good"], d["absurd"]
         print(f"{system} - {args.against}: acceptable and useful {good[0]:+.3f} ({good[1]:+.3f} to {good[2]:+.3f}), "
               f"absurd {absurd[0]:+.3f} ({absurd[1]:+.3f} to {absurd[2]:+.3f})")
+    if args.proxy:
+        texts = json.loads((args.panel / "key.json").read_text())["texts"]
+        table = claim_table()
+        flagged = {p: {letter: bool(table.unseen(tokenize(text), args.proxy_least)) for letter, text in row.items()}
+                   for p, row in texts.items()}
+        result["proxy"] = agreement(read_ratings(paths), key, flagged, args.proxy)
+        a = result["proxy"]
+        print(f"proxy (a claim seen fewer than {args.proxy_least} times in the human captions) against the judges' "
+              f"absurd, {a['captions']} captions of {', '.join(args.proxy)}: recall {a['recall']:.2f}, precision "
+              f"{a['precision']:.2f}, agreement {a['accuracy']:.2f}")
+        for system, row in a["systems"].items():
+            print(f"  {system}: flagged {row['flagged']:.1%}, judged absurd {row['absurd']:.1%}")
     if not result["counts"]:
         print(f"the human references scored {result['human_acceptable']} acceptable, under "
               f"{LEAST_HUMAN_ACCEPTABLE:.0%}: this run does not count")
@@ -83,6 +97,10 @@ def main(argv: list[str] | None = None) -> None:
     s = verbs.add_parser("score", help="score the ratings")
     s.add_argument("--panel", type=Path, required=True, help="the folder prepare wrote, with ratings-*.jsonl")
     s.add_argument("--against", default=None, help="the system the others are compared with, photo by photo")
+    s.add_argument("--proxy", action="append", default=[], metavar="SYSTEM",
+                   help="also score the automatic proxy (claims.ClaimTable.unseen) against the judges on this "
+                        "system's captions (one not chosen by the proxy)")
+    s.add_argument("--proxy-least", type=int, default=2)
     s.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args(argv)
     prepare(args) if args.verb == "prepare" else score_panel(args)

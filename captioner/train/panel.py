@@ -158,3 +158,24 @@ def score(ratings: Sequence[Rating], key: Mapping[str, Mapping[str, Sequence[str
     out["human_acceptable"] = human
     out["counts"] = human is not None and human >= LEAST_HUMAN_ACCEPTABLE
     return out
+
+
+def agreement(ratings: Sequence[Rating], key: Mapping[str, Mapping[str, Sequence[str]]],
+              flagged: Mapping[str, Mapping[str, bool]], systems: Sequence[str]) -> dict:
+    """How well an automatic flag (``flagged``: photo -> letter -> flagged) agrees with the
+    judges' "absurd", over the captions of ``systems`` (the ones not chosen by that flag):
+    the share of absurd captions it flags (recall), the share of its flags that were judged
+    absurd (precision), and each system's flagged and absurd shares side by side."""
+    rows = [(flagged[r.photo][r.letter], r.absurd, set(key[r.photo][r.letter]))
+            for r in ratings if set(key[r.photo][r.letter]) & set(systems)]
+    absurd = [f for f, a, _ in rows if a]
+    flags = [a for f, a, _ in rows if f]
+    out = {"captions": len(rows), "recall": float(np.mean(absurd)) if absurd else None,
+           "precision": float(np.mean(flags)) if flags else None,
+           "accuracy": float(np.mean([f == a for f, a, _ in rows])) if rows else None, "systems": {}}
+    for system in systems:
+        mine = [(f, a) for f, a, names in rows if system in names]
+        if mine:
+            out["systems"][system] = {"flagged": float(np.mean([f for f, _ in mine])),
+                                      "absurd": float(np.mean([a for _, a in mine]))}
+    return out
