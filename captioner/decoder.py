@@ -18,7 +18,7 @@ and is trained with the doubly stochastic penalty lambda * sum_i (1 - sum_t alph
 **Copying objects** (as the pointer/copy mechanisms of LSTM-C, Yao et al. 2017, and the
 placeholders of DNOC, Wu et al. 2018): the last K words of the vocabulary are slots
 ``<obj1> .. <objK>``, one per object the encoder's classifier recognises in the image
-(``objects.ObjectDetector``), most probable first. A slot's input embedding is its rank's
+(``objects.ImageNetClassifier``), most probable first. A slot's input embedding is its rank's
 embedding plus the projection of its object word's vector (the word's classifier
 weights), and its output score adds to the slot's own logit
 

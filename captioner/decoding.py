@@ -20,7 +20,7 @@ from captioner import search
 from captioner.detector import PERSON, category_scores
 from captioner.inputs import PhotoInputs
 from captioner.network import CaptionNetwork
-from captioner.objects import Detections
+from captioner.objects import ClassifiedObjects
 from captioner.rules import CaptionRules
 from captioner.search import Decoded
 from captioner.vocabulary import Vocabulary
@@ -48,7 +48,7 @@ class DecodingConfig:
     require_detected: float | None = None  # the detector's surest object (no person), when this sure of it,
     #                                        must be named (any word naming its category; with the top object)
     block_ngram: int = 0  # no caption repeats an n-gram of this length ("a cup of coffee and a cup of coffee"; 0: off)
-    ground_detector: bool = False  # grounding reads the COCO detector alone (not the concept detectors too)
+    ground_detector: bool = False  # grounding reads the COCO detector alone (not the concept classifiers too)
     ground_weight: float = 0.0  # a word naming a COCO category gets + ground_weight * log p, p the concept
     #                             detectors' surest word for that category (0: off; see ``grounding``)
     back_objects: float | None = None  # a word naming a COCO object needs something to back it: a detected box
@@ -113,7 +113,7 @@ def _per_category(scores: torch.Tensor, coco: torch.Tensor) -> torch.Tensor:
 
 
 def grounding(tables: WordTables, concepts: torch.Tensor, decoding: DecodingConfig,
-              summary: torch.Tensor | None = None, detections: Detections | None = None) -> torch.Tensor | None:
+              summary: torch.Tensor | None = None, classified: ClassifiedObjects | None = None) -> torch.Tensor | None:
     """(B, vocab) additions to the words' scores that tie the words naming a COCO
     category to what the detectors see: ``ground_weight * log p`` (p: the surest concept
     of the word's category, or the COCO detector's score), and -inf for person words when
@@ -136,8 +136,8 @@ def grounding(tables: WordTables, concepts: torch.Tensor, decoding: DecodingConf
     if decoding.ground_weight:
         picked = groups[:, word_coco.clamp_min(0)].clamp_min(1e-6).log()
         bias = torch.where(has[None, :], decoding.ground_weight * picked, bias)
-        if detections is not None and summary is not None and len(tables.object_coco):
-            slot_coco = tables.object_coco.to(device)[detections.words]  # (B, K)
+        if classified is not None and summary is not None and len(tables.object_coco):
+            slot_coco = tables.object_coco.to(device)[classified.words]  # (B, K)
             slot = groups.gather(1, slot_coco.clamp_min(0)).clamp_min(1e-6).log()
             first = bias.shape[1] - slot_coco.shape[1]
             slot_grounded = (slot_coco >= 0) & grounded[slot_coco.clamp_min(0)]
@@ -149,7 +149,7 @@ def grounding(tables: WordTables, concepts: torch.Tensor, decoding: DecodingConf
 
 
 def unbacked(tables: WordTables, decoding: DecodingConfig, summary: torch.Tensor | None,
-             concepts: torch.Tensor | None, detections: Detections | None) -> torch.Tensor:
+             concepts: torch.Tensor | None, classified: ClassifiedObjects | None) -> torch.Tensor:
     """(B, vocab) True for each word (object slots included) that names a COCO object nothing
     backs: no box of it at 0.5 or more, and no concept or ImageNet object word of it at
     ``back_objects`` or more (``CHAIR``'s invented objects, refused while searching)."""
@@ -163,27 +163,27 @@ def unbacked(tables: WordTables, decoding: DecodingConfig, summary: torch.Tensor
     if concepts is not None and len(tables.concept_coco):
         column = tables.concept_coco.to(device).clamp_min(-1) % 81  # -1 -> 80
         backed.scatter_reduce_(1, column[None].expand(rows, -1), (concepts >= sure).float(), "amax")
-    if detections is not None and tables.object_coco is not None and len(tables.object_coco):
-        column = tables.object_coco.to(device)[detections.words] % 81
-        backed.scatter_reduce_(1, column, (detections.probs >= sure).float(), "amax")
+    if classified is not None and tables.object_coco is not None and len(tables.object_coco):
+        column = tables.object_coco.to(device)[classified.words] % 81
+        backed.scatter_reduce_(1, column, (classified.probs >= sure).float(), "amax")
     backed = backed > 0
     words = tables.word_coco.to(device) % 81
     banned = ~backed[:, words]  # (B, vocab)
-    if detections is not None and tables.object_coco is not None and len(tables.object_coco):
-        slots = tables.object_coco.to(device)[detections.words] % 81  # (B, K)
+    if classified is not None and tables.object_coco is not None and len(tables.object_coco):
+        slots = tables.object_coco.to(device)[classified.words] % 81  # (B, K)
         first = banned.shape[1] - slots.shape[1]
         banned[:, first:] = ~backed.gather(1, slots)
     return banned
 
 
-def required_words(tables: WordTables, first_slot: int, detections: Detections | None,
+def required_words(tables: WordTables, first_slot: int, classified: ClassifiedObjects | None,
                    summary: torch.Tensor | None, decoding: DecodingConfig) -> torch.Tensor | None:
     """(B, S) the words of which each caption must hold one (-1: none; None: no image
     has any): the top object's slot when the classifier is sure of it, and every word
     naming the detector's surest category (no person) when the detector is."""
     parts = []
-    if detections is not None and decoding.require_object_prob is not None:
-        sure = detections.probs[:, 0] >= decoding.require_object_prob
+    if classified is not None and decoding.require_object_prob is not None:
+        sure = classified.probs[:, 0] >= decoding.require_object_prob
         parts.append(torch.where(sure, first_slot, -1)[:, None])
     if summary is not None and decoding.require_detected is not None and tables.category_tokens is not None:
         scores = category_scores(summary).clone()
@@ -203,7 +203,7 @@ class DecodedBatch:
     concepts' probabilities, and whether each photo may name a person (None: all may)."""
 
     captions: list[Decoded]
-    detections: Detections | None
+    classified: ClassifiedObjects | None
     concepts: torch.Tensor | None
     person_ok: torch.Tensor | None
 
@@ -216,7 +216,7 @@ class Policy:
     whether each photo may name a person (None: all may)."""
 
     ctx: dict
-    detections: Detections | None
+    classified: ClassifiedObjects | None
     required: torch.Tensor | None
     constraints: search.Constraints | None
     person_ok: torch.Tensor | None
@@ -232,26 +232,26 @@ def policy(network: CaptionNetwork, tables: WordTables, inputs: PhotoInputs, dec
     if decoding.text_world_above is not None and inputs.text_world is not None and network.objects is not None:
         by_world = inputs.text_world >= decoding.text_world_above
         objects_only = by_world if objects_only is None else objects_only | by_world
-    ctx, detections = network.context(inputs.with_(objects_only=objects_only), decoding.min_object_prob)
+    ctx, classified = network.context(inputs.with_(objects_only=objects_only), decoding.min_object_prob)
     summary = ctx.get("detector_summary")
     if "concepts" in ctx:
-        bias = grounding(tables, ctx["concepts"], decoding, summary, detections)
+        bias = grounding(tables, ctx["concepts"], decoding, summary, classified)
         if bias is not None:
             ctx["word_bias"] = bias
     if decoding.back_objects is not None:
-        banned = unbacked(tables, decoding, summary, ctx.get("concepts"), detections)
+        banned = unbacked(tables, decoding, summary, ctx.get("concepts"), classified)
         bias = ctx.get("word_bias", torch.zeros(banned.shape, device=banned.device))
         ctx["word_bias"] = bias.masked_fill(banned, float("-inf"))
-    required = required_words(tables, network.decoder.first_slot, detections, summary, decoding)
+    required = required_words(tables, network.decoder.first_slot, classified, summary, decoding)
     constraints = person_ok = None
     if decoding.person_score is not None and summary is not None:
         person_ok = category_scores(summary)[:, PERSON] >= decoding.person_score
     if decoding.rules or decoding.person_score is not None:
         slot_words = None
-        if detections is not None and tables.object_tokens is not None:
-            slot_words = tables.object_tokens.to(detections.words.device)[detections.words]
+        if classified is not None and tables.object_tokens is not None:
+            slot_words = tables.object_tokens.to(classified.words.device)[classified.words]
         constraints = search.Constraints(tables.rules, person_ok, decoding.rules, slot_words)
-    return Policy(ctx, detections, required, constraints, person_ok)
+    return Policy(ctx, classified, required, constraints, person_ok)
 
 
 def decode(network: CaptionNetwork, tables: WordTables, inputs: PhotoInputs, decoding: DecodingConfig
@@ -266,4 +266,4 @@ def decode(network: CaptionNetwork, tables: WordTables, inputs: PhotoInputs, dec
         decoded = search.beam_search(decoder, ctx, decoding.beam_size, decoding.max_length,
                                      decoding.length_alpha, must_include=required,
                                      block_ngram=decoding.block_ngram, constraints=constraints)
-    return DecodedBatch(decoded, fixed.detections, ctx.get("concepts"), fixed.person_ok)
+    return DecodedBatch(decoded, fixed.classified, ctx.get("concepts"), fixed.person_ok)

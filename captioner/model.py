@@ -154,7 +154,7 @@ class Captioner(nn.Module):
             side = int(round(inputs.grid.shape[1] ** 0.5))
             grid_size = (side, inputs.grid.shape[1] // side)
         familiar = inputs.familiarity
-        results = self.writer.results(out.captions, out.detections,
+        results = self.writer.results(out.captions, out.classified,
                                       out.concepts.tolist() if out.concepts is not None else None,
                                       familiar.tolist() if familiar is not None else None, grid_size)
         if boxes is not None:
@@ -174,7 +174,7 @@ class Captioner(nn.Module):
         if not images:
             return []
         preprocess = self.require_encoder().preprocess
-        return self._caption_batch(lambda: preprocess.batch(list(images)), list(images), beam_size, max_length)
+        return self._caption_beside_boxes(lambda: preprocess.batch(list(images)), list(images), beam_size, max_length)
 
     def caption_tensors(self, batch: torch.Tensor, beam_size: int | None = None,
                         max_length: int | None = None, boxes: Sequence[Boxes] | None = None) -> list[CaptionResult]:
@@ -189,7 +189,7 @@ class Captioner(nn.Module):
             return encoder.encode(batch, grid=True)
         return encoder.encode(batch), None
 
-    def _caption_batch(self, batch, photos: list, beam_size: int | None, max_length: int | None
+    def _caption_beside_boxes(self, batch, photos: list, beam_size: int | None, max_length: int | None
                        ) -> list[CaptionResult]:
         """Encode ``batch()`` while the detector (models with one) finds the boxes of ``photos``
         (PIL images or ``CocoDetector.prepare``'s pairs) beside it, then decode."""
@@ -210,7 +210,7 @@ class Captioner(nn.Module):
         """Captions of photos made ready by ``prepare``, in one batch."""
         if not items:
             return []
-        return self._caption_batch(lambda: torch.stack([tensor for tensor, _ in items]), [d for _, d in items],
+        return self._caption_beside_boxes(lambda: torch.stack([tensor for tensor, _ in items]), [d for _, d in items],
                                    beam_size, max_length)
 
     def require_detector(self):

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from captioner.detector import Boxes
-from captioner.objects import Detections
+from captioner.objects import ClassifiedObjects
 from captioner.rules import describe_objects, problems, trimmed
 from captioner.search import Decoded
 from captioner.vocabulary import Vocabulary, fix_article
@@ -60,15 +60,15 @@ class Writer:
     object_words: Sequence[str] = ()
     concept_words: Sequence[str] = ()
 
-    def results(self, decoded: Sequence[Decoded], detections: Detections | None, concepts: list | None,
+    def results(self, decoded: Sequence[Decoded], classified: ClassifiedObjects | None, concepts: list | None,
                 familiarity: list | None, grid: tuple[int, int] | None) -> list[CaptionResult]:
-        """One result per decoded caption: the classifier's objects (``detections``), the
+        """One result per decoded caption: the classifier's objects (``classified``), the
         concepts the detectors are sure of (``concepts``: each photo's probabilities)."""
         n = len(decoded)
         objects = ([[{"word": self.object_words[w], "probability": round(p, 4), "kind": "object"}
                      for w, p in zip(ws, ps)]
-                    for ws, ps in zip(detections.words.tolist(), detections.probs.tolist())]
-                   if detections is not None else [[] for _ in range(n)])
+                    for ws, ps in zip(classified.words.tolist(), classified.probs.tolist())]
+                   if classified is not None else [[] for _ in range(n)])
         for row, probs in zip(objects, concepts or []):
             row += self.concepts(probs)
         familiarity = familiarity if familiarity is not None else [None] * n

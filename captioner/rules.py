@@ -1,7 +1,7 @@
 """What no caption may be, by construction: a person where the detector sees none, a word
 pair said twice, a modifier with no noun ("a little blonde haired is"), one object by two names.
 
-The old person ban took "man" and "people" away when the concept detectors doubted a
+The old person ban took "man" and "people" away when the concept classifiers doubted a
 person, and the decoder said the same with the words left ("a group of young asian young
 asian little blonde"). Here the rules are on the caption, not on a few words:
 

@@ -183,7 +183,7 @@ def test_a_model_warm_starts_on_another_encoder_only_of_its_feature_size(tmp_pat
 
 
 def test_dry_run_with_captions_without_photos_concepts_and_the_text_world(tmp_path, data_args):
-    """The everyday-scenes path end to end: text rows in every batch, concept detectors,
+    """The everyday-scenes path end to end: text rows in every batch, concept classifiers,
     COCO photos for the concepts and the text world; the model it writes carries them."""
     from training import train_captioner
 
@@ -306,4 +306,4 @@ def test_self_critical_training_of_the_shipped_model_keeps_its_decoding(tmp_path
     assert after.decoding == before.decoding and after.config == before.config
     moved = [k for k, v in before.network.state_dict().items()
              if not torch.equal(v.float(), after.network.state_dict()[k].float())]
-    assert moved and all(not k.startswith("concepts.") for k in moved)  # the concept detectors stay frozen
+    assert moved and all(not k.startswith("concepts.") for k in moved)  # the concept classifiers stay frozen

@@ -164,7 +164,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     everyday.add_argument("--concept-val-fraction", type=float, default=0.4)
     everyday.add_argument("--concept-epochs", type=int, default=12)
     everyday.add_argument("--concept-photo-weight", type=float, default=5.0,
-                          help="weight of a --concept-photos photo in the concept detectors' loss")
+                          help="weight of a --concept-photos photo in the concept classifiers' loss")
     everyday.add_argument("--unpaired-photos", action="append", default=[], type=Path, metavar="DIR",
                           help="photos without captions of the scenes the caption text describes: familiarity "
                                "references of the text world")
@@ -357,7 +357,7 @@ class Trainer:
         feats, grids_ = self.train_table.inputs(rows, flips, p.train_feats, p.train_flipped, p.train_grid,
                                                 p.train_grid_flipped)
         g = torch.Generator().manual_seed(args.seed * 100_003 + epoch * 10_007 + step + 7)  # same on resume
-        det, concepts, boxes = self.photo_inputs.select(self.train_table.image[rows], flips)
+        det, concepts, summary = self.photo_inputs.select(self.train_table.image[rows], flips)
         caps = self.train_table.captions(rows, flips)
         text_part = None
         if self.text_per_step:
@@ -365,19 +365,19 @@ class Trainer:
                                       self.dist.rank, self.dist.world)
             text_part = self.text_table.batch(text_rows, self.noise, g, self.boxes_noise)
         regions = self.photo_inputs.regions_of(self.train_table.image[rows], flips) if config.regions else None
-        inputs, caps, lengths = mixed_batch((feats, caps, grids_, det, concepts, boxes), text_part, device)
+        inputs, caps, lengths = mixed_batch((feats, caps, grids_, det, concepts, summary), text_part, device)
         n = len(caps)
         targets = None
         if regions is not None:  # text rows have no boxes to look at
             regions = Regions.cat([regions, Regions.none(n - len(regions), config.regions)]).to(device)
             targets = attention_targets(caps, regions, self.word_coco, inputs.grid.shape[1],
-                                        self.object_coco.to(device)[inputs.detections.words],
+                                        self.object_coco.to(device)[inputs.classified.words],
                                         self.model.network.decoder.first_slot)
         swap = object_swaps(n, config.object_slots, config.object_words, args.object_swap, g)
         dropped = (torch.rand(n, generator=g) < args.objects_only).to(device) if config.object_slots else None
         inputs = inputs.with_(regions=regions, swap=None if swap is None else swap.to(device),
                               objects_only=inputs.objects_only | dropped if dropped is not None else None,
-                              detections=inputs.detections if config.object_slots else None)
+                              classified=inputs.classified if config.object_slots else None)
         return caption_loss(self.trainer, inputs, caps, lengths, label_smoothing=args.label_smoothing,
                             attention_reg=args.attention_reg, targets=targets, ground_weight=args.ground_attention)
 

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset-split", action="append", default=[], metavar="KIND:VAL:TEST",
                    help="a dataset's own validation and test fractions (default: the checkpoint's training run's)")
     p.add_argument("--ground-weights", type=float, nargs="+", default=None,
-                   help="try tying COCO category words to the concept detectors: + weight * log p (default: the "
+                   help="try tying COCO category words to the concept classifiers: + weight * log p (default: the "
                         "checkpoint's)")
     p.add_argument("--back-objects", nargs="+", default=["keep"],
                    help="try naming a COCO object only when a box, a concept or an ImageNet object at least this sure "
