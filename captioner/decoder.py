@@ -31,7 +31,7 @@ written out as its object's word, which may be a word no training caption contai
 ("a <obj1> sitting on a table" -> "a pizza sitting on a table").
 
 Everything an image contributes is in a *context*: a dict of per-image tensors (dim 0 is
-the image) built by ``model.CaptionNetwork``. Decoding is greedy or beam search, batched
+the image) built by ``network.CaptionNetwork.context``. Decoding is greedy or beam search, batched
 over images; each returns the ids of the words, the probability the model gave each of
 them, and (attention) where it looked for each (``search.py``).
 """

@@ -59,7 +59,7 @@ class DecodingConfig:
 
 def category_tokens(vocab: Vocabulary) -> torch.Tensor:
     """(80, S) for each COCO category the vocabulary's single words that name it ("giraffe",
-    "giraffes"; ``objects.coco_synonyms``), padded with -1."""
+    "giraffes"; ``wordlists.coco_synonyms``), padded with -1."""
     column = {c: i for i, c in enumerate(coco_categories())}
     words: list[list[int]] = [[] for _ in range(80)]
     for phrase, category in coco_synonyms().items():

@@ -6,7 +6,7 @@ to the network, the decoding and the loss, rather than as nine loose parameters.
     summary (B, 240)  +  regions (up to K boxes)   the COCO detector's (``detector.summary``, ``regions.py``)
     familiarity, text_world (B,)                   how like the training photos (``familiarity.py``)
     classified, concepts                           given instead of computed (training's text rows)
-    objects_only (B,), swap (B, K)                 training's dropout and augmentation (``network.context``)
+    objects_only (B,), swap (B, K)                 training's dropout and augmentation (``CaptionNetwork.context``)
 """
 
 from __future__ import annotations

@@ -20,11 +20,12 @@ asian little blonde"). Here the rules are on the caption, not on a few words:
   right after "another" or "other" ("a dog chasing another dog"); people aside ("a man and a
   woman" are two).
 
-Beam search applies them while it searches (``mask``: every continuation that would break
-one is not a candidate, so the beam takes the next), and checks every finished caption
-again (``problems``); the evaluation reports count what got through (``degenerate``). When
-nothing survives, the captioner says less: the detector's objects alone
-(``model.Captioner``).
+The searches apply them while they search (``search.Bans``, through ``person_ban`` once per
+caption and ``add_bans`` at each step: every continuation that would break one is not a
+candidate, so the beam takes the next); the results check every finished caption again
+(``problems``), and the evaluation reports count what got through (``degenerate``). When a
+caption breaks one all the same (one cut at the longest length can), the captioner says less:
+the detector's objects alone (``results.add_boxes``, with ``describe_objects`` and ``trimmed``).
 """
 
 from __future__ import annotations
@@ -174,8 +175,9 @@ class CaptionRules:
         rows' words so far ``seqs`` (rows, t) and whether each row's photo has a person.
         ``slot_words`` (rows, K): the word id each object slot (the vocabulary's last K
         tokens) is written as for the row's photo (-1: a word the vocabulary lacks), so that
-        "a <obj1> player in a baseball uniform" counts as "a baseball" twice. (The searches
-        call ``person_ban`` once per caption and ``add_bans`` at each step.)"""
+        "a <obj1> player in a baseball uniform" counts as "a baseball" twice. The rules in one
+        call, for tests and one-off checks: the searches use ``search.Bans``, which calls
+        ``person_ban`` once per caption and ``add_bans`` at each step."""
         if self.person.device != logp.device:
             self.to(logp.device)
         ban = torch.zeros_like(logp)
