@@ -11,6 +11,7 @@ over a ``CaptionNetwork`` and the ``WordTables`` of its vocabulary; the search i
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -25,6 +26,9 @@ from captioner.rules import CaptionRules
 from captioner.search import Decoded
 from captioner.vocabulary import Vocabulary
 from captioner.wordlists import category_of_words, coco_categories, coco_synonyms
+from lstmkit.checkpoint import config_from_dict
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,9 +43,6 @@ class DecodingConfig:
     objects_only_below: float | None = None  # photos less familiar than this are described from their objects alone
     text_world_above: float | None = None  # ... and photos whose nearest reference photos are mostly of
     #                                         scenes known from caption text alone (familiarity.text_world)
-    person_below: float | None = None  # the previous release's person ban (no person words when the concept
-    #                                    detectors' surest person word is below this); models with the COCO
-    #                                    detector use ``person_score`` and the caption rules instead
     person_score: float | None = None  # a caption may name or describe a person only when the detector's best
     #                                    person box scores at least this (rules.py; None: no person rule)
     rules: bool = False  # no word pair twice, no modifier without its noun (rules.py)
@@ -54,6 +55,21 @@ class DecodingConfig:
     back_objects: float | None = None  # a word naming a COCO object needs something to back it: a detected box
     #                                    (score >= 0.5) or a concept or ImageNet object at least this sure of it
     #                                    (``unbacked``; None: off)
+
+    @classmethod
+    def from_saved(cls, data: dict, path) -> DecodingConfig:
+        """The settings a checkpoint's metadata holds, less the fields only older checkpoints
+        hold (``RETIRED``; the shipped one saved ``person_below: null``); unknown ones refused."""
+        data = dict(data)
+        for name, why in RETIRED.items():
+            if data.pop(name, None) is not None:
+                log.warning("%s sets %s, which this version ignores: %s", path, name, why)
+        return config_from_dict(cls, data, path)
+
+
+# Fields older checkpoints' decoding settings hold and this version reads past, with why.
+RETIRED = {"person_below": "the previous release's person ban (no person words when the concept classifiers' "
+                           "surest person word was below it), replaced by person_score and the caption rules"}
 
 
 
@@ -116,11 +132,10 @@ def grounding(tables: WordTables, concepts: torch.Tensor, decoding: DecodingConf
               summary: torch.Tensor | None = None, classified: ClassifiedObjects | None = None) -> torch.Tensor | None:
     """(B, vocab) additions to the words' scores that tie the words naming a COCO
     category to what the detectors see: ``ground_weight * log p`` (p: the surest concept
-    of the word's category, or the COCO detector's score), and -inf for person words when
-    the surest person concept is below ``person_below`` (the previous release's ban). An
+    of the word's category, or the COCO detector's score). An
     object slot whose word names a category ("dog" from the ImageNet classifier) is
     grounded like the word itself (models with the COCO detector). None when nothing is asked for."""
-    if not decoding.ground_weight and decoding.person_below is None:
+    if not decoding.ground_weight:
         return None
     if not bool(tables.grounded.any()):
         return None
@@ -142,9 +157,6 @@ def grounding(tables: WordTables, concepts: torch.Tensor, decoding: DecodingConf
             first = bias.shape[1] - slot_coco.shape[1]
             slot_grounded = (slot_coco >= 0) & grounded[slot_coco.clamp_min(0)]
             bias[:, first:] = torch.where(slot_grounded, decoding.ground_weight * slot, 0.0)
-    if decoding.person_below is not None and bool(grounded[PERSON]):
-        unlikely = groups[:, PERSON] < decoding.person_below
-        bias = bias.masked_fill(unlikely[:, None] & (word_coco == PERSON)[None, :], float("-inf"))
     return bias
 
 

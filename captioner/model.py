@@ -249,7 +249,7 @@ class Captioner(nn.Module):
     def _settings(meta: dict[str, str], path) -> tuple[CaptionerConfig, DecodingConfig]:
         try:
             config = config_from_dict(CaptionerConfig, json.loads(meta["config"]), path)
-            decoding = config_from_dict(DecodingConfig, json.loads(meta.get("decoding", "{}")), path)
+            decoding = DecodingConfig.from_saved(json.loads(meta.get("decoding", "{}")), path)
         except (KeyError, ValueError, TypeError) as err:
             raise CheckpointError(f"{path} has unreadable metadata ({err})") from err
         return config, decoding

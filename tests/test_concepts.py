@@ -140,12 +140,15 @@ def test_concept_retrieval_picks_the_caption_that_matches_what_is_recognised():
 
 
 def test_blocked_trigrams_cannot_repeat_and_nothing_else_is_touched():
-    from captioner.search import block_repeats
+    from captioner.rules import repeat_bans
+
+    def banned(n):
+        ban = torch.zeros(2, 12)
+        repeat_bans(ban, seqs, n, first_slot=10)
+        return [row.nonzero().flatten().tolist() for row in ban]
 
     # "a cup of coffee and a cup of": the word after "cup of" was "coffee" (id 9): banned now
     seqs = torch.tensor([[4, 7, 8, 9, 5, 4, 7, 8], [4, 7, 8, 11, 5, 6, 1, 2]])
-    logp = torch.zeros(2, 12)
-    out = block_repeats(logp, seqs, 3, first_slot=10)
-    assert out[0].isinf().nonzero().flatten().tolist() == [8, 9]  # "of" again, and "coffee" after "cup of"
-    assert out[1].isinf().nonzero().flatten().tolist() == [2, 11]  # the last word, and the slot used once
-    assert block_repeats(logp, seqs, 0) is logp
+    # row 0: "of" again, and "coffee" after "cup of"; row 1: the last word, and the slot used once
+    assert banned(3) == [[8, 9], [2, 11]]
+    assert banned(0) == [[], []]
