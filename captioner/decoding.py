@@ -7,6 +7,11 @@ over a ``CaptionNetwork`` and the ``WordTables`` of its vocabulary; the search i
     network.context (features, grid, objects, concepts, the detector's summary)
         -> grounding (a score bias per word) and the required words (constraints)
         -> search.greedy or search.beam_search over the decoder's step, with the rules
+
+Greedy (a beam of one) runs ``search.greedy`` only when no caption must hold a word; with
+required words (``require_object_prob``, ``require_detected``: the shipped checkpoint's) it
+runs ``search.beam_search`` with a beam of one, which keeps a caption with the word beside one
+without it (``decode``).
 """
 
 from __future__ import annotations
@@ -33,7 +38,11 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class DecodingConfig:
-    """How captions are decoded unless the caller says otherwise."""
+    """How captions are decoded unless the caller says otherwise: the decoding a checkpoint
+    ships, recorded in its metadata (``Captioner.save``) and read from there alone (the app,
+    the command line, ``CaptionService.default_beam``). A new model gets these defaults, its
+    beam from ``train_captioner --decoding-beam`` (never ``--val-beam``, which only scores
+    validation); ``tune_decoding --write`` replaces them with the setting it chose."""
 
     beam_size: int = 5
     length_alpha: float = 1.0      # beam search length normalisation exponent
@@ -270,6 +279,7 @@ def decode(network: CaptionNetwork, tables: WordTables, inputs: PhotoInputs, dec
            ) -> DecodedBatch:
     """Decode a batch of photos' captions: the decoding policy (``policy``), then greedy or
     beam search."""
+    # a beam of one is search.greedy without required words, else search.beam_search (constrained, one wide)
     fixed = policy(network, tables, inputs, decoding)
     decoder, ctx, required, constraints = network.inference_decoder, fixed.ctx, fixed.required, fixed.constraints
     if decoding.beam_size == 1 and required is None:

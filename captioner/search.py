@@ -102,8 +102,9 @@ def _rows(ctx: Context) -> int:
 @torch.inference_mode()
 def greedy(decoder: CaptionDecoder, ctx: Context, max_length: int = 20, block_ngram: int = 0,
            constraints: Constraints | None = None) -> list[Decoded]:
-    """The most probable word at every step, for all images at once. Stops as soon as every
-    caption has ended (or after ``max_length`` words). ``block_ngram``: no n-gram twice;
+    """The most probable word at every step, for all images at once (``decoding.decode``
+    runs it for a beam of one when no word is required). Stops as soon as every caption has
+    ended (or after ``max_length`` words). ``block_ngram``: no n-gram twice;
     ``constraints``: the caption rules."""
     batch = _rows(ctx)
     ctx = decoder.prepare(ctx)

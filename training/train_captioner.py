@@ -2,6 +2,7 @@
 
     python -m training.train_captioner --dataset flickr8k --data-root ../shared/data/flickr8k \\
         --dataset coco --data-root ../shared/data/coco_mini --encoder efficientnet_lite0 --out runs/lite0
+    python -m training.train_captioner --dataset csv --data-root my_photos --out runs/mine  # your own photos
 
 The encoder is frozen: every image's feature (and its mirror image's) is extracted once into
 the feature cache, and epochs run on (feature, caption) batches. Each epoch ends with the
@@ -82,8 +83,8 @@ log = logging.getLogger("train_captioner")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", action="append", choices=DATASETS, required=True,
-                   help="repeat with --data-root to combine datasets")
+    p.add_argument("--dataset", action="append", choices=DATASETS, required=True, help="repeat with --data-root "
+                   "to combine datasets; csv: your own photos, ROOT/captions.csv (image,caption) and ROOT/images/")
     p.add_argument("--dataset-split", action="append", default=[], metavar="KIND:VAL:TEST",
                    help="this dataset's validation and test fractions (default --val-fraction, --test-fraction)")
     p.add_argument("--repeat", action="append", default=[], metavar="KIND:N",
@@ -102,12 +103,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run_flags(p, out=None, epochs=None, batch_size=128, lr=1e-3, warmup_steps=200, save_every=500)
     p.add_argument("--cache-dir", type=Path, default=Path("data/features"))
     p.add_argument("--min-lr-ratio", type=float, default=0.05, help="cosine schedule floor, as a fraction of --lr")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--grad-clip", type=float, default=5.0)
-    p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--decoder", choices=list(DECODERS), default="show_tell")
-    for flag, default in (("--embed-dim", 512), ("--hidden-dim", 512), ("--num-layers", 1)):
-        p.add_argument(flag, type=int, default=default)
+    for flag, default in (("--embed-dim", 512), ("--hidden-dim", 512), ("--num-layers", 1), ("--weight-decay", 0.0),
+                          ("--grad-clip", 5.0), ("--label-smoothing", 0.0), ("--dropout", 0.5)):
+        p.add_argument(flag, type=type(default), default=default)
     p.add_argument("--attention-reg", type=float, default=1.0,
                    help="attention: weight of the doubly stochastic penalty sum_i (1 - sum_t alpha_ti)^2")
     p.add_argument("--regions", type=int, default=None, help="attention: look at up to this many of the detector's "
@@ -123,13 +122,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="chance that a training caption is learned from the image's objects alone (no features, no "
                         "grid), as photos unlike the training photos are then described (DecodingConfig)")
     p.add_argument("--familiarity-dim", type=int, default=128, help="familiarity: projected dimensions (0: off)")
-    p.add_argument("--dropout", type=float, default=0.5)
     p.add_argument("--min-count", type=int, default=5, help="vocabulary frequency threshold")
     p.add_argument("--max-caption-words", type=int, default=30)
     p.add_argument("--flip-prob", type=float, default=0.5, help="use the mirrored image's feature")
     p.add_argument("--val-fraction", type=float, default=0.07)
     p.add_argument("--test-fraction", type=float, default=0.13, help="held out, never trained or tuned on")
-    p.add_argument("--beam-size", type=int, default=3, help="for the validation scores")
+    p.add_argument("--val-beam", type=int, default=3, help="the beam of the validation scores only")
+    p.add_argument("--decoding-beam", type=int, default=DecodingConfig.beam_size, help="the beam the checkpoint "
+                   "ships: its default decoding, the app's and the command line's (tune_decoding --write may retune)")
     p.add_argument("--length-alpha", type=float, default=1.0)
     p.add_argument("--workers", type=int, default=2, help="image decoding workers for feature extraction")
     p.add_argument("--objective", choices=["xe", "scst"], default="xe",
@@ -201,7 +201,7 @@ def build_model(args, encoder, train_captions: list[str], refs_feats, held_out_f
                          regions=old.config.regions if args.regions is None else args.regions)
     if config.object_slots and encoder.classifier is None:
         raise UserError(f"{args.encoder} has no ImageNet classifier to find objects with; use --object-slots 0")
-    decoding = DecodingConfig(args.beam_size, args.length_alpha, objects_only_below=args.objects_only_below,
+    decoding = DecodingConfig(args.decoding_beam, args.length_alpha, objects_only_below=args.objects_only_below,
                               text_world_above=args.text_world_above)
     model = Captioner.new(config, vocab, encoder, decoding=decoding, train_features=refs_feats,
                           held_out_features=held_out_feats, familiarity_dim=args.familiarity_dim,
@@ -383,15 +383,15 @@ class Trainer:
 
     def validate(self) -> dict:
         args, p, model = self.args, self.photos, self.model
-        metrics = validate(model, self.val_table, p.val_feats, self.val_refs, args.beam_size, p.val_grid,
+        metrics = validate(model, self.val_table, p.val_feats, self.val_refs, args.val_beam, p.val_grid,
                            boxes=p.val_boxes)
         coco = [i for i, path in enumerate(self.data.val_images) if "coco" in str(path)]
         if coco and len(coco) < len(self.data.val_images):  # COCO's validation photos among the photo rows
             metrics.update(coco_part_scores(self.model, p, self.data.val_images, coco, self.val_refs,
-                                            self.args.beam_size))
+                                            self.args.val_beam))
             metrics["val_mixed"] = (metrics["val_cider"] + metrics["val_coco_cider"]) / 2
         if self.coco_val is not None:  # the validation part of --concept-photos
-            scores = scores_on(self.model, *self.coco_val, beam_size=self.args.beam_size)
+            scores = scores_on(self.model, *self.coco_val, beam_size=self.args.val_beam)
             metrics.update(coco_metrics(scores))
             metrics["val_mixed"] = (metrics["val_cider"] + scores["CIDEr"]) / 2
         if self.scst is not None:
