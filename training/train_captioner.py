@@ -44,7 +44,7 @@ from captioner.regions import Regions
 from captioner.train import finetune
 from captioner.train.attention_targets import attention_targets
 from captioner.train.batches import CaptionTable, TextTable, epoch_plan, mixed_batch, object_swaps, text_rows_for
-from captioner.train.concept_training import fit_detectors
+from captioner.train.concept_training import training_findings
 from captioner.train.datasets import DATASETS, TEXT_SOURCES, captions_by_image
 from captioner.train.losses import SelfCritical, caption_loss
 from captioner.train.training_data import (
@@ -431,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     model = make_model(args, data, photos)
     if args.decoding_from is not None:
         model.decoding = Captioner.read_settings(args.decoding_from)[1]
-    inputs = finetune.frozen_inputs(model, photos) if args.finetune or args.objective == "scst" else fit_detectors(
+    inputs = finetune.frozen_inputs(model, photos) if args.finetune or args.objective == "scst" else training_findings(
         model, data, photos, concept_epochs=args.concept_epochs, concept_photo_weight=args.concept_photo_weight,
         seed=args.seed)
     run = Trainer(args, model, data, photos, inputs, dist)

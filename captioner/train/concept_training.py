@@ -58,9 +58,9 @@ def average_precision(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return sum(aps) / max(1, len(aps))
 
 
-def fit_detectors(model: Captioner, data: Data, photos: Photos, *, concept_epochs: int, concept_photo_weight: float,
-                  seed: int):
-    """What the frozen detectors give every training photo (objects, the COCO detector's
+def training_findings(model: Captioner, data: Data, photos: Photos, *, concept_epochs: int, concept_photo_weight: float,
+                      seed: int):
+    """What the frozen classifier and detector give every training photo (objects, the COCO detector's
     summary), the concept classifiers fitted, and how text rows draw both (the noise tables).
     Returns (photo inputs, concept noise, detector noise, report)."""
     photo_inputs = photo_findings(model, photos.train_feats, photos.train_flipped)
