@@ -25,7 +25,7 @@ weights), and its output score adds to the slot's own logit
     q(h)^T e_k + a * log p_k + b
 
 (how well the object fits what the decoder is about to say, and how sure the classifier
-is). Training captions have each mention of a detected object replaced by its slot, so the
+is). Training captions have each mention of a recognised object replaced by its slot, so the
 decoder learns where objects go and when to trust the detector; at inference a slot is
 written out as its object's word, which may be a word no training caption contains
 ("a <obj1> sitting on a table" -> "a pizza sitting on a table").

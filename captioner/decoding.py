@@ -60,7 +60,7 @@ class DecodingConfig:
     block_ngram: int = 0  # no caption repeats an n-gram of this length ("a cup of coffee and a cup of coffee"; 0: off)
     ground_detector: bool = False  # grounding reads the COCO detector alone (not the concept classifiers too)
     ground_weight: float = 0.0  # a word naming a COCO category gets + ground_weight * log p, p the concept
-    #                             detectors' surest word for that category (0: off; see ``grounding``)
+    #                             classifiers' surest word for that category (0: off; see ``grounding``)
     back_objects: float | None = None  # a word naming a COCO object needs something to back it: a detected box
     #                                    (score >= 0.5) or a concept or ImageNet object at least this sure of it
     #                                    (``unbacked``; None: off)

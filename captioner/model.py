@@ -86,7 +86,7 @@ class Captioner(nn.Module):
         (with ``config.object_slots``), and its familiarity references are
         ``train_features`` (``text_world``: which of them are photos of scenes known from
         caption text alone), calibrated on ``held_out_features`` (when both are given).
-        ``concept_words``: the concepts its detectors will learn (``concepts.py``). The
+        ``concept_words``: the concepts its classifiers will learn (``concepts.py``). The
         caller's config is left as it is."""
         from captioner.objects import object_vocabulary
 
@@ -228,7 +228,7 @@ class Captioner(nn.Module):
 
     def words_of(self, ids: Sequence[int], objects: Sequence[str]) -> list[str]:
         """The words of a token sequence (``<start> ... <end> <pad>...`` or bare) for an
-        image whose detected object words are ``objects`` (``results.Writer.words_of``)."""
+        image whose recognised object words are ``objects`` (``results.Writer.words_of``)."""
         return self.writer.words_of(ids, objects)
 
 

@@ -41,7 +41,7 @@ class CaptionerConfig:
     decoder: str = "show_tell"     # or "attention"
     grid_dim: int = 512            # attention: the grid cells' projection
     attention_dim: int = 512
-    object_slots: int = 0          # detected objects the decoder may copy (0: none)
+    object_slots: int = 0          # recognised objects the decoder may copy (0: none)
     object_words: int = 0          # size of the object vocabulary
     familiarity_dim: int = 0       # familiarity references: projected dimensions,
     familiarity_references: int = 0  # how many training photos,

@@ -6,7 +6,7 @@ caption would use, and the slots through which a caption copies them.
   no plain caption word to nothing). ``ImageNetClassifier`` turns an image feature into the
   probability of each such word (the summed softmax probabilities of its classes) and
   keeps the top ``slots`` of them: the objects a caption may copy (see ``decoder.py``).
-- ``substitute_slots``: the captions as the decoder learns them, each detected object's
+- ``substitute_slots``: the captions as the decoder learns them, each recognised object's
   words replaced by its slot token.
 """
 
@@ -82,7 +82,7 @@ class ImageNetClassifier(nn.Module):
 # ------------------------------------------------------------------- slots in captions
 
 def slot_token(k: int) -> str:
-    """The vocabulary token for the k-th detected object (0-based), e.g. ``<obj1>``."""
+    """The vocabulary token for the k-th recognised object (0-based), e.g. ``<obj1>``."""
     return f"<obj{k + 1}>"
 
 
@@ -92,7 +92,7 @@ def slot_tokens(slots: int) -> list[str]:
 
 
 def substitute_slots(tokens: Sequence[str], objects: Sequence[str]) -> list[str]:
-    """Replace each mention of a detected object word (a phrase of one or more tokens) by
+    """Replace each mention of a recognised object word (a phrase of one or more tokens) by
     its slot token: ["a", "dog", "runs"] with objects ["dog", "ball"] -> ["a", "<obj1>",
     "runs"]. The longest phrase wins where two overlap."""
     phrases = sorted(((tuple(w.split()), k) for k, w in enumerate(objects) if w), key=lambda p: -len(p[0]))

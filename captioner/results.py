@@ -63,7 +63,7 @@ class Writer:
     def results(self, decoded: Sequence[Decoded], classified: ClassifiedObjects | None, concepts: list | None,
                 familiarity: list | None, grid: tuple[int, int] | None) -> list[CaptionResult]:
         """One result per decoded caption: the classifier's objects (``classified``), the
-        concepts the detectors are sure of (``concepts``: each photo's probabilities)."""
+        concepts the classifiers are sure of (``concepts``: each photo's probabilities)."""
         n = len(decoded)
         objects = ([[{"word": self.object_words[w], "probability": round(p, 4), "kind": "object"}
                      for w, p in zip(ws, ps)]
@@ -75,7 +75,7 @@ class Writer:
         return [self.result(*row, grid) for row in zip(decoded, objects, familiarity)]
 
     def concepts(self, probs: Sequence[float], min_prob: float = 0.5, most: int = 10) -> list[dict]:
-        """The concepts the detectors are sure of, most probable first."""
+        """The concepts the classifiers are sure of, most probable first."""
         ranked = sorted(((p, w) for w, p in zip(self.concept_words, probs) if p >= min_prob), reverse=True)[:most]
         return [{"word": w, "probability": round(p, 4), "kind": "concept"} for p, w in ranked]
 
@@ -114,7 +114,7 @@ class Writer:
 
     def words_of(self, ids: Sequence[int], objects: Sequence[str]) -> list[str]:
         """The words of a token sequence (``<start> ... <end> <pad>...`` or bare) for an
-        image whose detected object words are ``objects``."""
+        image whose recognised object words are ``objects``."""
         words: list[str] = []
         for i in ids:
             if i == self.vocab.end_id:

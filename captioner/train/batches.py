@@ -5,7 +5,7 @@ A batch mixes two kinds of rows:
 
 - **photo rows**: a caption of a training photo with the photo's cached feature and grid
   (or its mirror image's, with "left" and "right" swapped), the objects the encoder's
-  classifier finds in it, and the concepts the detectors give it;
+  classifier finds in it, and the concepts the classifiers give it;
 - **text rows** (``TextTable``): a caption of a photo that is not here (COCO's and
   Flickr30k's caption text). There is no feature and no grid: the row is learned from
   the photo's objects and concepts alone (``objects_only``), as the detectors would give
@@ -264,7 +264,7 @@ def _rate(event: torch.Tensor, given: torch.Tensor) -> float:
 
 @dataclass
 class PhotoFindings:
-    """What the frozen detectors give every training photo and its mirror image, computed
+    """What the frozen classifiers and detector give every training photo and its mirror image, computed
     once: the ImageNet classifier's objects and (with concept classifiers) concept probabilities."""
 
     words: torch.Tensor

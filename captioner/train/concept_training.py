@@ -1,5 +1,5 @@
-"""Caption training's detectors: what the frozen detectors give every training photo (the
-encoder's objects, the COCO detector's summary), the concept classifiers fitted on the
+"""Caption training's classifiers: what the frozen ImageNet classifier and the COCO detector
+give every training photo (the encoder's objects, the detector's summary), the concept classifiers fitted on the
 training photos' grids (``concepts.fit_concept_classifier``), and how text rows draw both:
 the noise tables (``concepts.ConceptNoise``, ``batches.DetectorNoise``)."""
 

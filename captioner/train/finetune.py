@@ -250,7 +250,7 @@ def start_from(path: Path, folders: list[Path]) -> Captioner:
 
 
 def frozen_inputs(model: Captioner, photos: Photos):
-    """What the model's own frozen detectors give every training photo (objects, the COCO
+    """What the model's own frozen classifiers and detector give every training photo (objects, the COCO
     detector's summary, its concept classifiers' scores), as ``training_findings`` returns it,
     without fitting anything: (photo inputs, no concept noise, no detector noise, report)."""
     inputs = photo_findings(model, photos.train_feats, photos.train_flipped)
