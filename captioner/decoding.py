@@ -81,7 +81,6 @@ RETIRED = {"person_below": "the previous release's person ban (no person words w
                            "surest person word was below it), replaced by person_score and the caption rules"}
 
 
-
 def category_tokens(vocab: Vocabulary) -> torch.Tensor:
     """(80, S) for each COCO category the vocabulary's single words that name it ("giraffe",
     "giraffes"; ``wordlists.coco_synonyms``), padded with -1."""
@@ -141,9 +140,9 @@ def grounding(tables: WordTables, concepts: torch.Tensor, decoding: DecodingConf
               summary: torch.Tensor | None = None, classified: ClassifiedObjects | None = None) -> torch.Tensor | None:
     """(B, vocab) additions to the words' scores that tie the words naming a COCO
     category to what the detectors see: ``ground_weight * log p`` (p: the surest concept
-    of the word's category, or the COCO detector's score). An
-    object slot whose word names a category ("dog" from the ImageNet classifier) is
-    grounded like the word itself (models with the COCO detector). None when nothing is asked for."""
+    of the word's category, or the COCO detector's score). An object slot whose word names a
+    category ("dog" from the ImageNet classifier) is grounded like the word itself (models
+    with the COCO detector). None when nothing is asked for."""
     if not decoding.ground_weight:
         return None
     if not bool(tables.grounded.any()):
@@ -157,15 +156,14 @@ def grounding(tables: WordTables, concepts: torch.Tensor, decoding: DecodingConf
     word_coco = tables.word_coco.to(device)
     has = (word_coco >= 0) & grounded[word_coco.clamp_min(0)]
     bias = concepts.new_zeros(len(concepts), len(word_coco))
-    if decoding.ground_weight:
-        picked = groups[:, word_coco.clamp_min(0)].clamp_min(1e-6).log()
-        bias = torch.where(has[None, :], decoding.ground_weight * picked, bias)
-        if classified is not None and summary is not None and len(tables.object_coco):
-            slot_coco = tables.object_coco.to(device)[classified.words]  # (B, K)
-            slot = groups.gather(1, slot_coco.clamp_min(0)).clamp_min(1e-6).log()
-            first = bias.shape[1] - slot_coco.shape[1]
-            slot_grounded = (slot_coco >= 0) & grounded[slot_coco.clamp_min(0)]
-            bias[:, first:] = torch.where(slot_grounded, decoding.ground_weight * slot, 0.0)
+    picked = groups[:, word_coco.clamp_min(0)].clamp_min(1e-6).log()
+    bias = torch.where(has[None, :], decoding.ground_weight * picked, bias)
+    if classified is not None and summary is not None and len(tables.object_coco):
+        slot_coco = tables.object_coco.to(device)[classified.words]  # (B, K)
+        slot = groups.gather(1, slot_coco.clamp_min(0)).clamp_min(1e-6).log()
+        first = bias.shape[1] - slot_coco.shape[1]
+        slot_grounded = (slot_coco >= 0) & grounded[slot_coco.clamp_min(0)]
+        bias[:, first:] = torch.where(slot_grounded, decoding.ground_weight * slot, 0.0)
     return bias
 
 
