@@ -58,7 +58,7 @@ def python_loop_greedy(model: Captioner, feature: torch.Tensor, grid: torch.Tens
             from captioner.detector import summary
 
             boxes = summary(model.require_detector().detect([image]))
-        ctx, detections = model.network.context(PhotoInputs(feature, grid if model.network.needs_grid else None, boxes))
+        ctx, classified = model.network.context(PhotoInputs(feature, grid if model.network.needs_grid else None, boxes))
         ctx = dec.prepare(ctx)
         state = dec.init_state(ctx)
         token = torch.tensor([model.vocab.start_id])

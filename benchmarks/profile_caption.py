@@ -23,7 +23,7 @@ import torch
 
 from benchmarks.common import SHARED, require, write_results
 from captioner import search
-from captioner.detector import decode as decode_boxes
+from captioner.detector import decode_yolox_outputs
 from captioner.model import DEFAULT_CHECKPOINT, Captioner
 from lstmkit.images import load_image
 
@@ -74,7 +74,7 @@ def one_by_one(model: Captioner, paths: list, beam: int | None, clock: Clock) ->
         with stage(samples, "detector_network"):
             raw = detector.session.run(None, {detector.input: array[None]})[0][0]
         with stage(samples, "detector_decode"):
-            boxes = [decode_boxes(raw, *frame)]
+            boxes = [decode_yolox_outputs(raw, *frame)]
         with stage(samples, "decoding_total"):
             model.caption_features(pooled, beam, grid=grid, boxes=boxes)
         before = sum(clock.total[name] for name in searched)

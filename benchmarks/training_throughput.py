@@ -44,7 +44,7 @@ def batches(records, vocab, batch_size: int, count: int):
 def decoder_step(model, optimizer, features, caps, lengths, grid=None) -> None:
     model.network.train()
     device = features.device
-    grid = grid if model.network.needs_grid else None  # attention and concept detectors read the grid
+    grid = grid if model.network.needs_grid else None  # attention and concept classifiers read the grid
     # a model with the COCO detector trains on cached summaries of its boxes: one (B, 240) row each, timed as zeros
     boxes = torch.zeros(len(features), model.config.detector, device=device) if model.config.detector else None
     loss = caption_loss(model.network, PhotoInputs(features, grid, boxes), caps.to(device), lengths)

@@ -12,7 +12,7 @@ as the word detectors of Fang et al. (2015, "From captions to visual concepts an
 - **multiple-instance learning** over the encoder's 7x7 grid: each cell i gives the word
   a probability p_i = sigmoid(w . norm(a_i) + b), and the photo has it unless no cell has
   it (noisy-OR): P = 1 - prod_i (1 - p_i). Trained with binary cross-entropy on the
-  cached grids of the training photos (``fit_concept_detector``).
+  cached grids of the training photos (``fit_concept_classifier``).
 
 **Captions without photos** enter training in this same space (as CapDec, Nukrai et al.
 2022, meets photos and texts in CLIP's space, with noise on the text side). A text-only
@@ -70,8 +70,8 @@ def concept_labels(captions_per_photo: Sequence[Sequence[str]], concepts: Sequen
     return labels
 
 
-class ConceptDetector(nn.Module):
-    """Noisy-OR word detectors over the grid cells (see the module docstring)."""
+class ConceptClassifier(nn.Module):
+    """Noisy-OR word classifiers over the grid cells (Fang et al.'s "word detectors"; see the module docstring)."""
 
     def __init__(self, feature_dim: int, concepts: int):
         super().__init__()
@@ -97,7 +97,7 @@ def _batches(n: int, size: int, generator: torch.Generator) -> Iterable[torch.Te
 
 @dataclass(frozen=True)
 class ConceptFit:
-    """How concept detectors are fitted (``fit_concept_detector``)."""
+    """How concept classifiers are fitted (``fit_concept_classifier``)."""
 
     epochs: int = 12
     lr: float = 3e-3
@@ -106,23 +106,23 @@ class ConceptFit:
     seed: int = 0
 
 
-def fit_concept_detector(grids: torch.Tensor, labels: torch.Tensor, flipped: torch.Tensor | None = None,
-                         weights: torch.Tensor | None = None, fit: ConceptFit = ConceptFit()) -> ConceptDetector:
-    """Train detectors on grids (N, L, D) (fp16 is fine) with labels (N, C); ``flipped``:
+def fit_concept_classifier(grids: torch.Tensor, labels: torch.Tensor, flipped: torch.Tensor | None = None,
+                           weights: torch.Tensor | None = None, fit: ConceptFit = ConceptFit()) -> ConceptClassifier:
+    """Train the classifiers on grids (N, L, D) (fp16 is fine) with labels (N, C); ``flipped``:
     the mirrored photos' grids (half of the batches use them); ``weights`` (N,): each
     photo's weight in the loss."""
     epochs, lr, batch_size, weight_decay, seed = fit.epochs, fit.lr, fit.batch_size, fit.weight_decay, fit.seed
     g = torch.Generator().manual_seed(seed)
-    detector = ConceptDetector(grids.shape[-1], labels.shape[1])
+    classifier = ConceptClassifier(grids.shape[-1], labels.shape[1])
     sample = grids[torch.randperm(len(grids), generator=g)[:2000]].float().flatten(0, 1)
-    detector.mean.copy_(sample.mean(0))
-    detector.std.copy_(sample.std(0).clamp_min(1e-3))
+    classifier.mean.copy_(sample.mean(0))
+    classifier.std.copy_(sample.std(0).clamp_min(1e-3))
     # start each word at its base rate, spread over the cells
     rate = labels.mean(0).clamp(1e-4, 1 - 1e-4)
     with torch.no_grad():
-        detector.cell.weight.mul_(0.1)
-        detector.cell.bias.copy_(torch.log(-torch.log1p(-rate) / grids.shape[1]).clamp_min(-12))
-    optimizer = torch.optim.AdamW(detector.parameters(), lr=lr, weight_decay=weight_decay)
+        classifier.cell.weight.mul_(0.1)
+        classifier.cell.bias.copy_(torch.log(-torch.log1p(-rate) / grids.shape[1]).clamp_min(-12))
+    optimizer = torch.optim.AdamW(classifier.parameters(), lr=lr, weight_decay=weight_decay)
     steps = epochs * ((len(grids) + batch_size - 1) // batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, lr, total_steps=steps, pct_start=0.1)
     weights = torch.ones(len(grids)) if weights is None else weights
@@ -130,7 +130,7 @@ def fit_concept_detector(grids: torch.Tensor, labels: torch.Tensor, flipped: tor
         total = 0.0
         for rows in _batches(len(grids), batch_size, g):
             source = flipped if flipped is not None and torch.rand(1, generator=g).item() < 0.5 else grids
-            log_not = detector.log_not(source[rows])
+            log_not = classifier.log_not(source[rows])
             y = labels[rows]
             # BCE on P = 1 - exp(log_not), computed from log_not for stability
             log_p = torch.log(-torch.expm1(log_not.clamp_max(-1e-6)))
@@ -141,13 +141,14 @@ def fit_concept_detector(grids: torch.Tensor, labels: torch.Tensor, flipped: tor
             optimizer.step()
             scheduler.step()
             total += float(loss.detach()) * len(rows)
-        log.info("concept detector epoch %d: loss %.4f", epoch + 1, total / len(grids))
-    return detector.eval()
+        log.info("concept classifier epoch %d: loss %.4f", epoch + 1, total / len(grids))
+    return classifier.eval()
 
 
 @torch.no_grad()
-def detect(detector: ConceptDetector, grids: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    return torch.cat([detector(grids[i:i + batch_size]) for i in range(0, len(grids), batch_size)])
+def concept_probabilities(classifier: ConceptClassifier, grids: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """(N, L, D) grids -> (N, C) each concept's probability, ``batch_size`` photos at a time."""
+    return torch.cat([classifier(grids[i:i + batch_size]) for i in range(0, len(grids), batch_size)])
 
 
 class ConceptNoise:

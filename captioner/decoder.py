@@ -18,20 +18,20 @@ and is trained with the doubly stochastic penalty lambda * sum_i (1 - sum_t alph
 **Copying objects** (as the pointer/copy mechanisms of LSTM-C, Yao et al. 2017, and the
 placeholders of DNOC, Wu et al. 2018): the last K words of the vocabulary are slots
 ``<obj1> .. <objK>``, one per object the encoder's classifier recognises in the image
-(``objects.ObjectDetector``), most probable first. A slot's input embedding is its rank's
+(``objects.ImageNetClassifier``), most probable first. A slot's input embedding is its rank's
 embedding plus the projection of its object word's vector (the word's classifier
 weights), and its output score adds to the slot's own logit
 
     q(h)^T e_k + a * log p_k + b
 
 (how well the object fits what the decoder is about to say, and how sure the classifier
-is). Training captions have each mention of a detected object replaced by its slot, so the
+is). Training captions have each mention of a recognised object replaced by its slot, so the
 decoder learns where objects go and when to trust the detector; at inference a slot is
 written out as its object's word, which may be a word no training caption contains
 ("a <obj1> sitting on a table" -> "a pizza sitting on a table").
 
 Everything an image contributes is in a *context*: a dict of per-image tensors (dim 0 is
-the image) built by ``model.CaptionNetwork``. Decoding is greedy or beam search, batched
+the image) built by ``network.CaptionNetwork.context``. Decoding is greedy or beam search, batched
 over images; each returns the ids of the words, the probability the model gave each of
 them, and (attention) where it looked for each (``search.py``).
 """

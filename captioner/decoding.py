@@ -7,10 +7,16 @@ over a ``CaptionNetwork`` and the ``WordTables`` of its vocabulary; the search i
     network.context (features, grid, objects, concepts, the detector's summary)
         -> grounding (a score bias per word) and the required words (constraints)
         -> search.greedy or search.beam_search over the decoder's step, with the rules
+
+Greedy (a beam of one) runs ``search.greedy`` only when no caption must hold a word; with
+required words (``require_object_prob``, ``require_detected``: the shipped checkpoint's) it
+runs ``search.beam_search`` with a beam of one, which keeps a caption with the word beside one
+without it (``decode``).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,16 +26,23 @@ from captioner import search
 from captioner.detector import PERSON, category_scores
 from captioner.inputs import PhotoInputs
 from captioner.network import CaptionNetwork
-from captioner.objects import Detections
+from captioner.objects import ClassifiedObjects
 from captioner.rules import CaptionRules
 from captioner.search import Decoded
 from captioner.vocabulary import Vocabulary
 from captioner.wordlists import category_of_words, coco_categories, coco_synonyms
+from lstmkit.checkpoint import config_from_dict
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class DecodingConfig:
-    """How captions are decoded unless the caller says otherwise."""
+    """How captions are decoded unless the caller says otherwise: the decoding a checkpoint
+    ships, recorded in its metadata (``Captioner.save``) and read from there alone (the app,
+    the command line, ``CaptionService.default_beam``). A new model gets these defaults, its
+    beam from ``train_captioner --decoding-beam`` (never ``--val-beam``, which only scores
+    validation); ``tune_decoding --write`` replaces them with the setting it chose."""
 
     beam_size: int = 5
     length_alpha: float = 1.0      # beam search length normalisation exponent
@@ -39,18 +52,15 @@ class DecodingConfig:
     objects_only_below: float | None = None  # photos less familiar than this are described from their objects alone
     text_world_above: float | None = None  # ... and photos whose nearest reference photos are mostly of
     #                                         scenes known from caption text alone (familiarity.text_world)
-    person_below: float | None = None  # the previous release's person ban (no person words when the concept
-    #                                    detectors' surest person word is below this); models with the COCO
-    #                                    detector use ``person_score`` and the caption rules instead
     person_score: float | None = None  # a caption may name or describe a person only when the detector's best
     #                                    person box scores at least this (rules.py; None: no person rule)
     rules: bool = False  # no word pair twice, no modifier without its noun (rules.py)
     require_detected: float | None = None  # the detector's surest object (no person), when this sure of it,
     #                                        must be named (any word naming its category; with the top object)
     block_ngram: int = 0  # no caption repeats an n-gram of this length ("a cup of coffee and a cup of coffee"; 0: off)
-    ground_detector: bool = False  # grounding reads the COCO detector alone (not the concept detectors too)
+    ground_detector: bool = False  # grounding reads the COCO detector alone (not the concept classifiers too)
     ground_weight: float = 0.0  # a word naming a COCO category gets + ground_weight * log p, p the concept
-    #                             detectors' surest word for that category (0: off; see ``grounding``)
+    #                             classifiers' surest word for that category (0: off; see ``grounding``)
     back_objects: float | None = None  # a word naming a COCO object needs something to back it: a detected box
     #                                    (score >= 0.5) or a concept or ImageNet object at least this sure of it
     #                                    (``unbacked``; None: off)
@@ -61,11 +71,25 @@ class DecodingConfig:
     gender_sure: float | None = None  # "a man" stays "a man" only when the concept detectors are this sure of it
     #                                   (claims.ungendered; else "a person"; None: off)
 
+    @classmethod
+    def from_saved(cls, data: dict, path) -> DecodingConfig:
+        """The settings a checkpoint's metadata holds, less the fields only older checkpoints
+        hold (``RETIRED``; the shipped one saved ``person_below: null``); unknown ones refused."""
+        data = dict(data)
+        for name, why in RETIRED.items():
+            if data.pop(name, None) is not None:
+                log.warning("%s sets %s, which this version ignores: %s", path, name, why)
+        return config_from_dict(cls, data, path)
+
+
+# Fields older checkpoints' decoding settings hold and this version reads past, with why.
+RETIRED = {"person_below": "the previous release's person ban (no person words when the concept classifiers' "
+                           "surest person word was below it), replaced by person_score and the caption rules"}
 
 
 def category_tokens(vocab: Vocabulary) -> torch.Tensor:
     """(80, S) for each COCO category the vocabulary's single words that name it ("giraffe",
-    "giraffes"; ``objects.coco_synonyms``), padded with -1."""
+    "giraffes"; ``wordlists.coco_synonyms``), padded with -1."""
     column = {c: i for i, c in enumerate(coco_categories())}
     words: list[list[int]] = [[] for _ in range(80)]
     for phrase, category in coco_synonyms().items():
@@ -119,14 +143,13 @@ def _per_category(scores: torch.Tensor, coco: torch.Tensor) -> torch.Tensor:
 
 
 def grounding(tables: WordTables, concepts: torch.Tensor, decoding: DecodingConfig,
-              summary: torch.Tensor | None = None, detections: Detections | None = None) -> torch.Tensor | None:
+              summary: torch.Tensor | None = None, classified: ClassifiedObjects | None = None) -> torch.Tensor | None:
     """(B, vocab) additions to the words' scores that tie the words naming a COCO
     category to what the detectors see: ``ground_weight * log p`` (p: the surest concept
-    of the word's category, or the COCO detector's score), and -inf for person words when
-    the surest person concept is below ``person_below`` (the previous release's ban). An
-    object slot whose word names a category ("dog" from the ImageNet classifier) is
-    grounded like the word itself (models with the COCO detector). None when nothing is asked for."""
-    if not decoding.ground_weight and decoding.person_below is None:
+    of the word's category, or the COCO detector's score). An object slot whose word names a
+    category ("dog" from the ImageNet classifier) is grounded like the word itself (models
+    with the COCO detector). None when nothing is asked for."""
+    if not decoding.ground_weight:
         return None
     if not bool(tables.grounded.any()):
         return None
@@ -139,23 +162,19 @@ def grounding(tables: WordTables, concepts: torch.Tensor, decoding: DecodingConf
     word_coco = tables.word_coco.to(device)
     has = (word_coco >= 0) & grounded[word_coco.clamp_min(0)]
     bias = concepts.new_zeros(len(concepts), len(word_coco))
-    if decoding.ground_weight:
-        picked = groups[:, word_coco.clamp_min(0)].clamp_min(1e-6).log()
-        bias = torch.where(has[None, :], decoding.ground_weight * picked, bias)
-        if detections is not None and summary is not None and len(tables.object_coco):
-            slot_coco = tables.object_coco.to(device)[detections.words]  # (B, K)
-            slot = groups.gather(1, slot_coco.clamp_min(0)).clamp_min(1e-6).log()
-            first = bias.shape[1] - slot_coco.shape[1]
-            slot_grounded = (slot_coco >= 0) & grounded[slot_coco.clamp_min(0)]
-            bias[:, first:] = torch.where(slot_grounded, decoding.ground_weight * slot, 0.0)
-    if decoding.person_below is not None and bool(grounded[PERSON]):
-        unlikely = groups[:, PERSON] < decoding.person_below
-        bias = bias.masked_fill(unlikely[:, None] & (word_coco == PERSON)[None, :], float("-inf"))
+    picked = groups[:, word_coco.clamp_min(0)].clamp_min(1e-6).log()
+    bias = torch.where(has[None, :], decoding.ground_weight * picked, bias)
+    if classified is not None and summary is not None and len(tables.object_coco):
+        slot_coco = tables.object_coco.to(device)[classified.words]  # (B, K)
+        slot = groups.gather(1, slot_coco.clamp_min(0)).clamp_min(1e-6).log()
+        first = bias.shape[1] - slot_coco.shape[1]
+        slot_grounded = (slot_coco >= 0) & grounded[slot_coco.clamp_min(0)]
+        bias[:, first:] = torch.where(slot_grounded, decoding.ground_weight * slot, 0.0)
     return bias
 
 
 def unbacked(tables: WordTables, decoding: DecodingConfig, summary: torch.Tensor | None,
-             concepts: torch.Tensor | None, detections: Detections | None) -> torch.Tensor:
+             concepts: torch.Tensor | None, classified: ClassifiedObjects | None) -> torch.Tensor:
     """(B, vocab) True for each word (object slots included) that names a COCO object nothing
     backs: no box of it at 0.5 or more, and no concept or ImageNet object word of it at
     ``back_objects`` or more (``CHAIR``'s invented objects, refused while searching)."""
@@ -169,27 +188,27 @@ def unbacked(tables: WordTables, decoding: DecodingConfig, summary: torch.Tensor
     if concepts is not None and len(tables.concept_coco):
         column = tables.concept_coco.to(device).clamp_min(-1) % 81  # -1 -> 80
         backed.scatter_reduce_(1, column[None].expand(rows, -1), (concepts >= sure).float(), "amax")
-    if detections is not None and tables.object_coco is not None and len(tables.object_coco):
-        column = tables.object_coco.to(device)[detections.words] % 81
-        backed.scatter_reduce_(1, column, (detections.probs >= sure).float(), "amax")
+    if classified is not None and tables.object_coco is not None and len(tables.object_coco):
+        column = tables.object_coco.to(device)[classified.words] % 81
+        backed.scatter_reduce_(1, column, (classified.probs >= sure).float(), "amax")
     backed = backed > 0
     words = tables.word_coco.to(device) % 81
     banned = ~backed[:, words]  # (B, vocab)
-    if detections is not None and tables.object_coco is not None and len(tables.object_coco):
-        slots = tables.object_coco.to(device)[detections.words] % 81  # (B, K)
+    if classified is not None and tables.object_coco is not None and len(tables.object_coco):
+        slots = tables.object_coco.to(device)[classified.words] % 81  # (B, K)
         first = banned.shape[1] - slots.shape[1]
         banned[:, first:] = ~backed.gather(1, slots)
     return banned
 
 
-def required_words(tables: WordTables, first_slot: int, detections: Detections | None,
+def required_words(tables: WordTables, first_slot: int, classified: ClassifiedObjects | None,
                    summary: torch.Tensor | None, decoding: DecodingConfig) -> torch.Tensor | None:
     """(B, S) the words of which each caption must hold one (-1: none; None: no image
     has any): the top object's slot when the classifier is sure of it, and every word
     naming the detector's surest category (no person) when the detector is."""
     parts = []
-    if detections is not None and decoding.require_object_prob is not None:
-        sure = detections.probs[:, 0] >= decoding.require_object_prob
+    if classified is not None and decoding.require_object_prob is not None:
+        sure = classified.probs[:, 0] >= decoding.require_object_prob
         parts.append(torch.where(sure, first_slot, -1)[:, None])
     if summary is not None and decoding.require_detected is not None and tables.category_tokens is not None:
         scores = category_scores(summary).clone()
@@ -209,7 +228,7 @@ class DecodedBatch:
     concepts' probabilities, and whether each photo may name a person (None: all may)."""
 
     captions: list[Decoded]
-    detections: Detections | None
+    classified: ClassifiedObjects | None
     concepts: torch.Tensor | None
     person_ok: torch.Tensor | None
     alternatives: list[list[Decoded]] | None = None  # each photo's finished captions, best first (``claims_seen``)
@@ -223,7 +242,7 @@ class Policy:
     whether each photo may name a person (None: all may)."""
 
     ctx: dict
-    detections: Detections | None
+    classified: ClassifiedObjects | None
     required: torch.Tensor | None
     constraints: search.Constraints | None
     person_ok: torch.Tensor | None
@@ -239,32 +258,33 @@ def policy(network: CaptionNetwork, tables: WordTables, inputs: PhotoInputs, dec
     if decoding.text_world_above is not None and inputs.text_world is not None and network.objects is not None:
         by_world = inputs.text_world >= decoding.text_world_above
         objects_only = by_world if objects_only is None else objects_only | by_world
-    ctx, detections = network.context(inputs.with_(objects_only=objects_only), decoding.min_object_prob)
+    ctx, classified = network.context(inputs.with_(objects_only=objects_only), decoding.min_object_prob)
     summary = ctx.get("detector_summary")
     if "concepts" in ctx:
-        bias = grounding(tables, ctx["concepts"], decoding, summary, detections)
+        bias = grounding(tables, ctx["concepts"], decoding, summary, classified)
         if bias is not None:
             ctx["word_bias"] = bias
     if decoding.back_objects is not None:
-        banned = unbacked(tables, decoding, summary, ctx.get("concepts"), detections)
+        banned = unbacked(tables, decoding, summary, ctx.get("concepts"), classified)
         bias = ctx.get("word_bias", torch.zeros(banned.shape, device=banned.device))
         ctx["word_bias"] = bias.masked_fill(banned, float("-inf"))
-    required = required_words(tables, network.decoder.first_slot, detections, summary, decoding)
+    required = required_words(tables, network.decoder.first_slot, classified, summary, decoding)
     constraints = person_ok = None
     if decoding.person_score is not None and summary is not None:
         person_ok = category_scores(summary)[:, PERSON] >= decoding.person_score
     if decoding.rules or decoding.person_score is not None:
         slot_words = None
-        if detections is not None and tables.object_tokens is not None:
-            slot_words = tables.object_tokens.to(detections.words.device)[detections.words]
+        if classified is not None and tables.object_tokens is not None:
+            slot_words = tables.object_tokens.to(classified.words.device)[classified.words]
         constraints = search.Constraints(tables.rules, person_ok, decoding.rules, slot_words)
-    return Policy(ctx, detections, required, constraints, person_ok)
+    return Policy(ctx, classified, required, constraints, person_ok)
 
 
 def decode(network: CaptionNetwork, tables: WordTables, inputs: PhotoInputs, decoding: DecodingConfig
            ) -> DecodedBatch:
     """Decode a batch of photos' captions: the decoding policy (``policy``), then greedy or
     beam search."""
+    # a beam of one is search.greedy without required words, else search.beam_search (constrained, one wide)
     fixed = policy(network, tables, inputs, decoding)
     decoder, ctx, required, constraints = network.inference_decoder, fixed.ctx, fixed.required, fixed.constraints
     if decoding.beam_size == 1 and required is None:
@@ -275,9 +295,9 @@ def decode(network: CaptionNetwork, tables: WordTables, inputs: PhotoInputs, dec
                                      block_ngram=decoding.block_ngram, constraints=constraints,
                                      alternatives=decoding.claims_seen > 0)
     if decoding.claims_seen > 0 and decoded and isinstance(decoded[0], list):
-        return DecodedBatch([alts[0] for alts in decoded], fixed.detections, ctx.get("concepts"), fixed.person_ok,
+        return DecodedBatch([alts[0] for alts in decoded], fixed.classified, ctx.get("concepts"), fixed.person_ok,
                             alternatives=decoded)
-    return DecodedBatch(decoded, fixed.detections, ctx.get("concepts"), fixed.person_ok)
+    return DecodedBatch(decoded, fixed.classified, ctx.get("concepts"), fixed.person_ok)
 
 
 def rescore(network: CaptionNetwork, tables: WordTables, inputs: PhotoInputs, decoding: DecodingConfig,

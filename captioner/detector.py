@@ -157,7 +157,7 @@ def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> list[int]:
     return keep
 
 
-def decode(output: np.ndarray, ratio: float, width: int, height: int, min_score: float = 0.1,
+def decode_yolox_outputs(output: np.ndarray, ratio: float, width: int, height: int, min_score: float = 0.1,
            iou: float = 0.45, most: int = 50) -> Boxes:
     """One photo's raw output (3549, 85) -> its boxes (YOLOX's decoding, then NMS per category)."""
     cells, strides = _grid(SIZE)
@@ -217,7 +217,7 @@ class CocoDetector:
     def detect_one(self, array: np.ndarray, frame: tuple[float, int, int]) -> Boxes:
         """Boxes of one photo letterboxed by ``prepare`` (the session may run in several threads at once)."""
         raw = self.session.run(None, {self.input: array[None]})[0][0]
-        return decode(raw, *frame)
+        return decode_yolox_outputs(raw, *frame)
 
     def detect_prepared(self, arrays: list[np.ndarray], frames: list[tuple[float, int, int]]) -> list[Boxes]:
         """Boxes of photos already letterboxed by ``prepare``, one network run each (a batch

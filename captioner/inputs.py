@@ -5,8 +5,8 @@ to the network, the decoding and the loss, rather than as nine loose parameters.
     features (B, D) pooled  +  grid (B, L, D)      the encoder's (``encoders.py``)
     summary (B, 240)  +  regions (up to K boxes)   the COCO detector's (``detector.summary``, ``regions.py``)
     familiarity, text_world (B,)                   how like the training photos (``familiarity.py``)
-    detections, concepts                           given instead of computed (training's text rows)
-    objects_only (B,), swap (B, K)                 training's dropout and augmentation (``network.context``)
+    classified, concepts                           given instead of computed (training's text rows)
+    objects_only (B,), swap (B, K)                 training's dropout and augmentation (``CaptionNetwork.context``)
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 from captioner.detector import Boxes, summary
-from captioner.objects import Detections
+from captioner.objects import ClassifiedObjects
 from captioner.regions import Regions
 
 
@@ -29,7 +29,7 @@ class PhotoInputs:
     regions: Regions | None = None  # the boxes a word may look at besides the cells
     familiarity: torch.Tensor | None = None
     text_world: torch.Tensor | None = None
-    detections: Detections | None = None  # the object words, when given rather than found
+    classified: ClassifiedObjects | None = None  # the object words, when given rather than found
     concepts: torch.Tensor | None = None  # the concepts, when given rather than found
     objects_only: torch.Tensor | None = None  # rows described from their objects alone
     swap: torch.Tensor | None = None  # object words the copy scores see instead (training)
@@ -54,8 +54,9 @@ class PhotoInputs:
         def pick(value):
             if value is None:
                 return None
-            if isinstance(value, Detections):
-                return Detections(value.words[index.to(value.words.device)], value.probs[index.to(value.probs.device)])
+            if isinstance(value, ClassifiedObjects):
+                return ClassifiedObjects(value.words[index.to(value.words.device)],
+                                         value.probs[index.to(value.probs.device)])
             if isinstance(value, Regions):
                 return value.select(index.to(value.boxes.device))
             return value[index.to(value.device)]
@@ -66,8 +67,8 @@ class PhotoInputs:
         def move(value):
             if value is None:
                 return None
-            if isinstance(value, Detections):
-                return Detections(value.words.to(device), value.probs.to(device))
+            if isinstance(value, ClassifiedObjects):
+                return ClassifiedObjects(value.words.to(device), value.probs.to(device))
             return value.to(device)
 
         return replace(self, **{f.name: move(getattr(self, f.name)) for f in fields(self)})

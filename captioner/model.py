@@ -88,7 +88,7 @@ class Captioner(nn.Module):
         (with ``config.object_slots``), and its familiarity references are
         ``train_features`` (``text_world``: which of them are photos of scenes known from
         caption text alone), calibrated on ``held_out_features`` (when both are given).
-        ``concept_words``: the concepts its detectors will learn (``concepts.py``). The
+        ``concept_words``: the concepts its classifiers will learn (``concepts.py``). The
         caller's config is left as it is."""
         from captioner.objects import object_vocabulary
 
@@ -157,7 +157,7 @@ class Captioner(nn.Module):
             side = int(round(inputs.grid.shape[1] ** 0.5))
             grid_size = (side, inputs.grid.shape[1] // side)
         familiar = inputs.familiarity
-        results = self.writer.results(out.captions, out.detections,
+        results = self.writer.results(out.captions, out.classified,
                                       out.concepts.tolist() if out.concepts is not None else None,
                                       familiar.tolist() if familiar is not None else None, grid_size)
         if boxes is not None:
@@ -174,7 +174,7 @@ class Captioner(nn.Module):
         chosen: list[Decoded | list[int]] = list(out.captions)
         if out.alternatives is not None:
             counts = None if boxes is None else [b.counts(DETECTED) for b in boxes]
-            chosen = self.writer.truest(out.alternatives, out.detections, out.concepts, claim_table(),
+            chosen = self.writer.truest(out.alternatives, out.classified, out.concepts, claim_table(),
                                         decoding.claims_seen, counts, decoding.claims_count)
         if decoding.gender_sure is not None and out.concepts is not None:
             for b, caption in enumerate(chosen):
@@ -201,7 +201,7 @@ class Captioner(nn.Module):
         if not images:
             return []
         preprocess = self.require_encoder().preprocess
-        return self._caption_batch(lambda: preprocess.batch(list(images)), list(images), beam_size, max_length)
+        return self._caption_beside_boxes(lambda: preprocess.batch(list(images)), list(images), beam_size, max_length)
 
     def caption_tensors(self, batch: torch.Tensor, beam_size: int | None = None,
                         max_length: int | None = None, boxes: Sequence[Boxes] | None = None) -> list[CaptionResult]:
@@ -216,7 +216,7 @@ class Captioner(nn.Module):
             return encoder.encode(batch, grid=True)
         return encoder.encode(batch), None
 
-    def _caption_batch(self, batch, photos: list, beam_size: int | None, max_length: int | None
+    def _caption_beside_boxes(self, batch, photos: list, beam_size: int | None, max_length: int | None
                        ) -> list[CaptionResult]:
         """Encode ``batch()`` while the detector (models with one) finds the boxes of ``photos``
         (PIL images or ``CocoDetector.prepare``'s pairs) beside it, then decode."""
@@ -237,7 +237,7 @@ class Captioner(nn.Module):
         """Captions of photos made ready by ``prepare``, in one batch."""
         if not items:
             return []
-        return self._caption_batch(lambda: torch.stack([tensor for tensor, _ in items]), [d for _, d in items],
+        return self._caption_beside_boxes(lambda: torch.stack([tensor for tensor, _ in items]), [d for _, d in items],
                                    beam_size, max_length)
 
     def require_detector(self):
@@ -255,7 +255,7 @@ class Captioner(nn.Module):
 
     def words_of(self, ids: Sequence[int], objects: Sequence[str]) -> list[str]:
         """The words of a token sequence (``<start> ... <end> <pad>...`` or bare) for an
-        image whose detected object words are ``objects`` (``results.Writer.words_of``)."""
+        image whose recognised object words are ``objects`` (``results.Writer.words_of``)."""
         return self.writer.words_of(ids, objects)
 
 
@@ -276,7 +276,7 @@ class Captioner(nn.Module):
     def _settings(meta: dict[str, str], path) -> tuple[CaptionerConfig, DecodingConfig]:
         try:
             config = config_from_dict(CaptionerConfig, json.loads(meta["config"]), path)
-            decoding = config_from_dict(DecodingConfig, json.loads(meta.get("decoding", "{}")), path)
+            decoding = DecodingConfig.from_saved(json.loads(meta.get("decoding", "{}")), path)
         except (KeyError, ValueError, TypeError) as err:
             raise CheckpointError(f"{path} has unreadable metadata ({err})") from err
         return config, decoding

@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from captioner.concepts import ConceptDetector
+from captioner.concepts import ConceptClassifier
 from captioner.decoder import DECODERS, Context
 from captioner.familiarity import Familiarity
 from captioner.inputs import PhotoInputs
-from captioner.objects import Detections, ObjectDetector
+from captioner.objects import ClassifiedObjects, ImageNetClassifier
 from captioner.regions import GEOMETRY, Regions, pooled
 from captioner.vocabulary import Vocabulary
 from lstmkit.checkpoint import CheckpointError
@@ -41,7 +41,7 @@ class CaptionerConfig:
     decoder: str = "show_tell"     # or "attention"
     grid_dim: int = 512            # attention: the grid cells' projection
     attention_dim: int = 512
-    object_slots: int = 0          # detected objects the decoder may copy (0: none)
+    object_slots: int = 0          # recognised objects the decoder may copy (0: none)
     object_words: int = 0          # size of the object vocabulary
     familiarity_dim: int = 0       # familiarity references: projected dimensions,
     familiarity_references: int = 0  # how many training photos,
@@ -71,19 +71,19 @@ class FeatureProjection(nn.Module):
 
 class CaptionNetwork(nn.Module):
     """Every trained weight of a captioner, and what it computes from the encoder's output:
-    the feature projection, the object detector, the concept detectors, familiarity, and
+    the feature projection, the object detector, the concept classifiers, familiarity, and
     the LSTM decoder. A checkpoint holds exactly this module's state."""
 
     def __init__(self, config: CaptionerConfig, vocab: Vocabulary):
         super().__init__()
         self.config = config
         self.projection = FeatureProjection(config.feature_dim, config.embed_dim, config.dropout)
-        self.objects = (ObjectDetector(config.feature_dim, config.object_words, config.object_slots)
+        self.objects = (ImageNetClassifier(config.feature_dim, config.object_words, config.object_slots)
                         if config.object_slots else None)
         self.familiarity = (Familiarity(config.feature_dim, config.familiarity_dim, config.familiarity_references,
                                         config.familiarity_calibration, worlds=bool(config.familiarity_worlds))
                             if config.familiarity_references else None)
-        self.concepts = ConceptDetector(config.feature_dim, config.concepts) if config.concepts else None
+        self.concepts = ConceptClassifier(config.feature_dim, config.concepts) if config.concepts else None
         self.concept_projection = nn.Linear(config.concepts, config.embed_dim) if config.concepts else None
         self.detector_projection = None
         if config.detector:  # starts at zero: a model extended with the detector starts as it was
@@ -139,10 +139,10 @@ class CaptionNetwork(nn.Module):
 
     @property
     def needs_grid(self) -> bool:
-        """Whether captioning needs the encoder's grid (attention, or concept detectors)."""
+        """Whether captioning needs the encoder's grid (attention, or concept classifiers)."""
         return self.attends or self.concepts is not None
 
-    def context(self, inputs: PhotoInputs, min_object_prob: float = 0.0) -> tuple[Context, Detections | None]:
+    def context(self, inputs: PhotoInputs, min_object_prob: float = 0.0) -> tuple[Context, ClassifiedObjects | None]:
         """The decoder's per-image context from a batch of photos' inputs (``inputs.PhotoInputs``):
         the pooled features (B, D) and, for attention, the grid (B, L, D). ``inputs.swap`` (B, K):
         object words whose vectors the copy scores see instead of the detected ones', where
@@ -150,7 +150,7 @@ class CaptionNetwork(nn.Module):
         it is; see ``train_captioner``). ``inputs.objects_only`` (B,) bool: images described
         from their objects alone, without the projected features or the grid (trained as a
         dropout; at inference, the photos too unlike the training photos for those to mean
-        anything, see ``DecodingConfig``). ``inputs.detections`` and ``inputs.concepts``
+        anything, see ``DecodingConfig``). ``inputs.classified`` and ``inputs.concepts``
         (B, C): given instead of detected (training on captions without photos gives them;
         ``concepts.ConceptNoise``). ``inputs.summary`` (B, 240): the COCO detector's summary of
         each photo (``detector.summary``; a text row's is drawn as the detector would give it,
@@ -162,14 +162,14 @@ class CaptionNetwork(nn.Module):
         if keep is not None:
             image = image * keep[:, None]
         ctx: Context = {}
-        detections = inputs.detections
+        classified = inputs.classified
         if self.objects is not None:
-            detections = self.objects(features) if detections is None else detections
-            image = image + self._object_context(ctx, detections, min_object_prob, inputs.swap)
+            classified = self.objects(features) if classified is None else classified
+            image = image + self._object_context(ctx, classified, min_object_prob, inputs.swap)
         if self.concepts is not None:
             concepts = inputs.concepts
             if concepts is None:
-                concepts = self.concepts(self._require(inputs.grid, "the concept detectors"))
+                concepts = self.concepts(self._require(inputs.grid, "the concept classifiers"))
             ctx["concepts"] = concepts
             image = image + self.concept_projection(concepts)
         if self.detector_projection is not None:
@@ -184,7 +184,7 @@ class CaptionNetwork(nn.Module):
                 self._add_regions(ctx, grid, inputs.regions)
             if keep is not None:
                 ctx["grid"] = ctx["grid"] * keep[:, None, None]
-        return ctx, detections
+        return ctx, classified
 
     def _add_regions(self, ctx: Context, grid: torch.Tensor, regions: Regions | None) -> None:
         """The detector's boxes after the cells in ``ctx["grid"]``; ``ctx["grid_mask"]`` says
@@ -197,13 +197,13 @@ class CaptionNetwork(nn.Module):
         cells = torch.ones(grid.shape[:2], dtype=torch.bool, device=grid.device)
         ctx["grid_mask"] = torch.cat([cells, regions.mask], 1)
 
-    def _object_context(self, ctx: Context, detections: Detections, min_object_prob: float,
+    def _object_context(self, ctx: Context, classified: ClassifiedObjects, min_object_prob: float,
                         swap: torch.Tensor | None) -> torch.Tensor:
         """Put the object slots' context in ``ctx``; return the objects' share of the image."""
-        probs = detections.probs.masked_fill(detections.probs < min_object_prob, 0.0)
-        ctx.update(self.decoder.slots.context(self.objects.word_vectors[detections.words], probs))
+        probs = classified.probs.masked_fill(classified.probs < min_object_prob, 0.0)
+        ctx.update(self.decoder.slots.context(self.objects.word_vectors[classified.words], probs))
         if swap is not None:
-            swapped = torch.where(swap >= 0, swap, detections.words)
+            swapped = torch.where(swap >= 0, swap, classified.words)
             ctx["objects_key"] = self.decoder.slots.context(self.objects.word_vectors[swapped], probs)["objects"]
         if min_object_prob > 0:
             ctx["objects_logp"] = ctx["objects_logp"].masked_fill(probs == 0, float("-inf"))

@@ -3,10 +3,10 @@ caption would use, and the slots through which a caption copies them.
 
 - ``data/imagenet_words.tsv`` maps each of ImageNet's 1,000 classes to a caption word
   (every dog breed to "dog", "espresso" to "coffee", "tripod" to "tripod"; classes with
-  no plain caption word to nothing). ``ObjectDetector`` turns an image feature into the
+  no plain caption word to nothing). ``ImageNetClassifier`` turns an image feature into the
   probability of each such word (the summed softmax probabilities of its classes) and
   keeps the top ``slots`` of them: the objects a caption may copy (see ``decoder.py``).
-- ``substitute_slots``: the captions as the decoder learns them, each detected object's
+- ``substitute_slots``: the captions as the decoder learns them, each recognised object's
   words replaced by its slot token.
 """
 
@@ -31,7 +31,7 @@ def object_vocabulary(class_words: Sequence[str] | None = None) -> tuple[list[st
 
 
 @dataclass
-class Detections:
+class ClassifiedObjects:
     """The top object words of each image: ``words`` (B, K) indices into the object
     vocabulary and their probabilities ``probs`` (B, K), most probable first."""
 
@@ -39,7 +39,7 @@ class Detections:
     probs: torch.Tensor
 
 
-class ObjectDetector(nn.Module):
+class ImageNetClassifier(nn.Module):
     """The frozen ImageNet classifier of the encoder, read as object words.
 
     Its weights are a copy of the encoder's classifier (so a checkpoint carries everything
@@ -56,7 +56,7 @@ class ObjectDetector(nn.Module):
         self.register_buffer("word_vectors", torch.zeros(num_words, feature_dim))
 
     @torch.no_grad()
-    def fill(self, classifier: nn.Linear, class_word: torch.Tensor) -> ObjectDetector:
+    def fill(self, classifier: nn.Linear, class_word: torch.Tensor) -> ImageNetClassifier:
         """Copy the encoder's classifier and compute each word's vector."""
         self.weight.copy_(classifier.weight.float())
         self.bias.copy_(classifier.bias.float())
@@ -74,15 +74,15 @@ class ObjectDetector(nn.Module):
         out = probs.new_zeros(len(probs), len(self.word_vectors))
         return out.index_add_(1, self.class_word[known], probs[:, known])
 
-    def forward(self, features: torch.Tensor) -> Detections:
+    def forward(self, features: torch.Tensor) -> ClassifiedObjects:
         probs, words = self.word_probabilities(features).topk(self.slots, dim=-1)
-        return Detections(words, probs)
+        return ClassifiedObjects(words, probs)
 
 
 # ------------------------------------------------------------------- slots in captions
 
 def slot_token(k: int) -> str:
-    """The vocabulary token for the k-th detected object (0-based), e.g. ``<obj1>``."""
+    """The vocabulary token for the k-th recognised object (0-based), e.g. ``<obj1>``."""
     return f"<obj{k + 1}>"
 
 
@@ -92,7 +92,7 @@ def slot_tokens(slots: int) -> list[str]:
 
 
 def substitute_slots(tokens: Sequence[str], objects: Sequence[str]) -> list[str]:
-    """Replace each mention of a detected object word (a phrase of one or more tokens) by
+    """Replace each mention of a recognised object word (a phrase of one or more tokens) by
     its slot token: ["a", "dog", "runs"] with objects ["dog", "ball"] -> ["a", "<obj1>",
     "runs"]. The longest phrase wins where two overlap."""
     phrases = sorted(((tuple(w.split()), k) for k, w in enumerate(objects) if w), key=lambda p: -len(p[0]))

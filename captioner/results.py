@@ -14,7 +14,7 @@ import torch
 
 from captioner.claims import ClaimTable, choose, parse, place, ungendered
 from captioner.detector import Boxes
-from captioner.objects import Detections
+from captioner.objects import ClassifiedObjects
 from captioner.rules import describe_objects, problems, trimmed
 from captioner.search import Decoded
 from captioner.vocabulary import Vocabulary, fix_article
@@ -64,22 +64,22 @@ class Writer:
     object_words: Sequence[str] = ()
     concept_words: Sequence[str] = ()
 
-    def results(self, decoded: Sequence[Decoded], detections: Detections | None, concepts: list | None,
+    def results(self, decoded: Sequence[Decoded], classified: ClassifiedObjects | None, concepts: list | None,
                 familiarity: list | None, grid: tuple[int, int] | None) -> list[CaptionResult]:
-        """One result per decoded caption: the classifier's objects (``detections``), the
-        concepts the detectors are sure of (``concepts``: each photo's probabilities)."""
+        """One result per decoded caption: the classifier's objects (``classified``), the
+        concepts the classifiers are sure of (``concepts``: each photo's probabilities)."""
         n = len(decoded)
         objects = ([[{"word": self.object_words[w], "probability": round(p, 4), "kind": "object"}
                      for w, p in zip(ws, ps)]
-                    for ws, ps in zip(detections.words.tolist(), detections.probs.tolist())]
-                   if detections is not None else [[] for _ in range(n)])
+                    for ws, ps in zip(classified.words.tolist(), classified.probs.tolist())]
+                   if classified is not None else [[] for _ in range(n)])
         for row, probs in zip(objects, concepts or []):
             row += self.concepts(probs)
         familiarity = familiarity if familiarity is not None else [None] * n
         return [self.result(*row, grid) for row in zip(decoded, objects, familiarity)]
 
     def concepts(self, probs: Sequence[float], min_prob: float = 0.5, most: int = 10) -> list[dict]:
-        """The concepts the detectors are sure of, most probable first."""
+        """The concepts the classifiers are sure of, most probable first."""
         ranked = sorted(((p, w) for w, p in zip(self.concept_words, probs) if p >= min_prob), reverse=True)[:most]
         return [{"word": w, "probability": round(p, 4), "kind": "concept"} for p, w in ranked]
 
@@ -116,7 +116,7 @@ class Writer:
         fix_article(before, phrase)
         return phrase
 
-    def truest(self, alternatives: Sequence[Sequence[Decoded]], detections: Detections | None,
+    def truest(self, alternatives: Sequence[Sequence[Decoded]], classified: ClassifiedObjects | None,
                concepts: torch.Tensor | None, table: ClaimTable, least: int,
                counts: Sequence[dict] | None = None, check_counts: bool = False) -> list[Decoded | list[int]]:
         """Each photo's caption among its beam's finished ones (best first): the best whose
@@ -129,7 +129,7 @@ class Writer:
         a caption may not say more of a thing than the detector counts."""
         chosen: list[Decoded | list[int]] = []
         for b, alts in enumerate(alternatives):
-            names = [] if detections is None else [self.object_words[w] for w in detections.words[b].tolist()]
+            names = [] if classified is None else [self.object_words[w] for w in classified.words[b].tolist()]
             tokens = [self.token_words(decoded.ids, names) for decoded in alts]
             n, keep = choose(tokens, table, least, counts[b] if counts is not None and check_counts else None)
             if keep is None:
@@ -169,7 +169,7 @@ class Writer:
 
     def words_of(self, ids: Sequence[int], objects: Sequence[str]) -> list[str]:
         """The words of a token sequence (``<start> ... <end> <pad>...`` or bare) for an
-        image whose detected object words are ``objects``."""
+        image whose recognised object words are ``objects``."""
         words: list[str] = []
         for i in ids:
             if i == self.vocab.end_id:

@@ -1,7 +1,7 @@
 """What no caption may be, by construction: a person where the detector sees none, a word
 pair said twice, a modifier with no noun ("a little blonde haired is"), one object by two names.
 
-The old person ban took "man" and "people" away when the concept detectors doubted a
+The old person ban took "man" and "people" away when the concept classifiers doubted a
 person, and the decoder said the same with the words left ("a group of young asian young
 asian little blonde"). Here the rules are on the caption, not on a few words:
 
@@ -20,11 +20,12 @@ asian little blonde"). Here the rules are on the caption, not on a few words:
   right after "another" or "other" ("a dog chasing another dog"); people aside ("a man and a
   woman" are two).
 
-Beam search applies them while it searches (``mask``: every continuation that would break
-one is not a candidate, so the beam takes the next), and checks every finished caption
-again (``problems``); the evaluation reports count what got through (``degenerate``). When
-nothing survives, the captioner says less: the detector's objects alone
-(``model.Captioner``).
+The searches apply them while they search (``search.Bans``, through ``person_ban`` once per
+caption and ``add_bans`` at each step: every continuation that would break one is not a
+candidate, so the beam takes the next); the results check every finished caption again
+(``problems``), and the evaluation reports count what got through (``degenerate``). When a
+caption breaks one all the same (one cut at the longest length can), the captioner says less:
+the detector's objects alone (``results.add_boxes``, with ``describe_objects`` and ``trimmed``).
 """
 
 from __future__ import annotations
@@ -134,6 +135,46 @@ def degenerate(words: Sequence[str]) -> bool:
     return bool(problems(words))
 
 
+def repeat_bans(ban: torch.Tensor, seqs: torch.Tensor, n: int, *, exempt: torch.Tensor | None = None,
+                first_slot: int | None = None, slot_words: torch.Tensor | None = None) -> None:
+    """Count into ``ban`` (rows, V) every next word that would repeat an n-gram the row's words
+    ``seqs`` (rows, t) already hold: the word just written ("young young"), and the word that
+    followed the last n - 1 words where they occur earlier ("a cup of coffee and a cup of" bans
+    "coffee" with n = 3; "young asian young" bans "asian" with n = 2), unless every word of
+    that n-gram is in ``exempt`` (V,) bool ("on a ... on a" is fine with function words exempt).
+    ``first_slot``: ids from here on are object slots, none written twice ("a microwave and a
+    microwave"); ``slot_words`` (rows, K): the word each slot (the last K ids) is written as, so
+    that a slot written as a banned word is banned too.
+
+    The one repeat ban: ``CaptionRules.add_bans`` uses it for its pairs (n = 2, function words
+    exempt), ``search.Bans`` for ``DecodingConfig.block_ngram``. No loop over rows and no
+    data-dependent shapes: the rows whose last n - 1 words occur earlier ban the word that
+    followed them there."""
+    t = seqs.shape[1]
+    if n < 2 or t == 0:
+        return
+    last = seqs[:, -1:]
+    ban.scatter_add_(1, last, torch.ones_like(last, dtype=ban.dtype))
+    if first_slot is not None:
+        ban.scatter_add_(1, seqs, (seqs >= first_slot).to(ban.dtype))
+    windows = t - n + 1  # earlier places of the last n - 1 words (the latest overlaps them: its follower is ``last``)
+    if windows < 1:
+        return
+    match = torch.ones(len(seqs), windows, dtype=torch.bool, device=seqs.device)
+    for k in range(n - 1):
+        match &= seqs[:, k:windows + k] == seqs[:, t - n + 1 + k:t - n + 2 + k]
+    follow = seqs[:, n - 1:n - 1 + windows]
+    if exempt is not None:
+        every = exempt[follow]
+        for k in range(n - 1):
+            every = every & exempt[seqs[:, k:windows + k]]
+        match &= ~every
+    ban.scatter_add_(1, follow, match.to(ban.dtype))
+    if slot_words is not None:  # (rows, windows, K): the slots written as a banned follower
+        hits = (slot_words[:, None, :] == follow[:, :, None]) & match[:, :, None]
+        ban[:, ban.shape[1] - slot_words.shape[1]:] += hits.any(1).to(ban.dtype)
+
+
 class CaptionRules:
     """The rules over a vocabulary, as masks that ``search`` applies to every step's
     log-probabilities. ``slot_words``: at inference, what each object slot will be
@@ -174,8 +215,9 @@ class CaptionRules:
         rows' words so far ``seqs`` (rows, t) and whether each row's photo has a person.
         ``slot_words`` (rows, K): the word id each object slot (the vocabulary's last K
         tokens) is written as for the row's photo (-1: a word the vocabulary lacks), so that
-        "a <obj1> player in a baseball uniform" counts as "a baseball" twice. (The searches
-        call ``person_ban`` once per caption and ``add_bans`` at each step.)"""
+        "a <obj1> player in a baseball uniform" counts as "a baseball" twice. The rules in one
+        call, for tests and one-off checks: the searches use ``search.Bans``, which calls
+        ``person_ban`` once per caption and ``add_bans`` at each step."""
         if self.person.device != logp.device:
             self.to(logp.device)
         ban = torch.zeros_like(logp)
@@ -210,7 +252,7 @@ class CaptionRules:
             written = slot_words.gather(1, (seqs - first_slot).clamp(0, slot_words.shape[1] - 1))
             seqs = torch.where((seqs >= first_slot) & (written >= 0), written, seqs)
         self._ban_dangling(ban, seqs)
-        self._ban_repeats(ban, seqs, slot_words, first_slot)
+        repeat_bans(ban, seqs, 2, exempt=self.function, slot_words=slot_words)  # no pair twice, no word twice
         self._ban_second_names(ban, seqs, slot_words, first_slot)
 
     def _ban_dangling(self, ban: torch.Tensor, seqs: torch.Tensor) -> None:
@@ -228,22 +270,6 @@ class CaptionRules:
         kind = pending * (1 + after_of.long() + 2 * (run >= 3).long())
         ban += self.dangling[kind]
         ban.scatter_add_(1, seqs, ((position[None, :] > last_other[:, None]) & pending[:, None]).float())
-
-    def _ban_repeats(self, ban: torch.Tensor, seqs: torch.Tensor, slot_words: torch.Tensor | None,
-                     first_slot: int) -> None:
-        """The word just said, and the word that followed the last word where it was said
-        before (unless both are function words); and the slots written as those words."""
-        last = seqs[:, -1:]
-        ban.scatter_add_(1, last, torch.ones_like(last, dtype=ban.dtype))
-        if seqs.shape[1] < 2:
-            return
-        follow = seqs[:, 1:]
-        repeat = (seqs[:, :-1] == last) & ~(self.function[last] & self.function[follow])
-        ban.scatter_add_(1, follow, repeat.float())
-        if slot_words is not None:
-            # (rows, t-1, K): the slots written as a banned follower
-            hits = (slot_words[:, None, :] == follow[:, :, None]) & repeat[:, :, None]
-            ban[:, first_slot:] += hits.any(1).float()
 
     def _ban_second_names(self, ban: torch.Tensor, seqs: torch.Tensor, slot_words: torch.Tensor | None,
                           first_slot: int) -> None:

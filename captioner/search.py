@@ -15,7 +15,7 @@ from typing import NamedTuple
 import torch
 
 from captioner.decoder import CaptionDecoder, Context, select
-from captioner.rules import CaptionRules
+from captioner.rules import CaptionRules, repeat_bans
 
 
 @dataclass
@@ -58,7 +58,7 @@ class Constraints:
 
 class Bans:
     """Every word a search may not write next, as one (rows, V) table per step: the caption
-    rules (``Constraints``) and ``block_repeats``. What is fixed for a caption (the person
+    rules (``Constraints``) and the n-gram ban (``rules.repeat_bans``). What is fixed for a caption (the person
     rule, each slot's word) goes into the context once (``context``), so it follows the
     rows wherever the search moves them."""
 
@@ -89,7 +89,7 @@ class Bans:
         person = ctx.get("search_person_ban")
         ban = torch.zeros_like(logp) if person is None else person.clone()
         if self.block_ngram >= 2:
-            repeat_bans(ban, seqs, self.block_ngram, self.first_slot)
+            repeat_bans(ban, seqs, self.block_ngram, first_slot=self.first_slot)
         if self.constraints is not None and self.constraints.degenerate:
             self.constraints.rules.add_bans(ban, seqs, ctx.get("search_slot_words"))
         return logp.masked_fill(ban > 0, float("-inf"))
@@ -99,42 +99,12 @@ def _rows(ctx: Context) -> int:
     return len(next(iter(ctx.values())))
 
 
-def repeat_bans(ban: torch.Tensor, seqs: torch.Tensor, n: int, first_slot: int | None = None) -> None:
-    """Count into ``ban`` (rows, V) every word that would repeat an n-gram the row's words
-    ``seqs`` (rows, t) already hold ("a cup of coffee and a cup of coffee" cannot happen
-    with n = 3), repeat the word just written ("young young"), or name an object slot (ids
-    from ``first_slot`` on) a second time ("a microwave and a microwave"). No loop over
-    rows and no data-dependent shapes: the rows whose last n - 1 words occur earlier ban
-    the word that followed them there."""
-    t = seqs.shape[1]
-    if n < 2 or t == 0:
-        return
-    ban.scatter_add_(1, seqs[:, -1:], torch.ones_like(seqs[:, -1:], dtype=ban.dtype))
-    if first_slot is not None:
-        ban.scatter_add_(1, seqs, (seqs >= first_slot).to(ban.dtype))
-    windows = t - n  # earlier places of the last n - 1 words whose next word is known
-    if windows < 1:
-        return
-    match = seqs[:, :windows] == seqs[:, t - n + 1:t - n + 2]
-    for k in range(1, n - 1):
-        match &= seqs[:, k:windows + k] == seqs[:, t - n + 1 + k:t - n + 2 + k]
-    ban.scatter_add_(1, seqs[:, n - 1:n - 1 + windows], match.to(ban.dtype))
-
-
-def block_repeats(logp: torch.Tensor, seqs: torch.Tensor, n: int, first_slot: int | None = None) -> torch.Tensor:
-    """``logp`` (rows, V) with -inf for every word ``repeat_bans`` bans; ``n`` 0: unchanged."""
-    if n < 2 or seqs.shape[1] == 0:
-        return logp
-    ban = torch.zeros_like(logp)
-    repeat_bans(ban, seqs, n, first_slot)
-    return logp.masked_fill(ban > 0, float("-inf"))
-
-
 @torch.inference_mode()
 def greedy(decoder: CaptionDecoder, ctx: Context, max_length: int = 20, block_ngram: int = 0,
            constraints: Constraints | None = None) -> list[Decoded]:
-    """The most probable word at every step, for all images at once. Stops as soon as every
-    caption has ended (or after ``max_length`` words). ``block_ngram``: no n-gram twice;
+    """The most probable word at every step, for all images at once (``decoding.decode``
+    runs it for a beam of one when no word is required). Stops as soon as every caption has
+    ended (or after ``max_length`` words). ``block_ngram``: no n-gram twice;
     ``constraints``: the caption rules."""
     batch = _rows(ctx)
     ctx = decoder.prepare(ctx)
@@ -304,7 +274,7 @@ def beam_search(decoder: CaptionDecoder, ctx: Context, beam_size: int = 3, max_l
     without the token yet and captions with it; a caption moves from the first to the
     second when it writes the token. The best finished caption of the second
     beam wins; only if it has none, the first beam's. ``block_ngram``: no caption holds an
-    n-gram twice (``block_repeats``). ``constraints``: the caption rules; a continuation
+    n-gram twice (``rules.repeat_bans``). ``constraints``: the caption rules; a continuation
     that breaks one is never a candidate, so the beam takes the next best.
     ``alternatives``: each image's finished captions, best first (the winner's beam's),
     instead of the best alone.

@@ -29,7 +29,7 @@ class CaptionService(ModelService):
         super().__init__(checkpoint or DEFAULT_CHECKPOINT, Captioner, self._load)
         self.max_images = max_images
         self.batcher = MicroBatcher(self._run) if batching else None
-        self.run_batch = self._caption_batch
+        self.run_batch = self._caption_prepared
 
     def attends(self) -> bool:
         """Whether the checkpoint is an attention model (from its metadata alone)."""
@@ -63,7 +63,7 @@ class CaptionService(ModelService):
         except CheckpointError:
             return DecodingConfig().beam_size
 
-    def _caption_batch(self, items: list, beam: int) -> list:
+    def _caption_prepared(self, items: list, beam: int) -> list:
         return self.model.get().caption_prepared(items, beam_size=beam)
 
     def _run(self, images: list, beam: int) -> list:

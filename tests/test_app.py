@@ -297,6 +297,24 @@ def test_the_page_says_a_mistake_once_in_the_caption_area(tabs, tmp_path):
     assert "class='caption'" in html and html.count("<img") == 1  # the photo, whole, under its caption
 
 
+def test_the_button_and_the_api_answer_through_one_path(tabs, tmp_path, monkeypatch):
+    """``caption_on_page`` and ``caption`` both call ``answer``: the same captions, table and
+    results from one call of ``captioned``; only a mistake is said differently."""
+    import gradio as gr
+
+    shipped("captioner.safetensors")
+    files = [str(example_photo(tmp_path, "coffee"))]
+    page, api = tabs.caption.caption_on_page(files, "greedy", 1), tabs.caption.caption(files, "greedy", 1)
+    assert page[-2] == api[-2] and page[3] == api[3]  # the results as JSON and the table
+    calls = []
+    monkeypatch.setattr(type(tabs.caption), "answer", lambda self, *args, page: calls.append(page))
+    tabs.caption.caption_on_page(files), tabs.caption.caption(files)
+    assert calls == [True, False]
+    monkeypatch.undo()
+    with pytest.raises(gr.Error, match="at least one photo"):
+        tabs.caption.caption(None)
+
+
 def test_the_page_draws_where_it_looked_only_when_the_section_is_opened(tabs, tmp_path):
     """The Caption button shows the section "Where it looked, word by word" folded and
     empty (drawing its pictures cost 25-30 ms of a 150 ms caption); opening it draws them

@@ -5,14 +5,14 @@ baseline."""
 import torch
 
 from captioner.concepts import (
-    ConceptDetector,
+    ConceptClassifier,
     ConceptFit,
     ConceptNoise,
     concept_labels,
     concept_vocabulary,
-    fit_concept_detector,
+    fit_concept_classifier,
 )
-from captioner.train.batches import TextTable, named_objects
+from captioner.train.batches import TextTable, object_words_named
 from captioner.train.metrics import object_mention_scores
 from captioner.train.retrieval import ConceptRetrieval
 from captioner.vocabulary import Vocabulary, fix_article, with_article
@@ -20,7 +20,7 @@ from captioner.vocabulary import Vocabulary, fix_article, with_article
 
 def test_noisy_or_is_one_minus_the_product_over_cells():
     torch.manual_seed(0)
-    detector = ConceptDetector(8, 3)
+    detector = ConceptClassifier(8, 3)
     grid = torch.randn(2, 5, 8)
     cells = torch.sigmoid(detector.cell(grid))
     torch.testing.assert_close(detector(grid), 1 - (1 - cells).prod(1), atol=1e-6, rtol=1e-5)
@@ -35,7 +35,7 @@ def test_mil_detectors_find_the_cell_that_shows_the_word():
     labels = (torch.rand(400, 1, generator=g) < 0.5).float()
     where = torch.randint(0, 49, (400,), generator=g)
     grids[torch.arange(400), where] += 3 * pattern * labels[:, 0, None]
-    detector = fit_concept_detector(grids[:300], labels[:300], fit=ConceptFit(epochs=30, lr=1e-2, batch_size=64))
+    detector = fit_concept_classifier(grids[:300], labels[:300], fit=ConceptFit(epochs=30, lr=1e-2, batch_size=64))
     with torch.no_grad():
         p = detector(grids[300:])[:, 0]
     positive, negative = p[labels[300:, 0] > 0], p[labels[300:, 0] == 0]
@@ -66,7 +66,7 @@ def test_text_table_copies_named_objects_and_keeps_slots_with_their_words():
     photos = {"coco:1.jpg": ["A pizza on a plate next to a cup of coffee.", "a pizza with cheese"],
               "coco:2.jpg": ["two zebras in a field"]}
     object_words = ["pizza", "coffee", "zebra", "dog", "tripod", "cup", "plate", "banana"]
-    assert named_objects(photos["coco:1.jpg"], object_words) == ["pizza", "plate", "cup", "coffee"]
+    assert object_words_named(photos["coco:1.jpg"], object_words) == ["pizza", "plate", "cup", "coffee"]
     slots = 3
     words = ["<pad>", "<start>", "<end>", "<unk>", "a", "on", "next", "to", "of", "with", "cheese", "two", "zebras",
              "in", "field", "cup", "coffee", "plate", "pizza", "<obj1>", "<obj2>", "<obj3>"]
@@ -76,14 +76,14 @@ def test_text_table_copies_named_objects_and_keeps_slots_with_their_words():
     first = len(vocab) - slots
     for step in range(5):
         g = torch.Generator().manual_seed(step)
-        captions, detections, concepts, boxes = table.batch(torch.arange(3), None, g)
+        captions, classified, concepts, boxes = table.batch(torch.arange(3), None, g)
         assert concepts is None and boxes is None
-        assert bool((detections.probs[:, :-1] >= detections.probs[:, 1:]).all()), "slots ranked by probability"
+        assert bool((classified.probs[:, :-1] >= classified.probs[:, 1:]).all()), "slots ranked by probability"
         for row, ids in enumerate(captions):
             text = " ".join(photos[list(photos)[int(table.photo[row])]]).lower()
             slots_used = [t - first for t in ids.tolist() if t >= first]
             # each slot token, after the slots were re-ranked, still stands for a word the captions named
-            assert all(object_words[int(detections.words[row, k])] in text for k in slots_used)
+            assert all(object_words[int(classified.words[row, k])] in text for k in slots_used)
             assert row == 2 or slots_used, "the pizza captions name their objects through slots"
 
 
@@ -140,12 +140,15 @@ def test_concept_retrieval_picks_the_caption_that_matches_what_is_recognised():
 
 
 def test_blocked_trigrams_cannot_repeat_and_nothing_else_is_touched():
-    from captioner.search import block_repeats
+    from captioner.rules import repeat_bans
+
+    def banned(n):
+        ban = torch.zeros(2, 12)
+        repeat_bans(ban, seqs, n, first_slot=10)
+        return [row.nonzero().flatten().tolist() for row in ban]
 
     # "a cup of coffee and a cup of": the word after "cup of" was "coffee" (id 9): banned now
     seqs = torch.tensor([[4, 7, 8, 9, 5, 4, 7, 8], [4, 7, 8, 11, 5, 6, 1, 2]])
-    logp = torch.zeros(2, 12)
-    out = block_repeats(logp, seqs, 3, first_slot=10)
-    assert out[0].isinf().nonzero().flatten().tolist() == [8, 9]  # "of" again, and "coffee" after "cup of"
-    assert out[1].isinf().nonzero().flatten().tolist() == [2, 11]  # the last word, and the slot used once
-    assert block_repeats(logp, seqs, 0) is logp
+    # row 0: "of" again, and "coffee" after "cup of"; row 1: the last word, and the slot used once
+    assert banned(3) == [[8, 9], [2, 11]]
+    assert banned(0) == [[], []]

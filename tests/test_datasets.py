@@ -5,7 +5,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from captioner.train.datasets import CaptionRecord, read_coco, read_dataset, read_flickr8k, split_records
+from captioner.train.datasets import CaptionRecord, read_coco, read_csv_captions, read_dataset, split_records
 from tests.conftest import shared
 
 
@@ -19,11 +19,22 @@ def test_flickr_csv_skips_and_counts_captions_of_missing_images(tmp_path):
     _images(tmp_path / "Images", ["a.jpg", "b.jpg"])
     (tmp_path / "captions.txt").write_text(
         "image,caption\na.jpg,A dog runs .\na.jpg,\"A dog, running.\"\nb.jpg,A cat.\nc.jpg,Missing image.\n")
-    data = read_flickr8k(tmp_path / "captions.txt", tmp_path / "Images")
+    data = read_csv_captions(tmp_path / "captions.txt", tmp_path / "Images")
     assert data.skipped == 1
     assert data.records == [CaptionRecord(tmp_path / "Images" / "a.jpg", "A dog runs ."),
                             CaptionRecord(tmp_path / "Images" / "a.jpg", "A dog, running."),
                             CaptionRecord(tmp_path / "Images" / "b.jpg", "A cat.")]
+
+
+def test_your_own_csv_reads_its_photos_from_images_or_beside_it(tmp_path):
+    beside, inside = tmp_path / "beside", tmp_path / "inside"
+    _images(beside, ["a.jpg"])
+    _images(inside / "images", ["a.jpg"])
+    for root in (beside, inside):
+        (root / "captions.csv").write_text("image,caption\na.jpg,A red kite.\nb.jpg,Not here.\n")
+    assert read_dataset("csv", beside).records == [CaptionRecord(beside / "a.jpg", "A red kite.")]
+    assert read_dataset("csv", inside).records == [CaptionRecord(inside / "images" / "a.jpg", "A red kite.")]
+    assert read_dataset("csv", inside).skipped == 1
 
 
 def test_coco_json_gives_the_same_records(tmp_path):

@@ -195,7 +195,7 @@ def test_the_int8_step_reads_stacked_matrices_and_writes_the_same_captions_as_se
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     from captioner.network import CaptionNetwork
-    from captioner.objects import Detections
+    from captioner.objects import ClassifiedObjects
 
     torch.manual_seed(3)
     vocab = Vocabulary(["<pad>", "<start>", "<end>", "<unk>", *WORDS, "<obj1>", "<obj2>"])
@@ -203,8 +203,8 @@ def test_the_int8_step_reads_stacked_matrices_and_writes_the_same_captions_as_se
                              decoder="attention", grid_dim=16, attention_dim=16, object_slots=2, object_words=4)
     net = CaptionNetwork(config, vocab).eval()
     features, grid = torch.randn(5, 32), torch.randn(5, 9, 32)
-    detections = Detections(torch.randint(0, 4, (5, 2)), torch.rand(5, 2))
-    ctx, _ = net.context(PhotoInputs(features, grid, detections=detections))
+    classified = ClassifiedObjects(torch.randint(0, 4, (5, 2)), torch.rand(5, 2))
+    ctx, _ = net.context(PhotoInputs(features, grid, classified=classified))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         separate = quantize_dynamic(copy.deepcopy(net.decoder), {nn.Linear: per_channel_dynamic_qconfig},

@@ -13,7 +13,7 @@ from captioner.detector import (
     Boxes,
     DetectionCache,
     category_scores,
-    decode,
+    decode_yolox_outputs,
     letterbox,
     nms,
     shipped_detector,
@@ -46,7 +46,7 @@ def test_decoding_puts_a_box_where_its_anchor_says():
     anchor = 52 * 10 + 20  # ... but at stride-8 cell (x 20, y 10)
     raw[anchor, :4] = [0.5, 0.5, np.log(4.0), np.log(2.0)]  # centre (164, 84), 32 x 16 px in the 416 frame
     raw[anchor, 4], raw[anchor, 5 + 16] = 0.9, 0.8  # a dog
-    boxes = decode(raw, ratio=1.0, width=416, height=416)
+    boxes = decode_yolox_outputs(raw, ratio=1.0, width=416, height=416)
     assert boxes.categories.tolist() == [16] and boxes.scores[0] == pytest.approx(0.72)
     np.testing.assert_allclose(boxes.boxes[0] * 416, [148, 76, 180, 92], atol=1e-3)
 
@@ -157,7 +157,7 @@ def test_decoding_only_the_anchors_that_can_score_gives_every_box():
         array, frame = detector.prepare(photo)
         raw = detector.session.run(None, {detector.input: array[None]})[0][0]
         boxes, categories, scores = reference_decode(raw, *frame)
-        found = decode(raw, *frame)
+        found = decode_yolox_outputs(raw, *frame)
         assert len(found) and np.array_equal(found.categories, categories)
         np.testing.assert_array_equal(found.scores, scores)
         np.testing.assert_array_equal(found.boxes, boxes)

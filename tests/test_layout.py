@@ -159,3 +159,15 @@ def test_the_caption_library_has_no_import_circle():
 def test_no_source_file_is_over_450_lines():
     for path in [ROOT / "app.py", *python_files("captioner", "lstmkit", "training", "webapp", "demos", "benchmarks")]:
         assert len(path.read_text().splitlines()) <= 450, path.relative_to(ROOT)
+
+
+def test_one_name_one_meaning_no_public_top_level_name_is_defined_twice():
+    """A public function or class of ``captioner/``, ``lstmkit/`` or ``webapp/`` is defined in
+    one module only (there were two ``decode``s and two ``named_objects``)."""
+    where: dict[str, list[str]] = {}
+    for path in python_files("captioner", "lstmkit", "webapp"):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and not node.name.startswith("_"):
+                where.setdefault(node.name, []).append(str(path.relative_to(ROOT)))
+    twice = {name: paths for name, paths in where.items() if len(paths) > 1}
+    assert not twice, f"defined in more than one module: {twice}"

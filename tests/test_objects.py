@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from captioner.inputs import PhotoInputs
-from captioner.objects import ObjectDetector, object_vocabulary, substitute_slots
+from captioner.objects import ImageNetClassifier, object_vocabulary, substitute_slots
 from captioner.wordlists import imagenet_words, mentioned_categories
 from tests.conftest import flickr_sample, shipped
 
@@ -54,7 +54,7 @@ def wild(lite0):
 def test_the_encoders_classifier_finds_the_objects_as_words(lite0, wild):
     names, features = wild
     words, class_word = object_vocabulary()
-    detector = ObjectDetector(1280, len(words), slots=3).fill(lite0.classifier, class_word)
+    detector = ImageNetClassifier(1280, len(words), slots=3).fill(lite0.classifier, class_word)
     found = detector(features)
     top = {n: (words[int(w[0])], float(p[0])) for n, w, p in zip(names, found.words, found.probs)}
     assert top["chelsea"][0] == "cat" and top["chelsea"][1] > 0.8
@@ -133,9 +133,9 @@ def test_shipped_captioner_names_the_cat_the_coffee_and_the_tripod(wild):
 def test_photos_described_from_their_objects_alone_ignore_everything_else_of_the_features(tiny_captioner):
     model, _, features, _ = tiny_captioner
     network = model.network
-    ctx, detections = network.context(PhotoInputs(features[:2]))
+    ctx, classified = network.context(PhotoInputs(features[:2]))
     only, same = network.context(PhotoInputs(features[:2], objects_only=torch.tensor([True, False])))
-    summary = (detections.probs[..., None] * ctx["objects"]).sum(1)
+    summary = (classified.probs[..., None] * ctx["objects"]).sum(1)
     torch.testing.assert_close(only["image"][0], summary[0])  # the objects' words, nothing else
     torch.testing.assert_close(only["image"][1], ctx["image"][1])
-    assert same.words.tolist() == detections.words.tolist()
+    assert same.words.tolist() == classified.words.tolist()

@@ -86,9 +86,9 @@ def test_the_captioner_loads_and_captions_on_the_model_thread_and_photos_are_pre
             model.prepare = lambda image: where["prepare"].append(threading.get_ident()) or prepare(image)
             return model
 
-        def _caption_batch(self, items, beam):
+        def _caption_prepared(self, items, beam):
             where["run"].append(threading.get_ident())
-            return super()._caption_batch(items, beam)
+            return super()._caption_prepared(items, beam)
 
     photo = str(sorted((ROOT / "webapp" / "examples").glob("*.jpg"))[0])
     for batching in (True, False):

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -49,6 +50,30 @@ def test_dry_run_writes_every_artefact(tmp_path, data_args):
     model = Captioner.from_checkpoint(out / "best.safetensors", load_encoder=False)
     assert model.config.embed_dim == 32
     assert model.caption_features(torch.randn(2, 1280), beam_size=2)[0].caption is not None
+
+
+def test_a_csv_of_your_own_photos_trains_through_the_documented_command(tmp_path):
+    """docs/training.md's command for your own photos (a folder with ``captions.csv`` and
+    ``images/``), on a dozen of them; the checkpoint ships the beam ``--decoding-beam`` asks
+    for, whatever beam scored the validation (``--val-beam``)."""
+    from training import train_captioner
+
+    flickr = shared("flickr8k")
+    rows = list(csv.reader(open(flickr / "captions.txt", newline="")))[1:]
+    names = sorted({row[0] for row in rows})[:12]
+    mine = tmp_path / "my_photos"
+    (mine / "images").mkdir(parents=True)
+    for name in names:
+        shutil.copy(flickr / "Images" / name, mine / "images" / name)
+    with open(mine / "captions.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["image", "caption"], *([r[0], ",".join(r[1:])] for r in rows if r[0] in names)])
+    out = tmp_path / "run"
+    assert train_captioner.main(["--dataset", "csv", "--data-root", str(mine), "--val-fraction", "0.25",
+                                 "--cache-dir", str(tmp_path / "cache"), *TINY, "--val-beam", "1",
+                                 "--decoding-beam", "2", "--out", str(out), "--dry-run"]) == 0
+    model = Captioner.from_checkpoint(out / "best.safetensors", load_encoder=False)
+    assert model.decoding.beam_size == 2
+    assert model.caption_features(torch.randn(1, 1280))[0].caption is not None
 
 
 def test_resume_ends_exactly_where_an_uninterrupted_run_ends(tmp_path, data_args):
@@ -104,7 +129,7 @@ def test_resume_refuses_new_weight_shapes_and_accepts_new_decoding_and_dropout(t
     err = capsys.readouterr().err
     assert "hidden_dim (saved 32, now 48)" in err and "beam" not in err
     # validation's beam width and the dropout do not shape the weights: a resumed run may change them
-    assert train_captioner.main([*common, "--resume", "--beam-size", "2", "--dropout", "0.2"]) == 0
+    assert train_captioner.main([*common, "--resume", "--val-beam", "2", "--dropout", "0.2"]) == 0
     assert len(list(csv.DictReader(open(out / "metrics.csv")))) == 2
 
 
@@ -183,7 +208,7 @@ def test_a_model_warm_starts_on_another_encoder_only_of_its_feature_size(tmp_pat
 
 
 def test_dry_run_with_captions_without_photos_concepts_and_the_text_world(tmp_path, data_args):
-    """The everyday-scenes path end to end: text rows in every batch, concept detectors,
+    """The everyday-scenes path end to end: text rows in every batch, concept classifiers,
     COCO photos for the concepts and the text world; the model it writes carries them."""
     from training import train_captioner
 
@@ -306,4 +331,4 @@ def test_self_critical_training_of_the_shipped_model_keeps_its_decoding(tmp_path
     assert after.decoding == before.decoding and after.config == before.config
     moved = [k for k, v in before.network.state_dict().items()
              if not torch.equal(v.float(), after.network.state_dict()[k].float())]
-    assert moved and all(not k.startswith("concepts.") for k in moved)  # the concept detectors stay frozen
+    assert moved and all(not k.startswith("concepts.") for k in moved)  # the concept classifiers stay frozen

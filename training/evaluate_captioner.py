@@ -44,8 +44,8 @@ from captioner.train.datasets import (
     captions_by_image,
     own_fractions,
     read_coco,
+    read_csv_captions,
     read_dataset,
-    read_flickr8k,
     read_text_sources,
     split_of,
     text_source,
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UserError(f"--variant takes NAME:KEY=VALUE[,KEY=VALUE], not {item!r}")
         variants[f"variant:{name}"] = decoding_with(shipped, settings.split(","))
     dataset = (read_coco(args.coco_captions, args.images) if args.coco_captions
-               else read_flickr8k(args.flickr_captions, args.images))
+               else read_csv_captions(args.flickr_captions, args.images))
     sources, info = training_sources(model, args.train_data)
     info["dataset_split"] = list(info.get("dataset_split") or []) + args.dataset_split
     fractions = (info["val_fraction"] if args.val_fraction is None else args.val_fraction,

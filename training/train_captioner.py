@@ -2,6 +2,7 @@
 
     python -m training.train_captioner --dataset flickr8k --data-root ../shared/data/flickr8k \\
         --dataset coco --data-root ../shared/data/coco_mini --encoder efficientnet_lite0 --out runs/lite0
+    python -m training.train_captioner --dataset csv --data-root my_photos --out runs/mine  # your own photos
 
 The encoder is frozen: every image's feature (and its mirror image's) is extracted once into
 the feature cache, and epochs run on (feature, caption) batches. Each epoch ends with the
@@ -43,7 +44,7 @@ from captioner.regions import Regions
 from captioner.train import finetune
 from captioner.train.attention_targets import attention_targets
 from captioner.train.batches import CaptionTable, TextTable, epoch_plan, mixed_batch, object_swaps, text_rows_for
-from captioner.train.concept_training import fit_detectors
+from captioner.train.concept_training import training_findings
 from captioner.train.datasets import DATASETS, TEXT_SOURCES, captions_by_image
 from captioner.train.losses import SelfCritical, caption_loss
 from captioner.train.training_data import (
@@ -82,8 +83,8 @@ log = logging.getLogger("train_captioner")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--dataset", action="append", choices=DATASETS, required=True,
-                   help="repeat with --data-root to combine datasets")
+    p.add_argument("--dataset", action="append", choices=DATASETS, required=True, help="repeat with --data-root "
+                   "to combine datasets; csv: your own photos, ROOT/captions.csv (image,caption) and ROOT/images/")
     p.add_argument("--dataset-split", action="append", default=[], metavar="KIND:VAL:TEST",
                    help="this dataset's validation and test fractions (default --val-fraction, --test-fraction)")
     p.add_argument("--repeat", action="append", default=[], metavar="KIND:N",
@@ -102,12 +103,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run_flags(p, out=None, epochs=None, batch_size=128, lr=1e-3, warmup_steps=200, save_every=500)
     p.add_argument("--cache-dir", type=Path, default=Path("data/features"))
     p.add_argument("--min-lr-ratio", type=float, default=0.05, help="cosine schedule floor, as a fraction of --lr")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--grad-clip", type=float, default=5.0)
-    p.add_argument("--label-smoothing", type=float, default=0.0)
     p.add_argument("--decoder", choices=list(DECODERS), default="show_tell")
-    for flag, default in (("--embed-dim", 512), ("--hidden-dim", 512), ("--num-layers", 1)):
-        p.add_argument(flag, type=int, default=default)
+    for flag, default in (("--embed-dim", 512), ("--hidden-dim", 512), ("--num-layers", 1), ("--weight-decay", 0.0),
+                          ("--grad-clip", 5.0), ("--label-smoothing", 0.0), ("--dropout", 0.5)):
+        p.add_argument(flag, type=type(default), default=default)
     p.add_argument("--attention-reg", type=float, default=1.0,
                    help="attention: weight of the doubly stochastic penalty sum_i (1 - sum_t alpha_ti)^2")
     p.add_argument("--regions", type=int, default=None, help="attention: look at up to this many of the detector's "
@@ -123,13 +122,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="chance that a training caption is learned from the image's objects alone (no features, no "
                         "grid), as photos unlike the training photos are then described (DecodingConfig)")
     p.add_argument("--familiarity-dim", type=int, default=128, help="familiarity: projected dimensions (0: off)")
-    p.add_argument("--dropout", type=float, default=0.5)
     p.add_argument("--min-count", type=int, default=5, help="vocabulary frequency threshold")
     p.add_argument("--max-caption-words", type=int, default=30)
     p.add_argument("--flip-prob", type=float, default=0.5, help="use the mirrored image's feature")
     p.add_argument("--val-fraction", type=float, default=0.07)
     p.add_argument("--test-fraction", type=float, default=0.13, help="held out, never trained or tuned on")
-    p.add_argument("--beam-size", type=int, default=3, help="for the validation scores")
+    p.add_argument("--val-beam", type=int, default=3, help="the beam of the validation scores only")
+    p.add_argument("--decoding-beam", type=int, default=DecodingConfig.beam_size, help="the beam the checkpoint "
+                   "ships: its default decoding, the app's and the command line's (tune_decoding --write may retune)")
     p.add_argument("--length-alpha", type=float, default=1.0)
     p.add_argument("--workers", type=int, default=2, help="image decoding workers for feature extraction")
     p.add_argument("--objective", choices=["xe", "scst"], default="xe",
@@ -164,7 +164,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     everyday.add_argument("--concept-val-fraction", type=float, default=0.4)
     everyday.add_argument("--concept-epochs", type=int, default=12)
     everyday.add_argument("--concept-photo-weight", type=float, default=5.0,
-                          help="weight of a --concept-photos photo in the concept detectors' loss")
+                          help="weight of a --concept-photos photo in the concept classifiers' loss")
     everyday.add_argument("--unpaired-photos", action="append", default=[], type=Path, metavar="DIR",
                           help="photos without captions of the scenes the caption text describes: familiarity "
                                "references of the text world")
@@ -201,7 +201,7 @@ def build_model(args, encoder, train_captions: list[str], refs_feats, held_out_f
                          regions=old.config.regions if args.regions is None else args.regions)
     if config.object_slots and encoder.classifier is None:
         raise UserError(f"{args.encoder} has no ImageNet classifier to find objects with; use --object-slots 0")
-    decoding = DecodingConfig(args.beam_size, args.length_alpha, objects_only_below=args.objects_only_below,
+    decoding = DecodingConfig(args.decoding_beam, args.length_alpha, objects_only_below=args.objects_only_below,
                               text_world_above=args.text_world_above)
     model = Captioner.new(config, vocab, encoder, decoding=decoding, train_features=refs_feats,
                           held_out_features=held_out_feats, familiarity_dim=args.familiarity_dim,
@@ -357,7 +357,7 @@ class Trainer:
         feats, grids_ = self.train_table.inputs(rows, flips, p.train_feats, p.train_flipped, p.train_grid,
                                                 p.train_grid_flipped)
         g = torch.Generator().manual_seed(args.seed * 100_003 + epoch * 10_007 + step + 7)  # same on resume
-        det, concepts, boxes = self.photo_inputs.select(self.train_table.image[rows], flips)
+        det, concepts, summary = self.photo_inputs.select(self.train_table.image[rows], flips)
         caps = self.train_table.captions(rows, flips)
         text_part = None
         if self.text_per_step:
@@ -365,33 +365,33 @@ class Trainer:
                                       self.dist.rank, self.dist.world)
             text_part = self.text_table.batch(text_rows, self.noise, g, self.boxes_noise)
         regions = self.photo_inputs.regions_of(self.train_table.image[rows], flips) if config.regions else None
-        inputs, caps, lengths = mixed_batch((feats, caps, grids_, det, concepts, boxes), text_part, device)
+        inputs, caps, lengths = mixed_batch((feats, caps, grids_, det, concepts, summary), text_part, device)
         n = len(caps)
         targets = None
         if regions is not None:  # text rows have no boxes to look at
             regions = Regions.cat([regions, Regions.none(n - len(regions), config.regions)]).to(device)
             targets = attention_targets(caps, regions, self.word_coco, inputs.grid.shape[1],
-                                        self.object_coco.to(device)[inputs.detections.words],
+                                        self.object_coco.to(device)[inputs.classified.words],
                                         self.model.network.decoder.first_slot)
         swap = object_swaps(n, config.object_slots, config.object_words, args.object_swap, g)
         dropped = (torch.rand(n, generator=g) < args.objects_only).to(device) if config.object_slots else None
         inputs = inputs.with_(regions=regions, swap=None if swap is None else swap.to(device),
                               objects_only=inputs.objects_only | dropped if dropped is not None else None,
-                              detections=inputs.detections if config.object_slots else None)
+                              classified=inputs.classified if config.object_slots else None)
         return caption_loss(self.trainer, inputs, caps, lengths, label_smoothing=args.label_smoothing,
                             attention_reg=args.attention_reg, targets=targets, ground_weight=args.ground_attention)
 
     def validate(self) -> dict:
         args, p, model = self.args, self.photos, self.model
-        metrics = validate(model, self.val_table, p.val_feats, self.val_refs, args.beam_size, p.val_grid,
+        metrics = validate(model, self.val_table, p.val_feats, self.val_refs, args.val_beam, p.val_grid,
                            boxes=p.val_boxes)
         coco = [i for i, path in enumerate(self.data.val_images) if "coco" in str(path)]
         if coco and len(coco) < len(self.data.val_images):  # COCO's validation photos among the photo rows
             metrics.update(coco_part_scores(self.model, p, self.data.val_images, coco, self.val_refs,
-                                            self.args.beam_size))
+                                            self.args.val_beam))
             metrics["val_mixed"] = (metrics["val_cider"] + metrics["val_coco_cider"]) / 2
         if self.coco_val is not None:  # the validation part of --concept-photos
-            scores = scores_on(self.model, *self.coco_val, beam_size=self.args.beam_size)
+            scores = scores_on(self.model, *self.coco_val, beam_size=self.args.val_beam)
             metrics.update(coco_metrics(scores))
             metrics["val_mixed"] = (metrics["val_cider"] + scores["CIDEr"]) / 2
         if self.scst is not None:
@@ -431,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
     model = make_model(args, data, photos)
     if args.decoding_from is not None:
         model.decoding = Captioner.read_settings(args.decoding_from)[1]
-    inputs = finetune.frozen_inputs(model, photos) if args.finetune or args.objective == "scst" else fit_detectors(
+    inputs = finetune.frozen_inputs(model, photos) if args.finetune or args.objective == "scst" else training_findings(
         model, data, photos, concept_epochs=args.concept_epochs, concept_photo_weight=args.concept_photo_weight,
         seed=args.seed)
     run = Trainer(args, model, data, photos, inputs, dist)

@@ -66,9 +66,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="try describing photos from their objects and concepts alone when at least this share of "
                         "their nearest reference photos is of the text world ('none': never; 'keep': the "
                         "checkpoint's)")
-    p.add_argument("--person-below", nargs="+", default=["keep"],
-                   help="try banning person words when the surest person concept is below this ('none': never; "
-                        "'keep': the checkpoint's)")
     p.add_argument("--person-scores", nargs="+", default=["keep"],
                    help="try allowing person words only when the COCO detector's best person box scores at least "
                         "this ('none': always; 'keep': the checkpoint's)")
@@ -82,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset-split", action="append", default=[], metavar="KIND:VAL:TEST",
                    help="a dataset's own validation and test fractions (default: the checkpoint's training run's)")
     p.add_argument("--ground-weights", type=float, nargs="+", default=None,
-                   help="try tying COCO category words to the concept detectors: + weight * log p (default: the "
+                   help="try tying COCO category words to the concept classifiers: + weight * log p (default: the "
                         "checkpoint's)")
     p.add_argument("--back-objects", nargs="+", default=["keep"],
                    help="try naming a COCO object only when a box, a concept or an ImageNet object at least this sure "
@@ -121,7 +118,6 @@ def main(argv: list[str] | None = None) -> int:
         "require_object_prob": [None if r == "none" else float(r) for r in args.require_object_probs],
         "min_object_prob": args.min_object_probs,
         "text_world_above": choices(args.text_world_above, keep.text_world_above),
-        "person_below": choices(args.person_below, keep.person_below),
         "ground_weight": args.ground_weights or [keep.ground_weight],
         "block_ngram": args.block_ngrams if args.block_ngrams is not None else [keep.block_ngram],
         "person_score": choices(args.person_scores, keep.person_score),

@@ -145,29 +145,39 @@ class CaptionTab:
         return results, boxed, photos, timing
 
     def caption(self, files, decoding: str = "beam search", beam_width: float | None = None):
-        """The ``/caption`` endpoint: the captions with what was recognised and how familiar
-        each photo is as HTML, the photos with the detector's boxes, the first photo's
-        word-by-word attention pictures (when its attention points somewhere), a table, CSV
-        and JSON downloads, the results as JSON, and how long it took."""
-        results, boxed, photos, timing = self.captioned(files, decoding, beam_width)
-        return (output.shaded_html(results), boxed, word_by_word(paths_of(files), results, photos),
-                output.table(results), self.downloads.write(results), results, timing)
+        """The ``/caption`` endpoint: ``answer`` for a program, a mistake raised as an error."""
+        return self.answer(files, decoding, beam_width, page=False)
 
     def caption_on_page(self, files, decoding: str = "beam search", beam_width: float | None = None):
-        """The Caption button: ``captioned``, with every section shown once there is a
-        result, and a mistake (nothing chosen, no photo among the files, a bad beam width)
-        said once, in the caption area, instead of as an error on every output. The
-        word-by-word pictures are left out, and their section folded: drawn with every
-        caption they and Gradio's saving of each cost about 25-30 ms of a 150 ms request,
-        for a section most people never open (``looked_on_page`` draws them when it is)."""
+        """The Caption button: ``answer`` for the page, a mistake said in the caption area."""
+        return self.answer(files, decoding, beam_width, page=True)
+
+    def answer(self, files, decoding: str, beam_width: float | None, *, page: bool) -> tuple:
+        """The one path of the Caption button (``page``) and the ``/caption`` endpoint:
+        ``captioned``, then the captions with what was recognised and how familiar each photo
+        is as HTML, a table, CSV and JSON downloads, the results as JSON and how long it took.
+        The endpoint also gives the photos with the detector's boxes and the first photo's
+        word-by-word attention pictures (when its attention points somewhere), and raises a
+        mistake. The page shows the boxes in the HTML, says a mistake (nothing chosen, no
+        photo among the files, a bad beam width) once in the caption area instead of as an
+        error on every output, and leaves the word-by-word pictures out with their section
+        folded: drawn with every caption they and Gradio's saving of each cost about 25-30 ms
+        of a 150 ms request, for a section most people never open (``looked_on_page`` draws
+        them when it is)."""
         try:
-            results, boxed, _, timing = self.captioned(files, decoding, beam_width)
+            results, boxed, photos, timing = self.captioned(files, decoding, beam_width)
         except gr.Error as err:
+            if not page:
+                raise
             message = "Choose a photo first." if not paths_of(files) else err.message
             return output.message_html(message), *self.hidden()
+        table, downloads = output.table(results), self.downloads.write(results)
+        if not page:
+            return (output.shaded_html(results), boxed, word_by_word(paths_of(files), results, photos), table,
+                    downloads, results, timing)
         return (output.shaded_html(results, [picture for picture, _ in boxed]), None,
-                gr.Accordion(visible=looked_at(results) is not None, open=False), output.table(results),
-                self.downloads.write(results), gr.Accordion(visible=True), results, timing)
+                gr.Accordion(visible=looked_at(results) is not None, open=False), table, downloads,
+                gr.Accordion(visible=True), results, timing)
 
     @staticmethod
     def looked_on_page(files, results) -> list:

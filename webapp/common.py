@@ -66,5 +66,6 @@ def paths_of(files) -> list[str]:
 
 
 def beam_of(decoding: str, beam_width: float | None) -> float | None:
-    """The beam width the caption controls ask for: greedy decoding is a beam of one."""
+    """The beam width the caption controls ask for: greedy decoding is a beam of one (which
+    search that runs: ``decoding.decode``)."""
     return 1 if str(decoding).lower().startswith("greedy") else beam_width

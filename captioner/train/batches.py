@@ -5,13 +5,13 @@ A batch mixes two kinds of rows:
 
 - **photo rows**: a caption of a training photo with the photo's cached feature and grid
   (or its mirror image's, with "left" and "right" swapped), the objects the encoder's
-  classifier finds in it, and the concepts the detectors give it;
+  classifier finds in it, and the concepts the classifiers give it;
 - **text rows** (``TextTable``): a caption of a photo that is not here (COCO's and
   Flickr30k's caption text). There is no feature and no grid: the row is learned from
   the photo's objects and concepts alone (``objects_only``), as the detectors would give
   them: its objects are the object words its captions name (each missed a fifth of the
   time, beside random other objects), with probabilities drawn as a classifier gives them,
-  and its concepts are drawn from what the concept detectors give on held-out photos
+  and its concepts are drawn from what the concept classifiers give on held-out photos
   (``concepts.ConceptNoise``). So the language of everyday scenes enters the decoder
   through the same inputs a photo's objects and concepts use.
 
@@ -32,7 +32,7 @@ from torch.nn.utils.rnn import pad_sequence
 from captioner.concepts import ConceptNoise, concept_labels
 from captioner.detector import Boxes
 from captioner.inputs import PhotoInputs
-from captioner.objects import Detections, substitute_slots
+from captioner.objects import ClassifiedObjects, substitute_slots
 from captioner.regions import Regions
 from captioner.train.datasets import CaptionRecord
 from captioner.vocabulary import Vocabulary, tokenize
@@ -108,7 +108,7 @@ def object_swaps(batch: int, slots: int, words: int, chance: float, generator: t
 
 # ------------------------------------------------------------- captions without photos
 
-def named_objects(captions: Sequence[str], object_words: Sequence[str]) -> list[str]:
+def object_words_named(captions: Sequence[str], object_words: Sequence[str]) -> list[str]:
     """The object words a photo's captions name, the most often named first."""
     phrases = {tuple(w.split()): w for w in object_words}
     longest = max(map(len, phrases))
@@ -148,7 +148,7 @@ class TextTable:
         self.named = torch.zeros(len(names), slots, dtype=torch.bool)
         self.ids, photo_of = [], []
         for row, name in enumerate(names):
-            named = [w for w in named_objects(photos[name], object_words)
+            named = [w for w in object_words_named(photos[name], object_words)
                      if torch.rand(1, generator=g).item() >= miss][:slots]
             others = [object_words[int(i)] for i in torch.randint(len(object_words), (3 * slots,), generator=g)]
             words = (named + [w for w in others if w not in named])[:slots]
@@ -169,9 +169,9 @@ class TextTable:
 
     def batch(self, rows: torch.Tensor, noise: dict[str, ConceptNoise] | None, generator: torch.Generator,
               boxes_noise: dict[str, DetectorNoise] | None = None):
-        """Captions (list of id tensors), detections, concepts (or None) and detector
+        """Captions (list of id tensors), the classifier's objects, concepts (or None) and detector
         summaries (or None) of ``rows``. ``noise``: for each source (the part of a photo's
-        key before ':'), how the concept detectors score photos like that source's
+        key before ':'), how the concept classifiers score photos like that source's
         (``ConceptNoise``; key "" for all others); ``boxes_noise``: likewise, what the COCO
         detector gives such photos (``DetectorNoise``)."""
         photo = self.photo[rows]
@@ -197,7 +197,7 @@ class TextTable:
                 if bool(mine.any()):
                     table = noise.get(name, noise.get(""))
                     concepts[mine] = table.sample(labels[mine], generator)
-        return captions, Detections(words, probs), concepts, self._boxes(photo, boxes_noise, generator)
+        return captions, ClassifiedObjects(words, probs), concepts, self._boxes(photo, boxes_noise, generator)
 
     def _boxes(self, photo: torch.Tensor, noise: dict[str, DetectorNoise] | None, generator: torch.Generator):
         if not noise:
@@ -263,9 +263,9 @@ def _rate(event: torch.Tensor, given: torch.Tensor) -> float:
 
 
 @dataclass
-class PhotoDetections:
-    """What the frozen detectors give every training photo and its mirror image, computed
-    once: object detections and (with concept detectors) concept probabilities."""
+class PhotoFindings:
+    """What the frozen classifiers and detector give every training photo and its mirror image, computed
+    once: the ImageNet classifier's objects and (with concept classifiers) concept probabilities."""
 
     words: torch.Tensor
     probs: torch.Tensor
@@ -273,7 +273,7 @@ class PhotoDetections:
     flipped_probs: torch.Tensor
     concepts: torch.Tensor | None = None
     flipped_concepts: torch.Tensor | None = None
-    boxes: torch.Tensor | None = None  # (photos, 240) the COCO detector's summary (the same for the mirror image)
+    summary: torch.Tensor | None = None  # (photos, 240) the COCO detector's summary (the same for the mirror image)
     regions: Regions | None = None  # the boxes an attention with regions looks at (regions.py), and
     flipped_regions: Regions | None = None  # the mirror image's
 
@@ -294,45 +294,45 @@ class PhotoDetections:
         every training photo's), as the photo rows of a cross-entropy batch give them; the
         regions and the object slots only where the model has them."""
         flip = torch.zeros(len(index), dtype=torch.bool)
-        det, concepts, boxes = self.select(index, flip)
+        det, concepts, summary = self.select(index, flip)
         on = index.to(features.device)
-        return PhotoInputs(features[on].float(), None if grid is None else grid[on].float(), boxes,
-                           self.regions_of(index, flip) if regions else None, detections=det if slots else None,
+        return PhotoInputs(features[on].float(), None if grid is None else grid[on].float(), summary,
+                           self.regions_of(index, flip) if regions else None, classified=det if slots else None,
                            concepts=concepts)
 
     def select(self, index: torch.Tensor, flip: torch.Tensor):
-        """(detections, concepts or None, detector summaries or None) of these photos."""
+        """(the classifier's objects, concepts or None, detector summaries or None) of these photos."""
         f = flip[:, None]
-        det = Detections(torch.where(f, self.flipped_words[index], self.words[index]),
-                         torch.where(f, self.flipped_probs[index], self.probs[index]))
+        det = ClassifiedObjects(torch.where(f, self.flipped_words[index], self.words[index]),
+                                torch.where(f, self.flipped_probs[index], self.probs[index]))
         concepts = None
         if self.concepts is not None:
             concepts = torch.where(f, self.flipped_concepts[index], self.concepts[index])
-        return det, concepts, None if self.boxes is None else self.boxes[index]
+        return det, concepts, None if self.summary is None else self.summary[index]
 
 
 def mixed_batch(photo_part, text_part, device: torch.device) -> tuple[PhotoInputs, torch.Tensor, torch.Tensor]:
     """One batch of photo rows then text rows: (their ``PhotoInputs``, captions, lengths), the
     text rows marked ``objects_only``. ``photo_part``: (features, caption ids, grid or None,
-    detections, concepts or None, summaries or None); ``text_part``: (caption ids, detections,
+    classified, concepts or None, summaries or None); ``text_part``: (caption ids, classified,
     concepts or None, summaries or None) or None."""
-    feats, caps, grid, det, concepts, boxes = photo_part  # features and grid may already be on the device
+    feats, caps, grid, det, concepts, summary = photo_part  # features and grid may already be on the device
     only = torch.zeros(len(caps), dtype=torch.bool)
     if text_part is not None:
-        text_caps, text_det, text_concepts, text_boxes = text_part
-        if boxes is not None:
-            boxes = torch.cat([boxes, text_boxes])
+        text_caps, text_det, text_concepts, text_summary = text_part
+        if summary is not None:
+            summary = torch.cat([summary, text_summary])
         n = len(text_caps)
         feats = torch.cat([feats, feats.new_zeros(n, feats.shape[1])])
         if grid is not None:
             grid = torch.cat([grid, grid.new_zeros(n, *grid.shape[1:])])
         caps = list(caps) + list(text_caps)
         only = torch.cat([only, torch.ones(n, dtype=torch.bool)])
-        det = Detections(torch.cat([det.words, text_det.words]), torch.cat([det.probs, text_det.probs]))
+        det = ClassifiedObjects(torch.cat([det.words, text_det.words]), torch.cat([det.probs, text_det.probs]))
         if concepts is not None:
             concepts = torch.cat([concepts, text_concepts])
     lengths = torch.tensor([len(c) for c in caps])
-    inputs = PhotoInputs(feats, grid, boxes, detections=det, concepts=concepts, objects_only=only).to(device)
+    inputs = PhotoInputs(feats, grid, summary, classified=det, concepts=concepts, objects_only=only).to(device)
     return inputs, pad_sequence(caps, batch_first=True).to(device), lengths
 
 

@@ -1,6 +1,6 @@
-"""Caption training's detectors: what the frozen detectors give every training photo (the
-encoder's objects, the COCO detector's summary), the concept detectors fitted on the
-training photos' grids (``concepts.fit_concept_detector``), and how text rows draw both:
+"""Caption training's classifiers: what the frozen ImageNet classifier and the COCO detector
+give every training photo (the encoder's objects, the detector's summary), the concept classifiers fitted on the
+training photos' grids (``concepts.fit_concept_classifier``), and how text rows draw both:
 the noise tables (``concepts.ConceptNoise``, ``batches.DetectorNoise``)."""
 
 from __future__ import annotations
@@ -10,33 +10,34 @@ from dataclasses import replace
 
 import torch
 
-from captioner.concepts import ConceptFit, ConceptNoise, concept_labels, detect, fit_concept_detector
+from captioner.concepts import ConceptFit, ConceptNoise, concept_labels, concept_probabilities, fit_concept_classifier
 from captioner.detector import summary as detector_summary
 from captioner.model import Captioner
-from captioner.train.batches import DetectorNoise, PhotoDetections, category_labels
+from captioner.train.batches import DetectorNoise, PhotoFindings, category_labels
 from captioner.train.datasets import captions_by_image
-from captioner.train.training_data import Data, Photos, photo_detections
+from captioner.train.training_data import Data, Photos, photo_findings
 
 log = logging.getLogger(__name__)
 
 
 def fit_concepts(model: Captioner, train_grids, train_flipped, labels, weights, val_grids, coco_photo: torch.Tensor,
                  fit: ConceptFit):
-    """The concept detectors (on all training photos), the concepts the decoder trains on
-    for each training photo (from detectors that never saw it: two folds), and the noise
-    of text rows (the scores of the fold detectors on the photos they did not see: the last
+    """The concept classifiers (on all training photos), the concepts the decoder trains on
+    for each training photo (from classifiers that never saw it: two folds), and the noise
+    of text rows (the scores of the fold classifiers on the photos they did not see: the last
     ``concept_photos`` photos are COCO's)."""
-    detector = fit_concept_detector(train_grids, labels, train_flipped, weights, fit)
-    model.network.concepts.load_state_dict(detector.state_dict())
+    classifier = fit_concept_classifier(train_grids, labels, train_flipped, weights, fit)
+    model.network.concepts.load_state_dict(classifier.state_dict())
     fold = torch.arange(len(train_grids)) % 2 == 0
     concepts, flipped = torch.zeros(len(labels), labels.shape[1]), torch.zeros(len(labels), labels.shape[1])
     for part in (fold, ~fold):
         rest = ~part
-        d = fit_concept_detector(train_grids[rest], labels[rest], train_flipped[rest], weights[rest],
-                                 replace(fit, seed=fit.seed + 1))
-        concepts[part], flipped[part] = detect(d, train_grids[part]), detect(d, train_flipped[part])
-    val_scores = detect(detector, val_grids)
-    # how the detectors score photos they never saw, per kind of photo: Flickr's (for Flickr30k's
+        d = fit_concept_classifier(train_grids[rest], labels[rest], train_flipped[rest], weights[rest],
+                                   replace(fit, seed=fit.seed + 1))
+        concepts[part] = concept_probabilities(d, train_grids[part])
+        flipped[part] = concept_probabilities(d, train_flipped[part])
+    val_scores = concept_probabilities(classifier, val_grids)
+    # how the classifiers score photos they never saw, per kind of photo: Flickr's (for Flickr30k's
     # text) and COCO's (for COCO's text), from the two folds, so the validation photos stay unused
     noise = {"": ConceptNoise(concepts, labels)}
     if bool(coco_photo.any()) and not bool(coco_photo.all()):
@@ -57,19 +58,19 @@ def average_precision(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return sum(aps) / max(1, len(aps))
 
 
-def fit_detectors(model: Captioner, data: Data, photos: Photos, *, concept_epochs: int, concept_photo_weight: float,
-                  seed: int):
-    """What the frozen detectors give every training photo (objects, the COCO detector's
-    summary), the concept detectors fitted, and how text rows draw both (the noise tables).
+def training_findings(model: Captioner, data: Data, photos: Photos, *, concept_epochs: int, concept_photo_weight: float,
+                      seed: int):
+    """What the frozen classifier and detector give every training photo (objects, the COCO detector's
+    summary), the concept classifiers fitted, and how text rows draw both (the noise tables).
     Returns (photo inputs, concept noise, detector noise, report)."""
-    photo_inputs = photo_detections(model, photos.train_feats, photos.train_flipped)
+    photo_inputs = photo_findings(model, photos.train_feats, photos.train_flipped)
     noise = boxes_noise = None
     is_coco = torch.tensor(["coco" in str(p) for p in data.train_images])
     if photos.train_boxes is not None:
-        photo_inputs.boxes = detector_summary(photos.train_boxes)
+        photo_inputs.summary = detector_summary(photos.train_boxes)
         labels = category_labels([captions_by_image(data.splits["train"])[p] for p in data.train_images])
-        boxes_noise = {"coco": DetectorNoise(photo_inputs.boxes[is_coco], labels[is_coco]),
-                       "flickr": DetectorNoise(photo_inputs.boxes[~is_coco], labels[~is_coco])}
+        boxes_noise = {"coco": DetectorNoise(photo_inputs.summary[is_coco], labels[is_coco]),
+                       "flickr": DetectorNoise(photo_inputs.summary[~is_coco], labels[~is_coco])}
         boxes_noise[""] = boxes_noise["coco"]
     report = {}
     if model.config.concepts:
@@ -78,9 +79,9 @@ def fit_detectors(model: Captioner, data: Data, photos: Photos, *, concept_epoch
     return photo_inputs, noise, boxes_noise, report
 
 
-def concept_inputs(model: Captioner, data: Data, photos: Photos, photo_inputs: PhotoDetections, is_coco, *,
+def concept_inputs(model: Captioner, data: Data, photos: Photos, photo_inputs: PhotoFindings, is_coco, *,
                    epochs: int, photo_weight: float, seed: int):
-    """Fit the concept detectors on the training photos (COCO's weighted ``photo_weight``),
+    """Fit the concept classifiers on the training photos (COCO's weighted ``photo_weight``),
     give each training photo the concepts of the fold that did not see it; the noise tables
     and a report."""
     concept_words = model.concept_words
@@ -104,6 +105,6 @@ def concept_inputs(model: Captioner, data: Data, photos: Photos, photo_inputs: P
               "concept_noise": {source: table.summary(concept_words, ["man", "woman", "people", "person", "kitchen",
                                                                       "table", "street", "snow", "plate", "dog"])
                                 for source, table in noise.items()}}
-    log.info("concept detectors: mean average precision %.3f on %d validation photos",
+    log.info("concept classifiers: mean average precision %.3f on %d validation photos",
              report["concept_map_validation"], len(held))
     return noise, report

@@ -93,11 +93,14 @@ def read_karpathy(dataset_json: str | Path, root: str | Path) -> CaptionSet:
     return CaptionSet(records, skipped, splits)
 
 
-def read_flickr8k(captions_csv: str | Path, images_dir: str | Path) -> CaptionSet:
-    """The Flickr8k ``captions.txt``: a CSV with the header ``image,caption``."""
+def read_csv_captions(captions_csv: str | Path, images_dir: str | Path) -> CaptionSet:
+    """A folder of photos and a CSV of their captions whose header is ``image,caption`` (one
+    row per caption, the image by its file name in ``images_dir``): Flickr8k's
+    ``captions.txt`` and ``Images/``, or anyone's own photos (``--dataset csv``). Captions of
+    photos that are not in the folder are skipped and counted."""
     captions_csv, images_dir = Path(captions_csv), Path(images_dir)
     if not captions_csv.is_file():
-        raise FileNotFoundError(f"no Flickr8k captions file at {captions_csv}")
+        raise FileNotFoundError(f"no captions file at {captions_csv}")
     present = _listing(images_dir)
     records, skipped = [], 0
     for name, caption in _csv_captions(captions_csv):
@@ -123,14 +126,18 @@ def _csv_captions(path: Path) -> Iterable[tuple[str, str]]:
 
 def read_dataset(kind: str, root: str | Path, coco_split: str = "train2017") -> CaptionSet:
     """A dataset by kind and root folder, in its usual layout:
-    ``flickr8k``: ``root/captions.txt`` and ``root/Images/``;
+    ``flickr8k``: ``root/captions.txt`` and ``root/Images/``; ``csv``: your own photos,
+    ``root/captions.csv`` (header ``image,caption``) and the photos in ``root/images/`` (or
+    in ``root`` itself when it has no ``images`` folder);
     ``coco``: ``root/annotations/captions_<split>.json`` and ``root/<split>/`` (COCO's
     official caption files); ``coco-karpathy``: ``root/dataset_coco.json`` and the images at
     ``root/<filepath>/<filename>`` (``read_karpathy``); ``corrections``: a feedback folder as
     the app writes it (``feedback.read_corrections``)."""
     root = Path(root)
     if kind == "flickr8k":
-        return read_flickr8k(root / "captions.txt", root / "Images")
+        return read_csv_captions(root / "captions.txt", root / "Images")
+    if kind == "csv":
+        return read_csv_captions(root / "captions.csv", root / "images" if (root / "images").is_dir() else root)
     if kind == "coco-karpathy":
         return read_karpathy(root / "dataset_coco.json", root)
     if kind == "coco":
@@ -147,7 +154,7 @@ def read_dataset(kind: str, root: str | Path, coco_split: str = "train2017") -> 
 # coco_val2017: photos the COCO detector never trained on (it trained on train2017, which holds the others);
 # coco_extra: 830 more COCO photos (none of them in val2017), most of them the detector's training photos
 PAIRED = {"coco_paired": "val2014", "coco_val2017": "val2017", "coco_train2014": "train2014", "coco_extra": "extra"}
-DATASETS = ("coco", "coco-karpathy", "flickr8k", *PAIRED, "corrections")
+DATASETS = ("coco", "coco-karpathy", "flickr8k", "csv", *PAIRED, "corrections")
 TEXT_SOURCES = ("coco", "flickr")
 
 

@@ -5,7 +5,7 @@ whether the result may be shipped.
     python -m training.train_captioner --dataset corrections --data-root DIR --out RUN
 
 - **The start**: the checkpoint (``--init``, default the shipped one) with its vocabulary,
-  its object words, its concept detectors and its familiarity as they are; only the
+  its object words, its concept classifiers and its familiarity as they are; only the
   network's weights move. Words of the corrections it does not know are counted and
   reported (they are learned as ``<unk>``).
 - **Replay** (``plan_finetune``): the release's own photo datasets (its metadata names
@@ -48,13 +48,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from captioner.concepts import detect
+from captioner.concepts import concept_probabilities
 from captioner.detector import summary as detector_summary
 from captioner.feedback import read_corrections
 from captioner.model import DEFAULT_CHECKPOINT, Captioner
 from captioner.train.datasets import captions_by_image, own_fractions, read_dataset, split_of
 from captioner.train.metrics import cider_per_photo
-from captioner.train.training_data import Photos, photo_detections
+from captioner.train.training_data import Photos, photo_findings
 from captioner.train.validation import caption_photos
 from captioner.vocabulary import tokenize
 from lstmkit.checkpoint import CHECKPOINTS, atomic_write, atomic_write_text, file_sha256, read_metadata
@@ -250,16 +250,16 @@ def start_from(path: Path, folders: list[Path]) -> Captioner:
 
 
 def frozen_inputs(model: Captioner, photos: Photos):
-    """What the model's own frozen detectors give every training photo (objects, the COCO
-    detector's summary, its concept detectors' scores), as ``fit_detectors`` returns it,
+    """What the model's own frozen classifiers and detector give every training photo (objects, the COCO
+    detector's summary, its concept classifiers' scores), as ``training_findings`` returns it,
     without fitting anything: (photo inputs, no concept noise, no detector noise, report)."""
-    inputs = photo_detections(model, photos.train_feats, photos.train_flipped)
+    inputs = photo_findings(model, photos.train_feats, photos.train_flipped)
     if photos.train_boxes is not None:
-        inputs.boxes = detector_summary(photos.train_boxes)
+        inputs.summary = detector_summary(photos.train_boxes)
     if model.config.concepts:
         with torch.no_grad():
-            inputs.concepts = detect(model.network.concepts, photos.train_grid.float())
-            inputs.flipped_concepts = detect(model.network.concepts, photos.train_grid_flipped.float())
+            inputs.concepts = concept_probabilities(model.network.concepts, photos.train_grid.float())
+            inputs.flipped_concepts = concept_probabilities(model.network.concepts, photos.train_grid_flipped.float())
     return inputs, None, None, {}
 
 
@@ -383,7 +383,7 @@ def extend_from(model: Captioner, old: Captioner) -> None:
     """Start ``model`` from ``old``'s weights: every tensor of the same name and shape,
     and the embedding and output rows of the words both vocabularies hold. Never what belongs
     to the encoder or is fitted to its features: the copy of its ImageNet classifier (``objects.``,
-    another encoder's on a warm start), familiarity and the concept detectors."""
+    another encoder's on a warm start), familiarity and the concept classifiers."""
     new_state, old_state = model.network.state_dict(), old.network.state_dict()
     rows = [(i, old.vocab.index[w]) for i, w in enumerate(model.vocab.words) if w in old.vocab.index]
     new_rows, old_rows = (torch.tensor(x) for x in zip(*rows))

@@ -144,8 +144,8 @@ class SelfCritical:
             drawn = search.sample(network.decoder, fixed.ctx, n, min(self.max_words, decoding.max_length),
                                   block_ngram=decoding.block_ngram, constraints=fixed.constraints)
         ids, lengths = drawn.ids, drawn.lengths.cpu()
-        objects = ([[model.object_words[w] for w in row] for row in fixed.detections.words.tolist()]
-                   if fixed.detections is not None else [[] for _ in range(len(images))])
+        objects = ([[model.object_words[w] for w in row] for row in fixed.classified.words.tolist()]
+                   if fixed.classified is not None else [[] for _ in range(len(images))])
         reward = self.rewards(images.tolist(), ids, objects).to(inputs.features.device).view(-1, n)
         advantage = (reward - (reward.sum(1, keepdim=True) - reward) / (n - 1)).view(-1)
         every = torch.arange(len(images)).repeat_interleave(n)

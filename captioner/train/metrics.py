@@ -96,7 +96,7 @@ def object_mention_scores(references: dict[str, list[str]], predictions: dict[st
     """Micro-averaged object-mention precision, recall and F1 over images: the true objects
     of an image are the COCO categories named in at least ``min_references`` of its human
     captions; the predicted ones those its caption names, where every word that describes a
-    person (``rules.person_words``: "asian", "blonde", "young", "she"...) names a person too,
+    person (``wordlists.person_words``: "asian", "blonde", "young", "she"...) names a person too,
     so that a caption cannot hide an invented person behind other words. ``degenerate``: the
     captions no user should read (``rules.degenerate``)."""
     describing = person_words()

@@ -4,7 +4,7 @@
   the encoder's feature space (only photos with captions can be neighbours);
 - ``ConceptRetrieval``: the caption, among every caption the model learned from (photos'
   and text-only), whose words best match what the model recognises in the photo. The
-  recognised words are the concepts the detectors give at least ``concept_min`` and the
+  recognised words are the concepts the classifiers give at least ``concept_min`` and the
   objects the classifier gives at least ``object_min``; a caption scores one for each
   recognised word it uses (plus its probability, to break ties) and loses ``penalty`` for
   each matchable word (a concept or an object word) it uses that is not recognised. The
@@ -56,7 +56,7 @@ class ConceptRetrieval:
                                               check_invariants=True).coalesce()
 
     def word_probabilities(self, concepts: torch.Tensor, objects: Sequence[Sequence[dict]]) -> torch.Tensor:
-        """(B, concepts) probabilities and each photo's detected objects -> (B, words)."""
+        """(B, concepts) probabilities and each photo's recognised objects -> (B, words)."""
         probs = torch.zeros(len(concepts), len(self.words))
         probs[:, :self.concepts] = concepts.float()
         for row, found in enumerate(objects):

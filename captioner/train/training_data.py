@@ -1,5 +1,5 @@
 """Caption training's data: the captions and photos of a run (photo captions split by
-image, more photos with captions for the concept detectors and familiarity, captions
+image, more photos with captions for the concept classifiers and familiarity, captions
 without photos, photos without captions), and what the frozen encoder and detectors give
 each photo, read once from the caches."""
 
@@ -16,7 +16,7 @@ import torch
 from captioner.detector import DetectionCache
 from captioner.encoders import build_encoder
 from captioner.model import Captioner
-from captioner.train.batches import PhotoDetections
+from captioner.train.batches import PhotoFindings
 from captioner.train.datasets import (
     DATASETS,
     CaptionRecord,
@@ -161,7 +161,7 @@ def unpaired_photos(folders: Sequence[Path], dry_run: bool = False) -> list[Path
 @dataclass
 class Data:
     """The captions and photos of a run: photo captions split by image (train, val, test, and
-    for a fine-tune, gate), more COCO photos for the concept detectors and familiarity,
+    for a fine-tune, gate), more COCO photos for the concept classifiers and familiarity,
     captions without photos, photos without captions."""
 
     splits: dict[str, list[CaptionRecord]]
@@ -197,7 +197,7 @@ class Photos:
 
     def to(self, device, grids: bool) -> None:
         """The fp16 features on the training device (all of COCO's fit a GPU: 2 x 83k x 2048 x
-        2 bytes); ``grids`` False: the grids served the concept detectors only, and go."""
+        2 bytes); ``grids`` False: the grids served the concept classifiers only, and go."""
         self.train_feats, self.train_flipped, self.val_feats = (t.to(device) for t in (
             self.train_feats, self.train_flipped, self.val_feats))
         if self.train_grid is not None:
@@ -257,13 +257,13 @@ def extract_features(data: Data, dist, timer: Timer, extraction: Extraction) -> 
     return photos
 
 
-def photo_detections(model: Captioner, feats: torch.Tensor, flipped: torch.Tensor) -> PhotoDetections:
+def photo_findings(model: Captioner, feats: torch.Tensor, flipped: torch.Tensor) -> PhotoFindings:
     """The frozen object detector's output on every training photo and its mirror image."""
     empty = torch.zeros(len(feats), max(1, model.config.object_slots))
     if model.network.objects is None:
-        return PhotoDetections(empty.long(), empty, empty.long(), empty)
+        return PhotoFindings(empty.long(), empty, empty.long(), empty)
     with torch.no_grad():
         a = [model.network.objects(feats[i:i + 1024].float()) for i in range(0, len(feats), 1024)]
         b = [model.network.objects(flipped[i:i + 1024].float()) for i in range(0, len(feats), 1024)]
     cat = lambda ds, f: torch.cat([getattr(d, f) for d in ds])  # noqa: E731
-    return PhotoDetections(cat(a, "words"), cat(a, "probs"), cat(b, "words"), cat(b, "probs"))
+    return PhotoFindings(cat(a, "words"), cat(a, "probs"), cat(b, "words"), cat(b, "probs"))
