@@ -290,13 +290,11 @@ def decode(network: CaptionNetwork, tables: WordTables, inputs: PhotoInputs, dec
     if decoding.beam_size == 1 and required is None:
         decoded = search.greedy(decoder, ctx, decoding.max_length, decoding.block_ngram, constraints)
     else:
-        decoded = search.beam_search(decoder, ctx, decoding.beam_size, decoding.max_length,
-                                     decoding.length_alpha, must_include=required,
-                                     block_ngram=decoding.block_ngram, constraints=constraints,
-                                     alternatives=decoding.claims_seen > 0)
-    if decoding.claims_seen > 0 and decoded and isinstance(decoded[0], list):
-        return DecodedBatch([alts[0] for alts in decoded], fixed.classified, ctx.get("concepts"), fixed.person_ok,
-                            alternatives=decoded)
+        found = search.beam_alternatives(decoder, ctx, decoding.beam_size, decoding.max_length,
+                                         decoding.length_alpha, must_include=required,
+                                         block_ngram=decoding.block_ngram, constraints=constraints)
+        return DecodedBatch([alts[0] for alts in found], fixed.classified, ctx.get("concepts"), fixed.person_ok,
+                            alternatives=found if decoding.claims_seen > 0 else None)
     return DecodedBatch(decoded, fixed.classified, ctx.get("concepts"), fixed.person_ok)
 
 

@@ -258,12 +258,20 @@ def _best_per_beam(score: torch.Tensor, group: torch.Tensor, room: torch.Tensor)
     return order[(rank < room[g_sorted]) & torch.isfinite(score[order])]
 
 
-@torch.inference_mode()
 def beam_search(decoder: CaptionDecoder, ctx: Context, beam_size: int = 3, max_length: int = 20,
                 length_alpha: float = 1.0, must_include: torch.Tensor | None = None,
-                block_ngram: int = 0, constraints: Constraints | None = None,
-                alternatives: bool = False) -> list[Decoded] | list[list[Decoded]]:
-    """Beam search over all images at once, optionally constrained.
+                block_ngram: int = 0, constraints: Constraints | None = None) -> list[Decoded]:
+    """Each image's best caption of ``beam_alternatives``: the best of the winning beam."""
+    return [alts[0] for alts in beam_alternatives(decoder, ctx, beam_size, max_length, length_alpha, must_include,
+                                                  block_ngram, constraints)]
+
+
+@torch.inference_mode()
+def beam_alternatives(decoder: CaptionDecoder, ctx: Context, beam_size: int = 3, max_length: int = 20,
+                      length_alpha: float = 1.0, must_include: torch.Tensor | None = None,
+                      block_ngram: int = 0, constraints: Constraints | None = None) -> list[list[Decoded]]:
+    """Beam search over all images at once, optionally constrained: each image's finished
+    captions, best first (``beam_search`` keeps the first).
 
     Among the finished captions the best by ``log p / length ** length_alpha`` wins. With
     ``beam_size=1`` and no constraint this is exactly greedy decoding.
@@ -276,8 +284,6 @@ def beam_search(decoder: CaptionDecoder, ctx: Context, beam_size: int = 3, max_l
     beam wins; only if it has none, the first beam's. ``block_ngram``: no caption holds an
     n-gram twice (``rules.repeat_bans``). ``constraints``: the caption rules; a continuation
     that breaks one is never a candidate, so the beam takes the next best.
-    ``alternatives``: each image's finished captions, best first (the winner's beam's),
-    instead of the best alone.
     """
     if beam_size < 1:
         raise ValueError("beam_size must be at least 1")
@@ -326,10 +332,10 @@ def beam_search(decoder: CaptionDecoder, ctx: Context, beam_size: int = 3, max_l
         # when the rows' images change (beams ended), not at every step
         if len(beams.group) != len(image) or bool((beams.group // 2 != image).any()):
             ctx, image = select(ctx, row), beams.group // 2
-    if alternatives:
-        return [sorted(finished[2 * b + 1] or finished[2 * b], key=lambda d: -d.score) or [_best([])]
-                for b in range(batch)]
-    return [_best(finished[2 * b + 1] or finished[2 * b]) for b in range(batch)]
+    # ties keep the order they finished in, as max() did; an image whose every continuation was
+    # impossible (non-finite scores) gets no words
+    return [sorted(finished[2 * b + 1] or finished[2 * b], key=lambda d: -d.score)
+            or [Decoded([], [], float("-inf"))] for b in range(batch)]
 
 
 def _collect(finished: list[list[Decoded]], n_finished: torch.Tensor, beams: _Beams, logp: torch.Tensor,
@@ -343,8 +349,3 @@ def _collect(finished: list[list[Decoded]], n_finished: torch.Tensor, beams: _Be
     for g, ids, lps, attn in zip(groups.tolist(), ids_all, lps_all, attn_all):
         finished[g].append(finish(ids, lps, end_id, alpha, attn))
     n_finished += torch.bincount(groups, minlength=len(n_finished))
-
-
-def _best(done: list[Decoded]) -> Decoded:
-    # an image whose every continuation was impossible (non-finite scores) gets no words
-    return max(done, key=lambda d: d.score) if done else Decoded([], [], float("-inf"))

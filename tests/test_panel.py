@@ -6,7 +6,7 @@ import json
 import numpy as np
 from PIL import Image
 
-from captioner.train.panel import HUMAN, RUBRIC, bootstrap, consensus, normalise, read_ratings, score, sheets
+from captioner.train.panel import HUMAN, RUBRIC, consensus, normalise, paired, read_ratings, score, sheets
 from training import panel as panel_script
 
 
@@ -66,10 +66,10 @@ def _ratings(lines):
     return read_ratings([path])
 
 
-def test_bootstrap_interval_holds_the_mean_difference():
+def test_the_paired_interval_holds_the_mean_difference():
     rng = np.random.default_rng(0)
     a, b = rng.random(200) < 0.6, rng.random(200) < 0.3
-    mean, low, high = bootstrap(a, b)
+    mean, low, high = paired(a, b)
     assert low < mean < high and low > 0
 
 

@@ -53,7 +53,7 @@ from captioner.detector import summary as detector_summary
 from captioner.feedback import read_corrections
 from captioner.model import DEFAULT_CHECKPOINT, Captioner
 from captioner.train.datasets import captions_by_image, own_fractions, read_dataset, split_of
-from captioner.train.metrics import cider_per_photo
+from captioner.train.metrics import bootstrap, cider_per_photo
 from captioner.train.training_data import Photos, photo_findings
 from captioner.train.validation import caption_photos
 from captioner.vocabulary import tokenize
@@ -276,15 +276,6 @@ class Verdict:
     tolerance: float = TOLERANCE
 
 
-def bootstrap(differences, resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float]:
-    """The ``PERCENTILES`` of the mean of ``differences`` over ``resamples`` resamples (with
-    replacement, seeded) of its items."""
-    d = np.asarray(differences, dtype=np.float64)
-    means = d[np.random.default_rng(seed).integers(0, len(d), size=(resamples, len(d)))].mean(axis=1)
-    low, high = np.percentile(means, PERCENTILES)
-    return float(low), float(high)
-
-
 def per_photo_cider(model: Captioner, feats, grid, boxes, refs: dict[str, list[str]],
                     beam_size: int | None = None) -> dict[str, float]:
     results = caption_photos(model, feats, grid, beam_size, boxes=boxes)
@@ -300,7 +291,7 @@ def judge(baseline: Captioner, candidate: Captioner, sets: dict[str, tuple], tol
     for name, (feats, grid, boxes, refs) in sets.items():
         old = per_photo_cider(baseline, feats, grid, boxes, refs, beam_size)
         new = per_photo_cider(candidate, feats, grid, boxes, refs, beam_size)
-        low, high = bootstrap([new[i] - old[i] for i in refs], resamples, seed)
+        low, high = bootstrap([new[i] - old[i] for i in refs], resamples, seed, PERCENTILES)
         verdict.baseline[name], verdict.candidate[name] = float(np.mean(list(old.values()))), \
             float(np.mean(list(new.values())))
         verdict.photos[name], verdict.interval[name] = len(refs), (low, high)

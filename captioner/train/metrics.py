@@ -23,6 +23,8 @@ import shutil
 from collections import Counter
 from collections.abc import Sequence
 
+import numpy as np
+
 from captioner.rules import degenerate
 from captioner.train.cider import ngrams
 from captioner.vocabulary import tokenize
@@ -207,3 +209,14 @@ def consensus_caption(captions: Sequence[str]) -> str:
         return captions[0]
     scores = [sum(_agreement(t, o) for j, o in enumerate(tokens) if j != i) for i, t in enumerate(tokens)]
     return captions[max(range(len(captions)), key=scores.__getitem__)]
+
+
+def bootstrap(differences, resamples: int = 1000, seed: int = 0,
+              percentiles: tuple[float, float] = (2.5, 97.5)) -> tuple[float, float]:
+    """The ``percentiles`` of the mean of paired ``differences`` (one per photo) over
+    ``resamples`` resamples of the photos (with replacement, seeded): the one paired
+    bootstrap of the gate (``finetune.judge``) and the panel (``panel.score``)."""
+    d = np.asarray(differences, dtype=np.float64)
+    means = d[np.random.default_rng(seed).integers(0, len(d), size=(resamples, len(d)))].mean(axis=1)
+    low, high = np.percentile(means, percentiles)
+    return float(low), float(high)

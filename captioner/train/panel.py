@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from captioner.train.metrics import bootstrap
+
 HUMAN = "human"
 VERDICTS = ("acceptable", "partly", "wrong")
 # the rubric, word for word as the panel that set the goals used it
@@ -128,12 +130,11 @@ def per_system(ratings: Sequence[Rating], key: Mapping[str, Mapping[str, Sequenc
     return table
 
 
-def bootstrap(a: np.ndarray, b: np.ndarray, rounds: int = 10000, seed: int = 0) -> tuple[float, float, float]:
-    """The mean of ``a - b`` (paired by photo) and its 95% bootstrap interval."""
+def paired(a: Sequence[float], b: Sequence[float], resamples: int = 10000) -> tuple[float, float, float]:
+    """The mean of ``a - b`` (paired by photo) and its 95% bootstrap interval
+    (``metrics.bootstrap``)."""
     diff = np.asarray(a, float) - np.asarray(b, float)
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, len(diff), (rounds, len(diff)))].mean(1)
-    return float(diff.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+    return (float(diff.mean()), *bootstrap(diff, resamples))
 
 
 def score(ratings: Sequence[Rating], key: Mapping[str, Mapping[str, Sequence[str]]],
@@ -152,7 +153,7 @@ def score(ratings: Sequence[Rating], key: Mapping[str, Mapping[str, Sequence[str
             if system == against:
                 continue
             out["differences"][system] = {
-                m: bootstrap([rows[p][m] for p in photos], [table[against][p][m] for p in photos])
+                m: paired([rows[p][m] for p in photos], [table[against][p][m] for p in photos])
                 for m in ("good", "absurd", "acceptable", "wrong")}
     human = out["systems"].get(HUMAN, {}).get("acceptable")
     out["human_acceptable"] = human
