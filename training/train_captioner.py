@@ -26,7 +26,7 @@ import json
 import logging
 import math
 import sys
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 
 import torch
@@ -49,13 +49,13 @@ from captioner.train.datasets import DATASETS, TEXT_SOURCES, captions_by_image
 from captioner.train.losses import SelfCritical, caption_loss
 from captioner.train.training_data import (
     Data,
+    DataProvenance,
     Extraction,
     Photos,
     extract_features,
     load_concept_photos,
     load_records,
     load_text_captions,
-    provenance,
     sampled_photos,
     self_critical_reward,
     unpaired_photos,
@@ -245,10 +245,9 @@ def load_data(args) -> Data:
     if args.finetune:  # never a photo the release held out; half the validation photos are the gate's
         finetune.refuse_test_photos(splits, finetune.held_out_photos(finetune.training_data_of(args.init)))
         splits = finetune.gate_split(finetune.replay_sample(splits, args.replay_photos, args.seed))
-    return Data(splits,
-                load_concept_photos(args.concept_photos, coco_split=args.coco_split,
-                                    val_fraction=args.concept_val_fraction, dry_run=args.dry_run),
-                load_text_captions(args.text_captions, args.dry_run),
+    concept = load_concept_photos(args.concept_photos, coco_split=args.coco_split,
+                                  val_fraction=args.concept_val_fraction, dry_run=args.dry_run)
+    return Data(splits, concept, load_text_captions(args.text_captions, args.dry_run),
                 unpaired_photos(args.unpaired_photos, args.dry_run))
 
 
@@ -316,21 +315,22 @@ class Trainer:
         if dist.enabled:
             self.trainer = torch.nn.parallel.DistributedDataParallel(
                 model.network, device_ids=[device.index] if device.type == "cuda" else None)
-        model.provenance["training_data"] = provenance(args)
+        model.provenance["training_data"] = DataProvenance(list(zip(args.dataset, args.data_root)), **{f.name: getattr(
+            args, f.name, ()) for f in fields(DataProvenance)[1:]}).to_dict()  # the data flags, one by one
         self.scst = (SelfCritical(model, self.trainer, self.train_refs, self.photo_rows, args.samples,
                                   args.max_caption_words, self_critical_reward(self.train_refs, list(by_image),
                                   data, args.reward_captions, args.dry_run)) if args.objective == "scst" else None)
 
     @functools.lru_cache(maxsize=1)  # noqa: B019 (one Trainer per run)
     def plan(self, epoch: int):
-        return epoch_plan(len(self.train_table), epoch, self.args.seed, self.args.flip_prob, self.dist.rank,
-                          self.dist.world)
+        args, dist = self.args, self.dist
+        return epoch_plan(len(self.train_table), epoch, args.seed, args.flip_prob, dist.rank, dist.world)
 
     def photo_rows(self, images: torch.Tensor) -> PhotoInputs:
         """These training photos' ``PhotoInputs`` (self-critical training's samples)."""
+        config = self.model.config
         return self.photo_inputs.photo_rows(images, self.photos.train_feats, self.photos.train_grid,
-                                            bool(self.model.config.regions),
-                                            bool(self.model.config.object_slots)).to(self.dist.device)
+                                            bool(config.regions), bool(config.object_slots)).to(self.dist.device)
 
     def step(self, epoch: int, step: int) -> float:
         args = self.args

@@ -48,15 +48,32 @@ def sampled_photos(images: list, records, sample_repeat: Sequence[str]) -> torch
                         dtype=torch.long)
 
 
-def provenance(args) -> dict:
-    """Where the training data was, as the model's metadata records it (``args``: the
-    training command's)."""
-    return {"datasets": [[kind, str(root.resolve())] for kind, root in zip(args.dataset, args.data_root)],
-            "coco_split": args.coco_split, "val_fraction": args.val_fraction, "test_fraction": args.test_fraction,
-            "dataset_split": args.dataset_split, "repeat": args.repeat, "sample_repeat": args.sample_repeat,
-            "text_captions": args.text_captions, "reward_captions": getattr(args, "reward_captions", []),
-            "concept_photos": args.concept_photos, "concept_val_fraction": args.concept_val_fraction,
-            "unpaired_photos": [str(p.resolve()) for p in args.unpaired_photos]}
+@dataclass
+class DataProvenance:
+    """Where a run's training data was, as the model's metadata records it (the training
+    command's data flags, given one by one)."""
+
+    datasets: Sequence[tuple[str, Path]]
+    coco_split: str = "train2017"
+    val_fraction: float = 0.07
+    test_fraction: float = 0.13
+    dataset_split: Sequence[str] = ()
+    repeat: Sequence[str] = ()
+    sample_repeat: Sequence[str] = ()
+    text_captions: Sequence[str] = ()
+    reward_captions: Sequence[str] = ()
+    concept_photos: Sequence[str] = ()
+    concept_val_fraction: float = 0.4
+    unpaired_photos: Sequence[Path] = ()
+
+    def to_dict(self) -> dict:
+        return {"datasets": [[kind, str(Path(root).resolve())] for kind, root in self.datasets],
+                "coco_split": self.coco_split, "val_fraction": self.val_fraction, "test_fraction": self.test_fraction,
+                "dataset_split": list(self.dataset_split), "repeat": list(self.repeat),
+                "sample_repeat": list(self.sample_repeat), "text_captions": list(self.text_captions),
+                "reward_captions": list(self.reward_captions), "concept_photos": list(self.concept_photos),
+                "concept_val_fraction": self.concept_val_fraction,
+                "unpaired_photos": [str(Path(p).resolve()) for p in self.unpaired_photos]}
 
 
 def load_records(datasets: Sequence[tuple[str, Path]], *, coco_split: str, val_fraction: float,
