@@ -16,9 +16,10 @@ without it (``decode``).
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import torch
 
@@ -70,6 +71,22 @@ class DecodingConfig:
     claims_count: bool = False  # ... and says no more of a thing than the detector counts (claims.overcounted)
     gender_sure: float | None = None  # "a man" stays "a man" only when the concept detectors are this sure of it
     #                                   (claims.ungendered; else "a person"; None: off)
+
+    def updated(self, settings: Sequence[str]) -> DecodingConfig:
+        """These settings with ``KEY=VALUE`` items changed (values read as JSON: 2, 0.5, null,
+        true); ValueError names a key or value it cannot take."""
+        names = {f.name for f in fields(DecodingConfig)}
+        changes = {}
+        for item in settings:
+            key, _, value = item.partition("=")
+            if key not in names or not value:
+                raise ValueError(f"a decoding setting is KEY=VALUE with KEY one of {', '.join(sorted(names))}, "
+                                 f"not {item!r}")
+            try:
+                changes[key] = json.loads(value)
+            except ValueError as err:
+                raise ValueError(f"{item!r}: the value is not a number, null, true or false") from err
+        return replace(self, **changes)
 
     @classmethod
     def from_saved(cls, data: dict, path) -> DecodingConfig:

@@ -23,8 +23,6 @@ The predictions of all three are written to ``--json-out`` with the scores.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
 import logging
 import sys
 import time
@@ -125,19 +123,10 @@ def concept_retrieval_captions(model: Captioner, results, info: dict, sources: l
 
 
 def decoding_with(decoding: DecodingConfig, settings: list[str]) -> DecodingConfig:
-    """``decoding`` with ``KEY=VALUE`` settings (values read as JSON: 2, 0.5, null, true)."""
-    changes = {}
-    fields = {f.name for f in dataclasses.fields(DecodingConfig)}
-    for item in settings:
-        key, _, value = item.partition("=")
-        if key not in fields or not value:
-            raise UserError(f"a decoding setting is KEY=VALUE with KEY one of {', '.join(sorted(fields))}, "
-                            f"not {item!r}")
-        try:
-            changes[key] = json.loads(value)
-        except ValueError as err:
-            raise UserError(f"{item!r}: the value is not a number, null, true or false") from err
-    return dataclasses.replace(decoding, **changes)
+    try:
+        return decoding.updated(settings)
+    except ValueError as err:
+        raise UserError(str(err)) from err
 
 
 @cli
