@@ -98,7 +98,9 @@ def test_shipped_model_captions_hundreds_of_real_photos(tmp_path):
     model = cli.Captioner.from_checkpoint()
     assert cli.caption_files(model, photos, beam_size=None, batch_size=64, as_json=True, out=out) == 0
     lines = [json.loads(line) for line in out.getvalue().splitlines()]
-    assert len(lines) == 300 and all(len(line["words"]) >= 3 for line in lines)
+    # a caption whose claims no person states is cut back to who or what is there ("a diver"): rare
+    assert len(lines) == 300 and all(len(line["words"]) >= 2 for line in lines)
+    assert sum(len(line["words"]) < 3 for line in lines) < 30
     assert sum("dog" in line["words"] for line in lines) > 30  # Flickr8k is full of dogs
 
 
