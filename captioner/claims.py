@@ -275,24 +275,35 @@ def choose(candidates: Sequence[Sequence[Sequence[str]]], table: ClaimTable, lea
     can be several words: an object slot's "tennis racket"), the first whose every claim the
     human captions state at least ``least`` times (and, given the detector's ``counts``, that
     says no more of a thing than the detector sees: ``overcounted``): (its index, None). When
-    none is, the best cut before its first unseen claim: (0, how many tokens to keep), "a
-    woman is sitting on a popsicle" -> "a woman"."""
-    for n, tokens in enumerate(candidates):
-        words = [w for token in tokens for w in token]
+    none is, the best one cut before its first unseen claim whose cut says no more than the
+    detector sees (else the best, cut): (its index, how many tokens to keep), "a woman is
+    sitting on a popsicle" -> "a woman". A caption that only overcounts is kept whole when no
+    caption does better."""
+    joined = [[w for token in tokens for w in token] for tokens in candidates]
+    for n, words in enumerate(joined):
         if not table.unseen(words, least) and not (counts is not None and overcounted(words, counts)):
             return n, None
-    if not table.unseen([w for token in candidates[0] for w in token], least):
+    if not table.unseen(joined[0], least):
         return 0, None
-    tokens = candidates[0]
-    words = [w for token in tokens for w in token]
+    cuts = [(n, _cut(candidates[n], joined[n], table, least)) for n in range(len(candidates))
+            if table.unseen(joined[n], least)]
+    for n, keep in cuts:
+        kept = [w for token in candidates[n][:keep] for w in token]
+        if keep and (counts is None or not overcounted(kept, counts)):
+            return n, keep
+    return cuts[0]
+
+
+def _cut(tokens: Sequence[Sequence[str]], words: Sequence[str], table: ClaimTable, least: int) -> int:
+    """How many tokens come before the first unseen claim (and the words that only lead to
+    it: "a man is sitting on a plate" keeps "a man")."""
     first = min(c.start for c in table.unseen(words, least))
-    while first > 0 and words[first - 1] in COPULAS | DETERMINERS | BREAKS:  # "a man is" -> "a man"
+    while first > 0 and words[first - 1] in COPULAS | DETERMINERS | BREAKS:
         first -= 1
     ends = [0]
     for token in tokens:
         ends.append(ends[-1] + len(token))
-    keep = max(k for k, end in enumerate(ends) if end <= first)
-    return 0, keep
+    return max(k for k, end in enumerate(ends) if end <= first)
 
 
 SHIPPED_TABLE = Path(__file__).resolve().parent / "data" / "claims.tsv.gz"

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from captioner.claims import ClaimTable, choose, parse, place, ungendered
+from captioner.claims import ClaimTable, choose, overcounted, parse, place, ungendered
 from captioner.detector import Boxes
 from captioner.objects import ClassifiedObjects
 from captioner.rules import describe_objects, problems, trimmed
@@ -136,8 +136,14 @@ class Writer:
                 chosen.append(alts[n])
                 continue
             ids = alts[n].ids[:keep]
-            sure = [] if concepts is None else [(w, p) for w, p in zip(self.concept_words, concepts[b].tolist())]
             kept = [w for token in tokens[n][:keep] for w in token]
+            if check_counts and counts is not None and overcounted(kept, counts[b]):
+                # every cut says more than the detector sees ("a group of people", one person):
+                # the detector's own words for it ("a person")
+                said = describe_objects({c: k for c, k in counts[b].items() if c in overcounted(kept, counts[b])})
+                if said and all(w in self.vocab.index for w in said):
+                    ids, kept = [self.vocab.index[w] for w in said], said
+            sure = [] if concepts is None else [(w, p) for w, p in zip(self.concept_words, concepts[b].tolist())]
             where = place(kept, sure, table, least)
             if not where and counts is not None and not parse(kept).claims:
                 where = company(kept, counts[b])

@@ -124,3 +124,23 @@ def test_the_shipped_model_takes_back_every_claim_when_no_claim_is_known(monkeyp
         assert len(after.words) == len(after.probabilities) == len(after.attention)
         assert len(after.words) <= len(before.words) + 3
     assert any(a.caption != b.caption for a, b in zip(plain, cut))
+
+
+def test_a_cut_caption_says_no_more_of_a_thing_than_the_detector_counts():
+    table = ClaimTable()  # no claim known: every caption with a claim is cut
+    group, one = words("a group of people are standing in front of a crowd"), words("a man is standing in a crowd")
+    assert choose([group, one], table, 1, {"person": 1}) == (1, 2)  # "a man", not "a group of people"
+    assert choose([group, one], table, 1, {"person": 5}) == (0, 4)  # "a group of people"
+    assert choose([group], table, 1, {"person": 1}) == (0, 4)  # nothing better: the best, cut
+
+
+def test_the_shipped_model_says_a_person_where_it_would_have_said_a_group():
+    import numpy as np
+    import skimage.data as data
+
+    from captioner.model import Captioner
+
+    astronaut = Image.fromarray(np.asarray(data.astronaut())).convert("RGB")  # one person, a flag
+    result = Captioner.from_checkpoint(int8=True).caption([astronaut])[0]
+    assert [(o["word"], o["count"]) for o in result.objects if o["kind"] == "detected"] == [("person", 1)]
+    assert not overcounted(result.words, {"person": 1}), result.caption
