@@ -133,8 +133,9 @@ def main(argv: list[str] | None = None) -> None:
                                (search.Bans, "apply", "step: rules and repeat bans"),
                                (search, "_candidates", "step: beam candidates"),
                                (search, "_best_per_beam", "step: beam selection"),
-                               (search, "beam_search", "search (beam, all steps)"),
+                               (search, "beam_alternatives", "search (beam, all steps)"),
                                (search, "greedy", "search (greedy, all steps)"),
+                               (model, "_truer", "claims check (choice, cut, the decoder's rescoring)"),
                                (model.writer, "results", "results (ids to words)")):
         clock.wrap(owner, name, label)
     report = {}
