@@ -149,8 +149,19 @@ class Writer:
                 where = company(kept, counts[b])
             if where and all(w in self.vocab.index for w in where):
                 ids = ids + [self.vocab.index[w] for w in where]
+            elif not parse(kept).claims and classified is not None:  # "a man" -> "a man with a tripod"
+                ids = ids + self.classified_company(kept, classified.probs[b].tolist(), names)
             chosen.append(ids)
         return chosen
+
+    def classified_company(self, words: Sequence[str], probs: Sequence[float], names: Sequence[str],
+                           sure: float = 0.5) -> list[int]:
+        """"with" and the ImageNet classifier's surest object (its slot, at least ``sure``)
+        that the caption does not name: the ids to add, or none."""
+        for k, (name, p) in enumerate(zip(names, probs)):
+            if p >= sure and name not in " ".join(words) and {"with", "a"} <= self.vocab.index.keys():
+                return [self.vocab.index["with"], self.vocab.index["a"], self.first_slot + k]
+        return []
 
     def ungendered(self, ids: Sequence[int], concepts: torch.Tensor, sure: float) -> list[int] | None:
         """``ids`` with each gendered person word the concepts are unsure of made neutral
