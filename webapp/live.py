@@ -37,14 +37,14 @@ def content_words(caption: str) -> frozenset[str]:
 def same_scene(previous: str | None, new: str) -> bool:
     """Whether ``new`` says what ``previous`` said, so the page keeps the old words (no
     flicker between near-identical sentences): the same content words, in any order, or
-    all but one of them the same when each caption has at least three (one word more or
+    all but one of them the same when the longer has at least three (one word more or
     less, as "a kitchen with a stove" and "a kitchen with a stove and a sink"). "a man riding
     a wave on a surfboard" and "a man riding a surfboard on a wave" are the same; "a dog on a
     couch" and "a cat on a couch" are not, nor are two that swap one thing for another."""
     if previous is None:
         return False
     old, now = content_words(previous), content_words(new)
-    return old == now or (min(len(old), len(now)) >= 3 and len(old ^ now) <= 1)
+    return old == now or (max(len(old), len(now)) >= 3 and len(old ^ now) <= 1)
 
 
 def _env_number(name: str, default: float) -> float:
@@ -119,12 +119,13 @@ class LiveStreams:
         """The stream, opened if new (the visitor's oldest ends when they hold too many)."""
         with self.lock:
             for key, old in list(self.streams.items()):
-                if old.ended or now - old.seen > self.settings.idle_seconds:
+                if now - old.seen > self.settings.idle_seconds:  # an ended one stays, to say so
                     del self.streams[key]
             stream = self.streams.get(stream_id)
             if stream is None:
                 stream = self.streams[stream_id] = Stream(visitor, now, now)
-                mine = sorted((s for s in self.streams.values() if s.visitor == visitor), key=lambda s: s.started)
+                mine = sorted((s for s in self.streams.values() if s.visitor == visitor and not s.ended),
+                              key=lambda s: s.started)
                 for old in mine[:max(0, len(mine) - self.settings.streams_per_visitor)]:
                     old.ended = "Live moved to your newer window (one live stream at a time per visitor)."
             stream.seen = now
@@ -157,8 +158,7 @@ class LiveStreams:
             stream.busy.release()
 
     def stop(self, stream_id: str) -> None:
-        """The page's Live pressed off (or the page gone): the stream ends now."""
+        """The page's Live pressed off (or the page gone): the stream ends now, and frees
+        the visitor's place."""
         with self.lock:
-            stream = self.streams.pop(stream_id, None)
-        if stream is not None:
-            stream.ended = "Live stopped."
+            self.streams.pop(stream_id, None)
