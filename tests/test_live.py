@@ -162,3 +162,35 @@ def test_the_page_s_frame_is_captioned_with_its_boxes_and_a_bad_frame_is_refused
     bad = panel.live_frame({"stream": "s", "image": "data:image/jpeg;base64,AAAA"})
     assert bad["kind"] == "dropped" and "could not be read" in bad["message"]
     assert panel.live_stop("s") and panel.live_frame({"stream": "", "image": ""})["kind"] == "ended"
+
+
+def test_the_slideshow_is_a_y4m_video_chromium_can_play(tmp_path):
+    from benchmarks.slideshow import main
+
+    out = tmp_path / "slides.y4m"
+    main([str(out), "--seconds", "1", "--fps", "2", "--size", "64x48"])
+    data = out.read_bytes()
+    header, _, rest = data.partition(b"\n")
+    assert header == b"YUV4MPEG2 W64 H48 F2:1 Ip A1:1 C420jpeg"
+    frame = b"FRAME\n" + bytes(64 * 48 * 3 // 2)
+    assert rest.count(b"FRAME\n") == 12 and len(rest) == 12 * len(frame)  # 6 slides, 2 frames each
+    with pytest.raises(SystemExit, match="no such photo"):
+        main([str(out), str(tmp_path / "missing.jpg")])
+
+
+def test_the_live_viewers_benchmark_streams_through_the_page_s_path(tmp_path):
+    from tests.conftest import shipped
+
+    shipped("captioner.safetensors")
+    import json
+
+    from benchmarks import live_viewers
+
+    out = tmp_path / "live_viewers.json"
+    live_viewers.main(["--viewers", "1", "2", "--seconds", "3", "--slide-seconds", "1", "--json-out", str(out)])
+    report = json.loads(out.read_text())
+    assert [run["viewers"] for run in report["runs"]] == [1, 2]
+    for run in report["runs"]:
+        assert run["answers"]["new"] >= 1 and run["answers"]["ended"] == 0
+        assert run["uploads_meanwhile"]["failed"] == 0
+    assert report["machine"]["cpu"] and len(report["load_average_before"]) == 3
