@@ -33,8 +33,17 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.common import call, free_port, percentiles, run_threads, start_app, upload, write_results
-from benchmarks.slideshow import EXAMPLES, letterboxed
+from benchmarks.common import (
+    EXAMPLES,
+    call,
+    free_port,
+    letterboxed,
+    percentiles,
+    run_threads,
+    start_app,
+    upload,
+    write_results,
+)
 from webapp.live import LiveSettings, content_words
 
 CAMERA = (480, 360)  # the slideshow's frame: what the fake camera gives the page

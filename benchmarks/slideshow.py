@@ -14,45 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-
-ROOT = Path(__file__).resolve().parent.parent
-EXAMPLES = ROOT / "webapp" / "examples"
-
-
-def letterboxed(path: Path, width: int, height: int) -> Image.Image:
-    """The photo whole, as large as fits ``width`` x ``height``, on black."""
-    photo = Image.open(path).convert("RGB")
-    photo.thumbnail((width, height), Image.Resampling.LANCZOS)
-    frame = Image.new("RGB", (width, height))
-    frame.paste(photo, ((width - photo.width) // 2, (height - photo.height) // 2))
-    return frame
-
-
-def yuv420(frame: Image.Image) -> bytes:
-    """One frame as planar Y, U, V (BT.601, full range as Chromium's reader takes it), the
-    chroma planes at half resolution."""
-    y, u, v = (np.asarray(c, dtype=np.float32) for c in frame.convert("YCbCr").split())
-    half = lambda c: c.reshape(c.shape[0] // 2, 2, c.shape[1] // 2, 2).mean(axis=(1, 3))  # noqa: E731
-    return b"".join(np.clip(np.rint(p), 0, 255).astype(np.uint8).tobytes() for p in (y, half(u), half(v)))
-
-
-def write_slideshow(out: Path, photos: list[Path] | None = None, seconds: float = 4.0, fps: int = 5,
-                    size: tuple[int, int] = (480, 360)) -> Path:
-    """Write ``photos`` (default: the app's examples) as a Y4M slideshow to ``out``."""
-    photos = photos or sorted(EXAMPLES.glob("*.jpg"))
-    width, height = (s // 2 * 2 for s in size)
-    repeats = max(1, round(seconds * fps))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
-        for path in photos:
-            data = yuv420(letterboxed(path, width, height))
-            f.write(b"FRAME\n" + data + b"".join(b"FRAME\n" + data for _ in range(repeats - 1)))
-    tmp.replace(out)
-    return out
+from benchmarks.common import write_slideshow
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -63,7 +63,7 @@ def shoot_live(pw, chromium: str, url: str, out: Path, slide: int = 2, seconds: 
     ``slide`` (the horses) is on and captioned."""
     import tempfile
 
-    from benchmarks.slideshow import write_slideshow
+    from benchmarks.common import write_slideshow
 
     with tempfile.TemporaryDirectory() as tmp:
         video = write_slideshow(Path(tmp) / "slides.y4m", seconds=seconds)

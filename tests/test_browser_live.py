@@ -42,7 +42,7 @@ def camera_browser(tmp_path_factory):
     playwright = pytest.importorskip("playwright.sync_api")
     from pathlib import Path
 
-    from benchmarks.slideshow import write_slideshow
+    from benchmarks.common import write_slideshow
 
     if not Path(CHROMIUM).exists():
         pytest.skip("Chromium is not installed (apt-get install chromium)")
