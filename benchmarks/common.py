@@ -118,10 +118,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(port: int, batching: bool, env: dict | None = None, args: list[str] = ()) -> subprocess.Popen:
+def start_app(port: int, batching: bool, env: dict | None = None, args: list[str] = (),
+              tree: Path = ROOT) -> subprocess.Popen:
+    """``python app.py`` of ``tree`` (default this checkout) on ``port``, once it answers."""
     env = {**os.environ, "CAPTIONER_BATCHING": "1" if batching else "0", "GRADIO_ANALYTICS_ENABLED": "False",
            "HF_HUB_OFFLINE": "1", **(env or {})}
-    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), *args], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), *args], cwd=tree, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     proc.startup_seconds = wait_until_up(f"http://127.0.0.1:{port}", proc)
     return proc

@@ -184,6 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     frames = [page_frame(path, settings.frame_side) for path in photos]
     report = {"slides": [path.name for path in photos], "slide_seconds": args.slide_seconds,
               "seconds_per_viewer_count": args.seconds, "frame_side": settings.frame_side, "every": args.every,
+              "live_beam": settings.beam or "the checkpoint's own",
               "load_average_before": load_average(), "cores": os.cpu_count(), "lscpu_model_name": lscpu_model()}
     port = free_port()
     base = f"http://127.0.0.1:{port}"

@@ -135,8 +135,9 @@ def test_settings_come_from_the_environment_and_stay_in_bounds(monkeypatch):
     monkeypatch.setenv("LIVE_STREAMS_PER_VISITOR", "0")
     monkeypatch.setenv("LIVE_FRAME_SIDE", "99999")
     monkeypatch.setenv("LIVE_EVERY", "nonsense")
+    monkeypatch.setenv("LIVE_BEAM", "1")
     s = LiveSettings.from_environment()
-    assert (s.max_seconds, s.streams_per_visitor, s.frame_side, s.every) == (90, 1, 1024, 0.25)
+    assert (s.max_seconds, s.streams_per_visitor, s.frame_side, s.every, s.beam) == (90, 1, 1024, 0.25, 1)
 
 
 def data_url(image: Image.Image) -> str:

@@ -62,13 +62,16 @@ class LiveSettings:
     once; a newer one takes over from their oldest; ``LIVE_IDLE_SECONDS`` (default 10): a
     stream that sent nothing for this long is over (a closed tab);
     ``LIVE_FRAME_SIDE`` (default 416, the detector's size): the longest side of the frames
-    the page sends; ``LIVE_EVERY`` (default 0.25): the fewest seconds between two frames."""
+    the page sends; ``LIVE_EVERY`` (default 0.25): the fewest seconds between two frames;
+    ``LIVE_BEAM`` (default 0: the checkpoint's own width, as uploads get): the beam width of
+    live captions (1: greedy, cheaper)."""
 
     max_seconds: float = 300.0
     streams_per_visitor: int = 1
     idle_seconds: float = 10.0
     frame_side: int = 416
     every: float = 0.25
+    beam: int = 0
 
     @classmethod
     def from_environment(cls) -> LiveSettings:
@@ -76,7 +79,8 @@ class LiveSettings:
                    streams_per_visitor=max(1, int(_env_number("LIVE_STREAMS_PER_VISITOR", cls.streams_per_visitor))),
                    idle_seconds=_env_number("LIVE_IDLE_SECONDS", cls.idle_seconds),
                    frame_side=int(min(1024, max(64, _env_number("LIVE_FRAME_SIDE", cls.frame_side)))),
-                   every=max(0.05, _env_number("LIVE_EVERY", cls.every)))
+                   every=max(0.05, _env_number("LIVE_EVERY", cls.every)),
+                   beam=int(min(10, max(0, _env_number("LIVE_BEAM", cls.beam)))))
 
 
 @dataclass

@@ -12,6 +12,7 @@ The one-photo endpoints (``/caption``) are unchanged."""
 from __future__ import annotations
 
 import html
+from functools import cached_property
 
 import gradio as gr
 
@@ -41,9 +42,15 @@ class LivePanel:
         self.settings = settings or LiveSettings.from_environment()
         self.streams = LiveStreams(self.caption_frame, self.settings)
 
+    @cached_property
+    def beam(self) -> int:
+        """Live captions' beam width: ``LIVE_BEAM``, else the checkpoint's own, the width the
+        page's uploads get, so that frames and uploads share the micro-batcher's batches."""
+        return self.settings.beam or self.service.default_beam()
+
     def caption_frame(self, image) -> dict:
         """One frame's caption, with the frame itself kept for its picture."""
-        result = self.service.caption_images([image])[0]
+        result = self.service.caption_images([image], self.beam)[0]
         return {**result, "picture": image}
 
     def live_frame(self, frame: dict, request: gr.Request = None) -> dict:
