@@ -20,11 +20,17 @@ from pathlib import Path
 
 import httpx
 
-from benchmarks.common import SHARED, call, free_port, percentiles, require, start_app, upload, write_results
-
-
-def load_average() -> list[float]:
-    return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+from benchmarks.common import (
+    SHARED,
+    call,
+    free_port,
+    load_average,
+    percentiles,
+    require,
+    start_app,
+    upload,
+    write_results,
+)
 
 
 def main(argv: list[str] | None = None) -> None:

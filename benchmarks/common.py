@@ -79,6 +79,12 @@ def percentiles(samples: list[float]) -> dict:
     return {"p50": at(0.5), "p95": at(0.95), "mean": statistics.fmean(ordered), "n": len(ordered)}
 
 
+def load_average() -> list[float]:
+    """The machine's load average over 1, 5 and 15 minutes (``uptime``'s): on 2 cores, above
+    about 1 means something else is running beside a benchmark."""
+    return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+
+
 def run_threads(target, args_list: list[tuple]) -> float:
     """Run ``target(*args)`` for each ``args``, every call in its own thread at once; returns the seconds taken."""
     threads = [threading.Thread(target=target, args=args) for args in args_list]

@@ -38,6 +38,7 @@ from benchmarks.common import (
     call,
     free_port,
     letterboxed,
+    load_average,
     percentiles,
     run_threads,
     start_app,
@@ -47,10 +48,6 @@ from benchmarks.common import (
 from webapp.live import LiveSettings, content_words
 
 CAMERA = (480, 360)  # the slideshow's frame: what the fake camera gives the page
-
-
-def load_average() -> list[float]:
-    return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
 
 
 def lscpu_model() -> str | None:
