@@ -75,6 +75,18 @@ def test_frames_that_arrive_while_one_is_captioned_are_dropped_not_queued():
     assert streams.streams["s"].dropped == 5 and streams.streams["s"].captioned == 2
 
 
+def test_a_visitor_making_up_stream_names_gets_no_more_captions_at_once_than_allowed():
+    captioner = SlowCaptioner(seconds=0.3)
+    streams = LiveStreams(captioner, settings(streams_per_visitor=1))
+    answers = []
+    threads = [threading.Thread(target=lambda s=s: answers.append(streams.offer(s, "me", s))) for s in "abcd"]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(captioner.seen) == 1 and [a.kind for a in answers].count("new") == 1  # the rest dropped or ended
+
+
 def test_each_stream_captions_on_its_own():
     captioner = SlowCaptioner(seconds=0.3)
     streams = LiveStreams(captioner, settings(streams_per_visitor=2))

@@ -111,12 +111,17 @@ class Answer:
 class LiveStreams:
     """Every live stream of the app: at most ``settings.streams_per_visitor`` per visitor,
     each for at most ``settings.max_seconds``, each captioning one frame at a time with
-    ``caption(image) -> result dict``."""
+    ``caption(image) -> result dict``; a visitor never has more frames being captioned at
+    once than streams allowed (however many stream names they make up), and the app holds
+    at most ``MAX_STREAMS`` streams."""
+
+    MAX_STREAMS = 256
 
     def __init__(self, caption: Callable[[object], dict], settings: LiveSettings | None = None,
                  clock: Callable[[], float] = time.monotonic):
         self.caption, self.settings, self.clock = caption, settings or LiveSettings.from_environment(), clock
         self.streams: dict[str, Stream] = {}
+        self.working: dict[str, int] = {}  # visitor -> frames being captioned now
         self.lock = threading.Lock()
 
     def _open(self, stream_id: str, visitor: str, now: float) -> Stream:
@@ -126,6 +131,8 @@ class LiveStreams:
                 if now - old.seen > self.settings.idle_seconds:  # an ended one stays, to say so
                     del self.streams[key]
             stream = self.streams.get(stream_id)
+            if stream is None and len(self.streams) >= self.MAX_STREAMS:
+                return Stream(visitor, now, now, ended="Live is full on this machine; try again in a minute.")
             if stream is None:
                 stream = self.streams[stream_id] = Stream(visitor, now, now)
                 mine = sorted((s for s in self.streams.values() if s.visitor == visitor and not s.ended),
@@ -145,7 +152,7 @@ class LiveStreams:
                             "machine. Press Live to start again.")
         if stream.ended:
             return Answer("ended", message=stream.ended)
-        if not stream.busy.acquire(blocking=False):
+        if not self._start_work(stream):
             stream.dropped += 1
             return Answer("dropped")
         try:
@@ -159,7 +166,20 @@ class LiveStreams:
             stream.caption = text
             return Answer("new", text, result)
         finally:
+            with self.lock:
+                self.working[stream.visitor] -= 1
             stream.busy.release()
+
+    def _start_work(self, stream: Stream) -> bool:
+        """Take the stream's one place, and one of its visitor's; False when either is taken."""
+        if not stream.busy.acquire(blocking=False):
+            return False
+        with self.lock:
+            if self.working.get(stream.visitor, 0) >= self.settings.streams_per_visitor:
+                stream.busy.release()
+                return False
+            self.working[stream.visitor] = self.working.get(stream.visitor, 0) + 1
+        return True
 
     def stop(self, stream_id: str) -> None:
         """The page's Live pressed off (or the page gone): the stream ends now, and frees
