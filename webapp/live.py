@@ -63,15 +63,16 @@ class LiveSettings:
     stream that sent nothing for this long is over (a closed tab);
     ``LIVE_FRAME_SIDE`` (default 416, the detector's size): the longest side of the frames
     the page sends; ``LIVE_EVERY`` (default 0.25): the fewest seconds between two frames;
-    ``LIVE_BEAM`` (default 0: the checkpoint's own width, as uploads get): the beam width of
-    live captions (1: greedy, cheaper)."""
+    ``LIVE_BEAM`` (default 1, greedy: with 4 viewers on 2 cores it gave each nearly twice the
+    captions a second of the checkpoint's beam, docs/benchmarks.md; 0: the checkpoint's own
+    width, as uploads get): the beam width of live captions."""
 
     max_seconds: float = 300.0
     streams_per_visitor: int = 1
     idle_seconds: float = 10.0
     frame_side: int = 416
     every: float = 0.25
-    beam: int = 0
+    beam: int = 1
 
     @classmethod
     def from_environment(cls) -> LiveSettings:

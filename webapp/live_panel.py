@@ -44,8 +44,9 @@ class LivePanel:
 
     @cached_property
     def beam(self) -> int:
-        """Live captions' beam width: ``LIVE_BEAM``, else the checkpoint's own, the width the
-        page's uploads get, so that frames and uploads share the micro-batcher's batches."""
+        """Live captions' beam width: ``LIVE_BEAM`` (greedy by default), or with 0 the
+        checkpoint's own, the width the page's uploads get (then frames and uploads share the
+        micro-batcher's batches)."""
         return self.settings.beam or self.service.default_beam()
 
     def caption_frame(self, image) -> dict:
