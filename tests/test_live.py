@@ -16,7 +16,7 @@ from webapp.live import LiveSettings, LiveStreams, content_words, same_scene
 def test_content_words_leave_out_stop_words_and_plurals():
     assert content_words("A group of horses are standing in front of a mountain.") == {
         "group", "horse", "standing", "mountain"}
-    assert content_words("Two dogs and a glass") == {"dog", "glass"}
+    assert content_words("Two dogs and a glass on a tennis court") == {"dog", "glass", "tennis", "court"}
 
 
 @pytest.mark.parametrize("old, new", [

@@ -28,9 +28,10 @@ under for as out other each one""".split())
 
 def content_words(caption: str) -> frozenset[str]:
     """The words of ``caption`` that name something: lower case, stop words left out, a
-    plural's final "s" taken off ("horses" and "horse" are the same thing)."""
+    plural's final "s" taken off ("horses" and "horse" are the same thing; not that of
+    "glass", "tennis" or "cactus")."""
     words = re.findall(r"[a-z]+", caption.lower())
-    return frozenset(w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith("ss") else w
+    return frozenset(w[:-1] if len(w) > 3 and w.endswith("s") and not w.endswith(("ss", "is", "us")) else w
                      for w in words if w not in STOP_WORDS)
 
 
