@@ -156,10 +156,11 @@ def test_no_serious_accessibility_violation_on_any_tab_nor_in_live_mode(live_pag
         assert axe_violations(page) == [], name
 
 
-def press_tab_until(page, predicate: str, limit: int = 60) -> None:
-    """Press Tab until ``predicate`` (JavaScript, of ``document.activeElement`` as ``e``) holds."""
+def press_tab_until(page, predicate: str, limit: int = 60, key: str = "Tab") -> None:
+    """Press Tab (or ``key``) until ``predicate`` (JavaScript, of ``document.activeElement``
+    as ``e``) holds."""
     for _ in range(limit):
-        page.keyboard.press("Tab")
+        page.keyboard.press(key)
         if page.evaluate(f"(() => {{ const e = document.activeElement; return !!e && ({predicate}); }})()"):
             return
     raise AssertionError(f"{predicate} was never reached with Tab")
@@ -173,6 +174,9 @@ def test_the_main_flow_works_from_the_keyboard_alone(live_page):
     page.keyboard.press("Enter")
     said = page.locator("#caption-said")
     expect(said).to_contain_text("bus", timeout=60_000)  # the caption, in the live region
+    press_tab_until(page, "e.getAttribute('aria-label') === 'Add photos'", key="Shift+Tab")
+    with page.expect_file_chooser():  # more photos can be added from the keyboard too
+        page.keyboard.press("Enter")
     press_tab_until(page, "e.textContent.trim() === 'Read aloud'")
     page.keyboard.press("Space")
     page.wait_for_function("window.__spoken.length === 1 && /bus/i.test(window.__spoken[0].text)")

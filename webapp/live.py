@@ -59,7 +59,8 @@ def _env_number(name: str, default: float) -> float:
 class LiveSettings:
     """The limits of live mode, from the environment (docs/usage.md):
     ``LIVE_MAX_SECONDS`` (default 300): how long one stream may run before it stops itself;
-    ``LIVE_STREAMS_PER_VISITOR`` (default 1): streams one visitor (one address) may hold at
+    ``LIVE_STREAMS_PER_VISITOR`` (default 1): streams one visitor (one address, as
+    ``correction_form.client_of`` finds it) may hold at
     once; a newer one takes over from their oldest; ``LIVE_IDLE_SECONDS`` (default 10): a
     stream that sent nothing for this long is over (a closed tab);
     ``LIVE_FRAME_SIDE`` (default 416, the detector's size): the longest side of the frames

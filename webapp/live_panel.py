@@ -21,16 +21,8 @@ from lstmkit.images import ImageError, load_data_url
 from webapp import caption_output as output
 from webapp.caption_pictures import boxed_photo
 from webapp.common import static
+from webapp.correction_form import client_of
 from webapp.live import LiveSettings, LiveStreams
-
-
-def visitor_of(request: gr.Request | None) -> str:
-    """Who is asking, as far as the server can tell: the first address a proxy forwarded
-    (a Hugging Face Space's), else the connection's. One visitor, one stream at a time."""
-    if request is None:
-        return "unknown"
-    forwarded = (request.headers.get("x-forwarded-for") or "").split(",")[0].strip()
-    return forwarded or (request.client.host if request.client else "unknown")
 
 
 class LivePanel:
@@ -67,7 +59,7 @@ class LivePanel:
             image = load_data_url(frame.get("image"), draft_size=self.settings.frame_side)
         except ImageError as err:
             return {"kind": "dropped", "html": "", "caption": None, "message": f"The frame could not be read: {err}"}
-        answer = self.streams.offer(stream, visitor_of(request), image)
+        answer = self.streams.offer(stream, client_of(request), image)  # the corrections' rate limit's key
         if answer.kind == "ended":
             return {"kind": "ended", "html": output.message_html(answer.message), "caption": None,
                     "message": answer.message}

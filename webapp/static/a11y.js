@@ -14,12 +14,18 @@
     });
     root.querySelectorAll('button.icon-button').forEach(outer => {
       const inner = outer.querySelector('button.upload-container');
-      if (!inner || outer.dataset.mended) return;
+      if (!inner) return;
+      inner.style.display = 'none';  // every pass: Gradio may draw a new one inside the same outer
+      if (outer.getAttribute('aria-label') !== 'Add photos') {
+        outer.setAttribute('aria-label', 'Add photos');
+        outer.setAttribute('title', 'Add photos');
+      }
+      if (outer.dataset.mended) return;
       outer.dataset.mended = '1';
-      outer.setAttribute('aria-label', 'Add photos');
-      outer.setAttribute('title', 'Add photos');
-      inner.style.display = 'none';
-      outer.addEventListener('click', e => { if (!inner.contains(e.target)) inner.click(); });
+      outer.addEventListener('click', e => {  // the inner one of now, not the one first seen
+        const now = outer.querySelector('button.upload-container');
+        if (now && !now.contains(e.target)) now.click();
+      });
     });
     root.querySelectorAll('div[aria-label]:not([role])').forEach(d => d.setAttribute('role', 'img'));
   }
