@@ -26,6 +26,9 @@ that these those some two three four several many near next by up down top front
 under for as out other each one""".split())
 
 
+KEPT = ("caption", "words", "probabilities")  # what a kept caption keeps of the answer that wrote it
+
+
 def content_words(caption: str) -> frozenset[str]:
     """The words of ``caption`` that name something: lower case, stop words left out, a
     plural's final "s" taken off ("horses" and "horse" are the same thing; not that of
@@ -93,6 +96,7 @@ class Stream:
     seen: float
     busy: threading.Lock = field(default_factory=threading.Lock)
     caption: str | None = None  # the words the page shows now
+    shown: dict = field(default_factory=dict)  # their words and probabilities, kept with them
     captioned: int = 0
     dropped: int = 0
     ended: str | None = None  # why it is over, once it is
@@ -103,7 +107,8 @@ class Answer:
     """What ``LiveStreams.offer`` gives back for one frame: ``kind`` is "new" (a changed
     caption: show ``caption``), "same" (the scene has not really changed: ``caption`` is
     the old words, kept), "dropped" (the stream was busy with an earlier frame) or "ended"
-    (``message`` says why); ``result`` is the captioner's answer for the frame."""
+    (``message`` says why); ``result`` is the captioner's answer for the frame (for "same",
+    with the kept caption's text, words and probabilities in place of the frame's)."""
 
     kind: str
     caption: str | None = None
@@ -164,9 +169,10 @@ class LiveStreams:
             text = result.get("caption")
             if text is None:
                 return Answer("dropped", result=result)
-            if same_scene(stream.caption, text):
-                return Answer("same", stream.caption, result)
+            if same_scene(stream.caption, text):  # the frame's objects and boxes, the kept words
+                return Answer("same", stream.caption, {**result, **stream.shown})
             stream.caption = text
+            stream.shown = {k: result[k] for k in KEPT if k in result}
             return Answer("new", text, result)
         finally:
             with self.lock:

@@ -24,6 +24,8 @@ from webapp.common import static
 from webapp.correction_form import client_of
 from webapp.live import LiveSettings, LiveStreams
 
+FRAME_BYTES = 2_000_000  # a frame the page sends is about 30 KB (416 px); 1024 px, the largest setting, under 1 MB
+
 
 class LivePanel:
     """The Live and Read aloud controls, the camera's preview and the live region that
@@ -56,7 +58,7 @@ class LivePanel:
         if not stream:
             return {"kind": "ended", "html": "", "caption": None, "message": "No stream was named."}
         try:
-            image = load_data_url(frame.get("image"), draft_size=self.settings.frame_side)
+            image = load_data_url(frame.get("image"), max_bytes=FRAME_BYTES, draft_size=self.settings.frame_side)
         except ImageError as err:
             return {"kind": "dropped", "html": "", "caption": None, "message": f"The frame could not be read: {err}"}
         answer = self.streams.offer(stream, client_of(request), image)  # the corrections' rate limit's key
@@ -76,7 +78,7 @@ class LivePanel:
         return True
 
     def build(self) -> gr.HTML:
-        """The controls, under the photo input; the page (``live.js``) shows each live
+        """The controls, under the Caption button; the page (``live.js``) shows each live
         caption in the caption area, mirrors every caption into its live region and speaks
         it when Read aloud is on."""
         settings = self.settings
