@@ -10,6 +10,7 @@ import time
 import pytest
 from PIL import Image
 
+from tests.conftest import all_at_once
 from webapp.live import LiveSettings, LiveStreams, content_words, same_scene
 
 
@@ -78,24 +79,14 @@ def test_frames_that_arrive_while_one_is_captioned_are_dropped_not_queued():
 def test_a_visitor_making_up_stream_names_gets_no_more_captions_at_once_than_allowed():
     captioner = SlowCaptioner(seconds=0.3)
     streams = LiveStreams(captioner, settings(streams_per_visitor=1))
-    answers = []
-    threads = [threading.Thread(target=lambda s=s: answers.append(streams.offer(s, "me", s))) for s in "abcd"]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    answers = all_at_once(4, lambda k: streams.offer("abcd"[k], "me", k))
     assert len(captioner.seen) == 1 and [a.kind for a in answers].count("new") == 1  # the rest dropped or ended
 
 
 def test_each_stream_captions_on_its_own():
     captioner = SlowCaptioner(seconds=0.3)
     streams = LiveStreams(captioner, settings(streams_per_visitor=2))
-    answers = []
-    threads = [threading.Thread(target=lambda s=s: answers.append(streams.offer(s, "me", s))) for s in "ab"]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    answers = all_at_once(2, lambda k: streams.offer("ab"[k], "me", k))
     assert sorted(a.kind for a in answers) == ["new", "new"]
 
 
