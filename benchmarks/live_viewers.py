@@ -117,7 +117,7 @@ def viewer(base: str, component: int, frames: list[str], names: list[set[str]], 
         elapsed = time.perf_counter() - start
     captioned = answers.get("new", 0) + answers.get("same", 0)
     return {"captions_per_second": captioned / elapsed, "answers": answers, "lags": lags,
-            "slides_changed": int(elapsed // slide_seconds), "bytes_per_second": sent_bytes / elapsed}
+            "slides_changed": len(timed) - 1, "bytes_per_second": sent_bytes / elapsed}  # changes it sent a frame of
 
 
 def caption_call(photo_path: str) -> list:
