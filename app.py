@@ -91,7 +91,8 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, block
     if services.captions.available:  # load the caption model meanwhile, so the first request is quick
         threading.Thread(target=services.captions.model.get, daemon=True, name="warm-up").start()
     demo.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
-                max_file_size=MAX_BYTES, show_error=False, css=static("app.css"), footer_links=["api"],
+                max_file_size=MAX_BYTES, show_error=False, css=static("app.css"), js=static("a11y.js"),
+                footer_links=["api"],
                 blocked_paths=[str(ROOT / name) for name in ("checkpoints", "runs", "data", ".git", "tests")]
                 + ([str(services.corrections.store.folder)] if services.corrections else []))
     return demo

@@ -79,6 +79,12 @@ def percentiles(samples: list[float]) -> dict:
     return {"p50": at(0.5), "p95": at(0.95), "mean": statistics.fmean(ordered), "n": len(ordered)}
 
 
+def load_average() -> list[float]:
+    """The machine's load average over 1, 5 and 15 minutes (``uptime``'s): on 2 cores, above
+    about 1 means something else is running beside a benchmark."""
+    return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+
+
 def run_threads(target, args_list: list[tuple]) -> float:
     """Run ``target(*args)`` for each ``args``, every call in its own thread at once; returns the seconds taken."""
     threads = [threading.Thread(target=target, args=args) for args in args_list]
@@ -118,10 +124,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_app(port: int, batching: bool, env: dict | None = None, args: list[str] = ()) -> subprocess.Popen:
+def start_app(port: int, batching: bool, env: dict | None = None, args: list[str] = (),
+              tree: Path = ROOT) -> subprocess.Popen:
+    """``python app.py`` of ``tree`` (default this checkout) on ``port``, once it answers."""
     env = {**os.environ, "CAPTIONER_BATCHING": "1" if batching else "0", "GRADIO_ANALYTICS_ENABLED": "False",
            "HF_HUB_OFFLINE": "1", **(env or {})}
-    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), *args], cwd=ROOT, env=env,
+    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port), *args], cwd=tree, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     proc.startup_seconds = wait_until_up(f"http://127.0.0.1:{port}", proc)
     return proc
@@ -226,3 +234,42 @@ def load_model(name: str) -> tuple[Captioner, torch.nn.Module, str]:
     model.network.decoder.load_state_dict(trained)
     return model, plain, (f"random CNN weights and projections, the shipped {base.decoder} LSTM decoder without its "
                           "object slots")
+
+
+# ------------------------------------------------- the fake camera (live mode)
+
+EXAMPLES = ROOT / "webapp" / "examples"  # the caption tab's example photos
+
+
+def letterboxed(path: Path, width: int, height: int) -> Image.Image:
+    """The photo whole, as large as fits ``width`` x ``height``, on black."""
+    photo = Image.open(path).convert("RGB")
+    photo.thumbnail((width, height), Image.Resampling.LANCZOS)
+    frame = Image.new("RGB", (width, height))
+    frame.paste(photo, ((width - photo.width) // 2, (height - photo.height) // 2))
+    return frame
+
+
+def yuv420(frame: Image.Image) -> bytes:
+    """One frame as planar Y, U, V (BT.601, full range as Chromium's reader takes it), the
+    chroma planes at half resolution."""
+    y, u, v = (np.asarray(c, dtype=np.float32) for c in frame.convert("YCbCr").split())
+    half = lambda c: c.reshape(c.shape[0] // 2, 2, c.shape[1] // 2, 2).mean(axis=(1, 3))  # noqa: E731
+    return b"".join(np.clip(np.rint(p), 0, 255).astype(np.uint8).tobytes() for p in (y, half(u), half(v)))
+
+
+def write_slideshow(out: Path, photos: list[Path] | None = None, seconds: float = 4.0, fps: int = 5,
+                    size: tuple[int, int] = (480, 360)) -> Path:
+    """Write ``photos`` (default: the app's examples) as a Y4M slideshow to ``out``."""
+    photos = photos or sorted(EXAMPLES.glob("*.jpg"))
+    width, height = (s // 2 * 2 for s in size)
+    repeats = max(1, round(seconds * fps))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(f"YUV4MPEG2 W{width} H{height} F{fps}:1 Ip A1:1 C420jpeg\n".encode())
+        for path in photos:
+            data = yuv420(letterboxed(path, width, height))
+            f.write(b"FRAME\n" + data + b"".join(b"FRAME\n" + data for _ in range(repeats - 1)))
+    tmp.replace(out)
+    return out

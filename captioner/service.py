@@ -83,8 +83,7 @@ class CaptionService(ModelService):
         paths = list(paths or [])
         if len(paths) > self.max_images:
             raise InputError(f"Please send at most {self.max_images} images at once.")
-        model = self.model.get()
-        preprocess = model.require_encoder().preprocess
+        preprocess = self.model.get().require_encoder().preprocess
         results, images, slots = [], [], []
         for path in paths:
             name = Path(str(path)).name
@@ -93,10 +92,21 @@ class CaptionService(ModelService):
             except ImageError as err:
                 results.append({"image": name, "error": str(err)})
                 continue
-            images.append(model.prepare(image))  # here, in parallel across requests, not in the batch
+            images.append(image)
             slots.append(len(results))
             results.append({"image": name, **({"picture": image} if keep_images else {})})
-        captions = self.batcher.submit(images, beam) if self.batcher else self._run(images, beam) if images else []
-        for slot, result in zip(slots, captions):
-            results[slot].update(result.to_dict())
+        for slot, caption in zip(slots, self.caption_images(images, beam)):
+            results[slot].update(caption)
         return results
+
+    def caption_images(self, images: Sequence, beam: int | None = None) -> list[dict]:
+        """Caption photos already read by the safe loader (``caption_paths``, the live
+        camera's frames): each prepared here, on the caller's thread (in parallel across
+        requests), then run with those of any concurrent requests in one batch. One result
+        dict (``CaptionResult.to_dict``) per photo."""
+        if not images:
+            return []
+        model = self.model.get()
+        prepared = [model.prepare(image) for image in images]
+        captions = self.batcher.submit(prepared, beam) if self.batcher else self._run(prepared, beam)
+        return [caption.to_dict() for caption in captions]

@@ -8,6 +8,9 @@ writes OUT and, beside it, OUT's name with ``-phone``. The default photo is COCO
 000000163497 (giraffes, from coco_mini: the photo the previous release called a cheetah)
 from ../shared/data, or the first example the app ships (webapp/examples) where that is
 absent. Each shot is what the first screen shows after Caption, as a newcomer sees it.
+``--live-out`` (default docs/images/live-mode.png) is live mode: Chromium's fake camera
+playing the app's examples as a slideshow (``benchmarks/slideshow.py``), Live on, on a laptop
+screen tall enough to show the camera under the controls; ``--no-live`` leaves it out.
 """
 
 from __future__ import annotations
@@ -55,11 +58,39 @@ def shoot(browser, url: str, photo: Path, out: Path, screen: dict) -> str:
     return text
 
 
+def shoot_live(pw, chromium: str, url: str, out: Path, slide: int = 2, seconds: int = 4) -> str:
+    """Live mode on the fake camera's slideshow: Live pressed, the shot taken while slide
+    ``slide`` (the horses) is on and captioned."""
+    import tempfile
+
+    from benchmarks.common import write_slideshow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        video = write_slideshow(Path(tmp) / "slides.y4m", seconds=seconds)
+        browser = pw.chromium.launch(executable_path=chromium, headless=True, args=CHROMIUM_ARGS + [
+            "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-video-capture={video}"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1180})
+        page.goto(url, wait_until="networkidle")
+        page.get_by_role("button", name="Read aloud").click()
+        page.get_by_role("button", name="Live").click()
+        page.wait_for_function(f"window.captionerLive.started && performance.now() - window.captionerLive.started > "
+                               f"{(slide + 0.8) * seconds * 1000}", timeout=120_000, polling=100)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(out), full_page=False)
+        text = page.locator("#caption-said").inner_text().strip()
+        page.get_by_role("button", name="Live").click()
+        browser.close()
+    return text
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--photo", type=Path, default=None)
     p.add_argument("--out", type=Path, default=ROOT / "docs" / "images" / "caption-tab.png")
     p.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
+    p.add_argument("--live-out", type=Path, default=ROOT / "docs" / "images" / "live-mode.png")
+    p.add_argument("--no-live", action="store_true", help="leave out the live-mode shot")
     args = p.parse_args(argv)
     from playwright.sync_api import sync_playwright
 
@@ -74,6 +105,9 @@ def main(argv: list[str] | None = None) -> None:
                 caption = shoot(browser, f"http://127.0.0.1:{port}", photo, out, screen)
                 print(f"wrote {out}: {photo.name} -> {caption!r}")
             browser.close()
+            if not args.no_live:
+                said = shoot_live(pw, args.chromium, f"http://127.0.0.1:{port}", args.live_out)
+                print(f"wrote {args.live_out}: live, the examples' slideshow -> {said!r}")
     finally:
         app.terminate()
         app.wait(timeout=30)

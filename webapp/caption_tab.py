@@ -23,6 +23,7 @@ from webapp import caption_output as output
 from webapp.caption_pictures import boxed_photo, says_something, word_pictures
 from webapp.common import ROOT, beam_of, event_value, not_trained, paths_of, static, user_error
 from webapp.correction_form import CorrectionForm
+from webapp.live_panel import LivePanel
 
 CAPTURES = Path(tempfile.gettempdir()) / "captioner-captures"  # webcam shots and pasted photos
 EXAMPLES = ROOT / "webapp" / "examples"  # everyday COCO photos, with their credits in CREDITS.md
@@ -251,6 +252,7 @@ class CaptionTab:
                     decoding = gr.Radio(["beam search", "greedy"], value="beam search", label="Decoding")
                     beam = gr.Slider(1, 10, value=self.service.default_beam(), step=1, label="Beam width")
                 button = gr.Button("Caption", variant="primary", elem_id="caption-button")
+                LivePanel(self.service).build()  # Live and Read aloud (live_panel.py)
             with gr.Column(scale=3, elem_id="caption-results"):
                 shaded = gr.HTML(elem_id="caption-output", min_height=0)
                 as_json = gr.JSON(label="Results", visible=False)
