@@ -6,12 +6,13 @@ over a ``CaptionNetwork`` and the ``WordTables`` of its vocabulary; the search i
 
     network.context (features, grid, objects, concepts, the detector's summary)
         -> grounding (a score bias per word) and the required words (constraints)
-        -> search.greedy or search.beam_search over the decoder's step, with the rules
+        -> search.greedy or search.beam_alternatives over the decoder's step, with the rules
+        -> every caption found, for the claims check (``claims_seen``: ``model.Captioner``)
 
 Greedy (a beam of one) runs ``search.greedy`` only when no caption must hold a word; with
 required words (``require_object_prob``, ``require_detected``: the shipped checkpoint's) it
-runs ``search.beam_search`` with a beam of one, which keeps a caption with the word beside one
-without it (``decode``).
+runs ``search.beam_alternatives`` with a beam of one, which keeps a caption with the word
+beside one without it (``decode``).
 """
 
 from __future__ import annotations
@@ -301,18 +302,18 @@ def decode(network: CaptionNetwork, tables: WordTables, inputs: PhotoInputs, dec
            ) -> DecodedBatch:
     """Decode a batch of photos' captions: the decoding policy (``policy``), then greedy or
     beam search."""
-    # a beam of one is search.greedy without required words, else search.beam_search (constrained, one wide)
+    # a beam of one is search.greedy without required words, else search.beam_alternatives (constrained, one wide)
     fixed = policy(network, tables, inputs, decoding)
     decoder, ctx, required, constraints = network.inference_decoder, fixed.ctx, fixed.required, fixed.constraints
     if decoding.beam_size == 1 and required is None:
         decoded = search.greedy(decoder, ctx, decoding.max_length, decoding.block_ngram, constraints)
+        found = [[d] for d in decoded]  # greedy's one caption is checked like a beam's (claims_seen)
     else:
         found = search.beam_alternatives(decoder, ctx, decoding.beam_size, decoding.max_length,
                                          decoding.length_alpha, must_include=required,
                                          block_ngram=decoding.block_ngram, constraints=constraints)
-        return DecodedBatch([alts[0] for alts in found], fixed.classified, ctx.get("concepts"), fixed.person_ok,
-                            alternatives=found if decoding.claims_seen > 0 else None)
-    return DecodedBatch(decoded, fixed.classified, ctx.get("concepts"), fixed.person_ok)
+    return DecodedBatch([alts[0] for alts in found], fixed.classified, ctx.get("concepts"), fixed.person_ok,
+                        alternatives=found if decoding.claims_seen > 0 else None)
 
 
 def rescore(network: CaptionNetwork, tables: WordTables, inputs: PhotoInputs, decoding: DecodingConfig,

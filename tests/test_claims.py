@@ -118,7 +118,8 @@ def test_the_shipped_model_takes_back_every_claim_when_no_claim_is_known(monkeyp
     monkeypatch.setattr(model_module, "claim_table", lambda: ClaimTable())
     captioner.decoding = replace(captioner.decoding, claims_seen=1)
     cut = captioner.caption(photos)
-    for before, after in zip(plain, cut):
+    greedy = captioner.caption(photos, beam_size=1)  # greedy's caption is checked too
+    for before, after in [*zip(plain, cut), *zip(plain, greedy)]:
         # what is left says who or what, and at most where it is or what is with it: no action
         assert all(c.relation in ("in", "on", "at", "near", "by", "with") for c in parse(after.words).claims), after
         assert len(after.words) == len(after.probabilities) == len(after.attention)
