@@ -25,6 +25,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 from captioner import search
+from captioner.decoder import select
 from captioner.detector import PERSON, category_scores
 from captioner.inputs import PhotoInputs
 from captioner.network import CaptionNetwork
@@ -250,6 +251,7 @@ class DecodedBatch:
     concepts: torch.Tensor | None
     person_ok: torch.Tensor | None
     alternatives: list[list[Decoded]] | None = None  # each photo's finished captions, best first (``claims_seen``)
+    ctx: dict | None = None  # the policy's context the search ran over (``claims_seen``: for ``rescore``)
 
 
 @dataclass
@@ -312,13 +314,16 @@ def decode(network: CaptionNetwork, tables: WordTables, inputs: PhotoInputs, dec
         found = search.beam_alternatives(decoder, ctx, decoding.beam_size, decoding.max_length,
                                          decoding.length_alpha, must_include=required,
                                          block_ngram=decoding.block_ngram, constraints=constraints)
+    checked = decoding.claims_seen > 0
     return DecodedBatch([alts[0] for alts in found], fixed.classified, ctx.get("concepts"), fixed.person_ok,
-                        alternatives=found if decoding.claims_seen > 0 else None)
+                        alternatives=found if checked else None,
+                        ctx=ctx if checked or decoding.gender_sure is not None else None)
 
 
-def rescore(network: CaptionNetwork, tables: WordTables, inputs: PhotoInputs, decoding: DecodingConfig,
-            seqs: list[list[int]]) -> list[Decoded]:
-    """Each photo's given caption (``seqs``: word ids) as the decoder scores it under the
-    decoding policy: each word's probability and where it looked (``search.force``)."""
-    fixed = policy(network, tables, inputs, decoding)
-    return search.force(network.inference_decoder, fixed.ctx, seqs, decoding.length_alpha)
+def rescore(network: CaptionNetwork, ctx: dict, rows: list[int], seqs: list[list[int]],
+            length_alpha: float) -> list[Decoded]:
+    """Given captions (``seqs``: word ids) of some photos (``rows`` of the decoded batch) as
+    the decoder scores them in the context its search ran over (``DecodedBatch.ctx``): each
+    word's probability and where it looked (``search.force``)."""
+    index = torch.tensor(rows, device=next(iter(ctx.values())).device)
+    return search.force(network.inference_decoder, select(ctx, index), seqs, length_alpha)

@@ -151,7 +151,7 @@ class Captioner(nn.Module):
                            length_alpha=d.length_alpha if length_alpha is None else length_alpha)
         inputs = self.inputs_of(features, grid, boxes)
         out = decode(self.network, self.tables, inputs, decoding)
-        out.captions = self._truer(out, inputs, boxes, decoding)
+        out.captions = self._truer(out, boxes, decoding)
         grid_size = None
         if inputs.grid is not None and self.network.attends:
             side = int(round(inputs.grid.shape[1] ** 0.5))
@@ -166,8 +166,7 @@ class Captioner(nn.Module):
                 add_boxes(result, photo, ok, decoding.rules or decoding.person_score is not None)
         return results
 
-    def _truer(self, out: DecodedBatch, inputs: PhotoInputs, boxes: Sequence[Boxes] | None,
-               decoding: DecodingConfig) -> list[Decoded]:
+    def _truer(self, out: DecodedBatch, boxes: Sequence[Boxes] | None, decoding: DecodingConfig) -> list[Decoded]:
         """The captions with what they may not claim taken back (``Writer.truest``: claims
         no person writes; ``Writer.ungendered``: a gender the concepts are unsure of); a
         caption changed here is scored again by the decoder (``decoding.rescore``)."""
@@ -184,8 +183,7 @@ class Captioner(nn.Module):
                     chosen[b] = neutral
         redo = [b for b, c in enumerate(chosen) if not isinstance(c, Decoded)]
         if redo:
-            forced = rescore(self.network, self.tables, inputs.rows(torch.tensor(redo, device=self.device)),
-                             decoding, [chosen[b] for b in redo])
+            forced = rescore(self.network, out.ctx, redo, [chosen[b] for b in redo], decoding.length_alpha)
             for b, decoded in zip(redo, forced):
                 chosen[b] = decoded
         return chosen
