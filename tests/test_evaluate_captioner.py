@@ -8,15 +8,21 @@ from tests.conftest import shared, shipped
 from training import evaluate_captioner
 
 
-def test_a_compared_model_is_decoded_as_the_model_is(tmp_path, monkeypatch):
-    checkpoint = shipped("captioner.safetensors")
+def mini_captions(tmp_path, photos: int):
+    """coco_mini's folder and a captions file of its first ``photos`` photos."""
     mini = shared("coco_mini")
     full = json.loads((mini / "annotations" / "captions_train2017.json").read_text())
-    keep = {i["id"] for i in full["images"][:6]}
+    keep = {i["id"] for i in full["images"][:photos]}
     small = {**full, "images": [i for i in full["images"] if i["id"] in keep],
              "annotations": [a for a in full["annotations"] if a["image_id"] in keep]}
     captions = tmp_path / "captions.json"
     captions.write_text(json.dumps(small))
+    return mini, captions
+
+
+def test_a_compared_model_is_decoded_as_the_model_is(tmp_path, monkeypatch):
+    checkpoint = shipped("captioner.safetensors")
+    mini, captions = mini_captions(tmp_path, 6)
     loaded = []
     load = Captioner.from_checkpoint.__func__
 
@@ -38,13 +44,7 @@ def test_a_compared_model_is_decoded_as_the_model_is(tmp_path, monkeypatch):
 
 
 def test_a_variant_is_the_model_with_other_decoding_settings_scored_in_the_same_run(tmp_path):
-    mini = shared("coco_mini")
-    full = json.loads((mini / "annotations" / "captions_train2017.json").read_text())
-    keep = {i["id"] for i in full["images"][:3]}
-    small = {**full, "images": [i for i in full["images"] if i["id"] in keep],
-             "annotations": [a for a in full["annotations"] if a["image_id"] in keep]}
-    captions = tmp_path / "captions.json"
-    captions.write_text(json.dumps(small))
+    mini, captions = mini_captions(tmp_path, 3)
     out = tmp_path / "report.json"
     common = ["--images", str(mini / "train2017"), "--coco-captions", str(captions), "--no-baselines",
               "--cache-dir", str(tmp_path / "cache")]
