@@ -67,10 +67,12 @@ def open_spied(browser, server, viewport=LAPTOP, **context):
 
 
 @pytest.fixture(scope="module")
-def server():
-    """An app of these tests' own: after the other browser tests, the shared one left this
-    module's accessibility and keyboard tests failing (state not found; the app is the same)."""
-    with running_app(ROOT / "artifacts" / "server_live.log") as app:
+def server(tmp_path_factory):
+    """An app of these tests' own, with a corrections folder of its own: after the other
+    browser tests had saved corrections, the shared app left this module's keyboard and
+    accessibility tests failing."""
+    feedback = tmp_path_factory.mktemp("live-feedback")
+    with running_app(ROOT / "artifacts" / "server_live.log", CAPTIONER_FEEDBACK_DIR=str(feedback)) as app:
         yield app
 
 
@@ -81,11 +83,22 @@ def live_page(camera_browser, server):
     page.context.close()
 
 
+def settled(page) -> None:
+    """Wait until no output is pending and nothing on the page is still dimmed: Gradio fades
+    an output to 20% while its event runs and back afterwards, and a key pressed or a
+    contrast measured meanwhile meets the faded page."""
+    page.wait_for_function("""() => !document.querySelector('.pending') &&
+        [...document.querySelectorAll('.caption, .familiar, summary, button, .prose p')].every(e => {
+          for (let n = e; n && n.nodeType === 1; n = n.parentElement)
+            if (parseFloat(getComputedStyle(n).opacity) < 1) return false;
+          return true; })""", timeout=60_000)
+
+
 def axe_violations(page) -> list[dict]:
     """axe-core's serious and critical violations of WCAG 2.1 A and AA on the page, once no
     output is pending (Gradio dims an output to 20% while its event runs, and a moment after
     the answer is drawn: what is dimmed then is the old answer, on its way out)."""
-    page.wait_for_function("!document.querySelector('.pending')", timeout=60_000)
+    settled(page)
     if not page.evaluate("!!window.axe"):
         page.add_script_tag(path=str(AXE))
     found = page.evaluate("""async () => {
@@ -182,6 +195,7 @@ def test_the_main_flow_works_from_the_keyboard_alone(live_page):
     page.keyboard.press("Enter")
     said = page.locator("#caption-said")
     expect(said).to_contain_text("bus", timeout=60_000)  # the caption, in the live region
+    settled(page)
     press_tab_until(page, "e.getAttribute('aria-label') === 'Add photos'", key="Shift+Tab")
     with page.expect_file_chooser():  # more photos can be added from the keyboard too
         page.keyboard.press("Enter")
