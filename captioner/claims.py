@@ -124,6 +124,9 @@ def _noun_phrase(words: Sequence[str], i: int) -> tuple[str | None, int]:
             if w == "of" and head in COLLECTIVES:  # "a group of people": go on to "people"
                 head, j = None, j + 1
                 continue
+            if head == "close" and list(words[j:j + 2]) == ["up", "of"]:  # "a close up of a rock": "rock"
+                head, j = None, j + 2
+                continue
             break
         if is_verb(w) and head is not None:
             break

@@ -33,6 +33,7 @@ def test_a_caption_reads_as_subject_relation_object_triples():
                                                                    ("kitchen", "with", "refrigerator")]
     assert claims("a dog laying on a bed while a man watches tv")[-1] == ("man", "watches", "tv")
     assert parse(tokenize("two giraffes")).subjects == ["giraffe"] and not claims("two giraffes")
+    assert parse(tokenize("a close up of a large rock in the air")).subjects == ["rock"]
 
 
 def test_the_table_counts_what_people_say_and_flags_what_they_never_do(tmp_path):
