@@ -113,6 +113,7 @@ class Reading:
     subjects: list[str]
     claims: list[Claim]
     subject_end: int
+    actions: list[int] = field(default_factory=list)  # where each verb read as an action is ("a dog running": 2)
 
 
 def _noun_phrase(words: Sequence[str], i: int) -> tuple[str | None, int]:
@@ -156,6 +157,7 @@ class _Reader:
         self.said_of = self.subjects  # whom the pending relation is said of
         self.last: tuple[list[str], list[str]] = ([], self.subjects)  # the last relation that took an object
         self.actors, self.clause = self.subjects, False  # who the current clause's verbs are said of
+        self.actions: list[int] = []
 
     def on_break(self, word: str) -> None:
         # "a stove and a refrigerator": the object's relation again; "... while a dog
@@ -169,6 +171,7 @@ class _Reader:
             self.start = self.i
         if is_verb(word):
             self.relation, self.said_of = [word], self.actors
+            self.actions.append(self.i)
             self.i += 1
             return
         preposition = list(self.words[self.i:self.i + n])
@@ -203,7 +206,7 @@ class _Reader:
                 self.on_relation(word, n)
             else:
                 self.on_phrase()
-        return Reading(self.subjects, self.claims, self.subject_end)
+        return Reading(self.subjects, self.claims, self.subject_end, self.actions)
 
 
 def parse(words: Sequence[str]) -> Reading:
@@ -253,6 +256,36 @@ class ClaimTable:
         return cls(counts)
 
 
+@dataclass(frozen=True)
+class Belief:
+    """What a caption may state of one photo: every (thing, relation, thing) the human
+    captions state at least ``least`` times, and, given ``sure``, only actions the photo
+    shows: a verb that is one of the concept classifiers' words ("sitting", "riding") needs
+    at least ``sure`` of them for this photo (``shown``: the photo's concept probabilities).
+    People write "a man sitting on a bed" a thousand times; whether this man sits is the
+    photo's to say: on the validation panels a caption stating an action was judged absurd
+    42% of the time, one stating none 4%."""
+
+    table: ClaimTable
+    least: int
+    shown: Mapping[str, float] = field(default_factory=dict)
+    sure: float | None = None
+    soften: bool = False  # a doubted action is said without its verb before the caption is cut (``soften``)
+
+    def doubts(self, words: Sequence[str]) -> list[Claim]:
+        """The claims of the caption it may not make: those the table has seen too rarely,
+        and each action the photo does not show (a claim of the verb alone, "running")."""
+        reading = parse(words)
+        doubted = [c for c in reading.claims if self.table.count(c) < self.least]
+        if self.sure is not None:
+            subject = reading.subjects[0] if reading.subjects else ""
+            for i in reading.actions:
+                if self.shown.get(words[i], 1.0) < self.sure and not any(c.start == i for c in doubted):
+                    said = [c for c in reading.claims if c.start == i]  # its relation and object, if it has one
+                    doubted += said[:1] or [Claim(subject, words[i], "", i, i + 1)]
+        return sorted(doubted, key=lambda c: c.start)
+
+
 NUMBERS = frozenset("two three four five six seven eight nine ten several many group groups couple pair "
                     "bunch herd flock crowd lots".split())
 PLURAL_PEOPLE = frozenset("people men women children kids boys girls persons players guys ladies adults".split())
@@ -272,24 +305,46 @@ def overcounted(words: Sequence[str], counts: Mapping[str, int]) -> list[str]:
     return [c for c, n in said.items() if n >= 2 and counts.get(c, 0) == 1]
 
 
-def choose(candidates: Sequence[Sequence[Sequence[str]]], table: ClaimTable, least: int,
-           counts: Mapping[str, int] | None = None) -> tuple[int, int | None]:
+def choose(candidates: Sequence[Sequence[Sequence[str]]], belief: Belief,
+           counts: Mapping[str, int] | None = None) -> tuple[int, int | list[int | str] | None]:
     """Of a beam's finished captions, best first, each given as its tokens' words (a token
-    can be several words: an object slot's "tennis racket"), the first whose every claim the
-    human captions state at least ``least`` times (and, given the detector's ``counts``, that
-    says no more of a thing than the detector sees: ``overcounted``): (its index, None). When
-    none is, the best one cut before its first unseen claim whose cut says no more than the
-    detector sees (else the best, cut): (its index, how many tokens to keep), "a woman is
-    sitting on a popsicle" -> "a woman". A caption that only overcounts is kept whole when no
-    caption does better."""
+    can be several words: an object slot's "tennis racket"), the first that states nothing
+    the ``belief`` doubts (and, given the detector's ``counts``, that says no more of a
+    thing than the detector sees: ``overcounted``): (its index, None). When none does, the
+    best one cut before its first doubted claim whose cut says no more than the detector
+    sees (else the best, cut): (its index, how many tokens to keep), "a woman is sitting on
+    a popsicle" -> "a woman". A caption that only overcounts is kept whole when no caption
+    does better. Given ``belief.soften``, the best caption said without its doubted actions
+    (``soften``) comes before the beam's other captions, and any caption so said before a
+    cut: (its index, its tokens: an int a token kept, a str a word put in)."""
     joined = [[w for token in tokens for w in token] for tokens in candidates]
+    if belief.soften and belief.doubts(joined[0]):
+        # the best caption said without its doubted action before a weaker caption of the beam:
+        # on validation photos the beam's next caption traded "sheep standing in a field" for
+        # "sheep with an umbrella"
+        softened = soften(candidates[0], belief, counts)
+        if softened is not None:
+            return 0, softened
     for n, words in enumerate(joined):
-        if not table.unseen(words, least) and not (counts is not None and overcounted(words, counts)):
+        if not belief.doubts(words) and not (counts is not None and overcounted(words, counts)):
             return n, None
-    if not table.unseen(joined[0], least):
+    if not belief.doubts(joined[0]):
         return 0, None
-    cuts = [(n, _cut(candidates[n], joined[n], table, least)) for n in range(len(candidates))
-            if table.unseen(joined[n], least)]
+    return _softened_or_cut(candidates, joined, belief, counts)
+
+
+def _softened_or_cut(candidates: Sequence[Sequence[Sequence[str]]], joined: Sequence[Sequence[str]],
+                     belief: Belief, counts: Mapping[str, int] | None) -> tuple[int, int | list[int | str]]:
+    """``choose`` where every caption states something doubted: the first that can be said
+    without its doubted actions (given ``belief.soften``), else the first cut whose cut says
+    no more than the detector ``counts``, else the best, cut."""
+    if belief.soften:
+        for n, tokens in enumerate(candidates[1:], 1):
+            softened = soften(tokens, belief, counts)
+            if softened is not None:
+                return n, softened
+    cuts = [(n, _cut(candidates[n], joined[n], belief)) for n in range(len(candidates))
+            if belief.doubts(joined[n])]
     for n, keep in cuts:
         kept = [w for token in candidates[n][:keep] for w in token]
         if keep and (counts is None or not overcounted(kept, counts)):
@@ -297,10 +352,82 @@ def choose(candidates: Sequence[Sequence[Sequence[str]]], table: ClaimTable, lea
     return cuts[0]
 
 
-def _cut(tokens: Sequence[Sequence[str]], words: Sequence[str], table: ClaimTable, least: int) -> int:
-    """How many tokens come before the first unseen claim (and the words that only lead to
+RELATIVES = frozenset({"that", "which", "who"})
+SAID_OFTEN = 10  # a relation people write this often is a place for its subject ("man|on|bench")
+
+
+def _without_verb(claim: Claim, words: Sequence[str], table: ClaimTable) -> list[str] | None:
+    """What says a doubted action's relation without its verb (``soften``); None: nothing."""
+    if not claim.object:
+        return []  # "a dog is running": "a dog"
+    own = claim.relation.split()[1:]
+    if own and (claim.object in PLACES or table.counts.get(f"{claim.subject}|{' '.join(own)}|{claim.object}", 0)
+                >= SAID_OFTEN):
+        return own  # "sitting in the water": "in the water"
+    if named_objects(words[claim.start:claim.end]):
+        return ["with"]  # a thing that is there: "riding a skateboard": "with a skateboard"
+    return None  # "playing tennis", "riding a wave": no relation without the verb
+
+
+def _verb_span(words: Sequence[str], claim: Claim) -> list[int]:
+    """The positions of a doubted action's verb, its own preposition, and the "is" (and
+    "that is") before it: what ``soften`` takes out."""
+    start = claim.start
+    span = list(range(start, start + len(claim.relation.split())))
+    if start > 0 and words[start - 1] in COPULAS:
+        span.insert(0, start - 1)
+        if start > 1 and words[start - 2] in RELATIVES:
+            span.insert(0, start - 2)  # "a plate of pizza that is sitting in a kitchen"
+    return span
+
+
+def soften(tokens: Sequence[Sequence[str]], belief: Belief,
+           counts: Mapping[str, int] | None = None) -> list[int | str] | None:
+    """The caption (its tokens' words) said without the actions the ``belief`` doubts, each
+    as the relation people write most between its subject and object: the verb and the "is"
+    before it dropped, and the verb's own preposition or "with" in their place, whichever
+    the verb's own preposition where its object is a place, or one people put that subject
+    at least ``SAID_OFTEN`` times ("several boats are sitting in the water" -> "several boats
+    in the water"), else "with" where the object is a COCO object ("a man is riding a
+    skateboard on a ramp" -> "a man with a skateboard on a ramp", "a man is sitting on a
+    dog" -> "a man with a dog"). Its tokens: an int a token of the caption kept, a str a
+    word put in. None where a doubt is no action, where neither fits ("playing tennis"),
+    or where what is left is still doubted (or says more of a thing than the detector's
+    ``counts``)."""
+    ends = [0]
+    for token in tokens:
+        ends.append(ends[-1] + len(token))
+    token_at = {start: k for k, start in enumerate(ends[:-1]) if len(tokens[k]) == 1}  # one-word tokens only
+    words = [w for token in tokens for w in token]
+    doubts = {c.start: c for c in reversed(belief.doubts(words))}  # one per verb: its first subject's
+    if not doubts or not all(is_verb(c.relation.split()[0]) for c in doubts.values()):
+        return None
+    kept: list[int | str] = list(range(len(tokens)))
+    for _start, claim in sorted(doubts.items(), reverse=True):  # right to left: the positions hold
+        span = _verb_span(words, claim)
+        if not all(i in token_at for i in span):
+            return None
+        put = _without_verb(claim, words, belief.table)
+        if put is None:
+            return None
+        first = kept.index(token_at[span[0]])
+        kept[first:first + len(span)] = put
+    softened, put_with = [], set()
+    for k in kept:
+        if k == "with":
+            put_with.add(len(softened))
+        softened += [k] if isinstance(k, str) else tokens[k]
+    # "with" a thing the caption named is said of it as it is, however rarely people write it
+    if ([c for c in belief.doubts(softened) if c.start not in put_with]
+            or (counts is not None and overcounted(softened, counts))):
+        return None
+    return kept
+
+
+def _cut(tokens: Sequence[Sequence[str]], words: Sequence[str], belief: Belief) -> int:
+    """How many tokens come before the first doubted claim (and the words that only lead to
     it: "a man is sitting on a plate" keeps "a man")."""
-    first = min(c.start for c in table.unseen(words, least))
+    first = belief.doubts(words)[0].start
     while first > 0 and words[first - 1] in COPULAS | DETERMINERS | BREAKS:
         first -= 1
     ends = [0]

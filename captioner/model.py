@@ -174,7 +174,8 @@ class Captioner(nn.Module):
         if out.alternatives is not None:
             counts = None if boxes is None else [b.counts(DETECTED) for b in boxes]
             chosen = self.writer.truest(out.alternatives, out.classified, out.concepts, claim_table(),
-                                        decoding.claims_seen, counts, decoding.claims_count)
+                                        decoding.claims_seen, counts, decoding.claims_count,
+                                        decoding.actions_sure, decoding.claims_soften)
         if decoding.gender_sure is not None and out.concepts is not None:
             for b, caption in enumerate(chosen):
                 ids = caption.ids if isinstance(caption, Decoded) else caption

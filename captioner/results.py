@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
-from captioner.claims import ClaimTable, choose, overcounted, parse, place, ungendered
+from captioner.claims import Belief, ClaimTable, choose, overcounted, parse, place, ungendered
 from captioner.detector import Boxes
 from captioner.objects import ClassifiedObjects
 from captioner.rules import describe_objects, problems, trimmed
@@ -118,7 +118,8 @@ class Writer:
 
     def truest(self, alternatives: Sequence[Sequence[Decoded]], classified: ClassifiedObjects | None,
                concepts: torch.Tensor | None, table: ClaimTable, least: int,
-               counts: Sequence[dict] | None = None, check_counts: bool = False) -> list[Decoded | list[int]]:
+               counts: Sequence[dict] | None = None, check_counts: bool = False,
+               actions_sure: float | None = None, soften: bool = False) -> list[Decoded | list[int]]:
         """Each photo's caption among its beam's finished ones (best first): the best whose
         every claim the human captions state at least ``least`` times, else the best cut
         before its first unseen claim, with the place the concepts are surest of where the
@@ -126,25 +127,36 @@ class Writer:
         the beam stands, the word ids to score (``decoding.rescore``) where it was cut.
         Where no place is sure enough, the detector's other objects (``counts``: each photo's
         detector counts) say what is with the subject ("a man with a cup"); ``check_counts``:
-        a caption may not say more of a thing than the detector counts."""
+        a caption may not say more of a thing than the detector counts; ``actions_sure``: an
+        action needs the concept classifiers at least this sure of its verb (``claims.Belief``);
+        ``soften``: a doubted action is said without its verb before a caption is cut
+        (``claims.soften``: "a man is sitting on a dog" -> "a man with a dog")."""
         chosen: list[Decoded | list[int]] = []
         for b, alts in enumerate(alternatives):
             names = [] if classified is None else [self.object_words[w] for w in classified.words[b].tolist()]
             tokens = [self.token_words(decoded.ids, names) for decoded in alts]
-            n, keep = choose(tokens, table, least, counts[b] if counts is not None and check_counts else None)
+            shown = {} if concepts is None else dict(zip(self.concept_words, concepts[b].tolist()))
+            belief = Belief(table, least, shown, actions_sure if concepts is not None else None, soften)
+            seen = counts[b] if counts is not None and check_counts else None
+            n, keep = choose(tokens, belief, seen)
+            if isinstance(keep, list) and any(isinstance(k, str) and k not in self.vocab.index for k in keep):
+                n, keep = choose(tokens, replace(belief, soften=False), seen)  # a word this vocabulary lacks
             if keep is None:
                 chosen.append(alts[n])
                 continue
-            ids = alts[n].ids[:keep]
-            kept = [w for token in tokens[n][:keep] for w in token]
+            if isinstance(keep, list):  # said without its doubted actions (claims.soften)
+                ids = [alts[n].ids[k] if isinstance(k, int) else self.vocab.index[k] for k in keep]
+                kept = [w for k in keep for w in (tokens[n][k] if isinstance(k, int) else [k])]
+            else:
+                ids = alts[n].ids[:keep]
+                kept = [w for token in tokens[n][:keep] for w in token]
             if check_counts and counts is not None and overcounted(kept, counts[b]):
                 # every cut says more than the detector sees ("a group of people", one person):
                 # the detector's own words for it ("a person")
                 said = describe_objects({c: k for c, k in counts[b].items() if c in overcounted(kept, counts[b])})
                 if said and all(w in self.vocab.index for w in said):
                     ids, kept = [self.vocab.index[w] for w in said], said
-            sure = [] if concepts is None else [(w, p) for w, p in zip(self.concept_words, concepts[b].tolist())]
-            where = place(kept, sure, table, least)
+            where = place(kept, list(shown.items()), table, least)
             if not where and counts is not None and not parse(kept).claims:
                 where = company(kept, counts[b])
             if where and all(w in self.vocab.index for w in where):

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from captioner import search
-from captioner.claims import ClaimTable, choose, claim_table, overcounted, parse, place, ungendered
+from captioner.claims import Belief, ClaimTable, choose, claim_table, overcounted, parse, place, ungendered
 from captioner.inputs import PhotoInputs
 from captioner.vocabulary import tokenize
 from tests.test_decoder import random_captioner
@@ -64,14 +64,15 @@ def words(text):
 def test_choose_takes_the_best_caption_whose_claims_people_state_else_cuts_before_the_first_unseen():
     table = ClaimTable.of_captions(tokenize(c) for c in ["a man sitting on a bench"] * 2)
     best, other = words("a man is sitting on a plate"), words("a man sitting on a bench")
-    assert choose([best, other], table, 2) == (1, None)
-    assert choose([best], table, 2) == (0, 2)  # "a man"
+    assert choose([best, other], Belief(table, 2)) == (1, None)
+    assert choose([best], Belief(table, 2)) == (0, 2)  # "a man"
     # an object slot is one token of two words: the cut counts tokens, not words
-    assert choose([[["a"], ["tennis", "player"], ["is"], ["sitting"], ["on"], ["a"], ["plate"]]], table, 2) == (0, 2)
+    slot = [["a"], ["tennis", "player"], ["is"], ["sitting"], ["on"], ["a"], ["plate"]]
+    assert choose([slot], Belief(table, 2)) == (0, 2)
     # the detector counted one person: "a man and a woman" says more than it sees
     pair = words("a man and a woman sitting on a bench")
-    assert choose([pair, other], table, 1, {"person": 1}) == (1, None)
-    assert choose([pair, other], table, 1, {"person": 2})[0] == 1  # the pair's claims are unseen in this table
+    assert choose([pair, other], Belief(table, 1), {"person": 1}) == (1, None)
+    assert choose([pair, other], Belief(table, 1), {"person": 2})[0] == 1  # the pair's claims are unseen in this table
 
 
 def test_overcounted_compares_numbers_with_the_detectors_counts():
@@ -131,9 +132,9 @@ def test_the_shipped_model_takes_back_every_claim_when_no_claim_is_known(monkeyp
 def test_a_cut_caption_says_no_more_of_a_thing_than_the_detector_counts():
     table = ClaimTable()  # no claim known: every caption with a claim is cut
     group, one = words("a group of people are standing in front of a crowd"), words("a man is standing in a crowd")
-    assert choose([group, one], table, 1, {"person": 1}) == (1, 2)  # "a man", not "a group of people"
-    assert choose([group, one], table, 1, {"person": 5}) == (0, 4)  # "a group of people"
-    assert choose([group], table, 1, {"person": 1}) == (0, 4)  # nothing better: the best, cut
+    assert choose([group, one], Belief(table, 1), {"person": 1}) == (1, 2)  # "a man", not "a group of people"
+    assert choose([group, one], Belief(table, 1), {"person": 5}) == (0, 4)  # "a group of people"
+    assert choose([group], Belief(table, 1), {"person": 1}) == (0, 4)  # nothing better: the best, cut
 
 
 def test_the_shipped_model_says_a_person_where_it_would_have_said_a_group():
@@ -146,3 +147,67 @@ def test_the_shipped_model_says_a_person_where_it_would_have_said_a_group():
     result = Captioner.from_checkpoint(int8=True).caption([astronaut])[0]
     assert [(o["word"], o["count"]) for o in result.objects if o["kind"] == "detected"] == [("person", 1)]
     assert not overcounted(result.words, {"person": 1}), result.caption
+
+
+def test_an_action_needs_the_photo_to_show_it():
+    table = ClaimTable.of_captions(tokenize(c) for c in ["a man riding a skateboard on a ramp"] * 3)
+    said = tokenize("a man riding a skateboard on a ramp")
+    assert not Belief(table, 1).doubts(said)  # people write it: without the photo's word, nothing is doubted
+    assert not Belief(table, 1, {"riding": 0.8}, sure=0.3).doubts(said)  # the concepts see riding
+    doubted = Belief(table, 1, {"riding": 0.1}, sure=0.3).doubts(said)
+    assert [(c.subject, c.relation, c.object) for c in doubted] == [("man", "riding", "skateboard")]
+    running = Belief(table, 1, {"running": 0.05}, sure=0.3).doubts(tokenize("a dog running"))
+    assert [(c.relation, c.object) for c in running] == [("running", "")]  # an action with no object
+    assert not Belief(table, 1, {}, sure=0.3).doubts(tokenize("a man riding a skateboard on a ramp")), \
+        "a verb no concept classifier knows is not doubted"
+
+
+def softened(text, table, shown, counts=None):
+    tokens = words(text)
+    kept = __import__("captioner.claims", fromlist=["soften"]).soften(
+        tokens, Belief(table, 1, shown, sure=0.3, soften=True), counts)
+    return None if kept is None else " ".join(w for k in kept for w in (tokens[k] if isinstance(k, int) else [k]))
+
+
+def test_a_doubted_action_is_said_without_its_verb():
+    table = ClaimTable.of_captions(tokenize(c) for c in [
+        "several boats sitting in the water", "boats in the water", "a man on a ramp",
+        "a man riding a skateboard on a ramp", "a man sitting on a dog", "a man playing tennis"])
+    unsure = {"sitting": 0.05, "riding": 0.05, "playing": 0.05, "running": 0.05}
+    assert softened("several boats are sitting in the water", table, unsure) == "several boats in the water"
+    assert softened("a man is riding a skateboard on a ramp", table, unsure) == "a man with a skateboard on a ramp"
+    assert softened("a man is sitting on a dog", table, unsure) == "a man with a dog"
+    assert softened("a dog is running", table, unsure) == "a dog"
+    assert softened("a man that is sitting on a dog", table, unsure) == "a man with a dog"
+    assert softened("a man is playing tennis", table, unsure) is None  # no relation without the verb
+    assert softened("a man is riding a skateboard", table, {"riding": 0.9}) is None  # nothing doubted
+
+
+def test_choose_softens_the_best_caption_before_taking_a_weaker_one():
+    table = ClaimTable.of_captions(tokenize(c) for c in ["a group of sheep standing in a field",
+                                                        "a group of sheep with an umbrella", "sheep in a field"])
+    best, weaker = words("a group of sheep standing in a field"), words("a group of sheep with an umbrella")
+    shown = {"standing": 0.1}
+    assert choose([best, weaker], Belief(table, 1, shown, sure=0.3)) == (1, None)  # without soften: the next
+    n, kept = choose([best, weaker], Belief(table, 1, shown, sure=0.3, soften=True))
+    assert n == 0 and [best[k][0] if isinstance(k, int) else k for k in kept] == "a group of sheep in a field".split()
+
+
+def test_the_shipped_model_says_a_doubted_action_without_its_verb():
+    from captioner.model import Captioner
+
+    captioner = Captioner.from_checkpoint(int8=True)
+    photos = [Image.open(EXAMPLES / n).convert("RGB") for n in ("horses.jpg", "kitchen.jpg", "tennis.jpg", "bus.jpg")]
+    doubting = replace(captioner.decoding, claims_seen=1, actions_sure=1.01)  # no action is shown enough
+    captioner.decoding = doubting
+    cut = captioner.caption(photos)
+    captioner.decoding = replace(doubting, claims_soften=True)
+    softened = captioner.caption(photos)
+    verbs = set(captioner.writer.concept_words)
+    for c, s in zip(cut, softened):
+        for result in (c, s):
+            actions = parse(result.words).actions
+            assert not [result.words[i] for i in actions if result.words[i] in verbs], result.caption
+            assert len(result.words) == len(result.probabilities) == len(result.attention)
+    assert any(c.caption != s.caption for c, s in zip(cut, softened))
+

@@ -99,3 +99,9 @@ def test_the_script_prepares_sheets_from_a_report_and_scores_them(tmp_path):
     assert result["systems"]["variant:new"]["good"] == 1.0 and result["systems"]["model"]["good"] == 0.0
     assert panel_script.main(["prepare", "--predictions", str(tmp_path / "report.json"), "--images", str(tmp_path),
                               "--system", "nope", "--out", str(out)]) == 2
+    for name, more in [("half", []), ("fresh", ["--exclude", str(tmp_path / "half")])]:  # fresh: none judged before
+        assert panel_script.main(["prepare", "--predictions", str(tmp_path / "report.json"), "--images", str(tmp_path),
+                                  "--system", "model", "--photos", "2", "--judges", "1", *more,
+                                  "--out", str(tmp_path / name)]) == 0
+    half, fresh = (set(json.loads((tmp_path / n / "key.json").read_text())["photos"]) for n in ("half", "fresh"))
+    assert len(half) == len(fresh) == 2 and not half & fresh

@@ -35,6 +35,9 @@ def prepare(args: argparse.Namespace) -> None:
     if missing:
         have = [k for k in rows[0] if k not in ("image", "objects", "familiarity", "references")]
         raise UserError(f"{args.predictions} has no system {missing[0]!r}; it has {', '.join(have)}")
+    judged = {Path(photo).name for panel in args.exclude
+              for photo in json.loads((panel / "key.json").read_text())["photos"]}
+    rows = [r for r in rows if Path(r["image"]).name not in judged]
     rng = random.Random(args.seed)
     rows = sorted(rng.sample(rows, min(args.photos, len(rows))), key=lambda r: r["image"])
     photos = [args.images / r["image"] for r in rows]
@@ -93,6 +96,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="which human reference joins the candidates: the one most like the others, or any")
     p.add_argument("--judges", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--exclude", type=Path, action="append", default=[], metavar="PANEL",
+                   help="a panel folder whose photos are not drawn again (fresh photos for a new report)")
     p.add_argument("--out", type=Path, required=True)
     s = verbs.add_parser("score", help="score the ratings")
     s.add_argument("--panel", type=Path, required=True, help="the folder prepare wrote, with ratings-*.jsonl")
