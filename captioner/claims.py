@@ -314,17 +314,11 @@ def choose(candidates: Sequence[Sequence[Sequence[str]]], belief: Belief,
     best one cut before its first doubted claim whose cut says no more than the detector
     sees (else the best, cut): (its index, how many tokens to keep), "a woman is sitting on
     a popsicle" -> "a woman". A caption that only overcounts is kept whole when no caption
-    does better. Given ``belief.soften``, the best caption said without its doubted actions
-    (``soften``) comes before the beam's other captions, and any caption so said before a
-    cut: (its index, its tokens: an int a token kept, a str a word put in)."""
+    does better. Given ``belief.soften``, before any cut the first caption that can be said
+    without its doubted actions (``soften``): (its index, its tokens: an int a token kept, a
+    str a word put in). (Softening the best before taking the beam's next clean caption was
+    tried: the same on a validation panel of 100 photos, 0.019 less validation CIDEr.)"""
     joined = [[w for token in tokens for w in token] for tokens in candidates]
-    if belief.soften and belief.doubts(joined[0]):
-        # the best caption said without its doubted action before a weaker caption of the beam:
-        # on validation photos the beam's next caption traded "sheep standing in a field" for
-        # "sheep with an umbrella"
-        softened = soften(candidates[0], belief, counts)
-        if softened is not None:
-            return 0, softened
     for n, words in enumerate(joined):
         if not belief.doubts(words) and not (counts is not None and overcounted(words, counts)):
             return n, None
@@ -339,7 +333,7 @@ def _softened_or_cut(candidates: Sequence[Sequence[Sequence[str]]], joined: Sequ
     without its doubted actions (given ``belief.soften``), else the first cut whose cut says
     no more than the detector ``counts``, else the best, cut."""
     if belief.soften:
-        for n, tokens in enumerate(candidates[1:], 1):
+        for n, tokens in enumerate(candidates):
             softened = soften(tokens, belief, counts)
             if softened is not None:
                 return n, softened
