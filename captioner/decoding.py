@@ -70,11 +70,11 @@ class DecodingConfig:
     claims_seen: int = 0  # every (thing, relation, thing) a caption states must occur at least this often in the
     #                       human captions (claims.py): the beam's best caption whose claims all do, else the best
     #                       cut before its first unseen claim (beam search only; 0: off)
-    claims_count: bool = False  # ... and says no more of a thing than the detector counts (claims.overcounted)
+    claims_count: bool = False  # ... and says no more of a thing than the detector counts (choice.overcounted)
     actions_sure: float | None = None  # ... and states an action ("sitting", "riding") only where the concept
     #                                    classifiers give its verb at least this (claims.Belief; None: off)
     claims_soften: bool = False  # ... and a doubted action is said without its verb before the caption is cut
-    #                              (claims.soften: "a man is sitting on a dog" -> "a man with a dog")
+    #                              (choice.soften: "a man is sitting on a dog" -> "a man with a dog")
     gender_sure: float | None = None  # "a man" stays "a man" only when the concept detectors are this sure of it
     #                                   (claims.ungendered; else "a person"; None: off)
 

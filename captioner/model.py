@@ -173,9 +173,8 @@ class Captioner(nn.Module):
         chosen: list[Decoded | list[int]] = list(out.captions)
         if out.alternatives is not None:
             counts = None if boxes is None else [b.counts(DETECTED) for b in boxes]
-            chosen = self.writer.truest(out.alternatives, out.classified, out.concepts, claim_table(),
-                                        decoding.claims_seen, counts, decoding.claims_count,
-                                        decoding.actions_sure, decoding.claims_soften)
+            chosen = self.writer.truest(out.alternatives, out.classified, out.concepts, claim_table(), decoding,
+                                        counts)
         if decoding.gender_sure is not None and out.concepts is not None:
             for b, caption in enumerate(chosen):
                 ids = caption.ids if isinstance(caption, Decoded) else caption

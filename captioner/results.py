@@ -12,7 +12,9 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from captioner.claims import Belief, ClaimTable, choose, overcounted, parse, place, ungendered
+from captioner.choice import choose, overcounted
+from captioner.claims import Belief, ClaimTable, parse, place, ungendered
+from captioner.decoding import DecodingConfig
 from captioner.detector import Boxes
 from captioner.objects import ClassifiedObjects
 from captioner.rules import describe_objects, problems, trimmed
@@ -117,26 +119,27 @@ class Writer:
         return phrase
 
     def truest(self, alternatives: Sequence[Sequence[Decoded]], classified: ClassifiedObjects | None,
-               concepts: torch.Tensor | None, table: ClaimTable, least: int,
-               counts: Sequence[dict] | None = None, check_counts: bool = False,
-               actions_sure: float | None = None, soften: bool = False) -> list[Decoded | list[int]]:
+               concepts: torch.Tensor | None, table: ClaimTable, decoding: DecodingConfig,
+               counts: Sequence[dict] | None = None) -> list[Decoded | list[int]]:
         """Each photo's caption among its beam's finished ones (best first): the best whose
-        every claim the human captions state at least ``least`` times, else the best cut
-        before its first unseen claim, with the place the concepts are surest of where the
-        cut left none (``claims.choose``, ``claims.place``): a ``Decoded`` where a caption of
-        the beam stands, the word ids to score (``decoding.rescore``) where it was cut.
+        every claim the human captions state at least ``decoding.claims_seen`` times, else the
+        best cut before its first unseen claim, with the place the concepts are surest of where
+        the cut left none (``choice.choose``, ``claims.place``): a ``Decoded`` where a caption
+        of the beam stands, the word ids to score (``decoding.rescore``) where it was cut.
         Where no place is sure enough, the detector's other objects (``counts``: each photo's
-        detector counts) say what is with the subject ("a man with a cup"); ``check_counts``:
+        detector counts) say what is with the subject ("a man with a cup"); ``claims_count``:
         a caption may not say more of a thing than the detector counts; ``actions_sure``: an
         action needs the concept classifiers at least this sure of its verb (``claims.Belief``);
-        ``soften``: a doubted action is said without its verb before a caption is cut
-        (``claims.soften``: "a man is sitting on a dog" -> "a man with a dog")."""
+        ``claims_soften``: a doubted action is said without its verb before a caption is cut
+        (``choice.soften``: "a man is sitting on a dog" -> "a man with a dog")."""
+        least, check_counts = decoding.claims_seen, decoding.claims_count
         chosen: list[Decoded | list[int]] = []
         for b, alts in enumerate(alternatives):
             names = [] if classified is None else [self.object_words[w] for w in classified.words[b].tolist()]
             tokens = [self.token_words(decoded.ids, names) for decoded in alts]
             shown = {} if concepts is None else dict(zip(self.concept_words, concepts[b].tolist()))
-            belief = Belief(table, least, shown, actions_sure if concepts is not None else None, soften)
+            belief = Belief(table, least, shown, decoding.actions_sure if concepts is not None else None,
+                            decoding.claims_soften)
             seen = counts[b] if counts is not None and check_counts else None
             n, keep = choose(tokens, belief, seen)
             if isinstance(keep, list) and any(isinstance(k, str) and k not in self.vocab.index for k in keep):
@@ -144,7 +147,7 @@ class Writer:
             if keep is None:
                 chosen.append(alts[n])
                 continue
-            if isinstance(keep, list):  # said without its doubted actions (claims.soften)
+            if isinstance(keep, list):  # said without its doubted actions (choice.soften)
                 ids = [alts[n].ids[k] if isinstance(k, int) else self.vocab.index[k] for k in keep]
                 kept = [w for k in keep for w in (tokens[n][k] if isinstance(k, int) else [k])]
             else:

@@ -10,7 +10,8 @@ import torch
 from PIL import Image
 
 from captioner import search
-from captioner.claims import Belief, ClaimTable, choose, claim_table, overcounted, parse, place, ungendered
+from captioner.choice import choose, overcounted, soften
+from captioner.claims import Belief, ClaimTable, claim_table, parse, place, ungendered
 from captioner.inputs import PhotoInputs
 from captioner.vocabulary import tokenize
 from tests.test_decoder import random_captioner
@@ -164,8 +165,7 @@ def test_an_action_needs_the_photo_to_show_it():
 
 def softened(text, table, shown, counts=None):
     tokens = words(text)
-    kept = __import__("captioner.claims", fromlist=["soften"]).soften(
-        tokens, Belief(table, 1, shown, sure=0.3, soften=True), counts)
+    kept = soften(tokens, Belief(table, 1, shown, sure=0.3, soften=True), counts)
     return None if kept is None else " ".join(w for k in kept for w in (tokens[k] if isinstance(k, int) else [k]))
 
 

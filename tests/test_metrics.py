@@ -102,6 +102,22 @@ def test_the_reward_counts_the_end_of_the_sentence():
     assert reward(0, words[:-2], ended=True) > reward(0, words[:-2] + ["in", "a", "a"], ended=False)
 
 
+def test_the_reward_takes_off_for_each_action_the_photos_references_never_state():
+    """--unsupported-penalty: "a man is sitting on a plate" of a man frying a sandwich costs
+    the penalty ("sitting" is no reference's); "riding" meets "rides", "running" meets "runs"."""
+    from captioner.train.losses import SentenceReward, action_stem
+
+    refs = [[tokenize(c) for c in ("a man frying a sandwich in a pan", "a man rides a horse", "a dog runs")]] * 2
+    plain, strict = SentenceReward(refs), SentenceReward(refs, unsupported=0.5)
+    assert strict.unsupported_actions(0, tokenize("a man is sitting on a plate")) == ["sitting"]
+    assert not strict.unsupported_actions(0, tokenize("a man riding a horse while a dog is running"))
+    sitting = tokenize("a man is sitting on a sandwich")
+    assert strict(0, sitting, ended=True) == pytest.approx(plain(0, sitting, ended=True) - 0.5)
+    frying = tokenize("a man frying a sandwich")
+    assert strict(0, frying, ended=True) == plain(0, frying, ended=True)
+    assert {action_stem(w) for w in ("flying", "flies")} == {"fly"}
+
+
 def test_the_reward_weighs_words_by_its_familys_captions(tmp_path):
     """``--reward-captions``: a word every caption of a family uses ("food") is worth little
     in that family's photos' rewards beside the specific word ("broccoli"), where before

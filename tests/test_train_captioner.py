@@ -179,7 +179,8 @@ def test_self_critical_training_starts_from_a_model_and_runs(tmp_path, data_args
     other_eyes = ["--encoder", "resnet18", "--init", str(xe / "best.safetensors")]  # SCST keeps its model's encoder
     assert train_captioner.main([*data_args, "--dry-run", "--objective", "scst", *other_eyes, "--out", str(scst)]) == 2
     assert train_captioner.main([*data_args, "--dry-run", "--objective", "scst", "--samples", "3",
-                                 "--init", str(xe / "best.safetensors"), "--out", str(scst)]) == 0
+                                 "--unsupported-penalty", "0.3", "--init", str(xe / "best.safetensors"),
+                                 "--out", str(scst)]) == 0
     rows = list(csv.DictReader(open(scst / "metrics.csv")))
     assert len(rows) == 1 and float(rows[0]["val_cider"]) >= 0
     before, after = (Captioner.from_checkpoint(run / "best.safetensors", load_encoder=False).network.state_dict()

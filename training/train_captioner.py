@@ -8,14 +8,12 @@ The encoder is frozen: every image's feature (and its mirror image's) is extract
 the feature cache, and epochs run on (feature, caption) batches. Each epoch ends with the
 validation scores on a split carved deterministically from the data; the best model is kept.
 
-Files in ``--out``: ``best.safetensors`` (the model, loadable by
-``Captioner.from_checkpoint``), ``last.safetensors`` (everything ``--resume`` needs:
-weights, optimizer, schedule, epoch, step and RNG states), ``metrics.csv`` and
-``loss_curve.png``.
+Files in ``--out``: ``best.safetensors`` (the model, loadable by ``Captioner.from_checkpoint``),
+``last.safetensors`` (everything ``--resume`` needs: weights, optimizer, schedule, epoch, step
+and RNG states), ``metrics.csv`` and ``loss_curve.png``.
 
 Multi-process: ``torchrun --nproc_per_node 2 -m training.train_captioner ...`` trains with
-DistributedDataParallel (gloo on CPU, nccl on GPUs); rank 0 extracts features and writes
-the files.
+DistributedDataParallel (gloo on CPU, nccl on GPUs); rank 0 extracts features and writes the files.
 """
 
 from __future__ import annotations
@@ -143,6 +141,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--samples", type=int, default=5, help="scst: captions sampled per image")
     p.add_argument("--reward-captions", action="append", default=[], metavar="KIND:PATH[:MAX_PHOTOS]", help="scst: "
                    "CIDEr-D's word weights from these captions too, each photo by its family's (KIND coco, flickr)")
+    p.add_argument("--unsupported-penalty", type=float, default=0.0, help="scst: less reward per unreferenced action")
     p.add_argument("--xe-weight", type=float, default=0.0, help="scst: plus this weight times the cross-entropy "
                    "of a batch of training captions (keeps the references' language while the reward pulls)")
     p.add_argument("--decoding-from", type=Path, default=None, help="validate (and, scst, sample) under this "
@@ -319,7 +318,8 @@ class Trainer:
             args, f.name, ()) for f in fields(DataProvenance)[1:]}).to_dict()  # the data flags, one by one
         self.scst = (SelfCritical(model, self.trainer, self.train_refs, self.photo_rows, args.samples,
                                   args.max_caption_words, self_critical_reward(self.train_refs, list(by_image),
-                                  data, args.reward_captions, args.dry_run)) if args.objective == "scst" else None)
+                                  data, args.reward_captions, args.dry_run, args.unsupported_penalty))
+                     if args.objective == "scst" else None)
 
     @functools.lru_cache(maxsize=1)  # noqa: B019 (one Trainer per run)
     def plan(self, epoch: int):

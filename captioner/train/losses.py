@@ -3,13 +3,14 @@ and self-critical training."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence
 
 from captioner import search
+from captioner.claims import parse
 from captioner.decoder import packed_order, packed_targets
 from captioner.decoding import policy
 from captioner.inputs import PhotoInputs
@@ -78,8 +79,10 @@ class SentenceReward:
     ("broccoli"); over COCO's 33,000 it costs far more."""
 
     def __init__(self, refs: list[list[list[str]]], families: list[str] | None = None,
-                 corpora: dict[str, list[list[list[str]]]] | None = None):
+                 corpora: dict[str, list[list[list[str]]]] | None = None, unsupported: float = 0.0):
         self.refs = [ended(caps) for caps in refs]
+        self.unsupported = unsupported  # taken off for each action no reference of the photo states
+        self._actions: dict[int, set[str]] = {}
         corpora, families = corpora or {}, families or [""] * len(self.refs)
         by_family = {f: CiderD([r for r, g in zip(self.refs, families) if g == f] + [ended(c) for c in corpora[f]])
                      for f in dict.fromkeys(families) if f in corpora}
@@ -93,7 +96,33 @@ class SentenceReward:
         scorer = self.scorers[image]
         if image not in self._prepared:
             self._prepared[image] = scorer.prepare_refs(self.refs[image])
-        return scorer.score(list(words) + [END] if ended else list(words), self._prepared[image])
+        score = scorer.score(list(words) + [END] if ended else list(words), self._prepared[image])
+        if self.unsupported:
+            score -= self.unsupported * len(self.unsupported_actions(image, words))
+        return score
+
+    def unsupported_actions(self, image: int, words: Sequence[str]) -> list[str]:
+        """The caption's actions ("sitting", "riding") that none of the photo's references
+        states in any form ("sits", "sat" aside: ``action_stem``): what the photo's people
+        did not see done. "a man is sitting on a plate" of a man frying a sandwich: ["sitting"]."""
+        if image not in self._actions:
+            self._actions[image] = {action_stem(r[i]) for r in self.refs[image] for i in parse(r).actions}
+        said = self._actions[image]
+        return [words[i] for i in parse(words).actions if action_stem(words[i]) not in said]
+
+
+def action_stem(verb: str) -> str:
+    """A verb's crude stem, so that a caption's "riding" meets a reference's "rides" and
+    "running" meets "runs": "ing", "es" or "s" off, a doubled last consonant single."""
+    if verb.endswith("ies") and len(verb) > 4:
+        return verb[:-3] + "y"  # "flies": "fly"
+    for ending in ("ing", "es", "s", "e"):
+        if verb.endswith(ending) and len(verb) - len(ending) >= 3:
+            verb = verb[:-len(ending)]
+            break
+    if len(verb) >= 4 and verb[-1] == verb[-2] and verb[-1] not in "aeiou":
+        verb = verb[:-1]
+    return verb
 
 
 def ended(captions: list[list[str]]) -> list[list[str]]:

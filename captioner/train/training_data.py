@@ -138,16 +138,18 @@ def reward_corpora(sources: Sequence[str], dry_run: bool = False) -> dict[str, d
 
 
 def self_critical_reward(refs: list[list[list[str]]], images: list[Path], data: Data, sources: Sequence[str],
-                         dry_run: bool = False) -> SentenceReward:
+                         dry_run: bool = False, unsupported: float = 0.0) -> SentenceReward:
     """Self-critical training's reward over its photos (``images``, their tokenised ``refs``):
     with ``--reward-captions`` (``sources``), each photo's words weighed by its family's
     captions (``data``'s training captions know each photo's dataset). A corpus photo that
-    is also a training photo (by file name) is left out: its captions count once."""
+    is also a training photo (by file name) is left out: its captions count once.
+    ``unsupported``: taken off the reward for each action no reference of the photo states
+    (``SentenceReward.unsupported_actions``)."""
     kind = {r.image: r.dataset for r in data.splits["train"]}
     here = {image.name for image in images}
     corpora = {family: [caps for name, caps in photos.items() if name not in here]
                for family, photos in reward_corpora(sources, dry_run).items()}
-    return SentenceReward(refs, [family_of(kind[i]) for i in images], corpora)
+    return SentenceReward(refs, [family_of(kind[i]) for i in images], corpora, unsupported)
 
 
 def load_concept_photos(sources: Sequence[str], *, coco_split: str, val_fraction: float,
