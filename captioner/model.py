@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from captioner.claims import claim_table
+from captioner.claims import Belief, claim_table
 from captioner.decoding import DecodedBatch, DecodingConfig, WordTables, decode, rescore
 from captioner.detector import Boxes
 from captioner.encoders import ImageEncoder, build_encoder
@@ -173,8 +173,10 @@ class Captioner(nn.Module):
         chosen: list[Decoded | list[int]] = list(out.captions)
         if out.alternatives is not None:
             counts = None if boxes is None else [b.counts(DETECTED) for b in boxes]
-            chosen = self.writer.truest(out.alternatives, out.classified, out.concepts, claim_table(), decoding,
-                                        counts)
+            belief = Belief(claim_table(), decoding.claims_seen, sure=decoding.actions_sure,
+                            soften=decoding.claims_soften)
+            chosen = self.writer.truest(out.alternatives, out.classified, out.concepts, belief, counts,
+                                        decoding.claims_count)
         if decoding.gender_sure is not None and out.concepts is not None:
             for b, caption in enumerate(chosen):
                 ids = caption.ids if isinstance(caption, Decoded) else caption

@@ -13,8 +13,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from captioner.choice import choose, overcounted
-from captioner.claims import Belief, ClaimTable, parse, place, ungendered
-from captioner.decoding import DecodingConfig
+from captioner.claims import Belief, parse, place, ungendered
 from captioner.detector import Boxes
 from captioner.objects import ClassifiedObjects
 from captioner.rules import describe_objects, problems, trimmed
@@ -119,31 +118,30 @@ class Writer:
         return phrase
 
     def truest(self, alternatives: Sequence[Sequence[Decoded]], classified: ClassifiedObjects | None,
-               concepts: torch.Tensor | None, table: ClaimTable, decoding: DecodingConfig,
-               counts: Sequence[dict] | None = None) -> list[Decoded | list[int]]:
-        """Each photo's caption among its beam's finished ones (best first): the best whose
-        every claim the human captions state at least ``decoding.claims_seen`` times, else the
-        best cut before its first unseen claim, with the place the concepts are surest of where
-        the cut left none (``choice.choose``, ``claims.place``): a ``Decoded`` where a caption
-        of the beam stands, the word ids to score (``decoding.rescore``) where it was cut.
-        Where no place is sure enough, the detector's other objects (``counts``: each photo's
-        detector counts) say what is with the subject ("a man with a cup"); ``claims_count``:
-        a caption may not say more of a thing than the detector counts; ``actions_sure``: an
-        action needs the concept classifiers at least this sure of its verb (``claims.Belief``);
-        ``claims_soften``: a doubted action is said without its verb before a caption is cut
-        (``choice.soften``: "a man is sitting on a dog" -> "a man with a dog")."""
-        least, check_counts = decoding.claims_seen, decoding.claims_count
+               concepts: torch.Tensor | None, belief: Belief, counts: Sequence[dict] | None = None,
+               check_counts: bool = False) -> list[Decoded | list[int]]:
+        """Each photo's caption among its beam's finished ones (best first): the best that
+        states nothing the ``belief`` doubts (claims the human captions state fewer than
+        ``belief.least`` times; given ``belief.sure``, actions the photo's ``concepts`` do not
+        show), else one said without its doubted actions (``belief.soften``: ``choice.soften``,
+        "a man is sitting on a dog" -> "a man with a dog"), else the best cut before its first
+        doubted claim, with the place the concepts are surest of where the cut left none
+        (``choice.choose``, ``claims.place``): a ``Decoded`` where a caption of the beam
+        stands, the word ids to score (``decoding.rescore``) where it was changed. Where no
+        place is sure enough, the detector's other objects (``counts``: each photo's detector
+        counts) say what is with the subject ("a man with a cup"); ``check_counts``: a caption
+        may not say more of a thing than the detector counts."""
+        table, least = belief.table, belief.least
         chosen: list[Decoded | list[int]] = []
         for b, alts in enumerate(alternatives):
             names = [] if classified is None else [self.object_words[w] for w in classified.words[b].tolist()]
             tokens = [self.token_words(decoded.ids, names) for decoded in alts]
             shown = {} if concepts is None else dict(zip(self.concept_words, concepts[b].tolist()))
-            belief = Belief(table, least, shown, decoding.actions_sure if concepts is not None else None,
-                            decoding.claims_soften)
+            photo = replace(belief, shown=shown, sure=belief.sure if concepts is not None else None)
             seen = counts[b] if counts is not None and check_counts else None
-            n, keep = choose(tokens, belief, seen)
+            n, keep = choose(tokens, photo, seen)
             if isinstance(keep, list) and any(isinstance(k, str) and k not in self.vocab.index for k in keep):
-                n, keep = choose(tokens, replace(belief, soften=False), seen)  # a word this vocabulary lacks
+                n, keep = choose(tokens, replace(photo, soften=False), seen)  # a word this vocabulary lacks
             if keep is None:
                 chosen.append(alts[n])
                 continue
