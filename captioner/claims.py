@@ -63,6 +63,13 @@ COLLECTIVES = frozenset(
 BREAKS = frozenset({"and", "while", "that", "who", "which", "as", "where", "but", "or"})
 
 
+def closes_phrase(word: str) -> bool:
+    """Whether ``word`` ends the noun phrase before it (a relation, a break, a copula, a verb):
+    written after "a man is sitting on a plate", it makes (man, sitting on, plate) a claim."""
+    return (word in BREAKS or word in COPULAS or is_verb(word) or (word,) in PREPOSITION_SET
+            or any(p[0] == word for p in PREPOSITIONS))
+
+
 def singular(word: str) -> str:
     """A crude singular, the same on both sides of a comparison ("dogs" -> "dog", "buses" ->
     "bus", "people" stays)."""
@@ -233,6 +240,13 @@ class ClaimTable:
     def unseen(self, words: Sequence[str], least: int = 1) -> list[Claim]:
         """The caption's claims that occur fewer than ``least`` times."""
         return [c for c in parse(words).claims if self.count(c) < least]
+
+    def closed_unseen(self, words: Sequence[str], least: int) -> bool:
+        """Whether the caption so far ends in the object of a claim stated fewer than
+        ``least`` times, so that a word that closes the phrase (``closes_phrase``) or the
+        caption's end would make that claim ("a man is sitting on a tennis": (man, sitting
+        on, tennis); "court" may still make it a claim people write)."""
+        return any(c.end == len(words) and self.count(c) < least for c in parse(words).claims)
 
     def save(self, path: str | Path, least: int = 1) -> None:
         """A gzipped ``count<TAB>subject|relation|object`` file, most frequent first, of the

@@ -25,6 +25,7 @@ from dataclasses import dataclass, fields, replace
 import torch
 
 from captioner import search
+from captioner.claims import claim_table
 from captioner.decoder import select
 from captioner.detector import PERSON, category_scores
 from captioner.inputs import PhotoInputs
@@ -70,6 +71,8 @@ class DecodingConfig:
     claims_seen: int = 0  # every (thing, relation, thing) a caption states must occur at least this often in the
     #                       human captions (claims.py): the beam's best caption whose claims all do, else the best
     #                       cut before its first unseen claim (beam search only; 0: off)
+    claims_in_search: bool = False  # ... and the beam search itself refuses such a claim as it is written
+    #                                 (search.ClaimBans), so fewer captions are cut afterwards
     claims_count: bool = False  # ... and says no more of a thing than the detector counts (choice.overcounted)
     actions_sure: float | None = None  # ... and states an action ("sitting", "riding") only where the concept
     #                                    classifiers give its verb at least this (claims.Belief; None: off)
@@ -134,6 +137,8 @@ class WordTables:
     word's vocabulary id (``object_tokens``), and the rules over the vocabulary."""
 
     rules: CaptionRules
+    words: Sequence[str]
+    end_id: int
     word_coco: torch.Tensor
     object_coco: torch.Tensor
     concept_coco: torch.Tensor
@@ -151,7 +156,8 @@ class WordTables:
         grounding_coco = torch.where(single, concept_coco, -1) if len(concept_words) else concept_coco
         grounded = torch.zeros(80, dtype=torch.bool)
         grounded[grounding_coco[grounding_coco >= 0]] = True
-        tables = cls(CaptionRules(vocab.words, vocab.end_id), category_of_words(vocab.words),
+        tables = cls(CaptionRules(vocab.words, vocab.end_id), tuple(vocab.words), vocab.end_id,
+                     category_of_words(vocab.words),
                      category_of_words(object_words), concept_coco, grounding_coco, grounded,
                      category_tokens(vocab) if detector else None)
         if object_words:
@@ -296,11 +302,14 @@ def policy(network: CaptionNetwork, tables: WordTables, inputs: PhotoInputs, dec
     constraints = person_ok = None
     if decoding.person_score is not None and summary is not None:
         person_ok = category_scores(summary)[:, PERSON] >= decoding.person_score
-    if decoding.rules or decoding.person_score is not None:
+    claims = None
+    if decoding.claims_in_search and decoding.claims_seen > 0:
+        claims = search.ClaimBans(tables.words, tables.end_id, claim_table(), decoding.claims_seen)
+    if decoding.rules or decoding.person_score is not None or claims is not None:
         slot_words = None
         if classified is not None and tables.object_tokens is not None:
             slot_words = tables.object_tokens.to(classified.words.device)[classified.words]
-        constraints = search.Constraints(tables.rules, person_ok, decoding.rules, slot_words)
+        constraints = search.Constraints(tables.rules, person_ok, decoding.rules, slot_words, claims)
     return Policy(ctx, classified, required, constraints, person_ok)
 
 

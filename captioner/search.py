@@ -9,11 +9,13 @@ knows which network it drives.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
+from captioner.claims import ClaimTable, closes_phrase
 from captioner.decoder import CaptionDecoder, Context, select
 from captioner.rules import CaptionRules, repeat_bans
 
@@ -44,6 +46,38 @@ def finish(ids: list[int], logps: list[float], end_id: int, alpha: float,
                    attention[:cut] if attention is not None else None)
 
 
+class ClaimBans:
+    """Claims no person states, refused while the search writes (``DecodingConfig.claims_in_search``):
+    a caption whose words so far end in the object of a claim the human captions state fewer
+    than ``least`` times (``ClaimTable.closed_unseen``) may not close that phrase next (a
+    relation, a break, a verb or the end: ``claims.closes_phrase``), so the beam goes on with
+    its next best caption rather than finish one that ``Writer.truest`` would cut."""
+
+    def __init__(self, words: Sequence[str], end_id: int, table: ClaimTable, least: int):
+        self.words, self.table, self.least = list(words), table, least
+        self.closers = torch.tensor([closes_phrase(w) for w in self.words])
+        self.closers[end_id] = True
+        self._seen: dict[tuple[int, ...], bool] = {}
+
+    def add_bans(self, ban: torch.Tensor, seqs: torch.Tensor, slot_words: torch.Tensor | None) -> None:
+        """Count into ``ban`` (rows, V) the closing words of each row whose words so far
+        (``seqs``; object slots written as ``slot_words``) end in an unseen claim's object."""
+        if not seqs.shape[1]:
+            return
+        first_slot = ban.shape[1] - (0 if slot_words is None else slot_words.shape[1])
+        if slot_words is not None:
+            written = slot_words.gather(1, (seqs - first_slot).clamp(0, slot_words.shape[1] - 1))
+            seqs = torch.where((seqs >= first_slot) & (written >= 0), written, seqs)
+        closing = self.closers.to(ban.device)
+        for r, ids in enumerate(seqs.tolist()):
+            key = tuple(ids)
+            if key not in self._seen:
+                words = [self.words[i] for i in ids if i < len(self.words)]
+                self._seen[key] = self.table.closed_unseen(words, self.least)
+            if self._seen[key]:
+                ban[r, :len(closing)] += closing.to(ban.dtype)
+
+
 @dataclass
 class Constraints:
     """The caption rules a search applies at every step (``rules.CaptionRules``):
@@ -54,6 +88,7 @@ class Constraints:
     person_ok: torch.Tensor | None = None
     degenerate: bool = True
     slot_words: torch.Tensor | None = None  # (images, K) the word each object slot is written as (-1: none)
+    claims: ClaimBans | None = None  # claims no person states, refused as they are written
 
 
 class Bans:
@@ -78,7 +113,7 @@ class Bans:
         slot_words = None if c.slot_words is None else c.slot_words.to(device)
         if c.person_ok is not None:
             ctx["search_person_ban"] = c.rules.person_ban(c.person_ok.to(device), slot_words, vocab)
-        if slot_words is not None and c.degenerate:
+        if slot_words is not None and (c.degenerate or c.claims is not None):
             ctx["search_slot_words"] = slot_words
         return ctx
 
@@ -92,6 +127,8 @@ class Bans:
             repeat_bans(ban, seqs, self.block_ngram, first_slot=self.first_slot)
         if self.constraints is not None and self.constraints.degenerate:
             self.constraints.rules.add_bans(ban, seqs, ctx.get("search_slot_words"))
+        if self.constraints is not None and self.constraints.claims is not None:
+            self.constraints.claims.add_bans(ban, seqs, ctx.get("search_slot_words"))
         return logp.masked_fill(ban > 0, float("-inf"))
 
 

@@ -2,6 +2,7 @@
 beam's captions that keeps only what people say."""
 
 import gzip
+from collections import Counter
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from PIL import Image
 
 from captioner import search
 from captioner.choice import choose, overcounted, soften
-from captioner.claims import Belief, ClaimTable, claim_table, parse, place, ungendered
+from captioner.claims import Belief, ClaimTable, claim_table, closes_phrase, parse, place, ungendered
 from captioner.inputs import PhotoInputs
 from captioner.vocabulary import tokenize
 from tests.test_decoder import random_captioner
@@ -212,3 +213,51 @@ def test_the_shipped_model_says_a_doubted_action_without_its_verb():
             assert len(result.words) == len(result.probabilities) == len(result.attention)
     assert any(c.caption != s.caption for c, s in zip(cut, softened))
 
+
+
+def test_a_phrase_closed_into_an_unseen_claim_is_refused_as_it_is_written():
+    table = ClaimTable(Counter({"man|sitting on|bench": 3}))
+    assert table.closed_unseen("a man is sitting on a plate".split(), 1)
+    assert not table.closed_unseen("a man is sitting on a bench".split(), 3)
+    assert table.closed_unseen("a man is sitting on a bench".split(), 5)  # stated, but too rarely
+    assert not table.closed_unseen("a man is sitting on a".split(), 1)  # no object yet
+    assert not table.closed_unseen("a man is sitting on a plate with".split(), 1)  # closed earlier, not now
+    assert [closes_phrase(w) for w in ("on", "is", "and", "sitting", "next", "plate", "wooden", "tennis")] == \
+        [True, True, True, True, True, False, False, False]
+
+    vocab = ["<pad>", "<start>", "<end>", "a", "man", "is", "sitting", "on", "plate", "bench", "tennis", "court"]
+    bans = search.ClaimBans(vocab, 2, table, 1)
+    ids = {w: i for i, w in enumerate(vocab)}
+    seqs = torch.tensor([[ids[w] for w in f"a man is sitting on a {end}".split()] for end in ("plate", "bench")])
+    ban = torch.zeros(2, len(vocab) + 2)  # two object slots after the words
+    bans.add_bans(ban, seqs, None)
+    closing = {w for w in vocab if ban[0, ids[w]] > 0}
+    assert closing == {"<end>", "is", "sitting", "on"}  # the phrase may go on ("plate ..."), not close
+    assert not ban[1].any() and not ban[0, len(vocab):].any()
+
+
+def test_the_shipped_model_refuses_unseen_claims_inside_its_beam(monkeypatch):
+    from captioner.model import Captioner
+
+    captioner = Captioner.from_checkpoint(int8=True)
+    names = ("horses.jpg", "kitchen.jpg", "tennis.jpg", "bus.jpg", "frisbee.jpg", "pizza.jpg")
+    photos = [Image.open(EXAMPLES / n).convert("RGB") for n in names]
+    table = claim_table()
+    found = []
+    truer = Captioner._truer
+
+    def keep(self, out, boxes, decoding):
+        shown = [[self.object_words[w] for w in row] for row in out.classified.words.tolist()]
+        found.append([[self.writer.words_of(d.ids, shown[b]) for d in alts] for b, alts in enumerate(out.alternatives)])
+        return truer(self, out, boxes, decoding)
+
+    monkeypatch.setattr(Captioner, "_truer", keep)
+    captioner.decoding = replace(captioner.decoding, claims_seen=5, claims_in_search=False)
+    before = captioner.caption(photos)
+    unseen_before = sum(bool(table.unseen(w, 5)) for alts in found[-1] for w in alts)
+    captioner.decoding = replace(captioner.decoding, claims_in_search=True)
+    after = captioner.caption(photos)
+    finished = [w for alts in found[-1] for w in alts if len(w) < captioner.decoding.max_length - 1]
+    assert finished and all(not table.unseen(w, 5) for w in finished), finished
+    assert unseen_before > 0  # the check had something to refuse on these photos
+    assert all(len(a.words) == len(a.probabilities) for a in after) and len(after) == len(before)
