@@ -164,6 +164,9 @@ class Captioner(nn.Module):
             person_ok = [True] * len(results) if out.person_ok is None else out.person_ok.tolist()
             for result, photo, ok in zip(results, boxes, person_ok):
                 add_boxes(result, photo, ok, decoding.rules or decoding.person_score is not None)
+        for b, alts in enumerate(out.alternatives or []):  # the pool the claims check chose from
+            names = [] if out.classified is None else [self.object_words[w] for w in out.classified.words[b].tolist()]
+            results[b].alternatives = [" ".join(self.writer.words_of(d.ids, names)) for d in alts]
         return results
 
     def _truer(self, out: DecodedBatch, boxes: Sequence[Boxes] | None, decoding: DecodingConfig) -> list[Decoded]:

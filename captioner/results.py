@@ -41,6 +41,8 @@ class CaptionResult:
     grid: tuple[int, int] | None = None
     boxes: list[dict] | None = None                     # the COCO detector's boxes (detector.Boxes.to_list)
     attention_boxes: list[list[float]] | None = None   # per word, weights over ``boxes`` (regions; cells + boxes = 1)
+    alternatives: list[str] = field(default_factory=list)  # the beam's finished captions, best first, as the search
+    #                                                        wrote them (the claims check's pool; not in ``to_dict``)
 
     def to_dict(self) -> dict:
         out = {"caption": self.caption, "words": self.words, "probabilities": self.probabilities,

@@ -105,3 +105,91 @@ def test_the_script_prepares_sheets_from_a_report_and_scores_them(tmp_path):
                                   "--out", str(tmp_path / name)]) == 0
     half, fresh = (set(json.loads((tmp_path / n / "key.json").read_text())["photos"]) for n in ("half", "fresh"))
     assert len(half) == len(fresh) == 2 and not half & fresh
+
+
+def candidates_file(tmp_path, paths):
+    rows = [{"image": str(p), "references": ["a dog on a beach", "a dog on the sand", "a brown dog"],
+             "captions": {"model": "a dog is sitting on a plate", "s3": "a dog on a beach"},
+             "beam": ["a dog is sitting on a plate", "a dog is running on a beach", "a dog on a beach"]}
+            for p in paths]
+    rows[1]["captions"]["s3"] = "a dog"  # a cut caption, in no beam
+    path = tmp_path / "cand.json"
+    path.write_text(json.dumps({"rules": ["model", "s3"], "photos": rows}))
+    return path
+
+
+def rate(panel, absurd_words=("sitting on a plate",), useless=("a dog",)):
+    """Ratings as a judge would write them: what says "sitting on a plate" is wrong and absurd;
+    a bare "a dog" acceptable and not useful; the rest acceptable and useful."""
+    key = json.loads((panel / "key.json").read_text())
+    for n, sheet in enumerate(sorted(panel.glob("sheet-*.md")), 1):
+        lines = []
+        for pid in sorted(key["key"]):
+            if f"## {pid}" not in sheet.read_text():
+                continue
+            for letter, text in key["texts"][pid].items():
+                bad = any(w in text for w in absurd_words)
+                lines.append(json.dumps({"photo": pid, "letter": letter, "verdict": "wrong" if bad else "acceptable",
+                                         "absurd": bad, "useful": not bad and text not in useless}))
+        (panel / f"ratings-{n}.jsonl").write_text("\n".join(lines))
+
+
+def test_every_caption_of_the_pool_is_judged_once_and_every_rule_scored_from_it(tmp_path):
+    from training import panel_candidates
+
+    paths = photos(tmp_path, 2)
+    cand = candidates_file(tmp_path, paths)
+    panel_candidates.main(["sheets", "--candidates", str(cand), "--judges", "2", "--out", str(tmp_path / "p")])
+    key = json.loads((tmp_path / "p" / "key.json").read_text())
+    shown = [set(key["texts"][pid].values()) for pid in sorted(key["key"])]
+    pool = {"a dog is sitting on a plate", "a dog is running on a beach", "a dog on a beach"}  # and a reference
+    assert pool <= shown[0] and len(shown[0]) <= 4 and pool | {"a dog"} <= shown[1]
+    rate(tmp_path / "p")
+    out = panel_candidates.score_rules(panel_candidates.argparse.Namespace(
+        candidates=cand, panel=[tmp_path / "p"], json_out=tmp_path / "score.json"))
+    assert out["rules"]["model"]["absurd"] == 1.0 and out["rules"]["model"]["good"] == 0.0
+    assert out["rules"]["s3"]["good"] == 0.5 and out["rules"]["s3"]["acceptable"] == 1.0  # "a dog": true, bare
+    assert out["rules"]["beam0"]["absurd"] == 1.0
+    assert out["best_in_pool"] == 1.0 and out["best_in_beam"] == 1.0 and out["pool_judged"] == 2
+    assert out["differences"]["s3"]["absurd"][0] == -1.0
+    # a new rule's captions: only those not judged yet go to new sheets
+    data = json.loads(cand.read_text())
+    data["rules"].append("new")
+    for row in data["photos"]:
+        row["captions"]["new"] = "a dog on a beach"
+    data["photos"][0]["captions"]["new"] = "a brown dog lying on the sand"
+    cand.write_text(json.dumps(data))
+    panel_candidates.main(["sheets", "--candidates", str(cand), "--after", str(tmp_path / "p"), "--judges", "1",
+                           "--out", str(tmp_path / "p2")])
+    more = json.loads((tmp_path / "p2" / "key.json").read_text())
+    assert len(more["key"]) == 1 and "a brown dog lying on the sand" in more["texts"]["p000"].values()
+    rate(tmp_path / "p2")
+    again = panel_candidates.score_rules(panel_candidates.argparse.Namespace(
+        candidates=cand, panel=[tmp_path / "p", tmp_path / "p2"], json_out=None))
+    assert again["rules"]["new"] == {"judged": 2, "good": 1.0, "acceptable": 1.0, "wrong": 0.0, "absurd": 0.0,
+                                     "useful": 1.0}
+    assert panel_candidates.main(["sheets", "--candidates", str(cand), "--after", str(tmp_path / "p"), "--after",
+                                  str(tmp_path / "p2"), "--out", str(tmp_path / "p3")]) != 0  # nothing new to judge
+
+
+def test_the_pool_holds_the_beams_captions_and_each_rules(tmp_path):
+    from captioner.model import Captioner
+    from training import panel_candidates
+
+    folder = panel_candidates.Path(__file__).resolve().parent.parent / "webapp" / "examples"
+    examples = sorted(folder.glob("*.jpg"))[:2]
+    (tmp_path / "panel").mkdir()
+    (tmp_path / "panel" / "key.json").write_text(json.dumps({"photos": [str(p) for p in examples]}))
+    coco = {"images": [{"id": i, "file_name": p.name} for i, p in enumerate(examples)],
+            "annotations": [{"image_id": i, "caption": "a photo"} for i in range(len(examples))]}
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    panel_candidates.main(["write", "--photos-of", str(tmp_path / "panel"), "--coco-captions",
+                           str(tmp_path / "coco.json"), "--variant", "s1:claims_seen=1", "--out",
+                           str(tmp_path / "cand.json")])
+    data = json.loads((tmp_path / "cand.json").read_text())
+    assert data["rules"] == ["model", "s1"]
+    shipped = Captioner.from_checkpoint(int8=True)
+    for row, photo in zip(data["photos"], examples):
+        assert 1 <= len(row["beam"]) <= shipped.decoding.beam_size and all(row["beam"])
+        assert row["captions"]["model"] == shipped.caption([Image.open(photo).convert("RGB")])[0].caption
+        assert row["references"] == ["a photo"]
