@@ -2,6 +2,7 @@
 ratings that come back."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -145,8 +146,9 @@ def test_every_caption_of_the_pool_is_judged_once_and_every_rule_scored_from_it(
     pool = {"a dog is sitting on a plate", "a dog is running on a beach", "a dog on a beach"}  # and a reference
     assert pool <= shown[0] and len(shown[0]) <= 4 and pool | {"a dog"} <= shown[1]
     rate(tmp_path / "p")
-    out = panel_candidates.score_rules(panel_candidates.argparse.Namespace(
-        candidates=cand, panel=[tmp_path / "p"], json_out=tmp_path / "score.json"))
+    panel_candidates.main(["score", "--candidates", str(cand), "--panel", str(tmp_path / "p"), "--json-out",
+                           str(tmp_path / "score.json")])
+    out = json.loads((tmp_path / "score.json").read_text())
     assert out["rules"]["model"]["absurd"] == 1.0 and out["rules"]["model"]["good"] == 0.0
     assert out["rules"]["s3"]["good"] == 0.5 and out["rules"]["s3"]["acceptable"] == 1.0  # "a dog": true, bare
     assert out["rules"]["beam0"]["absurd"] == 1.0
@@ -164,8 +166,9 @@ def test_every_caption_of_the_pool_is_judged_once_and_every_rule_scored_from_it(
     more = json.loads((tmp_path / "p2" / "key.json").read_text())
     assert len(more["key"]) == 1 and "a brown dog lying on the sand" in more["texts"]["p000"].values()
     rate(tmp_path / "p2")
-    again = panel_candidates.score_rules(panel_candidates.argparse.Namespace(
-        candidates=cand, panel=[tmp_path / "p", tmp_path / "p2"], json_out=None))
+    panel_candidates.main(["score", "--candidates", str(cand), "--panel", str(tmp_path / "p"), "--panel",
+                           str(tmp_path / "p2"), "--json-out", str(tmp_path / "score.json")])
+    again = json.loads((tmp_path / "score.json").read_text())
     assert again["rules"]["new"] == {"judged": 2, "good": 1.0, "acceptable": 1.0, "wrong": 0.0, "absurd": 0.0,
                                      "useful": 1.0}
     assert panel_candidates.main(["sheets", "--candidates", str(cand), "--after", str(tmp_path / "p"), "--after",
@@ -176,7 +179,7 @@ def test_the_pool_holds_the_beams_captions_and_each_rules(tmp_path):
     from captioner.model import Captioner
     from training import panel_candidates
 
-    folder = panel_candidates.Path(__file__).resolve().parent.parent / "webapp" / "examples"
+    folder = Path(__file__).resolve().parent.parent / "webapp" / "examples"
     examples = sorted(folder.glob("*.jpg"))[:2]
     (tmp_path / "panel").mkdir()
     (tmp_path / "panel" / "key.json").write_text(json.dumps({"photos": [str(p) for p in examples]}))

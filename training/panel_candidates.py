@@ -34,7 +34,6 @@ def write(args: argparse.Namespace) -> None:
     from PIL import Image
 
     from captioner.model import Captioner
-    from training.evaluate_captioner import decoding_with
 
     photos = [Path(p) for p in json.loads((args.photos_of / "key.json").read_text())["photos"]]
     coco = json.loads(args.coco_captions.read_text())
@@ -47,7 +46,10 @@ def write(args: argparse.Namespace) -> None:
     rules = {"model": shipped}
     for item in args.variant:
         name, _, settings = item.partition(":")
-        rules[name] = decoding_with(shipped, settings.split(","))
+        try:
+            rules[name] = shipped.updated(settings.split(","))
+        except ValueError as err:
+            raise UserError(str(err)) from err
     rows = []
     for photo in photos:
         image = Image.open(photo).convert("RGB")
