@@ -63,9 +63,13 @@ COLLECTIVES = frozenset(
 BREAKS = frozenset({"and", "while", "that", "who", "which", "as", "where", "but", "or"})
 
 
-def closes_phrase(word: str) -> bool:
-    """Whether ``word`` ends the noun phrase before it (a relation, a break, a copula, a verb):
-    written after "a man is sitting on a plate", it makes (man, sitting on, plate) a claim."""
+def closes_phrase(word: str, after: str = "") -> bool:
+    """Whether ``word`` ends the noun phrase before it, whose last word is ``after`` (a
+    relation, a break, a copula, a verb): written after "a man is sitting on a plate", it
+    makes (man, sitting on, plate) a claim. "of" after a counting word does not: "in front
+    of a group of people" claims people, not group."""
+    if word == "of" and after in COLLECTIVES:
+        return False
     return (word in BREAKS or word in COPULAS or is_verb(word) or (word,) in PREPOSITION_SET
             or any(p[0] == word for p in PREPOSITIONS))
 

@@ -57,25 +57,36 @@ class ClaimBans:
         self.words, self.table, self.least = list(words), table, least
         self.closers = torch.tensor([closes_phrase(w) for w in self.words])
         self.closers[end_id] = True
+        self.counting = {i for i, w in enumerate(self.words) if not closes_phrase("of", w)}  # "a group" + "of"
+        self.of = self.words.index("of") if "of" in self.words else None
         self._seen: dict[tuple[int, ...], bool] = {}
 
     def add_bans(self, ban: torch.Tensor, seqs: torch.Tensor, slot_words: torch.Tensor | None) -> None:
         """Count into ``ban`` (rows, V) the closing words of each row whose words so far
-        (``seqs``; object slots written as ``slot_words``) end in an unseen claim's object."""
+        (``seqs``; object slots written as ``slot_words``) end in an unseen claim's object.
+        The claims are read in Python (``claims.parse``): on a GPU each step waits for the
+        words once; a row holding a slot whose object has no word here is not checked (its
+        claims cannot be read)."""
         if not seqs.shape[1]:
             return
         first_slot = ban.shape[1] - (0 if slot_words is None else slot_words.shape[1])
         if slot_words is not None:
             written = slot_words.gather(1, (seqs - first_slot).clamp(0, slot_words.shape[1] - 1))
             seqs = torch.where((seqs >= first_slot) & (written >= 0), written, seqs)
-        closing = self.closers.to(ban.device)
-        for r, ids in enumerate(seqs.tolist()):
+        refused, counting = [], []
+        for ids in seqs.tolist():
             key = tuple(ids)
             if key not in self._seen:
-                words = [self.words[i] for i in ids if i < len(self.words)]
-                self._seen[key] = self.table.closed_unseen(words, self.least)
-            if self._seen[key]:
-                ban[r, :len(closing)] += closing.to(ban.dtype)
+                self._seen[key] = (all(i < len(self.words) for i in ids)
+                                   and self.table.closed_unseen([self.words[i] for i in ids], self.least))
+            refused.append(self._seen[key])
+            counting.append(ids[-1] in self.counting)
+        if any(refused):
+            rows = torch.tensor(refused, device=ban.device)
+            closing = self.closers.to(ban.device)[None, :].repeat(len(rows), 1)
+            if self.of is not None:  # "a group" may go on with "of": the claim is then of what it counts
+                closing[torch.tensor(counting, device=ban.device), self.of] = False
+            ban[:, :closing.shape[1]] += (rows[:, None] & closing).to(ban.dtype)
 
 
 @dataclass

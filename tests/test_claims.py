@@ -222,8 +222,9 @@ def test_a_phrase_closed_into_an_unseen_claim_is_refused_as_it_is_written():
     assert table.closed_unseen("a man is sitting on a bench".split(), 5)  # stated, but too rarely
     assert not table.closed_unseen("a man is sitting on a".split(), 1)  # no object yet
     assert not table.closed_unseen("a man is sitting on a plate with".split(), 1)  # closed earlier, not now
-    assert [closes_phrase(w) for w in ("on", "is", "and", "sitting", "next", "plate", "wooden", "tennis")] == \
-        [True, True, True, True, True, False, False, False]
+    assert [closes_phrase(w) for w in ("on", "is", "and", "sitting", "next", "plate", "wooden", "tennis", "of")] == \
+        [True, True, True, True, True, False, False, False, True]
+    assert not closes_phrase("of", after="group")  # "in front of a group of people" claims people
 
     vocab = ["<pad>", "<start>", "<end>", "a", "man", "is", "sitting", "on", "plate", "bench", "tennis", "court"]
     bans = search.ClaimBans(vocab, 2, table, 1)
@@ -234,6 +235,20 @@ def test_a_phrase_closed_into_an_unseen_claim_is_refused_as_it_is_written():
     closing = {w for w in vocab if ban[0, ids[w]] > 0}
     assert closing == {"<end>", "is", "sitting", "on"}  # the phrase may go on ("plate ..."), not close
     assert not ban[1].any() and not ban[0, len(vocab):].any()
+    # object slots are read as the word they are written as; one with no word here leaves its row unchecked
+    slot_words = torch.tensor([[ids["plate"], -1], [ids["plate"], -1]])
+    seqs = torch.tensor([[ids[w] for w in "a man is sitting on a".split()] + [slot] for slot in (12, 13)])
+    ban = torch.zeros(2, len(vocab) + 2)
+    bans.add_bans(ban, seqs, slot_words)
+    assert ban[0, ids["<end>"]] > 0 and not ban[1].any()
+    # "a man is sitting on a group" may go on with "of" ("... of people"), not end there
+    counted = ["<pad>", "<start>", "<end>", "a", "man", "is", "sitting", "on", "group", "of", "bed"]
+    ban = torch.zeros(2, len(counted))
+    seqs = torch.tensor([[counted.index(w) for w in f"a man is sitting on a {end}".split()]
+                         for end in ("group", "bed")])
+    search.ClaimBans(counted, 2, table, 1).add_bans(ban, seqs, None)
+    assert ban[0, counted.index("<end>")] > 0 and ban[0, counted.index("of")] == 0
+    assert ban[1, counted.index("of")] > 0  # "a bed of ...": the claim on bed is made
 
 
 def test_the_shipped_model_refuses_unseen_claims_inside_its_beam(monkeypatch):

@@ -175,6 +175,32 @@ def test_every_caption_of_the_pool_is_judged_once_and_every_rule_scored_from_it(
                                   str(tmp_path / "p2"), "--out", str(tmp_path / "p3")]) != 0  # nothing new to judge
 
 
+def test_a_photo_with_more_captions_than_letters_is_refused_not_cut(tmp_path):
+    import pytest
+
+    paths = photos(tmp_path, 1)
+    systems = {f"s{i}": [f"a dog number {i}"] for i in range(27)}
+    with pytest.raises(ValueError, match="27 distinct captions"):
+        sheets(paths, systems, tmp_path / "panel", judges=1)
+    key = sheets(paths, {k: v for k, v in list(systems.items())[:26]}, tmp_path / "panel", judges=1)
+    assert len(key["p000"]) == 26
+
+
+def test_rules_without_a_beam_are_scored_and_beam0_left_unjudged(tmp_path):
+    from training import panel_candidates
+
+    paths = photos(tmp_path, 1)
+    cand = tmp_path / "cand.json"
+    cand.write_text(json.dumps({"rules": ["model"], "photos": [
+        {"image": str(paths[0]), "references": ["a dog"], "captions": {"model": "a dog on a beach"}, "beam": []}]}))
+    panel_candidates.main(["sheets", "--candidates", str(cand), "--judges", "1", "--out", str(tmp_path / "p")])
+    rate(tmp_path / "p")
+    panel_candidates.main(["score", "--candidates", str(cand), "--panel", str(tmp_path / "p"), "--json-out",
+                           str(tmp_path / "s.json")])
+    out = json.loads((tmp_path / "s.json").read_text())
+    assert out["rules"]["model"]["good"] == 1.0 and out["rules"]["beam0"]["judged"] == 0
+
+
 def test_the_pool_holds_the_beams_captions_and_each_rules(tmp_path):
     from captioner.model import Captioner
     from training import panel_candidates

@@ -46,6 +46,8 @@ def write(args: argparse.Namespace) -> None:
     rules = {"model": shipped}
     for item in args.variant:
         name, _, settings = item.partition(":")
+        if not name or name in rules or name.startswith("beam"):
+            raise UserError(f"--variant {item!r}: a new name, not model or beam*")
         try:
             rules[name] = shipped.updated(settings.split(","))
         except ValueError as err:
@@ -69,9 +71,11 @@ def pool(row: dict) -> dict[str, list[str]]:
     """Each distinct caption (normalised) of a photo and the rules (or beam places) that give it."""
     out: dict[str, list[str]] = {}
     for name, caption in row["captions"].items():
-        out.setdefault(normalise(caption), []).append(name)
+        if normalise(caption):
+            out.setdefault(normalise(caption), []).append(name)
     for i, caption in enumerate(row.get("beam", [])):
-        out.setdefault(normalise(caption), []).append(f"beam{i}")
+        if normalise(caption):
+            out.setdefault(normalise(caption), []).append(f"beam{i}")
     return out
 
 
@@ -81,7 +85,7 @@ def judged(panels: list[Path]) -> dict[tuple[str, str], dict]:
     out: dict[tuple[str, str], dict] = {}
     for panel in panels:
         key = json.loads((panel / "key.json").read_text())
-        names = {pid: Path(p).name for pid, p in zip(sorted(key["key"]), key["photos"])}
+        names = {pid: Path(p).name for pid, p in zip(key["key"], key["photos"])}  # the key keeps the photos' order
         for r in read_ratings(sorted(panel.glob("ratings-*.jsonl"))):
             out.setdefault((names[r.photo], key["texts"][r.photo][r.letter]),
                            {"acceptable": r.verdict == "acceptable", "wrong": r.verdict == "wrong",
@@ -105,7 +109,7 @@ def write_sheets(args: argparse.Namespace) -> None:
     if not photos:
         raise UserError("every caption of these photos is judged already")
     sheets(photos, captions, args.out, args.judges, args.seed)
-    print(f"{len(photos)} photos, {sum(len(pool(r)) for r in rows)} captions in the pools, sheets in {args.out}")
+    print(f"{len(photos)} photos, {sum(map(len, news))} captions not judged yet, sheets in {args.out}")
 
 
 def score_rules(args: argparse.Namespace) -> dict:
@@ -115,6 +119,8 @@ def score_rules(args: argparse.Namespace) -> dict:
     rules = data["rules"] + ["beam0"]
 
     def rating(row: dict, rule: str) -> dict | None:
+        if rule == "beam0" and not row.get("beam"):
+            return None  # a model without the claims check keeps no beam
         caption = row["beam"][0] if rule == "beam0" else row["captions"][rule]
         return ratings.get((Path(row["image"]).name, normalise(caption)))
 

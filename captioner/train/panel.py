@@ -33,6 +33,7 @@ RUBRIC = (
     "false or physically absurd relation or action**, else no. useful: yes if it **tells someone who cannot "
     "see the photo what it is about: the subject and what is going on or where**, else no.")
 LEAST_HUMAN_ACCEPTABLE = 0.95  # a run whose human references score under this is thrown away
+LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # one per distinct caption of a photo
 
 
 def normalise(caption: str) -> str:
@@ -68,10 +69,12 @@ def sheets(photos: Sequence[Path], systems: Mapping[str, Sequence[str]], out: Pa
         for name, captions in systems.items():
             texts.setdefault(normalise(captions[n]), []).append(name)
         order = list(texts)
+        if len(order) > len(LETTERS):
+            raise ValueError(f"{photo}: {len(order)} distinct captions, more than a sheet's {len(LETTERS)} letters")
         rng.shuffle(order)
         key[pid], shown[pid] = {}, {}
         lines = [f"## {pid}", f"photo: photos/{pid}.png", ""]
-        for letter, text in zip("ABCDEFGHIJ", order):
+        for letter, text in zip(LETTERS, order):
             key[pid][letter], shown[pid][letter] = texts[text], text
             lines.append(f"- {letter}: {text}")
         pages[n % judges] += lines + [""]
