@@ -54,6 +54,10 @@ DEFAULT_CHECKPOINT = CHECKPOINTS / "captioner.safetensors"
 
 
 class Captioner(nn.Module):
+    # each result keeps the beam's finished captions, the pool the claims check chose from
+    # (``CaptionResult.alternatives``; for judging every candidate: training/panel_candidates.py)
+    keep_alternatives: bool = False
+
     def __init__(self, config: CaptionerConfig, vocab: Vocabulary, encoder: ImageEncoder | None = None, *,
                  decoding: DecodingConfig | None = None, object_words: Sequence[str] = (),
                  concept_words: Sequence[str] = ()):
@@ -164,7 +168,7 @@ class Captioner(nn.Module):
             person_ok = [True] * len(results) if out.person_ok is None else out.person_ok.tolist()
             for result, photo, ok in zip(results, boxes, person_ok):
                 add_boxes(result, photo, ok, decoding.rules or decoding.person_score is not None)
-        for b, alts in enumerate(out.alternatives or []):  # the pool the claims check chose from
+        for b, alts in enumerate(out.alternatives if self.keep_alternatives and out.alternatives else []):
             names = [] if out.classified is None else [self.object_words[w] for w in out.classified.words[b].tolist()]
             results[b].alternatives = [" ".join(self.writer.words_of(d.ids, names)) for d in alts]
         return results

@@ -42,7 +42,7 @@ class CaptionResult:
     boxes: list[dict] | None = None                     # the COCO detector's boxes (detector.Boxes.to_list)
     attention_boxes: list[list[float]] | None = None   # per word, weights over ``boxes`` (regions; cells + boxes = 1)
     alternatives: list[str] = field(default_factory=list)  # the beam's finished captions, best first, as the search
-    #                                                        wrote them (the claims check's pool; not in ``to_dict``)
+    #                                     wrote them (``Captioner.keep_alternatives``; not in ``to_dict``)
 
     def to_dict(self) -> dict:
         out = {"caption": self.caption, "words": self.words, "probabilities": self.probabilities,

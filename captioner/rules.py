@@ -135,6 +135,15 @@ def degenerate(words: Sequence[str]) -> bool:
     return bool(problems(words))
 
 
+def as_written(seqs: torch.Tensor, slot_words: torch.Tensor | None, first_slot: int) -> torch.Tensor:
+    """``seqs`` (rows, t) with each object slot (ids from ``first_slot``) replaced by the word
+    it is written as (``slot_words``, rows by K; a slot with no word, -1, stays a slot)."""
+    if slot_words is None:
+        return seqs
+    written = slot_words.gather(1, (seqs - first_slot).clamp(0, slot_words.shape[1] - 1))
+    return torch.where((seqs >= first_slot) & (written >= 0), written, seqs)
+
+
 def repeat_bans(ban: torch.Tensor, seqs: torch.Tensor, n: int, *, exempt: torch.Tensor | None = None,
                 first_slot: int | None = None, slot_words: torch.Tensor | None = None) -> None:
     """Count into ``ban`` (rows, V) every next word that would repeat an n-gram the row's words
@@ -248,9 +257,7 @@ class CaptionRules:
         if self.person.device != ban.device:
             self.to(ban.device)
         first_slot = ban.shape[1] - (0 if slot_words is None else slot_words.shape[1])
-        if slot_words is not None:  # each slot as the word it is written as
-            written = slot_words.gather(1, (seqs - first_slot).clamp(0, slot_words.shape[1] - 1))
-            seqs = torch.where((seqs >= first_slot) & (written >= 0), written, seqs)
+        seqs = as_written(seqs, slot_words, first_slot)
         self._ban_dangling(ban, seqs)
         repeat_bans(ban, seqs, 2, exempt=self.function, slot_words=slot_words)  # no pair twice, no word twice
         self._ban_second_names(ban, seqs, slot_words, first_slot)

@@ -17,7 +17,7 @@ import torch
 
 from captioner.claims import ClaimTable, closes_phrase
 from captioner.decoder import CaptionDecoder, Context, select
-from captioner.rules import CaptionRules, repeat_bans
+from captioner.rules import CaptionRules, as_written, repeat_bans
 
 
 @dataclass
@@ -69,10 +69,7 @@ class ClaimBans:
         claims cannot be read)."""
         if not seqs.shape[1]:
             return
-        first_slot = ban.shape[1] - (0 if slot_words is None else slot_words.shape[1])
-        if slot_words is not None:
-            written = slot_words.gather(1, (seqs - first_slot).clamp(0, slot_words.shape[1] - 1))
-            seqs = torch.where((seqs >= first_slot) & (written >= 0), written, seqs)
+        seqs = as_written(seqs, slot_words, ban.shape[1] - (0 if slot_words is None else slot_words.shape[1]))
         refused, counting = [], []
         for ids in seqs.tolist():
             key = tuple(ids)

@@ -42,6 +42,7 @@ def write(args: argparse.Namespace) -> None:
     for a in coco["annotations"]:
         references.setdefault(name_of[a["image_id"]], []).append(a["caption"].strip())
     model = Captioner.from_checkpoint(args.checkpoint, int8=True)
+    model.keep_alternatives = True
     shipped = model.decoding
     rules = {"model": shipped}
     for item in args.variant:
