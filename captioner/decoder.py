@@ -157,9 +157,14 @@ class CaptionDecoder(nn.Module):
         return torch.cat([logits[:, :self.first_slot], slots], dim=1)
 
     @staticmethod
-    def _output_rows(ctx: Context, rows: torch.Tensor) -> Context:
+    def output_context(ctx: Context) -> Context:
+        """What ``log_probs`` reads of the context (the rest is the recurrence's)."""
+        return {k: ctx[k] for k in ("objects", "objects_key", "slot_bias", "step_bias") if k in ctx}
+
+    @classmethod
+    def _output_rows(cls, ctx: Context, rows: torch.Tensor) -> Context:
         """What ``logits`` reads of the context, for each of ``rows`` (teacher forcing)."""
-        return select({k: ctx[k] for k in ("objects", "objects_key", "slot_bias") if k in ctx}, rows)
+        return select(cls.output_context(ctx), rows)
 
     def log_probs(self, hidden: torch.Tensor, ctx: Context) -> torch.Tensor:
         """Next-word log-probabilities; ``ctx["step_bias"]`` (``prepare``) holds what the detectors
@@ -205,6 +210,14 @@ class CaptionDecoder(nn.Module):
                                                                               torch.Tensor | None]:
         """One word for each row: log-probabilities (M, V) of the next word, the new state
         and the attention weights (M, L) (or None)."""
+        hidden, state, weights = self.advance(tokens, state, ctx)
+        return self.log_probs(hidden, ctx), state, weights
+
+    def advance(self, tokens: torch.Tensor, state: State, ctx: Context) -> tuple[torch.Tensor, State,
+                                                                                 torch.Tensor | None]:
+        """``step`` without the output layer: the hidden state (M, hidden) that ``log_probs``
+        reads, the new state and the attention weights (teacher forcing reads the words of
+        every step through the output layer at once: ``search.force``)."""
         raise NotImplementedError
 
 
@@ -243,14 +256,13 @@ class ShowTellDecoder(CaptionDecoder):
         zeros = x.new_zeros(self.num_layers, x.shape[0], self.hidden_dim)
         return self._lstm_step(x, (zeros, zeros))[1]
 
-    def step(self, tokens, state, ctx):
+    def advance(self, tokens, state, ctx):
         x = self.embed_tokens(tokens, ctx)
         if self.training or self.fused_step:
             hidden, state = self.lstm(x.unsqueeze(1), state)
-            hidden = hidden.squeeze(1)
-        else:
-            hidden, state = self._lstm_step(x, state)
-        return self.log_probs(hidden, ctx), state, None
+            return hidden.squeeze(1), state, None
+        hidden, state = self._lstm_step(x, state)
+        return hidden, state, None
 
     # One time step of nn.LSTM written as two matrix products per layer. For a single step
     # the profiler showed oneDNN's RNN kernel taking about 5x the time its weights take to
@@ -329,9 +341,8 @@ class AttentionDecoder(CaptionDecoder):
         h, c = lstm_gates(self.cell.input_map(torch.cat([x, context], 1)) + hidden, c)
         return h, (h[None], c[None]), weights
 
-    def step(self, tokens, state, ctx):
-        h, state, weights = self._step(self.embed_tokens(tokens, ctx), state, ctx)
-        return self.log_probs(h, ctx), state, weights
+    def advance(self, tokens, state, ctx):
+        return self._step(self.embed_tokens(tokens, ctx), state, ctx)
 
     def forward(self, captions: torch.Tensor, lengths: torch.Tensor, ctx: Context):
         ctx = self.prepare(ctx)

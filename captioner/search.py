@@ -188,16 +188,20 @@ def force(decoder: CaptionDecoder, ctx: Context, seqs: list[list[int]], alpha: f
     for r, seq in enumerate(seqs):
         ids[r, :len(seq)] = torch.tensor(seq, dtype=torch.long, device=device)
     tokens = torch.full((rows,), decoder.start_id, dtype=torch.long, device=device)
-    logps, weights = [], []
+    hidden, weights = [], []
     for t in range(length):
-        logp, state, attention = decoder.step(tokens, state, ctx)
-        logps.append(logp.gather(1, ids[:, t:t + 1]).squeeze(1))
+        h, state, attention = decoder.advance(tokens, state, ctx)
+        hidden.append(h)
         if attention is not None:
             weights.append(attention)
         tokens = ids[:, t]
+    # the output layer once over every step's rows (step-major), not once a step
+    every = torch.arange(rows, device=device).repeat(length)
+    logp = decoder.log_probs(torch.cat(hidden), {k: v[every] for k, v in decoder.output_context(ctx).items()})
+    logps = logp.gather(1, ids.T.reshape(-1, 1)).view(length, rows).T
     attn = torch.stack(weights, 1).tolist() if weights else [None] * rows
     return [finish(seq, lps, decoder.end_id, alpha, a)
-            for seq, lps, a in zip(ids.tolist(), torch.stack(logps, 1).tolist(), attn)]
+            for seq, lps, a in zip(ids.tolist(), logps.tolist(), attn)]
 
 
 class Samples(NamedTuple):
