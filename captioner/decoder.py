@@ -106,8 +106,9 @@ class ObjectSlots(nn.Module):
 
 class CaptionDecoder(nn.Module):
     """What both decoders share: word (and slot) embeddings and the output layer with copy
-    scores. A subclass provides ``init_state(ctx)``, ``step(tokens, state, ctx)`` and
-    ``forward`` (teacher forcing); ``search.py`` decodes with any of them."""
+    scores. A subclass provides ``init_state(ctx)``, ``advance(tokens, state, ctx)`` (a step
+    without the output layer, which ``step`` adds) and ``forward`` (teacher forcing);
+    ``search.py`` decodes with any of them."""
 
     def __init__(self, vocab_size: int, embed_dim: int, hidden_dim: int, num_layers: int, dropout: float, *,
                  pad_id: int = 0, start_id: int = 1, end_id: int = 2, unk_id: int | None = 3,
@@ -156,15 +157,17 @@ class CaptionDecoder(nn.Module):
         slots = logits[:, self.first_slot:] + self.slots.scores(hidden, ctx, query)
         return torch.cat([logits[:, :self.first_slot], slots], dim=1)
 
-    @staticmethod
-    def output_context(ctx: Context) -> Context:
+    LOGIT_KEYS = ("objects", "objects_key", "slot_bias")  # what ``logits`` reads of the context
+
+    @classmethod
+    def output_context(cls, ctx: Context) -> Context:
         """What ``log_probs`` reads of the context (the rest is the recurrence's)."""
-        return {k: ctx[k] for k in ("objects", "objects_key", "slot_bias", "step_bias") if k in ctx}
+        return {k: ctx[k] for k in (*cls.LOGIT_KEYS, "step_bias") if k in ctx}
 
     @classmethod
     def _output_rows(cls, ctx: Context, rows: torch.Tensor) -> Context:
         """What ``logits`` reads of the context, for each of ``rows`` (teacher forcing)."""
-        return select(cls.output_context(ctx), rows)
+        return select({k: ctx[k] for k in cls.LOGIT_KEYS if k in ctx}, rows)
 
     def log_probs(self, hidden: torch.Tensor, ctx: Context) -> torch.Tensor:
         """Next-word log-probabilities; ``ctx["step_bias"]`` (``prepare``) holds what the detectors
