@@ -197,7 +197,7 @@ def force(decoder: CaptionDecoder, ctx: Context, seqs: list[list[int]], alpha: f
         tokens = ids[:, t]
     # the output layer once over every step's rows (step-major), not once a step
     every = torch.arange(rows, device=device).repeat(length)
-    logp = decoder.log_probs(torch.cat(hidden), {k: v[every] for k, v in decoder.output_context(ctx).items()})
+    logp = decoder.log_probs(torch.cat(hidden), select(decoder.output_context(ctx), every))
     logps = logp.gather(1, ids.T.reshape(-1, 1)).view(length, rows).T
     attn = torch.stack(weights, 1).tolist() if weights else [None] * rows
     return [finish(seq, lps, decoder.end_id, alpha, a)
